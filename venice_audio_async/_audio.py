@@ -1,0 +1,221 @@
+"""Where finished audio goes, and how its container is recognised.
+
+A sink receives a download in chunks and either commits it whole or leaves nothing:
+
+* :class:`MemorySink` keeps the bytes, refusing more than a cap;
+* :class:`FileSink` writes to a temporary name beside the target, checks the size against
+  ``Content-Length``, then renames (``os.replace`` is atomic on one filesystem), so a file at
+  the target path is always complete. Writes are batched (1 MiB) and done in a worker thread
+  to keep the event loop free without a thread hop per network chunk.
+
+:func:`sniff_format` recognises MP3, WAV and FLAC from magic bytes, including FLAC preceded
+by an ID3 tag (seen in some Venice output, AUDIO_API.md section 10).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import IO, Protocol
+
+import anyio
+import anyio.to_thread
+
+from ._errors import ResponseTooLarge, TruncatedResponse
+from ._models import AudioFormat
+
+__all__ = ["AudioSink", "FileSink", "MemorySink", "safe_stem", "sniff_format"]
+
+_WRITE_BATCH = 1024 * 1024
+
+
+def _id3_size(head: bytes) -> int | None:
+    """Total size of a leading ID3v2 tag (header + body + optional footer)."""
+    if len(head) < 10 or head[:3] != b"ID3":
+        return None
+    size = 0
+    for byte in head[6:10]:
+        size = (size << 7) | (byte & 0x7F)  # syncsafe integer
+    footer = 10 if head[5] & 0x10 else 0
+    return 10 + size + footer
+
+
+def sniff_format(head: bytes) -> AudioFormat | None:
+    """The container of an audio file from its first bytes, or ``None`` if unrecognised.
+
+    Give at least 12 bytes; with an ID3 tag, enough bytes to see past it (else the tag is
+    assumed to belong to an MP3, its most common owner).
+    """
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"fLaC":
+        return "flac"
+    tag = _id3_size(head)
+    if tag is not None:
+        after = head[tag : tag + 4]
+        if after == b"fLaC":
+            return "flac"
+        return "mp3"
+    if len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0:
+        return "mp3"  # MPEG audio frame sync
+    return None
+
+
+def sniff_needs(head: bytes) -> int:
+    """How many leading bytes :func:`sniff_format` wants to decide about ``head``."""
+    tag = _id3_size(head)
+    return 12 if tag is None else tag + 4
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_stem(text: str, *, max_length: int = 80) -> str:
+    """A file-name stem derived from free text (a prompt): no separators, no dot-files."""
+    stem = _UNSAFE.sub("-", text).strip("-._")[:max_length].strip("-._")
+    return stem or "audio"
+
+
+class AudioSink(Protocol):
+    """Receives one download. ``finish`` commits it; ``abort`` leaves nothing behind."""
+
+    async def begin(
+        self, *, audio_format: AudioFormat, content_type: str, content_length: int | None
+    ) -> None:
+        """Called once, before the first chunk."""
+        ...
+
+    async def write(self, chunk: bytes) -> None:
+        """Store one chunk."""
+        ...
+
+    async def finish(self, size: int) -> tuple[bytes | None, Path | None]:
+        """Commit the download; return the bytes (memory) or the final path (file)."""
+        ...
+
+    async def abort(self) -> None:
+        """Drop everything received so far."""
+        ...
+
+
+class MemorySink:
+    """Keeps the audio in memory, up to ``max_bytes``."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    async def begin(
+        self, *, audio_format: AudioFormat, content_type: str, content_length: int | None
+    ) -> None:
+        if content_length is not None and content_length > self.max_bytes:
+            raise ResponseTooLarge(
+                f"audio of {content_length} bytes exceeds the in-memory cap of "
+                f"{self.max_bytes} bytes; download it to a file instead",
+                endpoint="retrieve",
+            )
+
+    async def write(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > self.max_bytes:
+            self._parts.clear()
+            raise ResponseTooLarge(
+                f"audio exceeds the in-memory cap of {self.max_bytes} bytes; "
+                "download it to a file instead",
+                endpoint="retrieve",
+            )
+        self._parts.append(chunk)
+
+    async def finish(self, size: int) -> tuple[bytes | None, Path | None]:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return data, None
+
+    async def abort(self) -> None:
+        self._parts.clear()
+
+
+class FileSink:
+    """Writes the audio to ``path`` atomically.
+
+    When ``path`` is a directory, the file is named ``{stem}.{ext}`` inside it (the extension
+    from the detected format, the stem sanitised so nothing escapes the directory).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, stem: str = "audio") -> None:
+        self._target = Path(path)
+        self._stem = safe_stem(stem)
+        self._final: Path | None = None
+        self._temp: Path | None = None
+        self._file: IO[bytes] | None = None
+        self._buffer = bytearray()
+
+    def _choose_final(self, audio_format: AudioFormat) -> Path:
+        if self._target.is_dir():
+            directory = self._target.resolve()
+            final = (directory / f"{self._stem}.{audio_format}").resolve()
+            if final.parent != directory:  # belt and braces: the stem is already sanitised
+                raise ValueError(f"refusing to write outside {directory}")
+            return final
+        return self._target
+
+    async def begin(
+        self, *, audio_format: AudioFormat, content_type: str, content_length: int | None
+    ) -> None:
+        final = self._choose_final(audio_format)
+        temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
+        self._final, self._temp = final, temp
+        self._file = await anyio.to_thread.run_sync(temp.open, "wb")
+
+    async def _flush(self) -> None:
+        if self._buffer and self._file is not None:
+            data, self._buffer = bytes(self._buffer), bytearray()
+            await anyio.to_thread.run_sync(self._file.write, data)
+
+    async def write(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        if len(self._buffer) >= _WRITE_BATCH:
+            await self._flush()
+
+    async def finish(self, size: int) -> tuple[bytes | None, Path | None]:
+        await self._flush()
+        file, temp, final = self._file, self._temp, self._final
+        if file is None or temp is None or final is None:
+            raise RuntimeError("finish() called before begin()")
+
+        def _commit() -> int:
+            file.flush()
+            os.fsync(file.fileno())
+            file.close()
+            written = temp.stat().st_size
+            if written == size:
+                os.replace(temp, final)
+            return written
+
+        written = await anyio.to_thread.run_sync(_commit)
+        self._file = None
+        if written != size:
+            await self.abort()
+            raise TruncatedResponse(
+                f"wrote {written} bytes but received {size}", endpoint="retrieve"
+            )
+        self._temp = None
+        return None, final
+
+    async def abort(self) -> None:
+        # Shielded: cleanup must finish even when the download is being cancelled.
+        with anyio.CancelScope(shield=True):
+            file, temp = self._file, self._temp
+            self._file = self._temp = None
+            self._buffer = bytearray()
+
+            def _remove() -> None:
+                if file is not None:
+                    file.close()
+                if temp is not None:
+                    temp.unlink(missing_ok=True)
+
+            await anyio.to_thread.run_sync(_remove)

@@ -1,0 +1,179 @@
+"""The low-level client: one method per endpoint, no state beyond the connection pool.
+
+It neither polls nor retries (``queue`` especially: a retry could bill twice). The
+:class:`~venice_audio_async.AsyncSession` builds scheduling, budgets and retries on top.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+
+import aiohttp
+
+from ._audio import AudioSink, MemorySink
+from ._config import DEFAULT_BASE_URL, Limits, Timeouts
+from ._converters import (
+    structure_catalogue,
+    structure_complete,
+    structure_processing,
+    structure_queued,
+    structure_quote,
+    unstructure_request,
+)
+from ._http import HttpTransport, JsonAnswer, ResponseObserver
+from ._models import (
+    AudioModel,
+    AudioResult,
+    CompleteRequest,
+    CompleteResult,
+    Job,
+    Processing,
+    QueueRequest,
+    QuoteRequest,
+    QuoteResult,
+    RetrieveRequest,
+)
+
+__all__ = ["VeniceClient"]
+
+
+class VeniceClient:
+    """A thin async client for the audio endpoints.
+
+    Use it as an async context manager (or call :meth:`aclose`). Pass ``http_session`` to
+    share your own :class:`aiohttp.ClientSession`; it is then left open when this client
+    closes. The API key comes from ``api_key`` or the ``VENICE_API_KEY`` environment
+    variable; it is never shown in ``repr``.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str = DEFAULT_BASE_URL,
+        timeouts: Timeouts | None = None,
+        limits: Limits | None = None,
+        http_session: aiohttp.ClientSession | None = None,
+        allow_insecure_http: bool = False,
+        observer: ResponseObserver | None = None,
+    ) -> None:
+        self.limits = limits or Limits()
+        self._transport = HttpTransport(
+            api_key=api_key if api_key is not None else os.environ.get("VENICE_API_KEY"),
+            base_url=base_url,
+            timeouts=timeouts or Timeouts(),
+            limits=self.limits,
+            session=http_session,
+            allow_insecure_http=allow_insecure_http,
+            observer=observer,
+        )
+
+    def __repr__(self) -> str:
+        return f"<VeniceClient base_url={self._transport.base_url!r}>"
+
+    @property
+    def transport(self) -> HttpTransport:
+        """The HTTP layer (for the session's budget observer)."""
+        return self._transport
+
+    async def __aenter__(self) -> VeniceClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool (a borrowed ``http_session`` stays open)."""
+        await self._transport.aclose()
+
+    async def models(self) -> tuple[AudioModel, ...]:
+        """``GET /models?type=music``: the audio-queue catalogue.
+
+        Raises:
+            APIStatusError: the API refused the request.
+            TransportError: no usable answer (including a row that is not a model).
+        """
+        answer = await self._transport.request_json(
+            "models", "GET", "models", params={"type": "music"}, auth=True
+        )
+        return structure_catalogue(answer.body)
+
+    async def quote(self, request: QuoteRequest) -> QuoteResult:
+        """``POST /audio/quote``: the price in USD of a generation (no job is created).
+
+        Raises:
+            BadRequestError: the request does not fit the model.
+            NotFoundError: unknown model.
+            TransportError: no usable answer.
+        """
+        answer = await self._transport.request_json(
+            "quote", "POST", "audio/quote", body=unstructure_request(request)
+        )
+        return structure_quote(answer.body)
+
+    async def queue(self, request: QueueRequest) -> Job:
+        """``POST /audio/queue``: start a generation. **This is where you are billed.**
+
+        Never retried here. A :class:`~venice_audio_async.TransportError` whose
+        ``request_sent`` is true means the job may exist and be billed.
+
+        Raises:
+            BadRequestError: the server refused the parameters.
+            AuthenticationError, PaymentRequiredError, PermissionDeniedError: account issues.
+            ContentPolicyError: the prompt was refused (with ``suggested_prompt``).
+            RateLimitError: too many requests (``retry_after``).
+            ServerError: the server failed.
+            TransportError: no usable answer.
+        """
+        answer = await self._transport.request_json(
+            "queue", "POST", "audio/queue", body=unstructure_request(request)
+        )
+        job = structure_queued(answer.body)
+        return Job(model=job.model, queue_id=job.queue_id, request=request)
+
+    async def retrieve(
+        self, request: RetrieveRequest, *, sink: AudioSink | None = None
+    ) -> Processing | AudioResult:
+        """``POST /audio/retrieve``: the job's status, or its audio once finished.
+
+        The audio goes into ``sink`` (default: memory, up to
+        ``Limits.max_audio_bytes_in_memory``); use :class:`~venice_audio_async.FileSink`
+        to stream it to disk.
+
+        Raises:
+            InvalidQueueIdError: the id was never issued (400).
+            MediaNotFoundError: the media expired or was deleted (404).
+            ContentPolicyError, InferenceFailedError, ServiceUnavailableError, BadRequestError:
+                the job failed.
+            ResponseTooLarge: the audio exceeds the in-memory cap.
+            TruncatedResponse: the body was cut short; nothing partial was kept.
+            TransportError: no usable answer.
+        """
+        target = sink if sink is not None else MemorySink(self.limits.max_audio_bytes_in_memory)
+        answer = await self._transport.retrieve(unstructure_request(request), sink=target)
+        if isinstance(answer, JsonAnswer):
+            return structure_processing(answer.body)
+        return answer
+
+    async def complete(self, request: CompleteRequest) -> CompleteResult:
+        """``POST /audio/complete``: release the stored media.
+
+        ``success`` is false while the job is still running (nothing is cancelled), true
+        once released (and on repeated calls).
+
+        Raises:
+            InvalidQueueIdError: the id was never issued.
+            TransportError: no usable answer.
+        """
+        answer = await self._transport.request_json(
+            "complete", "POST", "audio/complete", body=unstructure_request(request)
+        )
+        return structure_complete(answer.body)

@@ -1,0 +1,132 @@
+"""Configuration: frozen, keyword-only objects with safe defaults.
+
+Defaults follow AUDIO_API.md section 9: ``queue`` about 40 and ``retrieve`` about 120 requests
+per minute per key, and a lockout after more than 20 failed requests in 30 s. Where the
+sources disagree (the docs page says 60/min for "Audio"), the lower figure is the default:
+being a little slow costs less than being locked out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "Limits",
+    "RateLimits",
+    "RetryPolicy",
+    "Timeouts",
+]
+
+DEFAULT_BASE_URL = "https://api.venice.ai/api/v1"
+
+
+def _positive(_: object, attribute: attrs.Attribute[float], value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{attribute.name} must be a positive number, got {value!r}")
+
+
+def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Timeouts:
+    """HTTP timeouts, in real seconds.
+
+    ``connect``: opening a connection. ``read``: the longest silence while waiting for or
+    reading an answer. ``request``: the whole of a JSON request (``None``: no limit).
+    ``download``: the whole of an audio download (``None``: no limit, ``read`` still applies,
+    so a stalled body is detected while a slow but steady one completes).
+
+    .. versionadded:: 0.1.0
+    """
+
+    connect: float = attrs.field(default=10.0, validator=_positive)
+    read: float = attrs.field(default=60.0, validator=_positive)
+    request: float | None = attrs.field(default=120.0, validator=_positive)
+    download: float | None = attrs.field(default=None, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How failed requests are retried (never ``queue`` after the request may have been sent).
+
+    Waits grow exponentially from ``initial_backoff`` to ``max_backoff`` with ``jitter``
+    (a fraction of each wait, randomised). A server's ``Retry-After`` is honoured up to
+    ``max_retry_after``. ``attempts`` counts the first try. :meth:`testing` gives a policy
+    that never waits, for tests.
+
+    .. versionadded:: 0.1.0
+    """
+
+    attempts: int = 5
+    initial_backoff: float = attrs.field(default=0.5, validator=_non_negative)
+    max_backoff: float = attrs.field(default=30.0, validator=_non_negative)
+    multiplier: float = attrs.field(default=2.0, validator=_positive)
+    jitter: float = attrs.field(default=0.5, validator=_non_negative)
+    max_retry_after: float = attrs.field(default=60.0, validator=_non_negative)
+    retry_queue_on_ambiguous_failure: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be at least 1, got {self.attempts!r}")
+
+    @classmethod
+    def testing(cls, *, attempts: int = 5) -> RetryPolicy:
+        """A policy with the same decisions but no waits (for tests)."""
+        return cls(
+            attempts=attempts,
+            initial_backoff=0.0,
+            max_backoff=0.0,
+            jitter=0.0,
+            max_retry_after=0.0,
+        )
+
+    def backoff(self, retry: int, random_fraction: float) -> float:
+        """The wait before retry number ``retry`` (1-based); ``random_fraction`` in [0, 1)."""
+        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** max(0, retry - 1))
+        return max(0.0, base * (1.0 - self.jitter / 2 + self.jitter * random_fraction))
+
+
+@attrs.frozen(kw_only=True)
+class RateLimits:
+    """Client-side request budgets, per minute, shared by everything a session does.
+
+    ``None`` disables the limiter for that endpoint (the server may still answer 429, which
+    is honoured). ``failures_per_window`` / ``failure_window`` mirror the API's error budget.
+
+    .. versionadded:: 0.1.0
+    """
+
+    queue_per_minute: float | None = attrs.field(default=40.0, validator=_positive)
+    retrieve_per_minute: float | None = attrs.field(default=120.0, validator=_positive)
+    quote_per_minute: float | None = attrs.field(default=None, validator=_positive)
+    complete_per_minute: float | None = attrs.field(default=None, validator=_positive)
+    failures_per_window: int = 20
+    failure_window: float = attrs.field(default=30.0, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """Connection and memory limits.
+
+    ``max_connections``: the size of the one connection pool. ``max_concurrent_requests``:
+    requests in flight at once across the session. ``max_audio_bytes_in_memory``: the
+    largest audio body kept in memory (larger ones raise
+    :class:`~venice_audio_async.ResponseTooLarge`; stream them to a file instead).
+
+    .. versionadded:: 0.1.0
+    """
+
+    max_connections: int = 16
+    max_concurrent_requests: int = 16
+    max_audio_bytes_in_memory: int = 100 * 1024 * 1024
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("max_connections", "max_concurrent_requests", "max_audio_bytes_in_memory"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")

@@ -1,0 +1,372 @@
+"""The only module that knows aiohttp.
+
+:class:`HttpTransport` owns one :class:`aiohttp.ClientSession` with one connector (or borrows
+the caller's, which it then never closes), sends JSON requests with bearer auth, and turns
+every aiohttp/asyncio failure into this library's errors (``raise ... from exc``).
+
+``retrieve`` is special: the same endpoint answers JSON while the job runs and the raw audio
+when it is done, so the answer is branched on its media type, never parsed blindly, and
+audio is streamed into an :class:`~venice_audio_async._audio.AudioSink` chunk by chunk.
+
+Redirects are never followed: a 3xx would otherwise carry the ``Authorization`` header to
+wherever it points.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import platform
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiohttp
+import attrs
+from yarl import URL
+
+from ._audio import AudioSink, sniff_format, sniff_needs
+from ._config import Limits, Timeouts
+from ._errors import (
+    APIStatusError,
+    ConnectError,
+    ConnectionDropped,
+    MalformedResponse,
+    RequestTimeout,
+    TransportError,
+    TruncatedResponse,
+    error_from_response,
+    support_headers,
+)
+from ._models import AudioFormat, AudioResult, VeniceHeaders, format_for_media_type
+
+__all__ = ["HttpTransport", "JsonAnswer", "ResponseObserver"]
+
+log = logging.getLogger("venice_audio_async")
+
+#: Called with (endpoint, status, headers) for every answer, and (endpoint, 0, {}) for a
+#: transport failure; the scheduler's request budget learns from it.
+ResponseObserver = Callable[[str, int, Mapping[str, str]], None]
+
+_ERROR_BODY_LIMIT = 64 * 1024
+_CHUNK = 64 * 1024
+
+
+@attrs.frozen
+class JsonAnswer:
+    """A successful JSON answer."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: Any
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(base_url: str, *, allow_insecure_http: bool) -> URL:
+    """Parse the base URL; refuse plain ``http://`` to anything but loopback unless allowed.
+
+    Raises:
+        ValueError: the URL is not http(s), or is plain http to a remote host.
+    """
+    url = URL(base_url.rstrip("/"))
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+    if url.scheme == "http" and not _is_loopback(url.host) and not allow_insecure_http:
+        raise ValueError(
+            f"refusing plain http to {url.host}: the API key would travel unencrypted; "
+            "use https, or pass allow_insecure_http=True if you really mean it"
+        )
+    return url
+
+
+def _headers_of(response: aiohttp.ClientResponse) -> dict[str, str]:
+    return {k.lower(): v for k, v in response.headers.items()}
+
+
+def _venice_headers(headers: Mapping[str, str]) -> VeniceHeaders:
+    def number(name: str) -> float | None:
+        try:
+            return float(headers[name])
+        except (KeyError, ValueError):
+            return None
+
+    return VeniceHeaders(
+        audio_format=headers.get("x-venice-audio-format"),
+        inference_time=number("x-venice-inference-time"),
+        model_id=headers.get("x-venice-model-id"),
+        model_name=headers.get("x-venice-model-name"),
+        audio_duration=number("x-venice-audio-duration"),
+        audio_subtitle=headers.get("x-venice-audio-subtitle"),
+        version=headers.get("x-venice-version"),
+    )
+
+
+class HttpTransport:
+    """One connection pool and the error mapping; see the module docstring.
+
+    The API key is held privately and never shown by ``repr``.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None,
+        base_url: str,
+        timeouts: Timeouts,
+        limits: Limits,
+        session: aiohttp.ClientSession | None = None,
+        allow_insecure_http: bool = False,
+        observer: ResponseObserver | None = None,
+    ) -> None:
+        self._api_key = api_key
+        self._base = check_base_url(base_url, allow_insecure_http=allow_insecure_http)
+        self._timeouts = timeouts
+        self._limits = limits
+        self._session = session
+        self._owns_session = session is None
+        self._observer = observer
+        self._closed = False
+        self.user_agent = (
+            f"venice-audio-async/{_version()} aiohttp/{aiohttp.__version__} "
+            f"python/{platform.python_version()}"
+        )
+
+    def __repr__(self) -> str:
+        return f"<HttpTransport base_url={str(self._base)!r} closed={self._closed}>"
+
+    @property
+    def base_url(self) -> str:
+        return str(self._base)
+
+    def set_observer(self, observer: ResponseObserver | None) -> None:
+        """Install the callback that sees every answer's status and headers."""
+        self._observer = observer
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._limits.max_connections,
+                limit_per_host=self._limits.max_connections,
+            )
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the pool if we created it; a borrowed session is left open."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+
+    def _headers(self, *, auth: bool) -> dict[str, str]:
+        headers = {"User-Agent": self.user_agent, "Accept": "application/json, audio/*"}
+        if auth and self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        return headers
+
+    def _notify(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+        if self._observer is not None:
+            self._observer(endpoint, status, headers)
+
+    def _timeout(self, *, download: bool) -> aiohttp.ClientTimeout:
+        t = self._timeouts
+        return aiohttp.ClientTimeout(
+            total=t.download if download else t.request,
+            sock_connect=t.connect,
+            sock_read=t.read,
+        )
+
+    def _translate(self, endpoint: str, exc: BaseException) -> TransportError:
+        """Map an aiohttp/asyncio failure to ours; the most specific class wins."""
+        where = f"{endpoint} request to {self._base.host}"
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return RequestTimeout(
+                f"{where}: connect timed out", endpoint=endpoint, request_sent=False
+            )
+        if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError, TimeoutError)):
+            return RequestTimeout(f"{where}: no answer in time", endpoint=endpoint)
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return ConnectError(f"{where}: cannot connect ({exc.os_error})", endpoint=endpoint)
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            return TruncatedResponse(f"{where}: the body was cut short", endpoint=endpoint)
+        if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
+            return ConnectionDropped(f"{where}: the connection was dropped", endpoint=endpoint)
+        if isinstance(exc, aiohttp.ClientResponseError):
+            return MalformedResponse(
+                f"{where}: unreadable answer ({exc.message})", endpoint=endpoint
+            )
+        return TransportError(f"{where}: {type(exc).__name__}", endpoint=endpoint)
+
+    async def _error(self, endpoint: str, response: aiohttp.ClientResponse) -> APIStatusError:
+        headers = _headers_of(response)
+        if 300 <= response.status < 400:
+            return APIStatusError(
+                f"unexpected redirect to {headers.get('location', '?')!r}, not followed",
+                status_code=response.status,
+                headers=support_headers(headers),
+                endpoint=endpoint,
+            )
+        raw = await response.content.read(_ERROR_BODY_LIMIT)
+        return error_from_response(response.status, raw, headers, endpoint=endpoint)
+
+    async def request_json(
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
+        auth: bool = True,
+    ) -> JsonAnswer:
+        """Send one request and return its JSON answer.
+
+        Raises:
+            APIStatusError: the API answered an error status (the most specific subclass).
+            TransportError: no usable answer (connect, timeout, dropped, malformed).
+        """
+        url = self._base / path.lstrip("/")
+        try:
+            async with self._client().request(
+                method,
+                url,
+                json=body,
+                params=params,
+                headers=self._headers(auth=auth),
+                allow_redirects=False,
+                timeout=self._timeout(download=False),
+            ) as response:
+                headers = _headers_of(response)
+                if response.status >= 300:
+                    error = await self._error(endpoint, response)
+                    self._notify(endpoint, response.status, headers)
+                    raise error
+                raw = await response.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError) as exc:
+            self._notify(endpoint, 0, {})
+            raise self._translate(endpoint, exc) from exc
+        self._notify(endpoint, response.status, headers)
+        try:
+            payload = json.loads(raw)
+        except ValueError as exc:
+            raise MalformedResponse(
+                f"{endpoint} answered {len(raw)} bytes that are not JSON", endpoint=endpoint
+            ) from exc
+        return JsonAnswer(status=response.status, headers=headers, body=payload)
+
+    async def retrieve(
+        self, body: Mapping[str, Any], *, sink: AudioSink
+    ) -> JsonAnswer | AudioResult:
+        """``POST /audio/retrieve``: JSON status while running, streamed audio when done.
+
+        Raises:
+            APIStatusError: the job failed, or the id is unknown/expired.
+            TransportError: no usable answer; ``TruncatedResponse`` if the body was cut
+                short (the sink is aborted, nothing partial remains).
+        """
+        endpoint = "retrieve"
+        url = self._base / "audio/retrieve"
+        try:
+            async with self._client().post(
+                url,
+                json=body,
+                headers=self._headers(auth=True),
+                allow_redirects=False,
+                timeout=self._timeout(download=True),
+            ) as response:
+                headers = _headers_of(response)
+                if response.status >= 300:
+                    error = await self._error(endpoint, response)
+                    self._notify(endpoint, response.status, headers)
+                    raise error
+                media_type = response.content_type.lower()
+                if media_type == "application/json":
+                    raw = await response.read()
+                    self._notify(endpoint, response.status, headers)
+                    try:
+                        return JsonAnswer(response.status, headers, json.loads(raw))
+                    except ValueError as exc:
+                        raise MalformedResponse(
+                            "retrieve answered invalid JSON", endpoint=endpoint
+                        ) from exc
+                result = await self._stream_audio(response, headers, media_type, sink)
+        except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError) as exc:
+            self._notify(endpoint, 0, {})
+            raise self._translate(endpoint, exc) from exc
+        self._notify(endpoint, response.status, headers)
+        return result
+
+    async def _stream_audio(
+        self,
+        response: aiohttp.ClientResponse,
+        headers: dict[str, str],
+        media_type: str,
+        sink: AudioSink,
+    ) -> AudioResult:
+        declared = format_for_media_type(media_type)
+        head = b""
+        audio_format: AudioFormat | None = declared
+        if declared is None:
+            # application/octet-stream (or a mislabelled body): decide from the magic bytes.
+            while len(head) < 1 << 20:
+                needed = sniff_needs(head)
+                if len(head) >= needed:
+                    break
+                chunk = await response.content.read(max(needed - len(head), 16))
+                if not chunk:
+                    break
+                head += chunk
+            audio_format = sniff_format(head)
+            if audio_format is None:
+                raise MalformedResponse(
+                    f"retrieve answered {media_type!r} that is neither a status nor audio",
+                    endpoint="retrieve",
+                )
+        assert audio_format is not None
+        length = response.content_length
+        await sink.begin(audio_format=audio_format, content_type=media_type, content_length=length)
+        size = 0
+        try:
+            if head:
+                await sink.write(head)
+                size += len(head)
+            async for chunk in response.content.iter_chunked(_CHUNK):
+                await sink.write(chunk)
+                size += len(chunk)
+            if length is not None and size != length:
+                raise TruncatedResponse(
+                    f"audio body has {size} of {length} announced bytes", endpoint="retrieve"
+                )
+            data, path = await sink.finish(size)
+        except BaseException:
+            await sink.abort()
+            raise
+        log.debug("downloaded %d bytes of %s", size, audio_format)
+        return AudioResult(
+            content_type=media_type,
+            format=audio_format,
+            size=size,
+            data=data,
+            path=path,
+            venice=_venice_headers(headers),
+        )
