@@ -14,6 +14,7 @@
      │    ├── MalformedResponse                   answer not in the documented shape
      │    └── ResponseTooLarge                    audio body above the configured cap
      ├── QueueOutcomeUnknown                      `queue` may have been billed; not retried
+     ├── BatchSubmitError                         some queue calls of submit_many failed
      ├── APIStatusError                           the API answered an HTTP error
      │    ├── BadRequestError            400      (details / issues)
      │    │    └── InvalidQueueIdError   400      "Request ID is invalid."
@@ -50,6 +51,7 @@ __all__ = [
     "APIStatusError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchSubmitError",
     "ConnectError",
     "ConnectionDropped",
     "ContentPolicyError",
@@ -194,6 +196,25 @@ class QueueOutcomeUnknown(VeniceError):
         super().__init__(
             f"queue for model {request.model!r} failed after the request was sent ({cause}); "
             "the job may have been created and billed, so it was not retried"
+        )
+
+
+class BatchSubmitError(VeniceError):
+    """Some requests of ``submit_many`` failed; the others were queued and are polled.
+
+    ``jobs[i]`` is the job of request ``i`` (``None`` where it failed) and ``errors[i]`` the
+    error of each failed one: keep the jobs, they were paid for.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, jobs: list[Job | None], errors: dict[int, VeniceError]) -> None:
+        self.jobs = jobs
+        self.errors = errors
+        first = next(iter(errors.items()))
+        super().__init__(
+            f"{len(errors)} of {len(jobs)} submits failed (first: request {first[0]}: "
+            f"{first[1]}); {len(jobs) - len(errors)} were queued"
         )
 
 

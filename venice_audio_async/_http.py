@@ -323,26 +323,27 @@ class HttpTransport:
         media_type: str,
         sink: AudioSink,
     ) -> AudioResult:
+        # The media type decides "audio"; the magic bytes decide which container, because
+        # labels have been seen wrong (AUDIO_API.md section 10) and octet-stream says nothing.
         declared = format_for_media_type(media_type)
         head = b""
-        audio_format: AudioFormat | None = declared
-        if declared is None:
-            # application/octet-stream (or a mislabelled body): decide from the magic bytes.
-            while len(head) < 1 << 20:
-                needed = sniff_needs(head)
-                if len(head) >= needed:
-                    break
-                chunk = await response.content.read(max(needed - len(head), 16))
-                if not chunk:
-                    break
-                head += chunk
-            audio_format = sniff_format(head)
-            if audio_format is None:
-                raise MalformedResponse(
-                    f"retrieve answered {media_type!r} that is neither a status nor audio",
-                    endpoint="retrieve",
-                )
-        assert audio_format is not None
+        while len(head) < 1 << 20:
+            needed = sniff_needs(head)
+            if len(head) >= needed:
+                break
+            chunk = await response.content.read(max(needed - len(head), 16))
+            if not chunk:
+                break
+            head += chunk
+        sniffed = sniff_format(head)
+        audio_format = sniffed or declared
+        if audio_format is None:
+            raise MalformedResponse(
+                f"retrieve answered {media_type!r} that is neither a status nor audio",
+                endpoint="retrieve",
+            )
+        if declared is not None and sniffed is not None and sniffed != declared:
+            log.info("audio labelled %s is %s; trusting the bytes", media_type, sniffed)
         length = response.content_length
         await sink.begin(audio_format=audio_format, content_type=media_type, content_length=length)
         size = 0

@@ -1,0 +1,536 @@
+"""Request budgets: rate limits, pauses and the failure window, in virtual time."""
+
+from __future__ import annotations
+
+import bisect
+import email.utils
+import math
+import time
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from venice_audio_async._budget import (
+    BudgetStatistics,
+    LocalBudget,
+    RateLimit,
+    RequestBudget,
+    parse_reset,
+    retry_delay_from_headers,
+)
+from venice_audio_async._clock import ManualClock
+
+NOW_EPOCH = 1_800_000_000.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Run the async tests on asyncio."""
+    return "asyncio"
+
+
+def make_budget(
+    clock: ManualClock, rates: dict[str, RateLimit] | None = None, **kwargs: object
+) -> LocalBudget:
+    if rates is None:
+        rates = {"queue": RateLimit(40), "retrieve": RateLimit(120)}
+    return LocalBudget(clock=clock, rates=rates, **kwargs)  # type: ignore[arg-type]
+
+
+async def settle(clock: ManualClock, budget: LocalBudget) -> None:
+    """Run the event loop until no task makes visible progress."""
+    idle, last = 0, None
+    while idle < 5:
+        await anyio.lowlevel.checkpoint()
+        stats = budget.statistics()
+        snapshot = (
+            stats.granted,
+            clock.pending,
+            tuple(e.waiting for e in stats.endpoints.values()),
+        )
+        idle = idle + 1 if snapshot == last else 0
+        last = snapshot
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    """The largest number of times in any closed interval of length ``window``."""
+    ordered = sorted(times)
+    return max(
+        (bisect.bisect_right(ordered, t + window) - k for k, t in enumerate(ordered)), default=0
+    )
+
+
+def ms_epoch(clock: ManualClock, seconds_from_now: float) -> str:
+    return str(round((clock.time() + seconds_from_now) * 1000))
+
+
+# --------------------------------------------------------------------------- rate limits
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("per_minute", [40, 120])
+@pytest.mark.parametrize("burst", [None, 1, "limit"])
+async def test_burst_of_500_never_exceeds_the_limit_in_any_minute(
+    per_minute: int, burst: int | str | None
+) -> None:
+    """500 concurrent acquirers get at most per_minute grants in any 60 s, in FIFO order."""
+    clock = ManualClock()
+    chosen = per_minute if burst == "limit" else burst
+    assert not isinstance(chosen, str)
+    budget = make_budget(clock, {"retrieve": RateLimit(per_minute, chosen)})
+    grants: list[tuple[float, int]] = []
+
+    async def worker(i: int) -> None:
+        await budget.acquire("retrieve")
+        grants.append((clock.monotonic(), i))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(500):
+            tg.start_soon(worker, i)
+        while True:
+            await settle(clock, budget)
+            if len(grants) == 500:
+                break
+            assert clock.advance_to_next()
+
+    times = [t for t, _ in grants]
+    assert max_in_window(times, 60.0) <= per_minute
+    assert [i for _, i in grants] == list(range(500))
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    if burst is None:
+        # pacing: no stall while the window refills
+        assert max(gaps) < 2.0
+    # the long-run rate is the limit (over 60.5 s windows)
+    assert times[-1] == pytest.approx((500 - per_minute) * 60.5 / per_minute, rel=0.05)
+    assert budget.statistics().endpoints["retrieve"].granted == 500
+
+
+@pytest.mark.anyio
+async def test_default_burst_then_paced() -> None:
+    """A quiet endpoint grants its burst at once, then paces the rest."""
+    clock = ManualClock()
+    budget = make_budget(clock, {"retrieve": RateLimit(120)})
+    assert RateLimit(120).effective_burst == 20
+    assert RateLimit(40).effective_burst == 6
+    assert [budget.try_acquire("retrieve") for _ in range(21)] == [True] * 20 + [False]
+    ready = budget.next_available("retrieve")
+    assert ready == pytest.approx(60.5 / 100)  # 100 free slots over the 60.5 s window
+    clock.advance(ready)
+    assert budget.try_acquire("retrieve")
+    assert not budget.try_acquire("retrieve")
+
+
+@pytest.mark.anyio
+async def test_fifo_fairness_with_staggered_arrivals() -> None:
+    """Waiters that arrive one after another are served in arrival order."""
+    clock = ManualClock()
+    budget = make_budget(clock, {"queue": RateLimit(40, burst=1)})
+    order: list[int] = []
+
+    async def worker(i: int) -> None:
+        await budget.acquire("queue")
+        order.append(i)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(30):
+            tg.start_soon(worker, i)
+            await settle(clock, budget)  # each one queues before the next starts
+        while len(order) < 30:
+            assert clock.advance_to_next()
+            await settle(clock, budget)
+    assert order == list(range(30))
+
+
+@pytest.mark.anyio
+async def test_cancelled_waiters_take_no_token_and_block_nobody() -> None:
+    """Cancelling the head and a middle waiter leaves the tokens to the others, in order."""
+    clock = ManualClock()
+    budget = make_budget(clock, {"queue": RateLimit(40, burst=1)})
+    assert budget.try_acquire("queue")
+    order: list[int] = []
+    scopes: dict[int, anyio.CancelScope] = {}
+
+    async def worker(i: int) -> None:
+        with anyio.CancelScope() as scope:
+            scopes[i] = scope
+            await budget.acquire("queue")
+            order.append(i)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(5):
+            tg.start_soon(worker, i)
+        await settle(clock, budget)
+        assert budget.statistics().endpoints["queue"].waiting == 5
+        scopes[0].cancel()  # the head, sleeping on the clock
+        scopes[2].cancel()  # a waiter in the middle
+        await settle(clock, budget)
+        assert budget.statistics().endpoints["queue"].waiting == 3
+        while len(order) < 3:
+            assert clock.advance_to_next()
+            await settle(clock, budget)
+    assert order == [1, 3, 4]
+    stats = budget.statistics().endpoints["queue"]
+    assert stats.granted == 4
+    assert stats.waiting == 0
+    # the first waiter got the token as soon as the pacing interval allowed: none wasted
+    assert budget.statistics().granted == 4
+
+
+@pytest.mark.anyio
+async def test_cancelled_last_waiter_leaves_the_endpoint_free() -> None:
+    """After the only waiter is cancelled, the next token goes to a newcomer at once."""
+    clock = ManualClock()
+    budget = make_budget(clock, {"queue": RateLimit(40, burst=1)})
+    assert budget.try_acquire("queue")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(budget.acquire, "queue")
+        await settle(clock, budget)
+        tg.cancel_scope.cancel()
+    clock.advance(10)
+    assert budget.try_acquire("queue")
+    assert budget.statistics().endpoints["queue"].granted == 2
+
+
+@pytest.mark.anyio
+async def test_try_acquire_never_jumps_the_queue() -> None:
+    """try_acquire refuses while a task waits, even when a token is free."""
+    clock = ManualClock()
+    budget = make_budget(clock, {"queue": RateLimit(40, burst=1)})
+    assert budget.try_acquire("queue")
+    done = anyio.Event()
+
+    async def waiter() -> None:
+        await budget.acquire("queue")
+        done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await settle(clock, budget)
+        clock.advance(1.5125)  # token free, waiter woken but not yet run
+        assert not budget.try_acquire("queue")
+        await done.wait()
+    assert budget.statistics().endpoints["queue"].granted == 2
+
+
+@pytest.mark.anyio
+async def test_unlimited_endpoint_is_still_paused() -> None:
+    """An endpoint without a rate is unlimited, but session pauses apply to it."""
+    clock = ManualClock()
+    budget = make_budget(clock)
+    assert all(budget.try_acquire("complete") for _ in range(1000))
+    budget.pause(3.0, reason="test")
+    assert not budget.try_acquire("complete")
+    assert budget.next_available("complete") == 3.0
+    stats = budget.statistics()
+    assert stats.endpoints["complete"].tokens_available is None
+    assert stats.pause_reason == "test"
+    clock.advance(3.0)
+    assert budget.try_acquire("complete")
+
+
+# --------------------------------------------------------------------------- 429 and headers
+
+
+@pytest.mark.anyio
+async def test_429_retry_after_pauses_every_endpoint() -> None:
+    """A 429 on retrieve with Retry-After pauses queue and retrieve until it passes."""
+    clock = ManualClock()
+    budget = make_budget(clock)
+    budget.record_response("retrieve", 429, {"Retry-After": "10"})
+    for endpoint in ("queue", "retrieve", "complete"):
+        assert budget.next_available(endpoint) == 10.0
+        assert not budget.try_acquire(endpoint)
+    clock.advance(10.0)
+    assert budget.try_acquire("queue")
+    assert budget.try_acquire("retrieve")
+
+
+@pytest.mark.anyio
+async def test_waiter_sleeping_through_a_new_pause_waits_for_it() -> None:
+    """A 429 arriving while a task waits for a token pushes its grant past the pause."""
+    clock = ManualClock()
+    budget = make_budget(clock, {"queue": RateLimit(40, burst=1)})
+    assert budget.try_acquire("queue")
+    granted_at: list[float] = []
+
+    async def waiter() -> None:
+        await budget.acquire("queue")
+        granted_at.append(clock.monotonic())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await settle(clock, budget)
+        budget.record_response("retrieve", 429, {"retry-after": "7"})
+        while not granted_at:
+            assert clock.advance_to_next()
+            await settle(clock, budget)
+    assert granted_at == [7.0]
+
+
+@pytest.mark.anyio
+async def test_429_retry_after_is_capped() -> None:
+    """An hour-long Retry-After is capped at max_retry_after."""
+    clock = ManualClock()
+    budget = make_budget(clock, max_retry_after=45.0)
+    budget.record_response("queue", 429, {"retry-after": "3600"})
+    assert budget.next_available("retrieve") == 45.0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("unit", ["ms", "s"])
+async def test_429_reset_header_in_ms_or_s_epoch(unit: str) -> None:
+    """x-ratelimit-reset-requests works as a ms epoch and as a seconds epoch."""
+    clock = ManualClock(start=100.0)
+    budget = make_budget(clock)
+    reset = clock.time() + 12.0
+    value = str(round(reset * 1000)) if unit == "ms" else str(round(reset))
+    budget.record_response(
+        "retrieve",
+        429,
+        {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": value},
+    )
+    assert budget.next_available("queue") == pytest.approx(112.0)
+
+
+@pytest.mark.anyio
+async def test_headerless_429_backs_off_and_resets_on_success() -> None:
+    """429s without headers pause 5, 10, 20 s; a 2xx resets the sequence."""
+    clock = ManualClock()
+    budget = make_budget(clock)
+    for expected in (5.0, 10.0, 20.0):
+        budget.record_response("queue", 429, {})
+        assert budget.next_available("queue") - clock.monotonic() == expected
+        clock.advance(expected)
+    budget.record_response("queue", 200, {})
+    budget.record_response("queue", 429, {})
+    assert budget.next_available("queue") - clock.monotonic() == 5.0
+
+
+@pytest.mark.anyio
+async def test_remaining_zero_pauses_only_that_endpoint_until_reset() -> None:
+    """A 200 with x-ratelimit-remaining-requests 0 pauses that endpoint until the reset."""
+    clock = ManualClock()
+    budget = make_budget(clock)
+    budget.record_response(
+        "retrieve",
+        200,
+        {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": ms_epoch(clock, 8)},
+    )
+    assert budget.next_available("retrieve") == pytest.approx(8.0)
+    assert not budget.try_acquire("retrieve")
+    assert budget.try_acquire("queue")
+    stats = budget.statistics()
+    assert stats.paused_until is None
+    assert stats.endpoints["retrieve"].paused_until == pytest.approx(8.0)
+    assert stats.endpoints["retrieve"].tokens_available == 0
+    assert stats.failures == 0
+    clock.advance(8.0)
+    assert budget.try_acquire("retrieve")
+
+
+@pytest.mark.anyio
+async def test_remaining_above_zero_does_not_pause() -> None:
+    """Headers reporting budget left change nothing."""
+    clock = ManualClock()
+    budget = make_budget(clock)
+    budget.record_response(
+        "retrieve",
+        200,
+        {
+            "x-ratelimit-remaining-requests": "3",
+            "x-ratelimit-reset-requests": ms_epoch(clock, 30),
+            "x-ratelimit-remaining": "12",
+            "x-ratelimit-resets": ms_epoch(clock, 30),
+        },
+    )
+    assert budget.next_available("retrieve") == 0.0
+    assert budget.next_available("queue") == 0.0
+
+
+@pytest.mark.anyio
+async def test_error_budget_headers_pause_the_session() -> None:
+    """x-ratelimit-remaining 0 with x-ratelimit-resets pauses every endpoint until then."""
+    clock = ManualClock()
+    budget = make_budget(clock)
+    budget.record_response(
+        "retrieve",
+        429,
+        {"x-ratelimit-remaining": "0", "x-ratelimit-resets": ms_epoch(clock, 30)},
+    )
+    assert budget.next_available("queue") == pytest.approx(30.0)
+    assert budget.statistics().pause_reason == "429 from retrieve"
+
+
+# --------------------------------------------------------------------------- failure window
+
+
+@pytest.mark.anyio
+async def test_failure_window_pauses_before_the_lockout() -> None:
+    """Back-to-back failures never reach 20 in 30 s: the session slows down at 15."""
+    clock = ManualClock()
+    budget = make_budget(clock)
+    failures: list[float] = []
+
+    async def failing_client() -> None:
+        while clock.monotonic() < 300:
+            await budget.acquire("complete")
+            failures.append(clock.monotonic())
+            budget.record_response("complete", 400, {})
+            await clock.sleep(0.1)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(failing_client)
+        while clock.monotonic() < 300:
+            await settle(clock, budget)
+            assert clock.advance_to_next()
+    assert max_in_window(failures, 30.0) == 15
+    stats = budget.statistics()
+    assert stats.failures == len(failures)
+    assert stats.failure_seconds_paused > 200
+    assert stats.seconds_paused == 0
+
+
+@pytest.mark.anyio
+async def test_failure_window_counts_transport_failures_and_in_flight_ones() -> None:
+    """Transport failures count; in-flight failures past the threshold extend the pause."""
+    clock = ManualClock()
+    budget = make_budget(clock, failure_window=(20, 30.0), failure_margin=5)
+    for i in range(14):
+        clock.advance(1.0)
+        budget.record_failure("retrieve")
+        assert budget.try_acquire("retrieve"), i
+    budget.record_response("retrieve", 503, {})  # the 15th failure, at t=15
+    assert budget.next_available("queue") == pytest.approx(31.0)  # first one (t=1) expires
+    budget.record_response("retrieve", 500, {})  # in flight, 16th
+    assert budget.next_available("queue") == pytest.approx(32.0)
+    stats = budget.statistics()
+    assert stats.failures_in_window == 16
+    assert stats.failure_paused_until == pytest.approx(32.0)
+    assert stats.endpoints["queue"].tokens_available == 0
+    clock.advance(40.0)
+    assert budget.statistics().failures_in_window == 0
+    assert budget.try_acquire("queue")
+
+
+@pytest.mark.anyio
+async def test_successes_do_not_feed_the_failure_window() -> None:
+    """2xx and 3xx answers are not failures."""
+    clock = ManualClock()
+    budget = make_budget(clock)
+    for status in (200, 201, 204, 304) * 10:
+        budget.record_response("retrieve", status, {})
+    assert budget.statistics().failures == 0
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.anyio
+async def test_statistics_counts_429s_and_paused_seconds_once() -> None:
+    """429s are counted per endpoint; overlapping pauses add their union only."""
+    clock = ManualClock()
+    budget = make_budget(clock)
+    assert budget.try_acquire("queue")
+    budget.record_response("retrieve", 429, {"retry-after": "10"})
+    clock.advance(4.0)
+    budget.record_response("queue", 429, {"retry-after": "10"})  # 10 -> 14: adds 4
+    budget.pause(2.0, reason="shorter, inside")  # adds nothing
+    stats = budget.statistics()
+    assert isinstance(stats, BudgetStatistics)
+    assert stats.rate_limited == 2
+    assert stats.endpoints["retrieve"].rate_limited == 1
+    assert stats.endpoints["queue"].rate_limited == 1
+    assert stats.seconds_paused == pytest.approx(14.0)
+    assert stats.paused_until == pytest.approx(14.0)
+    assert stats.pause_reason == "429 from queue"
+    assert stats.granted == 1
+    assert stats.endpoints["queue"].tokens_available == 0
+    assert stats.failures == 2
+    clock.advance(20.0)
+    stats = budget.statistics()
+    assert stats.paused_until is None
+    assert stats.pause_reason is None
+    assert stats.endpoints["queue"].tokens_available == 5  # burst 6, one used
+    assert stats.endpoints["queue"].utilisation == pytest.approx(1 / 40)
+
+
+def test_local_budget_is_a_request_budget() -> None:
+    """LocalBudget satisfies the RequestBudget protocol."""
+    assert isinstance(make_budget(ManualClock()), RequestBudget)
+
+
+@pytest.mark.anyio
+async def test_100k_acquires_are_fast_and_memory_bounded() -> None:
+    """100k acquires at the sustained rate run quickly; the grant log stays bounded."""
+    clock = ManualClock()
+    budget = make_budget(clock, {"retrieve": RateLimit(120, burst=1)})
+    started = time.perf_counter()
+    for _ in range(100_000):
+        await budget.acquire("retrieve")
+        clock.advance(0.51)
+    elapsed = time.perf_counter() - started
+    stats = budget.statistics().endpoints["retrieve"]
+    assert stats.granted == 100_000
+    assert stats.utilisation <= 1.0
+    assert elapsed < 5.0, elapsed
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_parse_reset_heuristic() -> None:
+    """Milliseconds, seconds and relative values are told apart by magnitude."""
+    now = NOW_EPOCH
+    assert parse_reset(str(int((now + 5) * 1000)), now) == pytest.approx(5.0)
+    assert parse_reset(str(int(now + 5)), now) == pytest.approx(5.0)
+    assert parse_reset("17", now) == 17.0
+    assert parse_reset(" 2.5 ", now) == 2.5
+    assert parse_reset(str(int((now - 5) * 1000)), now) == 0.0  # in the past
+    for bad in ("", "soon", "-3", "nan", "inf"):
+        assert parse_reset(bad, now) is None
+
+
+def test_retry_delay_from_headers() -> None:
+    """Retry-After and exhausted reset headers are combined (longest wins) and capped."""
+    now = NOW_EPOCH
+    ms = str(int((now + 20) * 1000))
+    assert retry_delay_from_headers({}, now, 60) is None
+    assert retry_delay_from_headers({"RETRY-AFTER": "3"}, now, 60) == 3.0
+    assert retry_delay_from_headers({"retry-after": "junk"}, now, 60) is None
+    date = email.utils.formatdate(now + 9, usegmt=True)
+    assert retry_delay_from_headers({"Retry-After": date}, now, 60) == pytest.approx(9.0)
+    assert retry_delay_from_headers({"x-ratelimit-reset-requests": ms}, now, 60) == 20.0
+    assert (
+        retry_delay_from_headers(
+            {"x-ratelimit-reset-requests": ms, "x-ratelimit-remaining-requests": "4"}, now, 60
+        )
+        is None
+    )
+    assert (
+        retry_delay_from_headers(
+            {"Retry-After": "3", "X-RateLimit-Resets": ms, "x-ratelimit-remaining": "0"}, now, 60
+        )
+        == 20.0
+    )
+    assert retry_delay_from_headers({"retry-after": "600"}, now, 60) == 60.0
+
+
+def test_invalid_configuration_is_refused() -> None:
+    """Nonsense limits raise ValueError."""
+    with pytest.raises(ValueError, match="per_minute"):
+        RateLimit(0.5)
+    with pytest.raises(ValueError, match="per_minute"):
+        RateLimit(math.inf)
+    with pytest.raises(ValueError, match="burst"):
+        RateLimit(40, burst=0)
+    with pytest.raises(ValueError, match="margin"):
+        RateLimit(40, margin=-1)
+    with pytest.raises(ValueError, match="failure_margin"):
+        make_budget(ManualClock(), failure_window=(5, 30.0), failure_margin=5)
+    with pytest.raises(ValueError, match="max_retry_after"):
+        make_budget(ManualClock(), max_retry_after=0)
+    budget = make_budget(ManualClock())
+    with pytest.raises(ValueError, match="number"):
+        budget.pause(math.nan, reason="x")
+    assert RateLimit(40, burst=100).effective_burst == 40

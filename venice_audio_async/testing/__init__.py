@@ -1,0 +1,32 @@
+"""A faithful fake of Venice's asynchronous audio API, for tests and local development.
+
+:class:`FakeServer` is a real aiohttp server (so a client talks to it over HTTP exactly as it
+would to ``https://api.venice.ai/api/v1``) that serves the bundled model catalogue, validates
+requests strictly and per model, runs scripted job timelines in scaled virtual time, streams
+valid audio files, and can inject faults (error statuses, delays, dropped connections,
+truncated downloads, wrong content types), rate limits, an error budget and a balance.
+
+Run it standalone with ``python -m venice_audio_async.testing --port 8000``.
+"""
+
+from __future__ import annotations
+
+from ._audio import audio_bytes, sniff_audio_format
+from ._catalogue import load_default_catalogue
+from ._rules import check_queue_body, check_quote_body, compute_quote
+from ._server import ENDPOINTS, FakeJob, FakeServer, Fault, JobScript, RecordedRequest
+
+__all__ = [
+    "ENDPOINTS",
+    "FakeJob",
+    "FakeServer",
+    "Fault",
+    "JobScript",
+    "RecordedRequest",
+    "audio_bytes",
+    "check_queue_body",
+    "check_quote_body",
+    "compute_quote",
+    "load_default_catalogue",
+    "sniff_audio_format",
+]
