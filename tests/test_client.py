@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async.testing import Fault, FakeServer, JobScript
+from venice_audio_async.testing import FakeServer, Fault, JobScript
 
 from .conftest import API_KEY, TIME_SCALE
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from ._audio import AudioSink, FileSink, MemorySink
+from ._budget import BudgetStatistics, LocalBudget, RateLimit, RequestBudget
 from ._client import VeniceClient
 from ._clock import Clock, ManualClock, ScaledClock, SystemClock
 from ._config import DEFAULT_BASE_URL, Limits, RateLimits, RetryPolicy, Timeouts
@@ -16,6 +17,7 @@ from ._errors import (
     APIStatusError,
     AuthenticationError,
     BadRequestError,
+    BatchSubmitError,
     ConnectError,
     ConnectionDropped,
     ContentPolicyError,
@@ -41,6 +43,7 @@ from ._errors import (
     TruncatedResponse,
     VeniceError,
 )
+from ._estimator import PollingBounds
 from ._models import (
     AudioFormat,
     AudioModel,
@@ -69,6 +72,7 @@ from ._models import (
     UnknownPricing,
     VeniceHeaders,
 )
+from ._session import AsyncSession, ResultStream, SessionStatistics
 
 try:
     __version__ = version("venice-audio-async")
@@ -77,12 +81,15 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "APIStatusError",
+    "AsyncSession",
     "AudioFormat",
     "AudioModel",
     "AudioResult",
     "AudioSink",
     "AuthenticationError",
     "BadRequestError",
+    "BatchSubmitError",
+    "BudgetStatistics",
     "Clock",
     "CompleteRequest",
     "CompleteResult",
@@ -101,6 +108,7 @@ __all__ = [
     "Job",
     "JobDeadlineExceeded",
     "Limits",
+    "LocalBudget",
     "MalformedResponse",
     "ManualClock",
     "MediaNotFoundError",
@@ -113,6 +121,7 @@ __all__ = [
     "PerSecondPricing",
     "PerThousandCharactersPricing",
     "PermissionDeniedError",
+    "PollingBounds",
     "Pricing",
     "Processing",
     "QueueOutcomeUnknown",
@@ -120,11 +129,14 @@ __all__ = [
     "Queued",
     "QuoteRequest",
     "QuoteResult",
+    "RateLimit",
     "RateLimitError",
     "RateLimits",
+    "RequestBudget",
     "RequestTimeout",
     "RequestValidationError",
     "ResponseTooLarge",
+    "ResultStream",
     "RetrieveRequest",
     "RetryPolicy",
     "Running",
@@ -132,6 +144,7 @@ __all__ = [
     "ServerError",
     "ServiceUnavailableError",
     "SessionStateError",
+    "SessionStatistics",
     "SpendLimitExceeded",
     "Succeeded",
     "SystemClock",

@@ -39,7 +39,7 @@ from ._errors import (
     error_from_response,
     support_headers,
 )
-from ._models import AudioFormat, AudioResult, VeniceHeaders, format_for_media_type
+from ._models import AudioResult, VeniceHeaders, format_for_media_type
 
 __all__ = ["HttpTransport", "JsonAnswer", "ResponseObserver"]
 

@@ -1,0 +1,470 @@
+"""The polling scheduler: when to ask ``retrieve`` about which job, within the budget.
+
+One scheduler per session multiplexes every in-flight ``queue_id`` over the session's one
+connection pool. Its loop:
+
+1. pops the job whose next poll is due from a heap (O(log n): no scan of all jobs per tick);
+2. waits for a ``retrieve`` token from the shared :class:`~._budget.RequestBudget` (which
+   also holds the whole session during ``Retry-After`` pauses and near the error budget);
+3. starts the poll in its own task (bounded by the session's request limiter) and goes on.
+
+A poll either reschedules the job (still running: the next time comes from the
+:class:`~._estimator.DurationEstimator`, fed with the server's ETA hints and the durations
+already seen for that model), retries it later with backoff (5xx, timeouts, dropped or
+truncated bodies), or ends it with an :data:`~._models.Outcome` that is pushed into the
+memory object stream of every consumer waiting on that job. Consumers only read streams,
+so breaking out of a loop or being cancelled cannot corrupt the scheduler.
+
+Guarantee: a tracked ``queue_id`` is never dropped. It ends delivered, failed with its
+error, or handed back through :meth:`Scheduler.unfinished` (a consumer went away, or the
+session closed while it was still running).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import attrs
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ._audio import AudioSink
+from ._budget import RequestBudget
+from ._client import VeniceClient
+from ._clock import Clock
+from ._config import RetryPolicy
+from ._errors import (
+    APIStatusError,
+    JobDeadlineExceeded,
+    RateLimitError,
+    ResponseTooLarge,
+    ServerError,
+    TransportError,
+    VeniceError,
+)
+from ._estimator import DurationEstimator
+from ._models import (
+    AudioResult,
+    CompleteRequest,
+    Failed,
+    Job,
+    Outcome,
+    Processing,
+    RetrieveRequest,
+    Succeeded,
+)
+
+__all__ = ["ReleaseMode", "Scheduler", "SinkFactory"]
+
+log = logging.getLogger("venice_audio_async")
+
+#: Builds a fresh sink for one download attempt of a job.
+SinkFactory = Callable[[Job], AudioSink]
+ReleaseMode = str  # "complete" | "delete_on_retrieve" | "keep"
+
+_PRESSURE_HORIZON = 5.0  # seconds of token wait that count as full budget pressure
+
+
+@attrs.define(eq=False)
+class _Tracked:
+    job: Job
+    sink_factory: SinkFactory
+    tracked_at: float
+    deadline: float | None
+    due: float = 0.0
+    blind: bool = True  # scheduled without any duration information for its model
+    server_elapsed: float | None = None
+    hint: float | None = None  # the server's latest average_execution_time for this job
+    polled_at: float | None = None
+    polls: int = 0
+    failures: int = 0
+    in_flight: bool = False
+    outcome: Outcome | None = None
+    subscribers: list[MemoryObjectSendStream[Outcome]] = attrs.field(factory=list)
+    ever_subscribed: bool = False
+    abandoned: bool = False
+    entry: int = -1  # heap entry sequence that is current; older entries are stale
+
+
+@attrs.frozen
+class SchedulerCounts:
+    """Counters the session folds into its statistics."""
+
+    in_flight: int
+    succeeded: int
+    failed: int
+    abandoned: int
+    polls: int
+    released: int
+
+
+class Scheduler:
+    """Owns the heap of jobs to poll and the tasks that poll them. Internal."""
+
+    def __init__(
+        self,
+        *,
+        client: VeniceClient,
+        budget: RequestBudget,
+        estimator: DurationEstimator,
+        clock: Clock,
+        retry: RetryPolicy,
+        limiter: anyio.CapacityLimiter,
+        release: ReleaseMode = "complete",
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._budget = budget
+        self._estimator = estimator
+        self._clock = clock
+        self._retry = retry
+        self._limiter = limiter
+        self._release = release
+        self._rng = rng or random.Random()
+        self._jobs: dict[str, _Tracked] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        self._wake = anyio.Event()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._lateness = 0.0
+        self._counts: Counter[str] = Counter()
+        # In-flight jobs per model, and the (mu, sigma) their schedule was computed from:
+        # when a model's timing is learned, its waiting jobs are re-planned at once instead
+        # of each sleeping through a schedule made from the wide prior.
+        self._by_model: dict[str, set[str]] = {}
+        self._releasing = 0
+        self._released_all = anyio.Event()
+        self._plan_basis: dict[str, tuple[float, float]] = {}
+
+    # ------------------------------------------------------------------ tracking
+
+    def track(
+        self,
+        job: Job,
+        sink_factory: SinkFactory,
+        *,
+        deadline: float | None = None,
+        elapsed: float | None = None,
+    ) -> None:
+        """Start polling ``job``. ``deadline`` is seconds from now; ``elapsed`` what is known
+        of its run time so far (``None`` for a job queued elsewhere at an unknown time)."""
+        if job.queue_id in self._jobs and self._jobs[job.queue_id].outcome is None:
+            return
+        now = self._clock.monotonic()
+        tracked = _Tracked(
+            job=job,
+            sink_factory=sink_factory,
+            tracked_at=now - (elapsed or 0.0),
+            deadline=None if deadline is None else now + deadline,
+        )
+        tracked.server_elapsed = elapsed
+        self._jobs[job.queue_id] = tracked
+        self._by_model.setdefault(job.model, set()).add(job.queue_id)
+        self._schedule(tracked, self._first_delay(tracked, now))
+
+    def _first_delay(self, tracked: _Tracked, now: float) -> float:
+        elapsed = now - tracked.tracked_at
+        tracked.blind = not self._estimator.knows(tracked.job.model)
+        return self._estimator.next_poll_delay(
+            tracked.job.model, elapsed, pressure=self.pressure, hint=tracked.hint
+        )
+
+    def _schedule(self, tracked: _Tracked, delay: float) -> None:
+        tracked.due = self._clock.monotonic() + max(0.0, delay)
+        if tracked.deadline is not None:
+            tracked.due = min(tracked.due, tracked.deadline)
+        tracked.entry = next(self._seq)
+        heapq.heappush(self._heap, (tracked.due, tracked.entry, tracked.job.queue_id))
+        if self._heap[0][1] == tracked.entry:
+            self._wake.set()  # the loop may be sleeping towards a later job
+
+    @property
+    def pressure(self) -> float:
+        """0 when retrieve tokens are spare, 1 when due jobs wait long for them."""
+        return min(1.0, self._lateness / _PRESSURE_HORIZON)
+
+    def outcome_of(self, queue_id: str) -> Outcome | None:
+        tracked = self._jobs.get(queue_id)
+        return tracked.outcome if tracked else None
+
+    def is_tracked(self, queue_id: str) -> bool:
+        return queue_id in self._jobs
+
+    def subscribe(self, job: Job, stream: MemoryObjectSendStream[Outcome]) -> bool:
+        """Deliver ``job``'s outcome into ``stream``. Returns False if the job is unknown.
+
+        A job already finished is delivered at once; a job abandoned earlier is tracked
+        again (a new consumer wants it).
+        """
+        tracked = self._jobs.get(job.queue_id)
+        if tracked is None:
+            return False
+        if tracked.outcome is not None:
+            stream.send_nowait(tracked.outcome)
+            return True
+        tracked.subscribers.append(stream)
+        tracked.ever_subscribed = True
+        if tracked.abandoned:
+            tracked.abandoned = False
+            self._counts["abandoned"] -= 1
+            self._schedule(tracked, 0.0)
+        return True
+
+    def unsubscribe(self, job: Job, stream: MemoryObjectSendStream[Outcome]) -> None:
+        """Stop delivering to ``stream``; the last consumer leaving stops the polling."""
+        tracked = self._jobs.get(job.queue_id)
+        if tracked is None or stream not in tracked.subscribers:
+            return
+        tracked.subscribers.remove(stream)
+        if not tracked.subscribers and tracked.outcome is None and not tracked.abandoned:
+            tracked.abandoned = True
+            tracked.entry = -1  # its heap entry goes stale
+            self._counts["abandoned"] += 1
+
+    def unfinished(self) -> list[Job]:
+        """Jobs queued (paid for) whose outcome was never reached: keep their ids."""
+        return [t.job for t in self._jobs.values() if t.outcome is None]
+
+    def counts(self) -> SchedulerCounts:
+        in_flight = sum(1 for t in self._jobs.values() if t.outcome is None and not t.abandoned)
+        return SchedulerCounts(
+            in_flight=in_flight,
+            succeeded=self._counts["succeeded"],
+            failed=self._counts["failed"],
+            abandoned=self._counts["abandoned"],
+            polls=self._counts["polls"],
+            released=self._counts["released"],
+        )
+
+    def forget_finished(self, queue_id: str) -> None:
+        """Drop a finished job's record (its outcome was handed over)."""
+        tracked = self._jobs.get(queue_id)
+        if tracked is not None and tracked.outcome is not None and not tracked.subscribers:
+            del self._jobs[queue_id]
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Poll due jobs until cancelled. Started by the session with ``tg.start``."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            while True:
+                tracked = await self._next_due()
+                await self._budget.acquire("retrieve")
+                now = self._clock.monotonic()
+                # Lateness (how long a due job waited for its token) measures pressure.
+                late = max(0.0, now - tracked.due)
+                self._lateness = 0.8 * self._lateness + 0.2 * late
+                if tracked.outcome is not None or tracked.abandoned:
+                    continue
+                tracked.in_flight = True
+                tg.start_soon(self._poll, tracked)
+
+    async def _next_due(self) -> _Tracked:
+        while True:
+            if not self._heap:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+                continue
+            due, entry, queue_id = self._heap[0]
+            tracked = self._jobs.get(queue_id)
+            if tracked is None or tracked.entry != entry or tracked.outcome is not None:
+                heapq.heappop(self._heap)  # stale entry
+                continue
+            now = self._clock.monotonic()
+            if due > now:
+                await self._sleep_or_wake(due - now)
+                continue
+            heapq.heappop(self._heap)
+            tracked.entry = -1
+            if tracked.deadline is not None and now >= tracked.deadline:
+                self._finish(
+                    tracked,
+                    Failed(tracked.job, JobDeadlineExceeded(tracked.job, now - tracked.tracked_at)),
+                )
+                continue
+            if tracked.blind and self._estimator.knows(tracked.job.model):
+                # Scheduled blind; another job of the model has since taught us its timing.
+                self._schedule(tracked, self._first_delay(tracked, now))
+                continue
+            return tracked
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        self._wake = anyio.Event()
+        wake = self._wake
+
+        async def timer() -> None:
+            await self._clock.sleep(seconds)
+            wake.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(timer)
+            await wake.wait()
+            tg.cancel_scope.cancel()
+
+    # ------------------------------------------------------------------ one poll
+
+    async def _poll(self, tracked: _Tracked) -> None:
+        job = tracked.job
+        delete = True if self._release == "delete_on_retrieve" else None
+        request = RetrieveRequest(
+            model=job.model, queue_id=job.queue_id, delete_media_on_completion=delete
+        )
+        self._counts["polls"] += 1
+        tracked.polls += 1
+        try:
+            async with self._limiter:
+                answer = await self._client.retrieve(request, sink=tracked.sink_factory(job))
+        except RateLimitError:
+            # The budget already paused the whole session; this is not the job's fault.
+            tracked.in_flight = False
+            self._reschedule_soon(tracked)
+            return
+        except VeniceError as error:
+            tracked.in_flight = False
+            self._on_error(tracked, error)
+            return
+        finally:
+            tracked.in_flight = False
+        now = self._clock.monotonic()
+        if isinstance(answer, Processing):
+            self._on_running(tracked, answer, now)
+        else:
+            await self._on_audio(tracked, answer, now)
+
+    def _reschedule_soon(self, tracked: _Tracked) -> None:
+        if tracked.outcome is None and not tracked.abandoned:
+            self._schedule(tracked, 0.0)
+
+    def _on_running(self, tracked: _Tracked, status: Processing, now: float) -> None:
+        tracked.failures = 0
+        model = tracked.job.model
+        if status.average_execution_time is not None:
+            self._estimator.observe_hint(model, status.average_execution_time)
+            tracked.hint = status.average_execution_time
+        if status.execution_duration is not None:
+            tracked.tracked_at = now - status.execution_duration
+        tracked.server_elapsed = status.execution_duration
+        tracked.polled_at = now
+        tracked.blind = False
+        if tracked.abandoned:
+            return
+        delay = self._estimator.next_poll_delay(
+            model,
+            now - tracked.tracked_at,
+            pressure=self.pressure,
+            hint=tracked.hint,
+        )
+        self._schedule(tracked, delay)
+
+    async def _on_audio(self, tracked: _Tracked, audio: AudioResult, now: float) -> None:
+        duration = audio.venice.inference_time
+        if duration is None:
+            duration = now - tracked.tracked_at
+        self._estimator.observe_duration(tracked.job.model, duration, hint=tracked.hint)
+        released = self._release == "delete_on_retrieve"
+        self._finish(tracked, Succeeded(tracked.job, audio, released=released))
+        self._replan_if_learned(tracked.job.model, tracked.hint)
+        if self._release == "complete":
+            await self._release_media(tracked.job)
+
+    def _replan_if_learned(self, model: str, hint: float | None) -> None:
+        basis = self._estimator.distribution(model, hint=hint)
+        if basis is None:
+            return
+        old = self._plan_basis.get(model)
+        self._plan_basis[model] = basis
+        if (
+            old is not None
+            and abs(basis[0] - old[0]) < 0.02
+            and abs(basis[1] - old[1]) < 0.2 * old[1]
+        ):
+            return  # no news: the waiting jobs' schedule stands
+        now = self._clock.monotonic()
+        for queue_id in self._by_model.get(model, ()):
+            tracked = self._jobs[queue_id]
+            if tracked.entry < 0 or tracked.in_flight or tracked.outcome is not None:
+                continue  # being polled right now, or done
+            delay = self._estimator.next_poll_delay(
+                model, now - tracked.tracked_at, pressure=self.pressure, hint=tracked.hint
+            )
+            if abs((now + delay) - tracked.due) > self._estimator.bounds.min_interval:
+                self._schedule(tracked, delay)
+
+    async def wait_releases(self) -> None:
+        """Wait until no ``complete`` call is in flight (the session's close drains them)."""
+        while self._releasing:
+            await self._released_all.wait()
+
+    async def _release_media(self, job: Job) -> None:
+        # Only after the bytes are stored (the sink committed); failures are logged, never
+        # raised: the audio is safe, the server will expire the media on its own.
+        self._releasing += 1
+        try:
+            await self._send_complete(job)
+        finally:
+            self._releasing -= 1
+            if not self._releasing:
+                self._released_all.set()
+                self._released_all = anyio.Event()
+
+    async def _send_complete(self, job: Job) -> None:
+        try:
+            await self._budget.acquire("complete")
+            async with self._limiter:
+                result = await self._client.complete(
+                    CompleteRequest(model=job.model, queue_id=job.queue_id)
+                )
+        except VeniceError as error:
+            log.warning("could not release media of job %s: %s", job.queue_id, error)
+            return
+        if result.success:
+            self._counts["released"] += 1
+
+    def _on_error(self, tracked: _Tracked, error: VeniceError) -> None:
+        if self._retryable(error):
+            tracked.failures += 1
+            if tracked.failures < self._retry.attempts and not tracked.abandoned:
+                delay = self._retry.backoff(tracked.failures, self._rng.random())
+                self._schedule(tracked, delay)
+                return
+        self._finish(tracked, Failed(tracked.job, error))
+
+    @staticmethod
+    def _retryable(error: VeniceError) -> bool:
+        if isinstance(error, ResponseTooLarge):
+            return False
+        if isinstance(error, TransportError):
+            return True  # retrieve is safe to repeat; the media stays until released
+        if isinstance(error, ServerError):
+            return True  # a single 5xx is not a failure; a persistent one is
+        return isinstance(error, APIStatusError) and error.status_code in (408, 425)
+
+    def _finish(self, tracked: _Tracked, outcome: Outcome) -> None:
+        if tracked.outcome is not None:
+            return
+        tracked.outcome = outcome
+        tracked.entry = -1
+        self._by_model.get(tracked.job.model, set()).discard(tracked.job.queue_id)
+        self._counts["succeeded" if isinstance(outcome, Succeeded) else "failed"] += 1
+        if tracked.abandoned:
+            tracked.abandoned = False
+            self._counts["abandoned"] -= 1
+        for stream in tracked.subscribers:
+            try:
+                stream.send_nowait(outcome)
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                log.debug("consumer of job %s went away", tracked.job.queue_id)
+        tracked.subscribers.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Internal numbers for debugging and benchmarks."""
+        return {"heap": len(self._heap), "jobs": len(self._jobs), "pressure": self.pressure}

@@ -1,0 +1,698 @@
+"""``AsyncSession``: the object users hold. Submit many jobs, receive each as it finishes.
+
+The session owns one :class:`~._client.VeniceClient` (one connection pool), one anyio task
+group with the :class:`~._scheduler.Scheduler` in it, the request budget shared by every
+submit and poll, and the catalogue cache used to validate requests before sending them.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import random
+import types
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp
+import anyio
+import anyio.abc
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from ._audio import AudioSink, FileSink, MemorySink, safe_stem
+from ._budget import LocalBudget, RateLimit, RequestBudget
+from ._client import VeniceClient
+from ._clock import Clock, SystemClock
+from ._config import DEFAULT_BASE_URL, Limits, RateLimits, RetryPolicy, Timeouts
+from ._errors import (
+    BatchSubmitError,
+    ConnectError,
+    JobDeadlineExceeded,
+    QueueOutcomeUnknown,
+    RateLimitError,
+    RequestValidationError,
+    ServiceUnavailableError,
+    SessionStateError,
+    TransportError,
+    VeniceError,
+)
+from ._estimator import DurationEstimator, PollingBounds
+from ._models import (
+    AudioModel,
+    AudioResult,
+    FieldProblem,
+    Job,
+    Outcome,
+    QueueRequest,
+    QuoteRequest,
+    QuoteResult,
+    Succeeded,
+)
+from ._scheduler import Scheduler, SinkFactory
+from ._validation import check_queue, check_quote
+
+__all__ = ["AsyncSession", "ResultStream", "SessionStatistics"]
+
+log = logging.getLogger("venice_audio_async")
+
+_RELEASE_DRAIN_SECONDS = 5.0
+
+Destination = str | os.PathLike[str] | None
+ReleaseMedia = Literal["complete", "delete_on_retrieve", "keep"]
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@attrs.frozen
+class SessionStatistics:
+    """A snapshot of what the session has done.
+
+    .. versionadded:: 0.1.0
+    """
+
+    jobs_in_flight: int
+    jobs_succeeded: int
+    jobs_failed: int
+    jobs_abandoned: int
+    requests: Mapping[str, int]
+    rate_limited: int
+    paused_seconds: float
+    media_released: int
+
+    @property
+    def retrieves_per_finished_job(self) -> float:
+        """Mean ``retrieve`` calls per finished job (1.0 is the ideal)."""
+        finished = self.jobs_succeeded + self.jobs_failed
+        return self.requests.get("retrieve", 0) / finished if finished else 0.0
+
+
+class ResultStream:
+    """Async iterator over outcomes, in finish order. Obtained from ``session.results()``.
+
+    It only reads a memory stream: no task group or cancel scope is open while it yields.
+    """
+
+    def __init__(self, receive: MemoryObjectReceiveStream[Outcome], total: int) -> None:
+        self._receive = receive
+        self._remaining = total
+
+    @property
+    def remaining(self) -> int:
+        """Outcomes not yet yielded."""
+        return self._remaining
+
+    def __aiter__(self) -> ResultStream:
+        return self
+
+    async def __anext__(self) -> Outcome:
+        if self._remaining <= 0:
+            raise StopAsyncIteration
+        try:
+            outcome = await self._receive.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+        self._remaining -= 1
+        return outcome
+
+
+class AsyncSession:
+    """Submit audio generations and receive each result as it finishes.
+
+    ::
+
+        async with AsyncSession() as session:
+            jobs = await session.submit_many(requests)
+            async with session.results(jobs) as results:
+                async for outcome in results:
+                    ...
+
+    One session holds one connection pool, one polling scheduler and one request budget
+    (``rate_limits``), shared by everything it does. The API key comes from ``api_key`` or
+    ``VENICE_API_KEY`` and is never shown in ``repr``, messages or logs.
+
+    Finished audio goes to ``output_dir`` (a file per job, written atomically) or stays in
+    memory. Once stored, the server's copy is released with ``complete``
+    (``release_media="complete"``, the default); ``"delete_on_retrieve"`` saves that request
+    by asking ``retrieve`` to delete the media as it answers, at the cost that a download cut
+    short cannot be fetched again; ``"keep"`` leaves it on the server until it expires.
+
+    Raises:
+        ValueError: invalid configuration (for example a plain-http remote ``base_url``).
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str = DEFAULT_BASE_URL,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        rate_limits: RateLimits | None = None,
+        limits: Limits | None = None,
+        polling: PollingBounds | None = None,
+        output_dir: str | os.PathLike[str] | None = None,
+        release_media: ReleaseMedia = "complete",
+        validate: bool = True,
+        catalogue: Sequence[AudioModel] | None = None,
+        http_session: aiohttp.ClientSession | None = None,
+        clock: Clock | None = None,
+        budget: RequestBudget | None = None,
+        allow_insecure_http: bool = False,
+    ) -> None:
+        if release_media not in ("complete", "delete_on_retrieve", "keep"):
+            raise ValueError(
+                f"release_media must be complete/delete_on_retrieve/keep, got {release_media!r}"
+            )
+        self._clock = clock or SystemClock()
+        self._retry = retry or RetryPolicy()
+        self._limits = limits or Limits()
+        self._rate_limits = rate_limits or RateLimits()
+        self._validate = validate
+        self._output_dir = Path(output_dir) if output_dir is not None else None
+        self._release: ReleaseMedia = release_media
+        self._catalogue: dict[str, AudioModel] | None = (
+            {m.id: m for m in catalogue} if catalogue is not None else None
+        )
+        self._catalogue_lock = anyio.Lock()
+        key = api_key if api_key is not None else os.environ.get("VENICE_API_KEY")
+        self._has_key = bool(key)
+        self._client = VeniceClient(
+            api_key=key,
+            base_url=base_url,
+            timeouts=timeouts,
+            limits=self._limits,
+            http_session=http_session,
+            allow_insecure_http=allow_insecure_http,
+        )
+        self._budget = budget or LocalBudget(
+            clock=self._clock,
+            rates=_rates(self._rate_limits),
+            max_retry_after=self._retry.max_retry_after,
+            failure_window=(
+                self._rate_limits.failures_per_window,
+                self._rate_limits.failure_window,
+            ),
+        )
+        self._client.transport.set_observer(self._observe)
+        self._limiter = anyio.CapacityLimiter(self._limits.max_concurrent_requests)
+        self._scheduler = Scheduler(
+            client=self._client,
+            budget=self._budget,
+            estimator=DurationEstimator(bounds=polling or PollingBounds()),
+            clock=self._clock,
+            retry=self._retry,
+            limiter=self._limiter,
+            release=release_media,
+        )
+        self._requests: dict[str, int] = {}
+        self._state = _State.UNOPENED
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<AsyncSession {self._state.value} base_url={self._client.transport.base_url!r} "
+            f"api_key={'set' if self._has_key else 'missing'}>"
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> AsyncSession:
+        if self._state is _State.OPEN:
+            raise SessionStateError("the session is already open")
+        if self._state is _State.CLOSED:
+            raise SessionStateError("a closed session cannot be reopened; create a new one")
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        try:
+            await tg.start(self._scheduler.run)
+        except BaseException:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+            await self._client.aclose()
+            self._state = _State.CLOSED
+            raise
+        self._tg = tg
+        self._state = _State.OPEN
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> bool | None:
+        if self._state is not _State.OPEN or self._tg is None:
+            return None
+        self._state = _State.CLOSED
+        tg, self._tg = self._tg, None
+        # Media releases already started finish first (bounded), so stored audio does not
+        # leave its copy on the server just because the session ended right after it.
+        with anyio.move_on_after(_RELEASE_DRAIN_SECONDS):
+            await self._scheduler.wait_releases()
+        tg.cancel_scope.cancel()
+        try:
+            return await tg.__aexit__(exc_type, exc, tb)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._client.aclose()
+            unfinished = self._scheduler.unfinished()
+            if unfinished:
+                log.warning(
+                    "session closed with %d unfinished job(s); their ids: %s",
+                    len(unfinished),
+                    ", ".join(j.queue_id for j in unfinished[:20]),
+                )
+
+    async def aclose(self) -> None:
+        """Close the session: stop polling and close the pool. Closing twice is harmless.
+
+        Jobs still running stay billed and running on the server; :meth:`unfinished` lists
+        them so they can be attached later.
+        """
+        if self._state is _State.OPEN:
+            await self.__aexit__(None, None, None)
+        elif self._state is _State.UNOPENED:
+            self._state = _State.CLOSED
+            await self._client.aclose()
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", None) is _State.OPEN:
+            warnings.warn(
+                f"{self!r} was never closed; use 'async with' or await aclose()",
+                ResourceWarning,
+                stacklevel=2,
+            )
+
+    def _check_open(self) -> None:
+        if self._state is _State.UNOPENED:
+            raise SessionStateError("the session is not open; use 'async with AsyncSession()'")
+        if self._state is _State.CLOSED:
+            raise SessionStateError("the session is closed")
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _observe(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+        self._requests[endpoint] = self._requests.get(endpoint, 0) + 1
+        if status == 0:
+            self._budget.record_failure(endpoint)
+        else:
+            self._budget.record_response(endpoint, status, headers)
+
+    async def _send(self, endpoint: str) -> None:
+        await self._budget.acquire(endpoint)
+
+    def _sink_factory(self, destination: Destination, stem: str) -> SinkFactory:
+        target = Path(destination) if destination is not None else self._output_dir
+        limit = self._limits.max_audio_bytes_in_memory
+
+        def make(job: Job) -> AudioSink:
+            if target is None:
+                return MemorySink(limit)
+            return FileSink(target, stem=f"{stem}-{job.queue_id[:8]}")
+
+        return make
+
+    # ------------------------------------------------------------------ catalogue
+
+    async def models(self, *, refresh: bool = False) -> tuple[AudioModel, ...]:
+        """The music catalogue, fetched once per session and cached.
+
+        Raises:
+            SessionStateError: the session is not open.
+            APIStatusError, TransportError: the catalogue could not be fetched.
+        """
+        self._check_open()
+        async with self._catalogue_lock:
+            if self._catalogue is None or refresh:
+                await self._send("models")
+                async with self._limiter:
+                    rows = await self._client.models()
+                self._catalogue = {m.id: m for m in rows}
+            return tuple(self._catalogue.values())
+
+    async def _model_for(self, model_id: str) -> AudioModel:
+        catalogue = self._catalogue
+        if catalogue is None:
+            await self.models()
+            catalogue = self._catalogue
+        assert catalogue is not None
+        if model_id not in catalogue:
+            known = ", ".join(sorted(catalogue)) or "none"
+            raise RequestValidationError(
+                (FieldProblem("model", f"unknown model {model_id!r}; known: {known}"),),
+                model=model_id,
+            )
+        return catalogue[model_id]
+
+    # ------------------------------------------------------------------ quote
+
+    async def quote(
+        self,
+        model: str,
+        *,
+        duration_seconds: int | None = None,
+        character_count: int | None = None,
+        validate: bool | None = None,
+    ) -> QuoteResult:
+        """The price of a generation in USD (nothing is queued or billed).
+
+        Raises:
+            RequestValidationError: the request breaks the model's rules (nothing sent).
+            APIStatusError, TransportError: the quote failed.
+        """
+        self._check_open()
+        request = QuoteRequest(
+            model=model, duration_seconds=duration_seconds, character_count=character_count
+        )
+        check_quote(
+            request, await self._model_for(model) if self._should_validate(validate) else None
+        )
+        await self._send("quote")
+        async with self._limiter:
+            return await self._client.quote(request)
+
+    def _should_validate(self, override: bool | None) -> bool:
+        return self._validate if override is None else override
+
+    # ------------------------------------------------------------------ submit
+
+    async def submit(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        lyrics_prompt: str | None = None,
+        duration_seconds: int | None = None,
+        force_instrumental: bool | None = None,
+        lyrics_optimizer: bool | None = None,
+        loop: bool | None = None,
+        voice: str | None = None,
+        language_code: str | None = None,
+        speed: float | None = None,
+        destination: Destination = None,
+        deadline: float | None = None,
+        validate: bool | None = None,
+    ) -> Job:
+        """Validate, queue (billed here) and start polling one generation.
+
+        Returns the job at once; get its result with :meth:`results` or :meth:`wait_for`.
+        ``destination`` is a file or directory for the audio (default: ``output_dir``, else
+        memory). ``deadline`` (seconds) ends the job with :class:`JobDeadlineExceeded` if it
+        runs longer; the job keeps running on the server and can be attached later.
+
+        Raises:
+            RequestValidationError: the request breaks the model's rules; nothing was sent.
+            QueueOutcomeUnknown: the request was sent but its answer lost; the job may
+                exist and be billed, so it was not retried.
+            APIStatusError: the API refused the job (e.g. ``ContentPolicyError``).
+            SessionStateError: the session is not open.
+        """
+        request = QueueRequest(
+            model=model,
+            prompt=prompt,
+            lyrics_prompt=lyrics_prompt,
+            duration_seconds=duration_seconds,
+            force_instrumental=force_instrumental,
+            lyrics_optimizer=lyrics_optimizer,
+            loop=loop,
+            voice=voice,
+            language_code=language_code,
+            speed=speed,
+        )
+        return await self.submit_request(
+            request, destination=destination, deadline=deadline, validate=validate
+        )
+
+    async def submit_request(
+        self,
+        request: QueueRequest,
+        *,
+        destination: Destination = None,
+        deadline: float | None = None,
+        validate: bool | None = None,
+    ) -> Job:
+        """Like :meth:`submit`, from a prepared :class:`QueueRequest`."""
+        self._check_open()
+        if deadline is not None and not deadline > 0:
+            raise ValueError(f"deadline must be a positive number of seconds, got {deadline!r}")
+        model = await self._model_for(request.model) if self._should_validate(validate) else None
+        check_queue(request, model)
+        job = await self._queue(request)
+        factory = self._sink_factory(destination, safe_stem(request.prompt, max_length=40))
+        self._scheduler.track(job, factory, deadline=deadline, elapsed=0.0)
+        return job
+
+    async def _queue(self, request: QueueRequest) -> Job:
+        attempt = 0
+        while True:
+            attempt += 1
+            await self._send("queue")
+            try:
+                async with self._limiter:
+                    return await self._client.queue(request)
+            except (ConnectError, RateLimitError, ServiceUnavailableError) as error:
+                # Certainly not accepted: nothing was sent, or the server refused it
+                # before creating a job. Safe to try again.
+                if attempt >= self._retry.attempts:
+                    raise
+                await self._backoff(attempt, error)
+            except TransportError as error:
+                if not error.request_sent:
+                    if attempt >= self._retry.attempts:
+                        raise
+                    await self._backoff(attempt, error)
+                    continue
+                if self._retry.retry_queue_on_ambiguous_failure and attempt < self._retry.attempts:
+                    log.warning("queue answer lost; retrying as configured (may double-bill)")
+                    await self._backoff(attempt, error)
+                    continue
+                raise QueueOutcomeUnknown(request, error) from error
+
+    async def _backoff(self, attempt: int, error: VeniceError) -> None:
+        if isinstance(error, RateLimitError):
+            return  # the budget already pauses the whole session for Retry-After
+        await self._clock.sleep(self._retry.backoff(attempt, random.random()))
+
+    async def submit_many(
+        self,
+        requests: Iterable[QueueRequest],
+        *,
+        destination: Destination = None,
+        deadline: float | None = None,
+        validate: bool | None = None,
+    ) -> list[Job]:
+        """Validate every request first, then queue them concurrently within the rate limit.
+
+        Nothing is sent if any request is invalid. Jobs come back in the order of
+        ``requests``.
+
+        Raises:
+            RequestValidationError: some requests are invalid (problems prefixed by index).
+            BatchSubmitError: some queue calls failed; it carries the jobs that were
+                queued (still polled) and each error by index.
+        """
+        self._check_open()
+        batch = list(requests)
+        problems: list[FieldProblem] = []
+        for index, request in enumerate(batch):
+            try:
+                model = (
+                    await self._model_for(request.model)
+                    if self._should_validate(validate)
+                    else None
+                )
+                check_queue(request, model)
+            except RequestValidationError as error:
+                problems.extend(
+                    FieldProblem(f"[{index}].{p.field}", p.message) for p in error.problems
+                )
+        if problems:
+            raise RequestValidationError(tuple(problems))
+        jobs: list[Job | None] = [None] * len(batch)
+        errors: dict[int, VeniceError] = {}
+
+        async def one(index: int, request: QueueRequest) -> None:
+            # Errors are collected, not raised: a failing sibling must not cancel queue
+            # calls in flight (a cancelled queue call could lose a billed job's id).
+            try:
+                jobs[index] = await self.submit_request(
+                    request, destination=destination, deadline=deadline, validate=False
+                )
+            except VeniceError as error:
+                errors[index] = error
+
+        async with anyio.create_task_group() as tg:
+            for index, request in enumerate(batch):
+                tg.start_soon(one, index, request)
+        if errors:
+            raise BatchSubmitError(jobs, dict(sorted(errors.items())))
+        return [job for job in jobs if job is not None]
+
+    def attach(
+        self,
+        model: str,
+        queue_id: str,
+        *,
+        destination: Destination = None,
+        deadline: float | None = None,
+    ) -> Job:
+        """Adopt a job queued elsewhere (another process, an earlier run) and poll it.
+
+        Raises:
+            SessionStateError: the session is not open.
+        """
+        self._check_open()
+        if not queue_id or not model:
+            raise ValueError("attach needs a model and a queue_id")
+        job = Job(model=model, queue_id=queue_id)
+        factory = self._sink_factory(destination, "attached")
+        self._scheduler.track(job, factory, deadline=deadline, elapsed=None)
+        return job
+
+    # ------------------------------------------------------------------ results
+
+    @asynccontextmanager
+    async def results(self, jobs: Iterable[Job]) -> AsyncIterator[ResultStream]:
+        """Outcomes of ``jobs`` as they finish, in finish order.
+
+        ::
+
+            async with session.results(jobs) as results:
+                async for outcome in results:
+                    match outcome:
+                        case Succeeded(job, audio): ...
+                        case Failed(job, error): ...
+
+        One failed job does not end the iteration. Leaving the block early stops polling
+        the jobs nobody else waits for; they stay listed by :meth:`unfinished`.
+
+        Raises:
+            ValueError: a job is not known to this session (submit or attach it first).
+        """
+        self._check_open()
+        wanted = list(dict.fromkeys(jobs))
+        for job in wanted:
+            if not self._scheduler.is_tracked(job.queue_id):
+                raise ValueError(f"job {job.queue_id} is not tracked by this session; attach it")
+        send, receive = anyio.create_memory_object_stream[Outcome](max_buffer_size=len(wanted) or 1)
+        try:
+            for job in wanted:
+                self._scheduler.subscribe(job, send)
+            yield ResultStream(receive, len(wanted))
+        finally:
+            for job in wanted:
+                self._scheduler.unsubscribe(job, send)
+            send.close()
+            receive.close()
+
+    async def wait_for(self, job: Job, *, timeout: float | None = None) -> AudioResult:
+        """The audio of one job, once it is finished.
+
+        Raises:
+            JobDeadlineExceeded: ``timeout`` seconds passed first (the job keeps running;
+                wait again or attach it later).
+            VeniceError: the job failed (its typed error).
+        """
+        outcome = await self.wait_outcome(job, timeout=timeout)
+        if isinstance(outcome, Succeeded):
+            return outcome.audio
+        raise outcome.error
+
+    async def wait_outcome(self, job: Job, *, timeout: float | None = None) -> Outcome:
+        """Like :meth:`wait_for`, returning the outcome instead of raising the job's error."""
+        self._check_open()
+        if not self._scheduler.is_tracked(job.queue_id):
+            raise ValueError(f"job {job.queue_id} is not tracked by this session; attach it")
+        started = self._clock.monotonic()
+        async with self.results([job]) as results:
+            got: list[Outcome] = []
+
+            async def receive() -> None:
+                async for outcome in results:
+                    got.append(outcome)
+                    return
+
+            if timeout is None:
+                await receive()
+            else:
+                await _within(self._clock, timeout, receive)
+            if not got:
+                raise JobDeadlineExceeded(job, self._clock.monotonic() - started)
+            return got[0]
+
+    async def generate(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        timeout: float | None = None,
+        destination: Destination = None,
+        **options: Any,
+    ) -> AudioResult:
+        """Submit one generation and wait for its audio: the one-call form.
+
+        Raises:
+            RequestValidationError, QueueOutcomeUnknown, APIStatusError: see :meth:`submit`.
+            JobDeadlineExceeded: not finished within ``timeout``; the job keeps running.
+            VeniceError: the job failed.
+        """
+        job = await self.submit(model, prompt, destination=destination, **options)
+        return await self.wait_for(job, timeout=timeout)
+
+    # ------------------------------------------------------------------ introspection
+
+    def unfinished(self) -> list[Job]:
+        """Jobs queued (and paid for) that have no outcome yet: keep their ids."""
+        return self._scheduler.unfinished()
+
+    def statistics(self) -> SessionStatistics:
+        """A frozen snapshot of jobs, requests, 429s and time paused by rate limits."""
+        counts = self._scheduler.counts()
+        budget = self._budget.statistics()
+        return SessionStatistics(
+            jobs_in_flight=counts.in_flight,
+            jobs_succeeded=counts.succeeded,
+            jobs_failed=counts.failed,
+            jobs_abandoned=counts.abandoned,
+            requests=dict(self._requests),
+            rate_limited=budget.rate_limited,
+            paused_seconds=budget.paused_seconds,
+            media_released=counts.released,
+        )
+
+
+def _rates(limits: RateLimits) -> dict[str, RateLimit]:
+    pairs = {
+        "queue": limits.queue_per_minute,
+        "retrieve": limits.retrieve_per_minute,
+        "quote": limits.quote_per_minute,
+        "complete": limits.complete_per_minute,
+    }
+    return {endpoint: RateLimit(per_minute=rate) for endpoint, rate in pairs.items() if rate}
+
+
+async def _within(clock: Clock, seconds: float, fn: Callable[[], Awaitable[None]]) -> None:
+    """Run ``fn()`` until it returns or ``seconds`` of ``clock`` time pass."""
+    async with anyio.create_task_group() as tg:
+
+        async def timer() -> None:
+            await clock.sleep(seconds)
+            tg.cancel_scope.cancel()
+
+        async def body() -> None:
+            await fn()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(timer)
+        tg.start_soon(body)
