@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-#: One virtual second lasts this many real seconds in integration tests.
-import os
 from collections.abc import AsyncIterator
 
 import pytest
 
 from venice_audio_async.testing import FakeServer
 
-TIME_SCALE = float(os.environ.get("TS", "0.001"))
+#: One virtual second lasts this many real seconds in integration tests.
+TIME_SCALE = 0.001
 API_KEY = "test-key-5f2c9a7e-never-leak"
 
 
