@@ -434,3 +434,43 @@ async def test_statistics_snapshot(server: FakeServer) -> None:
     assert stats.retrieves_per_finished_job >= 1.0
     with pytest.raises(AttributeError):
         stats.jobs_failed = 3  # type: ignore[misc]
+
+
+async def test_queue_timeout_is_not_retried(server: FakeServer) -> None:
+    """A queue call that times out raises QueueOutcomeUnknown and is sent only once."""
+    async with _session(server, timeouts=v.Timeouts(read=0.05)) as session:
+        server.inject("queue", Fault.delay(200.0))  # 200 virtual s = 0.2 real s
+        with pytest.raises(v.QueueOutcomeUnknown) as caught:
+            await session.submit("stable-audio-25", "a slow answer")
+    assert isinstance(caught.value.cause, v.RequestTimeout)
+    assert server.count("queue") == 1
+
+
+async def test_retrieve_timeout_is_retried(server: FakeServer) -> None:
+    """A retrieve that times out is retried with backoff and the job delivered."""
+    server.plan(JobScript(duration=1.0))
+    policy = v.RetryPolicy(initial_backoff=0.5, jitter=0)
+    async with _session(server, timeouts=v.Timeouts(read=0.05), retry=policy) as session:
+        job = await session.submit("stable-audio-25", "a slow answer")
+        server.inject("retrieve", Fault.delay(200.0))
+        audio = await session.wait_for(job)
+    assert audio.size > 0
+    assert server.count("retrieve") >= 2
+
+
+async def test_connect_refused_on_queue_is_retried_then_raised() -> None:
+    """A refused connection sent nothing: queue is retried, then ConnectError is raised."""
+    async with FakeServer(time_scale=TIME_SCALE) as gone:
+        url = gone.url
+    session = v.AsyncSession(
+        api_key=API_KEY,
+        base_url=url,
+        clock=v.ScaledClock(TIME_SCALE),
+        retry=v.RetryPolicy(attempts=3, initial_backoff=0.1),
+        catalogue=[],
+        validate=False,
+    )
+    async with session:
+        with pytest.raises(v.ConnectError):
+            await session.submit("stable-audio-25", "nobody is listening")
+        assert session.statistics().requests["queue"] == 3  # every attempt, none answered

@@ -19,11 +19,12 @@ import ipaddress
 import json
 import logging
 import platform
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import aiohttp
 import attrs
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ._audio import AudioSink, sniff_format, sniff_needs
@@ -36,6 +37,7 @@ from ._errors import (
     RequestTimeout,
     TransportError,
     TruncatedResponse,
+    VeniceError,
     error_from_response,
     support_headers,
 )
@@ -51,6 +53,9 @@ ResponseObserver = Callable[[str, int, Mapping[str, str]], None]
 
 _ERROR_BODY_LIMIT = 64 * 1024
 _CHUNK = 64 * 1024
+_REDACTED = "[redacted]"
+
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -94,6 +99,46 @@ def check_base_url(base_url: str, *, allow_insecure_http: bool) -> URL:
             "use https, or pass allow_insecure_http=True if you really mean it"
         )
     return url
+
+
+def _redact(exc: BaseException) -> None:
+    """Blank our ``Authorization`` header in the aiohttp exceptions chained to ``exc``.
+
+    ``ClientResponseError`` (raised for an unparsable answer) keeps the request's headers in
+    its ``request_info`` and ``args``; ours chain to it with ``from``, so without this the key
+    would travel with every such error.
+    """
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, aiohttp.ClientResponseError):
+            info = current.request_info
+            if "Authorization" in info.headers:
+                headers = CIMultiDict(info.headers)
+                headers["Authorization"] = _REDACTED
+                clean = aiohttp.RequestInfo(
+                    info.url, info.method, CIMultiDictProxy(headers), info.real_url
+                )
+                current.request_info = clean
+                current.args = tuple(clean if arg is info else arg for arg in current.args)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+
+
+async def _store(call: Awaitable[T]) -> T:
+    """Await a sink operation; a storage failure (``OSError``) becomes a :class:`VeniceError`.
+
+    So a full disk or a bad destination fails that one download (the scheduler reports the
+    job as failed and keeps its media on the server) instead of escaping as a bare
+    ``OSError`` that nothing above expects.
+    """
+    try:
+        return await call
+    except OSError as exc:
+        raise VeniceError(f"could not store the audio: {exc}") from exc
 
 
 def _headers_of(response: aiohttp.ClientResponse) -> dict[str, str]:
@@ -198,6 +243,7 @@ class HttpTransport:
 
     def _translate(self, endpoint: str, exc: BaseException) -> TransportError:
         """Map an aiohttp/asyncio failure to ours; the most specific class wins."""
+        _redact(exc)
         where = f"{endpoint} request to {self._base.host}"
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             return RequestTimeout(
@@ -283,6 +329,8 @@ class HttpTransport:
             APIStatusError: the job failed, or the id is unknown/expired.
             TransportError: no usable answer; ``TruncatedResponse`` if the body was cut
                 short (the sink is aborted, nothing partial remains).
+            VeniceError: the sink could not store the audio (its ``OSError`` is the
+                ``__cause__``); nothing partial remains.
         """
         endpoint = "retrieve"
         url = self._base / "audio/retrieve"
@@ -345,20 +393,22 @@ class HttpTransport:
         if declared is not None and sniffed is not None and sniffed != declared:
             log.info("audio labelled %s is %s; trusting the bytes", media_type, sniffed)
         length = response.content_length
-        await sink.begin(audio_format=audio_format, content_type=media_type, content_length=length)
+        await _store(
+            sink.begin(audio_format=audio_format, content_type=media_type, content_length=length)
+        )
         size = 0
         try:
             if head:
-                await sink.write(head)
+                await _store(sink.write(head))
                 size += len(head)
             async for chunk in response.content.iter_chunked(_CHUNK):
-                await sink.write(chunk)
+                await _store(sink.write(chunk))
                 size += len(chunk)
             if length is not None and size != length:
                 raise TruncatedResponse(
                     f"audio body has {size} of {length} announced bytes", endpoint="retrieve"
                 )
-            data, path = await sink.finish(size)
+            data, path = await _store(sink.finish(size))
         except BaseException:
             await sink.abort()
             raise

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ._audio import audio_bytes, sniff_audio_format
 from ._catalogue import load_default_catalogue
+from ._mix import JobMix, ModelTiming
 from ._rules import check_queue_body, check_quote_body, compute_quote
 from ._server import ENDPOINTS, FakeJob, FakeServer, Fault, JobScript, RecordedRequest
 
@@ -21,7 +22,9 @@ __all__ = [
     "FakeJob",
     "FakeServer",
     "Fault",
+    "JobMix",
     "JobScript",
+    "ModelTiming",
     "RecordedRequest",
     "audio_bytes",
     "check_queue_body",

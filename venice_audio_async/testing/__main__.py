@@ -3,10 +3,13 @@
 Usage::
 
     python -m venice_audio_async.testing --port 8000 [--time-scale 0.01] [--host 127.0.0.1]
+        [--job-mix elevenlabs-music=60:0.2 --job-mix stable-audio-25=30 --seed 1]
+        [--audio-size BYTES] [--record FILE]
 
 The first line printed on stdout is the base URL (for example
 ``http://127.0.0.1:8000/api/v1``), flushed at once so a parent process can read it; the server
-then runs until SIGINT or SIGTERM.
+then runs until SIGINT or SIGTERM. With ``--record``, it then writes every job and request it
+saw to FILE as JSON (see :func:`record`), for benchmarks that run the server in its own process.
 """
 
 from __future__ import annotations
@@ -14,13 +17,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+from ._mix import JobMix, ModelTiming
 from ._server import ENDPOINTS, FakeServer, JobScript
 
-__all__ = ["main"]
+__all__ = ["main", "record"]
 
 
 def _rate_limit(text: str) -> tuple[str, int]:
@@ -28,6 +36,59 @@ def _rate_limit(text: str) -> tuple[str, int]:
     if endpoint not in ENDPOINTS or not limit.isdigit():
         raise argparse.ArgumentTypeError(f"expected ENDPOINT=N with ENDPOINT in {ENDPOINTS}")
     return endpoint, int(limit)
+
+
+def _job_mix(text: str) -> tuple[str, ModelTiming]:
+    model, _, timing = text.partition("=")
+    mean, _, sigma = timing.partition(":")
+    if not model or not mean:
+        raise argparse.ArgumentTypeError("expected MODEL=MEAN[:SIGMA]")
+    try:
+        return model, ModelTiming(float(mean), float(sigma) if sigma else 0.15)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected MODEL=MEAN[:SIGMA] with MEAN > 0 and SIGMA >= 0 ({exc})"
+        ) from None
+
+
+def record(server: FakeServer) -> dict[str, Any]:
+    """Every job and request ``server`` saw, as plain JSON data (times: virtual seconds).
+
+    ``jobs``: ``queue_id``, ``model``, ``queued_at``, ``duration``, ``estimate``,
+    ``finishes_at``, ``retrieve_count``, ``complete_count``, ``downloads``; ``requests``:
+    ``endpoint``, ``time``, ``status``, ``queue_id``, ``fault``.
+    """
+    jobs = [
+        {
+            "queue_id": job.queue_id,
+            "model": job.model,
+            "queued_at": job.queued_at,
+            "duration": job.script.duration,
+            "estimate": job.script.estimate,
+            "finishes_at": job.finishes_at,
+            "retrieve_count": job.retrieve_count,
+            "complete_count": job.complete_count,
+            "downloads": job.downloads,
+        }
+        for job in server.jobs.values()
+    ]
+    requests = [
+        {
+            "endpoint": r.endpoint,
+            "time": r.time,
+            "status": r.status,
+            "queue_id": r.body.get("queue_id") if isinstance(r.body, dict) else None,
+            "fault": r.fault,
+        }
+        for r in server.requests
+    ]
+    return {"jobs": jobs, "requests": requests}
+
+
+def _write_record(server: FakeServer, path: Path) -> None:
+    temp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    temp.write_text(json.dumps(record(server), separators=(",", ":")))
+    os.replace(temp, path)  # a reader never sees half a file
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +106,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--job-duration", type=float, default=30.0, help="virtual seconds each job runs"
+    )
+    parser.add_argument(
+        "--job-mix",
+        action="append",
+        type=_job_mix,
+        default=[],
+        metavar="MODEL=MEAN[:SIGMA]",
+        help=(
+            "jobs of MODEL run a lognormal time with this mean (virtual seconds) and log-sd "
+            "(default 0.15), reporting the model's P80 as average_execution_time (repeatable; "
+            "other models use --job-duration)"
+        ),
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the --job-mix draws (reproducible)"
+    )
+    parser.add_argument(
+        "--audio-size", type=int, default=None, help="bytes of every audio body (default: 1 KiB)"
+    )
+    parser.add_argument(
+        "--record",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="on shutdown, write every job and request seen to FILE (JSON)",
     )
     parser.add_argument(
         "--api-key",
@@ -71,10 +157,16 @@ async def _serve(args: argparse.Namespace) -> None:
         # Not available on every platform (Windows); Ctrl-C then raises KeyboardInterrupt.
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
+    default = JobScript(duration=args.job_duration, audio_size=args.audio_size)
+    script: JobScript | JobMix = default
+    if args.job_mix:
+        script = JobMix(
+            dict(args.job_mix), seed=args.seed, default=default, audio_size=args.audio_size
+        )
     server = FakeServer(
         api_keys=args.api_keys,
         time_scale=args.time_scale,
-        job_script=JobScript(duration=args.job_duration),
+        job_script=script,
         rate_limits=dict(args.rate_limit) or None,
         balance_usd=args.balance_usd,
         host=args.host,
@@ -83,11 +175,18 @@ async def _serve(args: argparse.Namespace) -> None:
     async with server:
         print(server.url, flush=True)
         await stop.wait()
+    if args.record is not None:
+        _write_record(server, args.record)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, serve until SIGINT/SIGTERM and return the exit status."""
     args = _parser().parse_args(argv)
+    try:
+        JobScript(audio_size=args.audio_size)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         asyncio.run(_serve(args))
     except KeyboardInterrupt:

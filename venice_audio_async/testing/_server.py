@@ -286,6 +286,7 @@ class Fault:
         ``suggested_prompt``). ``retry_after`` (virtual seconds) sets ``Retry-After`` (rounded
         up to whole seconds). A 429 also carries ``x-ratelimit-remaining-requests: 0`` and
         ``x-ratelimit-reset-requests`` (virtual epoch ms, ``retry_after`` or 1 s ahead).
+        Headers given in ``headers`` replace these defaults (matched case-insensitively).
 
         Raises:
             ValueError: ``status`` is not in 100-599, or ``retry_after`` is negative.
@@ -861,7 +862,7 @@ class FakeServer:
 
     def _fault_response(self, ctx: _Context, fault: Fault) -> web.Response:
         status = fault.http_status
-        headers = dict(fault.headers)
+        headers: CIMultiDict[str] = CIMultiDict()
         if fault.retry_after is not None:
             headers["Retry-After"] = str(math.ceil(fault.retry_after))
         if status == 429:
@@ -871,6 +872,7 @@ class FakeServer:
                 headers["x-ratelimit-limit-requests"] = str(limit)
             headers["x-ratelimit-remaining-requests"] = "0"
             headers["x-ratelimit-reset-requests"] = str(self._epoch_ms(wait))
+        headers.update(fault.headers)  # the test's own headers replace these defaults
         body = fault.body
         if body is None:
             payload: dict[str, Any] = {"error": _default_message(status, ctx.endpoint)}

@@ -1,0 +1,205 @@
+"""The scheduler alone, in virtual time: a stub client, a ManualClock, nothing really waits."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import venice_audio_async as v
+from venice_audio_async._budget import LocalBudget, RateLimit
+from venice_audio_async._client import VeniceClient
+from venice_audio_async._estimator import DurationEstimator, PollingBounds
+from venice_audio_async._scheduler import Scheduler
+
+pytestmark = pytest.mark.anyio
+
+
+class StubClient:
+    """Answers retrieve from a table of finish times on the ManualClock."""
+
+    def __init__(self, clock: v.ManualClock, hint: float) -> None:
+        self.clock = clock
+        self.hint = hint
+        self.finish: dict[str, float] = {}
+        self.queued_at: dict[str, float] = {}
+        self.retrieves: list[tuple[float, str]] = []
+        self.completes: list[str] = []
+        self.fail: dict[str, list[v.VeniceError]] = {}
+
+    def add(self, queue_id: str, duration: float) -> v.Job:
+        now = self.clock.monotonic()
+        self.queued_at[queue_id] = now
+        self.finish[queue_id] = now + duration
+        return v.Job(model="m", queue_id=queue_id)
+
+    async def retrieve(self, request: v.RetrieveRequest, *, sink: Any) -> Any:
+        now = self.clock.monotonic()
+        self.retrieves.append((now, request.queue_id))
+        errors = self.fail.get(request.queue_id)
+        if errors:
+            raise errors.pop(0)
+        if now < self.finish[request.queue_id]:
+            elapsed = now - self.queued_at[request.queue_id]
+            return v.Processing(average_execution_time=self.hint, execution_duration=elapsed)
+        duration = self.finish[request.queue_id] - self.queued_at[request.queue_id]
+        return v.AudioResult(
+            content_type="audio/mpeg",
+            format="mp3",
+            size=3,
+            data=b"abc",
+            venice=v.VeniceHeaders(inference_time=duration),
+        )
+
+    async def complete(self, request: v.CompleteRequest) -> v.CompleteResult:
+        self.completes.append(request.queue_id)
+        return v.CompleteResult(success=True)
+
+
+class Harness:
+    """A running scheduler plus helpers to move virtual time."""
+
+    def __init__(self, clock: v.ManualClock, client: StubClient, scheduler: Scheduler) -> None:
+        self.clock = clock
+        self.client = client
+        self.scheduler = scheduler
+
+    async def settle(self) -> None:
+        # Everything here is in-memory, so a few dozen scheduling rounds let every task run
+        # to its next wait (anyio.wait_all_tasks_blocked polls with real 0.1 s sleeps).
+        for _ in range(40):
+            await anyio.lowlevel.checkpoint()
+
+    async def run_until(self, condition: Any, *, limit: float = 10_000.0) -> None:
+        """Advance virtual time wake-up by wake-up until ``condition()`` holds."""
+        await self.settle()
+        while not condition():
+            assert self.clock.advance_to_next(), "nothing scheduled, condition unmet"
+            assert self.clock.monotonic() < limit
+            await self.settle()
+
+
+@pytest.fixture
+def retrieve_rate() -> float:
+    """Retrieves per minute the harness allows."""
+    return 120.0
+
+
+@pytest.fixture
+async def harness(retrieve_rate: float) -> AsyncIterator[Harness]:
+    """A scheduler over a stub client on a ManualClock, retrieve limited per minute."""
+    clock = v.ManualClock()
+    client = StubClient(clock, hint=60.0)
+    budget = LocalBudget(clock=clock, rates={"retrieve": RateLimit(per_minute=retrieve_rate)})
+    scheduler = Scheduler(
+        client=cast(VeniceClient, client),
+        budget=budget,
+        estimator=DurationEstimator(bounds=PollingBounds(max_interval=300.0)),
+        clock=clock,
+        retry=v.RetryPolicy(initial_backoff=2.0, jitter=0.0),
+        limiter=anyio.CapacityLimiter(8),
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        yield Harness(clock, client, scheduler)
+        tg.cancel_scope.cancel()
+
+
+def _memory_sink(job: v.Job) -> v.AudioSink:
+    return v.MemorySink(1000)
+
+
+async def test_learns_and_polls_about_once_per_job(harness: Harness) -> None:
+    """With durations matching the hint, jobs after the first few take about one retrieve."""
+    waves = []
+    for wave in range(4):
+        batch = [harness.client.add(f"w{wave}-{i}", 50.0 + i * 0.1) for i in range(10)]
+        for job in batch:
+            harness.scheduler.track(job, _memory_sink, elapsed=0.0)
+        waves.append(batch)
+        await harness.run_until(lambda n=wave: harness.scheduler.counts().succeeded == 10 * (n + 1))
+    late = [job.queue_id for batch in waves[1:] for job in batch]
+    polls = sum(1 for _, qid in harness.client.retrieves if qid in late) / len(late)
+    delays = sorted(
+        max(t for t, q in harness.client.retrieves if q == qid) - harness.client.finish[qid]
+        for qid in late
+    )
+    print(
+        f"\npolls per job {polls:.2f}, delay p50 {delays[len(delays) // 2]:.2f} max {delays[-1]:.2f}"
+    )
+    assert polls < 1.5
+    assert delays[len(delays) // 2] <= 1.5
+    assert delays[-1] <= 5.0
+
+
+async def test_retrieves_never_exceed_the_budget(harness: Harness) -> None:
+    """However many jobs are due at once, retrieves stay within 120 per minute."""
+    for i in range(400):
+        harness.scheduler.track(harness.client.add(f"job-{i}", 5.0), _memory_sink, elapsed=0.0)
+    await harness.run_until(lambda: harness.scheduler.counts().succeeded == 400)
+    times = sorted(t for t, _ in harness.client.retrieves)
+    start = 0
+    for end, t in enumerate(times):
+        while times[start] < t - 60.0:
+            start += 1
+        assert end - start + 1 <= 120
+    assert len(times) >= 400
+
+
+async def test_failures_back_off_then_fail(harness: Harness) -> None:
+    """Server errors are retried with backoff, then the job fails with the error."""
+    job = harness.client.add("doomed", 0.0)
+    error = v.ServiceUnavailableError("busy", status_code=503)
+    harness.client.fail["doomed"] = [error] * 10
+    harness.scheduler.track(job, _memory_sink, elapsed=0.0)
+    await harness.run_until(lambda: harness.scheduler.counts().failed == 1)
+    times = [t for t, _ in harness.client.retrieves]
+    assert len(times) == 5  # RetryPolicy.attempts
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps == sorted(gaps)  # exponential backoff grows
+    assert math.isclose(gaps[0], 2.0, abs_tol=1e-6)
+    outcome = harness.scheduler.outcome_of("doomed")
+    assert isinstance(outcome, v.Failed)
+    assert outcome.error is error
+
+
+async def test_job_errors_do_not_retry(harness: Harness) -> None:
+    """A content-policy failure ends the job at the first answer."""
+    job = harness.client.add("refused", 0.0)
+    harness.client.fail["refused"] = [v.ContentPolicyError("no", status_code=422)]
+    harness.scheduler.track(job, _memory_sink, elapsed=0.0)
+    await harness.run_until(lambda: harness.scheduler.counts().failed == 1)
+    assert len(harness.client.retrieves) == 1
+
+
+async def test_success_releases_media(harness: Harness) -> None:
+    """Finished audio is released with complete, once."""
+    harness.scheduler.track(harness.client.add("ok", 3.0), _memory_sink, elapsed=0.0)
+    await harness.run_until(lambda: harness.client.completes == ["ok"])
+    assert harness.scheduler.counts().released == 1
+
+
+async def test_deadline_ends_a_long_job(harness: Harness) -> None:
+    """A job past its deadline fails with JobDeadlineExceeded and is polled no more."""
+    harness.scheduler.track(harness.client.add("slow", 10_000.0), _memory_sink, deadline=100.0)
+    await harness.run_until(lambda: harness.scheduler.counts().failed == 1)
+    outcome = harness.scheduler.outcome_of("slow")
+    assert isinstance(outcome, v.Failed)
+    assert isinstance(outcome.error, v.JobDeadlineExceeded)
+    polls = len(harness.client.retrieves)
+    harness.clock.advance(1000.0)
+    await harness.settle()
+    assert len(harness.client.retrieves) == polls
+
+
+async def test_decision_cost_does_not_grow_with_jobs(harness: Harness) -> None:
+    """The heap holds one live entry per waiting job; stale entries are dropped lazily."""
+    for i in range(1000):
+        harness.scheduler.track(harness.client.add(f"j{i}", 500.0), _memory_sink, elapsed=0.0)
+    await harness.settle()
+    assert harness.scheduler.snapshot()["heap"] <= 1000 + 1
