@@ -44,6 +44,7 @@ from ._errors import (
     VeniceError,
 )
 from ._estimator import PollingBounds
+from ._journal import JobState, Journal, JournalEntry
 from ._models import (
     AudioFormat,
     AudioModel,
@@ -72,7 +73,7 @@ from ._models import (
     UnknownPricing,
     VeniceHeaders,
 )
-from ._session import AsyncSession, ResultStream, SessionStatistics
+from ._session import AsyncSession, ResultStream, ResumeReport, SessionStatistics
 
 try:
     __version__ = version("venice-audio-async")
@@ -107,6 +108,9 @@ __all__ = [
     "InvalidQueueIdError",
     "Job",
     "JobDeadlineExceeded",
+    "JobState",
+    "Journal",
+    "JournalEntry",
     "Limits",
     "LocalBudget",
     "MalformedResponse",
@@ -137,6 +141,7 @@ __all__ = [
     "RequestValidationError",
     "ResponseTooLarge",
     "ResultStream",
+    "ResumeReport",
     "RetrieveRequest",
     "RetryPolicy",
     "Running",

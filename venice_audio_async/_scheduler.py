@@ -27,7 +27,7 @@ import itertools
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -67,6 +67,10 @@ log = logging.getLogger("venice_audio_async")
 
 #: Builds a fresh sink for one download attempt of a job.
 SinkFactory = Callable[[Job], AudioSink]
+#: Awaited with each outcome before it is delivered (the journal records it there).
+OutcomeHook = Callable[[Outcome], Awaitable[None]]
+#: Awaited after a job's media was released on the server.
+ReleaseHook = Callable[[Job], Awaitable[None]]
 ReleaseMode = str  # "complete" | "delete_on_retrieve" | "keep"
 
 _PRESSURE_HORIZON = 5.0  # seconds of token wait that count as full budget pressure
@@ -119,7 +123,11 @@ class Scheduler:
         limiter: anyio.CapacityLimiter,
         release: ReleaseMode = "complete",
         rng: random.Random | None = None,
+        on_outcome: OutcomeHook | None = None,
+        on_released: ReleaseHook | None = None,
     ) -> None:
+        self._on_outcome = on_outcome
+        self._on_released = on_released
         self._client = client
         self._budget = budget
         self._estimator = estimator
@@ -286,7 +294,7 @@ class Scheduler:
             heapq.heappop(self._heap)
             tracked.entry = -1
             if tracked.deadline is not None and now >= tracked.deadline:
-                self._finish(
+                await self._finish(
                     tracked,
                     Failed(tracked.job, JobDeadlineExceeded(tracked.job, now - tracked.tracked_at)),
                 )
@@ -330,7 +338,7 @@ class Scheduler:
             return
         except VeniceError as error:
             tracked.in_flight = False
-            self._on_error(tracked, error)
+            await self._on_error(tracked, error)
             return
         finally:
             tracked.in_flight = False
@@ -371,7 +379,7 @@ class Scheduler:
             duration = now - tracked.tracked_at
         self._estimator.observe_duration(tracked.job.model, duration, hint=tracked.hint)
         released = self._release == "delete_on_retrieve"
-        self._finish(tracked, Succeeded(tracked.job, audio, released=released))
+        await self._finish(tracked, Succeeded(tracked.job, audio, released=released))
         self._replan_if_learned(tracked.job.model, tracked.hint)
         if self._release == "complete":
             await self._release_media(tracked.job)
@@ -428,15 +436,18 @@ class Scheduler:
             return
         if result.success:
             self._counts["released"] += 1
+            if self._on_released is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._on_released(job)
 
-    def _on_error(self, tracked: _Tracked, error: VeniceError) -> None:
+    async def _on_error(self, tracked: _Tracked, error: VeniceError) -> None:
         if self._retryable(error):
             tracked.failures += 1
             if tracked.failures < self._retry.attempts and not tracked.abandoned:
                 delay = self._retry.backoff(tracked.failures, self._rng.random())
                 self._schedule(tracked, delay)
                 return
-        self._finish(tracked, Failed(tracked.job, error))
+        await self._finish(tracked, Failed(tracked.job, error))
 
     @staticmethod
     def _retryable(error: VeniceError) -> bool:
@@ -448,11 +459,16 @@ class Scheduler:
             return True  # a single 5xx is not a failure; a persistent one is
         return isinstance(error, APIStatusError) and error.status_code in (408, 425)
 
-    def _finish(self, tracked: _Tracked, outcome: Outcome) -> None:
+    async def _finish(self, tracked: _Tracked, outcome: Outcome) -> None:
         if tracked.outcome is not None:
             return
         tracked.outcome = outcome
         tracked.entry = -1
+        if self._on_outcome is not None:
+            # Recorded (journal) before anyone is told, so a crash right after delivery
+            # cannot forget that the audio is stored.
+            with anyio.CancelScope(shield=True):
+                await self._on_outcome(outcome)
         self._by_model.get(tracked.job.model, set()).discard(tracked.job.queue_id)
         self._counts["succeeded" if isinstance(outcome, Succeeded) else "failed"] += 1
         if tracked.abandoned:

@@ -30,6 +30,7 @@ from ._client import VeniceClient
 from ._clock import Clock, SystemClock
 from ._config import DEFAULT_BASE_URL, Limits, RateLimits, RetryPolicy, Timeouts
 from ._errors import (
+    APIStatusError,
     BatchSubmitError,
     ConnectError,
     JobDeadlineExceeded,
@@ -42,21 +43,24 @@ from ._errors import (
     VeniceError,
 )
 from ._estimator import DurationEstimator, PollingBounds
+from ._journal import JobState, Journal, JournalEntry
 from ._models import (
     AudioModel,
     AudioResult,
     FieldProblem,
     Job,
     Outcome,
+    PerThousandCharactersPricing,
     QueueRequest,
     QuoteRequest,
     QuoteResult,
     Succeeded,
 )
 from ._scheduler import Scheduler, SinkFactory
-from ._validation import check_queue, check_quote
+from ._spending import SpendTracker
+from ._validation import check_queue, check_quote, estimate_cost_usd
 
-__all__ = ["AsyncSession", "ResultStream", "SessionStatistics"]
+__all__ = ["AsyncSession", "ResultStream", "ResumeReport", "SessionStatistics"]
 
 log = logging.getLogger("venice_audio_async")
 
@@ -93,6 +97,24 @@ class SessionStatistics:
         """Mean ``retrieve`` calls per finished job (1.0 is the ideal)."""
         finished = self.jobs_succeeded + self.jobs_failed
         return self.requests.get("retrieve", 0) / finished if finished else 0.0
+
+
+@attrs.frozen
+class ResumeReport:
+    """What :meth:`AsyncSession.resume` did.
+
+    ``jobs`` are now polled (read them with ``results``); ``unknown`` were sent but their
+    answer was lost (not re-queued); ``failed`` ended with an error in an earlier run.
+
+    .. versionadded:: 0.1.0
+    """
+
+    jobs: tuple[Job, ...]
+    attached: int
+    queued: int
+    skipped: int
+    unknown: tuple[JournalEntry, ...]
+    failed: tuple[JournalEntry, ...]
 
 
 class ResultStream:
@@ -169,6 +191,8 @@ class AsyncSession:
         clock: Clock | None = None,
         budget: RequestBudget | None = None,
         allow_insecure_http: bool = False,
+        journal: str | os.PathLike[str] | Journal | None = None,
+        max_spend_usd: float | None = None,
     ) -> None:
         if release_media not in ("complete", "delete_on_retrieve", "keep"):
             raise ValueError(
@@ -214,8 +238,15 @@ class AsyncSession:
             retry=self._retry,
             limiter=self._limiter,
             release=release_media,
+            on_outcome=self._record_outcome,
+            on_released=self._record_released,
         )
         self._requests: dict[str, int] = {}
+        self._spend = SpendTracker(max_spend_usd)
+        self._quotes: dict[QuoteRequest, QuoteResult] = {}
+        self._journal_arg = journal
+        self._journal: Journal | None = journal if isinstance(journal, Journal) else None
+        self._journal_ids: dict[str, int] = {}
         self._state = _State.UNOPENED
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -232,6 +263,12 @@ class AsyncSession:
             raise SessionStateError("the session is already open")
         if self._state is _State.CLOSED:
             raise SessionStateError("a closed session cannot be reopened; create a new one")
+        if self._journal is None and self._journal_arg is not None:
+            assert not isinstance(self._journal_arg, Journal)
+            self._journal = await Journal.open(self._journal_arg, clock=self._clock)
+        if self._journal is not None:
+            # A resumed run counts what earlier runs already spent against the limit.
+            self._spend.spent_usd = await self._journal.estimated_spend_usd()
         tg = anyio.create_task_group()
         await tg.__aenter__()
         try:
@@ -240,6 +277,7 @@ class AsyncSession:
             tg.cancel_scope.cancel()
             await tg.__aexit__(None, None, None)
             await self._client.aclose()
+            await self._close_journal()
             self._state = _State.CLOSED
             raise
         self._tg = tg
@@ -266,6 +304,7 @@ class AsyncSession:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._client.aclose()
+                await self._close_journal()
             unfinished = self._scheduler.unfinished()
             if unfinished:
                 log.warning(
@@ -285,6 +324,10 @@ class AsyncSession:
         elif self._state is _State.UNOPENED:
             self._state = _State.CLOSED
             await self._client.aclose()
+
+    async def _close_journal(self) -> None:
+        if self._journal is not None and not isinstance(self._journal_arg, Journal):
+            await self._journal.aclose()
 
     def __del__(self) -> None:
         if getattr(self, "_state", None) is _State.OPEN:
@@ -312,16 +355,38 @@ class AsyncSession:
     async def _send(self, endpoint: str) -> None:
         await self._budget.acquire(endpoint)
 
-    def _sink_factory(self, destination: Destination, stem: str) -> SinkFactory:
-        target = Path(destination) if destination is not None else self._output_dir
+    def _sink_factory(self, target: Path | None, stem: str) -> SinkFactory:
         limit = self._limits.max_audio_bytes_in_memory
 
         def make(job: Job) -> AudioSink:
             if target is None:
                 return MemorySink(limit)
-            return FileSink(target, stem=f"{stem}-{job.queue_id[:8]}")
+            return FileSink(target, stem=stem)
 
         return make
+
+    async def _record_outcome(self, outcome: Outcome) -> None:
+        journal = self._journal
+        if journal is None:
+            return
+        queue_id = outcome.job.queue_id
+        if isinstance(outcome, Succeeded):
+            audio = outcome.audio
+            await journal.mark_succeeded(
+                queue_id,
+                path=str(audio.path) if audio.path is not None else None,
+                size=audio.size,
+                content_type=audio.content_type,
+            )
+            if outcome.released:
+                await journal.mark_released(queue_id)
+        elif not isinstance(outcome.error, JobDeadlineExceeded):
+            # A deadline is ours, not the job's: it still runs and stays "queued" for resume.
+            await journal.mark_failed(queue_id, outcome.error)
+
+    async def _record_released(self, job: Job) -> None:
+        if self._journal is not None:
+            await self._journal.mark_released(job.queue_id)
 
     # ------------------------------------------------------------------ catalogue
 
@@ -441,23 +506,113 @@ class AsyncSession:
         destination: Destination = None,
         deadline: float | None = None,
         validate: bool | None = None,
+        key: str | None = None,
+        name: str | None = None,
     ) -> Job:
-        """Like :meth:`submit`, from a prepared :class:`QueueRequest`."""
+        """Like :meth:`submit`, from a prepared :class:`QueueRequest`.
+
+        ``key`` identifies the job in the journal (e.g. a batch line); ``name`` is the file
+        name stem used when the audio goes to a directory.
+        """
         self._check_open()
         if deadline is not None and not deadline > 0:
             raise ValueError(f"deadline must be a positive number of seconds, got {deadline!r}")
         model = await self._model_for(request.model) if self._should_validate(validate) else None
         check_queue(request, model)
-        job = await self._queue(request)
-        factory = self._sink_factory(destination, safe_stem(request.prompt, max_length=40))
-        self._scheduler.track(job, factory, deadline=deadline, elapsed=0.0)
+        estimate = await self.estimate_cost(request, model=model)
+        held = self._spend.reserve(estimate, what=f"a {request.model} job")
+        target = Path(destination) if destination is not None else self._output_dir
+        row = None
+        if self._journal is not None:
+            row = await self._journal.add_intent(
+                request,
+                key=key,
+                destination=str(target) if target is not None else None,
+                name=name,
+                estimate_usd=estimate,
+            )
+        return await self._queue_and_track(request, row, held, target, name, deadline)
+
+    async def _queue_and_track(
+        self,
+        request: QueueRequest,
+        row: int | None,
+        held: float,
+        target: Path | None,
+        name: str | None,
+        deadline: float | None,
+    ) -> Job:
+        journal = self._journal
+        billed = False
+        try:
+            job = await self._queue(request, row)
+            billed = True
+        except QueueOutcomeUnknown as error:
+            billed = True  # assume the worst: it may have been created and billed
+            if journal is not None and row is not None:
+                await journal.mark_unknown(row, error.cause)
+            raise
+        except APIStatusError as error:
+            if journal is not None and row is not None:
+                await journal.mark_rejected(row, error)
+            raise
+        except BaseException as error:
+            if journal is not None and row is not None:
+                with anyio.CancelScope(shield=True):
+                    entry = await journal.get(row)
+                    if entry is not None and entry.state is JobState.SENDING:
+                        billed = True
+                        await journal.mark_unknown(row, error)
+            raise
+        finally:
+            self._spend.settle(held, billed=billed)
+        if journal is not None and row is not None:
+            await journal.mark_queued(row, job.queue_id)
+            self._journal_ids[job.queue_id] = row
+        stem = name or f"{safe_stem(request.prompt, max_length=40)}-{job.queue_id[:8]}"
+        self._scheduler.track(job, self._sink_factory(target, stem), deadline=deadline, elapsed=0.0)
         return job
 
-    async def _queue(self, request: QueueRequest) -> Job:
+    async def estimate_cost(
+        self, request: QueueRequest, *, model: AudioModel | None = None
+    ) -> float | None:
+        """The estimated price of ``request`` in USD, from the catalogue or ``quote``.
+
+        ``None`` when neither can tell (a model without pricing that quote refuses).
+        """
+        self._check_open()
+        row = model
+        if row is None and self._catalogue is not None:
+            row = self._catalogue.get(request.model)
+        if row is not None:
+            estimate = estimate_cost_usd(request, row)
+            if estimate is not None:
+                return estimate
+        quote_request = QuoteRequest(
+            model=request.model,
+            duration_seconds=request.duration_seconds,
+            character_count=len(request.prompt) if _priced_by_characters(row) else None,
+        )
+        try:
+            return (
+                await self.quote(
+                    quote_request.model,
+                    duration_seconds=quote_request.duration_seconds,
+                    character_count=quote_request.character_count,
+                    validate=False,
+                )
+            ).quote
+        except VeniceError as error:
+            log.info("no price estimate for %s: %s", request.model, error)
+            return None
+
+    async def _queue(self, request: QueueRequest, row: int | None = None) -> Job:
         attempt = 0
         while True:
             attempt += 1
             await self._send("queue")
+            if self._journal is not None and row is not None:
+                await self._journal.mark_sending(row)
             try:
                 async with self._limiter:
                     return await self._client.queue(request)
@@ -556,9 +711,88 @@ class AsyncSession:
         if not queue_id or not model:
             raise ValueError("attach needs a model and a queue_id")
         job = Job(model=model, queue_id=queue_id)
-        factory = self._sink_factory(destination, "attached")
+        target = Path(destination) if destination is not None else self._output_dir
+        factory = self._sink_factory(target, f"attached-{safe_stem(queue_id)}")
         self._scheduler.track(job, factory, deadline=deadline, elapsed=None)
         return job
+
+    # ------------------------------------------------------------------ resume
+
+    async def resume(self, *, requeue_unknown: bool = False) -> ResumeReport:
+        """Pick up every unfinished job of the session's journal.
+
+        Jobs with a ``queue_id`` but no stored audio are attached and polled; jobs never
+        sent are queued; jobs already stored are skipped. Jobs whose ``queue`` answer was
+        lost ("unknown", or "sending" when a process died) may exist and be billed, so they
+        are only reported, unless ``requeue_unknown`` says to send them again. Running it
+        twice does nothing the second time. Media that expired shows up as a failed outcome
+        with :class:`MediaNotFoundError` when the jobs' results are read.
+
+        Raises:
+            SessionStateError: the session is not open, or has no journal.
+        """
+        self._check_open()
+        journal = self._journal
+        if journal is None:
+            raise SessionStateError("resume needs a journal: AsyncSession(journal=path)")
+        jobs: list[Job] = []
+        attached = queued = skipped = 0
+        unknown: list[JournalEntry] = []
+        failed: list[JournalEntry] = []
+        for entry in await journal.entries():
+            target = Path(entry.destination) if entry.destination else None
+            state = entry.state
+            if state in (JobState.SENDING, JobState.UNKNOWN):
+                if not requeue_unknown:
+                    unknown.append(entry)
+                    continue
+                log.warning("re-queueing job %d whose first queue answer was lost", entry.id)
+                await journal.requeue(entry.id)
+                state = JobState.INTENT
+            if state is JobState.SUCCEEDED:
+                skipped += 1
+            elif state in (JobState.FAILED, JobState.REJECTED):
+                failed.append(entry)
+            elif state is JobState.QUEUED and entry.queue_id is not None:
+                if self._scheduler.is_tracked(entry.queue_id):
+                    skipped += 1
+                    continue
+                job = Job(model=entry.model, queue_id=entry.queue_id, request=entry.request)
+                elapsed = None
+                if entry.queued_at is not None:
+                    elapsed = max(0.0, self._clock.time() - entry.queued_at)
+                stem = (
+                    entry.name
+                    or f"{safe_stem(entry.request.prompt, max_length=40)}-{job.queue_id[:8]}"
+                )
+                self._journal_ids[job.queue_id] = entry.id
+                self._scheduler.track(job, self._sink_factory(target, stem), elapsed=elapsed)
+                jobs.append(job)
+                attached += 1
+            elif state is JobState.INTENT:
+                held = self._spend.reserve(entry.estimate_usd, what=f"a {entry.model} job")
+                job = await self._queue_and_track(
+                    entry.request, entry.id, held, target, entry.name, None
+                )
+                jobs.append(job)
+                queued += 1
+        return ResumeReport(
+            jobs=tuple(jobs),
+            attached=attached,
+            queued=queued,
+            skipped=skipped,
+            unknown=tuple(unknown),
+            failed=tuple(failed),
+        )
+
+    @property
+    def journal(self) -> Journal | None:
+        """The job journal, when the session keeps one."""
+        return self._journal
+
+    def spending(self) -> tuple[float, float | None]:
+        """(estimated USD spent, the limit or ``None``)."""
+        return self._spend.spent_usd, self._spend.limit_usd
 
     # ------------------------------------------------------------------ results
 
@@ -670,6 +904,10 @@ class AsyncSession:
             paused_seconds=budget.paused_seconds,
             media_released=counts.released,
         )
+
+
+def _priced_by_characters(model: AudioModel | None) -> bool:
+    return model is not None and isinstance(model.spec.pricing, PerThousandCharactersPricing)
 
 
 def _rates(limits: RateLimits) -> dict[str, RateLimit]:
