@@ -440,12 +440,16 @@ class AsyncSession:
         request = QuoteRequest(
             model=model, duration_seconds=duration_seconds, character_count=character_count
         )
-        check_quote(
-            request, await self._model_for(model) if self._should_validate(validate) else None
-        )
+        model_row = await self._model_for(model) if self._should_validate(validate) else None
+        check_quote(request, model_row)
+        cached = self._quotes.get(request)
+        if cached is not None:
+            return cached
         await self._send("quote")
         async with self._limiter:
-            return await self._client.quote(request)
+            result = await self._client.quote(request)
+        self._quotes[request] = result  # prices move slowly; one answer per session is enough
+        return result
 
     def _should_validate(self, override: bool | None) -> bool:
         return self._validate if override is None else override
@@ -519,7 +523,10 @@ class AsyncSession:
             raise ValueError(f"deadline must be a positive number of seconds, got {deadline!r}")
         model = await self._model_for(request.model) if self._should_validate(validate) else None
         check_queue(request, model)
-        estimate = await self.estimate_cost(request, model=model)
+        # Estimates cost requests (catalogue, quote): only when a limit or journal needs them.
+        estimate = None
+        if self._spend.limit_usd is not None or self._journal is not None:
+            estimate = await self.estimate_cost(request, model=model)
         held = self._spend.reserve(estimate, what=f"a {request.model} job")
         target = Path(destination) if destination is not None else self._output_dir
         row = None
@@ -582,8 +589,15 @@ class AsyncSession:
         """
         self._check_open()
         row = model
-        if row is None and self._catalogue is not None:
-            row = self._catalogue.get(request.model)
+        if row is None:
+            catalogue = self._catalogue
+            if catalogue is None:
+                try:
+                    await self.models()
+                except VeniceError as error:
+                    log.info("catalogue unavailable for estimates: %s", error)
+                catalogue = self._catalogue
+            row = catalogue.get(request.model) if catalogue is not None else None
         if row is not None:
             estimate = estimate_cost_usd(request, row)
             if estimate is not None:
