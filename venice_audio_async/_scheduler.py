@@ -60,6 +60,7 @@ from ._models import (
     RetrieveRequest,
     Succeeded,
 )
+from ._retry import call_idempotent
 
 __all__ = ["ReleaseMode", "Scheduler", "SinkFactory"]
 
@@ -425,12 +426,17 @@ class Scheduler:
                 self._released_all = anyio.Event()
 
     async def _send_complete(self, job: Job) -> None:
+        request = CompleteRequest(model=job.model, queue_id=job.queue_id)
         try:
-            await self._budget.acquire("complete")
-            async with self._limiter:
-                result = await self._client.complete(
-                    CompleteRequest(model=job.model, queue_id=job.queue_id)
-                )
+            result = await call_idempotent(
+                "complete",
+                lambda: self._client.complete(request),
+                budget=self._budget,
+                limiter=self._limiter,
+                policy=self._retry,
+                clock=self._clock,
+                rng=self._rng,
+            )
         except VeniceError as error:
             log.warning("could not release media of job %s: %s", job.queue_id, error)
             return

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 import anyio
@@ -56,6 +56,7 @@ from ._models import (
     QuoteResult,
     Succeeded,
 )
+from ._retry import call_idempotent
 from ._scheduler import Scheduler, SinkFactory
 from ._spending import SpendTracker
 from ._validation import check_queue, check_quote, estimate_cost_usd
@@ -63,6 +64,8 @@ from ._validation import check_queue, check_quote, estimate_cost_usd
 __all__ = ["AsyncSession", "ResultStream", "ResumeReport", "SessionStatistics"]
 
 log = logging.getLogger("venice_audio_async")
+
+T = TypeVar("T")
 
 _RELEASE_DRAIN_SECONDS = 5.0
 
@@ -352,6 +355,16 @@ class AsyncSession:
         else:
             self._budget.record_response(endpoint, status, headers)
 
+    async def _idempotent(self, endpoint: str, send: Callable[[], Awaitable[T]]) -> T:
+        return await call_idempotent(
+            endpoint,
+            send,
+            budget=self._budget,
+            limiter=self._limiter,
+            policy=self._retry,
+            clock=self._clock,
+        )
+
     async def _send(self, endpoint: str) -> None:
         await self._budget.acquire(endpoint)
 
@@ -400,9 +413,7 @@ class AsyncSession:
         self._check_open()
         async with self._catalogue_lock:
             if self._catalogue is None or refresh:
-                await self._send("models")
-                async with self._limiter:
-                    rows = await self._client.models()
+                rows = await self._idempotent("models", self._client.models)
                 self._catalogue = {m.id: m for m in rows}
             return tuple(self._catalogue.values())
 
@@ -445,9 +456,7 @@ class AsyncSession:
         cached = self._quotes.get(request)
         if cached is not None:
             return cached
-        await self._send("quote")
-        async with self._limiter:
-            result = await self._client.quote(request)
+        result = await self._idempotent("quote", lambda: self._client.quote(request))
         self._quotes[request] = result  # prices move slowly; one answer per session is enough
         return result
 

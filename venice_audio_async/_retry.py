@@ -1,0 +1,66 @@
+"""Retrying requests that are safe to repeat (``models``, ``quote``, ``complete``).
+
+``queue`` is never retried here: it bills. ``retrieve`` is retried by the scheduler, which
+reschedules the job instead of holding a task. A 429 costs no attempt: the request budget
+has already paused the whole session for ``Retry-After``, so the retry simply waits for it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
+
+from ._budget import RequestBudget
+from ._clock import Clock
+from ._config import RetryPolicy
+from ._errors import RateLimitError, ServerError, TransportError, VeniceError
+
+__all__ = ["call_idempotent", "is_transient"]
+
+T = TypeVar("T")
+
+#: A 429 storm would otherwise loop forever; past this many the error is raised.
+_MAX_RATE_LIMITED = 20
+
+
+def is_transient(error: VeniceError) -> bool:
+    """Whether repeating the same request may succeed (5xx, 429, transport failures)."""
+    return isinstance(error, (ServerError, RateLimitError, TransportError))
+
+
+async def call_idempotent(
+    endpoint: str,
+    send: Callable[[], Awaitable[T]],
+    *,
+    budget: RequestBudget,
+    limiter: anyio.CapacityLimiter,
+    policy: RetryPolicy,
+    clock: Clock,
+    rng: random.Random | None = None,
+) -> T:
+    """Send ``send()`` within the budget, retrying transient failures per ``policy``.
+
+    Raises:
+        VeniceError: the last error once attempts are exhausted, or any permanent one.
+    """
+    rng = rng or random.Random()
+    failures = rate_limited = 0
+    while True:
+        await budget.acquire(endpoint)
+        try:
+            async with limiter:
+                return await send()
+        except RateLimitError:
+            rate_limited += 1
+            if rate_limited >= _MAX_RATE_LIMITED:
+                raise
+        except VeniceError as error:
+            if not is_transient(error):
+                raise
+            failures += 1
+            if failures >= policy.attempts:
+                raise
+            await clock.sleep(policy.backoff(failures, rng.random()))
