@@ -39,6 +39,7 @@ from ._errors import (
     RequestValidationError,
     ServiceUnavailableError,
     SessionStateError,
+    SpendLimitExceeded,
     TransportError,
     VeniceError,
 )
@@ -107,7 +108,8 @@ class ResumeReport:
     """What :meth:`AsyncSession.resume` did.
 
     ``jobs`` are now polled (read them with ``results``); ``unknown`` were sent but their
-    answer was lost (not re-queued); ``failed`` ended with an error in an earlier run.
+    answer was lost (not re-queued); ``failed`` ended with an error (earlier, or refused
+    now); ``not_queued`` jobs were left unsent because ``spend_limit`` was reached.
 
     .. versionadded:: 0.1.0
     """
@@ -118,6 +120,8 @@ class ResumeReport:
     skipped: int
     unknown: tuple[JournalEntry, ...]
     failed: tuple[JournalEntry, ...]
+    not_queued: int = 0
+    spend_limit: SpendLimitExceeded | None = None
 
 
 class ResultStream:
@@ -741,15 +745,22 @@ class AsyncSession:
 
     # ------------------------------------------------------------------ resume
 
-    async def resume(self, *, requeue_unknown: bool = False) -> ResumeReport:
+    async def resume(
+        self,
+        *,
+        requeue_unknown: bool = False,
+        on_job: Callable[[Job], object] | None = None,
+    ) -> ResumeReport:
         """Pick up every unfinished job of the session's journal.
 
         Jobs with a ``queue_id`` but no stored audio are attached and polled; jobs never
-        sent are queued; jobs already stored are skipped. Jobs whose ``queue`` answer was
-        lost ("unknown", or "sending" when a process died) may exist and be billed, so they
-        are only reported, unless ``requeue_unknown`` says to send them again. Running it
-        twice does nothing the second time. Media that expired shows up as a failed outcome
-        with :class:`MediaNotFoundError` when the jobs' results are read.
+        sent are queued (oldest first, within the spending limit); jobs already stored are
+        skipped. Jobs whose ``queue`` answer was lost ("unknown", or "sending" when a
+        process died mid-request) may exist and be billed, so they are only reported, unless
+        ``requeue_unknown`` says to send them again. Running it twice does nothing the
+        second time. ``on_job`` is called with each job as soon as it is polled, so callers
+        can follow results while the rest is still being queued. Media that expired shows
+        up as a failed outcome with :class:`MediaNotFoundError`.
 
         Raises:
             SessionStateError: the session is not open, or has no journal.
@@ -759,9 +770,16 @@ class AsyncSession:
         if journal is None:
             raise SessionStateError("resume needs a journal: AsyncSession(journal=path)")
         jobs: list[Job] = []
-        attached = queued = skipped = 0
+        attached = queued = skipped = not_queued = 0
         unknown: list[JournalEntry] = []
         failed: list[JournalEntry] = []
+        spend_error: SpendLimitExceeded | None = None
+
+        def found(job: Job) -> None:
+            jobs.append(job)
+            if on_job is not None:
+                on_job(job)
+
         for entry in await journal.entries():
             target = Path(entry.destination) if entry.destination else None
             state = entry.state
@@ -780,24 +798,30 @@ class AsyncSession:
                 if self._scheduler.is_tracked(entry.queue_id):
                     skipped += 1
                     continue
-                job = Job(model=entry.model, queue_id=entry.queue_id, request=entry.request)
-                elapsed = None
-                if entry.queued_at is not None:
-                    elapsed = max(0.0, self._clock.time() - entry.queued_at)
-                stem = (
-                    entry.name
-                    or f"{safe_stem(entry.request.prompt, max_length=40)}-{job.queue_id[:8]}"
-                )
-                self._journal_ids[job.queue_id] = entry.id
-                self._scheduler.track(job, self._sink_factory(target, stem), elapsed=elapsed)
-                jobs.append(job)
+                found(self._attach_entry(entry, target))
                 attached += 1
             elif state is JobState.INTENT:
-                held = self._spend.reserve(entry.estimate_usd, what=f"a {entry.model} job")
-                job = await self._queue_and_track(
-                    entry.request, entry.id, held, target, entry.name, None
-                )
-                jobs.append(job)
+                if spend_error is not None:
+                    not_queued += 1
+                    continue
+                try:
+                    held = self._spend.reserve(entry.estimate_usd, what=f"a {entry.model} job")
+                except SpendLimitExceeded as error:
+                    spend_error = error
+                    not_queued += 1
+                    continue
+                try:
+                    job = await self._queue_and_track(
+                        entry.request, entry.id, held, target, entry.name, None
+                    )
+                except (QueueOutcomeUnknown, APIStatusError):
+                    latest = await journal.get(entry.id)
+                    if latest is not None and latest.state is JobState.UNKNOWN:
+                        unknown.append(latest)
+                    elif latest is not None:
+                        failed.append(latest)
+                    continue
+                found(job)
                 queued += 1
         return ResumeReport(
             jobs=tuple(jobs),
@@ -806,7 +830,20 @@ class AsyncSession:
             skipped=skipped,
             unknown=tuple(unknown),
             failed=tuple(failed),
+            not_queued=not_queued,
+            spend_limit=spend_error,
         )
+
+    def _attach_entry(self, entry: JournalEntry, target: Path | None) -> Job:
+        assert entry.queue_id is not None
+        job = Job(model=entry.model, queue_id=entry.queue_id, request=entry.request)
+        elapsed = None
+        if entry.queued_at is not None:
+            elapsed = max(0.0, self._clock.time() - entry.queued_at)
+        stem = entry.name or f"{safe_stem(entry.request.prompt, max_length=40)}-{job.queue_id[:8]}"
+        self._journal_ids[job.queue_id] = entry.id
+        self._scheduler.track(job, self._sink_factory(target, stem), elapsed=elapsed)
+        return job
 
     @property
     def journal(self) -> Journal | None:

@@ -1,0 +1,464 @@
+"""The command line: ``python -m venice_audio_async`` (or ``venice-audio``).
+
+Commands: ``models``, ``quote``, ``generate``, ``batch`` and ``resume``. ``--fake`` runs any
+of them against the built-in :class:`~venice_audio_async.testing.FakeServer`, with no key
+and no network. Exit codes: 0 all done, 1 some jobs failed or are unknown, 2 bad input or
+setup, 3 refused by the spending limit, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from . import __version__
+from ._batch import BatchLine, check_batch, manifest_rows, read_batch
+from ._clock import Clock, ScaledClock, SystemClock
+from ._config import DEFAULT_BASE_URL
+from ._errors import (
+    VeniceError,
+)
+from ._models import (
+    AudioModel,
+    DurationsPricing,
+    Failed,
+    GenerationPricing,
+    Job,
+    PerSecondPricing,
+    PerThousandCharactersPricing,
+    Succeeded,
+)
+from ._progress import BatchProgress
+from ._session import AsyncSession
+
+__all__ = ["main"]
+
+JOURNAL_NAME = ".venice-journal.sqlite3"
+MANIFEST_NAME = "manifest.jsonl"
+_FAKE_KEY = "fake-key"
+_interrupt_hint: list[str] = []
+
+
+def _say(*parts: object) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- connection
+
+
+def _demo_script(body: Mapping[str, Any]) -> Any:
+    """Job timelines for --fake: 20-60 "seconds" by model, spread like real runs."""
+    from .testing import JobScript
+
+    means = {"elevenlabs-music": 60.0, "ace-step-15": 45.0, "stable-audio-25": 30.0}
+    mean = means.get(str(body.get("model")), 20.0)
+    duration = random.lognormvariate(0.0, 0.1) * mean
+    return JobScript(duration=duration, average_execution_time=mean * 1.1)
+
+
+@contextlib.asynccontextmanager
+async def _endpoint(args: argparse.Namespace) -> AsyncIterator[tuple[str, str | None, Clock]]:
+    """The base URL, key and clock to use: the real API, a given URL, or a fresh fake."""
+    scale = args.time_scale
+    clock: Clock = SystemClock() if scale == 1.0 else ScaledClock(scale)
+    if args.fake:
+        from .testing import FakeServer
+
+        fake_scale = scale if scale != 1.0 else 0.01
+        async with FakeServer(time_scale=fake_scale, job_script=_demo_script) as server:
+            _say(f"using the built-in fake server at {server.url} (time x{1 / fake_scale:g})")
+            yield server.url, _FAKE_KEY, ScaledClock(fake_scale)
+        return
+    yield args.base_url, args.api_key or os.environ.get("VENICE_API_KEY"), clock
+
+
+def _need_key(key: str | None) -> bool:
+    if key:
+        return True
+    _say(
+        "No API key. Set one with\n"
+        "    export VENICE_API_KEY=your-key     (create it at https://venice.ai/settings/api)\n"
+        "or pass --api-key, or try everything offline with --fake."
+    )
+    return False
+
+
+def _session(
+    args: argparse.Namespace,
+    url: str,
+    key: str | None,
+    clock: Clock,
+    **options: Any,
+) -> AsyncSession:
+    return AsyncSession(
+        api_key=key,
+        base_url=url,
+        clock=clock,
+        allow_insecure_http=args.allow_insecure_http,
+        **options,
+    )
+
+
+# --------------------------------------------------------------------------- models / quote
+
+
+def _price_shape(model: AudioModel) -> str:
+    pricing = model.spec.pricing
+    if isinstance(pricing, DurationsPricing):
+        tiers = sorted(pricing.tiers.values(), key=lambda t: t.usd)
+        return f"${tiers[0].usd:g}-${tiers[-1].usd:g} by duration" if tiers else "by duration"
+    if isinstance(pricing, GenerationPricing):
+        return f"${pricing.usd:g} per job"
+    if isinstance(pricing, PerSecondPricing):
+        return f"${pricing.usd:.5g} per second"
+    if isinstance(pricing, PerThousandCharactersPricing):
+        return f"${pricing.usd:.3g} per 1k chars"
+    return "unknown"
+
+
+def _duration(model: AudioModel) -> str:
+    spec = model.spec
+    if spec.duration_options:
+        return ",".join(str(d) for d in spec.duration_options) + " s"
+    if spec.min_duration is not None or spec.max_duration is not None:
+        return f"{spec.min_duration:g}-{spec.max_duration:g} s"
+    return "-"
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+async def _cmd_models(args: argparse.Namespace) -> int:
+    async with _endpoint(args) as (url, key, clock), _session(args, url, key, clock) as session:
+        models = await session.models()
+    rows = [
+        [
+            m.id,
+            m.name,
+            _price_shape(m),
+            _duration(m),
+            str(len(m.spec.voices)) if m.spec.voices else "-",
+        ]
+        for m in sorted(models, key=lambda m: m.id)
+    ]
+    _print_table(["id", "name", "price", "duration", "voices"], rows)
+    return 0
+
+
+async def _cmd_quote(args: argparse.Namespace) -> int:
+    async with _endpoint(args) as (url, key, clock), _session(args, url, key, clock) as session:
+        result = await session.quote(
+            args.model, duration_seconds=args.duration, character_count=args.characters
+        )
+    print(f"${result.quote:.4f}")
+    return 0
+
+
+# --------------------------------------------------------------------------- generate
+
+
+def _request_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = {
+        "lyrics_prompt": args.lyrics,
+        "duration_seconds": args.duration,
+        "force_instrumental": args.instrumental,
+        "loop": args.loop,
+        "voice": args.voice,
+        "speed": args.speed,
+    }
+    return {k: v for k, v in options.items() if v is not None}
+
+
+async def _cmd_generate(args: argparse.Namespace) -> int:
+    async with _endpoint(args) as (url, key, clock):
+        if not _need_key(key):
+            return 2
+        async with _session(args, url, key, clock) as session:
+            job = await session.submit(
+                args.model, args.prompt, destination=args.out, **_request_options(args)
+            )
+            _say(f"queued {job.queue_id} ({job.model}); waiting...")
+            audio = await session.wait_for(job)
+    print(audio.path)
+    return 0
+
+
+# --------------------------------------------------------------------------- batch / resume
+
+
+def _write_manifest(out: Path, rows: list[dict[str, Any]]) -> None:
+    temp = out / f".{MANIFEST_NAME}.part"
+    with temp.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    temp.replace(out / MANIFEST_NAME)
+
+
+async def _finish_manifest(session: AsyncSession, out: Path) -> dict[str, int]:
+    journal = session.journal
+    assert journal is not None
+    with anyio.CancelScope(shield=True):
+        rows = manifest_rows(await journal.entries())
+        await anyio.to_thread.run_sync(_write_manifest, out, rows)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    return counts
+
+
+class _Watcher:
+    """Follows jobs to their outcome and keeps the progress display current."""
+
+    def __init__(self, session: AsyncSession, progress: BatchProgress) -> None:
+        self.session = session
+        self.progress = progress
+        self.failures: list[str] = []
+
+    def _update(self) -> None:
+        self.progress.requests = sum(self.session.statistics().requests.values())
+        self.progress.spent_usd = self.session.spending()[0]
+        self.progress.refresh()
+
+    async def watch(self, job: Job, label: str) -> None:
+        self.progress.running += 1
+        self._update()
+        try:
+            outcome = await self.session.wait_outcome(job)
+        finally:
+            self.progress.running -= 1
+        if isinstance(outcome, Succeeded):
+            self.progress.done += 1
+        elif isinstance(outcome, Failed):
+            self.progress.failed += 1
+            self.failures.append(f"{label}: {outcome.error}")
+        self._update()
+
+
+def _summary(out: Path, counts: Mapping[str, int], watcher: _Watcher) -> int:
+    for failure in watcher.failures:
+        _say(f"  failed: {failure}")
+    parts = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    _say(f"manifest: {out / MANIFEST_NAME} ({parts})")
+    finished = counts.get("succeeded", 0)
+    return 0 if finished == sum(counts.values()) else 1
+
+
+async def _cmd_batch(args: argparse.Namespace) -> int:
+    lines, problems = read_batch(args.file)
+    if problems:
+        _say(f"{args.file}: {len(problems)} problem(s); nothing was sent:")
+        for problem in problems:
+            _say(f"  {problem}")
+        return 2
+    out = Path(args.out)
+    await anyio.Path(out).mkdir(parents=True, exist_ok=True)
+    async with _endpoint(args) as (url, key, clock):
+        if not _need_key(key):
+            return 2
+        session = _session(
+            args,
+            url,
+            key,
+            clock,
+            journal=out / JOURNAL_NAME,
+            output_dir=out,
+            max_spend_usd=args.max_spend,
+        )
+        async with session:
+            return await _run_batch(args, session, lines, out)
+
+
+async def _run_batch(
+    args: argparse.Namespace, session: AsyncSession, lines: list[BatchLine], out: Path
+) -> int:
+    catalogue = {m.id: m for m in await session.models()}
+    problems = check_batch(lines, catalogue)
+    if problems:
+        _say(f"{args.file}: {len(problems)} problem(s); nothing was sent:")
+        for problem in problems:
+            _say(f"  {problem}")
+        return 2
+    journal = session.journal
+    assert journal is not None
+    known = {entry.key for entry in await journal.entries()}
+    fresh = [line for line in lines if line.key not in known]
+    estimates = [
+        await session.estimate_cost(line.request, model=catalogue[line.request.model])
+        for line in fresh
+    ]
+    estimate = sum(cost or 0.0 for cost in estimates)
+    spent, limit = session.spending()
+    _say(
+        f"{len(lines)} request(s); {len(fresh)} to queue, estimated ${estimate:.2f}"
+        + (f" (${spent:.2f} already spent in {out})" if known else "")
+    )
+    if limit is not None and spent + estimate > limit + 1e-9 and not known:
+        _say(f"the estimate ${estimate:.2f} exceeds --max-spend ${limit:.2f}; nothing was spent")
+        return 3
+    # Every line is journaled before the first is sent, so a crash at any point leaves a
+    # journal that `resume` can finish: nothing is queued twice, nothing is forgotten.
+    for line, cost in zip(fresh, estimates, strict=True):
+        await journal.add_intent(
+            line.request, key=line.key, destination=str(out), name=line.name, estimate_usd=cost
+        )
+    return await _drive(args, session, out, total=len(lines))
+
+
+def _report_resume(unknown: Sequence[Any], failed: Sequence[Any]) -> None:
+    for entry in unknown:
+        label = entry.key or f"job {entry.id}"
+        _say(
+            f"  {label}: its queue answer was lost; it may exist and be billed, so it is not "
+            "sent again (pass --requeue-unknown to send it anyway)"
+        )
+    for entry in failed:
+        _say(f"  {entry.key or entry.queue_id}: failed earlier: {entry.error}")
+
+
+async def _cmd_resume(args: argparse.Namespace) -> int:
+    out = Path(args.dir)
+    journal_path = out / JOURNAL_NAME
+    if not await anyio.Path(journal_path).exists():
+        _say(f"{out} has no batch journal ({JOURNAL_NAME}); nothing to resume")
+        return 2
+    async with _endpoint(args) as (url, key, clock):
+        if not _need_key(key):
+            return 2
+        session = _session(
+            args,
+            url,
+            key,
+            clock,
+            journal=journal_path,
+            output_dir=out,
+            max_spend_usd=args.max_spend,
+        )
+        async with session:
+            journal = session.journal
+            assert journal is not None
+            total = len(await journal.entries())
+            return await _drive(args, session, out, total=total)
+
+
+async def _drive(args: argparse.Namespace, session: AsyncSession, out: Path, *, total: int) -> int:
+    """Queue what the journal has not sent, fetch what is running, write the manifest."""
+    _interrupt_hint[:] = [f"venice-audio resume {out}"]
+    watcher = _Watcher(session, BatchProgress(total, plain=args.plain))
+    try:
+        with watcher.progress:
+            async with anyio.create_task_group() as tg:
+
+                def follow(job: Job) -> None:
+                    label = job.request.prompt[:40] if job.request else job.queue_id
+                    tg.start_soon(watcher.watch, job, label)
+
+                report = await session.resume(requeue_unknown=args.requeue_unknown, on_job=follow)
+                watcher.progress.done += report.skipped
+                watcher.progress.failed += len(report.failed) + len(report.unknown)
+                watcher.progress.refresh()
+    finally:
+        counts = await _finish_manifest(session, out)
+    _report_resume(report.unknown, report.failed)
+    if report.spend_limit is not None:
+        _say(
+            f"spending limit reached: {report.spend_limit}. Stopped queueing; "
+            f"{report.not_queued} line(s) not queued (raise --max-spend and resume)."
+        )
+        _summary(out, counts, watcher)
+        return 3
+    return _summary(out, counts, watcher)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="venice-audio", description="Generate music, sound effects and voice with Venice.ai."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--fake", action="store_true", help="use the built-in fake server")
+    common.add_argument("--base-url", default=DEFAULT_BASE_URL, help="API base URL")
+    common.add_argument("--api-key", help="API key (default: $VENICE_API_KEY)")
+    common.add_argument(
+        "--allow-insecure-http", action="store_true", help="allow plain http to remote hosts"
+    )
+    common.add_argument("--time-scale", type=float, default=1.0, help=argparse.SUPPRESS)
+    common.add_argument("--plain", action="store_true", help="plain progress lines, no bar")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("models", parents=[common], help="list the audio models")
+
+    quote = commands.add_parser("quote", parents=[common], help="price one generation")
+    quote.add_argument("model")
+    quote.add_argument("--duration", type=int)
+    quote.add_argument("--characters", type=int)
+
+    generate = commands.add_parser("generate", parents=[common], help="make one audio file")
+    generate.add_argument("model")
+    generate.add_argument("prompt")
+    generate.add_argument("--out", default=".", help="file or directory (default: .)")
+    generate.add_argument("--duration", type=int)
+    generate.add_argument("--lyrics")
+    generate.add_argument("--instrumental", action="store_true", default=None)
+    generate.add_argument("--loop", action="store_true", default=None)
+    generate.add_argument("--voice")
+    generate.add_argument("--speed", type=float)
+
+    batch = commands.add_parser("batch", parents=[common], help="generate every line of a file")
+    batch.add_argument("file", help="JSON Lines or CSV file of requests")
+    batch.add_argument("--out", required=True, help="folder for the audio and manifest.jsonl")
+    batch.add_argument("--max-spend", type=float, help="refuse to spend more than this (USD)")
+    batch.add_argument("--requeue-unknown", action="store_true", help=argparse.SUPPRESS)
+
+    resume = commands.add_parser("resume", parents=[common], help="finish an interrupted batch")
+    resume.add_argument("dir")
+    resume.add_argument("--max-spend", type=float, help="refuse to spend more than this (USD)")
+    resume.add_argument(
+        "--requeue-unknown",
+        action="store_true",
+        help="send again jobs whose queue answer was lost (may pay twice)",
+    )
+    return parser
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "models": _cmd_models,
+    "quote": _cmd_quote,
+    "generate": _cmd_generate,
+    "batch": _cmd_batch,
+    "resume": _cmd_resume,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return anyio.run(_COMMANDS[args.command], args, backend="asyncio")
+    except KeyboardInterrupt:
+        hint = f"; finish it with: {_interrupt_hint[0]}" if _interrupt_hint else ""
+        _say(f"\ninterrupted. Every queued job is recorded in the journal{hint}")
+        return 130
+    except (VeniceError, ValueError) as error:
+        _say(f"error: {error}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
