@@ -474,3 +474,16 @@ async def test_connect_refused_on_queue_is_retried_then_raised() -> None:
         with pytest.raises(v.ConnectError):
             await session.submit("stable-audio-25", "nobody is listening")
         assert session.statistics().requests["queue"] == 3  # every attempt, none answered
+
+
+async def test_delivered_outcomes_are_not_kept(server: FakeServer) -> None:
+    """Once delivered, an outcome (and its audio) is no longer held by the session."""
+    server.plan(*[JobScript(duration=1.0) for _ in range(3)])
+    async with _session(server) as session:
+        jobs = [await session.submit("stable-audio-25", f"a tiny sound {i}") for i in range(3)]
+        await session.wait_for(jobs[0])
+        async with session.results(jobs[1:]) as results:
+            assert len([o async for o in results]) == 2
+        assert session._scheduler.snapshot()["jobs"] == 0
+        with pytest.raises(ValueError, match="not tracked"):
+            await session.wait_for(jobs[0])

@@ -217,6 +217,7 @@ class Scheduler:
             return False
         if tracked.outcome is not None:
             stream.send_nowait(tracked.outcome)
+            del self._jobs[job.queue_id]  # delivered: the consumer holds it now
             return True
         tracked.subscribers.append(stream)
         tracked.ever_subscribed = True
@@ -251,12 +252,6 @@ class Scheduler:
             polls=self._counts["polls"],
             released=self._counts["released"],
         )
-
-    def forget_finished(self, queue_id: str) -> None:
-        """Drop a finished job's record (its outcome was handed over)."""
-        tracked = self._jobs.get(queue_id)
-        if tracked is not None and tracked.outcome is not None and not tracked.subscribers:
-            del self._jobs[queue_id]
 
     # ------------------------------------------------------------------ the loop
 
@@ -480,12 +475,18 @@ class Scheduler:
         if tracked.abandoned:
             tracked.abandoned = False
             self._counts["abandoned"] -= 1
+        delivered = False
         for stream in tracked.subscribers:
             try:
                 stream.send_nowait(outcome)
+                delivered = True
             except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 log.debug("consumer of job %s went away", tracked.job.queue_id)
         tracked.subscribers.clear()
+        if delivered:
+            # An outcome is handed over once; keeping it (and its audio) would grow a
+            # long-lived session without bound. Undelivered ones wait for a consumer.
+            self._jobs.pop(tracked.job.queue_id, None)
 
     def snapshot(self) -> dict[str, Any]:
         """Internal numbers for debugging and benchmarks."""
