@@ -108,6 +108,21 @@ def _session(
     )
 
 
+def _folder_session(
+    args: argparse.Namespace, url: str, key: str | None, clock: Clock, out: Path
+) -> AsyncSession:
+    """A session writing into a batch folder, with the folder's journal."""
+    return _session(
+        args,
+        url,
+        key,
+        clock,
+        journal=out / JOURNAL_NAME,
+        output_dir=out,
+        max_spend_usd=args.max_spend,
+    )
+
+
 # --------------------------------------------------------------------------- models / quote
 
 
@@ -260,25 +275,14 @@ def _summary(out: Path, counts: Mapping[str, int], watcher: _Watcher) -> int:
 async def _cmd_batch(args: argparse.Namespace) -> int:
     lines, problems = read_batch(args.file)
     if problems:
-        _say(f"{args.file}: {len(problems)} problem(s); nothing was sent:")
-        for problem in problems:
-            _say(f"  {problem}")
+        _report_problems(args.file, problems)
         return 2
     out = Path(args.out)
     await anyio.Path(out).mkdir(parents=True, exist_ok=True)
     async with _endpoint(args) as (url, key, clock):
         if not _need_key(key):
             return 2
-        session = _session(
-            args,
-            url,
-            key,
-            clock,
-            journal=out / JOURNAL_NAME,
-            output_dir=out,
-            max_spend_usd=args.max_spend,
-        )
-        async with session:
+        async with _folder_session(args, url, key, clock, out) as session:
             return await _run_batch(args, session, lines, out)
 
 
@@ -288,9 +292,7 @@ async def _run_batch(
     catalogue = {m.id: m for m in await session.models()}
     problems = check_batch(lines, catalogue)
     if problems:
-        _say(f"{args.file}: {len(problems)} problem(s); nothing was sent:")
-        for problem in problems:
-            _say(f"  {problem}")
+        _report_problems(args.file, problems)
         return 2
     journal = session.journal
     assert journal is not None
@@ -318,6 +320,12 @@ async def _run_batch(
     return await _drive(args, session, out, total=len(lines))
 
 
+def _report_problems(source: str, problems: Sequence[str]) -> None:
+    _say(f"{source}: {len(problems)} problem(s); nothing was sent:")
+    for problem in problems:
+        _say(f"  {problem}")
+
+
 def _report_resume(unknown: Sequence[Any], failed: Sequence[Any]) -> None:
     for entry in unknown:
         label = entry.key or f"job {entry.id}"
@@ -338,16 +346,7 @@ async def _cmd_resume(args: argparse.Namespace) -> int:
     async with _endpoint(args) as (url, key, clock):
         if not _need_key(key):
             return 2
-        session = _session(
-            args,
-            url,
-            key,
-            clock,
-            journal=journal_path,
-            output_dir=out,
-            max_spend_usd=args.max_spend,
-        )
-        async with session:
+        async with _folder_session(args, url, key, clock, out) as session:
             journal = session.journal
             assert journal is not None
             total = len(await journal.entries())

@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -102,39 +102,46 @@ def read_batch(path: str | os.PathLike[str]) -> tuple[list[BatchLine], list[str]
     return _read_jsonl(text)
 
 
-def _read_jsonl(text: str) -> tuple[list[BatchLine], list[str]]:
-    lines: list[BatchLine] = []
-    problems: list[str] = []
+def _jsonl_records(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
     for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
         try:
             record = json.loads(raw)
         except ValueError as exc:
-            problems.append(f"line {number}: invalid JSON ({exc.args[0].split(':')[0]})")
+            yield number, f"invalid JSON ({exc.args[0].split(':')[0]})"
             continue
-        if not isinstance(record, dict):
-            problems.append(f"line {number}: expected a JSON object")
-            continue
-        line, found = _line_to_request(number, record, from_csv=False)
-        problems.extend(found)
-        if line is not None:
-            lines.append(line)
-    if not lines and not problems:
-        problems.append("the batch file has no requests")
-    return lines, problems
+        yield number, record if isinstance(record, dict) else "expected a JSON object"
+
+
+def _csv_records(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    reader = csv.DictReader(io.StringIO(text))
+    for record in reader:
+        if None in record:
+            yield reader.line_num, "more values than header columns"
+        else:
+            yield reader.line_num, dict(record)
+
+
+def _read_jsonl(text: str) -> tuple[list[BatchLine], list[str]]:
+    return _collect(_jsonl_records(text), from_csv=False)
 
 
 def _read_csv(text: str) -> tuple[list[BatchLine], list[str]]:
+    return _collect(_csv_records(text), from_csv=True)
+
+
+def _collect(
+    records: Iterable[tuple[int, dict[str, Any] | str]], *, from_csv: bool
+) -> tuple[list[BatchLine], list[str]]:
+    """Turn (line number, record or problem) pairs into lines and numbered problems."""
     lines: list[BatchLine] = []
     problems: list[str] = []
-    reader = csv.DictReader(io.StringIO(text))
-    for record in reader:
-        number = reader.line_num
-        if None in record:
-            problems.append(f"line {number}: more values than header columns")
+    for number, record in records:
+        if isinstance(record, str):
+            problems.append(f"line {number}: {record}")
             continue
-        line, found = _line_to_request(number, record, from_csv=True)
+        line, found = _line_to_request(number, record, from_csv=from_csv)
         problems.extend(found)
         if line is not None:
             lines.append(line)
