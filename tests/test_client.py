@@ -344,3 +344,21 @@ def test_plain_http_to_remote_host_is_refused() -> None:
     v.VeniceClient(api_key="k", base_url="http://localhost:9/api/v1")
     with pytest.raises(ValueError, match="http"):
         v.VeniceClient(api_key="k", base_url="ftp://example.com")
+
+
+class _BrokenSink(v.MemorySink):
+    """A custom sink with a bug."""
+
+    async def write(self, chunk: bytes) -> None:
+        raise RuntimeError("sink bug")
+
+
+async def test_a_failing_sink_is_an_audio_storage_error(fake_server: FakeServer) -> None:
+    """Whatever a sink raises becomes AudioStorageError (its cause kept)."""
+    async with _client(fake_server) as client:
+        job = await _finished_job(fake_server, client)
+        with pytest.raises(v.AudioStorageError) as caught:
+            await client.retrieve(
+                v.RetrieveRequest(job.model, job.queue_id), sink=_BrokenSink(10**6)
+            )
+    assert isinstance(caught.value.__cause__, RuntimeError)

@@ -446,15 +446,6 @@ async def test_generated_requests_against_the_fake(
     assert ("loop" in refused) == ("loop" in expected or _loop_left_to_server(request))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "_validation counts prompt/lyrics lengths in code points (len(str.strip())); the "
-        "server (JavaScript) counts UTF-16 code units after String.prototype.trim, so text "
-        "with characters outside the BMP (emoji) near a limit passes the client and gets a "
-        "400 from the server"
-    ),
-)
 def test_lengths_are_counted_like_the_server() -> None:
     """A prompt of 126 emoji is 252 UTF-16 units: over the 250 limit for the server."""
     request = v.QueueRequest("elevenlabs-sound-effects-v2", "\U0001f3b5" * 126)

@@ -387,15 +387,6 @@ async def test_server_answers_do_not_choose_the_path(server: FakeServer, tmp_pat
     assert _tree(tmp_path) == ["out", f"out/{audio.path.name}"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a missing output_dir is taken for a file name: FileSink(target) treats a path that "
-        "is not an existing directory as the target file, so every job is written to "
-        "<output_dir> itself, each replacing the previous one. _session must create "
-        "output_dir (or refuse it) instead of passing it to FileSink as-is."
-    ),
-)
 async def test_missing_output_dir_keeps_every_file(server: FakeServer, tmp_path: Path) -> None:
     """An output_dir that does not exist yet still gets one file per job, inside it."""
     out = tmp_path / "not-yet"

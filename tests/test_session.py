@@ -487,3 +487,43 @@ async def test_delivered_outcomes_are_not_kept(server: FakeServer) -> None:
         assert session._scheduler.snapshot()["jobs"] == 0
         with pytest.raises(ValueError, match="not tracked"):
             await session.wait_for(jobs[0])
+
+
+@pytest.mark.parametrize("status", [502, 504])
+async def test_gateway_error_on_queue_is_an_unknown_outcome(
+    server: FakeServer, status: int
+) -> None:
+    """A 502/504 on queue may follow a created job: QueueOutcomeUnknown, not retried."""
+    async with _session(server) as session:
+        server.inject(
+            "queue", Fault.status(status, body="<html>gateway</html>", content_type="text/html")
+        )
+        with pytest.raises(v.QueueOutcomeUnknown) as caught:
+            await session.submit("stable-audio-25", "behind a flaky gateway")
+    assert isinstance(caught.value.cause, v.ServerError)
+    assert server.count("queue") == 1
+
+
+async def test_503_on_queue_is_retried(server: FakeServer) -> None:
+    """A 503 (at capacity) created nothing: queue is retried and succeeds."""
+    policy = v.RetryPolicy(initial_backoff=0.1, jitter=0)
+    async with _session(server, retry=policy) as session:
+        server.inject("queue", Fault.status(503))
+        await session.submit("stable-audio-25", "when capacity frees up")
+    assert server.count("queue") == 2
+    assert len(server.jobs) == 1
+
+
+async def test_failed_outcome_does_not_pin_the_session(server: FakeServer) -> None:
+    """A kept Failed outcome does not keep the closed session alive."""
+    import weakref
+
+    server.plan(JobScript(duration=0.0, fail_status=422))
+    async with _session(server) as session:
+        job = await session.submit("stable-audio-25", "refused by policy")
+        outcome = await session.wait_outcome(job)
+    ref = weakref.ref(session)
+    del session
+    gc.collect()
+    assert isinstance(outcome, v.Failed)
+    assert ref() is None

@@ -15,6 +15,7 @@ from ._clock import Clock, ManualClock, ScaledClock, SystemClock
 from ._config import DEFAULT_BASE_URL, Limits, RateLimits, RetryPolicy, Timeouts
 from ._errors import (
     APIStatusError,
+    AudioStorageError,
     AuthenticationError,
     BadRequestError,
     BatchSubmitError,
@@ -87,6 +88,7 @@ __all__ = [
     "AudioModel",
     "AudioResult",
     "AudioSink",
+    "AudioStorageError",
     "AuthenticationError",
     "BadRequestError",
     "BatchSubmitError",

@@ -141,12 +141,18 @@ class MemorySink:
 class FileSink:
     """Writes the audio to ``path`` atomically.
 
-    When ``path`` is a directory, the file is named ``{stem}.{ext}`` inside it (the extension
-    from the detected format, the stem sanitised so nothing escapes the directory).
+    When ``path`` is a directory (``directory=True``, or an existing one), the file is named
+    ``{stem}.{ext}`` inside it (the extension from the detected format, the stem sanitised so
+    nothing escapes the directory); the directory is created if missing.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, stem: str = "audio") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, stem: str = "audio", directory: bool | None = None
+    ) -> None:
         self._target = Path(path)
+        # None: decided at download time (an existing directory is one). The session says
+        # True for its output folder so a folder not created yet is never taken for a file.
+        self._directory = directory
         self._stem = safe_stem(stem)
         self._final: Path | None = None
         self._temp: Path | None = None
@@ -154,7 +160,8 @@ class FileSink:
         self._buffer = bytearray()
 
     def _choose_final(self, audio_format: AudioFormat) -> Path:
-        if self._target.is_dir():
+        if self._directory or (self._directory is None and self._target.is_dir()):
+            self._target.mkdir(parents=True, exist_ok=True)
             directory = self._target.resolve()
             final = (directory / f"{self._stem}.{audio_format}").resolve()
             if final.parent != directory:  # belt and braces: the stem is already sanitised
@@ -165,7 +172,7 @@ class FileSink:
     async def begin(
         self, *, audio_format: AudioFormat, content_type: str, content_length: int | None
     ) -> None:
-        final = self._choose_final(audio_format)
+        final = await anyio.to_thread.run_sync(self._choose_final, audio_format)
         temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
         self._final, self._temp = final, temp
         self._file = await anyio.to_thread.run_sync(temp.open, "wb")

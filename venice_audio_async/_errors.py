@@ -14,6 +14,7 @@
      │    ├── MalformedResponse                   answer not in the documented shape
      │    └── ResponseTooLarge                    audio body above the configured cap
      ├── QueueOutcomeUnknown                      `queue` may have been billed; not retried
+     ├── AudioStorageError                        the audio could not be written (disk, sink)
      ├── BatchSubmitError                         some queue calls of submit_many failed
      ├── APIStatusError                           the API answered an HTTP error
      │    ├── BadRequestError            400      (details / issues)
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "APIStatusError",
+    "AudioStorageError",
     "AuthenticationError",
     "BadRequestError",
     "BatchSubmitError",
@@ -185,18 +187,29 @@ class QueueOutcomeUnknown(VeniceError):
     """``queue`` failed after the request was sent: the job may exist and may be billed.
 
     It is never retried automatically. ``request`` is what was sent, so the caller can decide
-    (check the dashboard, re-queue knowingly); ``__cause__`` is the transport error.
+    (check the dashboard, re-queue knowingly); ``cause`` (also ``__cause__``) is the transport
+    error, or the 502/504 a gateway answered (the origin may have created the job first).
 
     .. versionadded:: 0.1.0
     """
 
-    def __init__(self, request: QueueRequest, cause: TransportError) -> None:
+    def __init__(self, request: QueueRequest, cause: VeniceError) -> None:
         self.request = request
         self.cause = cause
         super().__init__(
             f"queue for model {request.model!r} failed after the request was sent ({cause}); "
             "the job may have been created and billed, so it was not retried"
         )
+
+
+class AudioStorageError(VeniceError):
+    """Finished audio could not be stored (disk full, bad destination, a sink's failure).
+
+    Only that job fails; its media stays on the server (it is not released), so it can be
+    fetched again with ``attach``. ``__cause__`` is the underlying error.
+
+    .. versionadded:: 0.1.0
+    """
 
 
 class BatchSubmitError(VeniceError):

@@ -31,6 +31,7 @@ from ._audio import AudioSink, sniff_format, sniff_needs
 from ._config import Limits, Timeouts
 from ._errors import (
     APIStatusError,
+    AudioStorageError,
     ConnectError,
     ConnectionDropped,
     MalformedResponse,
@@ -129,7 +130,7 @@ def _redact(exc: BaseException) -> None:
 
 
 async def _store(call: Awaitable[T]) -> T:
-    """Await a sink operation; a storage failure (``OSError``) becomes a :class:`VeniceError`.
+    """Await a sink operation; any storage failure becomes an :class:`AudioStorageError`.
 
     So a full disk or a bad destination fails that one download (the scheduler reports the
     job as failed and keeps its media on the server) instead of escaping as a bare
@@ -137,8 +138,10 @@ async def _store(call: Awaitable[T]) -> T:
     """
     try:
         return await call
-    except OSError as exc:
-        raise VeniceError(f"could not store the audio: {exc}") from exc
+    except VeniceError:
+        raise
+    except Exception as exc:  # a custom sink's bug must fail one job, not the session
+        raise AudioStorageError(f"could not store the audio: {exc!r}") from exc
 
 
 def _headers_of(response: aiohttp.ClientResponse) -> dict[str, str]:

@@ -463,6 +463,8 @@ class Scheduler:
     async def _finish(self, tracked: _Tracked, outcome: Outcome) -> None:
         if tracked.outcome is not None:
             return
+        if isinstance(outcome, Failed):
+            _drop_tracebacks(outcome.error)
         tracked.outcome = outcome
         tracked.entry = -1
         if self._on_outcome is not None:
@@ -491,3 +493,18 @@ class Scheduler:
     def snapshot(self) -> dict[str, Any]:
         """Internal numbers for debugging and benchmarks."""
         return {"heap": len(self._heap), "jobs": len(self._jobs), "pressure": self.pressure}
+
+
+def _drop_tracebacks(error: BaseException) -> None:
+    """Detach the scheduler's frames from an error handed over as data.
+
+    A ``Failed`` outcome may be kept for long; its traceback's frames would keep the
+    scheduler, the transport and through them the whole (closed) session alive. The error
+    chain and messages stay; ``wait_for`` re-raising it starts a fresh traceback.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__

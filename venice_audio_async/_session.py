@@ -37,6 +37,7 @@ from ._errors import (
     QueueOutcomeUnknown,
     RateLimitError,
     RequestValidationError,
+    ServerError,
     ServiceUnavailableError,
     SessionStateError,
     SpendLimitExceeded,
@@ -374,11 +375,14 @@ class AsyncSession:
 
     def _sink_factory(self, target: Path | None, stem: str) -> SinkFactory:
         limit = self._limits.max_audio_bytes_in_memory
+        # The session's output folder is a folder even before it exists; a destination
+        # given per job is a folder if it exists as one, else the file to write.
+        directory = True if target is not None and target == self._output_dir else None
 
         def make(job: Job) -> AudioSink:
             if target is None:
                 return MemorySink(limit)
-            return FileSink(target, stem=stem)
+            return FileSink(target, stem=stem, directory=directory)
 
         return make
 
@@ -643,7 +647,16 @@ class AsyncSession:
             try:
                 async with self._limiter:
                     return await self._client.queue(request)
-            except (ConnectError, RateLimitError, ServiceUnavailableError) as error:
+            except ServerError as error:
+                if error.status_code in (502, 504):
+                    # A gateway's error may come after the origin created (and billed) it.
+                    raise QueueOutcomeUnknown(request, error) from error
+                if not isinstance(error, ServiceUnavailableError) or (
+                    attempt >= self._retry.attempts
+                ):
+                    raise
+                await self._backoff(attempt, error)  # 503: at capacity, nothing was created
+            except (ConnectError, RateLimitError) as error:
                 # Certainly not accepted: nothing was sent, or the server refused it
                 # before creating a job. Safe to try again.
                 if attempt >= self._retry.attempts:

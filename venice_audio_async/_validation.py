@@ -53,6 +53,24 @@ __all__ = [
     "quote_problems",
 ]
 
+# The API is JavaScript: it trims with String.prototype.trim and measures .length in UTF-16
+# code units, so an emoji counts twice. Counting the same way keeps our verdict its verdict.
+_JS_WHITESPACE = (
+    "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
+    "\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+
+
+def _api_trim(text: str) -> str:
+    return text.strip(_JS_WHITESPACE)
+
+
+def _api_length(text: str) -> int:
+    """Length after trimming, in UTF-16 code units, as the API counts it."""
+    trimmed = _api_trim(text)
+    return len(trimmed) + sum(1 for char in trimmed if ord(char) > 0xFFFF)
+
+
 #: ``min_prompt_length`` when the catalogue does not send it [SKILL].
 DEFAULT_MIN_PROMPT_LENGTH = 10
 #: ``lyrics_character_limit`` when the catalogue does not send it [SKILL].
@@ -154,7 +172,7 @@ def _is_number(value: object) -> bool:
 def _check_model_id(value: object, out: _Problems) -> None:
     if not isinstance(value, str):
         out.add("model", f"must be a string (got {_type_name(value)})")
-    elif not value.strip():
+    elif not _api_trim(value):
         out.add("model", "must not be empty")
 
 
@@ -183,7 +201,7 @@ def _queue_shape(request: QueueRequest, out: _Problems) -> set[str]:
     prompt: object = request.prompt
     if not isinstance(prompt, str):
         fail("prompt", f"must be a string (got {_type_name(prompt)})")
-    elif not prompt.strip():
+    elif not _api_trim(prompt):
         fail("prompt", "must not be blank")
 
     lyrics: object = request.lyrics_prompt
@@ -200,7 +218,7 @@ def _queue_shape(request: QueueRequest, out: _Problems) -> set[str]:
             fail(field, f"must be true or false (got {_type_name(flag)} {flag!r})")
 
     # SPEC: lyrics_prompt must be empty when lyrics_optimizer is true (any model).
-    if request.lyrics_optimizer is True and isinstance(lyrics, str) and lyrics.strip():
+    if request.lyrics_optimizer is True and isinstance(lyrics, str) and _api_trim(lyrics):
         fail("lyrics_optimizer", "must not be true when lyrics_prompt is given")
 
     voice: object = request.voice
@@ -274,7 +292,7 @@ def _queue_model_rules(
 
     # prompt: trimmed length within min_prompt_length..prompt_character_limit.
     if "prompt" not in bad:
-        length = len(request.prompt.strip())
+        length = _api_length(request.prompt)
         minimum = (
             spec.min_prompt_length
             if spec.min_prompt_length is not None
@@ -291,7 +309,7 @@ def _queue_model_rules(
     lyrics_ok = "lyrics_prompt" not in bad
     if lyrics is not None:
         _unsupported("lyrics_prompt", spec.supports_lyrics, "supports_lyrics", out)
-    if spec.lyrics_required is True and lyrics_ok and (lyrics is None or not lyrics.strip()):
+    if spec.lyrics_required is True and lyrics_ok and (lyrics is None or not _api_trim(lyrics)):
         out.add("lyrics_prompt", "is required by this model and must not be blank")
     if lyrics is not None and lyrics_ok and spec.supports_lyrics is not False:
         limit = (
@@ -299,7 +317,7 @@ def _queue_model_rules(
             if spec.lyrics_character_limit is not None
             else DEFAULT_LYRICS_CHARACTER_LIMIT
         )
-        length = len(lyrics.strip())
+        length = _api_length(lyrics)
         if length > limit:
             out.add("lyrics_prompt", f"must be at most {limit} characters (got {length})")
 
@@ -328,7 +346,7 @@ def _queue_model_rules(
     voice = request.voice
     if voice is not None and "voice" not in bad:
         if spec.supports_custom_voice_id is True:
-            if not voice.strip():
+            if not _api_trim(voice):
                 out.add("voice", "must not be blank")
         elif not spec.voices:
             out.add("voice", "is not supported by this model (it has no voices); leave it unset")
@@ -357,7 +375,7 @@ def _model_extras(request: QueueRequest, model_id: str, bad: set[str], out: _Pro
     minimum = extra.lyrics_min_length
     if minimum is not None and not out.has("lyrics_prompt") and "lyrics_prompt" not in bad:
         waived = [f for f in extra.lyrics_waived_by if getattr(request, f) is True]
-        length = len(request.lyrics_prompt.strip()) if request.lyrics_prompt is not None else 0
+        length = _api_length(request.lyrics_prompt) if request.lyrics_prompt is not None else 0
         if not waived and length < minimum:
             if minimum <= 1:
                 out.add("lyrics_prompt", "is required by this model and must not be blank")
