@@ -785,7 +785,7 @@ async def test_fault_delay(session: aiohttp.ClientSession) -> None:
                 timeout=aiohttp.ClientTimeout(total=0.05),
             )
         with anyio.fail_after(2):
-            while not server.jobs:  # noqa: ASYNC110 - server state has no event to wait on
+            while not server.jobs:
                 await anyio.sleep(0.01)
 
 
