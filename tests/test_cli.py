@@ -257,3 +257,37 @@ async def test_sigkill_mid_batch_then_resume_loses_and_repeats_nothing(
     again = await _run(server, "resume", str(out))
     assert again.returncode == 0
     assert server.count("queue") == 50
+
+
+@pytestmark_async
+async def test_ctrl_c_stops_cleanly_and_says_how_to_resume(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    """SIGINT mid-batch exits 130 with the resume command; resume then finishes the rest."""
+    out = tmp_path / "out"
+    batch = _lines(tmp_path / "batch.jsonl", [_track(i) for i in range(20)])
+    process = await anyio.open_process(
+        _cli(server, "batch", str(batch), "--out", str(out)), env=_env()
+    )
+    try:
+        with anyio.fail_after(30):
+            while sum(1 for r in server.requests_to("queue") if r.status) < 8:
+                await anyio.sleep(0.001)
+        process.send_signal(signal.SIGINT)
+        with anyio.fail_after(30):
+            code = await process.wait()
+        assert process.stderr is not None
+        chunks = []
+        async for chunk in process.stderr:
+            chunks.append(chunk)
+        err = b"".join(chunks).decode()
+    finally:
+        await process.aclose()
+    assert code == 130
+    assert f"venice-audio resume {out}" in err
+    assert (out / "manifest.jsonl").exists()  # written on the way out
+
+    result = await _run(server, "resume", str(out))
+    assert result.returncode == 0, result.stderr.decode()
+    assert server.count("queue") == 20
+    assert [r["state"] for r in _manifest(out)] == ["succeeded"] * 20
