@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
@@ -445,11 +446,40 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] =
 }
 
 
+async def _interruptible(
+    command: Callable[[argparse.Namespace], Coroutine[Any, Any, int]], args: argparse.Namespace
+) -> int:
+    """Run ``command``; the first Ctrl-C (or SIGTERM) cancels it through anyio.
+
+    A plain asyncio task cancellation would cut through the session's shielded sections;
+    an anyio cancellation respects them, so a ``queue`` call already on the wire still gets
+    its answer recorded before the command stops. A second Ctrl-C stops at once.
+    """
+    interrupted = False
+    code = 130
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            nonlocal interrupted
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    interrupted = True
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch)
+        code = await command(args)
+        tg.cancel_scope.cancel()
+    if interrupted:
+        raise KeyboardInterrupt
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        return anyio.run(_COMMANDS[args.command], args, backend="asyncio")
+        return anyio.run(_interruptible, _COMMANDS[args.command], args, backend="asyncio")
     except KeyboardInterrupt:
         hint = f"; finish it with: {_interrupt_hint[0]}" if _interrupt_hint else ""
         _say(f"\ninterrupted. Every queued job is recorded in the journal{hint}")

@@ -590,8 +590,7 @@ class AsyncSession:
             raise
         finally:
             self._spend.settle(held, billed=billed)
-        if journal is not None and row is not None:
-            await journal.mark_queued(row, job.queue_id)
+        if row is not None:
             self._journal_ids[job.queue_id] = row
         stem = name or f"{safe_stem(request.prompt, max_length=40)}-{job.queue_id[:8]}"
         self._scheduler.track(job, self._sink_factory(target, stem), deadline=deadline, elapsed=0.0)
@@ -642,11 +641,18 @@ class AsyncSession:
         while True:
             attempt += 1
             await self._send("queue")
-            if self._journal is not None and row is not None:
-                await self._journal.mark_sending(row)
             try:
                 async with self._limiter:
-                    return await self._client.queue(request)
+                    # Shielded from "sending" to "queued": once the request may be on the
+                    # wire, its answer (a paid queue_id) is waited for and recorded even if
+                    # we are being cancelled (Ctrl-C); the request timeout bounds the wait.
+                    with anyio.CancelScope(shield=True):
+                        if self._journal is not None and row is not None:
+                            await self._journal.mark_sending(row)
+                        job = await self._client.queue(request)
+                        if self._journal is not None and row is not None:
+                            await self._journal.mark_queued(row, job.queue_id)
+                    return job
             except ServerError as error:
                 if error.status_code in (502, 504):
                     # A gateway's error may come after the origin created (and billed) it.
