@@ -237,3 +237,20 @@ async def test_resume_needs_a_journal(server: FakeServer) -> None:
     async with _session(server) as session:
         with pytest.raises(v.SessionStateError, match="journal"):
             await session.resume()
+
+
+async def test_resume_takes_a_journal_path(server: FakeServer, tmp_path: Path) -> None:
+    """session.resume(path) adopts the journal of an earlier run and finishes its jobs."""
+    server.plan(JobScript(duration=5.0))
+    journal_path = tmp_path / "journal.sqlite3"
+    async with _session(server, journal=journal_path) as session:
+        job = await session.submit("stable-audio-25", "left running by a crash")
+    async with _session(server) as session:
+        report = await session.resume(journal_path)
+        assert [j.queue_id for j in report.jobs] == [job.queue_id]
+        await session.wait_for(report.jobs[0])
+        with pytest.raises(ValueError, match="already keeps"):
+            await session.resume(tmp_path / "other.sqlite3")
+    journal = await v.Journal.open(journal_path)
+    assert [e.state for e in await journal.entries()] == [v.JobState.SUCCEEDED]
+    await journal.aclose()

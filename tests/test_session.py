@@ -527,3 +527,10 @@ async def test_failed_outcome_does_not_pin_the_session(server: FakeServer) -> No
     gc.collect()
     assert isinstance(outcome, v.Failed)
     assert ref() is None
+
+
+async def test_errors_in_the_body_propagate_unwrapped(server: FakeServer) -> None:
+    """An exception raised inside `async with session:` comes out as itself."""
+    with pytest.raises(KeyError, match="mine"):
+        async with _session(server):
+            raise KeyError("mine")

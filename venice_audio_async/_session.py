@@ -308,6 +308,11 @@ class AsyncSession:
             await self._scheduler.wait_releases()
         tg.cancel_scope.cancel()
         try:
+            if exc is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
+                # The body's own error: stop the scheduler and let that error propagate
+                # as it is, rather than wrapped in an ExceptionGroup by the task group.
+                await tg.__aexit__(None, None, None)
+                return None
             return await tg.__aexit__(exc_type, exc, tb)
         finally:
             with anyio.CancelScope(shield=True):
@@ -766,11 +771,15 @@ class AsyncSession:
 
     async def resume(
         self,
+        journal: str | os.PathLike[str] | Journal | None = None,
         *,
         requeue_unknown: bool = False,
         on_job: Callable[[Job], object] | None = None,
     ) -> ResumeReport:
-        """Pick up every unfinished job of the session's journal.
+        """Pick up every unfinished job of the journal (the session's, or ``journal``).
+
+        A session opened without a journal adopts the one given here and keeps recording
+        into it.
 
         Jobs with a ``queue_id`` but no stored audio are attached and polled; jobs never
         sent are queued (oldest first, within the spending limit); jobs already stored are
@@ -785,9 +794,13 @@ class AsyncSession:
             SessionStateError: the session is not open, or has no journal.
         """
         self._check_open()
+        if journal is not None:
+            await self._adopt_journal(journal)
         journal = self._journal
         if journal is None:
-            raise SessionStateError("resume needs a journal: AsyncSession(journal=path)")
+            raise SessionStateError(
+                "resume needs a journal: AsyncSession(journal=path) or resume(path)"
+            )
         jobs: list[Job] = []
         attached = queued = skipped = not_queued = 0
         unknown: list[JournalEntry] = []
@@ -852,6 +865,21 @@ class AsyncSession:
             not_queued=not_queued,
             spend_limit=spend_error,
         )
+
+    async def _adopt_journal(self, journal: str | os.PathLike[str] | Journal) -> None:
+        if isinstance(journal, Journal):
+            if self._journal is not None and self._journal is not journal:
+                raise ValueError("this session already keeps another journal")
+            self._journal = self._journal or journal
+            return
+        path = Path(journal)
+        if self._journal is not None:
+            if self._journal.path.resolve() != path.resolve():
+                raise ValueError(f"this session already keeps the journal {self._journal.path}")
+            return
+        self._journal_arg = path  # opened here, so closed with the session
+        self._journal = await Journal.open(path, clock=self._clock)
+        self._spend.spent_usd = await self._journal.estimated_spend_usd()
 
     def _attach_entry(self, entry: JournalEntry, target: Path | None) -> Job:
         assert entry.queue_id is not None
