@@ -50,10 +50,11 @@ async def fake_server(*options: str, record: bool = False) -> AsyncIterator[Fake
         command = [sys.executable, "-m", "venice_audio_async.testing", "--port", "0", *options]
         if record:
             command += ["--record", str(record_path)]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        process = await asyncio.create_subprocess_exec(
-            *command, stdout=subprocess.PIPE, env=env
-        )
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        }
+        process = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE, env=env)
         assert process.stdout is not None
         try:
             line = await asyncio.wait_for(process.stdout.readline(), 30)

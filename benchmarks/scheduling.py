@@ -37,7 +37,7 @@ from typing import Any
 
 import aiohttp
 import attrs
-from _common import AUTH, API_KEY, Stopwatch, fake_server, machine, percentile, table
+from _common import API_KEY, AUTH, Stopwatch, fake_server, machine, percentile, table
 
 import venice_audio_async as v
 from venice_audio_async._budget import LocalBudget, RateLimit
@@ -215,6 +215,7 @@ async def run_fair(url: str, requests: Sequence[v.QueueRequest], scale: float, r
                 await base.finished(model, queue_id)
             else:
                 run.failed += 1
+        arrived.set()  # wakes the poller: a job is back in the round, or all are done
         return retry_after
 
     async def poller() -> None:
@@ -370,9 +371,7 @@ async def main_async(args: argparse.Namespace) -> int:
     )
     print(
         "job mix (mean s / log-sd / reported P80 s): "
-        + ", ".join(
-            f"{m} {t.mean:g}/{t.sigma:g}/{t.p80:.1f}" for m, t in mix_timings.items()
-        )
+        + ", ".join(f"{m} {t.mean:g}/{t.sigma:g}/{t.p80:.1f}" for m, t in mix_timings.items())
     )
     print("times in virtual seconds; delay = caller has the audio - job really finished\n")
     total = Stopwatch()
@@ -406,13 +405,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: N=20 at scale 0.01")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument(
-        "--scale", type=float, default=0.02, help="real seconds per virtual second"
-    )
+    parser.add_argument("--scale", type=float, default=0.02, help="real seconds per virtual second")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument(
-        "--spread", type=float, default=None, help="override every model's log-sd"
-    )
+    parser.add_argument("--spread", type=float, default=None, help="override every model's log-sd")
     parser.add_argument(
         "--variants",
         nargs="+",

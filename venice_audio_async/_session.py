@@ -874,7 +874,10 @@ class AsyncSession:
             return
         path = Path(journal)
         if self._journal is not None:
-            if self._journal.path.resolve() != path.resolve():
+            same = (
+                await anyio.Path(self._journal.path).resolve() == await anyio.Path(path).resolve()
+            )
+            if not same:
                 raise ValueError(f"this session already keeps the journal {self._journal.path}")
             return
         self._journal_arg = path  # opened here, so closed with the session
