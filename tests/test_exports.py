@@ -36,6 +36,7 @@ def test_private_modules_public_names_are_exported() -> None:
         "ReleaseHook",
         "SpendTracker",
         "ReleaseMode",
+        "RequestLimiter",
         "Scheduler",
         "SchedulerCounts",
         "SinkFactory",

@@ -15,6 +15,7 @@ import venice_audio_async as v
 from venice_audio_async._budget import LocalBudget, RateLimit
 from venice_audio_async._client import VeniceClient
 from venice_audio_async._estimator import DurationEstimator, PollingBounds
+from venice_audio_async._limiter import RequestLimiter
 from venice_audio_async._scheduler import Scheduler
 
 pytestmark = pytest.mark.anyio
@@ -102,7 +103,7 @@ async def harness(retrieve_rate: float) -> AsyncIterator[Harness]:
         estimator=DurationEstimator(bounds=PollingBounds(max_interval=300.0)),
         clock=clock,
         retry=v.RetryPolicy(initial_backoff=2.0, jitter=0.0),
-        limiter=anyio.CapacityLimiter(8),
+        limiter=RequestLimiter(8),
     )
     async with anyio.create_task_group() as tg:
         await tg.start(scheduler.run)

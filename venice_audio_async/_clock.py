@@ -47,6 +47,10 @@ class Clock(Protocol):
         """Wait ``seconds`` of this clock's time (returns at once for ``seconds <= 0``)."""
         ...
 
+    async def wait(self, event: anyio.Event, seconds: float) -> None:
+        """Wait until ``event`` is set or ``seconds`` of this clock's time have passed."""
+        ...
+
 
 class SystemClock:
     """The real clocks and :func:`anyio.sleep`."""
@@ -59,6 +63,10 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(max(0.0, seconds))
+
+    async def wait(self, event: anyio.Event, seconds: float) -> None:
+        with anyio.move_on_after(max(0.0, seconds)):
+            await event.wait()
 
     def __repr__(self) -> str:
         return "SystemClock()"
@@ -84,6 +92,10 @@ class ScaledClock:
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(max(0.0, seconds) * self.scale)
+
+    async def wait(self, event: anyio.Event, seconds: float) -> None:
+        with anyio.move_on_after(max(0.0, seconds) * self.scale):
+            await event.wait()
 
     def __repr__(self) -> str:
         return f"ScaledClock(scale={self.scale!r})"
@@ -114,6 +126,14 @@ class ManualClock:
             await anyio.lowlevel.checkpoint()
             return
         event = anyio.Event()
+        heapq.heappush(self._sleepers, (self._now + seconds, next(self._counter), event))
+        await event.wait()
+
+    async def wait(self, event: anyio.Event, seconds: float) -> None:
+        if seconds <= 0 or event.is_set():
+            await anyio.lowlevel.checkpoint()
+            return
+        # Setting the caller's own event on time-out wakes it; a later set is harmless.
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._counter), event))
         await event.wait()
 

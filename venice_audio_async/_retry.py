@@ -11,12 +11,11 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import anyio
-
 from ._budget import RequestBudget
 from ._clock import Clock
 from ._config import RetryPolicy
 from ._errors import RateLimitError, ServerError, TransportError, VeniceError
+from ._limiter import RequestLimiter
 
 __all__ = ["call_idempotent", "is_transient"]
 
@@ -36,7 +35,7 @@ async def call_idempotent(
     send: Callable[[], Awaitable[T]],
     *,
     budget: RequestBudget,
-    limiter: anyio.CapacityLimiter,
+    limiter: RequestLimiter,
     policy: RetryPolicy,
     clock: Clock,
     rng: random.Random | None = None,

@@ -32,6 +32,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -50,6 +51,7 @@ from ._errors import (
     VeniceError,
 )
 from ._estimator import DurationEstimator
+from ._limiter import RequestLimiter
 from ._models import (
     AudioResult,
     CompleteRequest,
@@ -75,6 +77,8 @@ ReleaseHook = Callable[[Job], Awaitable[None]]
 ReleaseMode = str  # "complete" | "delete_on_retrieve" | "keep"
 
 _PRESSURE_HORIZON = 5.0  # seconds of token wait that count as full budget pressure
+_REPLAN_CHUNK = 256  # jobs re-planned per event-loop pass when a model's timing is learned
+_STALE_BATCH = 1024  # stale heap entries dropped per event-loop pass
 
 
 @attrs.define(eq=False)
@@ -121,7 +125,7 @@ class Scheduler:
         estimator: DurationEstimator,
         clock: Clock,
         retry: RetryPolicy,
-        limiter: anyio.CapacityLimiter,
+        limiter: RequestLimiter,
         release: ReleaseMode = "complete",
         rng: random.Random | None = None,
         on_outcome: OutcomeHook | None = None,
@@ -181,6 +185,7 @@ class Scheduler:
     def _first_delay(self, tracked: _Tracked, now: float) -> float:
         elapsed = now - tracked.tracked_at
         tracked.blind = not self._estimator.knows(tracked.job.model)
+        self._note_basis(tracked.job.model, tracked.hint)
         return self._estimator.next_poll_delay(
             tracked.job.model, elapsed, pressure=self.pressure, hint=tracked.hint
         )
@@ -273,6 +278,7 @@ class Scheduler:
                 tg.start_soon(self._poll, tracked)
 
     async def _next_due(self) -> _Tracked:
+        stale = 0
         while True:
             if not self._heap:
                 self._wake = anyio.Event()
@@ -281,7 +287,10 @@ class Scheduler:
             due, entry, queue_id = self._heap[0]
             tracked = self._jobs.get(queue_id)
             if tracked is None or tracked.entry != entry or tracked.outcome is not None:
-                heapq.heappop(self._heap)  # stale entry
+                heapq.heappop(self._heap)  # stale entry (re-planned, finished or abandoned)
+                stale += 1
+                if stale % _STALE_BATCH == 0:
+                    await anyio.lowlevel.checkpoint()  # a mass re-plan must not stall the loop
                 continue
             now = self._clock.monotonic()
             if due > now:
@@ -303,16 +312,7 @@ class Scheduler:
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         self._wake = anyio.Event()
-        wake = self._wake
-
-        async def timer() -> None:
-            await self._clock.sleep(seconds)
-            wake.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(timer)
-            await wake.wait()
-            tg.cancel_scope.cancel()
+        await self._clock.wait(self._wake, seconds)
 
     # ------------------------------------------------------------------ one poll
 
@@ -359,6 +359,7 @@ class Scheduler:
         tracked.server_elapsed = status.execution_duration
         tracked.polled_at = now
         tracked.blind = False
+        self._note_basis(model, tracked.hint)
         if tracked.abandoned:
             return
         delay = self._estimator.next_poll_delay(
@@ -380,6 +381,13 @@ class Scheduler:
         if self._release == "complete":
             await self._release_media(tracked.job)
 
+    def _note_basis(self, model: str, hint: float | None) -> None:
+        """Remember what a model's first schedules were computed from."""
+        if model not in self._plan_basis:
+            basis = self._estimator.distribution(model, hint=hint)
+            if basis is not None:
+                self._plan_basis[model] = basis
+
     def _replan_if_learned(self, model: str, hint: float | None) -> None:
         basis = self._estimator.distribution(model, hint=hint)
         if basis is None:
@@ -392,11 +400,26 @@ class Scheduler:
             and abs(basis[1] - old[1]) < 0.2 * old[1]
         ):
             return  # no news: the waiting jobs' schedule stands
+        waiting = list(self._by_model.get(model, ()))
+        if len(waiting) <= _REPLAN_CHUNK:
+            self._replan(model, waiting)
+        elif self._tg is not None:
+            # Many waiting jobs: re-plan in chunks so polls are not held up behind it.
+            self._tg.start_soon(self._replan_in_chunks, model, waiting)
+
+    async def _replan_in_chunks(self, model: str, waiting: list[str]) -> None:
+        for start in range(0, len(waiting), _REPLAN_CHUNK):
+            self._replan(model, waiting[start : start + _REPLAN_CHUNK])
+            await anyio.lowlevel.checkpoint()
+
+    def _replan(self, model: str, queue_ids: list[str]) -> None:
         now = self._clock.monotonic()
-        for queue_id in self._by_model.get(model, ()):
-            tracked = self._jobs[queue_id]
-            if tracked.entry < 0 or tracked.in_flight or tracked.outcome is not None:
-                continue  # being polled right now, or done
+        for queue_id in queue_ids:
+            tracked = self._jobs.get(queue_id)
+            if tracked is None or tracked.entry < 0 or tracked.in_flight:
+                continue  # delivered, being polled right now, or done
+            if tracked.outcome is not None or tracked.abandoned:
+                continue
             delay = self._estimator.next_poll_delay(
                 model, now - tracked.tracked_at, pressure=self.pressure, hint=tracked.hint
             )

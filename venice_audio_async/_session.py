@@ -46,6 +46,7 @@ from ._errors import (
 )
 from ._estimator import DurationEstimator, PollingBounds
 from ._journal import JobState, Journal, JournalEntry
+from ._limiter import RequestLimiter
 from ._models import (
     AudioModel,
     AudioResult,
@@ -237,7 +238,7 @@ class AsyncSession:
             ),
         )
         self._client.transport.set_observer(self._observe)
-        self._limiter = anyio.CapacityLimiter(self._limits.max_concurrent_requests)
+        self._limiter = RequestLimiter(self._limits.max_concurrent_requests)
         self._scheduler = Scheduler(
             client=self._client,
             budget=self._budget,
