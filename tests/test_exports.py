@@ -69,3 +69,17 @@ def test_version_is_a_string() -> None:
     """__version__ comes from the installed metadata."""
     assert isinstance(venice_audio_async.__version__, str)
     assert venice_audio_async.__version__ != "0+unknown"
+
+
+def test_library_does_not_import_rich() -> None:
+    """Importing the package (and its session) never pulls in the optional CLI extra."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, venice_audio_async, venice_audio_async._session; print('rich' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"

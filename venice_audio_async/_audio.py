@@ -157,7 +157,8 @@ class FileSink:
         self._final: Path | None = None
         self._temp: Path | None = None
         self._file: IO[bytes] | None = None
-        self._buffer = bytearray()
+        self._pending: list[bytes] = []  # chunks not written yet (no copying until then)
+        self._pending_size = 0
 
     def _choose_final(self, audio_format: AudioFormat) -> Path:
         if self._directory or (self._directory is None and self._target.is_dir()):
@@ -178,13 +179,14 @@ class FileSink:
         self._file = await anyio.to_thread.run_sync(temp.open, "wb")
 
     async def _flush(self) -> None:
-        if self._buffer and self._file is not None:
-            data, self._buffer = bytes(self._buffer), bytearray()
-            await anyio.to_thread.run_sync(self._file.write, data)
+        if self._pending and self._file is not None:
+            data, self._pending, self._pending_size = self._pending, [], 0
+            await anyio.to_thread.run_sync(self._file.writelines, data)
 
     async def write(self, chunk: bytes) -> None:
-        self._buffer += chunk
-        if len(self._buffer) >= _WRITE_BATCH:
+        self._pending.append(chunk)
+        self._pending_size += len(chunk)
+        if self._pending_size >= _WRITE_BATCH:
             await self._flush()
 
     async def finish(self, size: int) -> tuple[bytes | None, Path | None]:
@@ -217,7 +219,7 @@ class FileSink:
         with anyio.CancelScope(shield=True):
             file, temp = self._file, self._temp
             self._file = self._temp = None
-            self._buffer = bytearray()
+            self._pending, self._pending_size = [], 0
 
             def _remove() -> None:
                 if file is not None:

@@ -255,7 +255,6 @@ class AsyncSession:
         self._quotes: dict[QuoteRequest, QuoteResult] = {}
         self._journal_arg = journal
         self._journal: Journal | None = journal if isinstance(journal, Journal) else None
-        self._journal_ids: dict[str, int] = {}
         self._state = _State.UNOPENED
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -596,8 +595,6 @@ class AsyncSession:
             raise
         finally:
             self._spend.settle(held, billed=billed)
-        if row is not None:
-            self._journal_ids[job.queue_id] = row
         stem = name or f"{safe_stem(request.prompt, max_length=40)}-{job.queue_id[:8]}"
         self._scheduler.track(job, self._sink_factory(target, stem), deadline=deadline, elapsed=0.0)
         return job
@@ -892,7 +889,6 @@ class AsyncSession:
         if entry.queued_at is not None:
             elapsed = max(0.0, self._clock.time() - entry.queued_at)
         stem = entry.name or f"{safe_stem(entry.request.prompt, max_length=40)}-{job.queue_id[:8]}"
-        self._journal_ids[job.queue_id] = entry.id
         self._scheduler.track(job, self._sink_factory(target, stem), elapsed=elapsed)
         return job
 
