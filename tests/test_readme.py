@@ -1,0 +1,122 @@
+"""The README's Python examples run as written, against the fake server."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+import types
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import venice_audio_async as v
+from venice_audio_async.testing import FakeServer, JobScript
+
+from .conftest import TIME_SCALE
+
+pytestmark = pytest.mark.anyio
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def _blocks() -> dict[str, str]:
+    """Python blocks keyed by the line of prose just before them."""
+    text = README.read_text()
+    found = {}
+    for match in re.finditer(r"\n([^\n]*)\n\n```python\n(.*?)```", text, re.S):
+        found[match.group(1).strip()] = match.group(2)
+    return found
+
+
+def _namespace(server: FakeServer, **extra: Any) -> dict[str, Any]:
+    session = partial(
+        v.AsyncSession, api_key="k", base_url=server.url, clock=v.ScaledClock(TIME_SCALE)
+    )
+    names: dict[str, Any] = {name: getattr(v, name) for name in v.__all__}
+    names["AsyncSession"] = session
+    names.update(extra)
+    return names
+
+
+async def _run(code: str, names: dict[str, Any]) -> dict[str, Any]:
+    body = "\n".join(
+        line for line in code.splitlines() if not line.startswith(("from venice", "import asyncio"))
+    ).replace("asyncio.run(main())", "await main()")
+    source = "async def __snippet__():\n" + textwrap.indent(body, "    ") + "\n    return locals()"
+    exec(compile(source, str(README), "exec"), names)  # our own README
+    result: dict[str, Any] = await names["__snippet__"]()
+    return result
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeServer]:
+    """A fast fake server for the examples."""
+    async with FakeServer(time_scale=TIME_SCALE, job_script=JobScript(duration=5.0)) as fake:
+        yield fake
+
+
+def test_examples_are_found() -> None:
+    """The examples this module runs are still in the README."""
+    keys = " ".join(_blocks())
+    for words in ("first generation", "web handler", "batch of many tracks", "bot", "Testing"):
+        assert words.lower() in keys.lower() or words in README.read_text(), words
+
+
+async def test_first_generation(server: FakeServer) -> None:
+    """The first example generates one track."""
+    code = next(c for k, c in _blocks().items() if "asyncio.run(main())" in c)
+    await _run(code, _namespace(server))
+    assert server.count("queue") == 1
+
+
+async def test_web_handler(server: FakeServer) -> None:
+    """The web handler example answers with the audio."""
+    code = next(c for c in _blocks().values() if "make_jingle" in c)
+    names = _namespace(server)
+    async with names["AsyncSession"]() as session:
+        local = await _run(code, names)
+
+        request = types.SimpleNamespace(app={"venice": session})
+        response = await local["make_jingle"](request)
+    assert response.status == 200
+    assert response.body
+
+
+async def test_batch_to_a_folder(
+    server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch example writes 200 tracks into its folder, within its spending limit."""
+    monkeypatch.chdir(tmp_path)
+    code = next(c for c in _blocks().values() if "submit_many" in c)
+    await _run(code, _namespace(server, print=lambda *a: None))
+    assert len(list((tmp_path / "tracks").glob("*.flac"))) == 200
+    assert server.count("queue") == 200
+
+
+async def test_bot(server: FakeServer) -> None:
+    """The bot example reacts to its result."""
+    sent: list[Any] = []
+
+    class Chat:
+        async def send_audio(self, data: bytes) -> None:
+            sent.append(data)
+
+        async def send(self, text: str) -> None:
+            sent.append(text)
+
+    code = next(c for c in _blocks().values() if "send_audio" in c)
+    await _run(code, _namespace(server, chat=Chat()))
+    assert len(sent) == 1
+    assert isinstance(sent[0], bytes)
+
+
+async def test_testing_example() -> None:
+    """The FakeServer example in "Testing your code" passes."""
+    code = next(c for c in _blocks().values() if "server.inject" in c)
+    names = {name: getattr(v, name) for name in v.__all__}
+    names.update({"FakeServer": FakeServer, "JobScript": JobScript})
+    names["Fault"] = __import__("venice_audio_async.testing", fromlist=["Fault"]).Fault
+    await _run(code, names)
