@@ -57,7 +57,6 @@ leaves the queue without taking a token and hands the head position on.
 
 from __future__ import annotations
 
-import email.utils
 import math
 from collections import deque
 from collections.abc import Mapping
@@ -68,6 +67,7 @@ import anyio.lowlevel
 import attrs
 
 from ._clock import Clock
+from ._errors import parse_retry_after
 
 __all__ = [
     "BudgetStatistics",
@@ -277,24 +277,6 @@ def parse_reset(value: str, now_epoch: float) -> float | None:
     return max(0.0, delay)
 
 
-def _parse_retry_after(value: str, now_epoch: float) -> float | None:
-    """``Retry-After`` as delta-seconds or an HTTP date; ``None`` when unreadable."""
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = when.timestamp() - now_epoch
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
-
-
 def _parse_int(value: str | None) -> int | None:
     if value is None:
         return None
@@ -344,7 +326,7 @@ def retry_delay_from_headers(
     candidates: list[float] = []
     retry_after = lowered.get("retry-after")
     if retry_after is not None:
-        seconds = _parse_retry_after(retry_after, now_epoch)
+        seconds = parse_retry_after(retry_after, now_epoch=now_epoch)
         if seconds is not None:
             candidates.append(seconds)
     for remaining, reset in (

@@ -41,7 +41,9 @@ any header mapping reaches an exception.
 
 from __future__ import annotations
 
+import email.utils
 import json
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -384,18 +386,28 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
 }
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds form); ``None`` when absent/bad.
+def parse_retry_after(value: str | None, *, now_epoch: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header; ``None`` when absent or unreadable.
 
-    The HTTP-date form is not used by Venice [UNK]; it is ignored rather than guessed.
+    Venice sends delta-seconds. The HTTP-date form is understood when ``now_epoch`` (the
+    current Unix time) is given; a date in the past means "now" (0).
     """
     if value is None:
         return None
+    text = value.strip()
     try:
-        seconds = float(value.strip())
+        seconds = float(text)
     except ValueError:
-        return None
-    return seconds if seconds >= 0 and seconds == seconds else None
+        if now_epoch is None:
+            return None
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = max(0.0, when.timestamp() - now_epoch)
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _parse_body(raw: bytes) -> Any:

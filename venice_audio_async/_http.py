@@ -15,11 +15,12 @@ wherever it points.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
 import platform
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
@@ -278,6 +279,50 @@ class HttpTransport:
         raw = await response.content.read(_ERROR_BODY_LIMIT)
         return error_from_response(response.status, raw, headers, endpoint=endpoint)
 
+    @contextlib.asynccontextmanager
+    async def _exchange(
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None,
+        params: Mapping[str, str] | None = None,
+        auth: bool = True,
+        download: bool = False,
+    ) -> AsyncIterator[tuple[aiohttp.ClientResponse, dict[str, str]]]:
+        """One request: yields a successful response; error statuses and every aiohttp or
+        asyncio failure (also while the caller reads the body) become our exceptions."""
+        try:
+            async with self._client().request(
+                method,
+                self._base / path,
+                json=body,
+                params=params,
+                headers=self._headers(auth=auth),
+                allow_redirects=False,
+                timeout=self._timeout(download=download),
+            ) as response:
+                headers = _headers_of(response)
+                if response.status >= 300:
+                    error = await self._error(endpoint, response)
+                    self._notify(endpoint, response.status, headers)
+                    raise error
+                yield response, headers
+        except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError) as exc:
+            self._notify(endpoint, 0, {})
+            raise self._translate(endpoint, exc) from exc
+        self._notify(endpoint, response.status, headers)
+
+    @staticmethod
+    def _json(endpoint: str, status: int, headers: dict[str, str], raw: bytes) -> JsonAnswer:
+        try:
+            return JsonAnswer(status=status, headers=headers, body=json.loads(raw))
+        except ValueError as exc:
+            raise MalformedResponse(
+                f"{endpoint} answered {len(raw)} bytes that are not JSON", endpoint=endpoint
+            ) from exc
+
     async def request_json(
         self,
         endpoint: str,
@@ -294,34 +339,11 @@ class HttpTransport:
             APIStatusError: the API answered an error status (the most specific subclass).
             TransportError: no usable answer (connect, timeout, dropped, malformed).
         """
-        url = self._base / path.lstrip("/")
-        try:
-            async with self._client().request(
-                method,
-                url,
-                json=body,
-                params=params,
-                headers=self._headers(auth=auth),
-                allow_redirects=False,
-                timeout=self._timeout(download=False),
-            ) as response:
-                headers = _headers_of(response)
-                if response.status >= 300:
-                    error = await self._error(endpoint, response)
-                    self._notify(endpoint, response.status, headers)
-                    raise error
-                raw = await response.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError) as exc:
-            self._notify(endpoint, 0, {})
-            raise self._translate(endpoint, exc) from exc
-        self._notify(endpoint, response.status, headers)
-        try:
-            payload = json.loads(raw)
-        except ValueError as exc:
-            raise MalformedResponse(
-                f"{endpoint} answered {len(raw)} bytes that are not JSON", endpoint=endpoint
-            ) from exc
-        return JsonAnswer(status=response.status, headers=headers, body=payload)
+        async with self._exchange(
+            endpoint, method, path.lstrip("/"), body=body, params=params, auth=auth
+        ) as (response, headers):
+            raw = await response.read()
+        return self._json(endpoint, response.status, headers, raw)
 
     async def retrieve(
         self, body: Mapping[str, Any], *, sink: AudioSink
@@ -332,40 +354,19 @@ class HttpTransport:
             APIStatusError: the job failed, or the id is unknown/expired.
             TransportError: no usable answer; ``TruncatedResponse`` if the body was cut
                 short (the sink is aborted, nothing partial remains).
-            VeniceError: the sink could not store the audio (its ``OSError`` is the
-                ``__cause__``); nothing partial remains.
+            AudioStorageError: the sink could not store the audio (the original error is
+                the ``__cause__``); nothing partial remains.
         """
         endpoint = "retrieve"
-        url = self._base / "audio/retrieve"
-        try:
-            async with self._client().post(
-                url,
-                json=body,
-                headers=self._headers(auth=True),
-                allow_redirects=False,
-                timeout=self._timeout(download=True),
-            ) as response:
-                headers = _headers_of(response)
-                if response.status >= 300:
-                    error = await self._error(endpoint, response)
-                    self._notify(endpoint, response.status, headers)
-                    raise error
-                media_type = response.content_type.lower()
-                if media_type == "application/json":
-                    raw = await response.read()
-                    self._notify(endpoint, response.status, headers)
-                    try:
-                        return JsonAnswer(response.status, headers, json.loads(raw))
-                    except ValueError as exc:
-                        raise MalformedResponse(
-                            "retrieve answered invalid JSON", endpoint=endpoint
-                        ) from exc
-                result = await self._stream_audio(response, headers, media_type, sink)
-        except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError) as exc:
-            self._notify(endpoint, 0, {})
-            raise self._translate(endpoint, exc) from exc
-        self._notify(endpoint, response.status, headers)
-        return result
+        async with self._exchange(endpoint, "POST", "audio/retrieve", body=body, download=True) as (
+            response,
+            headers,
+        ):
+            media_type = response.content_type.lower()
+            if media_type == "application/json":
+                raw = await response.read()
+                return self._json(endpoint, response.status, headers, raw)
+            return await self._stream_audio(response, headers, media_type, sink)
 
     async def _stream_audio(
         self,
