@@ -19,6 +19,7 @@ class RequestLimiter:
     """``async with limiter:`` holds one of ``total`` request slots."""
 
     def __init__(self, total: int) -> None:
+        self.total = total
         self._limiter = anyio.CapacityLimiter(total)
 
     @property

@@ -25,6 +25,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -34,7 +35,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import attrs
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._audio import AudioSink
 from ._budget import RequestBudget
@@ -79,6 +80,7 @@ ReleaseMode = str  # "complete" | "delete_on_retrieve" | "keep"
 _PRESSURE_HORIZON = 5.0  # seconds of token wait that count as full budget pressure
 _REPLAN_CHUNK = 256  # jobs re-planned per event-loop pass when a model's timing is learned
 _STALE_BATCH = 1024  # stale heap entries dropped per event-loop pass
+_MAX_WORKERS = 256  # polls in flight at once, at most (also capped by the request limiter)
 
 
 @attrs.define(eq=False)
@@ -131,6 +133,7 @@ class Scheduler:
         on_outcome: OutcomeHook | None = None,
         on_released: ReleaseHook | None = None,
     ) -> None:
+        self._workers = max(1, min(limiter.total, _MAX_WORKERS))
         self._on_outcome = on_outcome
         self._on_released = on_released
         self._client = client
@@ -262,8 +265,13 @@ class Scheduler:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Poll due jobs until cancelled. Started by the session with ``tg.start``."""
-        async with anyio.create_task_group() as tg:
+        # Polls run on long-lived workers fed through a memory stream: cheaper than a new
+        # task per poll (benchmarks/overhead.py), and bounded like the request limiter.
+        send, receive = anyio.create_memory_object_stream[_Tracked](max_buffer_size=math.inf)
+        async with anyio.create_task_group() as tg, send, receive:
             self._tg = tg
+            for _ in range(self._workers):
+                tg.start_soon(self._work, receive.clone())
             task_status.started()
             while True:
                 tracked = await self._next_due()
@@ -275,7 +283,12 @@ class Scheduler:
                 if tracked.outcome is not None or tracked.abandoned:
                     continue
                 tracked.in_flight = True
-                tg.start_soon(self._poll, tracked)
+                send.send_nowait(tracked)
+
+    async def _work(self, receive: MemoryObjectReceiveStream[_Tracked]) -> None:
+        async with receive:
+            async for tracked in receive:
+                await self._poll(tracked)
 
     async def _next_due(self) -> _Tracked:
         stale = 0
