@@ -6,7 +6,8 @@ connection pool. Its loop:
 1. pops the job whose next poll is due from a heap (O(log n): no scan of all jobs per tick);
 2. waits for a ``retrieve`` token from the shared :class:`~._budget.RequestBudget` (which
    also holds the whole session during ``Retry-After`` pauses and near the error budget);
-3. starts the poll in its own task (bounded by the session's request limiter) and goes on.
+3. hands the poll to one of a fixed set of worker tasks (as many as the session's request
+   limiter allows) and goes on.
 
 A poll either reschedules the job (still running: the next time comes from the
 :class:`~._estimator.DurationEstimator`, fed with the server's ETA hints and the durations
