@@ -272,9 +272,12 @@ async def test_break_out_early_leaves_no_task(server: FakeServer) -> None:
     before = _tasks()
     async with _session(server) as session:
         jobs = [await session.submit("stable-audio-25", f"long piece {i}") for i in range(5)]
+        assert session.statistics().jobs_in_flight + session.statistics().jobs_succeeded == 5
         async with session.results(jobs) as results:
             async for _outcome in results:
                 break
+        stats = session.statistics()
+        assert (stats.jobs_in_flight, stats.jobs_abandoned, stats.jobs_succeeded) == (0, 4, 1)
         await anyio.sleep(0.005)  # let requests already on the wire land
         polls = server.count("retrieve")
         await anyio.sleep(0.1)  # 100 virtual seconds

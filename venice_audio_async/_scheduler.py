@@ -183,6 +183,7 @@ class Scheduler:
         )
         tracked.server_elapsed = elapsed
         self._jobs[job.queue_id] = tracked
+        self._counts["tracked"] += 1
         self._by_model.setdefault(job.model, set()).add(job.queue_id)
         self._schedule(tracked, self._first_delay(tracked, now))
 
@@ -252,7 +253,9 @@ class Scheduler:
         return [t.job for t in self._jobs.values() if t.outcome is None]
 
     def counts(self) -> SchedulerCounts:
-        in_flight = sum(1 for t in self._jobs.values() if t.outcome is None and not t.abandoned)
+        counts = self._counts
+        # Kept as counters, not counted over every job: progress displays call this often.
+        in_flight = counts["tracked"] - counts["succeeded"] - counts["failed"] - counts["abandoned"]
         return SchedulerCounts(
             in_flight=in_flight,
             succeeded=self._counts["succeeded"],
