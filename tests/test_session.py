@@ -537,3 +537,20 @@ async def test_errors_in_the_body_propagate_unwrapped(server: FakeServer) -> Non
     with pytest.raises(KeyError, match="mine"):
         async with _session(server):
             raise KeyError("mine")
+
+
+async def test_missing_key_is_refused_before_sending(
+    server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a key, submit/attach/submit_many fail at once with a clear error."""
+    monkeypatch.delenv("VENICE_API_KEY", raising=False)
+    session = v.AsyncSession(base_url=server.url, clock=v.ScaledClock(TIME_SCALE))
+    async with session:
+        with pytest.raises(v.MissingAPIKeyError, match="VENICE_API_KEY"):
+            await session.submit("stable-audio-25", "no key for this one")
+        with pytest.raises(v.MissingAPIKeyError):
+            session.attach("stable-audio-25", "some-id")
+        with pytest.raises(v.MissingAPIKeyError):
+            await session.submit_many([v.QueueRequest(model="stable-audio-25", prompt="x" * 20)])
+        assert (await session.quote("stable-audio-25")).quote > 0  # quote needs no key
+    assert server.count("queue") == 0

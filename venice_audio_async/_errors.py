@@ -5,6 +5,7 @@
     VeniceError
      ├── RequestValidationError (ValueError)      bad input, caught before any request
      ├── SessionStateError (RuntimeError)         session not open / already closed
+     ├── MissingAPIKeyError                       no key for a call that needs one
      ├── SpendLimitExceeded                       the job would exceed max_spend_usd
      ├── TransportError                           no usable HTTP answer
      │    ├── ConnectError                        could not connect (nothing was sent)
@@ -64,6 +65,7 @@ __all__ = [
     "JobDeadlineExceeded",
     "MalformedResponse",
     "MediaNotFoundError",
+    "MissingAPIKeyError",
     "NotFoundError",
     "PayloadTooLargeError",
     "PaymentRequiredError",
@@ -125,6 +127,15 @@ class RequestValidationError(VeniceError, ValueError):
 
 class SessionStateError(VeniceError, RuntimeError):
     """The session is used while not open (before ``async with`` or after closing).
+
+    .. versionadded:: 0.1.0
+    """
+
+
+class MissingAPIKeyError(VeniceError):
+    """No API key was given (``api_key=`` or ``VENICE_API_KEY``) for a call that needs one.
+
+    Raised before anything is sent: an unauthenticated ``queue`` would only earn a 402.
 
     .. versionadded:: 0.1.0
     """

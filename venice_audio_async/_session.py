@@ -34,6 +34,7 @@ from ._errors import (
     BatchSubmitError,
     ConnectError,
     JobDeadlineExceeded,
+    MissingAPIKeyError,
     QueueOutcomeUnknown,
     RateLimitError,
     RequestValidationError,
@@ -350,6 +351,13 @@ class AsyncSession:
                 stacklevel=2,
             )
 
+    def _check_key(self) -> None:
+        if not self._has_key:
+            raise MissingAPIKeyError(
+                "no API key: pass AsyncSession(api_key=...) or set VENICE_API_KEY "
+                "(create one at https://venice.ai/settings/api)"
+            )
+
     def _check_open(self) -> None:
         if self._state is _State.UNOPENED:
             raise SessionStateError("the session is not open; use 'async with AsyncSession()'")
@@ -508,6 +516,7 @@ class AsyncSession:
                 exist and be billed, so it was not retried.
             APIStatusError: the API refused the job (e.g. ``ContentPolicyError``).
             SessionStateError: the session is not open.
+            MissingAPIKeyError: no API key was given.
         """
         request = QueueRequest(
             model=model,
@@ -541,6 +550,7 @@ class AsyncSession:
         name stem used when the audio goes to a directory.
         """
         self._check_open()
+        self._check_key()
         if deadline is not None and not deadline > 0:
             raise ValueError(f"deadline must be a positive number of seconds, got {deadline!r}")
         model = await self._model_for(request.model) if self._should_validate(validate) else None
@@ -707,6 +717,7 @@ class AsyncSession:
                 queued (still polled) and each error by index.
         """
         self._check_open()
+        self._check_key()
         batch = list(requests)
         problems: list[FieldProblem] = []
         for index, request in enumerate(batch):
@@ -757,6 +768,7 @@ class AsyncSession:
             SessionStateError: the session is not open.
         """
         self._check_open()
+        self._check_key()
         if not queue_id or not model:
             raise ValueError("attach needs a model and a queue_id")
         job = Job(model=model, queue_id=queue_id)
@@ -792,6 +804,7 @@ class AsyncSession:
             SessionStateError: the session is not open, or has no journal.
         """
         self._check_open()
+        self._check_key()
         if journal is not None:
             await self._adopt_journal(journal)
         journal = self._journal
