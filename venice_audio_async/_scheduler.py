@@ -396,7 +396,10 @@ class Scheduler:
         await self._finish(tracked, Succeeded(tracked.job, audio, released=released))
         self._replan_if_learned(tracked.job.model, tracked.hint)
         if self._release == "complete":
-            await self._release_media(tracked.job)
+            # In its own task: a worker must not sit through complete's retries.
+            self._releasing += 1
+            assert self._tg is not None
+            self._tg.start_soon(self._release_media, tracked.job)
 
     def _note_basis(self, model: str, hint: float | None) -> None:
         """Remember what a model's first schedules were computed from."""
@@ -451,7 +454,7 @@ class Scheduler:
     async def _release_media(self, job: Job) -> None:
         # Only after the bytes are stored (the sink committed); failures are logged, never
         # raised: the audio is safe, the server will expire the media on its own.
-        self._releasing += 1
+        # (The caller counted it in _releasing before starting this task.)
         try:
             await self._send_complete(job)
         finally:
