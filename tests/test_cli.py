@@ -291,3 +291,11 @@ async def test_ctrl_c_stops_cleanly_and_says_how_to_resume(
     assert result.returncode == 0, result.stderr.decode()
     assert server.count("queue") == 20
     assert [r["state"] for r in _manifest(out)] == ["succeeded"] * 20
+
+
+def test_invalid_generate_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """A request that breaks the model's rules exits 2 with the problem, no traceback."""
+    assert main(["generate", "stable-audio-25", "short", "--fake"]) == 2
+    err = capsys.readouterr().err
+    assert "prompt: must be at least 10 characters" in err
+    assert "Traceback" not in err

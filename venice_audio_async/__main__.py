@@ -457,6 +457,7 @@ async def _interruptible(
     """
     interrupted = False
     code = 130
+    failure: Exception | None = None
     async with anyio.create_task_group() as tg:
 
         async def watch() -> None:
@@ -468,10 +469,15 @@ async def _interruptible(
                     return
 
         tg.start_soon(watch)
-        code = await command(args)
+        try:
+            code = await command(args)
+        except Exception as exc:  # re-raised below as itself, not inside an ExceptionGroup
+            failure = exc
         tg.cancel_scope.cancel()
     if interrupted:
         raise KeyboardInterrupt
+    if failure is not None:
+        raise failure
     return code
 
 
