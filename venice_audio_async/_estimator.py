@@ -156,7 +156,7 @@ def _check_positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class PollingBounds:
     """Limits on the delay between two polls of a job, in seconds.
 
