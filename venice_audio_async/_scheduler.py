@@ -92,15 +92,11 @@ class _Tracked:
     deadline: float | None
     due: float = 0.0
     blind: bool = True  # scheduled without any duration information for its model
-    server_elapsed: float | None = None
     hint: float | None = None  # the server's latest average_execution_time for this job
-    polled_at: float | None = None
-    polls: int = 0
     failures: int = 0
     in_flight: bool = False
     outcome: Outcome | None = None
     subscribers: list[MemoryObjectSendStream[Outcome]] = attrs.field(factory=list)
-    ever_subscribed: bool = False
     abandoned: bool = False
     entry: int = -1  # heap entry sequence that is current; older entries are stale
 
@@ -181,7 +177,6 @@ class Scheduler:
             tracked_at=now - (elapsed or 0.0),
             deadline=None if deadline is None else now + deadline,
         )
-        tracked.server_elapsed = elapsed
         self._jobs[job.queue_id] = tracked
         self._counts["tracked"] += 1
         self._by_model.setdefault(job.model, set()).add(job.queue_id)
@@ -230,7 +225,6 @@ class Scheduler:
             del self._jobs[job.queue_id]  # delivered: the consumer holds it now
             return True
         tracked.subscribers.append(stream)
-        tracked.ever_subscribed = True
         if tracked.abandoned:
             tracked.abandoned = False
             self._counts["abandoned"] -= 1
@@ -340,7 +334,6 @@ class Scheduler:
             model=job.model, queue_id=job.queue_id, delete_media_on_completion=delete
         )
         self._counts["polls"] += 1
-        tracked.polls += 1
         try:
             async with self._limiter:
                 answer = await self._client.retrieve(request, sink=tracked.sink_factory(job))
@@ -373,8 +366,6 @@ class Scheduler:
             tracked.hint = status.average_execution_time
         if status.execution_duration is not None:
             tracked.tracked_at = now - status.execution_duration
-        tracked.server_elapsed = status.execution_duration
-        tracked.polled_at = now
         tracked.blind = False
         self._note_basis(model, tracked.hint)
         if tracked.abandoned:
