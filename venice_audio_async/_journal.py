@@ -228,27 +228,6 @@ class Journal:
         assert row_id is not None
         return row_id
 
-    async def add_attached(
-        self, request: QueueRequest, queue_id: str, *, destination: str | None, name: str | None
-    ) -> int:
-        """Record a job queued elsewhere (attached), straight in the queued state."""
-        body = json.dumps(unstructure_request(request), sort_keys=True)
-        cursor = await self._execute(
-            "INSERT OR IGNORE INTO jobs (request, model, state, queue_id, destination, name,"
-            " created_at, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                body,
-                request.model,
-                JobState.QUEUED.value,
-                queue_id,
-                destination,
-                name,
-                self._clock.time(),
-                self._clock.time(),
-            ),
-        )
-        return cursor.lastrowid or 0
-
     async def _set_state(self, row_id: int, state: JobState, **fields: Any) -> None:
         columns = ", ".join(f"{name} = ?" for name in fields)
         sql = f"UPDATE jobs SET state = ?{', ' if fields else ''}{columns} WHERE id = ?"

@@ -58,11 +58,6 @@ _FORMAT_BY_MEDIA_TYPE: dict[str, AudioFormat] = {
     "audio/flac": "flac",
     "audio/x-flac": "flac",
 }
-MEDIA_TYPE_BY_FORMAT: dict[str, str] = {
-    "mp3": "audio/mpeg",
-    "wav": "audio/wav",
-    "flac": "audio/flac",
-}
 
 
 def format_for_media_type(media_type: str) -> AudioFormat | None:

@@ -14,7 +14,13 @@ from typing import TypeVar
 from ._budget import RequestBudget
 from ._clock import Clock
 from ._config import RetryPolicy
-from ._errors import RateLimitError, ServerError, TransportError, VeniceError
+from ._errors import (
+    RateLimitError,
+    ResponseTooLarge,
+    ServerError,
+    TransportError,
+    VeniceError,
+)
 from ._limiter import RequestLimiter
 
 __all__ = ["call_idempotent", "is_transient"]
@@ -26,7 +32,12 @@ _MAX_RATE_LIMITED = 20
 
 
 def is_transient(error: VeniceError) -> bool:
-    """Whether repeating the same request may succeed (5xx, 429, transport failures)."""
+    """Whether repeating the same request may succeed (5xx, 429, transport failures).
+
+    An oversized body is a transport error that a retry would only download again.
+    """
+    if isinstance(error, ResponseTooLarge):
+        return False
     return isinstance(error, (ServerError, RateLimitError, TransportError))
 
 

@@ -47,9 +47,6 @@ from ._errors import (
     APIStatusError,
     JobDeadlineExceeded,
     RateLimitError,
-    ResponseTooLarge,
-    ServerError,
-    TransportError,
     VeniceError,
 )
 from ._estimator import DurationEstimator
@@ -64,7 +61,7 @@ from ._models import (
     RetrieveRequest,
     Succeeded,
 )
-from ._retry import call_idempotent
+from ._retry import call_idempotent, is_transient
 
 __all__ = ["ReleaseMode", "Scheduler", "SinkFactory"]
 
@@ -486,12 +483,10 @@ class Scheduler:
 
     @staticmethod
     def _retryable(error: VeniceError) -> bool:
-        if isinstance(error, ResponseTooLarge):
-            return False
-        if isinstance(error, TransportError):
-            return True  # retrieve is safe to repeat; the media stays until released
-        if isinstance(error, ServerError):
-            return True  # a single 5xx is not a failure; a persistent one is
+        # retrieve is safe to repeat (the media stays until released): a single 5xx or a
+        # dropped body is not a failure, a persistent one is. 408/425 also invite a retry.
+        if is_transient(error):
+            return True
         return isinstance(error, APIStatusError) and error.status_code in (408, 425)
 
     async def _finish(self, tracked: _Tracked, outcome: Outcome) -> None:

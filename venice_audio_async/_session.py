@@ -383,9 +383,6 @@ class AsyncSession:
             clock=self._clock,
         )
 
-    async def _send(self, endpoint: str) -> None:
-        await self._budget.acquire(endpoint)
-
     def _sink_factory(self, target: Path | None, stem: str) -> SinkFactory:
         limit = self._limits.max_audio_bytes_in_memory
         # The session's output folder is a folder even before it exists; a destination
@@ -631,20 +628,15 @@ class AsyncSession:
             estimate = estimate_cost_usd(request, row)
             if estimate is not None:
                 return estimate
-        quote_request = QuoteRequest(
-            model=request.model,
-            duration_seconds=request.duration_seconds,
-            character_count=len(request.prompt) if _priced_by_characters(row) else None,
-        )
+        characters = len(request.prompt) if _priced_by_characters(row) else None
         try:
-            return (
-                await self.quote(
-                    quote_request.model,
-                    duration_seconds=quote_request.duration_seconds,
-                    character_count=quote_request.character_count,
-                    validate=False,
-                )
-            ).quote
+            quoted = await self.quote(
+                request.model,
+                duration_seconds=request.duration_seconds,
+                character_count=characters,
+                validate=False,
+            )
+            return quoted.quote
         except VeniceError as error:
             log.info("no price estimate for %s: %s", request.model, error)
             return None
@@ -653,7 +645,7 @@ class AsyncSession:
         attempt = 0
         while True:
             attempt += 1
-            await self._send("queue")
+            await self._budget.acquire("queue")
             try:
                 async with self._limiter:
                     # Shielded from "sending" to "queued": once the request may be on the

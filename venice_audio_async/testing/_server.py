@@ -1124,22 +1124,29 @@ class FakeServer:
             return self._job_script
         return self._job_script(body)
 
-    def _find_job(self, ctx: _Context, body: Mapping[str, Any]) -> FakeJob | None:
-        job = self.jobs.get(body["queue_id"])
-        if job is None or job.model != body["model"]:
-            return None
-        if self._api_keys is not None and job.credential != ctx.credential:
-            return None
-        return job
-
-    async def _retrieve(self, ctx: _Context, body: Any) -> web.StreamResponse:
-        row, error = self._validate(ctx, "retrieve", body)
+    def _job_or_error(
+        self, ctx: _Context, endpoint: Literal["retrieve", "complete"], body: Any
+    ) -> tuple[FakeJob, dict[str, Any], None] | tuple[None, None, web.Response]:
+        """The job a retrieve/complete body names with its model row, or the error answer."""
+        row, error = self._validate(ctx, endpoint, body)
         if row is None:
             assert error is not None
+            return None, None, error
+        job = self.jobs.get(body["queue_id"])
+        if (
+            job is None
+            or job.model != body["model"]
+            or (self._api_keys is not None and job.credential != ctx.credential)
+        ):
+            return None, None, self._json(ctx, 400, {"error": MSG_INVALID_ID})
+        return job, row, None
+
+    async def _retrieve(self, ctx: _Context, body: Any) -> web.StreamResponse:
+        job, row, error = self._job_or_error(ctx, "retrieve", body)
+        if error is not None:
             return error
-        job = self._find_job(ctx, body)
-        if job is None:
-            return self._json(ctx, 400, {"error": MSG_INVALID_ID})
+        assert job is not None
+        assert row is not None
         job.retrieve_count += 1
         now = self.clock.monotonic()
         if not job.done(now):
@@ -1223,13 +1230,10 @@ class FakeServer:
         return response
 
     def _complete(self, ctx: _Context, body: Any) -> web.Response:
-        row, error = self._validate(ctx, "complete", body)
-        if row is None:
-            assert error is not None
+        job, _, error = self._job_or_error(ctx, "complete", body)
+        if error is not None:
             return error
-        job = self._find_job(ctx, body)
-        if job is None:
-            return self._json(ctx, 400, {"error": MSG_INVALID_ID})
+        assert job is not None
         job.complete_count += 1
         self._add_balance_header(ctx)
         if not job.done(self.clock.monotonic()):
