@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from ._audio import AudioSink, FileSink, MemorySink
-from ._budget import BudgetStatistics, LocalBudget, RateLimit, RequestBudget
+from ._budget import BudgetStatistics, LocalBudget, RateLimit, RateWindow, RequestBudget
 from ._client import VeniceClient
 from ._clock import Clock, ManualClock, ScaledClock, SystemClock
 from ._config import DEFAULT_BASE_URL, Limits, RateLimits, RetryPolicy, Timeouts
@@ -140,6 +140,7 @@ __all__ = [
     "RateLimit",
     "RateLimitError",
     "RateLimits",
+    "RateWindow",
     "RequestBudget",
     "RequestTimeout",
     "RequestValidationError",

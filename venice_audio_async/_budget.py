@@ -57,6 +57,7 @@ leaves the queue without taking a token and hands the head position on.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Mapping
@@ -74,6 +75,7 @@ __all__ = [
     "EndpointStatistics",
     "LocalBudget",
     "RateLimit",
+    "RateWindow",
     "RequestBudget",
     "parse_reset",
     "retry_delay_from_headers",
@@ -91,6 +93,10 @@ _DEFAULT_429_PAUSE = 5.0
 _ERROR_BUDGET_LOCKOUT = 30.0
 #: Pause for an endpoint reporting ``remaining == 0`` without a reset time (unlimited endpoints).
 _UNKNOWN_RESET_PAUSE = 1.0
+#: After a 429 an endpoint's limit drops to this share of what its last window granted.
+_DECREASE = 0.8
+#: 429s within window / this of the last one belong to the same burst: one decrease.
+_DECREASE_SPACING = 12
 #: Relative tolerance when comparing clock readings (float rounding in sleeps and sums).
 _REL_EPS = 1e-12
 
@@ -205,6 +211,39 @@ class BudgetStatistics:
     failure_paused_seconds: float
 
 
+@attrs.frozen
+class RateWindow:
+    """What the poll policy reads of one endpoint's rate limit, without taking a token.
+
+    ``limit`` is the effective limit now (the configured one, capped by a limit the API
+    stated and lowered after 429s); ``grants`` the times (``clock.monotonic()``, oldest
+    first) of the grants still inside the sliding ``window``. ``allowance`` is what the
+    API last said remains (``x-ratelimit-remaining-requests``) until ``allowance_until``,
+    minus what was granted since; ``None`` when it said nothing.
+
+    .. versionadded:: 0.1.0
+    """
+
+    limit: int
+    window: float
+    grants: tuple[float, ...]
+    allowance: int | None = None
+    allowance_until: float | None = None
+
+    def free_after(self, seconds: float, now: float) -> int:
+        """Grants the window will allow ``seconds`` from now, if none were made meanwhile."""
+        horizon = now + seconds - self.window
+        still_inside = len(self.grants) - bisect.bisect_right(self.grants, horizon)
+        free = self.limit - still_inside
+        if (
+            self.allowance is not None
+            and self.allowance_until is not None
+            and now + seconds < self.allowance_until
+        ):
+            free = min(free, self.allowance)
+        return max(0, free)
+
+
 @runtime_checkable
 class RequestBudget(Protocol):
     """Decides when a request to an endpoint may be sent, and learns from every answer.
@@ -224,6 +263,10 @@ class RequestBudget(Protocol):
 
     def next_available(self, endpoint: str) -> float:
         """The ``clock.monotonic()`` time at which a token for ``endpoint`` is next free."""
+        ...
+
+    def window(self, endpoint: str) -> RateWindow | None:
+        """The endpoint's rate window now (``None``: not rate limited). Takes no token."""
         ...
 
     def record_response(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
@@ -353,19 +396,32 @@ class _Waiter:
 
 
 class _Endpoint:
-    """Per-endpoint state: the grant log, the pacing point, the pause and the FIFO queue."""
+    """Per-endpoint state: the grant log, the pacing point, the pause and the FIFO queue.
+
+    The effective ``limit`` adapts (AUDIO_API.md section 9: the real limits are uncertain):
+    a limit the API states caps the configured one at once; a 429 lowers it below what was
+    granted in the last window (multiplicative decrease); after a quiet window it climbs
+    back a tenth of the ceiling per quarter window.
+    """
 
     __slots__ = (
+        "allowance",
+        "allowance_until",
         "burst",
+        "burst_setting",
+        "configured",
         "granted",
         "interval",
+        "last_429",
         "limit",
         "log",
         "name",
         "next_paced",
+        "next_recovery",
         "paused_seconds",
         "paused_until",
         "rate_limited",
+        "stated",
         "waiters",
         "waiting",
         "window",
@@ -373,10 +429,17 @@ class _Endpoint:
 
     def __init__(self, name: str, rate: RateLimit | None) -> None:
         self.name = name
-        self.limit = rate.limit if rate is not None else None
+        self.configured = rate.limit if rate is not None else None
+        self.stated: int | None = None
         self.window = rate.window if rate is not None else _MINUTE
-        self.burst = rate.effective_burst if rate is not None else 0
-        self.interval = rate.interval if rate is not None else 0.0
+        self.burst_setting = rate.effective_burst if rate is not None else 0
+        self.limit: int | None = None
+        self.burst = 0
+        self.interval = 0.0
+        self.allowance: int | None = None
+        self.allowance_until = -math.inf
+        self.last_429 = -math.inf
+        self.next_recovery = math.inf
         self.log: deque[float] = deque()
         self.next_paced = -math.inf
         self.paused_until = -math.inf
@@ -385,6 +448,77 @@ class _Endpoint:
         self.granted = 0
         self.rate_limited = 0
         self.paused_seconds = 0.0
+        self._set_limit(self.configured)
+
+    def _set_limit(self, limit: int | None) -> None:
+        self.limit = limit
+        if limit is None:
+            self.burst, self.interval = 0, 0.0
+        else:
+            self.burst = min(self.burst_setting, limit)
+            self.interval = self.window / limit
+
+    @property
+    def ceiling(self) -> int | None:
+        """The configured limit, capped by the one the API stated."""
+        if self.stated is None:
+            return self.configured
+        if self.configured is None:
+            return self.stated
+        return min(self.configured, self.stated)
+
+    def state_limit(self, stated: int) -> None:
+        """The API stated this endpoint's limit: the lower of it and ours holds at once."""
+        if stated < 1 or stated == self.stated:
+            return
+        self.stated = stated
+        ceiling = self.ceiling
+        if self.limit is None or (ceiling is not None and ceiling < self.limit):
+            self._set_limit(ceiling)
+
+    def rate_limited_at(self, now: float) -> None:
+        """A 429: go below what the last window granted (once per burst of 429s, and not
+        below an eighth of the ceiling: a 429 caused by another client on the key must not
+        stall this one for minutes)."""
+        self.prune(now)
+        recent = now - self.last_429 < self.window / _DECREASE_SPACING
+        self.last_429 = now
+        self.next_recovery = now + self.window
+        if recent:
+            return
+        granted = int(len(self.log) * _DECREASE)
+        ceiling = self.ceiling
+        floor = max(1, ceiling // 8) if ceiling is not None else 1
+        if self.limit is None:
+            if granted:
+                self._set_limit(max(floor, granted))
+        else:
+            self._set_limit(max(1, min(self.limit - 1, max(floor, granted))))
+
+    def recover(self, now: float) -> None:
+        ceiling = self.ceiling
+        if self.limit is None or now < self.next_recovery:
+            return
+        if ceiling is None:
+            # Nothing configured or stated: a learned limit is dropped after a quiet window.
+            self._set_limit(None)
+            self.next_recovery = math.inf
+            return
+        if self.limit >= ceiling:
+            self.next_recovery = math.inf
+            return
+        self._set_limit(min(ceiling, self.limit + max(1, ceiling // 10)))
+        self.next_recovery = now + self.window / 4
+
+    def allow(self, remaining: int, until: float) -> None:
+        """The API said ``remaining`` requests are left until ``until``."""
+        self.allowance = max(0, remaining)
+        self.allowance_until = until
+
+    def _allowance_left(self, now: float) -> int | None:
+        if self.allowance is None or self.allowance_until <= now:
+            return None
+        return self.allowance
 
     def prune(self, now: float) -> None:
         log, window = self.log, self.window
@@ -393,6 +527,9 @@ class _Endpoint:
 
     def rate_ready(self, t: float) -> float:
         """Earliest time >= ``t`` at which the rate limit allows a grant."""
+        self.recover(t)
+        if self._allowance_left(t) == 0:
+            t = max(t, self.allowance_until)
         if self.limit is None:
             return t
         log, count = self.log, len(self.log)
@@ -410,14 +547,30 @@ class _Endpoint:
         if self.limit is None:
             return None
         count = len(self.log)
-        if count >= self.limit:
+        if count >= self.limit or self._allowance_left(now) == 0:
             return 0
         if count < self.burst:
             return self.burst - count
         return 1 if _reached(self.next_paced, now) else 0
 
+    def view(self, now: float) -> RateWindow | None:
+        self.recover(now)
+        if self.limit is None:
+            return None
+        self.prune(now)
+        left = self._allowance_left(now)
+        return RateWindow(
+            limit=self.limit,
+            window=self.window,
+            grants=tuple(self.log),
+            allowance=left,
+            allowance_until=self.allowance_until if left is not None else None,
+        )
+
     def grant(self, now: float) -> None:
         self.granted += 1
+        if self.allowance is not None and self.allowance > 0:
+            self.allowance -= 1
         if self.limit is None:
             return
         self.prune(now)
@@ -578,6 +731,10 @@ class LocalBudget:
         now = self._clock.monotonic()
         return max(now, self._ready_at(state, now))
 
+    def window(self, endpoint: str) -> RateWindow | None:
+        """The endpoint's rate window now; ``None`` for an endpoint without a limit."""
+        return self._endpoint(endpoint).view(self._clock.monotonic())
+
     # ------------------------------------------------------------------ learning
 
     def _pause_session_until(self, until: float, now: float, reason: str) -> None:
@@ -594,8 +751,12 @@ class LocalBudget:
         * 429: pauses every endpoint for :func:`retry_delay_from_headers` seconds (capped
           at ``max_retry_after``); without a usable header, 5 s doubling with each
           consecutive 429, up to the cap.
-        * ``x-ratelimit-remaining-requests`` of 0 (any status): pauses ``endpoint`` until
-          ``x-ratelimit-reset-requests`` (capped), or one pacing interval without it.
+        * 429 also lowers ``endpoint``'s effective limit below what its last window granted
+          (it recovers slowly after a quiet window).
+        * ``x-ratelimit-limit-requests`` (any status): caps ``endpoint``'s limit at once.
+        * ``x-ratelimit-remaining-requests`` with ``x-ratelimit-reset-requests``: no more
+          than that many grants until the reset; at 0 (any status) ``endpoint`` pauses until
+          the reset (capped), or one pacing interval without it.
         * ``x-ratelimit-remaining`` of 0 (the failed-request budget): pauses every endpoint
           until ``x-ratelimit-resets`` (capped), or 30 s without it.
         * status >= 400, or below 100 (0 stands for a transport failure): one failure in
@@ -616,11 +777,17 @@ class LocalBudget:
             if delay is None:
                 delay = min(cap, _DEFAULT_429_PAUSE * 2.0 ** (self._consecutive_429 - 1))
             self._pause_session_until(now + delay, now, f"429 from {endpoint}")
+            state.rate_limited_at(now)
 
+        stated = _parse_int(lowered.get("x-ratelimit-limit-requests"))
+        if stated is not None:
+            state.state_limit(stated)
         left = _parse_int(lowered.get("x-ratelimit-remaining-requests"))
+        reset = lowered.get("x-ratelimit-reset-requests")
+        delay_or_none = parse_reset(reset, now_epoch) if reset is not None else None
+        if left is not None and left > 0 and delay_or_none is not None:
+            state.allow(left, now + min(delay_or_none, cap))
         if left is not None and left <= 0:
-            reset = lowered.get("x-ratelimit-reset-requests")
-            delay_or_none = parse_reset(reset, now_epoch) if reset is not None else None
             if delay_or_none is None:
                 delay = state.interval if state.limit is not None else _UNKNOWN_RESET_PAUSE
             else:

@@ -1,185 +1,101 @@
-"""When to poll a running job next: a lognormal model of each audio model's run time.
+"""What each audio model's run time is believed to be: a lognormal, learned as jobs finish.
 
-The model
----------
-A job's run time ``T`` is taken to be lognormal: ``ln T ~ Normal(mu, sigma)``. Run times are
-positive and right-skewed (a few jobs take much longer), which the lognormal captures with
-two numbers that are cheap to fit: the mean and standard deviation of ``ln T``.
+A job's run time ``T`` is taken to be lognormal, ``ln T ~ Normal(mu, sigma)``: positive,
+right-skewed, and cheap to fit. :meth:`DurationEstimator.belief` turns what is known into a
+:class:`~._belief.RunTimeBelief`, from the best source available:
 
-Where ``mu`` and ``sigma`` come from, best source first:
+1. **A fit of learned ratios to the server's estimate.** A finished job's ``ln(T / h)`` (``h``
+   the server's ``average_execution_time`` in force for it) is logged; with ``min_samples``
+   of them the fit gives ``mu = ln h + m``, ``sigma = s`` for a job with estimate ``h``. This
+   follows the server when its estimate differs from job to job (a 240 s track versus a 30 s
+   one) and learns how well calibrated it is.
+2. **A fit of learned durations** (``ln T``), used when a job has no estimate of its own yet.
+3. **The server's estimate alone**, documented as a P80: ``sigma = prior_spread`` (0.35) and
+   ``mu = ln h - sigma * z(0.8)``.
+4. **Nothing** (``None``): the scheduler polls after ``first_poll`` to learn the estimate.
 
-1. **Learned ratios to the server's estimate.** When a finished job's duration is observed
-   together with the server's estimate ``h`` in force for it, ``ln(T / h)`` is logged. With
-   ``min_samples`` of them, a job with estimate ``h`` gets ``mu = ln h + mean``,
-   ``sigma = std``. This follows the server when its estimate differs from job to job (a
-   240 s track versus a 30 s one) and learns how well calibrated the estimate is.
-2. **Learned durations.** With ``min_samples`` observed durations (when 1 does not apply,
-   e.g. at queue time, before the job's own estimate is known): ``mu``, ``sigma`` = mean
-   and standard deviation of the logged ``ln T``. These override the server's estimate.
-3. **The server's estimate alone.** ``average_execution_time`` is documented as a P80, so
-   the prior puts the 80th percentile there: ``sigma = prior_spread`` and
-   ``mu = ln h - sigma * z(0.8)`` (``z(0.8) = 0.8416``). With the default spread 0.35 the
-   median is 0.745 h.
-4. **Nothing** (a model never seen, no estimate yet): poll after ``first_poll`` to learn the
-   server's estimate.
+Fits are robust to the first finishers of a batch, which are biased short: jobs still running
+are **right-censored** observations (each says only "longer than its age"), fitted together
+with the finished ones by a few EM steps of the censored normal. Until ``min_samples`` (10)
+jobs finished, the prior stands. ``sigma`` is clamped to ``[0.05, 0.6]``: a fit from a few
+near-identical durations must not make the policy trust its predictions to the millisecond.
 
-Samples sit in bounded windows (the last ``max_samples``) with running sums of the values
-and their squares, so observing and deciding are O(1); the sums are rebuilt from the window
-every ``max_samples`` evictions (amortised O(1)) so float drift cannot accumulate.
-
-When to poll
-------------
-A job that has run ``e`` seconds and is still running is polled at the **conditional
-q-quantile** of its run time: the ``t`` with ``P(T <= t | T > e) = q``. With ``S`` the
-standard normal survival function and ``z_e = (ln e - mu) / sigma``::
-
-    S(z_t) = (1 - q) * S(z_e)        t = exp(mu + sigma * z_t)        delay = t - e
-
-For a fresh job (``e = 0``) this is the plain q-quantile of ``T``. After a miss it is the
-q-quantile of what is left, which is short when the distribution is tight. Far in the tail
-(``z_e > 30``, before ``S`` underflows) the Mills-ratio asymptote of the normal tail,
-``P(Z > z + x | Z > z) ~ exp(-z x - x^2 / 2) * z / (z + x)``, gives ``z_t`` by solving a
-quadratic twice (relative error about 1e-6 there).
-
-``q`` follows the request budget: ``q = 0.5 + 0.4 * pressure``, from the median with tokens
-to spare (detection sooner, more polls) to the 90th percentile when saturated (fewer polls
-per job).
-
-**Detection slack.** Polling exactly at the median means half the jobs are still running at
-the first poll: at least 1.5 polls per job even when run times are perfectly predictable.
-But the scheduler accepts about ``min_interval`` (one second) of detection delay anyway. So
-the poll is nudged later, by at most ``detection_slack`` seconds, toward the conditional 95th
-percentile: ``t = max(t_q, min(t_95, t_q + slack))``. For a tight distribution (spread below
-a second or so) this catches nearly every job at the first poll, at the price of under a
-second of delay; for a wide one it moves the poll by ``slack`` and changes little.
-
-**Overruns back off.** The lognormal tail only grows the delay slowly, and a fitted model
-with a small ``sigma`` would poll a job that overruns it (a longer track, a stuck job) every
-``min_interval`` for as long as it runs. Past the model's 95th percentile ``p95`` the delay
-is therefore at least ``overrun_backoff * (e - p95)``: polls then space out geometrically
-(by ``1 + overrun_backoff`` per poll) until ``max_interval``.
-
-Finally every delay is clamped to ``[min_interval, max_interval]``. Note that
-``max_interval`` also caps the first poll: with the default 300 s, a ten-minute track is
-polled at least twice (a safety net in case the server's estimate is badly wrong).
-
-Trade-off in numbers (the simulation in ``tests/test_estimator.py``: 1000 jobs, server
-estimate 60 s, one job queued every 1.5 s, learning as they finish, ``max_interval`` 300 s):
-
-==============================  =========  ============  =========
-run times                       polls/job  median delay  p90 delay
-==============================  =========  ============  =========
-match the estimate (2% spread)  1.30       1.2 s         2.5 s
-same, pressure 1                1.06       2.1 s         3.9 s
-same, ``max_interval`` 30 s     2.27       1.2 s         2.4 s
-15% spread                      1.83       3.9 s         9.8 s
-35% spread (the prior's)        1.96       7.6 s         16.8 s
-35% spread, pressure 1          1.11       27.1 s        42.8 s
-==============================  =========  ============  =========
-
-"One poll per job, noticed within a second" is reachable only when run times are
-predictable to about a second; with a spread of several seconds no schedule gets both, and
-``pressure`` picks the side.
+Finished samples sit in bounded windows (the last ``max_samples``) with running sums, so
+observing is O(1) and a refit costs O(censored jobs passed in), which the scheduler bounds.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from statistics import NormalDist
 
 import attrs
 
-__all__ = [
-    "DurationEstimator",
-    "ModelDurationStats",
-    "PollingBounds",
-    "conditional_lognormal_quantile",
-]
+from ._belief import RunTimeBelief
+
+__all__ = ["DurationEstimator", "ModelDurationStats", "PollingBounds"]
 
 _NORMAL = NormalDist()
 #: z of the 80th percentile: the server's ``average_execution_time`` is a P80.
 _Z80 = _NORMAL.inv_cdf(0.8)
-#: The "high" quantile used by the detection slack and the overrun back-off.
-_Q_HIGH = 0.95
-_Z_HIGH = _NORMAL.inv_cdf(_Q_HIGH)
-#: Lower bound of a fitted sigma (identical samples would otherwise give 0).
-_MIN_SIGMA = 1e-3
-#: Beyond this z the normal survival function is replaced by its asymptote.
-_TAIL_Z = 30.0
-_SQRT2 = math.sqrt(2.0)
-#: exp() overflows just above this.
-_MAX_EXPONENT = 700.0
+#: Fitted sigmas are kept within these.
+SIGMA_RANGE = (0.05, 0.6)
+_EM_STEPS = 12
+#: Pseudo observations of the prior spread in every fit.
+_PRIOR_WEIGHT = 5
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
-def _survival(z: float) -> float:
-    """``P(Z > z)`` for a standard normal, accurate far into the upper tail."""
-    return 0.5 * math.erfc(z / _SQRT2)
-
-
-def conditional_lognormal_quantile(mu: float, sigma: float, elapsed: float, q: float) -> float:
-    """The ``t`` with ``P(T <= t | T > elapsed) = q`` for ``ln T ~ Normal(mu, sigma)``.
-
-    ``elapsed <= 0`` gives the plain q-quantile. Returns ``math.inf`` if ``t`` overflows.
-
-    Raises:
-        ValueError: ``sigma <= 0`` or ``q`` outside ``(0, 1)``.
-
-    .. versionadded:: 0.1.0
-    """
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma!r}")
-    if not 0 < q < 1:
-        raise ValueError(f"q must be in (0, 1), got {q!r}")
-    if elapsed <= 0:
-        z_t = _NORMAL.inv_cdf(q)
-    else:
-        z_e = (math.log(elapsed) - mu) / sigma
-        if z_e > _TAIL_Z:
-            # Mills ratio: P(Z > z + x | Z > z) ~ exp(-z x - x^2 / 2) * z / (z + x) = 1 - q.
-            # Solve the quadratic without the last factor, then once more with it.
-            target = -math.log1p(-q)
-            x = 2.0 * target / (z_e + math.sqrt(z_e * z_e + 2.0 * target))
-            target -= math.log1p(x / z_e)
-            z_t = z_e + 2.0 * target / (z_e + math.sqrt(z_e * z_e + 2.0 * target))
-        else:
-            tail = (1.0 - q) * _survival(z_e)
-            z_t = -_NORMAL.inv_cdf(tail)  # S(z_t) = tail
-    exponent = mu + sigma * z_t
-    if exponent > _MAX_EXPONENT:
-        return math.inf
-    return max(math.exp(exponent), elapsed)
-
-
-def _check_positive(name: str, value: float) -> None:
+def check_positive(name: str, value: float) -> None:
+    """The one check for settings that must be a positive, finite number."""
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
 class PollingBounds:
-    """Limits on the delay between two polls of a job, in seconds.
+    """How the scheduler spends the retrieve budget, in seconds.
+
+    The scheduler polls the running job whose poll is worth most (the delay it has probably
+    accrued since its last poll), once that worth exceeds a price. The price starts at
+    ``delay_per_poll`` and rises as the rate limit's window fills, so a burst of jobs
+    never starves the rest of the window (see the README's "Polling" section).
 
     Args:
-        min_interval: never poll a job sooner than this after the previous poll.
-        max_interval: never wait longer than this (also caps the first poll).
-        first_poll: delay of the first poll of a job of a model nothing is known about
-            (the answer brings the server's estimate).
+        min_interval: never poll one job sooner than this after its previous poll.
+        max_interval: never leave a job unpolled longer than this (a safety net in case the
+            server's estimate is badly wrong).
+        first_poll: delay of the first poll of a job of a model nothing is known about (its
+            answer brings the server's estimate).
+        delay_per_poll: seconds of delay one poll is worth saving, while the budget has room.
+            Lower polls more and hands results over sooner: for one ~30 s job at a time,
+            0.04 s (the default) gives about 13.5 polls and 0.5 s median delay, 0.01 s
+            about 26 polls and 0.25 s. When the budget binds, the price is set by the
+            window instead and this floor does not matter.
+        retrieve_share: the share of the retrieve rate limit the poller may use (1: all of
+            it). Lower it when other clients use the same key without a shared budget.
 
     Raises:
-        ValueError: a non-positive value or ``min_interval > max_interval``.
+        ValueError: a non-positive value, ``min_interval > max_interval`` or a
+            ``retrieve_share`` above 1.
 
     .. versionadded:: 0.1.0
     """
 
-    min_interval: float = 1.0
+    min_interval: float = 0.5
     max_interval: float = 300.0
     first_poll: float = 1.0
+    delay_per_poll: float = 0.04
+    retrieve_share: float = 1.0
 
     def __attrs_post_init__(self) -> None:
-        _check_positive("min_interval", self.min_interval)
-        _check_positive("max_interval", self.max_interval)
-        _check_positive("first_poll", self.first_poll)
+        for name in ("min_interval", "max_interval", "first_poll", "delay_per_poll"):
+            check_positive(name, getattr(self, name))
+        check_positive("retrieve_share", self.retrieve_share)
+        if self.retrieve_share > 1:
+            raise ValueError(f"retrieve_share must be at most 1, got {self.retrieve_share!r}")
         if self.min_interval > self.max_interval:
             raise ValueError(
                 f"min_interval ({self.min_interval}) must not exceed "
@@ -245,9 +161,9 @@ class _LogWindow:
 class ModelDurationStats:
     """What a :class:`DurationEstimator` knows about one model.
 
-    ``median`` and ``sigma`` describe the fit to observed durations (``None`` before
-    ``min_samples``); ``ratio_median`` is the learned median of duration / server estimate;
-    ``hint`` the latest server estimate (P80, seconds).
+    ``median`` and ``sigma`` describe the current fit to durations (``None`` before
+    ``min_samples`` finished); ``ratio_median`` is the fitted median of duration / server
+    estimate; ``hint`` the latest server estimate (P80, seconds).
 
     .. versionadded:: 0.1.0
     """
@@ -263,12 +179,14 @@ class ModelDurationStats:
 
 
 class _ModelState:
-    __slots__ = ("durations", "hint", "ratios")
+    __slots__ = ("duration_fit", "durations", "hint", "ratio_fit", "ratios")
 
     def __init__(self, max_samples: int) -> None:
         self.hint: float | None = None
         self.durations = _LogWindow(max_samples)
         self.ratios = _LogWindow(max_samples)
+        self.duration_fit: tuple[float, float] | None = None
+        self.ratio_fit: tuple[float, float] | None = None
 
 
 def _valid_seconds(value: float | None) -> float | None:
@@ -277,24 +195,59 @@ def _valid_seconds(value: float | None) -> float | None:
     return float(value)
 
 
-class DurationEstimator:
-    """Learns each model's run time and says when to poll a job next.
+def _inverse_mills(alpha: float) -> float:
+    """``phi(a) / Phi_c(a)``, the mean excess of a standard normal above ``a``."""
+    tail = 0.5 * math.erfc(alpha / math.sqrt(2.0))
+    if tail > 1e-12:
+        return _INV_SQRT_2PI * math.exp(-0.5 * alpha * alpha) / tail
+    return alpha + 1.0 / alpha
 
-    See the module documentation for the maths. All methods are O(1).
+
+def censored_normal_fit(
+    finished: _LogWindow,
+    censored: list[float],
+    start: tuple[float, float],
+    prior_sigma: float,
+) -> tuple[float, float]:
+    """``(mu, sigma)`` of a normal from finished values and right-censored ones (EM).
+
+    The variance is shrunk towards ``prior_sigma`` with :data:`_PRIOR_WEIGHT` pseudo
+    observations: a fit from a few jobs underestimates the spread, and an overconfident
+    belief polls the jobs in its tail too often (they always look about to finish).
+    """
+    n_done = len(finished)
+    mean_done = finished.mean()
+    sd_done = finished.std() or 0.0
+    sum_done = n_done * mean_done
+    sum_sq_done = (n_done - 1) * sd_done * sd_done + n_done * mean_done * mean_done
+    n = n_done + len(censored)
+    mu, sigma = start
+    for _ in range(_EM_STEPS if censored else 1):
+        total, total_sq = sum_done, sum_sq_done
+        for c in censored:
+            lam = _inverse_mills((c - mu) / sigma)
+            total += mu + sigma * lam
+            total_sq += mu * mu + sigma * sigma + sigma * (c + mu) * lam
+        mu = total / n
+        variance = max(total_sq / n - mu * mu, 0.0)
+        variance = (n * variance + _PRIOR_WEIGHT * prior_sigma**2) / (n + _PRIOR_WEIGHT)
+        sigma = min(SIGMA_RANGE[1], max(SIGMA_RANGE[0], math.sqrt(variance)))
+    return mu, sigma
+
+
+class DurationEstimator:
+    """Learns each model's run time; says what a job's run time is believed to be.
+
+    See the module documentation for the sources and the fit.
 
     Args:
-        bounds: limits on the delay between polls.
+        bounds: the polling settings (kept here for the scheduler).
         prior_spread: ``sigma`` of ``ln T`` while only the server's estimate is known.
-        min_samples: observations needed before fitted values replace the prior.
-        max_samples: observations kept per model (the most recent).
-        detection_slack: how much later than the q-quantile a poll may be moved to catch
-            more jobs at once; ``None`` means ``bounds.min_interval``, 0 disables it.
-        overrun_backoff: past the model's 95th percentile, the delay is at least this
-            fraction of the overrun.
+        min_samples: finished jobs needed before a fit replaces the prior.
+        max_samples: finished jobs kept per model (the most recent).
 
     Raises:
-        ValueError: a non-positive spread or sample count, ``min_samples > max_samples``,
-            or a negative slack or back-off.
+        ValueError: a non-positive spread or sample count, or ``min_samples > max_samples``.
 
     .. versionadded:: 0.1.0
     """
@@ -304,28 +257,20 @@ class DurationEstimator:
         *,
         bounds: PollingBounds = PollingBounds(),
         prior_spread: float = 0.35,
-        min_samples: int = 3,
+        min_samples: int = 10,
         max_samples: int = 200,
-        detection_slack: float | None = None,
-        overrun_backoff: float = 0.5,
     ) -> None:
-        _check_positive("prior_spread", prior_spread)
-        if min_samples < 1 or max_samples < min_samples:
+        check_positive("prior_spread", prior_spread)
+        if min_samples < 2 or max_samples < min_samples:
             raise ValueError(
-                f"need 1 <= min_samples <= max_samples, got {min_samples}, {max_samples}"
+                f"need 2 <= min_samples <= max_samples, got {min_samples}, {max_samples}"
             )
-        slack = bounds.min_interval if detection_slack is None else detection_slack
-        if not (math.isfinite(slack) and slack >= 0):
-            raise ValueError(f"detection_slack must be >= 0, got {detection_slack!r}")
-        if not (math.isfinite(overrun_backoff) and overrun_backoff >= 0):
-            raise ValueError(f"overrun_backoff must be >= 0, got {overrun_backoff!r}")
         self.bounds = bounds
         self._prior_spread = float(prior_spread)
         self._min_samples = min_samples
         self._max_samples = max_samples
-        self._slack = float(slack)
-        self._backoff = float(overrun_backoff)
         self._models: dict[str, _ModelState] = {}
+        self._beliefs: dict[tuple[float, float], RunTimeBelief] = {}
 
     def __repr__(self) -> str:
         return f"DurationEstimator(bounds={self.bounds!r}, models={len(self._models)})"
@@ -346,11 +291,11 @@ class DurationEstimator:
             self._state(model).hint = hint
 
     def observe_duration(self, model: str, seconds: float, *, hint: float | None = None) -> None:
-        """Learn a finished job's run time (seconds, counted as ``elapsed`` is).
+        """Learn a finished job's run time (seconds, counted as ages are).
 
-        ``hint`` is the server's estimate for that job (default: the model's latest
-        estimate); with one, the ratio duration / estimate is learned too. Non-positive or
-        non-finite durations are ignored.
+        ``hint`` is the server's estimate for that job (default: the model's latest); with
+        one, the ratio duration / estimate is learned too. Non-positive or non-finite
+        durations are ignored. The fit is updated by :meth:`refit`.
         """
         duration = _valid_seconds(seconds)
         if duration is None:
@@ -362,9 +307,32 @@ class DurationEstimator:
         if reference is not None:
             state.ratios.add(log_duration - math.log(reference))
 
-    def _sigma(self, window: _LogWindow) -> float:
-        std = window.std()
-        return self._prior_spread if std is None else max(std, _MIN_SIGMA)
+    def refit(self, model: str, running: Iterable[tuple[float, float | None]] = ()) -> bool:
+        """Refit ``model`` from its finished jobs and ``running`` ones, ``(age, hint)`` pairs
+        (right-censored at their age). Returns whether the fit moved materially."""
+        state = self._models.get(model)
+        if state is None or len(state.durations) < self._min_samples:
+            return False
+        ages: list[float] = []
+        ratios: list[float] = []
+        for age, hint in running:
+            if age > 0:
+                ages.append(math.log(age))
+                reference = _valid_seconds(hint) or state.hint
+                if reference is not None:
+                    ratios.append(ages[-1] - math.log(reference))
+        moved = False
+        old = state.duration_fit
+        start = old or (state.durations.mean(), self._prior_spread)
+        prior = self._prior_spread
+        state.duration_fit = censored_normal_fit(state.durations, ages, start, prior)
+        moved |= _moved(old, state.duration_fit)
+        if len(state.ratios) >= self._min_samples:
+            old = state.ratio_fit
+            start = old or (state.ratios.mean(), self._prior_spread)
+            state.ratio_fit = censored_normal_fit(state.ratios, ratios, start, prior)
+            moved |= _moved(old, state.ratio_fit)
+        return moved
 
     def distribution(self, model: str, hint: float | None = None) -> tuple[float, float] | None:
         """``(mu, sigma)`` of ``ln T`` for a job of ``model`` with server estimate ``hint``.
@@ -374,73 +342,54 @@ class DurationEstimator:
         state = self._models.get(model)
         reference = _valid_seconds(hint)
         if state is not None:
-            enough = self._min_samples
-            if reference is not None and len(state.ratios) >= enough:
-                return math.log(reference) + state.ratios.mean(), self._sigma(state.ratios)
-            if len(state.durations) >= enough:
-                return state.durations.mean(), self._sigma(state.durations)
-            if reference is None and state.hint is not None:
+            if reference is None:
                 reference = state.hint
-                if len(state.ratios) >= enough:
-                    return math.log(reference) + state.ratios.mean(), self._sigma(state.ratios)
+            if reference is not None and state.ratio_fit is not None:
+                mean, sigma = state.ratio_fit
+                return math.log(reference) + mean, sigma
+            if state.duration_fit is not None:
+                return state.duration_fit
         if reference is not None:
             sigma = self._prior_spread
             return math.log(reference) - sigma * _Z80, sigma
         return None
 
-    def knows(self, model: str) -> bool:
-        """Whether anything (an estimate or durations) is known about ``model``.
-
-        ``False`` means :meth:`next_poll_delay` answers with the blind ``first_poll``.
-        """
-        return self.distribution(model) is not None
-
-    def next_poll_delay(
-        self, model: str, elapsed: float, *, pressure: float = 0.0, hint: float | None = None
-    ) -> float:
-        """Seconds from now until a job of ``model``, running for ``elapsed`` s, is polled.
-
-        ``pressure`` in ``[0, 1]`` (clipped) raises the target quantile from 0.5 to 0.9;
-        ``hint`` is the server's latest estimate for this job (P80, seconds), defaulting to
-        the model's. With nothing known: ``bounds.first_poll`` for a fresh job, else
-        ``overrun_backoff * elapsed`` (clamped), so unknown jobs still back off.
-        """
-        bounds = self.bounds
-        if not math.isfinite(elapsed) or elapsed < 0:
-            elapsed = 0.0
-        if not pressure >= 0:  # also NaN
-            pressure = 0.0
-        q = 0.5 + 0.4 * min(pressure, 1.0)
+    def belief(self, model: str, hint: float | None = None) -> RunTimeBelief | None:
+        """The run-time belief for a job of ``model`` (shared between equal fits)."""
         fit = self.distribution(model, hint)
         if fit is None:
-            if elapsed == 0:
-                return bounds.first_poll
-            return bounds.clamp(max(bounds.first_poll, self._backoff * elapsed))
-        mu, sigma = fit
-        target = conditional_lognormal_quantile(mu, sigma, elapsed, q)
-        if self._slack > 0:
-            high = conditional_lognormal_quantile(mu, sigma, elapsed, max(q, _Q_HIGH))
-            target = max(target, min(high, target + self._slack))
-        delay = target - elapsed
-        high_mark = math.exp(min(_MAX_EXPONENT, mu + sigma * _Z_HIGH))
-        if elapsed > high_mark:
-            delay = max(delay, self._backoff * (elapsed - high_mark))
-        return bounds.clamp(delay)
+            return None
+        belief = self._beliefs.get(fit)
+        if belief is None:
+            if len(self._beliefs) > 4096:
+                self._beliefs.clear()  # per-job hints could make this grow without bound
+            belief = self._beliefs[fit] = RunTimeBelief(*fit)
+        return belief
+
+    def knows(self, model: str) -> bool:
+        """Whether anything (an estimate or durations) is known about ``model``."""
+        return self.distribution(model) is not None
 
     def model_stats(self, model: str) -> ModelDurationStats:
         """A frozen snapshot of what is known about ``model``."""
         state = self._models.get(model)
         if state is None:
             return ModelDurationStats(model, 0, None, None, 0, None, None, None)
-        fitted = len(state.durations) >= self._min_samples
-        ratio_fitted = len(state.ratios) >= self._min_samples
+        fit, ratio_fit = state.duration_fit, state.ratio_fit
         return ModelDurationStats(
             model=model,
             samples=len(state.durations),
-            median=math.exp(state.durations.mean()) if fitted else None,
-            sigma=self._sigma(state.durations) if fitted else None,
+            median=math.exp(fit[0]) if fit else None,
+            sigma=fit[1] if fit else None,
             ratio_samples=len(state.ratios),
-            ratio_median=math.exp(state.ratios.mean()) if ratio_fitted else None,
-            ratio_sigma=self._sigma(state.ratios) if ratio_fitted else None,
+            ratio_median=math.exp(ratio_fit[0]) if ratio_fit else None,
+            ratio_sigma=ratio_fit[1] if ratio_fit else None,
             hint=state.hint,
         )
+
+
+def _moved(old: tuple[float, float] | None, new: tuple[float, float]) -> bool:
+    """Whether a fit changed enough for waiting jobs' plans to be redone."""
+    if old is None:
+        return True
+    return abs(new[0] - old[0]) > 0.02 or abs(new[1] - old[1]) > 0.1 * old[1]

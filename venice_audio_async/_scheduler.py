@@ -1,24 +1,35 @@
-"""The polling scheduler: when to ask ``retrieve`` about which job, within the budget.
+"""The polling scheduler: which job to ask ``retrieve`` about, and when, within the budget.
 
 One scheduler per session multiplexes every in-flight ``queue_id`` over the session's one
-connection pool. Its loop:
+connection pool. Which job to poll is the :class:`~._policy.PollPolicy`'s call: each job has a
+due time (when the delay it has probably accrued since its last poll reaches the price), kept
+in a heap. The loop:
 
-1. pops the job whose next poll is due from a heap (O(log n): no scan of all jobs per tick);
-2. waits for a ``retrieve`` token from the shared :class:`~._budget.RequestBudget` (which
-   also holds the whole session during ``Retry-After`` pauses and near the error budget);
-3. hands the poll to one of a fixed set of worker tasks (as many as the session's request
-   limiter allows) and goes on.
+1. looks at the heap's head (O(log n): no scan of all jobs per decision); if it is not due,
+   sleeps until it is, the next submit, or (while the price is raised) a re-price;
+2. if no ``retrieve`` token is free (the :class:`~._budget.RequestBudget` also holds the
+   whole session during ``Retry-After`` pauses and near the error budget), sleeps until one
+   is, without taking it;
+3. re-prices the window every few grants or half second, checks the head against the
+   current price (a price that rose makes it due later: it goes back into the heap), takes
+   the token and hands the poll to one of a fixed set of worker tasks.
 
-A poll either reschedules the job (still running: the next time comes from the
-:class:`~._estimator.DurationEstimator`, fed with the server's ETA hints and the durations
-already seen for that model), retries it later with backoff (5xx, timeouts, dropped or
-truncated bodies), or ends it with an :data:`~._models.Outcome` that is pushed into the
-memory object stream of every consumer waiting on that job. Consumers only read streams,
-so breaking out of a loop or being cancelled cannot corrupt the scheduler.
+A poll either reschedules the job (still running: the server's ``average_execution_time``
+and ``execution_duration`` update its belief and age), retries it later with backoff (5xx,
+timeouts, dropped or truncated bodies), or ends it with an :data:`~._models.Outcome`, pushed
+into the memory object stream of every consumer waiting on that job. Consumers only read
+streams, so breaking out of a loop or being cancelled cannot corrupt the scheduler.
 
-Guarantee: a tracked ``queue_id`` is never dropped. It ends delivered, failed with its
-error, or handed back through :meth:`Scheduler.unfinished` (a consumer went away, or the
-session closed while it was still running).
+When a finished job moves its model's fit, or the price falls, due times may come earlier:
+the jobs in flight are re-keyed in slices of :data:`_SWEEP_CHUNK` per loop pass (a re-key
+only ever moves a job earlier; a job keyed too early is put back when popped), so neither
+a completion nor a decision scans every job at once.
+
+Guarantee: a tracked ``queue_id`` is never dropped, and every tracked job is polled until it
+ends, whether or not a consumer waits on it right now (it is paid for). It ends delivered,
+failed with its error, or handed back through :meth:`Scheduler.unfinished` (the session
+closed while it was still running). A finished outcome nobody has taken yet stays here until
+a consumer subscribes.
 """
 
 from __future__ import annotations
@@ -30,7 +41,6 @@ import math
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
 import anyio.abc
@@ -39,6 +49,7 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._audio import AudioSink
+from ._belief import RunTimeBelief
 from ._budget import RequestBudget
 from ._client import VeniceClient
 from ._clock import Clock
@@ -61,9 +72,10 @@ from ._models import (
     RetrieveRequest,
     Succeeded,
 )
+from ._policy import PollPolicy
 from ._retry import call_idempotent, is_transient
 
-__all__ = ["ReleaseMode", "Scheduler", "SinkFactory"]
+__all__ = ["ReleaseMode", "Scheduler", "SchedulerCounts", "SinkFactory"]
 
 log = logging.getLogger("venice_audio_async")
 
@@ -75,10 +87,14 @@ OutcomeHook = Callable[[Outcome], Awaitable[None]]
 ReleaseHook = Callable[[Job], Awaitable[None]]
 ReleaseMode = str  # "complete" | "delete_on_retrieve" | "keep"
 
-_PRESSURE_HORIZON = 5.0  # seconds of token wait that count as full budget pressure
-_REPLAN_CHUNK = 256  # jobs re-planned per event-loop pass when a model's timing is learned
+_SWEEP_CHUNK = 128  # jobs re-keyed per loop pass after the price fell or a fit moved
 _STALE_BATCH = 1024  # stale heap entries dropped per event-loop pass
 _MAX_WORKERS = 256  # polls in flight at once, at most (also capped by the request limiter)
+_REPRICE_SECONDS = 0.5  # the window is re-priced at least this often while jobs wait ...
+_REPRICE_GRANTS = 4  # ... and after this many grants
+_PRICE_DROP = 0.9  # a price below this share of the one jobs were keyed at re-keys them
+_CENSORED = 64  # running jobs (oldest first) a refit reads as right-censored
+_EPSILON = 1e-9
 
 
 @attrs.define(eq=False)
@@ -86,16 +102,21 @@ class _Tracked:
     job: Job
     sink_factory: SinkFactory
     tracked_at: float
+    started: float
     deadline: float | None
-    due: float = 0.0
-    blind: bool = True  # scheduled without any duration information for its model
+    prompt: bool
+    seen_running_at_age: float = 0.0
+    last_poll: float = -math.inf
     hint: float | None = None  # the server's latest average_execution_time for this job
+    belief: RunTimeBelief | None = None
+    belief_version: int = -1
     failures: int = 0
     in_flight: bool = False
     outcome: Outcome | None = None
     subscribers: list[MemoryObjectSendStream[Outcome]] = attrs.field(factory=list)
-    abandoned: bool = False
     entry: int = -1  # heap entry sequence that is current; older entries are stale
+    keyed_due: float = math.inf  # the due time of the current entry
+    slot: int = -1  # index in Scheduler._live while in flight
 
 
 @attrs.frozen
@@ -105,7 +126,7 @@ class SchedulerCounts:
     in_flight: int
     succeeded: int
     failed: int
-    abandoned: int
+    untaken: int
     polls: int
     released: int
 
@@ -133,25 +154,29 @@ class Scheduler:
         self._client = client
         self._budget = budget
         self._estimator = estimator
+        self._bounds = estimator.bounds
         self._clock = clock
         self._retry = retry
         self._limiter = limiter
         self._release = release
         self._rng = rng or random.Random()
+        self._policy = PollPolicy(estimator.bounds, rng=self._rng)
         self._jobs: dict[str, _Tracked] = {}
-        self._heap: list[tuple[float, int, str]] = []
+        self._live: list[_Tracked] = []  # in flight (not finished), for samples and sweeps
+        self._by_model: dict[str, dict[str, _Tracked]] = {}  # in flight, oldest first
+        self._versions: Counter[str] = Counter()  # bumped when a model's fit moves
+        self._heap: list[tuple[float, int, _Tracked]] = []
         self._seq = itertools.count()
         self._wake = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
-        self._lateness = 0.0
         self._counts: Counter[str] = Counter()
-        # In-flight jobs per model, and the (mu, sigma) their schedule was computed from:
-        # when a model's timing is learned, its waiting jobs are re-planned at once instead
-        # of each sleeping through a schedule made from the wide prior.
-        self._by_model: dict[str, set[str]] = {}
         self._releasing = 0
         self._released_all = anyio.Event()
-        self._plan_basis: dict[str, tuple[float, float]] = {}
+        self._repriced_at = -math.inf
+        self._grants_since_reprice = 0
+        self._keyed_price = self._policy.price
+        self._sweep_at = -1  # next index of _live to re-key; -1: no sweep pending
+        self._probing: set[str] = set()  # unknown models whose first job asks for an estimate
 
     # ------------------------------------------------------------------ tracking
 
@@ -164,42 +189,69 @@ class Scheduler:
         elapsed: float | None = None,
     ) -> None:
         """Start polling ``job``. ``deadline`` is seconds from now; ``elapsed`` what is known
-        of its run time so far (``None`` for a job queued elsewhere at an unknown time)."""
+        of its run time so far: 0 for a job just queued, ``None`` for one queued elsewhere
+        at an unknown time. A job with a history (attached, resumed) is polled at once."""
         if job.queue_id in self._jobs and self._jobs[job.queue_id].outcome is None:
             return
         now = self._clock.monotonic()
         tracked = _Tracked(
             job=job,
             sink_factory=sink_factory,
-            tracked_at=now - (elapsed or 0.0),
+            tracked_at=now,
+            started=now - (elapsed or 0.0),
             deadline=None if deadline is None else now + deadline,
+            prompt=elapsed is None or elapsed > 0,
         )
         self._jobs[job.queue_id] = tracked
+        tracked.slot = len(self._live)
+        self._live.append(tracked)
+        self._by_model.setdefault(job.model, {})[job.queue_id] = tracked
         self._counts["tracked"] += 1
-        self._by_model.setdefault(job.model, set()).add(job.queue_id)
-        self._schedule(tracked, self._first_delay(tracked, now))
+        belief = self._belief_of(tracked)
+        if not tracked.prompt:
+            self._policy.note_arrival(now, belief)
+        if belief is None and not tracked.prompt:
+            if job.model in self._probing:
+                # One job per unknown model asks for the server's estimate; the others
+                # wait for it (the sweep after its answer brings them forward).
+                self._schedule(tracked, now + self._bounds.max_interval)
+                return
+            self._probing.add(job.model)
+        self._schedule(tracked, self._policy.due(tracked, now))
 
-    def _first_delay(self, tracked: _Tracked, now: float) -> float:
-        elapsed = now - tracked.tracked_at
-        tracked.blind = not self._estimator.knows(tracked.job.model)
-        self._note_basis(tracked.job.model, tracked.hint)
-        return self._estimator.next_poll_delay(
-            tracked.job.model, elapsed, pressure=self.pressure, hint=tracked.hint
-        )
+    def _belief_of(self, tracked: _Tracked) -> RunTimeBelief | None:
+        model = tracked.job.model
+        version = self._versions[model]
+        if tracked.belief_version != version or tracked.belief is None:
+            tracked.belief = self._estimator.belief(model, hint=tracked.hint)
+            tracked.belief_version = version
+        return tracked.belief
 
-    def _schedule(self, tracked: _Tracked, delay: float) -> None:
-        tracked.due = self._clock.monotonic() + max(0.0, delay)
+    def _schedule(self, tracked: _Tracked, due: float) -> None:
         if tracked.deadline is not None:
-            tracked.due = min(tracked.due, tracked.deadline)
+            due = min(due, tracked.deadline)
         tracked.entry = next(self._seq)
-        heapq.heappush(self._heap, (tracked.due, tracked.entry, tracked.job.queue_id))
+        tracked.keyed_due = due
+        heapq.heappush(self._heap, (due, tracked.entry, tracked))
         if self._heap[0][1] == tracked.entry:
             self._wake.set()  # the loop may be sleeping towards a later job
 
+    def _untrack_live(self, tracked: _Tracked) -> None:
+        """Remove a finished job from the in-flight views (O(1): swap with the last)."""
+        slot = tracked.slot
+        if slot < 0:
+            return
+        last = self._live.pop()
+        if last is not tracked:
+            self._live[slot] = last
+            last.slot = slot
+        tracked.slot = -1
+        self._by_model.get(tracked.job.model, {}).pop(tracked.job.queue_id, None)
+
     @property
-    def pressure(self) -> float:
-        """0 when retrieve tokens are spare, 1 when due jobs wait long for them."""
-        return min(1.0, self._lateness / _PRESSURE_HORIZON)
+    def price(self) -> float:
+        """Seconds of delay a poll must save now (rises as the retrieve window fills)."""
+        return self._policy.price
 
     def outcome_of(self, queue_id: str) -> Outcome | None:
         tracked = self._jobs.get(queue_id)
@@ -211,8 +263,7 @@ class Scheduler:
     def subscribe(self, job: Job, stream: MemoryObjectSendStream[Outcome]) -> bool:
         """Deliver ``job``'s outcome into ``stream``. Returns False if the job is unknown.
 
-        A job already finished is delivered at once; a job abandoned earlier is tracked
-        again (a new consumer wants it).
+        A job already finished is delivered at once.
         """
         tracked = self._jobs.get(job.queue_id)
         if tracked is None:
@@ -222,22 +273,13 @@ class Scheduler:
             del self._jobs[job.queue_id]  # delivered: the consumer holds it now
             return True
         tracked.subscribers.append(stream)
-        if tracked.abandoned:
-            tracked.abandoned = False
-            self._counts["abandoned"] -= 1
-            self._schedule(tracked, 0.0)
         return True
 
     def unsubscribe(self, job: Job, stream: MemoryObjectSendStream[Outcome]) -> None:
-        """Stop delivering to ``stream``; the last consumer leaving stops the polling."""
+        """Stop delivering to ``stream``. The job is still polled: it is paid for."""
         tracked = self._jobs.get(job.queue_id)
-        if tracked is None or stream not in tracked.subscribers:
-            return
-        tracked.subscribers.remove(stream)
-        if not tracked.subscribers and tracked.outcome is None and not tracked.abandoned:
-            tracked.abandoned = True
-            tracked.entry = -1  # its heap entry goes stale
-            self._counts["abandoned"] += 1
+        if tracked is not None and stream in tracked.subscribers:
+            tracked.subscribers.remove(stream)
 
     def unfinished(self) -> list[Job]:
         """Jobs queued (paid for) whose outcome was never reached: keep their ids."""
@@ -246,20 +288,20 @@ class Scheduler:
     def counts(self) -> SchedulerCounts:
         counts = self._counts
         # Kept as counters, not counted over every job: progress displays call this often.
-        in_flight = counts["tracked"] - counts["succeeded"] - counts["failed"] - counts["abandoned"]
+        finished = counts["succeeded"] + counts["failed"]
         return SchedulerCounts(
-            in_flight=in_flight,
-            succeeded=self._counts["succeeded"],
-            failed=self._counts["failed"],
-            abandoned=self._counts["abandoned"],
-            polls=self._counts["polls"],
-            released=self._counts["released"],
+            in_flight=counts["tracked"] - finished,
+            succeeded=counts["succeeded"],
+            failed=counts["failed"],
+            untaken=len(self._jobs) - len(self._live),
+            polls=counts["polls"],
+            released=counts["released"],
         )
 
     # ------------------------------------------------------------------ the loop
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        """Poll due jobs until cancelled. Started by the session with ``tg.start``."""
+        """Poll jobs as they become worth it until cancelled. Started with ``tg.start``."""
         # Polls run on long-lived workers fed through a memory stream: cheaper than a new
         # task per poll (benchmarks/overhead.py), and bounded like the request limiter.
         send, receive = anyio.create_memory_object_stream[_Tracked](max_buffer_size=math.inf)
@@ -269,13 +311,10 @@ class Scheduler:
                 tg.start_soon(self._work, receive.clone())
             task_status.started()
             while True:
-                tracked = await self._next_due()
+                tracked = await self._next_worth_polling()
                 await self._budget.acquire("retrieve")
-                now = self._clock.monotonic()
-                # Lateness (how long a due job waited for its token) measures pressure.
-                late = max(0.0, now - tracked.due)
-                self._lateness = 0.8 * self._lateness + 0.2 * late
-                if tracked.outcome is not None or tracked.abandoned:
+                self._grants_since_reprice += 1
+                if tracked.outcome is not None:
                     continue
                 tracked.in_flight = True
                 send.send_nowait(tracked)
@@ -285,41 +324,122 @@ class Scheduler:
             async for tracked in receive:
                 await self._poll(tracked)
 
-    async def _next_due(self) -> _Tracked:
-        stale = 0
+    def _head(self) -> _Tracked | None:
+        """The heap's head, dropping stale entries (re-keyed or finished jobs)."""
+        heap = self._heap
+        while heap:
+            _, entry, tracked = heap[0]
+            if tracked.entry == entry and tracked.outcome is None:
+                return tracked
+            heapq.heappop(heap)
+        return None
+
+    async def _next_worth_polling(self) -> _Tracked:
+        clock = self._clock
         while True:
-            if not self._heap:
-                self._wake = anyio.Event()
-                await self._wake.wait()
+            self._sweep()
+            if len(self._heap) > _STALE_BATCH and self._heap[0][2].entry != self._heap[0][1]:
+                await anyio.lowlevel.checkpoint()  # a mass re-key must not stall the loop
+            head = self._head()
+            now = clock.monotonic()
+            if head is None:
+                await self._sleep_or_wake(math.inf)
                 continue
-            due, entry, queue_id = self._heap[0]
-            tracked = self._jobs.get(queue_id)
-            if tracked is None or tracked.entry != entry or tracked.outcome is not None:
-                heapq.heappop(self._heap)  # stale entry (re-planned, finished or abandoned)
-                stale += 1
-                if stale % _STALE_BATCH == 0:
-                    await anyio.lowlevel.checkpoint()  # a mass re-plan must not stall the loop
+            due = self._heap[0][0]
+            if due > now + _EPSILON:
+                await self._sleep_or_wake(self._until_reprice(due, now) - now)
                 continue
-            now = self._clock.monotonic()
-            if due > now:
-                await self._sleep_or_wake(due - now)
+            if head.deadline is not None and now >= head.deadline:
+                heapq.heappop(self._heap)
+                head.entry = -1
+                error = JobDeadlineExceeded(head.job, now - head.tracked_at)
+                await self._finish(head, Failed(head.job, error))
+                continue
+            ready = self._token_ready()
+            now = clock.monotonic()  # read after: the budget reads the clock too
+            if ready > now + _EPSILON:
+                await self._sleep_or_wake(ready - now)
+                continue
+            self._maybe_reprice(now)
+            # The price may have risen since the head was keyed: is it still worth a poll?
+            worth_at = self._policy.due(self._refresh(head), now)
+            if head.deadline is not None:
+                worth_at = min(worth_at, head.deadline)
+            if worth_at > now + _EPSILON:
+                self._schedule(head, worth_at)
                 continue
             heapq.heappop(self._heap)
-            tracked.entry = -1
-            if tracked.deadline is not None and now >= tracked.deadline:
-                await self._finish(
-                    tracked,
-                    Failed(tracked.job, JobDeadlineExceeded(tracked.job, now - tracked.tracked_at)),
-                )
+            head.entry = -1
+            return head
+
+    def _refresh(self, tracked: _Tracked) -> _Tracked:
+        self._belief_of(tracked)
+        return tracked
+
+    def _token_ready(self) -> float:
+        """When the poller may take a retrieve token (its share of the window included)."""
+        ready = self._budget.next_available("retrieve")
+        share = self._bounds.retrieve_share
+        if share < 1:
+            window = self._budget.window("retrieve")
+            if window is not None:
+                allowed = max(1, math.floor(share * window.limit))
+                inside = len(window.grants)
+                if inside >= allowed:
+                    ready = max(ready, window.grants[inside - allowed] + window.window)
+        return ready
+
+    def _until_reprice(self, due: float, now: float) -> float:
+        """Sleep towards ``due``, but wake to re-price while the price is raised (it falls
+        as grants leave the window, which can make jobs due sooner)."""
+        if self._policy.price > self._bounds.delay_per_poll and self._live:
+            return min(due, max(now, self._repriced_at) + _REPRICE_SECONDS)
+        return due
+
+    def _maybe_reprice(self, now: float) -> None:
+        if (
+            now - self._repriced_at < _REPRICE_SECONDS
+            and self._grants_since_reprice < _REPRICE_GRANTS
+        ):
+            return
+        self._repriced_at = now
+        self._grants_since_reprice = 0
+        live = self._live
+        sample = self._policy.sample(live)
+        for tracked in sample:
+            self._belief_of(tracked)
+        price = self._policy.reprice(now, sample, len(live), self._budget.window("retrieve"))
+        if price < _PRICE_DROP * self._keyed_price:
+            self._start_sweep()
+        self._keyed_price = price
+
+    def _start_sweep(self) -> None:
+        self._sweep_at = 0
+        self._wake.set()
+
+    def _sweep(self) -> None:
+        """Re-key up to ``_SWEEP_CHUNK`` jobs whose due time may have come earlier."""
+        start = self._sweep_at
+        if start < 0:
+            return
+        live = self._live
+        end = min(len(live), start + _SWEEP_CHUNK)
+        now = self._clock.monotonic()
+        policy = self._policy
+        for tracked in live[start:end]:
+            if tracked.in_flight or tracked.entry < 0 or tracked.prompt:
                 continue
-            if tracked.blind and self._estimator.knows(tracked.job.model):
-                # Scheduled blind; another job of the model has since taught us its timing.
-                self._schedule(tracked, self._first_delay(tracked, now))
-                continue
-            return tracked
+            due = policy.due(self._refresh(tracked), now)
+            if tracked.deadline is not None:
+                due = min(due, tracked.deadline)
+            if due < tracked.keyed_due - _EPSILON:
+                self._schedule(tracked, due)
+        self._sweep_at = end if end < len(live) else -1
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         self._wake = anyio.Event()
+        if self._sweep_at >= 0:
+            return  # a sweep is pending: keep working through it
         await self._clock.wait(self._wake, seconds)
 
     # ------------------------------------------------------------------ one poll
@@ -337,7 +457,7 @@ class Scheduler:
         except RateLimitError:
             # The budget already paused the whole session; this is not the job's fault.
             tracked.in_flight = False
-            self._reschedule_soon(tracked)
+            self._schedule(tracked, self._clock.monotonic())
             return
         except VeniceError as error:
             tracked.in_flight = False
@@ -351,88 +471,48 @@ class Scheduler:
         else:
             await self._on_audio(tracked, answer, now)
 
-    def _reschedule_soon(self, tracked: _Tracked) -> None:
-        if tracked.outcome is None and not tracked.abandoned:
-            self._schedule(tracked, 0.0)
-
     def _on_running(self, tracked: _Tracked, status: Processing, now: float) -> None:
         tracked.failures = 0
         model = tracked.job.model
+        self._end_probe(model)
         if status.average_execution_time is not None:
             self._estimator.observe_hint(model, status.average_execution_time)
-            tracked.hint = status.average_execution_time
+            if status.average_execution_time != tracked.hint:
+                tracked.hint = status.average_execution_time
+                tracked.belief = None
         if status.execution_duration is not None:
-            tracked.tracked_at = now - status.execution_duration
-        tracked.blind = False
-        self._note_basis(model, tracked.hint)
-        if tracked.abandoned:
-            return
-        delay = self._estimator.next_poll_delay(
-            model,
-            now - tracked.tracked_at,
-            pressure=self.pressure,
-            hint=tracked.hint,
-        )
-        self._schedule(tracked, delay)
+            tracked.started = now - status.execution_duration
+        tracked.last_poll = now
+        tracked.seen_running_at_age = max(0.0, now - tracked.started)
+        tracked.prompt = False
+        self._belief_of(tracked)
+        self._schedule(tracked, self._policy.due(tracked, now))
+
+    def _end_probe(self, model: str) -> None:
+        """A job of a model being probed answered: the jobs waiting on it are re-keyed."""
+        if model in self._probing:
+            self._probing.discard(model)
+            self._versions[model] += 1
+            self._start_sweep()
 
     async def _on_audio(self, tracked: _Tracked, audio: AudioResult, now: float) -> None:
+        model = tracked.job.model
+        self._end_probe(model)
         duration = audio.venice.inference_time
         if duration is None:
-            duration = now - tracked.tracked_at
-        self._estimator.observe_duration(tracked.job.model, duration, hint=tracked.hint)
+            duration = now - tracked.started
+        self._estimator.observe_duration(model, duration, hint=tracked.hint)
         released = self._release == "delete_on_retrieve"
         await self._finish(tracked, Succeeded(tracked.job, audio, released=released))
-        self._replan_if_learned(tracked.job.model, tracked.hint)
+        running = itertools.islice(self._by_model.get(model, {}).values(), _CENSORED)
+        if self._estimator.refit(model, [(now - t.started, t.hint) for t in running]):
+            self._versions[model] += 1
+            self._start_sweep()
         if self._release == "complete":
             # In its own task: a worker must not sit through complete's retries.
             self._releasing += 1
             assert self._tg is not None
             self._tg.start_soon(self._release_media, tracked.job)
-
-    def _note_basis(self, model: str, hint: float | None) -> None:
-        """Remember what a model's first schedules were computed from."""
-        if model not in self._plan_basis:
-            basis = self._estimator.distribution(model, hint=hint)
-            if basis is not None:
-                self._plan_basis[model] = basis
-
-    def _replan_if_learned(self, model: str, hint: float | None) -> None:
-        basis = self._estimator.distribution(model, hint=hint)
-        if basis is None:
-            return
-        old = self._plan_basis.get(model)
-        self._plan_basis[model] = basis
-        if (
-            old is not None
-            and abs(basis[0] - old[0]) < 0.02
-            and abs(basis[1] - old[1]) < 0.2 * old[1]
-        ):
-            return  # no news: the waiting jobs' schedule stands
-        waiting = list(self._by_model.get(model, ()))
-        if len(waiting) <= _REPLAN_CHUNK:
-            self._replan(model, waiting)
-        elif self._tg is not None:
-            # Many waiting jobs: re-plan in chunks so polls are not held up behind it.
-            self._tg.start_soon(self._replan_in_chunks, model, waiting)
-
-    async def _replan_in_chunks(self, model: str, waiting: list[str]) -> None:
-        for start in range(0, len(waiting), _REPLAN_CHUNK):
-            self._replan(model, waiting[start : start + _REPLAN_CHUNK])
-            await anyio.lowlevel.checkpoint()
-
-    def _replan(self, model: str, queue_ids: list[str]) -> None:
-        now = self._clock.monotonic()
-        for queue_id in queue_ids:
-            tracked = self._jobs.get(queue_id)
-            if tracked is None or tracked.entry < 0 or tracked.in_flight:
-                continue  # delivered, being polled right now, or done
-            if tracked.outcome is not None or tracked.abandoned:
-                continue
-            delay = self._estimator.next_poll_delay(
-                model, now - tracked.tracked_at, pressure=self.pressure, hint=tracked.hint
-            )
-            if abs((now + delay) - tracked.due) > self._estimator.bounds.min_interval:
-                self._schedule(tracked, delay)
 
     async def wait_releases(self) -> None:
         """Wait until no ``complete`` call is in flight (the session's close drains them)."""
@@ -475,9 +555,9 @@ class Scheduler:
     async def _on_error(self, tracked: _Tracked, error: VeniceError) -> None:
         if self._retryable(error):
             tracked.failures += 1
-            if tracked.failures < self._retry.attempts and not tracked.abandoned:
+            if tracked.failures < self._retry.attempts:
                 delay = self._retry.backoff(tracked.failures, self._rng.random())
-                self._schedule(tracked, delay)
+                self._schedule(tracked, self._clock.monotonic() + delay)
                 return
         await self._finish(tracked, Failed(tracked.job, error))
 
@@ -492,6 +572,7 @@ class Scheduler:
     async def _finish(self, tracked: _Tracked, outcome: Outcome) -> None:
         if tracked.outcome is not None:
             return
+        self._end_probe(tracked.job.model)
         if isinstance(outcome, Failed):
             _drop_tracebacks(outcome.error)
         tracked.outcome = outcome
@@ -501,11 +582,8 @@ class Scheduler:
             # cannot forget that the audio is stored.
             with anyio.CancelScope(shield=True):
                 await self._on_outcome(outcome)
-        self._by_model.get(tracked.job.model, set()).discard(tracked.job.queue_id)
+        self._untrack_live(tracked)
         self._counts["succeeded" if isinstance(outcome, Succeeded) else "failed"] += 1
-        if tracked.abandoned:
-            tracked.abandoned = False
-            self._counts["abandoned"] -= 1
         delivered = False
         for stream in tracked.subscribers:
             try:
@@ -518,10 +596,6 @@ class Scheduler:
             # An outcome is handed over once; keeping it (and its audio) would grow a
             # long-lived session without bound. Undelivered ones wait for a consumer.
             self._jobs.pop(tracked.job.queue_id, None)
-
-    def snapshot(self) -> dict[str, Any]:
-        """Internal numbers for debugging and benchmarks."""
-        return {"heap": len(self._heap), "jobs": len(self._jobs), "pressure": self.pressure}
 
 
 def _drop_tracebacks(error: BaseException) -> None:

@@ -93,7 +93,7 @@ class SessionStatistics:
     jobs_in_flight: int
     jobs_succeeded: int
     jobs_failed: int
-    jobs_abandoned: int
+    outcomes_untaken: int
     requests: Mapping[str, int]
     rate_limited: int
     paused_seconds: float
@@ -1010,7 +1010,7 @@ class AsyncSession:
             jobs_in_flight=counts.in_flight,
             jobs_succeeded=counts.succeeded,
             jobs_failed=counts.failed,
-            jobs_abandoned=counts.abandoned,
+            outcomes_untaken=counts.untaken,
             requests=dict(self._requests),
             rate_limited=budget.rate_limited,
             paused_seconds=budget.paused_seconds,
@@ -1029,7 +1029,13 @@ def _rates(limits: RateLimits) -> dict[str, RateLimit]:
         "quote": limits.quote_per_minute,
         "complete": limits.complete_per_minute,
     }
-    return {endpoint: RateLimit(per_minute=rate) for endpoint, rate in pairs.items() if rate}
+    # Retrieves are not paced by the budget: the poll policy's price spreads them over the
+    # window (a burst of due jobs may use the whole window; the price keeps back for later).
+    return {
+        endpoint: RateLimit(per_minute=rate, burst=int(rate) if endpoint == "retrieve" else None)
+        for endpoint, rate in pairs.items()
+        if rate
+    }
 
 
 async def _within(clock: Clock, seconds: float, fn: Callable[[], Awaitable[None]]) -> None:
