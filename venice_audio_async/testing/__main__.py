@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ._mix import JobMix, ModelTiming
-from ._server import ENDPOINTS, FakeServer, JobScript
+from ._server import FakeServer
+from ._types import ENDPOINTS, JobScript
 
 __all__ = ["main", "record"]
 
