@@ -1,6 +1,7 @@
 """The fake server's endpoints, once a request has passed the pipeline's checks.
 
-``GET /models`` and ``POST /audio/{quote,queue,retrieve,complete}``: each takes the request's
+``GET /models``, ``POST /audio/{quote,queue,retrieve,complete}`` and
+``GET /api_keys/rate_limits``: each takes the request's
 :class:`~._wire.Context` and its parsed body and returns the answer, reading and changing
 the shared job table and balance. Auth, limits and faults are the pipeline's business; only
 the audio-stage faults (``truncate``, ``content_type``) are taken here, because only an
@@ -9,9 +10,12 @@ answer that carries audio can suffer them.
 
 from __future__ import annotations
 
+import math
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Collection, Mapping
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from aiohttp import web
@@ -20,7 +24,7 @@ from venice_audio_async._clock import Clock
 
 from ._audio import CONTENT_TYPES, iter_audio
 from ._faults import FaultBook
-from ._limits import Balance
+from ._limits import Balance, KeyRateLimits
 from ._messages import (
     DEFAULT_SUGGESTED_PROMPT,
     MSG_INSUFFICIENT,
@@ -42,7 +46,7 @@ from ._rules import (
 from ._types import FakeJob, JobScript
 from ._wire import Context
 
-__all__ = ["AudioEndpoints", "JobScripts"]
+__all__ = ["ApiEndpoints", "JobScripts"]
 
 _MODEL_TYPES = frozenset(
     {
@@ -60,6 +64,7 @@ _MODEL_TYPES = frozenset(
     }
 )
 _STREAM_CHUNK = 64 * 1024
+_DAY = 86400.0
 
 
 class JobScripts:
@@ -82,7 +87,7 @@ class JobScripts:
         return self._default(body)
 
 
-class AudioEndpoints:
+class ApiEndpoints:
     """The handlers of the routed endpoints, sharing the server's jobs and balance."""
 
     def __init__(
@@ -93,6 +98,7 @@ class AudioEndpoints:
         scripts: JobScripts,
         balance: Balance,
         faults: FaultBook,
+        key_limits: KeyRateLimits,
         api_keys: Collection[str] | None,
         clock: Clock,
     ) -> None:
@@ -102,6 +108,7 @@ class AudioEndpoints:
         self._scripts = scripts
         self._balance = balance
         self._faults = faults
+        self._key_limits = key_limits
         self._api_keys = api_keys
         self._clock = clock
 
@@ -205,6 +212,23 @@ class AudioEndpoints:
         job.released = True
         return ctx.json(200, {"success": True})
 
+    def key_rate_limits(self, ctx: Context) -> web.Response:
+        """``GET /api_keys/rate_limits``: the key's tier, balance and limits per model.
+
+        The shape of the OpenAPI ``getApiKeyRateLimits`` answer; the key never expires and
+        the next epoch (when daily limits reset) begins at the next virtual UTC midnight.
+        """
+        usd = self._balance.usd
+        data = {
+            "accessPermitted": True,
+            "apiTier": {"id": "paid", "isCharged": True},
+            "balances": {} if usd is None else {"USD": round(usd, 6)},
+            "keyExpiration": None,
+            "nextEpochBegins": _next_utc_midnight(self._clock.time()),
+            "rateLimits": self._key_limits.entries(),
+        }
+        return ctx.json(200, {"data": data})
+
     # -- shared steps ------------------------------------------------------------------
 
     def _validate(
@@ -302,3 +326,17 @@ class AudioEndpoints:
         value = self._balance.header()
         if value is not None:
             ctx.headers["X-Balance-Remaining"] = value
+
+
+def _next_utc_midnight(epoch: float) -> str:
+    """The next UTC midnight after ``epoch``, as ``2026-04-21T00:00:00.000Z``.
+
+    A time-scaled clock's virtual epoch lies far beyond the year 9999, where no date can say
+    it; the real date is used then.
+    """
+    midnight = (math.floor(epoch / _DAY) + 1) * _DAY
+    try:
+        moment = datetime.fromtimestamp(midnight, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        moment = datetime.fromtimestamp((math.floor(time.time() / _DAY) + 1) * _DAY, timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")

@@ -65,12 +65,13 @@ class FaultBook:
 
 
 def fault_response(
-    fault: Fault, endpoint: str, *, limit: int | None, reset_epoch_ms: int
+    fault: Fault, endpoint: str, *, limit: int | None, reset_epoch_ms: int | None
 ) -> web.Response:
     """The answer of a ``status`` fault on ``endpoint`` (see :meth:`Fault.status`).
 
     ``limit`` is the endpoint's request limit to state on a 429 (``None``: state none);
-    ``reset_epoch_ms`` is the 429's ``x-ratelimit-reset-requests``.
+    ``reset_epoch_ms`` is the 429's ``x-ratelimit-reset-requests`` (``None``: state neither
+    it nor ``x-ratelimit-remaining-requests``).
     """
     status = fault.http_status
     headers: CIMultiDict[str] = CIMultiDict()
@@ -79,8 +80,9 @@ def fault_response(
     if status == 429:
         if limit is not None:
             headers["x-ratelimit-limit-requests"] = str(limit)
-        headers["x-ratelimit-remaining-requests"] = "0"
-        headers["x-ratelimit-reset-requests"] = str(reset_epoch_ms)
+        if reset_epoch_ms is not None:
+            headers["x-ratelimit-remaining-requests"] = "0"
+            headers["x-ratelimit-reset-requests"] = str(reset_epoch_ms)
     headers.update(fault.headers)  # the test's own headers replace these defaults
     body = fault.body
     if body is None:

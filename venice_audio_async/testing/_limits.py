@@ -4,7 +4,8 @@ Each class is a small state machine in virtual seconds with no HTTP in it; the s
 it for a verdict and turns the verdict into headers and statuses.
 
 * :class:`SlidingWindow` / :class:`RequestLimits`: at most N requests in any 60 s, per
-  endpoint; a refused request does not use up the window.
+  endpoint and/or pooled over the audio endpoints; a refused request uses up no window.
+* :class:`KeyRateLimits`: the per-model limits ``GET /api_keys/rate_limits`` lists.
 * :class:`ErrorBudget`: more than N failed answers within a window lock every endpoint for
   that window.
 * :class:`Balance`: ``queue`` debits a job's price, a failed job is refunded when it fails.
@@ -16,16 +17,19 @@ import heapq
 import itertools
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 
-from ._types import ENDPOINTS, FakeJob
+from ._types import AUDIO_ENDPOINTS, ENDPOINTS, FakeJob
 
 __all__ = [
     "RATE_WINDOW",
     "Balance",
+    "LIMIT_TYPES",
     "ErrorBudget",
+    "KeyRateLimits",
     "RateVerdict",
     "RequestLimits",
     "SlidingWindow",
@@ -94,13 +98,25 @@ class RateVerdict:
 
 
 class RequestLimits:
-    """Per-endpoint request limits over sliding windows of :data:`RATE_WINDOW` seconds.
+    """Request limits over sliding windows of :data:`RATE_WINDOW` seconds.
+
+    Two kinds, both enforced when both are set: a limit per endpoint (``per_endpoint``), and
+    one ``pooled`` limit over every audio endpoint together (:data:`AUDIO_ENDPOINTS`). A
+    request refused by either is counted by neither. Only the per-endpoint limits are ever
+    stated in headers, and only with ``state``: the pooled one reproduces a limit the API
+    enforces without saying so.
 
     Raises:
         ValueError: an unknown endpoint or a limit below 1.
     """
 
-    def __init__(self, per_endpoint: Mapping[str, int] | None) -> None:
+    def __init__(
+        self,
+        per_endpoint: Mapping[str, int] | None,
+        *,
+        pooled: int | None = None,
+        state: bool = True,
+    ) -> None:
         self.per_endpoint: dict[str, int] = {}
         for endpoint, limit in (per_endpoint or {}).items():
             if endpoint not in ENDPOINTS:
@@ -108,40 +124,121 @@ class RequestLimits:
             if limit < 1:
                 raise ValueError(f"rate limit for {endpoint!r} must be >= 1, got {limit!r}")
             self.per_endpoint[endpoint] = limit
+        if pooled is not None and pooled < 1:
+            raise ValueError(f"pooled_rate_limit must be >= 1, got {pooled!r}")
+        self.pooled = pooled
+        self.state = state
         self._windows = {
             endpoint: SlidingWindow(limit) for endpoint, limit in self.per_endpoint.items()
         }
+        self._pool = SlidingWindow(pooled) if pooled is not None else None
 
     def check(self, endpoint: str, now: float) -> RateVerdict:
         """Admit (and count) a request to ``endpoint`` at ``now``, or say why not."""
-        window = self._windows.get(endpoint)
-        if window is None:
-            return RateVerdict()
-        wait = window.wait(now)
-        if wait > 0:
-            return RateVerdict(
-                refused_by=("rate_limit",),
-                retry_after=wait,
-                stated=StatedLimit(window.limit, 0, wait),
+        own = self._windows.get(endpoint)
+        pool = self._pool if endpoint in AUDIO_ENDPOINTS else None
+        own_wait = own.wait(now) if own is not None else 0.0
+        pool_wait = pool.wait(now) if pool is not None else 0.0
+        if own_wait > 0 or pool_wait > 0:
+            refused_by = (("rate_limit",) if own_wait > 0 else ()) + (
+                ("pooled_rate_limit",) if pool_wait > 0 else ()
             )
-        window.admit(now)
-        return RateVerdict(stated=StatedLimit(window.limit, window.remaining, window.reset_in(now)))
+            stated = None
+            if own is not None and own_wait > 0 and self.state:
+                stated = StatedLimit(own.limit, 0, own_wait)
+            return RateVerdict(refused_by, max(own_wait, pool_wait), stated)
+        if pool is not None:
+            pool.admit(now)
+        if own is None:
+            return RateVerdict()
+        own.admit(now)
+        if not self.state:
+            return RateVerdict()
+        return RateVerdict(stated=StatedLimit(own.limit, own.remaining, own.reset_in(now)))
+
+    def stated_limit(self, endpoint: str) -> int | None:
+        """The limit an answer of ``endpoint`` may state (``None``: state none)."""
+        return self.per_endpoint.get(endpoint) if self.state else None
+
+
+#: The limit types ``GET /api_keys/rate_limits`` lists: requests per minute and per day,
+#: tokens per minute.
+LIMIT_TYPES = ("RPM", "RPD", "TPM")
+
+
+class KeyRateLimits:
+    """The limits per model that ``GET /api_keys/rate_limits`` lists (served, not enforced).
+
+    ``per_model`` maps a model id to its limits by type, e.g.
+    ``{"elevenlabs-music": {"RPM": 60, "RPD": 2000}}``; models and types are listed in the
+    order given.
+
+    Raises:
+        ValueError: an empty model id, a type outside :data:`LIMIT_TYPES` or an amount that
+            is not an integer >= 1.
+    """
+
+    def __init__(self, per_model: Mapping[str, Mapping[str, int]]) -> None:
+        self.per_model: dict[str, dict[str, int]] = {}
+        for model, limits in per_model.items():
+            if not model:
+                raise ValueError(f"key_rate_limits: model ids must be non-empty, got {model!r}")
+            for kind, amount in limits.items():
+                given: object = amount  # checked at run time: callers may not be typed
+                if kind not in LIMIT_TYPES:
+                    raise ValueError(
+                        f"key_rate_limits[{model!r}]: type must be one of {LIMIT_TYPES}, "
+                        f"got {kind!r}"
+                    )
+                if isinstance(given, bool) or not isinstance(given, int) or given < 1:
+                    raise ValueError(
+                        f"key_rate_limits[{model!r}][{kind!r}] must be an integer >= 1, "
+                        f"got {amount!r}"
+                    )
+            self.per_model[model] = dict(limits)
+
+    @classmethod
+    def derived(cls, models: Iterable[str], pooled: int | None) -> KeyRateLimits:
+        """Each of ``models`` at ``pooled`` RPM; none listed without a pooled limit.
+
+        The per-endpoint limits have no per-model reading (a model's RPM covers all of its
+        endpoints), so they are not listed.
+        """
+        if pooled is None:
+            return cls({})
+        return cls({model: {"RPM": pooled} for model in models})
+
+    def entries(self) -> list[dict[str, Any]]:
+        """The ``data.rateLimits`` list of the answer."""
+        return [
+            {
+                "apiModelId": model,
+                "rateLimits": [{"amount": amount, "type": kind} for kind, amount in limits.items()],
+            }
+            for model, limits in self.per_model.items()
+        ]
 
 
 class ErrorBudget:
     """More than ``failures`` failed answers within ``window`` seconds lock for ``window``.
 
+    A failure is an answer that is not 2xx; dropped connections never count, nor do the
+    lockout's own 429s (counting them would extend the lockout forever). Other 429s (rate
+    limits, injected 429s) count only with ``counts_429``: sources disagree (AUDIO_API.md
+    section 9: [DOCS] counts every non-success status, [SKILL] leaves 429s out).
+
     Raises:
         ValueError: ``failures`` below 0 or ``window`` not above 0.
     """
 
-    def __init__(self, failures: int, window: float) -> None:
+    def __init__(self, failures: int, window: float, *, counts_429: bool = False) -> None:
         if failures < 0 or not window > 0:
             raise ValueError(
                 f"error_budget must be (failures >= 0, window > 0): {(failures, window)!r}"
             )
         self.failures = failures
         self.window = window
+        self.counts_429 = counts_429
         self.locked_until = -math.inf
         self._times: deque[float] = deque()
 
@@ -149,9 +246,9 @@ class ErrorBudget:
         """Whether every request is refused at ``now``."""
         return now < self.locked_until
 
-    def record(self, status: int, now: float) -> None:
-        """Count an answer; a failure past the budget starts the lockout."""
-        if not self.counts(status):
+    def record(self, status: int, now: float, *, lockout: bool = False) -> None:
+        """Count an answer (``lockout``: the lockout's own); a failure past the budget locks."""
+        if lockout or not self.counts(status):
             return
         self._times.append(now)
         while self._times and self._times[0] <= now - self.window:
@@ -160,13 +257,11 @@ class ErrorBudget:
             self.locked_until = now + self.window
             self._times.clear()
 
-    @staticmethod
-    def counts(status: int) -> bool:
-        """Whether an answer with ``status`` is a failure (0: no answer was sent).
-
-        429s are left out: counting the lockout's own answers would extend it forever.
-        """
-        return status != 0 and status != 429 and not 200 <= status < 300
+    def counts(self, status: int) -> bool:
+        """Whether an answer with ``status`` is a failure (0: no answer was sent)."""
+        if status == 429:
+            return self.counts_429
+        return status != 0 and not 200 <= status < 300
 
 
 class Balance:

@@ -3,8 +3,11 @@
 1. route and method (unknown route: 404 JSON, wrong method: 405 JSON);
 2. an injected request-stage :class:`~._types.Fault` (status / delay / drop);
 3. the error-budget lockout (429);
-4. credentials on ``queue``/``retrieve``/``complete`` (none: 402 x402 discovery, bad: 401);
-5. the per-endpoint rate limit (429 with ``Retry-After`` and ``x-ratelimit-*-requests``);
+4. credentials on ``queue``/``retrieve``/``complete`` (none: 402 x402 discovery, bad: 401)
+   and on ``GET /api_keys/rate_limits`` (none or bad: 401);
+5. the rate limits (429 with ``Retry-After``): the endpoint's own, stated in
+   ``x-ratelimit-*-requests`` unless the server hides its limits, and the pooled one over
+   every audio endpoint, never stated;
 6. body checks for POSTs: size (413), ``Content-Type`` (400), JSON syntax (400);
 7. schema + per-model validation (400, or 404 for an unknown model), then the endpoint.
 
@@ -25,7 +28,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from venice_audio_async._clock import Clock
 
-from ._endpoints import AudioEndpoints
+from ._endpoints import ApiEndpoints
 from ._faults import FaultBook, fault_response
 from ._limits import Balance, ErrorBudget, RateVerdict, RequestLimits
 from ._messages import (
@@ -49,17 +52,18 @@ _ROUTES: dict[str, tuple[str, Endpoint]] = {
     f"{API_PREFIX}/audio/queue": ("POST", "queue"),
     f"{API_PREFIX}/audio/retrieve": ("POST", "retrieve"),
     f"{API_PREFIX}/audio/complete": ("POST", "complete"),
+    f"{API_PREFIX}/api_keys/rate_limits": ("GET", "key_rate_limits"),
 }
-_CREDENTIALED = frozenset({"queue", "retrieve", "complete"})
+_CREDENTIALED = frozenset({"queue", "retrieve", "complete", "key_rate_limits"})
 
 
 class RequestPipeline:
-    """Records, checks and dispatches each request to the :class:`AudioEndpoints`."""
+    """Records, checks and dispatches each request to the :class:`ApiEndpoints`."""
 
     def __init__(
         self,
         *,
-        endpoints: AudioEndpoints,
+        endpoints: ApiEndpoints,
         faults: FaultBook,
         limits: RequestLimits,
         error_budget: ErrorBudget | None,
@@ -117,7 +121,8 @@ class RequestPipeline:
                 record, status=status, fault="+".join(ctx.faults) or None
             )
             if self._error_budget is not None:
-                self._error_budget.record(status, self._clock.monotonic())
+                lockout = "error_budget" in ctx.faults
+                self._error_budget.record(status, self._clock.monotonic(), lockout=lockout)
 
     async def _process(
         self, ctx: Context, route: tuple[str, Endpoint] | None
@@ -160,6 +165,8 @@ class RequestPipeline:
             return limited
         if endpoint == "models":
             return self._endpoints.models(ctx)
+        if endpoint == "key_rate_limits":
+            return self._endpoints.key_rate_limits(ctx)
 
         if ctx.too_large:
             return ctx.json(413, {"error": STATUS_MESSAGES[413], "code": "PAYLOAD_TOO_LARGE"})
@@ -186,8 +193,8 @@ class RequestPipeline:
         return fault_response(
             fault,
             ctx.endpoint,
-            limit=self._limits.per_endpoint.get(ctx.endpoint),
-            reset_epoch_ms=self._epoch_ms(wait),
+            limit=self._limits.stated_limit(ctx.endpoint),
+            reset_epoch_ms=self._epoch_ms(wait) if self._limits.state else None,
         )
 
     async def _sleep(self, seconds: float) -> bool:
@@ -218,6 +225,8 @@ class RequestPipeline:
             return None
         authorization = headers.get("Authorization")
         if authorization is None or not authorization.strip():
+            if ctx.endpoint == "key_rate_limits":  # not a paid route: nothing to pay for
+                return ctx.json(401, {"error": MSG_AUTH_FAILED})
             body, header = payment_required(str(ctx.request.url))
             ctx.headers["PAYMENT-REQUIRED"] = header
             return ctx.json(402, body)

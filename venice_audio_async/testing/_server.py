@@ -1,12 +1,13 @@
 """An in-process fake of Venice's asynchronous audio API, served over real HTTP by aiohttp.
 
-:class:`FakeServer` implements ``GET /models`` and ``POST /audio/{quote,queue,retrieve,complete}``
-under ``/api/v1`` following AUDIO_API.md (section 11 is its checklist), keeps every job's
-state, records every request, and lets a test script job timelines (:class:`JobScript`) and
-inject faults (:class:`Fault`). All times are *virtual* seconds of :attr:`FakeServer.clock`
-(a :class:`~venice_audio_async._clock.ScaledClock`), and every number on the wire is virtual
-too: a "60 s" job at ``time_scale=0.001`` finishes after 60 real milliseconds but still
-reports ``average_execution_time`` in the tens of thousands of milliseconds.
+:class:`FakeServer` implements ``GET /models``, ``POST /audio/{quote,queue,retrieve,complete}``
+and ``GET /api_keys/rate_limits`` under ``/api/v1`` following AUDIO_API.md (section 11 is its
+checklist), keeps every job's state, records every request, and lets a test script job
+timelines (:class:`JobScript`) and inject faults (:class:`Fault`). All times are *virtual*
+seconds of :attr:`FakeServer.clock` (a :class:`~venice_audio_async._clock.ScaledClock`), and
+every number on the wire is virtual too: a "60 s" job at ``time_scale=0.001`` finishes after
+60 real milliseconds but still reports ``average_execution_time`` in the tens of thousands of
+milliseconds.
 
 This module is the facade: configuration, lifecycle, scripting and inspection. The request
 pipeline is in :mod:`._pipeline`, the endpoints in :mod:`._endpoints`, the rate windows, error
@@ -25,12 +26,22 @@ Assumptions where the reference is silent ([UNK]/[INF] in AUDIO_API.md), all del
   if that download is then cut (a ``truncate`` fault or a network error), the media is gone
   and the next ``retrieve`` is a 404 -- a client must not rely on re-downloading.
 * Failed jobs are refunded when they fail, i.e. at ``queued_at + duration``.
-* Rate limits are per endpoint for the whole server (not per key), sliding windows of 60
-  virtual seconds; rejected requests do not use up the window.
-* The error budget counts answers that are not 2xx, except 429s (counting its own lockout
-  answers would extend the lockout forever) and dropped connections; the budget and the
-  lockout are server wide. Lockout answers carry ``x-ratelimit-remaining: 0`` and
-  ``x-ratelimit-resets`` (virtual epoch ms) and no ``Retry-After``, as [SKILL] describes.
+* Rate limits are for the whole server (not per key), sliding windows of 60 virtual
+  seconds; rejected requests do not use up any window. A per-endpoint limit is stated in
+  ``x-ratelimit-{limit,remaining,reset}-requests`` (reset: virtual epoch ms) on its answers
+  unless ``state_limits=False``; the pooled limit (the "Audio: 60 requests/min" reading of
+  the docs) counts ``quote``, ``queue``, ``retrieve`` and ``complete`` together (not
+  ``models`` nor ``api_keys/rate_limits``: they are not audio routes) and is never stated:
+  its 429 carries only ``Retry-After``.
+* The error budget counts answers that are not 2xx, except dropped connections, the
+  lockout's own 429s (counting them would extend the lockout forever) and, unless
+  ``error_budget_counts_429``, every other 429 too ([SKILL] leaves 429s out, [DOCS] counts
+  every non-success status); the budget and the lockout are server wide. Lockout answers
+  carry ``x-ratelimit-remaining: 0`` and ``x-ratelimit-resets`` (virtual epoch ms) and no
+  ``Retry-After``, as [SKILL] describes.
+* ``GET /api_keys/rate_limits`` without credentials answers 401 (the spec lists 401, and
+  x402 discovery is for paid routes); it lists the limits per model it was given (or, by
+  default, every catalogue model at the pooled limit as RPM), served but not enforced.
 * ``GET /models`` without ``type`` lists ``text`` models (Venice's default), so the fake
   returns an empty list: ask for ``type=music``.
 * ``truncate`` and ``content_type`` faults only apply to an answer that carries audio; a
@@ -52,9 +63,9 @@ from venice_audio_async._clock import Clock, ScaledClock, SystemClock
 
 from ._audio import audio_bytes
 from ._catalogue import load_default_catalogue
-from ._endpoints import AudioEndpoints, JobScripts
+from ._endpoints import ApiEndpoints, JobScripts
 from ._faults import FaultBook
-from ._limits import Balance, ErrorBudget, RequestLimits
+from ._limits import Balance, ErrorBudget, KeyRateLimits, RequestLimits
 from ._pipeline import API_PREFIX, RequestPipeline
 from ._types import ENDPOINTS, MIN_AUDIO_SIZE, FakeJob, Fault, JobScript, RecordedRequest
 from ._wire import MAX_BODY_BYTES
@@ -94,8 +105,21 @@ class FakeServer:
             one) when :meth:`plan` has nothing queued; ``None`` means ``JobScript()``.
         rate_limits: requests per 60 virtual seconds per endpoint, e.g.
             ``{"queue": 40, "retrieve": 120}``; ``None`` means unlimited.
+        pooled_rate_limit: requests per 60 virtual seconds over ``quote``, ``queue``,
+            ``retrieve`` and ``complete`` together, enforced besides ``rate_limits``; its 429
+            states no limit (only ``Retry-After``). ``None`` means no pooled limit.
+        state_limits: whether answers state the per-endpoint limits in
+            ``x-ratelimit-limit-requests`` / ``-remaining-requests`` / ``-reset-requests``
+            (also the defaults an injected 429 carries); ``False`` hides them, leaving a
+            limited client only ``Retry-After``.
         error_budget: ``(failures, window)``: more than ``failures`` non-2xx answers within
             ``window`` virtual seconds locks every endpoint into 429 for ``window`` seconds.
+        error_budget_counts_429: whether rate-limit and injected 429s count as failures of
+            the error budget (the lockout's own 429s never do).
+        key_rate_limits: the limits ``GET /api_keys/rate_limits`` lists, by model id and type
+            (``RPM``, ``RPD``, ``TPM``), e.g. ``{"elevenlabs-music": {"RPM": 60, "RPD": 500}}``;
+            ``None`` lists every catalogue model at ``pooled_rate_limit`` RPM (nothing
+            without one). Listed only, never enforced.
         balance_usd: starting balance; ``queue`` debits the job's price and answers 402 when
             short; ``None`` means unlimited.
         host: interface to bind.
@@ -104,7 +128,11 @@ class FakeServer:
             :class:`~venice_audio_async._clock.ManualClock` to step job timelines by hand).
 
     Raises:
-        ValueError: invalid rate limits, error budget, balance or time scale.
+        ValueError: invalid rate limits, key rate limits, error budget, balance or time scale.
+
+    .. versionadded:: 0.1.0
+       ``pooled_rate_limit``, ``state_limits``, ``error_budget_counts_429``,
+       ``key_rate_limits`` and ``GET /api_keys/rate_limits``.
     """
 
     __test__ = False  # not a pytest test class, despite the name
@@ -117,7 +145,11 @@ class FakeServer:
         time_scale: float = 1.0,
         job_script: JobScript | Callable[[Mapping[str, Any]], JobScript] | None = None,
         rate_limits: Mapping[str, int] | None = None,
+        pooled_rate_limit: int | None = None,
+        state_limits: bool = True,
         error_budget: tuple[int, float] | None = None,
+        error_budget_counts_429: bool = False,
+        key_rate_limits: Mapping[str, Mapping[str, int]] | None = None,
         balance_usd: float | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -130,8 +162,14 @@ class FakeServer:
             self.clock = SystemClock()
         else:
             self.clock = ScaledClock(time_scale)  # raises ValueError for a bad scale
-        limits = RequestLimits(rate_limits)
-        budget = ErrorBudget(*error_budget) if error_budget is not None else None
+        limits = RequestLimits(rate_limits, pooled=pooled_rate_limit, state=state_limits)
+        budget = None
+        if error_budget is not None:
+            budget = ErrorBudget(*error_budget, counts_429=error_budget_counts_429)
+        if key_rate_limits is None:
+            key_limits = KeyRateLimits.derived((str(row["id"]) for row in rows), pooled_rate_limit)
+        else:
+            key_limits = KeyRateLimits(key_rate_limits)
         self._balance = Balance(balance_usd)
         self._host = host
         self._port = port
@@ -144,12 +182,13 @@ class FakeServer:
         self._faults = FaultBook()
         self._counts: Counter[str] = Counter()
         keys = frozenset(api_keys) if api_keys is not None else None
-        self._endpoints = AudioEndpoints(
+        self._endpoints = ApiEndpoints(
             catalogue=[dict(row) for row in rows],
             jobs=self.jobs,
             scripts=self._scripts,
             balance=self._balance,
             faults=self._faults,
+            key_limits=key_limits,
             api_keys=keys,
             clock=self.clock,
         )

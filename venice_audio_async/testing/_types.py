@@ -19,6 +19,7 @@ from ._audio import AUDIO_FORMATS, DEFAULT_AUDIO_SIZE, min_audio_size
 from ._messages import seconds_text
 
 __all__ = [
+    "AUDIO_ENDPOINTS",
     "ENDPOINTS",
     "MIN_AUDIO_SIZE",
     "Endpoint",
@@ -29,10 +30,21 @@ __all__ = [
     "RecordedRequest",
 ]
 
-Endpoint = Literal["models", "quote", "queue", "retrieve", "complete"]
+Endpoint = Literal["models", "quote", "queue", "retrieve", "complete", "key_rate_limits"]
 
-#: The endpoint names used by :meth:`FakeServer.inject`, ``rate_limits`` and the request log.
-ENDPOINTS: tuple[Endpoint, ...] = ("models", "quote", "queue", "retrieve", "complete")
+#: The endpoint names used by :meth:`FakeServer.inject`, ``rate_limits`` and the request log
+#: (``key_rate_limits`` is ``GET /api_keys/rate_limits``).
+ENDPOINTS: tuple[Endpoint, ...] = (
+    "models",
+    "quote",
+    "queue",
+    "retrieve",
+    "complete",
+    "key_rate_limits",
+)
+
+#: The endpoints a pooled rate limit counts together (Venice's "Audio: 60 requests/min").
+AUDIO_ENDPOINTS: frozenset[Endpoint] = frozenset({"quote", "queue", "retrieve", "complete"})
 
 #: ``audio_size`` must be at least this, so that any container can be built.
 MIN_AUDIO_SIZE = max(min_audio_size(fmt, id3=True) for fmt in AUDIO_FORMATS)
@@ -137,8 +149,10 @@ class Fault:
         ``body`` defaults to ``{"error": <documented message for the status>}`` (422 adds a
         ``suggested_prompt``). ``retry_after`` (virtual seconds) sets ``Retry-After`` (rounded
         up to whole seconds). A 429 also carries ``x-ratelimit-remaining-requests: 0`` and
-        ``x-ratelimit-reset-requests`` (virtual epoch ms, ``retry_after`` or 1 s ahead).
-        Headers given in ``headers`` replace these defaults (matched case-insensitively).
+        ``x-ratelimit-reset-requests`` (virtual epoch ms, ``retry_after`` or 1 s ahead), plus
+        ``x-ratelimit-limit-requests`` if the endpoint has a ``rate_limits`` entry, unless the
+        server was made with ``state_limits=False``. Headers given in ``headers`` replace
+        these defaults (matched case-insensitively).
 
         Raises:
             ValueError: ``status`` is not in 100-599, or ``retry_after`` is negative.
@@ -218,7 +232,7 @@ class RecordedRequest:
     """One request the server received, and how it was answered.
 
     Attributes:
-        endpoint: ``models``/``quote``/``queue``/``retrieve``/``complete``, or ``unknown``.
+        endpoint: one of :data:`ENDPOINTS`, or ``unknown``.
         method: HTTP method.
         path: URL path.
         query: query parameters.
@@ -228,8 +242,9 @@ class RecordedRequest:
         time: virtual monotonic time of arrival.
         status: the status answered, or 0 when no answer was sent (dropped).
         peer: the client's ``(host, port)``; distinct ports mean distinct connections.
-        fault: what was injected or enforced: a :attr:`Fault.label`, ``"rate_limit"`` or
-            ``"error_budget"`` (joined with ``+`` if several), else ``None``.
+        fault: what was injected or enforced: a :attr:`Fault.label`, ``"rate_limit"`` (the
+            endpoint's own limit), ``"pooled_rate_limit"`` or ``"error_budget"`` (joined with
+            ``+`` if several), else ``None``.
     """
 
     endpoint: str
