@@ -31,18 +31,12 @@ from ._messages import (
     MSG_INVALID_ID,
     MSG_MEDIA_GONE,
     MSG_MODEL_NOT_FOUND,
+    detailed_error,
     job_failure_message,
     seconds_text,
 )
-from ._rules import (
-    Issue,
-    compute_quote,
-    detailed_error,
-    model_issues,
-    parse_duration,
-    queue_price,
-    schema_issues,
-)
+from ._pricing import compute_quote, queue_price
+from ._rules import Issue, model_issues, parse_duration, schema_issues
 from ._types import FakeJob, JobScript
 from ._wire import Context
 

@@ -2,7 +2,8 @@
 
 Kept apart from the server so that the exact wording Venice uses (which tests assert and
 clients may match on) lives in one place: error messages per status, a job's failure text,
-the error-budget lockout message and the x402 "payment required" discovery body.
+the Zod-style body of a validation 400, the error-budget lockout message and the x402
+"payment required" discovery body.
 """
 
 from __future__ import annotations
@@ -10,10 +11,14 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from ._rules import Issue
 
 __all__ = [
     "DEFAULT_SUGGESTED_PROMPT",
+    "INVALID_PARAMETERS",
     "MSG_AUTH_FAILED",
     "MSG_CONTENT_POLICY",
     "MSG_INSUFFICIENT",
@@ -23,12 +28,16 @@ __all__ = [
     "MSG_RATE_LIMITED",
     "STATUS_MESSAGES",
     "default_message",
+    "detailed_error",
+    "error_message",
     "job_failure_message",
     "lockout_message",
     "payment_required",
     "seconds_text",
 ]
 
+#: The ``error`` string of a schema 400.
+INVALID_PARAMETERS = "Invalid request parameters"
 MSG_AUTH_FAILED = "Authentication failed"
 MSG_INVALID_ID = "Request ID is invalid."
 MSG_MEDIA_GONE = "Media could not be found. Request may be invalid, expired, or deleted."
@@ -43,7 +52,7 @@ DEFAULT_SUGGESTED_PROMPT = "A calm instrumental piece with soft piano and warm s
 
 #: Default error texts per status (AUDIO_API.md section 8).
 STATUS_MESSAGES: dict[int, str] = {
-    400: "Invalid request parameters",
+    400: INVALID_PARAMETERS,
     401: MSG_AUTH_FAILED,
     402: MSG_INSUFFICIENT,
     403: "Unauthorized access",
@@ -83,6 +92,41 @@ def default_message(status: int, endpoint: str) -> str:
 def job_failure_message(status: int) -> str:
     """The ``error`` text ``retrieve`` reports for a job that failed with ``status``."""
     return _JOB_FAILURE_MESSAGES.get(status) or default_message(status, "retrieve")
+
+
+def error_message(issues: Sequence[Issue]) -> str:
+    """The ``error`` string of a 400 for ``issues``.
+
+    A single per-model problem is reported with its own message (as Venice does for
+    "This model does not support duration_seconds"); anything else is "Invalid request
+    parameters".
+    """
+    if len(issues) == 1 and issues[0].code == "custom":
+        return issues[0].message
+    return INVALID_PARAMETERS
+
+
+def detailed_error(issues: Sequence[Issue], *, error: str | None = None) -> dict[str, Any]:
+    """Build a Zod-style DetailedError body: ``error``, a ``details`` tree and ``issues``.
+
+    ``details`` nests one node per path element, each with an ``_errors`` list; body-level
+    problems land in the root ``_errors``. A voice problem also lists
+    ``details.supported_voices``.
+    """
+    details: dict[str, Any] = {"_errors": []}
+    for issue in issues:
+        node = details
+        for part in issue.path:
+            node = node.setdefault(part, {"_errors": []})
+        node["_errors"].append(issue.message)
+        params = issue.extra.get("params")
+        if isinstance(params, Mapping) and "supported_voices" in params:
+            details["supported_voices"] = list(params["supported_voices"])
+    return {
+        "error": error if error is not None else error_message(issues),
+        "details": details,
+        "issues": [issue.to_json() for issue in issues],
+    }
 
 
 def lockout_message(failures: int, window: float) -> str:
