@@ -14,8 +14,10 @@ from __future__ import annotations
 from ._audio import audio_bytes, sniff_audio_format
 from ._catalogue import load_default_catalogue
 from ._mix import JobMix, ModelTiming
-from ._rules import check_queue_body, check_quote_body, compute_quote
-from ._server import ENDPOINTS, FakeJob, FakeServer, Fault, JobScript, RecordedRequest
+from ._pricing import compute_quote
+from ._rules import check_queue_body, check_quote_body
+from ._server import FakeServer
+from ._types import ENDPOINTS, FakeJob, Fault, JobScript, RecordedRequest
 
 __all__ = [
     "ENDPOINTS",

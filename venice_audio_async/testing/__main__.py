@@ -5,6 +5,8 @@ Usage::
     python -m venice_audio_async.testing --port 8000 [--time-scale 0.01] [--host 127.0.0.1]
         [--job-mix elevenlabs-music=60:0.2 --job-mix stable-audio-25=30 --seed 1]
         [--audio-size BYTES] [--record FILE]
+        [--rate-limit queue=40 --rate-limit retrieve=120] [--pooled-rate-limit 60]
+        [--no-state-limits] [--error-budget 20:30 [--error-budget-counts-429]]
 
 The first line printed on stdout is the base URL (for example
 ``http://127.0.0.1:8000/api/v1``), flushed at once so a parent process can read it; the server
@@ -26,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from ._mix import JobMix, ModelTiming
-from ._server import ENDPOINTS, FakeServer, JobScript
+from ._server import FakeServer
+from ._types import ENDPOINTS, JobScript
 
 __all__ = ["main", "record"]
 
@@ -36,6 +39,23 @@ def _rate_limit(text: str) -> tuple[str, int]:
     if endpoint not in ENDPOINTS or not limit.isdigit():
         raise argparse.ArgumentTypeError(f"expected ENDPOINT=N with ENDPOINT in {ENDPOINTS}")
     return endpoint, int(limit)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError("expected an integer >= 1")
+    return int(text)
+
+
+def _error_budget(text: str) -> tuple[int, float]:
+    failures, _, window = text.partition(":")
+    try:
+        parsed = (int(failures), float(window))
+    except ValueError:
+        parsed = (-1, 0.0)
+    if parsed[0] < 0 or not parsed[1] > 0:
+        raise argparse.ArgumentTypeError("expected FAILURES:SECONDS, e.g. 20:30")
+    return parsed
 
 
 def _job_mix(text: str) -> tuple[str, ModelTiming]:
@@ -146,49 +166,85 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ENDPOINT=N",
         help="requests per virtual minute for an endpoint (repeatable)",
     )
+    parser.add_argument(
+        "--pooled-rate-limit",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=(
+            "requests per virtual minute over quote, queue, retrieve and complete together; "
+            "its 429s state no limit, only Retry-After"
+        ),
+    )
+    parser.add_argument(
+        "--no-state-limits",
+        dest="state_limits",
+        action="store_false",
+        help="never state the --rate-limit limits in x-ratelimit-*-requests headers",
+    )
+    parser.add_argument(
+        "--error-budget",
+        type=_error_budget,
+        default=None,
+        metavar="FAILURES:SECONDS",
+        help="more than FAILURES failed answers in SECONDS lock every route for SECONDS",
+    )
+    parser.add_argument(
+        "--error-budget-counts-429",
+        action="store_true",
+        help="count rate-limit 429s as failures of --error-budget",
+    )
     parser.add_argument("--balance-usd", type=float, default=None, help="starting balance")
     return parser
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        # Not available on every platform (Windows); Ctrl-C then raises KeyboardInterrupt.
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, stop.set)
+def _build_server(args: argparse.Namespace) -> FakeServer:
+    """The server the parsed command line describes (not started)."""
     default = JobScript(duration=args.job_duration, audio_size=args.audio_size)
     script: JobScript | JobMix = default
     if args.job_mix:
         script = JobMix(
             dict(args.job_mix), seed=args.seed, default=default, audio_size=args.audio_size
         )
-    server = FakeServer(
+    return FakeServer(
         api_keys=args.api_keys,
         time_scale=args.time_scale,
         job_script=script,
         rate_limits=dict(args.rate_limit) or None,
+        pooled_rate_limit=args.pooled_rate_limit,
+        state_limits=args.state_limits,
+        error_budget=args.error_budget,
+        error_budget_counts_429=args.error_budget_counts_429,
         balance_usd=args.balance_usd,
         host=args.host,
         port=args.port,
     )
+
+
+async def _serve(server: FakeServer, record_path: Path | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        # Not available on every platform (Windows); Ctrl-C then raises KeyboardInterrupt.
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
     async with server:
         print(server.url, flush=True)
         await stop.wait()
-    if args.record is not None:
-        _write_record(server, args.record)
+    if record_path is not None:
+        _write_record(server, record_path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, serve until SIGINT/SIGTERM and return the exit status."""
     args = _parser().parse_args(argv)
     try:
-        JobScript(audio_size=args.audio_size)
+        server = _build_server(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve(args))
+        asyncio.run(_serve(server, args.record))
     except KeyboardInterrupt:
         pass
     except OSError as exc:

@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from ._server import JobScript
+from ._types import JobScript
 
 __all__ = ["JobMix", "ModelTiming"]
 

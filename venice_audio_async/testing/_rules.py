@@ -40,44 +40,35 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal, TypeGuard
 
 import attrs
 
 __all__ = [
-    "INVALID_PARAMETERS",
     "Issue",
     "RequestKind",
     "check_quote_body",
     "check_queue_body",
-    "compute_quote",
     "default_duration",
-    "detailed_error",
-    "error_message",
     "has_duration_metadata",
+    "is_finite_number",
     "js_length",
     "js_trim",
     "model_issues",
+    "model_spec",
     "parse_duration",
     "queue_issues",
-    "queue_price",
     "quote_issues",
     "schema_issues",
 ]
 
 RequestKind = Literal["quote", "queue", "retrieve", "complete"]
 
-#: The ``error`` string of a schema 400.
-INVALID_PARAMETERS = "Invalid request parameters"
-
 #: ``min_prompt_length`` when a row does not publish one.
 DEFAULT_MIN_PROMPT_LENGTH = 10
 #: ``lyrics_character_limit`` when a row does not publish one.
 DEFAULT_LYRICS_LIMIT = 4096
-#: Seconds a ``per_second`` model without duration metadata is priced at (Seed Audio reserves
-#: a 120 s cap at queue time).
-UNMETERED_PER_SECOND_SECONDS = 120
 #: Minimum lyrics length of the MiniMax 2.5 / 2.6 rules.
 MINIMAX_MIN_LYRICS = 10
 
@@ -185,12 +176,13 @@ def _json_type(value: Any) -> str:
     return "object"
 
 
-def _is_number(value: Any) -> TypeGuard[float]:
+def is_finite_number(value: Any) -> TypeGuard[float]:
+    """A JSON number (not a boolean), finite."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_integer(value: Any) -> bool:
-    return _is_number(value) and float(value).is_integer()
+    return is_finite_number(value) and float(value).is_integer()
 
 
 # --- schema layer ------------------------------------------------------------------------
@@ -223,7 +215,7 @@ def _field_issue(field: str, kind: _FieldType, value: Any) -> Issue | None:
             return None
         return Issue((field,), "Invalid input", "invalid_union")
     # positive_int / speed: numbers
-    if not _is_number(value):
+    if not is_finite_number(value):
         return _type_issue(field, "integer" if kind == "positive_int" else "number", value)
     if kind == "positive_int":
         if not float(value).is_integer():
@@ -304,7 +296,8 @@ def schema_issues(kind: RequestKind, body: Any) -> list[Issue]:
 # --- catalogue helpers -------------------------------------------------------------------
 
 
-def _spec(row: Mapping[str, Any]) -> Mapping[str, Any]:
+def model_spec(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A catalogue row's ``model_spec`` (empty when missing or not an object)."""
     spec = row.get("model_spec")
     return spec if isinstance(spec, Mapping) else {}
 
@@ -315,7 +308,7 @@ def _flag(spec: Mapping[str, Any], key: str) -> bool:
 
 def has_duration_metadata(row: Mapping[str, Any]) -> bool:
     """Whether the model publishes ``duration_options``, ``min_duration`` or ``max_duration``."""
-    spec = _spec(row)
+    spec = model_spec(row)
     options = spec.get("duration_options")
     return (
         bool(options)
@@ -330,18 +323,18 @@ def default_duration(row: Mapping[str, Any]) -> int | None:
     ``default_duration`` when published, else the shortest allowed length; ``None`` for models
     without duration metadata.
     """
-    spec = _spec(row)
+    spec = model_spec(row)
     if not has_duration_metadata(row):
         return None
     for key in ("default_duration", "min_duration"):
         value = spec.get(key)
-        if _is_number(value):
+        if is_finite_number(value):
             return int(value)
     options = spec.get("duration_options")
     if isinstance(options, list) and options:
         return int(min(options))
     maximum = spec.get("max_duration")
-    return int(maximum) if _is_number(maximum) else None
+    return int(maximum) if is_finite_number(maximum) else None
 
 
 def parse_duration(value: Any) -> int | None:
@@ -361,7 +354,7 @@ def _unsupported(field: str) -> Issue:
 
 
 def _duration_issues(row: Mapping[str, Any], value: Any) -> list[Issue]:
-    spec = _spec(row)
+    spec = model_spec(row)
     if row.get("id") == "seed-audio-1-0" or not has_duration_metadata(row):
         return [_unsupported("duration_seconds")]
     seconds = parse_duration(value)
@@ -369,14 +362,14 @@ def _duration_issues(row: Mapping[str, Any], value: Any) -> list[Issue]:
         return []
     options = spec.get("duration_options")
     if isinstance(options, list) and options:
-        if not any(_is_number(option) and option == seconds for option in options):
+        if not any(is_finite_number(option) and option == seconds for option in options):
             allowed = ", ".join(_js_number(option) for option in options)
             return [Issue(("duration_seconds",), f"duration_seconds must be one of: {allowed}")]
         return []
     low, high = spec.get("min_duration"), spec.get("max_duration")
-    if (_is_number(low) and seconds < low) or (_is_number(high) and seconds > high):
-        low_text = _js_number(low) if _is_number(low) else "1"
-        high_text = _js_number(high) if _is_number(high) else "unbounded"
+    if (is_finite_number(low) and seconds < low) or (is_finite_number(high) and seconds > high):
+        low_text = _js_number(low) if is_finite_number(low) else "1"
+        high_text = _js_number(high) if is_finite_number(high) else "unbounded"
         return [
             Issue(
                 ("duration_seconds",),
@@ -389,7 +382,7 @@ def _duration_issues(row: Mapping[str, Any], value: Any) -> list[Issue]:
 def _queue_model_issues(
     body: Mapping[str, Any], row: Mapping[str, Any], bad: set[str]
 ) -> list[Issue]:
-    spec = _spec(row)
+    spec = model_spec(row)
     model_id = row.get("id")
     issues: list[Issue] = []
 
@@ -400,11 +393,11 @@ def _queue_model_issues(
         length = js_length(js_trim(body["prompt"]))
         minimum = spec.get("min_prompt_length", DEFAULT_MIN_PROMPT_LENGTH)
         limit = spec.get("prompt_character_limit")
-        if _is_number(minimum) and length < minimum:
+        if is_finite_number(minimum) and length < minimum:
             issues.append(
                 Issue(("prompt",), f"prompt must be at least {_js_number(minimum)} characters")
             )
-        elif _is_number(limit) and length > limit:
+        elif is_finite_number(limit) and length > limit:
             issues.append(
                 Issue(("prompt",), f"prompt must be at most {_js_number(limit)} characters")
             )
@@ -420,7 +413,7 @@ def _queue_model_issues(
         limit = spec.get("lyrics_character_limit", DEFAULT_LYRICS_LIMIT)
         if required and not lyrics:
             issues.append(Issue(("lyrics_prompt",), "lyrics_prompt is required for this model"))
-        elif _is_number(limit) and js_length(lyrics) > limit:
+        elif is_finite_number(limit) and js_length(lyrics) > limit:
             issues.append(
                 Issue(
                     ("lyrics_prompt",),
@@ -504,7 +497,7 @@ def _queue_model_issues(
             low = spec.get("min_speed", _SPEED_MIN)
             high = spec.get("max_speed", _SPEED_MAX)
             speed = body["speed"]
-            if (_is_number(low) and speed < low) or (_is_number(high) and speed > high):
+            if (is_finite_number(low) and speed < low) or (is_finite_number(high) and speed > high):
                 issues.append(
                     Issue(
                         ("speed",),
@@ -517,7 +510,7 @@ def _queue_model_issues(
 def _quote_model_issues(
     body: Mapping[str, Any], row: Mapping[str, Any], bad: set[str]
 ) -> list[Issue]:
-    spec = _spec(row)
+    spec = model_spec(row)
     issues: list[Issue] = []
     if "duration_seconds" in body and "duration_seconds" not in bad:
         issues.extend(_duration_issues(row, body["duration_seconds"]))
@@ -527,7 +520,7 @@ def _quote_model_issues(
             issues.append(Issue(("character_count",), "character_count is required for this model"))
         elif "character_count" not in bad:
             limit = spec.get("prompt_character_limit")
-            if _is_number(limit) and body["character_count"] > limit:
+            if is_finite_number(limit) and body["character_count"] > limit:
                 issues.append(
                     Issue(
                         ("character_count",),
@@ -539,7 +532,7 @@ def _quote_model_issues(
 
 def _row_issues(row: Mapping[str, Any]) -> list[Issue]:
     """A non-music or voice-changer model cannot be used on the audio queue."""
-    if row.get("type") != "music" or _flag(_spec(row), "voice_changer"):
+    if row.get("type") != "music" or _flag(model_spec(row), "voice_changer"):
         return [Issue(("model",), "Invalid model specified")]
     return []
 
@@ -587,111 +580,3 @@ def check_quote_body(body: Any, row: Mapping[str, Any]) -> list[tuple[str, str]]
         ``(field, message)`` pairs; an empty list means the server accepts the body.
     """
     return [(issue.field, issue.message) for issue in quote_issues(body, row)]
-
-
-# --- error bodies ------------------------------------------------------------------------
-
-
-def error_message(issues: Sequence[Issue]) -> str:
-    """The ``error`` string of a 400 for ``issues``.
-
-    A single per-model problem is reported with its own message (as Venice does for
-    "This model does not support duration_seconds"); anything else is "Invalid request
-    parameters".
-    """
-    if len(issues) == 1 and issues[0].code == "custom":
-        return issues[0].message
-    return INVALID_PARAMETERS
-
-
-def detailed_error(issues: Sequence[Issue], *, error: str | None = None) -> dict[str, Any]:
-    """Build a Zod-style DetailedError body: ``error``, a ``details`` tree and ``issues``.
-
-    ``details`` nests one node per path element, each with an ``_errors`` list; body-level
-    problems land in the root ``_errors``. A voice problem also lists
-    ``details.supported_voices``.
-    """
-    details: dict[str, Any] = {"_errors": []}
-    for issue in issues:
-        node = details
-        for part in issue.path:
-            node = node.setdefault(part, {"_errors": []})
-        node["_errors"].append(issue.message)
-        params = issue.extra.get("params")
-        if isinstance(params, Mapping) and "supported_voices" in params:
-            details["supported_voices"] = list(params["supported_voices"])
-    return {
-        "error": error if error is not None else error_message(issues),
-        "details": details,
-        "issues": [issue.to_json() for issue in issues],
-    }
-
-
-# --- pricing -----------------------------------------------------------------------------
-
-
-def _usd(entry: Any) -> float:
-    if isinstance(entry, Mapping) and _is_number(entry.get("usd")):
-        return float(entry["usd"])
-    raise ValueError(f"pricing entry without a usd price: {entry!r}")
-
-
-def compute_quote(
-    row: Mapping[str, Any],
-    *,
-    duration_seconds: int | None = None,
-    character_count: int | None = None,
-) -> float:
-    """The USD price of one job, rounded to 6 decimals to drop float noise.
-
-    * ``durations``: the ``usd`` of the tier whose ``[min_seconds, max_seconds]`` holds the
-      duration (requested, else :func:`default_duration`); a duration outside every tier is
-      priced at the nearest tier above it, or the top tier.
-    * ``generation``: the flat ``usd``.
-    * ``per_second``: ``usd`` x seconds (requested, else the default, else 120 s for models
-      without duration metadata).
-    * ``per_thousand_characters``: ``usd`` x ``character_count`` / 1000.
-
-    Raises:
-        ValueError: the row has no pricing shape this function knows.
-    """
-    pricing = _spec(row).get("pricing")
-    if not isinstance(pricing, Mapping):
-        raise ValueError(f"model {row.get('id')!r} has no pricing")
-    seconds = duration_seconds if duration_seconds is not None else default_duration(row)
-    if "durations" in pricing and isinstance(pricing["durations"], Mapping):
-        tiers = sorted(
-            (tier for tier in pricing["durations"].values() if isinstance(tier, Mapping)),
-            key=lambda tier: float(tier.get("max_seconds", 0)),
-        )
-        if not tiers:
-            raise ValueError(f"model {row.get('id')!r} has no duration tiers")
-        if seconds is None:
-            return round(_usd(tiers[0]), 6)
-        for tier in tiers:
-            if float(tier.get("min_seconds", 0)) <= seconds <= float(tier.get("max_seconds", 0)):
-                return round(_usd(tier), 6)
-        above = [tier for tier in tiers if seconds <= float(tier.get("max_seconds", 0))]
-        return round(_usd(above[0] if above else tiers[-1]), 6)
-    if "generation" in pricing:
-        return round(_usd(pricing["generation"]), 6)
-    if "per_second" in pricing:
-        billed = seconds if seconds is not None else UNMETERED_PER_SECOND_SECONDS
-        return round(_usd(pricing["per_second"]) * billed, 6)
-    if "per_thousand_characters" in pricing:
-        return round(_usd(pricing["per_thousand_characters"]) * (character_count or 0) / 1000, 6)
-    raise ValueError(f"model {row.get('id')!r} has an unknown pricing shape: {sorted(pricing)}")
-
-
-def queue_price(body: Mapping[str, Any], row: Mapping[str, Any]) -> float:
-    """What a valid ``queue`` body costs: its duration (or the default) and prompt length.
-
-    Raises:
-        ValueError: the row has no pricing shape :func:`compute_quote` knows.
-    """
-    prompt = body.get("prompt")
-    return compute_quote(
-        row,
-        duration_seconds=parse_duration(body.get("duration_seconds")),
-        character_count=js_length(prompt) if isinstance(prompt, str) else None,
-    )
