@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import typing
 
 import venice_audio_async
+import venice_audio_async as v
 import venice_audio_async.testing
 
 
@@ -55,6 +57,14 @@ def test_private_modules_public_names_are_exported() -> None:
             if name in internal or name.startswith("_"):
                 continue
             assert name in exported or not name[0].isupper(), f"{info.name}.{name} not exported"
+
+
+def test_queue_options_are_the_optional_queue_request_fields() -> None:
+    """QueueOptions (submit's and generate's typed **options) mirrors QueueRequest's options."""
+    request_fields = typing.get_type_hints(v.QueueRequest)
+    del request_fields["model"], request_fields["prompt"]
+    assert typing.get_type_hints(v.QueueOptions) == request_fields
+    assert v.QueueOptions.__optional_keys__ == frozenset(request_fields)
 
 
 def test_testing_all_is_sorted() -> None:

@@ -378,6 +378,17 @@ async def test_validation_can_be_skipped(server: FakeServer) -> None:
     assert server.count("queue") == 1
 
 
+async def test_generate_passes_validate_and_deadline_to_submit(server: FakeServer) -> None:
+    """generate(validate=False) sends the request as is; generate(deadline=) bounds the job."""
+    async with _session(server) as session:
+        with pytest.raises(v.BadRequestError):
+            await session.generate("stable-audio-25", "short", validate=False)
+        assert server.count("queue") == 1
+        server.plan(JobScript(duration=500.0))
+        with pytest.raises(v.JobDeadlineExceeded):
+            await session.generate("stable-audio-25", "an endless drone", deadline=30.0)
+
+
 async def test_lifecycle_is_explicit(server: FakeServer) -> None:
     """Use before open or after close is refused; reopening is refused."""
     session = _session(server)
