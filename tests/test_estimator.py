@@ -21,12 +21,6 @@ Z80 = statistics.NormalDist().inv_cdf(0.8)
 WIDE = PollingBounds(max_interval=300.0)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """Run any async test on asyncio."""
-    return "asyncio"
-
-
 def learned(durations: list[float], **kwargs: object) -> DurationEstimator:
     """An estimator that has seen ``durations`` for model "m"."""
     estimator = DurationEstimator(**kwargs)  # type: ignore[arg-type]

@@ -37,7 +37,7 @@ from venice_audio_async.testing import (
     load_default_catalogue,
 )
 
-from .conftest import API_KEY, TIME_SCALE
+from .conftest import API_KEY, TIME_SCALE, make_session
 
 ROWS: dict[str, dict[str, Any]] = {row["id"]: row for row in load_default_catalogue()}
 MODELS: dict[str, v.AudioModel] = {
@@ -130,14 +130,9 @@ def _rule_cases() -> Iterator[Any]:
             yield case("language-unsupported", "language_code", language_code="en")
 
 
-def _session(server: FakeServer, **kwargs: Any) -> v.AsyncSession:
-    return v.AsyncSession(
-        api_key=API_KEY,
-        base_url=server.url,
-        clock=v.ScaledClock(TIME_SCALE),
-        catalogue=list(MODELS.values()),
-        **kwargs,
-    )
+def _session(server: FakeServer, **overrides: Any) -> v.AsyncSession:
+    """A session with the catalogue given up front (validation needs no ``models`` call)."""
+    return make_session(server, **{"catalogue": list(MODELS.values()), **overrides})
 
 
 # --------------------------------------------------------------------------- rules
