@@ -22,6 +22,7 @@ import time
 import tracemalloc
 import weakref
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -456,7 +457,7 @@ async def test_502_with_html_or_empty_body_is_a_typed_error(
         fake_server.plan(JobScript(duration=0.0))
         job = await client.queue(v.QueueRequest("stable-audio-25", "behind a flaky proxy"))
         fake_server.inject(endpoint, Fault.status(502, body=raw, content_type=content_type))
-        calls = {
+        calls: dict[str, Callable[[], Awaitable[object]]] = {
             "models": client.models,
             "quote": lambda: client.quote(v.QuoteRequest("stable-audio-25")),
             "queue": lambda: client.queue(v.QueueRequest("stable-audio-25", "another request")),
@@ -607,7 +608,7 @@ def _html_502() -> Fault:
 
 
 #: Faults of the matrix, per endpoint, as the soak draws them.
-_SOAK_QUEUE_FAULTS = [
+_SOAK_QUEUE_FAULTS: list[Callable[[], Fault]] = [
     Fault.drop,
     lambda: Fault.delay(SOAK_SLOW),
     lambda: Fault.status(429, retry_after=2.0),
@@ -616,7 +617,7 @@ _SOAK_QUEUE_FAULTS = [
     _html_502,
     lambda: Fault.status(502, body=b"", content_type="text/plain"),
 ]
-_SOAK_RETRIEVE_FAULTS = [
+_SOAK_RETRIEVE_FAULTS: list[Callable[[], Fault]] = [
     Fault.drop,
     Fault.truncate,
     lambda: Fault.delay(SOAK_SLOW),
@@ -631,7 +632,7 @@ _SOAK_RETRIEVE_FAULTS = [
     lambda: Fault.content_type("application/octet-stream"),
     lambda: Fault.content_type("audio/mpeg; charset=binary"),
 ]
-_SOAK_COMPLETE_FAULTS = [
+_SOAK_COMPLETE_FAULTS: list[Callable[[], Fault]] = [
     Fault.drop,
     lambda: Fault.status(429, retry_after=2.0),
     lambda: Fault.status(503),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +213,7 @@ async def test_redirect_is_not_followed(
             fake_server.plan(JobScript(duration=0.0))
             job = await client.queue(v.QueueRequest("stable-audio-25", "a redirected call"))
             fake_server.inject(endpoint, Fault.status(status, headers={"Location": target}))
-            calls = {
+            calls: dict[str, Callable[[], Awaitable[object]]] = {
                 "models": client.models,
                 "quote": lambda: client.quote(v.QuoteRequest("stable-audio-25")),
                 "queue": lambda: client.queue(v.QueueRequest("stable-audio-25", "a second call")),
