@@ -4,12 +4,12 @@ Music, sound effects and queued voice: submit many generations, let one schedule
 within the rate limits, and receive each result as it finishes.
 """
 
-from __future__ import annotations
-
-from importlib.metadata import PackageNotFoundError, version
+# No ``from __future__ import annotations`` here: it would add ``annotations`` to the
+# package's public names (tests/test_exports.py compares them with __all__).
+import importlib.metadata as _metadata
 
 from ._audio import AudioSink, FileSink, MemorySink
-from ._budget import BudgetStatistics, LocalBudget, RateLimit, RequestBudget
+from ._budget import BudgetStatistics, EndpointStatistics, LocalBudget, RateLimit, RequestBudget
 from ._client import VeniceClient
 from ._clock import Clock, ManualClock, ScaledClock, SystemClock
 from ._config import DEFAULT_BASE_URL, Limits, RateLimits, RetryPolicy, Timeouts
@@ -79,8 +79,8 @@ from ._models import (
 from ._session import AsyncSession, ResultStream, ResumeReport, SessionStatistics
 
 try:
-    __version__ = version("venice-audio-async")
-except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = _metadata.version("venice-audio-async")
+except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
 __all__ = [
@@ -104,6 +104,7 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "DurationTier",
     "DurationsPricing",
+    "EndpointStatistics",
     "Failed",
     "FieldProblem",
     "FileSink",

@@ -31,6 +31,7 @@ __all__ = [
     "FieldProblem",
     "GenerationPricing",
     "Job",
+    "ModelSpec",
     "Outcome",
     "PerSecondPricing",
     "PerThousandCharactersPricing",
