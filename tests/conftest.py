@@ -1,16 +1,29 @@
-"""Shared fixtures: asyncio only (aiohttp is asyncio-only), a time-scaled fake server."""
+"""Shared fixtures and builders: asyncio only (aiohttp is asyncio-only), a time-scaled fake server.
+
+Test modules import the builders (``make_session``, ``make_client``) and constants from here;
+a module that needs a differently configured fake server defines its own ``server`` fixture.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
+import aiohttp
 import pytest
 
+import venice_audio_async as v
 from venice_audio_async.testing import FakeServer
+
+#: Typed user code for .ci/run's wheel check; one file there must fail type checking.
+collect_ignore = ["typed_usage"]
 
 #: One virtual second lasts this many real seconds in integration tests.
 TIME_SCALE = 0.001
 API_KEY = "test-key-5f2c9a7e-never-leak"
+
+#: No client-side pacing, for tests about something other than the rate limiter.
+UNLIMITED = v.RateLimits(queue_per_minute=None, retrieve_per_minute=None)
 
 
 @pytest.fixture
@@ -24,3 +37,29 @@ async def fake_server() -> AsyncIterator[FakeServer]:
     """A time-scaled FakeServer accepting API_KEY."""
     async with FakeServer(time_scale=TIME_SCALE, api_keys=[API_KEY]) as server:
         yield server
+
+
+@pytest.fixture
+async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain aiohttp client, for tests that speak HTTP to the fake server directly."""
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+def make_session(server: FakeServer | str, **overrides: Any) -> v.AsyncSession:
+    """A session with API_KEY on the fake's time scale; ``overrides`` replace any option.
+
+    ``server`` is a fake server or a base URL (for tests that point at no server at all).
+    """
+    options: dict[str, Any] = {
+        "api_key": API_KEY,
+        "base_url": server if isinstance(server, str) else server.url,
+        "clock": v.ScaledClock(TIME_SCALE),
+    }
+    options.update(overrides)
+    return v.AsyncSession(**options)
+
+
+def make_client(server: FakeServer, **options: Any) -> v.VeniceClient:
+    """A low-level client with API_KEY, pointed at ``server``."""
+    return v.VeniceClient(api_key=API_KEY, base_url=server.url, **options)

@@ -25,12 +25,6 @@ from venice_audio_async._clock import ManualClock
 NOW_EPOCH = 1_800_000_000.0
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """Run the async tests on asyncio."""
-    return "asyncio"
-
-
 def make_budget(
     clock: ManualClock, rates: dict[str, RateLimit] | None = None, **kwargs: object
 ) -> LocalBudget:

@@ -10,13 +10,9 @@ import pytest
 import venice_audio_async as v
 from venice_audio_async.testing import FakeServer, Fault, JobScript
 
-from .conftest import API_KEY, TIME_SCALE
+from .conftest import API_KEY, TIME_SCALE, make_client
 
 pytestmark = pytest.mark.anyio
-
-
-def _client(server: FakeServer, **kwargs: object) -> v.VeniceClient:
-    return v.VeniceClient(api_key=API_KEY, base_url=server.url, **kwargs)  # type: ignore[arg-type]
 
 
 async def _finished_job(server: FakeServer, client: v.VeniceClient, **script: object) -> v.Job:
@@ -26,7 +22,7 @@ async def _finished_job(server: FakeServer, client: v.VeniceClient, **script: ob
 
 async def test_full_lifecycle(fake_server: FakeServer) -> None:
     """models -> quote -> queue -> retrieve (running) -> retrieve (audio) -> complete -> 404."""
-    async with _client(fake_server) as client:
+    async with make_client(fake_server) as client:
         models = {m.id: m for m in await client.models()}
         assert "elevenlabs-music" in models
         quote = await client.quote(v.QuoteRequest(model="elevenlabs-music", duration_seconds=60))
@@ -69,7 +65,7 @@ async def test_full_lifecycle(fake_server: FakeServer) -> None:
 
 async def test_request_bodies_omit_unset_fields(fake_server: FakeServer) -> None:
     """What the server receives has no null or unset keys."""
-    async with _client(fake_server) as client:
+    async with make_client(fake_server) as client:
         await client.queue(v.QueueRequest(model="stable-audio-25", prompt="rain on a tin roof"))
     (recorded,) = [r for r in fake_server.requests if r.endpoint == "queue"]
     assert recorded.body == {"model": "stable-audio-25", "prompt": "rain on a tin roof"}
@@ -89,7 +85,7 @@ async def test_retrieve_branches_on_content_type(
     fake_server: FakeServer, model: str, content_type: str, fmt: str
 ) -> None:
     """Each model's audio type is recognised from the response media type."""
-    async with _client(fake_server) as client:
+    async with make_client(fake_server) as client:
         fake_server.plan(JobScript(duration=0.0))
         job = await client.queue(v.QueueRequest(model=model, prompt="a short test tune"))
         audio = await client.retrieve(v.RetrieveRequest(job.model, job.queue_id))
@@ -103,7 +99,7 @@ async def test_retrieve_branches_on_content_type(
 )
 async def test_octet_stream_is_sniffed(fake_server: FakeServer, model: str, fmt: str) -> None:
     """application/octet-stream audio is recognised by its magic bytes."""
-    async with _client(fake_server) as client:
+    async with make_client(fake_server) as client:
         fake_server.plan(JobScript(duration=0.0))
         job = await client.queue(v.QueueRequest(model=model, prompt="a short test tune"))
         fake_server.inject("retrieve", Fault.content_type("application/octet-stream"))
@@ -115,7 +111,7 @@ async def test_octet_stream_is_sniffed(fake_server: FakeServer, model: str, fmt:
 
 async def test_content_type_parameters_are_ignored(fake_server: FakeServer) -> None:
     """audio/mpeg; charset=binary is still mp3."""
-    async with _client(fake_server) as client:
+    async with make_client(fake_server) as client:
         job = await _finished_job(fake_server, client)
         fake_server.inject("retrieve", Fault.content_type("audio/mpeg; charset=binary"))
         audio = await client.retrieve(v.RetrieveRequest(job.model, job.queue_id))
@@ -125,7 +121,7 @@ async def test_content_type_parameters_are_ignored(fake_server: FakeServer) -> N
 
 async def test_mislabelled_audio_is_sniffed(fake_server: FakeServer) -> None:
     """Real audio bytes under a wrong label are recognised by their magic bytes."""
-    async with _client(fake_server) as client:
+    async with make_client(fake_server) as client:
         fake_server.plan(JobScript(duration=0.0))
         job = await client.queue(v.QueueRequest(model="stable-audio-25", prompt="a short tune"))
         fake_server.inject("retrieve", Fault.content_type("audio/mpeg"))
@@ -136,7 +132,7 @@ async def test_mislabelled_audio_is_sniffed(fake_server: FakeServer) -> None:
 
 async def test_unknown_content_type_is_malformed(fake_server: FakeServer) -> None:
     """A 200 that is neither JSON nor audio is a MalformedResponse, not a crash."""
-    async with _client(fake_server) as client:
+    async with make_client(fake_server) as client:
         job = await _finished_job(fake_server, client)
         fake_server.inject(
             "retrieve", Fault.status(200, body="<html>hello</html>", content_type="text/html")
@@ -147,7 +143,7 @@ async def test_unknown_content_type_is_malformed(fake_server: FakeServer) -> Non
 
 async def test_download_to_file(fake_server: FakeServer, tmp_path: Path) -> None:
     """A large body streams into the target file, complete."""
-    async with _client(fake_server) as client:
+    async with make_client(fake_server) as client:
         job = await _finished_job(fake_server, client, audio_size=3_000_000)
         target = tmp_path / "song.mp3"
         audio = await client.retrieve(
@@ -163,7 +159,7 @@ async def test_download_to_file(fake_server: FakeServer, tmp_path: Path) -> None
 
 async def test_truncated_download_leaves_no_file(fake_server: FakeServer, tmp_path: Path) -> None:
     """A body cut short raises TruncatedResponse and leaves the directory empty."""
-    async with _client(fake_server) as client:
+    async with make_client(fake_server) as client:
         job = await _finished_job(fake_server, client, audio_size=500_000)
         fake_server.inject("retrieve", Fault.truncate())
         with pytest.raises(v.TruncatedResponse):
@@ -182,7 +178,7 @@ async def test_truncated_download_leaves_no_file(fake_server: FakeServer, tmp_pa
 
 async def test_memory_cap(fake_server: FakeServer) -> None:
     """An audio body above the in-memory cap raises ResponseTooLarge."""
-    async with _client(fake_server, limits=v.Limits(max_audio_bytes_in_memory=1000)) as client:
+    async with make_client(fake_server, limits=v.Limits(max_audio_bytes_in_memory=1000)) as client:
         job = await _finished_job(fake_server, client, audio_size=5000)
         with pytest.raises(v.ResponseTooLarge):
             await client.retrieve(v.RetrieveRequest(job.model, job.queue_id))
@@ -191,7 +187,7 @@ async def test_memory_cap(fake_server: FakeServer) -> None:
 async def test_borrowed_session_is_left_open(fake_server: FakeServer) -> None:
     """A caller's aiohttp session is used and never closed by us."""
     async with aiohttp.ClientSession() as http:
-        async with _client(fake_server, http_session=http) as client:
+        async with make_client(fake_server, http_session=http) as client:
             assert await client.models()
         assert not http.closed
         async with http.get(f"{fake_server.url}/models?type=music") as response:
@@ -200,7 +196,7 @@ async def test_borrowed_session_is_left_open(fake_server: FakeServer) -> None:
 
 async def test_own_session_is_closed(fake_server: FakeServer) -> None:
     """After aclose the client refuses to send."""
-    client = _client(fake_server)
+    client = make_client(fake_server)
     await client.models()
     await client.aclose()
     await client.aclose()
@@ -224,7 +220,7 @@ async def test_failed_jobs_raise_typed_errors(
     fake_server: FakeServer, script: JobScript, cls: type[v.APIStatusError]
 ) -> None:
     """A job's failure is an HTTP error on retrieve, mapped to its class."""
-    async with _client(fake_server) as client:
+    async with make_client(fake_server) as client:
         fake_server.plan(script)
         job = await client.queue(v.QueueRequest(model="elevenlabs-music", prompt="stormy weather"))
         with pytest.raises(cls) as caught:
@@ -236,7 +232,7 @@ async def test_failed_jobs_raise_typed_errors(
 
 async def test_never_issued_id(fake_server: FakeServer) -> None:
     """An unknown queue_id is InvalidQueueIdError on retrieve and complete."""
-    async with _client(fake_server) as client:
+    async with make_client(fake_server) as client:
         bogus = "00000000-0000-4000-8000-000000000000"
         with pytest.raises(v.InvalidQueueIdError):
             await client.retrieve(v.RetrieveRequest("elevenlabs-music", bogus))
@@ -246,7 +242,7 @@ async def test_never_issued_id(fake_server: FakeServer) -> None:
 
 async def test_delete_media_on_completion(fake_server: FakeServer) -> None:
     """With delete_media_on_completion the first audio answer is the last."""
-    async with _client(fake_server) as client:
+    async with make_client(fake_server) as client:
         job = await _finished_job(fake_server, client)
         request = v.RetrieveRequest(job.model, job.queue_id, delete_media_on_completion=True)
         assert isinstance(await client.retrieve(request), v.AudioResult)
@@ -256,7 +252,7 @@ async def test_delete_media_on_completion(fake_server: FakeServer) -> None:
 
 async def test_server_validation_error_details(fake_server: FakeServer) -> None:
     """A request the server refuses gives BadRequestError with its details."""
-    async with _client(fake_server) as client:
+    async with make_client(fake_server) as client:
         with pytest.raises(v.BadRequestError) as caught:
             await client.queue(
                 v.QueueRequest(model="stable-audio-25", prompt="rain", force_instrumental=False)
@@ -301,7 +297,7 @@ async def test_connect_refused_is_connect_error() -> None:
 
 async def test_dropped_connection(fake_server: FakeServer) -> None:
     """A connection dropped before the answer is ConnectionDropped (request sent)."""
-    async with _client(fake_server) as client:
+    async with make_client(fake_server) as client:
         fake_server.inject("queue", Fault.drop())
         with pytest.raises(v.TransportError) as caught:
             await client.queue(v.QueueRequest(model="elevenlabs-music", prompt="a calm piano"))
@@ -310,7 +306,7 @@ async def test_dropped_connection(fake_server: FakeServer) -> None:
 
 async def test_read_timeout(fake_server: FakeServer) -> None:
     """A server slower than the read timeout is a RequestTimeout (a TimeoutError)."""
-    async with _client(fake_server, timeouts=v.Timeouts(read=0.05)) as client:
+    async with make_client(fake_server, timeouts=v.Timeouts(read=0.05)) as client:
         fake_server.inject("models", Fault.delay(1000.0))  # 1000 virtual s = 1 real s
         with pytest.raises(TimeoutError):
             await client.models()
@@ -318,7 +314,7 @@ async def test_read_timeout(fake_server: FakeServer) -> None:
 
 async def test_html_502(fake_server: FakeServer) -> None:
     """A proxy's HTML 502 is a ServerError with the status, not a JSON crash."""
-    async with _client(fake_server) as client:
+    async with make_client(fake_server) as client:
         fake_server.inject(
             "models", Fault.status(502, body="<html>Bad gateway</html>", content_type="text/html")
         )
@@ -329,7 +325,7 @@ async def test_html_502(fake_server: FakeServer) -> None:
 
 async def test_rate_limit_error_has_retry_after(fake_server: FakeServer) -> None:
     """An injected 429 carries its Retry-After."""
-    async with _client(fake_server) as client:
+    async with make_client(fake_server) as client:
         fake_server.inject("quote", Fault.status(429, retry_after=3))
         with pytest.raises(v.RateLimitError) as caught:
             await client.quote(v.QuoteRequest(model="minimax-music-v2"))
@@ -355,7 +351,7 @@ class _BrokenSink(v.MemorySink):
 
 async def test_a_failing_sink_is_an_audio_storage_error(fake_server: FakeServer) -> None:
     """Whatever a sink raises becomes AudioStorageError (its cause kept)."""
-    async with _client(fake_server) as client:
+    async with make_client(fake_server) as client:
         job = await _finished_job(fake_server, client)
         with pytest.raises(v.AudioStorageError) as caught:
             await client.retrieve(

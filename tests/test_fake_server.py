@@ -65,19 +65,6 @@ class Reply(NamedTuple):
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    """Run the async tests on asyncio (aiohttp needs it)."""
-    return "asyncio"
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """A plain aiohttp client."""
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
 def clock() -> ManualClock:
     """A clock the test moves by hand."""
     return ManualClock()
@@ -91,7 +78,7 @@ async def server(clock: ManualClock) -> AsyncIterator[FakeServer]:
 
 
 async def call(
-    session: aiohttp.ClientSession,
+    http_session: aiohttp.ClientSession,
     url: str,
     body: Any = None,
     *,
@@ -104,42 +91,42 @@ async def call(
         kwargs["data"] = data
     elif body is not None:
         kwargs["json"] = body
-    async with session.request(method, url, **kwargs) as response:
+    async with http_session.request(method, url, **kwargs) as response:
         return Reply(response.status, response.headers.copy(), await response.read())
 
 
 async def queue(
-    session: aiohttp.ClientSession,
+    http_session: aiohttp.ClientSession,
     server: FakeServer,
     model: str = "elevenlabs-music",
     **extra: Any,
 ) -> str:
     body = {"model": model, **(VALID_BODIES[model] if not extra else {"prompt": PROMPT}), **extra}
-    reply = await call(session, f"{server.url}/audio/queue", body)
+    reply = await call(http_session, f"{server.url}/audio/queue", body)
     assert reply.status == 200, reply.data
     queue_id: str = reply.json()["queue_id"]
     return queue_id
 
 
 async def retrieve(
-    session: aiohttp.ClientSession,
+    http_session: aiohttp.ClientSession,
     server: FakeServer,
     queue_id: str,
     model: str = "elevenlabs-music",
     **extra: Any,
 ) -> Reply:
     body = {"model": model, "queue_id": queue_id, **extra}
-    return await call(session, f"{server.url}/audio/retrieve", body)
+    return await call(http_session, f"{server.url}/audio/retrieve", body)
 
 
 async def complete(
-    session: aiohttp.ClientSession,
+    http_session: aiohttp.ClientSession,
     server: FakeServer,
     queue_id: str,
     model: str = "elevenlabs-music",
 ) -> Reply:
     return await call(
-        session, f"{server.url}/audio/complete", {"model": model, "queue_id": queue_id}
+        http_session, f"{server.url}/audio/complete", {"model": model, "queue_id": queue_id}
     )
 
 
@@ -185,9 +172,9 @@ def test_bundled_catalogue_facts() -> None:
 
 
 @pytest.mark.anyio
-async def test_models_endpoint(server: FakeServer, session: aiohttp.ClientSession) -> None:
+async def test_models_endpoint(server: FakeServer, http_session: aiohttp.ClientSession) -> None:
     """GET /models serves the rows for type=music/all, none for text, 400 for a bad type."""
-    reply = await call(session, f"{server.url}/models?type=music", method="GET", headers=None)
+    reply = await call(http_session, f"{server.url}/models?type=music", method="GET", headers=None)
     assert reply.status == 200
     envelope = reply.json()
     assert envelope["object"] == "list"
@@ -198,12 +185,12 @@ async def test_models_endpoint(server: FakeServer, session: aiohttp.ClientSessio
         spec = model["model_spec"]
         assert {"name", "pricing", "default_format", "description", "privacy"} <= spec.keys()
     assert reply.headers["x-venice-version"]
-    everything = await call(session, f"{server.url}/models?type=all", method="GET")
+    everything = await call(http_session, f"{server.url}/models?type=all", method="GET")
     assert len(everything.json()["data"]) == 10
-    text = await call(session, f"{server.url}/models?type=text", method="GET")
+    text = await call(http_session, f"{server.url}/models?type=text", method="GET")
     assert text.status == 200
     assert text.json()["data"] == []
-    bad = await call(session, f"{server.url}/models?type=bogus", method="GET")
+    bad = await call(http_session, f"{server.url}/models?type=bogus", method="GET")
     assert bad.status == 400
     assert bad.json()["details"]["type"]["_errors"]
     assert bad.json()["issues"][0]["path"] == ["type"]
@@ -214,27 +201,27 @@ async def test_models_endpoint(server: FakeServer, session: aiohttp.ClientSessio
 
 @pytest.mark.anyio
 async def test_content_type_json_size_and_routes(
-    server: FakeServer, session: aiohttp.ClientSession
+    server: FakeServer, http_session: aiohttp.ClientSession
 ) -> None:
     """Non-JSON content type, bad JSON, NaN, oversized bodies, unknown routes and methods."""
     url = f"{server.url}/audio/quote"
-    reply = await call(session, url, data=b'{"model":"elevenlabs-music"}', headers={})
+    reply = await call(http_session, url, data=b'{"model":"elevenlabs-music"}', headers={})
     assert reply.status == 400
     assert reply.json() == {"error": "'Content-Type' must be 'application/json'"}
     json_headers = {"Content-Type": "application/json"}
-    reply = await call(session, url, data=b'{"model": ', headers=json_headers)
+    reply = await call(http_session, url, data=b'{"model": ', headers=json_headers)
     assert (reply.status, reply.json()) == (400, {"error": "Invalid JSON request"})
     reply = await call(
-        session, url, data=b'{"model":"x","duration_seconds":NaN}', headers=json_headers
+        http_session, url, data=b'{"model":"x","duration_seconds":NaN}', headers=json_headers
     )
     assert reply.json() == {"error": "Invalid JSON request"}
     oversized = io.BytesIO(b" " * (35 * 1024 * 1024 + 1))
-    reply = await call(session, url, data=oversized, headers=json_headers)
+    reply = await call(http_session, url, data=oversized, headers=json_headers)
     assert reply.status == 413
-    reply = await call(session, f"{server.url}/audio/nope", {"model": "x"})
+    reply = await call(http_session, f"{server.url}/audio/nope", {"model": "x"})
     assert reply.status == 404
     assert "error" in reply.json()
-    reply = await call(session, f"{server.url}/audio/queue", method="GET")
+    reply = await call(http_session, f"{server.url}/audio/queue", method="GET")
     assert reply.status == 405
     assert "error" in reply.json()
     assert server.count("unknown") == 1
@@ -258,28 +245,28 @@ async def test_content_type_json_size_and_routes(
     ],
 )
 async def test_quote_pricing_shapes(
-    server: FakeServer, session: aiohttp.ClientSession, body: dict[str, Any], expected: float
+    server: FakeServer, http_session: aiohttp.ClientSession, body: dict[str, Any], expected: float
 ) -> None:
     """quote prices all four pricing shapes without credentials."""
-    reply = await call(session, f"{server.url}/audio/quote", body, headers=None)
+    reply = await call(http_session, f"{server.url}/audio/quote", body, headers=None)
     assert reply.status == 200, reply.data
     assert reply.json() == {"quote": expected}
 
 
 @pytest.mark.anyio
-async def test_quote_errors(server: FakeServer, session: aiohttp.ClientSession) -> None:
+async def test_quote_errors(server: FakeServer, http_session: aiohttp.ClientSession) -> None:
     """quote rejects durations on unmetered models, missing/oversized character counts, bad ids."""
     url = f"{server.url}/audio/quote"
-    reply = await call(session, url, {"model": "minimax-music-v25", "duration_seconds": 60})
+    reply = await call(http_session, url, {"model": "minimax-music-v25", "duration_seconds": 60})
     assert reply.status == 400
     assert reply.json()["error"] == "This model does not support duration_seconds"
-    reply = await call(session, url, {"model": "elevenlabs-tts-v3"})
+    reply = await call(http_session, url, {"model": "elevenlabs-tts-v3"})
     assert reply.json()["details"]["character_count"]["_errors"]
-    reply = await call(session, url, {"model": "elevenlabs-tts-v3", "character_count": 5001})
+    reply = await call(http_session, url, {"model": "elevenlabs-tts-v3", "character_count": 5001})
     assert reply.status == 400
-    reply = await call(session, url, {"model": "no-such-model"})
+    reply = await call(http_session, url, {"model": "no-such-model"})
     assert (reply.status, reply.json()) == (404, {"error": "Specified model not found"})
-    reply = await call(session, url, {"model": "elevenlabs-music", "prompt": PROMPT})
+    reply = await call(http_session, url, {"model": "elevenlabs-music", "prompt": PROMPT})
     assert reply.status == 400
     assert reply.json()["issues"][0]["code"] == "unrecognized_keys"
 
@@ -302,11 +289,11 @@ def test_compute_quote_seed_audio_without_duration_uses_120s() -> None:
 
 @pytest.mark.anyio
 async def test_unknown_keys_detailed_error(
-    server: FakeServer, session: aiohttp.ClientSession
+    server: FakeServer, http_session: aiohttp.ClientSession
 ) -> None:
     """Unknown keys give a Zod-style DetailedError with a root _errors entry and an issue."""
     body = {"model": "elevenlabs-music", "prompt": PROMPT, "instrumental": True, "duration": 30}
-    reply = await call(session, f"{server.url}/audio/queue", body)
+    reply = await call(http_session, f"{server.url}/audio/queue", body)
     assert reply.status == 400
     error = reply.json()
     assert error["error"] == "Invalid request parameters"
@@ -366,29 +353,34 @@ def test_schema_required_and_non_object() -> None:
 
 
 @pytest.mark.anyio
-async def test_auth_402_discovery_and_401(session: aiohttp.ClientSession) -> None:
+async def test_auth_402_discovery_and_401(http_session: aiohttp.ClientSession) -> None:
     """No credentials: 402 x402 discovery; unknown key: 401; good key or wallet header: 200."""
     async with FakeServer(api_keys={"good"}, time_scale=SCALE) as server:
         url = f"{server.url}/audio/queue"
         body = {"model": "elevenlabs-music", "prompt": PROMPT}
-        reply = await call(session, url, body, headers=None)
+        reply = await call(http_session, url, body, headers=None)
         assert reply.status == 402
         discovery = reply.json()
         assert discovery["x402Version"] == 2
         assert {"resource", "accepts", "authOptions", "extensions"} <= discovery.keys()
         assert reply.headers["PAYMENT-REQUIRED"]
-        reply = await call(session, url, body, headers={"Authorization": "Bearer bad"})
+        reply = await call(http_session, url, body, headers={"Authorization": "Bearer bad"})
         assert (reply.status, reply.json()) == (401, {"error": "Authentication failed"})
         assert (
-            await call(session, url, body, headers={"Authorization": "Bearer good"})
+            await call(http_session, url, body, headers={"Authorization": "Bearer good"})
         ).status == 200
-        assert (await call(session, url, body, headers={"SIGN-IN-WITH-X": "e30="})).status == 200
+        assert (
+            await call(http_session, url, body, headers={"SIGN-IN-WITH-X": "e30="})
+        ).status == 200
         quote = await call(
-            session, f"{server.url}/audio/quote", {"model": "elevenlabs-music"}, headers=None
+            http_session, f"{server.url}/audio/quote", {"model": "elevenlabs-music"}, headers=None
         )
         assert quote.status == 200
         retrieve_reply = await call(
-            session, f"{server.url}/audio/retrieve", {"model": "x", "queue_id": "y"}, headers=None
+            http_session,
+            f"{server.url}/audio/retrieve",
+            {"model": "x", "queue_id": "y"},
+            headers=None,
         )
         assert retrieve_reply.status == 402
 
@@ -493,12 +485,12 @@ def test_custom_voice_ids_and_js_string_semantics() -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize("model", list(VALID_BODIES))
 async def test_valid_body_accepted_for_every_model(
-    server: FakeServer, session: aiohttp.ClientSession, model: str
+    server: FakeServer, http_session: aiohttp.ClientSession, model: str
 ) -> None:
     """A valid body for each bundled model passes the pure check and is queued over HTTP."""
     body = {"model": model, **VALID_BODIES[model]}
     assert check_queue_body(body, server.model(model)) == []
-    reply = await call(session, f"{server.url}/audio/queue", body)
+    reply = await call(http_session, f"{server.url}/audio/queue", body)
     assert reply.status == 200, reply.data
     answer = reply.json()
     assert answer["model"] == model
@@ -509,12 +501,12 @@ async def test_valid_body_accepted_for_every_model(
 
 @pytest.mark.anyio
 async def test_per_model_rules_over_http(
-    server: FakeServer, session: aiohttp.ClientSession
+    server: FakeServer, http_session: aiohttp.ClientSession
 ) -> None:
     """Per-model 400s over HTTP: own message for one problem, supported_voices for a voice."""
     url = f"{server.url}/audio/queue"
     reply = await call(
-        session,
+        http_session,
         url,
         {
             "model": "minimax-music-v2",
@@ -526,12 +518,12 @@ async def test_per_model_rules_over_http(
     assert reply.status == 400
     assert reply.json()["error"] == "This model does not support duration_seconds"
     reply = await call(
-        session, url, {"model": "elevenlabs-tts-v3", "prompt": "Hello", "voice": "Nobody"}
+        http_session, url, {"model": "elevenlabs-tts-v3", "prompt": "Hello", "voice": "Nobody"}
     )
     assert reply.status == 400
     assert "Aria" in reply.json()["details"]["supported_voices"]
     assert reply.json()["details"]["voice"]["_errors"]
-    reply = await call(session, url, {"model": "nope", "prompt": PROMPT})
+    reply = await call(http_session, url, {"model": "nope", "prompt": PROMPT})
     assert (reply.status, reply.json()) == (404, {"error": "Specified model not found"})
     assert server.jobs == {}
 
@@ -541,11 +533,11 @@ async def test_per_model_rules_over_http(
 
 @pytest.mark.anyio
 async def test_full_lifecycle(
-    server: FakeServer, session: aiohttp.ClientSession, clock: ManualClock
+    server: FakeServer, http_session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     """queue -> PROCESSING -> audio (headers, magic bytes) -> complete -> 404."""
-    queue_id = await queue(session, server)
-    reply = await retrieve(session, server, queue_id)
+    queue_id = await queue(http_session, server)
+    reply = await retrieve(http_session, server, queue_id)
     assert reply.status == 200
     assert reply.headers["Content-Type"].startswith("application/json")
     assert reply.json() == {
@@ -554,9 +546,9 @@ async def test_full_lifecycle(
         "execution_duration": 0,
     }
     clock.advance(12.5)
-    assert (await retrieve(session, server, queue_id)).json()["execution_duration"] == 12500
+    assert (await retrieve(http_session, server, queue_id)).json()["execution_duration"] == 12500
     clock.advance(20)
-    reply = await retrieve(session, server, queue_id)
+    reply = await retrieve(http_session, server, queue_id)
     assert reply.status == 200
     assert reply.headers["Content-Type"] == "audio/mpeg"
     assert reply.headers["Content-Length"] == str(len(reply.data))
@@ -568,15 +560,15 @@ async def test_full_lifecycle(
     assert reply.data[:3] == b"ID3"
     assert sniff_audio_format(reply.data) == "mp3"
     assert reply.data == server.audio_for(queue_id)
-    again = await retrieve(session, server, queue_id)
+    again = await retrieve(http_session, server, queue_id)
     assert again.data == reply.data  # re-downloadable until deleted
-    assert (await complete(session, server, queue_id)).json() == {"success": True}
-    gone = await retrieve(session, server, queue_id)
+    assert (await complete(http_session, server, queue_id)).json() == {"success": True}
+    gone = await retrieve(http_session, server, queue_id)
     assert gone.status == 404
     assert gone.json() == {
         "error": "Media could not be found. Request may be invalid, expired, or deleted."
     }
-    assert (await complete(session, server, queue_id)).json() == {"success": True}
+    assert (await complete(http_session, server, queue_id)).json() == {"success": True}
     job = server.jobs[queue_id]
     assert (job.retrieve_count, job.complete_count, job.downloads) == (5, 2, 2)
     assert job.deleted
@@ -585,35 +577,35 @@ async def test_full_lifecycle(
 
 @pytest.mark.anyio
 async def test_complete_false_while_running(
-    server: FakeServer, session: aiohttp.ClientSession, clock: ManualClock
+    server: FakeServer, http_session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     """complete answers false while the job runs (without stopping it), then true, idempotently."""
-    queue_id = await queue(session, server)
-    assert (await complete(session, server, queue_id)).json() == {"success": False}
+    queue_id = await queue(http_session, server)
+    assert (await complete(http_session, server, queue_id)).json() == {"success": False}
     clock.advance(30)
-    assert (await retrieve(session, server, queue_id)).headers["Content-Type"] == "audio/mpeg"
-    assert (await complete(session, server, queue_id)).json() == {"success": True}
-    assert (await complete(session, server, queue_id)).json() == {"success": True}
+    assert (await retrieve(http_session, server, queue_id)).headers["Content-Type"] == "audio/mpeg"
+    assert (await complete(http_session, server, queue_id)).json() == {"success": True}
+    assert (await complete(http_session, server, queue_id)).json() == {"success": True}
 
 
 @pytest.mark.anyio
 async def test_never_issued_and_foreign_ids(
-    server: FakeServer, session: aiohttp.ClientSession
+    server: FakeServer, http_session: aiohttp.ClientSession
 ) -> None:
     """Never-issued ids and a mismatched model give 400 "Request ID is invalid."."""
     invalid = {"error": "Request ID is invalid."}
     made_up = str(uuid.uuid4())
-    reply = await retrieve(session, server, made_up)
+    reply = await retrieve(http_session, server, made_up)
     assert (reply.status, reply.json()) == (400, invalid)
-    reply = await complete(session, server, made_up)
+    reply = await complete(http_session, server, made_up)
     assert (reply.status, reply.json()) == (400, invalid)
-    queue_id = await queue(session, server)
-    reply = await retrieve(session, server, queue_id, model="stable-audio-25")
+    queue_id = await queue(http_session, server)
+    reply = await retrieve(http_session, server, queue_id, model="stable-audio-25")
     assert (reply.status, reply.json()) == (400, invalid)
-    reply = await retrieve(session, server, queue_id, model="not-a-model")
+    reply = await retrieve(http_session, server, queue_id, model="not-a-model")
     assert reply.status == 404
     reply = await call(
-        session,
+        http_session,
         f"{server.url}/audio/retrieve",
         {"model": "elevenlabs-music", "queue_id": queue_id, "x": 1},
     )
@@ -623,18 +615,18 @@ async def test_never_issued_and_foreign_ids(
 
 @pytest.mark.anyio
 async def test_delete_media_on_completion(
-    server: FakeServer, session: aiohttp.ClientSession, clock: ManualClock
+    server: FakeServer, http_session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     """delete_media_on_completion returns the bytes once, then the media is gone."""
-    queue_id = await queue(session, server)
-    running = await retrieve(session, server, queue_id, delete_media_on_completion=True)
+    queue_id = await queue(http_session, server)
+    running = await retrieve(http_session, server, queue_id, delete_media_on_completion=True)
     assert running.json()["status"] == "PROCESSING"
     clock.advance(31)
-    first = await retrieve(session, server, queue_id, delete_media_on_completion=True)
+    first = await retrieve(http_session, server, queue_id, delete_media_on_completion=True)
     assert first.status == 200
     assert sniff_audio_format(first.data) == "mp3"
-    assert (await retrieve(session, server, queue_id)).status == 404
-    assert (await complete(session, server, queue_id)).json() == {"success": True}
+    assert (await retrieve(http_session, server, queue_id)).status == 404
+    assert (await complete(http_session, server, queue_id)).json() == {"success": True}
 
 
 @pytest.mark.anyio
@@ -644,16 +636,16 @@ async def test_delete_media_on_completion(
 )
 async def test_wav_and_flac_outputs(
     server: FakeServer,
-    session: aiohttp.ClientSession,
+    http_session: aiohttp.ClientSession,
     clock: ManualClock,
     model: str,
     content_type: str,
     magic: bytes,
 ) -> None:
     """WAV and FLAC models answer with their own content type and container."""
-    queue_id = await queue(session, server, model)
+    queue_id = await queue(http_session, server, model)
     clock.advance(30)
-    reply = await retrieve(session, server, queue_id, model)
+    reply = await retrieve(http_session, server, queue_id, model)
     assert reply.headers["Content-Type"] == content_type
     assert reply.data.startswith(magic)
     assert reply.headers["x-venice-audio-format"] == content_type.split("/")[1]
@@ -661,13 +653,13 @@ async def test_wav_and_flac_outputs(
 
 @pytest.mark.anyio
 async def test_flac_with_leading_id3(
-    server: FakeServer, session: aiohttp.ClientSession, clock: ManualClock
+    server: FakeServer, http_session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     """A script can make FLAC output start with an ID3 tag; sniffing still finds FLAC."""
     server.plan(JobScript(duration=1, id3=True))
-    queue_id = await queue(session, server, "ace-step-15")
+    queue_id = await queue(http_session, server, "ace-step-15")
     clock.advance(1)
-    reply = await retrieve(session, server, queue_id, "ace-step-15")
+    reply = await retrieve(http_session, server, queue_id, "ace-step-15")
     assert reply.data[:3] == b"ID3"
     assert sniff_audio_format(reply.data) == "flac"
 
@@ -687,42 +679,42 @@ async def test_flac_with_leading_id3(
 )
 async def test_failure_scripts(
     server: FakeServer,
-    session: aiohttp.ClientSession,
+    http_session: aiohttp.ClientSession,
     clock: ManualClock,
     status: int,
     message: str,
 ) -> None:
     """A failing script answers PROCESSING, then its error on every retrieve; complete is true."""
     server.plan(JobScript(duration=10, fail_status=status, suggested_prompt="A gentle tune"))
-    queue_id = await queue(session, server)
-    assert (await retrieve(session, server, queue_id)).json()["status"] == "PROCESSING"
+    queue_id = await queue(http_session, server)
+    assert (await retrieve(http_session, server, queue_id)).json()["status"] == "PROCESSING"
     clock.advance(10)
     for _ in range(2):
-        reply = await retrieve(session, server, queue_id)
+        reply = await retrieve(http_session, server, queue_id)
         assert reply.status == status
         assert reply.json()["error"] == message
         if status == 422:
             assert reply.json()["suggested_prompt"] == "A gentle tune"
-    assert (await complete(session, server, queue_id)).json() == {"success": True}
+    assert (await complete(http_session, server, queue_id)).json() == {"success": True}
 
 
 @pytest.mark.anyio
 async def test_balance_debit_402_and_refund(
-    session: aiohttp.ClientSession, clock: ManualClock
+    http_session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     """queue debits the quote, answers 402 when short, and a failed job is refunded."""
     async with FakeServer(clock=clock, balance_usd=1.0) as server:
         server.plan(JobScript(duration=5, fail_status=500))
         body = {"model": "elevenlabs-music", "prompt": PROMPT}
-        reply = await call(session, f"{server.url}/audio/queue", body)
+        reply = await call(http_session, f"{server.url}/audio/queue", body)
         assert reply.status == 200
         assert reply.headers["X-Balance-Remaining"] == "0.130000"
-        short = await call(session, f"{server.url}/audio/queue", body)
+        short = await call(http_session, f"{server.url}/audio/queue", body)
         assert short.status == 402
         assert "Insufficient" in short.json()["error"]
         clock.advance(5)
         assert server.balance_usd == 1.0
-        assert (await call(session, f"{server.url}/audio/queue", body)).status == 200
+        assert (await call(http_session, f"{server.url}/audio/queue", body)).status == 200
 
 
 # --- faults ------------------------------------------------------------------------------
@@ -730,24 +722,24 @@ async def test_balance_debit_402_and_refund(
 
 @pytest.mark.anyio
 async def test_fault_429_with_retry_after(
-    server: FakeServer, session: aiohttp.ClientSession, clock: ManualClock
+    server: FakeServer, http_session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     """An injected 429 carries Retry-After and a ms-epoch reset; the next request is normal."""
     server.inject("queue", Fault.status(429, retry_after=2))
     body = {"model": "elevenlabs-music", "prompt": PROMPT}
-    reply = await call(session, f"{server.url}/audio/queue", body)
+    reply = await call(http_session, f"{server.url}/audio/queue", body)
     assert (reply.status, reply.json()) == (429, {"error": "Rate limit exceeded"})
     assert reply.headers["Retry-After"] == "2"
     assert int(reply.headers["x-ratelimit-reset-requests"]) == int((clock.time() + 2) * 1000)
     assert reply.headers["x-ratelimit-remaining-requests"] == "0"
     assert server.jobs == {}
-    assert (await call(session, f"{server.url}/audio/queue", body)).status == 200
+    assert (await call(http_session, f"{server.url}/audio/queue", body)).status == 200
     assert [r.fault for r in server.requests] == ["status:429", None]
     assert [r.status for r in server.requests] == [429, 200]
 
 
 @pytest.mark.anyio
-async def test_fault_5xx_bodies(server: FakeServer, session: aiohttp.ClientSession) -> None:
+async def test_fault_5xx_bodies(server: FakeServer, http_session: aiohttp.ClientSession) -> None:
     """Injected 5xx faults answer an HTML body or the default JSON error, `times` times."""
     server.inject(
         "quote", Fault.status(502, body="<html>bad gateway</html>", content_type="text/html")
@@ -755,30 +747,30 @@ async def test_fault_5xx_bodies(server: FakeServer, session: aiohttp.ClientSessi
     server.inject("quote", Fault.status(500), times=2)
     url = f"{server.url}/audio/quote"
     body = {"model": "elevenlabs-music"}
-    html = await call(session, url, body)
+    html = await call(http_session, url, body)
     assert html.status == 502
     assert html.headers["Content-Type"] == "text/html"
     assert html.data == b"<html>bad gateway</html>"
     for _ in range(2):
-        reply = await call(session, url, body)
+        reply = await call(http_session, url, body)
         assert reply.status == 500
         assert "error" in reply.json()
     assert server.pending_faults() == 0
-    assert (await call(session, url, body)).status == 200
+    assert (await call(http_session, url, body)).status == 200
 
 
 @pytest.mark.anyio
-async def test_fault_delay(session: aiohttp.ClientSession) -> None:
+async def test_fault_delay(http_session: aiohttp.ClientSession) -> None:
     """A delay fault holds the answer; a client that times out still gets its job created."""
     async with FakeServer(time_scale=SCALE) as server:
         server.inject("quote", Fault.delay(150))
         started = time.monotonic()
-        reply = await call(session, f"{server.url}/audio/quote", {"model": "elevenlabs-music"})
+        reply = await call(http_session, f"{server.url}/audio/quote", {"model": "elevenlabs-music"})
         assert reply.status == 200
         assert time.monotonic() - started >= 0.14
         server.inject("queue", Fault.delay(200))
         with pytest.raises(asyncio.TimeoutError):  # not the builtin on 3.10
-            await session.post(
+            await http_session.post(
                 f"{server.url}/audio/queue",
                 json={"model": "elevenlabs-music", "prompt": PROMPT},
                 headers=AUTH,
@@ -790,67 +782,69 @@ async def test_fault_delay(session: aiohttp.ClientSession) -> None:
 
 
 @pytest.mark.anyio
-async def test_fault_drop(server: FakeServer, session: aiohttp.ClientSession) -> None:
+async def test_fault_drop(server: FakeServer, http_session: aiohttp.ClientSession) -> None:
     """drop closes without an answer; on queue the job exists (a lost response)."""
     server.inject("queue", Fault.drop())
     with pytest.raises(aiohttp.ServerDisconnectedError):
         await call(
-            session, f"{server.url}/audio/queue", {"model": "elevenlabs-music", "prompt": PROMPT}
+            http_session,
+            f"{server.url}/audio/queue",
+            {"model": "elevenlabs-music", "prompt": PROMPT},
         )
     assert len(server.jobs) == 1
     queue_id = server.queue_ids()[0]
     server.inject("retrieve", Fault.drop())
     with pytest.raises(aiohttp.ServerDisconnectedError):
-        await retrieve(session, server, queue_id)
+        await retrieve(http_session, server, queue_id)
     assert [(r.endpoint, r.status, r.fault) for r in server.requests] == [
         ("queue", 0, "drop"),
         ("retrieve", 0, "drop"),
     ]
-    assert (await retrieve(session, server, queue_id)).status == 200
+    assert (await retrieve(http_session, server, queue_id)).status == 200
 
 
 @pytest.mark.anyio
 async def test_fault_truncate(
-    server: FakeServer, session: aiohttp.ClientSession, clock: ManualClock
+    server: FakeServer, http_session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     """truncate waits for an audio answer, sends a full Content-Length but half the body."""
-    queue_id = await queue(session, server)
+    queue_id = await queue(http_session, server)
     server.inject("retrieve", Fault.truncate())
-    assert (await retrieve(session, server, queue_id)).json()["status"] == "PROCESSING"
+    assert (await retrieve(http_session, server, queue_id)).json()["status"] == "PROCESSING"
     assert server.pending_faults("retrieve") == 1  # not consumed by a JSON answer
     clock.advance(30)
     with pytest.raises(aiohttp.ClientPayloadError):
-        await retrieve(session, server, queue_id)
+        await retrieve(http_session, server, queue_id)
     assert server.requests[-1].fault == "truncate"
-    full = await retrieve(session, server, queue_id)
+    full = await retrieve(http_session, server, queue_id)
     assert full.data == server.audio_for(queue_id)
     assert server.jobs[queue_id].downloads == 1
 
 
 @pytest.mark.anyio
 async def test_fault_content_type(
-    server: FakeServer, session: aiohttp.ClientSession, clock: ManualClock
+    server: FakeServer, http_session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     """content_type relabels the audio answer; the bytes stay a valid file."""
-    queue_id = await queue(session, server)
+    queue_id = await queue(http_session, server)
     clock.advance(30)
     server.inject("retrieve", Fault.content_type("application/octet-stream"))
-    reply = await retrieve(session, server, queue_id)
+    reply = await retrieve(http_session, server, queue_id)
     assert reply.headers["Content-Type"] == "application/octet-stream"
     assert sniff_audio_format(reply.data) == "mp3"
-    assert (await retrieve(session, server, queue_id)).headers["Content-Type"] == "audio/mpeg"
+    assert (await retrieve(http_session, server, queue_id)).headers["Content-Type"] == "audio/mpeg"
 
 
 @pytest.mark.anyio
 async def test_fault_targets_one_queue_id(
-    server: FakeServer, session: aiohttp.ClientSession
+    server: FakeServer, http_session: aiohttp.ClientSession
 ) -> None:
     """A fault injected for one queue id leaves other jobs alone."""
-    first, second = await queue(session, server), await queue(session, server)
+    first, second = await queue(http_session, server), await queue(http_session, server)
     server.inject("retrieve", Fault.status(503), queue_id=second)
-    assert (await retrieve(session, server, first)).status == 200
-    assert (await retrieve(session, server, second)).status == 503
-    assert (await retrieve(session, server, second)).status == 200
+    assert (await retrieve(http_session, server, first)).status == 200
+    assert (await retrieve(http_session, server, second)).status == 503
+    assert (await retrieve(http_session, server, second)).status == 200
 
 
 def test_fault_and_script_validation() -> None:
@@ -878,36 +872,40 @@ def test_fault_and_script_validation() -> None:
 
 
 @pytest.mark.anyio
-async def test_rate_limit(session: aiohttp.ClientSession, clock: ManualClock) -> None:
+async def test_rate_limit(http_session: aiohttp.ClientSession, clock: ManualClock) -> None:
     """Over the per-minute limit: 429, integer Retry-After and a ms-epoch reset header."""
     async with FakeServer(clock=clock, rate_limits={"quote": 2}) as server:
         url, body = f"{server.url}/audio/quote", {"model": "elevenlabs-music"}
-        first = await call(session, url, body)
+        first = await call(http_session, url, body)
         assert first.headers["x-ratelimit-limit-requests"] == "2"
         assert first.headers["x-ratelimit-remaining-requests"] == "1"
         clock.advance(10)
-        second = await call(session, url, body)
+        second = await call(http_session, url, body)
         assert second.headers["x-ratelimit-remaining-requests"] == "0"
-        limited = await call(session, url, body)
+        limited = await call(http_session, url, body)
         assert (limited.status, limited.json()) == (429, {"error": "Rate limit exceeded"})
         assert limited.headers["Retry-After"] == "50"
         reset = int(limited.headers["x-ratelimit-reset-requests"])
         assert reset == int((clock.time() + 50) * 1000)
         assert len(str(reset)) == 13
         assert server.requests[-1].fault == "rate_limit"
-        assert (await call(session, f"{server.url}/models?type=music", method="GET")).status == 200
+        assert (
+            await call(http_session, f"{server.url}/models?type=music", method="GET")
+        ).status == 200
         clock.advance(50)
-        assert (await call(session, url, body)).status == 200
+        assert (await call(http_session, url, body)).status == 200
 
 
 @pytest.mark.anyio
-async def test_error_budget_lockout(session: aiohttp.ClientSession, clock: ManualClock) -> None:
+async def test_error_budget_lockout(
+    http_session: aiohttp.ClientSession, clock: ManualClock
+) -> None:
     """More than N failures in the window lock every endpoint into 429 for the window."""
     async with FakeServer(clock=clock, error_budget=(3, 30.0)) as server:
         url = f"{server.url}/audio/quote"
         for _ in range(4):
-            assert (await call(session, url, {"model": "nope"})).status == 404
-        locked = await call(session, url, {"model": "elevenlabs-music"})
+            assert (await call(http_session, url, {"model": "nope"})).status == 404
+        locked = await call(http_session, url, {"model": "elevenlabs-music"})
         assert locked.status == 429
         assert locked.json()["error"] == (
             "Too many failed attempts (> 3) resulting in a non-success status code. "
@@ -915,9 +913,11 @@ async def test_error_budget_lockout(session: aiohttp.ClientSession, clock: Manua
         )
         assert locked.headers["x-ratelimit-remaining"] == "0"
         assert int(locked.headers["x-ratelimit-resets"]) == int((clock.time() + 30) * 1000)
-        assert (await call(session, f"{server.url}/models?type=music", method="GET")).status == 429
+        assert (
+            await call(http_session, f"{server.url}/models?type=music", method="GET")
+        ).status == 429
         clock.advance(30)
-        assert (await call(session, url, {"model": "elevenlabs-music"})).status == 200
+        assert (await call(http_session, url, {"model": "elevenlabs-music"})).status == 200
 
 
 # --- request log, scripts, scale ---------------------------------------------------------
@@ -949,7 +949,7 @@ async def test_request_log_and_peers(server: FakeServer) -> None:
 
 @pytest.mark.anyio
 async def test_plan_fifo_then_job_script(
-    session: aiohttp.ClientSession, clock: ManualClock
+    http_session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     """Planned scripts are used first, in order; then the job_script callable sees the body."""
     seen: list[Mapping[str, Any]] = []
@@ -960,27 +960,27 @@ async def test_plan_fifo_then_job_script(
 
     async with FakeServer(clock=clock, job_script=script_for) as server:
         server.plan(JobScript(duration=20), JobScript(duration=10, fail_status=500))
-        ids = [await queue(session, server) for _ in range(3)]
+        ids = [await queue(http_session, server) for _ in range(3)]
         assert [server.jobs[i].script.duration for i in ids] == [20, 10, 7]
         assert server.jobs[ids[1]].failed
         assert seen == [{"model": "elevenlabs-music", **VALID_BODIES["elevenlabs-music"]}]
         assert server.finish_order() == [ids[2], ids[1], ids[0]]
-        reply = await retrieve(session, server, ids[2])
+        reply = await retrieve(http_session, server, ids[2])
         assert reply.json()["average_execution_time"] == 9000
 
 
 @pytest.mark.anyio
 async def test_large_audio_is_streamed(
-    server: FakeServer, session: aiohttp.ClientSession, clock: ManualClock
+    server: FakeServer, http_session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     """A 20 MB body arrives complete, with its Content-Length, and matches audio_for."""
     size = 20 * 1024 * 1024
     server.plan(JobScript(duration=1, audio_size=size))
-    queue_id = await queue(session, server)
+    queue_id = await queue(http_session, server)
     clock.advance(1)
     digest = hashlib.sha256()
     received = 0
-    async with session.post(
+    async with http_session.post(
         f"{server.url}/audio/retrieve",
         json={"model": "elevenlabs-music", "queue_id": queue_id},
         headers=AUTH,
@@ -995,20 +995,20 @@ async def test_large_audio_is_streamed(
 
 
 @pytest.mark.anyio
-async def test_scaled_time_and_concurrency(session: aiohttp.ClientSession) -> None:
+async def test_scaled_time_and_concurrency(http_session: aiohttp.ClientSession) -> None:
     """With time_scale 0.001 a 30 s job ends in ~30 ms; 300 concurrent queues all succeed."""
     async with FakeServer(time_scale=SCALE, job_script=JobScript(duration=30)) as server:
         results: list[str] = []
 
         async def one() -> None:
-            results.append(await queue(session, server))
+            results.append(await queue(http_session, server))
 
         async with anyio.create_task_group() as group:
             for _ in range(300):
                 group.start_soon(one)
         assert len(set(results)) == 300 == len(server.jobs)
         await anyio.sleep(0.04)
-        reply = await retrieve(session, server, results[0])
+        reply = await retrieve(http_session, server, results[0])
         assert reply.headers["Content-Type"] == "audio/mpeg"
 
 
@@ -1068,7 +1068,7 @@ def test_audio_headers_are_well_formed() -> None:
 
 
 @pytest.mark.anyio
-async def test_module_entry_point(session: aiohttp.ClientSession) -> None:
+async def test_module_entry_point(http_session: aiohttp.ClientSession) -> None:
     """`python -m venice_audio_async.testing --port 0` prints its URL and serves /models."""
     package_root = PACKAGE_ROOT
     env = {
@@ -1093,7 +1093,7 @@ async def test_module_entry_point(session: aiohttp.ClientSession) -> None:
         url = buffer.split(b"\n", 1)[0].decode()
         assert url.startswith("http://127.0.0.1:")
         assert url.endswith("/api/v1")
-        reply = await call(session, f"{url}/models?type=music", method="GET", headers=None)
+        reply = await call(http_session, f"{url}/models?type=music", method="GET", headers=None)
         assert reply.status == 200
         assert len(reply.json()["data"]) == 10
         process.terminate()

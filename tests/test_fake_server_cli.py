@@ -7,7 +7,6 @@ import math
 import os
 import statistics
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +22,6 @@ from venice_audio_async.testing.__main__ import main
 AUTH = {"Authorization": "Bearer test-key"}
 PACKAGE_ROOT = Path(testing.__file__).resolve().parents[2]  # holds venice_audio_async/
 BODY = {"model": "stable-audio-25", "prompt": "Warm cinematic strings", "duration_seconds": 30}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    """Run the async tests on asyncio (aiohttp needs it)."""
-    return "asyncio"
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """A plain aiohttp client."""
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 # --- JobMix -----------------------------------------------------------------------------
@@ -81,16 +67,18 @@ def test_job_mix_default_and_audio_size() -> None:
 
 
 @pytest.mark.anyio
-async def test_job_mix_drives_the_server(session: aiohttp.ClientSession) -> None:
+async def test_job_mix_drives_the_server(http_session: aiohttp.ClientSession) -> None:
     """As ``job_script``, the mix sets each job's duration and the reported P80."""
     mix = JobMix({"stable-audio-25": ModelTiming(30.0, 0.3)}, seed=1)
     async with FakeServer(clock=ManualClock(), job_script=mix) as server:
-        async with session.post(f"{server.url}/audio/queue", json=BODY, headers=AUTH) as reply:
+        async with http_session.post(f"{server.url}/audio/queue", json=BODY, headers=AUTH) as reply:
             queue_id = (await reply.json())["queue_id"]
         job = server.jobs[queue_id]
         assert job.script.duration == pytest.approx(mix.duration_for(BODY))
         body = {"model": BODY["model"], "queue_id": queue_id}
-        async with session.post(f"{server.url}/audio/retrieve", json=body, headers=AUTH) as reply:
+        async with http_session.post(
+            f"{server.url}/audio/retrieve", json=body, headers=AUTH
+        ) as reply:
             status = await reply.json()
         assert status["average_execution_time"] == round(mix.timings["stable-audio-25"].p80 * 1000)
 
@@ -109,7 +97,7 @@ def test_bad_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.anyio
-async def test_cli_mix_and_record(session: aiohttp.ClientSession, tmp_path: Path) -> None:
+async def test_cli_mix_and_record(http_session: aiohttp.ClientSession, tmp_path: Path) -> None:
     """--job-mix/--seed/--audio-size shape the jobs; --record writes them on shutdown."""
     record = tmp_path / "record.json"
     env = {
@@ -142,12 +130,12 @@ async def test_cli_mix_and_record(session: aiohttp.ClientSession, tmp_path: Path
             while b"\n" not in buffer:
                 buffer += await process.stdout.receive()
         url = buffer.split(b"\n", 1)[0].decode()
-        async with session.post(f"{url}/audio/queue", json=BODY, headers=AUTH) as reply:
+        async with http_session.post(f"{url}/audio/queue", json=BODY, headers=AUTH) as reply:
             queue_id = (await reply.json())["queue_id"]
         body = {"model": BODY["model"], "queue_id": queue_id}
         statuses = []
         for _ in range(2):
-            async with session.post(f"{url}/audio/retrieve", json=body, headers=AUTH) as reply:
+            async with http_session.post(f"{url}/audio/retrieve", json=body, headers=AUTH) as reply:
                 statuses.append(reply.status)
         assert statuses == [200, 429]
         process.terminate()

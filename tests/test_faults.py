@@ -22,6 +22,7 @@ import time
 import tracemalloc
 import weakref
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,31 +34,17 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 import venice_audio_async as v
 from venice_audio_async.testing import FakeServer, Fault, JobScript, RecordedRequest
 
-from .conftest import API_KEY, TIME_SCALE
+from .conftest import API_KEY, TIME_SCALE, UNLIMITED, make_client, make_session
 
 pytestmark = pytest.mark.anyio
 
-#: No client-side pacing: these tests are about faults, not about the rate limiter.
-UNLIMITED = v.RateLimits(queue_per_minute=None, retrieve_per_minute=None)
 #: Short (virtual) backoffs so retries cost milliseconds.
 FAST_RETRY = v.RetryPolicy(initial_backoff=1.0, max_backoff=8.0)
 
 
-def _session(server: FakeServer | str, **kwargs: Any) -> v.AsyncSession:
-    """A session on the fake's time scale, with unlimited rates and fast retries."""
-    options: dict[str, Any] = {
-        "api_key": API_KEY,
-        "base_url": server if isinstance(server, str) else server.url,
-        "clock": v.ScaledClock(TIME_SCALE),
-        "rate_limits": UNLIMITED,
-        "retry": FAST_RETRY,
-    }
-    options.update(kwargs)
-    return v.AsyncSession(**options)
-
-
-def _client(server: FakeServer, **kwargs: Any) -> v.VeniceClient:
-    return v.VeniceClient(api_key=API_KEY, base_url=server.url, **kwargs)
+def _session(server: FakeServer | str, **overrides: Any) -> v.AsyncSession:
+    """A session with unlimited rates (faults are tested here, not pacing) and fast retries."""
+    return make_session(server, **{"rate_limits": UNLIMITED, "retry": FAST_RETRY, **overrides})
 
 
 def _tasks() -> int:
@@ -393,7 +380,7 @@ async def test_final_job_failure_is_a_typed_outcome(
 async def test_expired_media_fails_without_retry(fake_server: FakeServer) -> None:
     """Media already gone (404) is a Failed 'expired' outcome after a single poll."""
     fake_server.plan(JobScript(duration=0.0))
-    async with _client(fake_server) as client:
+    async with make_client(fake_server) as client:
         queued = await client.queue(v.QueueRequest("stable-audio-25", "released too early"))
         assert (await client.complete(v.CompleteRequest(queued.model, queued.queue_id))).success
     async with _session(fake_server) as session:
@@ -466,11 +453,11 @@ async def test_502_with_html_or_empty_body_is_a_typed_error(
 ) -> None:
     """A proxy's 502 (HTML or empty) is a ServerError with the status, never a JSON crash."""
     raw, content_type = _BODIES[body]
-    async with _client(fake_server) as client:
+    async with make_client(fake_server) as client:
         fake_server.plan(JobScript(duration=0.0))
         job = await client.queue(v.QueueRequest("stable-audio-25", "behind a flaky proxy"))
         fake_server.inject(endpoint, Fault.status(502, body=raw, content_type=content_type))
-        calls = {
+        calls: dict[str, Callable[[], Awaitable[object]]] = {
             "models": client.models,
             "quote": lambda: client.quote(v.QuoteRequest("stable-audio-25")),
             "queue": lambda: client.queue(v.QueueRequest("stable-audio-25", "another request")),
@@ -621,7 +608,7 @@ def _html_502() -> Fault:
 
 
 #: Faults of the matrix, per endpoint, as the soak draws them.
-_SOAK_QUEUE_FAULTS = [
+_SOAK_QUEUE_FAULTS: list[Callable[[], Fault]] = [
     Fault.drop,
     lambda: Fault.delay(SOAK_SLOW),
     lambda: Fault.status(429, retry_after=2.0),
@@ -630,7 +617,7 @@ _SOAK_QUEUE_FAULTS = [
     _html_502,
     lambda: Fault.status(502, body=b"", content_type="text/plain"),
 ]
-_SOAK_RETRIEVE_FAULTS = [
+_SOAK_RETRIEVE_FAULTS: list[Callable[[], Fault]] = [
     Fault.drop,
     Fault.truncate,
     lambda: Fault.delay(SOAK_SLOW),
@@ -645,7 +632,7 @@ _SOAK_RETRIEVE_FAULTS = [
     lambda: Fault.content_type("application/octet-stream"),
     lambda: Fault.content_type("audio/mpeg; charset=binary"),
 ]
-_SOAK_COMPLETE_FAULTS = [
+_SOAK_COMPLETE_FAULTS: list[Callable[[], Fault]] = [
     Fault.drop,
     lambda: Fault.status(429, retry_after=2.0),
     lambda: Fault.status(503),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -10,26 +9,9 @@ import pytest
 import venice_audio_async as v
 from venice_audio_async.testing import FakeServer, Fault, JobScript
 
-from .conftest import API_KEY, TIME_SCALE
+from .conftest import API_KEY, make_session
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeServer]:
-    """A time-scaled fake server."""
-    async with FakeServer(time_scale=TIME_SCALE, api_keys=[API_KEY]) as fake:
-        yield fake
-
-
-def _session(server: FakeServer, **kwargs: object) -> v.AsyncSession:
-    options: dict[str, object] = {
-        "api_key": API_KEY,
-        "base_url": server.url,
-        "clock": v.ScaledClock(TIME_SCALE),
-    }
-    options.update(kwargs)
-    return v.AsyncSession(**options)  # type: ignore[arg-type]
 
 
 async def test_journal_records_each_step(tmp_path: Path) -> None:
@@ -81,11 +63,11 @@ async def test_failed_and_rejected_jobs_are_not_counted_as_spent(tmp_path: Path)
     await journal.aclose()
 
 
-async def test_session_journals_a_job_to_the_end(server: FakeServer, tmp_path: Path) -> None:
+async def test_session_journals_a_job_to_the_end(fake_server: FakeServer, tmp_path: Path) -> None:
     """A journaled job ends "succeeded" with its file, size and release recorded."""
-    server.plan(JobScript(duration=2.0))
+    fake_server.plan(JobScript(duration=2.0))
     journal_path = tmp_path / "journal.sqlite3"
-    async with _session(server, journal=journal_path, output_dir=tmp_path) as session:
+    async with make_session(fake_server, journal=journal_path, output_dir=tmp_path) as session:
         job = await session.submit("stable-audio-25", "rain on leaves in spring")
         audio = await session.wait_for(job)
     journal = await v.Journal.open(journal_path)
@@ -100,40 +82,40 @@ async def test_session_journals_a_job_to_the_end(server: FakeServer, tmp_path: P
 
 
 async def test_lost_queue_answer_is_unknown_and_never_requeued_silently(
-    server: FakeServer, tmp_path: Path
+    fake_server: FakeServer, tmp_path: Path
 ) -> None:
     """A dropped queue answer is journaled unknown; resume reports it and sends nothing."""
     journal_path = tmp_path / "journal.sqlite3"
-    async with _session(server, journal=journal_path) as session:
-        server.inject("queue", Fault.drop())
+    async with make_session(fake_server, journal=journal_path) as session:
+        fake_server.inject("queue", Fault.drop())
         with pytest.raises(v.QueueOutcomeUnknown):
             await session.submit("stable-audio-25", "a request whose answer is lost")
-    async with _session(server, journal=journal_path) as session:
+    async with make_session(fake_server, journal=journal_path) as session:
         report = await session.resume()
     assert [e.state for e in report.unknown] == [v.JobState.UNKNOWN]
     assert report.jobs == ()
-    assert server.count("queue") == 1
+    assert fake_server.count("queue") == 1
 
-    async with _session(server, journal=journal_path) as session:
+    async with make_session(fake_server, journal=journal_path) as session:
         report = await session.resume(requeue_unknown=True)
         assert report.queued == 1
         await session.wait_for(report.jobs[0])
-    assert server.count("queue") == 2
+    assert fake_server.count("queue") == 2
 
 
 async def test_resume_attaches_running_jobs_and_is_idempotent(
-    server: FakeServer, tmp_path: Path
+    fake_server: FakeServer, tmp_path: Path
 ) -> None:
     """Jobs left running by a closed session are finished by resume, once."""
-    server.plan(*[JobScript(duration=30.0) for _ in range(4)])
+    fake_server.plan(*[JobScript(duration=30.0) for _ in range(4)])
     journal_path = tmp_path / "journal.sqlite3"
-    async with _session(server, journal=journal_path, output_dir=tmp_path) as session:
+    async with make_session(fake_server, journal=journal_path, output_dir=tmp_path) as session:
         first = [
             await session.submit("stable-audio-25", f"a long ambient piece {i}") for i in range(4)
         ]
-    assert server.count("queue") == 4
+    assert fake_server.count("queue") == 4
 
-    async with _session(server, journal=journal_path) as session:
+    async with make_session(fake_server, journal=journal_path) as session:
         report = await session.resume()
         assert report.attached == 4
         assert {j.queue_id for j in report.jobs} == {j.queue_id for j in first}
@@ -144,39 +126,39 @@ async def test_resume_attaches_running_jobs_and_is_idempotent(
         assert isinstance(outcome, v.Succeeded)
         assert outcome.audio.path is not None
         assert outcome.audio.path.parent == tmp_path.resolve()
-        assert outcome.audio.path.read_bytes() == server.audio_for(outcome.job.queue_id)
+        assert outcome.audio.path.read_bytes() == fake_server.audio_for(outcome.job.queue_id)
 
-    async with _session(server, journal=journal_path) as session:
+    async with make_session(fake_server, journal=journal_path) as session:
         again = await session.resume()
     assert (again.jobs, again.skipped) == ((), 4)
-    assert server.count("queue") == 4
+    assert fake_server.count("queue") == 4
 
 
-async def test_resume_queues_jobs_never_sent(server: FakeServer, tmp_path: Path) -> None:
+async def test_resume_queues_jobs_never_sent(fake_server: FakeServer, tmp_path: Path) -> None:
     """An intent that never left (the process died first) is queued by resume."""
-    server.plan(JobScript(duration=1.0))
+    fake_server.plan(JobScript(duration=1.0))
     journal_path = tmp_path / "journal.sqlite3"
     journal = await v.Journal.open(journal_path)
     await journal.add_intent(v.QueueRequest(model="stable-audio-25", prompt="never sent before"))
     await journal.aclose()
-    async with _session(server, journal=journal_path) as session:
+    async with make_session(fake_server, journal=journal_path) as session:
         report = await session.resume()
         assert report.queued == 1
         audio = await session.wait_for(report.jobs[0])
     assert audio.size > 0
-    assert server.count("queue") == 1
+    assert fake_server.count("queue") == 1
 
 
-async def test_expired_media_is_reported_on_resume(server: FakeServer, tmp_path: Path) -> None:
+async def test_expired_media_is_reported_on_resume(fake_server: FakeServer, tmp_path: Path) -> None:
     """A job whose media is gone by resume time ends failed with MediaNotFoundError."""
-    server.plan(JobScript(duration=1.0))
+    fake_server.plan(JobScript(duration=1.0))
     journal_path = tmp_path / "journal.sqlite3"
-    async with _session(server, journal=journal_path) as session:
+    async with make_session(fake_server, journal=journal_path) as session:
         job = await session.submit("stable-audio-25", "soon to be forgotten")
-    async with v.VeniceClient(api_key=API_KEY, base_url=server.url) as client:
-        await server.clock.sleep(2.0)
+    async with v.VeniceClient(api_key=API_KEY, base_url=fake_server.url) as client:
+        await fake_server.clock.sleep(2.0)
         assert (await client.complete(v.CompleteRequest(job.model, job.queue_id))).success
-    async with _session(server, journal=journal_path) as session:
+    async with make_session(fake_server, journal=journal_path) as session:
         report = await session.resume()
         outcome = await session.wait_outcome(report.jobs[0])
     assert isinstance(outcome, v.Failed)
@@ -188,64 +170,68 @@ async def test_expired_media_is_reported_on_resume(server: FakeServer, tmp_path:
     assert entry.error_type == "MediaNotFoundError"
 
 
-async def test_spend_limit_refuses_before_sending(server: FakeServer) -> None:
+async def test_spend_limit_refuses_before_sending(fake_server: FakeServer) -> None:
     """A job that would exceed max_spend_usd is refused; nothing is sent for it."""
-    async with _session(server, max_spend_usd=0.5) as session:
+    async with make_session(fake_server, max_spend_usd=0.5) as session:
         await session.submit("stable-audio-25", "first affordable piece")  # 0.24
         await session.submit("stable-audio-25", "second affordable piece")  # 0.48
         with pytest.raises(v.SpendLimitExceeded) as caught:
             await session.submit("stable-audio-25", "one piece too many")
-        assert session.spending() == (pytest.approx(0.48), 0.5)
+        spent, limit = session.spending()
+        assert spent == pytest.approx(0.48)
+        assert limit == 0.5
     assert caught.value.limit_usd == 0.5
     assert caught.value.estimate_usd == pytest.approx(0.24)
-    assert server.count("queue") == 2
+    assert fake_server.count("queue") == 2
 
 
-async def test_spend_counts_earlier_runs_in_the_journal(server: FakeServer, tmp_path: Path) -> None:
+async def test_spend_counts_earlier_runs_in_the_journal(
+    fake_server: FakeServer, tmp_path: Path
+) -> None:
     """A session reopening a journal counts what earlier runs already spent."""
     journal_path = tmp_path / "journal.sqlite3"
-    async with _session(server, journal=journal_path) as session:
+    async with make_session(fake_server, journal=journal_path) as session:
         await session.submit("stable-audio-25", "spent in an earlier run")
-    async with _session(server, journal=journal_path, max_spend_usd=0.3) as session:
+    async with make_session(fake_server, journal=journal_path, max_spend_usd=0.3) as session:
         with pytest.raises(v.SpendLimitExceeded):
             await session.submit("stable-audio-25", "over the limit now")
 
 
-async def test_estimates_use_catalogue_then_quote(server: FakeServer) -> None:
+async def test_estimates_use_catalogue_then_quote(fake_server: FakeServer) -> None:
     """Estimates come from catalogue pricing, per model shape, without a quote request."""
-    async with _session(server) as session:
+    async with make_session(fake_server) as session:
         tts = v.QueueRequest(model="elevenlabs-tts-v3", prompt="x" * 2000, voice="Aria")
         assert await session.estimate_cost(tts) == pytest.approx(0.23)
         music = v.QueueRequest(model="elevenlabs-music", prompt="a long song", duration_seconds=90)
         assert await session.estimate_cost(music) == pytest.approx(1.73)
-    assert server.count("quote") == 0
+    assert fake_server.count("quote") == 0
 
 
-async def test_quotes_are_cached(server: FakeServer) -> None:
+async def test_quotes_are_cached(fake_server: FakeServer) -> None:
     """The same quote asked twice is one request."""
-    async with _session(server) as session:
+    async with make_session(fake_server) as session:
         a = await session.quote("elevenlabs-music", duration_seconds=60)
         b = await session.quote("elevenlabs-music", duration_seconds=60)
         c = await session.quote("elevenlabs-music", duration_seconds=120)
     assert a == b
     assert c.quote > a.quote
-    assert server.count("quote") == 2
+    assert fake_server.count("quote") == 2
 
 
-async def test_resume_needs_a_journal(server: FakeServer) -> None:
+async def test_resume_needs_a_journal(fake_server: FakeServer) -> None:
     """resume() on a session without a journal is refused clearly."""
-    async with _session(server) as session:
+    async with make_session(fake_server) as session:
         with pytest.raises(v.SessionStateError, match="journal"):
             await session.resume()
 
 
-async def test_resume_takes_a_journal_path(server: FakeServer, tmp_path: Path) -> None:
+async def test_resume_takes_a_journal_path(fake_server: FakeServer, tmp_path: Path) -> None:
     """session.resume(path) adopts the journal of an earlier run and finishes its jobs."""
-    server.plan(JobScript(duration=5.0))
+    fake_server.plan(JobScript(duration=5.0))
     journal_path = tmp_path / "journal.sqlite3"
-    async with _session(server, journal=journal_path) as session:
+    async with make_session(fake_server, journal=journal_path) as session:
         job = await session.submit("stable-audio-25", "left running by a crash")
-    async with _session(server) as session:
+    async with make_session(fake_server) as session:
         report = await session.resume(journal_path)
         assert [j.queue_id for j in report.jobs] == [job.queue_id]
         await session.wait_for(report.jobs[0])

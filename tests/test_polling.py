@@ -219,21 +219,24 @@ async def test_overdue_jobs_are_not_pushed_out() -> None:
     assert times[-1] - 400.0 <= 10.0
 
 
+class _View:
+    """A job as the policy sees it, never polled yet."""
+
+    def __init__(self, belief: RunTimeBelief | None, started: float) -> None:
+        self.belief = belief
+        self.started = started
+        self.seen_running_at_age = 0.0
+        self.last_poll = -math.inf
+        self.tracked_at = started
+        self.prompt = False
+
+
 def test_price_rises_as_the_window_fills() -> None:
     """The same jobs cost more per poll as the window's free grants run out."""
     policy = PollPolicy(PollingBounds())
     belief = RunTimeBelief(math.log(28.0), 0.25)
 
-    class Job:
-        def __init__(self, started: float) -> None:
-            self.belief = belief
-            self.started = started
-            self.seen_running_at_age = 0.0
-            self.last_poll = -math.inf
-            self.tracked_at = started
-            self.prompt = False
-
-    jobs = [Job(-10.0 * (i % 3)) for i in range(40)]
+    jobs = [_View(belief, -10.0 * (i % 3)) for i in range(40)]
     prices = []
     for used in (0, 40, 80, 110, 120):
         window = RateWindow(limit=120, window=60.5, grants=tuple(-i * 0.1 for i in range(used)))
@@ -252,16 +255,10 @@ def test_sampled_price_matches_the_exact_one() -> None:
     policy = PollPolicy(PollingBounds(), rng=random.Random(3))
     rng = random.Random(5)
 
-    class Job:
-        def __init__(self) -> None:
-            self.belief = RunTimeBelief(math.log(rng.choice((20.0, 30.0, 45.0))), 0.2)
-            self.started = -rng.uniform(0, 40)
-            self.seen_running_at_age = 0.0
-            self.last_poll = -math.inf
-            self.tracked_at = self.started
-            self.prompt = False
-
-    jobs = [Job() for _ in range(2000)]
+    jobs = [
+        _View(RunTimeBelief(math.log(rng.choice((20.0, 30.0, 45.0))), 0.2), -rng.uniform(0, 40))
+        for _ in range(2000)
+    ]
     window = RateWindow(limit=120, window=60.5, grants=tuple(-i * 0.5 for i in range(100)))
     exact = policy.reprice(0.0, jobs, len(jobs), window)
     sampled = policy.reprice(0.0, policy.sample(jobs), len(jobs), window)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +22,16 @@ import pytest
 import venice_audio_async as v
 from venice_audio_async.testing import FakeServer, Fault, JobScript, audio_bytes
 
-from .conftest import API_KEY, TIME_SCALE
+from .conftest import API_KEY, TIME_SCALE, UNLIMITED, make_session
 
 pytestmark = pytest.mark.anyio
 
-UNLIMITED = v.RateLimits(queue_per_minute=None, retrieve_per_minute=None)
 FAST_RETRY = v.RetryPolicy(initial_backoff=1.0, max_backoff=4.0, attempts=3)
 
 
-def _session(server: FakeServer | str, **kwargs: Any) -> v.AsyncSession:
-    options: dict[str, Any] = {
-        "api_key": API_KEY,
-        "base_url": server if isinstance(server, str) else server.url,
-        "clock": v.ScaledClock(TIME_SCALE),
-        "rate_limits": UNLIMITED,
-        "retry": FAST_RETRY,
-    }
-    options.update(kwargs)
-    return v.AsyncSession(**options)
+def _session(fake_server: FakeServer | str, **overrides: Any) -> v.AsyncSession:
+    """A session with unlimited rates and few, fast retries."""
+    return make_session(fake_server, **{"rate_limits": UNLIMITED, "retry": FAST_RETRY, **overrides})
 
 
 # --------------------------------------------------------------------------- the key
@@ -76,7 +68,7 @@ async def _garbage_http(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     writer.close()
 
 
-async def _run_with_faults(server: FakeServer, tmp_path: Path) -> tuple[list[Any], list[Any]]:
+async def _run_with_faults(fake_server: FakeServer, tmp_path: Path) -> tuple[list[Any], list[Any]]:
     """A whole run full of faults; returns (public objects, errors) it produced."""
     objects: list[Any] = []
     errors: list[BaseException] = []
@@ -87,9 +79,9 @@ async def _run_with_faults(server: FakeServer, tmp_path: Path) -> tuple[list[Any
         except v.VeniceError as error:
             errors.append(error)
 
-    session = _session(server, output_dir=tmp_path, timeouts=v.Timeouts(read=0.05))
+    session = _session(fake_server, output_dir=tmp_path, timeouts=v.Timeouts(read=0.05))
     objects += [session, v.RetryPolicy(), v.Timeouts(), v.Limits(), UNLIMITED]
-    server.plan(
+    fake_server.plan(
         JobScript(duration=1.0, audio_size=100_000),  # cut mid-body once
         JobScript(duration=1.0, fail_status=500),
         JobScript(duration=1.0, fail_status=422),
@@ -97,18 +89,18 @@ async def _run_with_faults(server: FakeServer, tmp_path: Path) -> tuple[list[Any
         JobScript(duration=100_000.0),  # still running when the session closes
     )
     async with session:
-        server.inject("models", Fault.status(503))
-        server.inject("quote", Fault.status(429, retry_after=2))
+        fake_server.inject("models", Fault.status(503))
+        fake_server.inject("quote", Fault.status(429, retry_after=2))
         await expect(session.quote("stable-audio-25", duration_seconds=30))
         jobs = [await session.submit("stable-audio-25", f"a faulty run {i}") for i in range(5)]
         objects += jobs
-        server.inject("retrieve", Fault.truncate(), queue_id=jobs[0].queue_id)
-        server.inject("retrieve", Fault.delay(200.0), queue_id=jobs[3].queue_id)
-        server.inject("retrieve", Fault.status(502, body=b""), queue_id=jobs[3].queue_id)
-        server.inject("complete", Fault.drop())
-        server.inject("queue", Fault.drop())
+        fake_server.inject("retrieve", Fault.truncate(), queue_id=jobs[0].queue_id)
+        fake_server.inject("retrieve", Fault.delay(200.0), queue_id=jobs[3].queue_id)
+        fake_server.inject("retrieve", Fault.status(502, body=b""), queue_id=jobs[3].queue_id)
+        fake_server.inject("complete", Fault.drop())
+        fake_server.inject("queue", Fault.drop())
         await expect(session.submit("stable-audio-25", "a queue answer lost"))
-        server.inject("queue", Fault.status(422))
+        fake_server.inject("queue", Fault.status(422))
         await expect(session.submit("stable-audio-25", "a refused prompt here"))
         await expect(session.submit("stable-audio-25", "short", duration_seconds=-1))
         await expect(session.submit("no-such-model", "a prompt for nobody"))
@@ -127,11 +119,13 @@ async def _run_with_faults(server: FakeServer, tmp_path: Path) -> tuple[list[Any
     objects.append(session)
     await expect(session.submit("stable-audio-25", "after the session closed"))
 
-    async with v.VeniceClient(api_key=API_KEY, base_url=server.url) as client:
+    async with v.VeniceClient(api_key=API_KEY, base_url=fake_server.url) as client:
         objects += [client, client.transport]
-        server.inject("retrieve", Fault.status(302, headers={"Location": "http://evil.invalid/"}))
+        fake_server.inject(
+            "retrieve", Fault.status(302, headers={"Location": "http://evil.invalid/"})
+        )
         await expect(client.retrieve(v.RetrieveRequest(jobs[0].model, jobs[0].queue_id)))
-    async with v.VeniceClient(api_key=API_KEY + "-wrong", base_url=server.url) as client:
+    async with v.VeniceClient(api_key=API_KEY + "-wrong", base_url=fake_server.url) as client:
         await expect(client.queue(v.QueueRequest("stable-audio-25", "with a wrong key")))
     # An answer that is not HTTP at all (aiohttp keeps the request, headers included).
     garbage = await asyncio.start_server(_garbage_http, "127.0.0.1", 0)
@@ -147,16 +141,9 @@ async def _run_with_faults(server: FakeServer, tmp_path: Path) -> tuple[list[Any
     return objects, errors
 
 
-@pytest.fixture
-async def server() -> Any:
-    """A fake server that accepts only API_KEY."""
-    async with FakeServer(time_scale=TIME_SCALE, api_keys=[API_KEY]) as fake:
-        yield fake
-
-
-async def test_key_in_no_repr_str_or_error(server: FakeServer, tmp_path: Path) -> None:
+async def test_key_in_no_repr_str_or_error(fake_server: FakeServer, tmp_path: Path) -> None:
     """No public object and no error of a run full of faults shows the key."""
-    objects, errors = await _run_with_faults(server, tmp_path)
+    objects, errors = await _run_with_faults(fake_server, tmp_path)
     kinds = {type(e).__name__ for e in errors}
     assert {
         "MalformedResponse",
@@ -177,10 +164,10 @@ async def test_key_in_no_repr_str_or_error(server: FakeServer, tmp_path: Path) -
         assert API_KEY not in repr(item), type(item)
         assert API_KEY not in str(item), type(item)
     # The key did reach the server, so the checks above looked at a real run.
-    assert server.requests_to("queue")[0].headers["Authorization"] == f"Bearer {API_KEY}"
+    assert fake_server.requests_to("queue")[0].headers["Authorization"] == f"Bearer {API_KEY}"
 
 
-async def test_key_in_no_log_record(server: FakeServer, tmp_path: Path) -> None:
+async def test_key_in_no_log_record(fake_server: FakeServer, tmp_path: Path) -> None:
     """Every log record of a faulty run, at every level and from every logger, lacks the key."""
     records: list[logging.LogRecord] = []
 
@@ -194,7 +181,7 @@ async def test_key_in_no_log_record(server: FakeServer, tmp_path: Path) -> None:
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
     try:
-        _, errors = await _run_with_faults(server, tmp_path)
+        _, errors = await _run_with_faults(fake_server, tmp_path)
         logging.getLogger("test").debug("errors: %r", errors)  # as a user might log them
         logging.getLogger("test").error("failed", exc_info=errors[0])
     finally:
@@ -216,15 +203,17 @@ async def test_key_in_no_log_record(server: FakeServer, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 @pytest.mark.parametrize("endpoint", ["models", "quote", "queue", "retrieve", "complete"])
-async def test_redirect_is_not_followed(server: FakeServer, endpoint: str, status: int) -> None:
+async def test_redirect_is_not_followed(
+    fake_server: FakeServer, endpoint: str, status: int
+) -> None:
     """A 3xx is an APIStatusError; the Location (another server) receives nothing."""
     async with FakeServer(time_scale=TIME_SCALE) as elsewhere:
         target = f"{elsewhere.url}/audio/{endpoint}"
-        async with v.VeniceClient(api_key=API_KEY, base_url=server.url) as client:
-            server.plan(JobScript(duration=0.0))
+        async with v.VeniceClient(api_key=API_KEY, base_url=fake_server.url) as client:
+            fake_server.plan(JobScript(duration=0.0))
             job = await client.queue(v.QueueRequest("stable-audio-25", "a redirected call"))
-            server.inject(endpoint, Fault.status(status, headers={"Location": target}))
-            calls = {
+            fake_server.inject(endpoint, Fault.status(status, headers={"Location": target}))
+            calls: dict[str, Callable[[], Awaitable[object]]] = {
                 "models": client.models,
                 "quote": lambda: client.quote(v.QuoteRequest("stable-audio-25")),
                 "queue": lambda: client.queue(v.QueueRequest("stable-audio-25", "a second call")),
@@ -236,23 +225,25 @@ async def test_redirect_is_not_followed(server: FakeServer, endpoint: str, statu
         assert elsewhere.requests == []
     assert caught.value.status_code == status
     assert "not followed" in str(caught.value)
-    assert server.requests[-1].status == status
+    assert fake_server.requests[-1].status == status
 
 
-async def test_redirect_on_a_poll_fails_the_job_without_following(server: FakeServer) -> None:
+async def test_redirect_on_a_poll_fails_the_job_without_following(fake_server: FakeServer) -> None:
     """A session meeting a redirect on retrieve reports the job failed and sends nothing away."""
-    server.plan(JobScript(duration=0.0))
+    fake_server.plan(JobScript(duration=0.0))
     async with FakeServer(time_scale=TIME_SCALE) as elsewhere:
-        async with _session(server) as session:
+        async with _session(fake_server) as session:
             job = await session.submit("stable-audio-25", "a redirected poll")
             location = {"Location": f"{elsewhere.url}/audio/retrieve"}
-            server.inject("retrieve", Fault.status(307, headers=location), queue_id=job.queue_id)
+            fake_server.inject(
+                "retrieve", Fault.status(307, headers=location), queue_id=job.queue_id
+            )
             outcome = await session.wait_outcome(job)
         assert elsewhere.requests == []
     assert isinstance(outcome, v.Failed)
     assert isinstance(outcome.error, v.APIStatusError)
     assert outcome.error.status_code == 307
-    assert server.count("retrieve") == 1
+    assert fake_server.count("retrieve") == 1
 
 
 # --------------------------------------------------------------------------- plain http
@@ -326,13 +317,13 @@ def _tree(root: Path) -> list[str]:
 
 
 async def test_names_from_prompts_stay_inside_the_directory(
-    server: FakeServer, tmp_path: Path
+    fake_server: FakeServer, tmp_path: Path
 ) -> None:
     """Hostile prompts become plain, visible file names inside the chosen directory."""
     out = tmp_path / "out"
     out.mkdir()
-    server.plan(*[JobScript(duration=0.0) for _ in HOSTILE_PROMPTS])
-    async with _session(server, output_dir=out) as session:
+    fake_server.plan(*[JobScript(duration=0.0) for _ in HOSTILE_PROMPTS])
+    async with _session(fake_server, output_dir=out) as session:
         jobs = [await session.submit("mmaudio-v2-text-to-audio", p) for p in HOSTILE_PROMPTS]
         async with session.results(jobs) as results:
             outcomes = [o async for o in results]
@@ -350,12 +341,14 @@ async def test_names_from_prompts_stay_inside_the_directory(
     assert _tree(tmp_path) == ["out", *sorted(f"out/{name}" for name in paths)]
 
 
-async def test_server_answers_do_not_choose_the_path(server: FakeServer, tmp_path: Path) -> None:
+async def test_server_answers_do_not_choose_the_path(
+    fake_server: FakeServer, tmp_path: Path
+) -> None:
     """A hostile queue_id, Content-Disposition or x-venice header cannot move the file."""
     out = tmp_path / "out"
     out.mkdir()
     evil_id = "../../../../../tmp/evil-queue-id"
-    server.inject(
+    fake_server.inject(
         "queue",
         Fault.status(
             200,
@@ -367,7 +360,7 @@ async def test_server_answers_do_not_choose_the_path(server: FakeServer, tmp_pat
         "x-venice-audio-format": "../../../evil",
         "x-venice-model-name": "/etc/cron.d/evil",
     }
-    server.inject(
+    fake_server.inject(
         "retrieve",
         Fault.status(
             200,
@@ -377,7 +370,7 @@ async def test_server_answers_do_not_choose_the_path(server: FakeServer, tmp_pat
         ),
         queue_id=evil_id,
     )
-    async with _session(server, output_dir=out) as session:
+    async with _session(fake_server, output_dir=out) as session:
         job = await session.submit("mmaudio-v2-text-to-audio", "a perfectly normal prompt")
         assert job.queue_id == evil_id
         audio = await session.wait_for(job)
@@ -387,11 +380,11 @@ async def test_server_answers_do_not_choose_the_path(server: FakeServer, tmp_pat
     assert _tree(tmp_path) == ["out", f"out/{audio.path.name}"]
 
 
-async def test_missing_output_dir_keeps_every_file(server: FakeServer, tmp_path: Path) -> None:
+async def test_missing_output_dir_keeps_every_file(fake_server: FakeServer, tmp_path: Path) -> None:
     """An output_dir that does not exist yet still gets one file per job, inside it."""
     out = tmp_path / "not-yet"
-    server.plan(*[JobScript(duration=0.0) for _ in range(3)])
-    async with _session(server, output_dir=out) as session:
+    fake_server.plan(*[JobScript(duration=0.0) for _ in range(3)])
+    async with _session(fake_server, output_dir=out) as session:
         jobs = [await session.submit("stable-audio-25", f"one of three {i}") for i in range(3)]
         async with session.results(jobs) as results:
             outcomes = [o async for o in results]
@@ -401,15 +394,15 @@ async def test_missing_output_dir_keeps_every_file(server: FakeServer, tmp_path:
 
 
 async def test_unwritable_destination_fails_only_that_job(
-    server: FakeServer, tmp_path: Path
+    fake_server: FakeServer, tmp_path: Path
 ) -> None:
     """A destination that cannot be written fails that job; the session and the rest go on."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     good = tmp_path / "good"
     good.mkdir()
-    server.plan(*[JobScript(duration=0.0) for _ in range(3)])
-    async with _session(server, output_dir=good) as session:
+    fake_server.plan(*[JobScript(duration=0.0) for _ in range(3)])
+    async with _session(fake_server, output_dir=good) as session:
         jobs = [
             await session.submit("stable-audio-25", "first of three"),
             await session.submit(
@@ -423,7 +416,7 @@ async def test_unwritable_destination_fails_only_that_job(
     assert isinstance(failed, v.Failed)
     assert isinstance(failed.error.__cause__, NotADirectoryError)
     assert "could not store the audio" in str(failed.error)
-    assert server.jobs[jobs[1].queue_id].released is False  # kept for a later download
+    assert fake_server.jobs[jobs[1].queue_id].released is False  # kept for a later download
     for job in (jobs[0], jobs[2]):
         assert isinstance(outcomes[job.queue_id], v.Succeeded)
     assert blocker.read_text() == "not a directory"

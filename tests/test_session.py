@@ -9,6 +9,7 @@ import logging
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -16,7 +17,7 @@ import pytest
 import venice_audio_async as v
 from venice_audio_async.testing import FakeServer, Fault, JobScript
 
-from .conftest import API_KEY, TIME_SCALE
+from .conftest import API_KEY, TIME_SCALE, make_session
 
 pytestmark = pytest.mark.anyio
 
@@ -24,15 +25,9 @@ pytestmark = pytest.mark.anyio
 LIMITS = v.RateLimits(queue_per_minute=40, retrieve_per_minute=120)
 
 
-def _session(server: FakeServer, **kwargs: object) -> v.AsyncSession:
-    options: dict[str, object] = {
-        "api_key": API_KEY,
-        "base_url": server.url,
-        "clock": v.ScaledClock(TIME_SCALE),
-        "rate_limits": LIMITS,
-    }
-    options.update(kwargs)
-    return v.AsyncSession(**options)  # type: ignore[arg-type]
+def _session(server: FakeServer, **overrides: Any) -> v.AsyncSession:
+    """A session paced by the real per-minute limits (in virtual time)."""
+    return make_session(server, **{"rate_limits": LIMITS, **overrides})
 
 
 def _rank_correlation(values: list[float], reference: list[float]) -> float:
@@ -377,6 +372,17 @@ async def test_validation_can_be_skipped(server: FakeServer) -> None:
             await session.submit("stable-audio-25", "short", force_instrumental=False)
     assert server.count("models") == 0
     assert server.count("queue") == 1
+
+
+async def test_generate_passes_validate_and_deadline_to_submit(server: FakeServer) -> None:
+    """generate(validate=False) sends the request as is; generate(deadline=) bounds the job."""
+    async with _session(server) as session:
+        with pytest.raises(v.BadRequestError):
+            await session.generate("stable-audio-25", "short", validate=False)
+        assert server.count("queue") == 1
+        server.plan(JobScript(duration=500.0))
+        with pytest.raises(v.JobDeadlineExceeded):
+            await session.generate("stable-audio-25", "an endless drone", deadline=30.0)
 
 
 async def test_lifecycle_is_explicit(server: FakeServer) -> None:

@@ -4,12 +4,19 @@ Music, sound effects and queued voice: submit many generations, let one schedule
 within the rate limits, and receive each result as it finishes.
 """
 
-from __future__ import annotations
-
-from importlib.metadata import PackageNotFoundError, version
+# No ``from __future__ import annotations`` here: it would add ``annotations`` to the
+# package's public names (tests/test_exports.py compares them with __all__).
+import importlib.metadata as _metadata
 
 from ._audio import AudioSink, FileSink, MemorySink
-from ._budget import BudgetStatistics, LocalBudget, RateLimit, RateWindow, RequestBudget
+from ._budget import (
+    BudgetStatistics,
+    EndpointStatistics,
+    LocalBudget,
+    RateLimit,
+    RateWindow,
+    RequestBudget,
+)
 from ._client import VeniceClient
 from ._clock import Clock, ManualClock, ScaledClock, SystemClock
 from ._config import DEFAULT_BASE_URL, Limits, RateLimits, RetryPolicy, Timeouts
@@ -66,6 +73,7 @@ from ._models import (
     Pricing,
     Processing,
     Queued,
+    QueueOptions,
     QueueRequest,
     QuoteRequest,
     QuoteResult,
@@ -78,8 +86,8 @@ from ._models import (
 from ._session import AsyncSession, ResultStream, ResumeReport, SessionStatistics
 
 try:
-    __version__ = version("venice-audio-async")
-except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = _metadata.version("venice-audio-async")
+except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
 __all__ = [
@@ -103,6 +111,7 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "DurationTier",
     "DurationsPricing",
+    "EndpointStatistics",
     "Failed",
     "FieldProblem",
     "FileSink",
@@ -132,6 +141,7 @@ __all__ = [
     "PollingBounds",
     "Pricing",
     "Processing",
+    "QueueOptions",
     "QueueOutcomeUnknown",
     "QueueRequest",
     "Queued",

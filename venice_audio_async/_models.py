@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Union
 
 import attrs
 
@@ -31,12 +31,14 @@ __all__ = [
     "FieldProblem",
     "GenerationPricing",
     "Job",
+    "ModelSpec",
     "Outcome",
     "PerSecondPricing",
     "PerThousandCharactersPricing",
     "Pricing",
     "Processing",
     "Queued",
+    "QueueOptions",
     "QueueRequest",
     "QuoteRequest",
     "QuoteResult",
@@ -239,6 +241,25 @@ class QueueRequest:
     voice: str | None = None
     language_code: str | None = None
     speed: float | None = None
+
+
+class QueueOptions(TypedDict, total=False):
+    """The optional fields of :class:`QueueRequest`, as keyword arguments.
+
+    ``AsyncSession.submit`` and ``generate`` take these as ``**options``, so a type checker
+    refuses a misspelt option (``duraton_seconds=10``) instead of it failing at run time.
+
+    .. versionadded:: 0.1.0
+    """
+
+    lyrics_prompt: str | None
+    duration_seconds: int | None
+    force_instrumental: bool | None
+    lyrics_optimizer: bool | None
+    loop: bool | None
+    voice: str | None
+    language_code: str | None
+    speed: float | None
 
 
 @attrs.frozen

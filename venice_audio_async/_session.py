@@ -11,12 +11,13 @@ import enum
 import logging
 import os
 import random
+import sys
 import types
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import aiohttp
 import anyio
@@ -55,6 +56,7 @@ from ._models import (
     Job,
     Outcome,
     PerThousandCharactersPricing,
+    QueueOptions,
     QueueRequest,
     QuoteRequest,
     QuoteResult,
@@ -64,6 +66,11 @@ from ._retry import call_idempotent
 from ._scheduler import Scheduler, SinkFactory
 from ._spending import SpendTracker
 from ._validation import check_queue, check_quote, estimate_cost_usd
+
+if sys.version_info >= (3, 12):
+    from typing import Unpack
+else:  # Unpack for **kwargs (PEP 692) is in typing from 3.12
+    from typing_extensions import Unpack
 
 __all__ = ["AsyncSession", "ResultStream", "ResumeReport", "SessionStatistics"]
 
@@ -488,21 +495,15 @@ class AsyncSession:
         model: str,
         prompt: str,
         *,
-        lyrics_prompt: str | None = None,
-        duration_seconds: int | None = None,
-        force_instrumental: bool | None = None,
-        lyrics_optimizer: bool | None = None,
-        loop: bool | None = None,
-        voice: str | None = None,
-        language_code: str | None = None,
-        speed: float | None = None,
         destination: Destination = None,
         deadline: float | None = None,
         validate: bool | None = None,
+        **options: Unpack[QueueOptions],
     ) -> Job:
         """Validate, queue (billed here) and start polling one generation.
 
         Returns the job at once; get its result with :meth:`results` or :meth:`wait_for`.
+        ``options`` are the optional :class:`QueueRequest` fields (:class:`QueueOptions`).
         ``destination`` is a file or directory for the audio (default: ``output_dir``, else
         memory). ``deadline`` (seconds) ends the job with :class:`JobDeadlineExceeded` if it
         runs longer; the job keeps running on the server and can be attached later.
@@ -515,18 +516,7 @@ class AsyncSession:
             SessionStateError: the session is not open.
             MissingAPIKeyError: no API key was given.
         """
-        request = QueueRequest(
-            model=model,
-            prompt=prompt,
-            lyrics_prompt=lyrics_prompt,
-            duration_seconds=duration_seconds,
-            force_instrumental=force_instrumental,
-            lyrics_optimizer=lyrics_optimizer,
-            loop=loop,
-            voice=voice,
-            language_code=language_code,
-            speed=speed,
-        )
+        request = QueueRequest(model=model, prompt=prompt, **options)
         return await self.submit_request(
             request, destination=destination, deadline=deadline, validate=validate
         )
@@ -984,16 +974,23 @@ class AsyncSession:
         *,
         timeout: float | None = None,
         destination: Destination = None,
-        **options: Any,
+        deadline: float | None = None,
+        validate: bool | None = None,
+        **options: Unpack[QueueOptions],
     ) -> AudioResult:
         """Submit one generation and wait for its audio: the one-call form.
+
+        ``options`` are the optional :class:`QueueRequest` fields (:class:`QueueOptions`);
+        ``deadline`` and ``validate`` are as for :meth:`submit`.
 
         Raises:
             RequestValidationError, QueueOutcomeUnknown, APIStatusError: see :meth:`submit`.
             JobDeadlineExceeded: not finished within ``timeout``; the job keeps running.
             VeniceError: the job failed.
         """
-        job = await self.submit(model, prompt, destination=destination, **options)
+        job = await self.submit(
+            model, prompt, destination=destination, deadline=deadline, validate=validate, **options
+        )
         return await self.wait_for(job, timeout=timeout)
 
     # ------------------------------------------------------------------ introspection

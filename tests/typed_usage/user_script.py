@@ -1,0 +1,80 @@
+"""What a user writes, checked by ``mypy --strict`` against the installed wheel (see .ci/run).
+
+Every annotation below must hold without ``Any``: if the wheel lost its ``py.typed`` marker,
+mypy would report the import as untyped and the step would fail. The script also runs, against
+the bundled fake server, so the installed wheel is exercised at run time too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import venice_audio_async as v
+from venice_audio_async import (
+    AsyncSession,
+    AudioResult,
+    Failed,
+    Job,
+    Outcome,
+    QueueOptions,
+    QueueRequest,
+    RequestValidationError,
+    SessionStatistics,
+    Succeeded,
+    VeniceError,
+)
+from venice_audio_async.testing import FakeServer, JobScript
+
+TIME_SCALE = 0.001  # one virtual second lasts a real millisecond
+
+
+async def main() -> None:
+    """Generate, submit, submit many and read results, as a user of the package would."""
+    async with FakeServer(time_scale=TIME_SCALE, job_script=JobScript(duration=5.0)) as server:
+        url: str = server.url
+        async with AsyncSession(
+            api_key="user-script-key", base_url=url, clock=v.ScaledClock(TIME_SCALE)
+        ) as session:
+            audio: AudioResult = await session.generate(
+                "stable-audio-25", "a short test tune", duration_seconds=10, timeout=600.0
+            )
+            size: int = audio.size
+            assert size > 0
+
+            options: QueueOptions = {"duration_seconds": 10, "force_instrumental": None}
+            job: Job = await session.submit("stable-audio-25", "rain on leaves", **options)
+            requests: list[QueueRequest] = [
+                QueueRequest(
+                    model="stable-audio-25", prompt=f"church bells, take {i}", duration_seconds=5
+                )
+                for i in range(3)
+            ]
+            jobs: list[Job] = await session.submit_many(requests)
+
+            finished: list[str] = []
+            async with session.results([job, *jobs]) as results:
+                async for outcome in results:
+                    checked: Outcome = outcome
+                    if isinstance(checked, Succeeded):
+                        finished.append(checked.job.queue_id)
+                    elif isinstance(checked, Failed):
+                        error: VeniceError = checked.error
+                        raise error
+            assert len(finished) == 4
+
+            try:
+                await session.submit("stable-audio-25", "too long", duration_seconds=100_000)
+            except RequestValidationError as refused:
+                problems: int = len(refused.problems)
+                assert problems >= 1
+            else:
+                raise AssertionError("an invalid request was accepted")
+
+            stats: SessionStatistics = session.statistics()
+            in_flight: int = stats.jobs_in_flight
+            assert in_flight == 0
+    print("user script: ok")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
