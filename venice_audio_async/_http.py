@@ -410,6 +410,8 @@ class HttpTransport:
                     self._notify(endpoint, response.status, headers)
                     raise error
                 yield response, headers
+        except VeniceError:
+            raise  # already ours (some are TimeoutErrors: not to be translated again)
         except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError) as exc:
             self._notify(endpoint, 0, {})
             raise self._translate(endpoint, exc) from exc
