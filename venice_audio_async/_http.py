@@ -8,11 +8,11 @@ every aiohttp/asyncio failure into this library's errors (``raise ... from exc``
 when it is done, so the answer is branched on its media type, never parsed blindly, and
 audio is streamed into an :class:`~venice_audio_async._audio.AudioSink` chunk by chunk.
 
-Every answer is bounded (:class:`~venice_audio_async.Limits`, :class:`~venice_audio_async.
-Timeouts`): a JSON body is read up to ``max_json_bytes`` and an audio body up to
-``max_audio_file_bytes`` (never a byte more than the cap plus one, a ``Content-Length`` over
-it refused before reading); a status answer must arrive whole within ``Timeouts.status``;
-audio must keep ``Timeouts.min_download_rate`` over each ``stall_window``.
+Every answer is bounded by ``Limits`` and ``Timeouts``: a JSON body is read up to
+``max_json_bytes`` and an audio body up to ``max_audio_file_bytes`` (never a byte more than
+the cap plus one; a ``Content-Length`` over it is refused before reading); a status answer
+must arrive whole within ``Timeouts.status``; audio must keep ``Timeouts.min_download_rate``
+over each ``stall_window``.
 
 Redirects are never followed: a 3xx would otherwise carry the ``Authorization`` header to
 wherever it points.
