@@ -128,7 +128,11 @@ async def session_round(
     session = v.AsyncSession(
         api_key=API_KEY,
         base_url=fake.url,
-        limits=v.Limits(max_connections=len(ids), max_concurrent_requests=len(ids)),
+        limits=v.Limits(
+            max_connections=len(ids),
+            max_concurrent_requests=len(ids),
+            max_concurrent_polls=len(ids),  # the benchmark polls at exactly C at once
+        ),
         rate_limits=v.RateLimits(queue_per_minute=None, retrieve_per_minute=None),
         polling=v.PollingBounds(min_interval=tiny, max_interval=tiny, first_poll=tiny),
         release_media="keep",

@@ -105,11 +105,22 @@ async def test_file_sink_abort_leaves_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_file_sink_size_mismatch_is_truncation(tmp_path: Path) -> None:
-    """If fewer bytes were written than received, the file is not committed."""
+async def test_file_sink_short_file_is_a_storage_error(tmp_path: Path) -> None:
+    """A file holding fewer bytes than were received is a storage error, not committed."""
     sink = v.FileSink(tmp_path / "a.mp3")
     await sink.begin(audio_format="mp3", content_type="audio/mpeg", content_length=None)
     await sink.write(b"abc")
+    with pytest.raises(v.AudioStorageError):
+        await sink.finish(4)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.anyio
+async def test_file_sink_checks_content_length(tmp_path: Path) -> None:
+    """Fewer bytes received than Content-Length announced is a truncation, not committed."""
+    sink = v.FileSink(tmp_path / "a.mp3")
+    await sink.begin(audio_format="mp3", content_type="audio/mpeg", content_length=5)
+    await sink.write(b"abcd")
     with pytest.raises(v.TruncatedResponse):
         await sink.finish(4)
     assert list(tmp_path.iterdir()) == []

@@ -3,10 +3,11 @@
 A sink receives a download in chunks and either commits it whole or leaves nothing:
 
 * :class:`MemorySink` keeps the bytes, refusing more than a cap;
-* :class:`FileSink` writes to a temporary name beside the target, checks the size against
-  ``Content-Length``, then renames (``os.replace`` is atomic on one filesystem), so a file at
-  the target path is always complete. Writes are batched (1 MiB) and done in a worker thread
-  to keep the event loop free without a thread hop per network chunk.
+* :class:`FileSink` writes to a temporary name beside the target, checks that the file on
+  disk holds every byte received and that those are as many as ``Content-Length`` announced,
+  then renames (``os.replace`` is atomic on one filesystem), so a file at the target path is
+  always complete. Writes are batched (1 MiB) and done in a worker thread to keep the event
+  loop free without a thread hop per network chunk.
 
 :func:`sniff_format` recognises MP3, WAV and FLAC from magic bytes, including FLAC preceded
 by an ID3 tag (seen in some Venice output, AUDIO_API.md section 10).
@@ -23,7 +24,7 @@ from typing import IO, Protocol
 import anyio
 import anyio.to_thread
 
-from ._errors import ResponseTooLarge, TruncatedResponse
+from ._errors import AudioStorageError, ResponseTooLarge, TruncatedResponse
 from ._models import AudioFormat
 
 __all__ = ["AudioSink", "FileSink", "MemorySink", "safe_stem", "sniff_format"]
@@ -141,6 +142,12 @@ class MemorySink:
 class FileSink:
     """Writes the audio to ``path`` atomically.
 
+    The file is renamed into place only once it holds every byte received, and as many as
+    the answer's ``Content-Length`` announced (when it did); otherwise the temporary file is
+    removed. A write the disk refuses (``OSError``, such as ``ENOSPC``) or a file shorter than
+    what was written is an :class:`~venice_audio_async.AudioStorageError`; fewer bytes than
+    announced is a :class:`~venice_audio_async.TruncatedResponse`.
+
     When ``path`` is a directory (``directory=True``, or an existing one), the file is named
     ``{stem}.{ext}`` inside it (the extension from the detected format, the stem sanitised so
     nothing escapes the directory); the directory is created if missing.
@@ -159,6 +166,7 @@ class FileSink:
         self._file: IO[bytes] | None = None
         self._pending: list[bytes] = []  # chunks not written yet (no copying until then)
         self._pending_size = 0
+        self._announced: int | None = None
 
     def _choose_final(self, audio_format: AudioFormat) -> Path:
         if self._directory or (self._directory is None and self._target.is_dir()):
@@ -176,6 +184,7 @@ class FileSink:
         final = await anyio.to_thread.run_sync(self._choose_final, audio_format)
         temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
         self._final, self._temp = final, temp
+        self._announced = content_length
         self._file = await anyio.to_thread.run_sync(temp.open, "wb")
 
     async def _flush(self) -> None:
@@ -190,7 +199,24 @@ class FileSink:
             await self._flush()
 
     async def finish(self, size: int) -> tuple[bytes | None, Path | None]:
-        await self._flush()
+        """Commit the file.
+
+        Raises:
+            TruncatedResponse: fewer bytes were received than ``Content-Length`` announced.
+            AudioStorageError: the file on disk does not hold every byte received.
+            OSError: the disk refused a write, the flush or the rename.
+        """
+        announced = self._announced
+        if announced is not None and size != announced:
+            await self.abort()
+            raise TruncatedResponse(
+                f"received {size} of {announced} announced bytes", endpoint="retrieve"
+            )
+        try:
+            await self._flush()
+        except BaseException:
+            await self.abort()
+            raise
         file, temp, final = self._file, self._temp, self._final
         if file is None or temp is None or final is None:
             raise RuntimeError("finish() called before begin()")
@@ -204,12 +230,17 @@ class FileSink:
                 os.replace(temp, final)
             return written
 
-        written = await anyio.to_thread.run_sync(_commit)
+        try:
+            written = await anyio.to_thread.run_sync(_commit)
+        except BaseException:
+            await self.abort()
+            raise
         self._file = None
         if written != size:
             await self.abort()
-            raise TruncatedResponse(
-                f"wrote {written} bytes but received {size}", endpoint="retrieve"
+            # Every byte was received; the disk kept fewer: a storage failure, not the network's.
+            raise AudioStorageError(
+                f"the file on disk has {written} of the {size} bytes written to it"
             )
         self._temp = None
         return None, final

@@ -146,14 +146,18 @@ class VeniceClient:
 
         The audio goes into ``sink`` (default: memory, up to
         ``Limits.max_audio_bytes_in_memory``); use :class:`~venice_audio_async.FileSink`
-        to stream it to disk.
+        to stream it to disk. A status answer must arrive whole within ``Timeouts.status``;
+        audio must keep ``Timeouts.min_download_rate`` and stay within
+        ``Limits.max_audio_file_bytes``.
 
         Raises:
             InvalidQueueIdError: the id was never issued (400).
             MediaNotFoundError: the media expired or was deleted (404).
             ContentPolicyError, InferenceFailedError, ServiceUnavailableError, BadRequestError:
                 the job failed.
-            ResponseTooLarge: the audio exceeds the in-memory cap.
+            ResponseTooLarge: the answer exceeds its cap in ``Limits`` (JSON, audio file or
+                in-memory audio); nothing partial was kept. Not worth retrying.
+            RequestTimeout: no status in time, or the audio stalled; worth retrying.
             TruncatedResponse: the body was cut short; nothing partial was kept.
             TransportError: no usable answer.
         """

@@ -39,8 +39,16 @@ class Timeouts:
 
     ``connect``: opening a connection. ``read``: the longest silence while waiting for or
     reading an answer. ``request``: the whole of a JSON request (``None``: no limit).
-    ``download``: the whole of an audio download (``None``: no limit, ``read`` still applies,
-    so a stalled body is detected while a slow but steady one completes).
+    ``status``: the whole of a poll that answers with a job's status (``retrieve`` of a job
+    still running: headers and JSON body), so a server that drips its answer is given up on
+    and polled again later instead of being waited on for ``request`` (``None``: no limit).
+    ``download``: the whole of an audio download (``None``: no limit).
+
+    An audio download must also keep a minimum pace: at least ``min_download_rate`` bytes
+    per second on average over every ``stall_window`` seconds spent waiting for the network
+    (``None``: no such rule, ``read`` still applies). A drip fails with
+    :class:`~venice_audio_async.RequestTimeout` and is retried later (the media stays on the
+    server); a slow but steady download completes.
 
     .. versionadded:: 0.1.0
     """
@@ -49,6 +57,9 @@ class Timeouts:
     read: float = attrs.field(default=60.0, validator=_positive)
     request: float | None = attrs.field(default=120.0, validator=_positive)
     download: float | None = attrs.field(default=None, validator=_positive)
+    status: float | None = attrs.field(default=10.0, validator=_positive)
+    min_download_rate: float | None = attrs.field(default=1024.0, validator=_positive)
+    stall_window: float = attrs.field(default=30.0, validator=_positive)
 
 
 @attrs.frozen(kw_only=True)
@@ -112,21 +123,56 @@ class RateLimits:
 
 @attrs.frozen(kw_only=True)
 class Limits:
-    """Connection and memory limits.
+    """Connection, concurrency and size limits.
 
     ``max_connections``: the size of the one connection pool. ``max_concurrent_requests``:
-    requests in flight at once across the session. ``max_audio_bytes_in_memory``: the
-    largest audio body kept in memory (larger ones raise
-    :class:`~venice_audio_async.ResponseTooLarge`; stream them to a file instead).
+    requests in flight at once across the session. ``max_concurrent_polls``: how many of
+    those may be polls (``retrieve``, downloads included); the rest stay free for
+    ``queue``, ``quote``, ``models`` and ``complete``, so slow polls cannot hold them up.
+    ``None`` (the default) reserves a quarter of the requests (at least one, when there are
+    two or more; see :attr:`concurrent_polls`).
+
+    Answers are capped while they stream, before they are kept or parsed:
+    ``max_json_bytes`` for a JSON answer, ``max_audio_file_bytes`` for an audio file (500 MiB,
+    as Venice's own CLI), and ``max_audio_bytes_in_memory`` for audio kept in memory (stream
+    larger ones to a file). A ``Content-Length`` over the cap is refused before the body is
+    read; no more than the cap plus one byte is ever read. Over a cap the request fails
+    with :class:`~venice_audio_async.ResponseTooLarge`, which is not retried: a job fails,
+    nothing partial is kept, and its media stays on the server.
 
     .. versionadded:: 0.1.0
     """
 
     max_connections: int = 16
     max_concurrent_requests: int = 16
+    max_concurrent_polls: int | None = None
     max_audio_bytes_in_memory: int = 100 * 1024 * 1024
+    max_audio_file_bytes: int = 500 * 1024 * 1024
+    max_json_bytes: int = 1024 * 1024
 
     def __attrs_post_init__(self) -> None:
-        for name in ("max_connections", "max_concurrent_requests", "max_audio_bytes_in_memory"):
-            if getattr(self, name) < 1:
+        for name in (
+            "max_connections",
+            "max_concurrent_requests",
+            "max_concurrent_polls",
+            "max_audio_bytes_in_memory",
+            "max_audio_file_bytes",
+            "max_json_bytes",
+        ):
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1")
+
+    @property
+    def concurrent_polls(self) -> int:
+        """The request slots polls may hold at once.
+
+        ``max_concurrent_polls`` if set (at most ``max_concurrent_requests``), else three
+        quarters of the requests the pool can carry (``min(max_connections,
+        max_concurrent_requests)``), leaving at least one slot and one connection to the
+        other endpoints whenever there are two or more.
+        """
+        if self.max_concurrent_polls is not None:
+            return min(self.max_concurrent_polls, self.max_concurrent_requests)
+        carried = min(self.max_connections, self.max_concurrent_requests)
+        return max(1, carried - max(1, carried // 4))

@@ -13,7 +13,7 @@
      │    ├── ConnectionDropped                   the connection broke before/while answering
      │    ├── TruncatedResponse                   body shorter than announced
      │    ├── MalformedResponse                   answer not in the documented shape
-     │    └── ResponseTooLarge                    audio body above the configured cap
+     │    └── ResponseTooLarge                    answer above its configured cap (not retried)
      ├── QueueOutcomeUnknown                      `queue` may have been billed; not retried
      ├── AudioStorageError                        the audio could not be written (disk, sink)
      ├── BatchSubmitError                         some queue calls of submit_many failed
@@ -193,7 +193,13 @@ class MalformedResponse(TransportError):
 
 
 class ResponseTooLarge(TransportError):
-    """The audio body is larger than the configured in-memory cap; nothing was kept."""
+    """An answer is larger than its cap in :class:`~venice_audio_async.Limits`.
+
+    A JSON answer above ``max_json_bytes``, an audio file above ``max_audio_file_bytes``, or
+    audio kept in memory above ``max_audio_bytes_in_memory``. The body was not read past the
+    cap and nothing partial was kept. It is not retried (the answer would be as large
+    again), and a job that fails with it keeps its media on the server.
+    """
 
 
 class QueueOutcomeUnknown(VeniceError):

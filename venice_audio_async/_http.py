@@ -8,6 +8,12 @@ every aiohttp/asyncio failure into this library's errors (``raise ... from exc``
 when it is done, so the answer is branched on its media type, never parsed blindly, and
 audio is streamed into an :class:`~venice_audio_async._audio.AudioSink` chunk by chunk.
 
+Every answer is bounded by ``Limits`` and ``Timeouts``: a JSON body is read up to
+``max_json_bytes`` and an audio body up to ``max_audio_file_bytes`` (never a byte more than
+the cap plus one; a ``Content-Length`` over it is refused before reading); a status answer
+must arrive whole within ``Timeouts.status``; audio must keep ``Timeouts.min_download_rate``
+over each ``stall_window``.
+
 Redirects are never followed: a 3xx would otherwise carry the ``Authorization`` header to
 wherever it points.
 """
@@ -19,11 +25,13 @@ import contextlib
 import ipaddress
 import json
 import logging
+import math
 import platform
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
+import anyio
 import attrs
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -37,6 +45,7 @@ from ._errors import (
     ConnectionDropped,
     MalformedResponse,
     RequestTimeout,
+    ResponseTooLarge,
     TransportError,
     TruncatedResponse,
     VeniceError,
@@ -167,6 +176,78 @@ def _venice_headers(headers: Mapping[str, str]) -> VeniceHeaders:
     )
 
 
+async def _read_up_to(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """Read until the end of the body or ``limit`` bytes, whichever comes first."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await content.read(limit - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
+class _AudioBody:
+    """Reads an audio body within its size cap and above its minimum pace.
+
+    The pace is checked per window: each ``window`` seconds spent waiting for the network
+    must bring ``rate * window`` bytes, else the download fails as stalled; a window that
+    brings them ends there and the next one starts. Time spent between reads (storing the
+    chunks) does not count: the rule judges the server, not the disk. The clock is real
+    time, like aiohttp's own timeouts.
+    """
+
+    def __init__(
+        self, content: aiohttp.StreamReader, *, cap: int, rate: float | None, window: float
+    ) -> None:
+        self._content = content
+        self._cap = cap
+        self._rate = rate
+        self._window = window
+        self._needed = math.inf if rate is None else rate * window
+        self.received = 0
+        self._window_start = self._left_at = anyio.current_time()
+        self._window_bytes = 0
+
+    async def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes (``b""`` at the end).
+
+        Raises:
+            ResponseTooLarge: the body went over the cap (one byte past it was read).
+            RequestTimeout: the body came slower than the minimum pace.
+        """
+        n = min(n, self._cap + 1 - self.received)
+        if self._rate is None:
+            chunk = await self._content.read(n)
+        else:
+            chunk = await self._paced_read(n)
+        self.received += len(chunk)
+        if self.received > self._cap:
+            raise ResponseTooLarge(
+                f"audio is over Limits.max_audio_file_bytes ({self._cap} bytes); nothing was kept",
+                endpoint="retrieve",
+            )
+        return chunk
+
+    async def _paced_read(self, n: int) -> bytes:
+        self._window_start += anyio.current_time() - self._left_at
+        with anyio.CancelScope(deadline=self._window_start + self._window) as scope:
+            chunk = await self._content.read(n)
+        if scope.cancelled_caught:
+            raise RequestTimeout(
+                f"audio download stalled: under {self._rate:g} bytes/s over {self._window:g} s "
+                "(Timeouts.min_download_rate, Timeouts.stall_window)",
+                endpoint="retrieve",
+            )
+        self._left_at = anyio.current_time()
+        self._window_bytes += len(chunk)
+        if self._window_bytes >= self._needed:
+            self._window_start, self._window_bytes = self._left_at, 0
+        return chunk
+
+
 class HttpTransport:
     """One connection pool and the error mapping; see the module docstring.
 
@@ -276,8 +357,28 @@ class HttpTransport:
                 headers=support_headers(headers),
                 endpoint=endpoint,
             )
-        raw = await response.content.read(_ERROR_BODY_LIMIT)
+        raw = await _read_up_to(response.content, _ERROR_BODY_LIMIT)
         return error_from_response(response.status, raw, headers, endpoint=endpoint)
+
+    async def _json_body(self, endpoint: str, response: aiohttp.ClientResponse) -> bytes:
+        """The whole JSON body, refused past ``Limits.max_json_bytes`` without reading on.
+
+        Raises:
+            ResponseTooLarge: the body (announced or received) is over the cap.
+        """
+        cap = self._limits.max_json_bytes
+        length = response.content_length
+        if length is None or length <= cap:
+            raw = await _read_up_to(response.content, cap + 1)
+            if len(raw) <= cap:
+                return raw
+            length = None
+        announced = "" if length is None else f" ({length} bytes announced)"
+        raise ResponseTooLarge(
+            f"{endpoint} answered JSON over Limits.max_json_bytes ({cap} bytes){announced}; "
+            "it was not read",
+            endpoint=endpoint,
+        )
 
     @contextlib.asynccontextmanager
     async def _exchange(
@@ -309,6 +410,8 @@ class HttpTransport:
                     self._notify(endpoint, response.status, headers)
                     raise error
                 yield response, headers
+        except VeniceError:
+            raise  # already ours (some are TimeoutErrors: not to be translated again)
         except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError) as exc:
             self._notify(endpoint, 0, {})
             raise self._translate(endpoint, exc) from exc
@@ -342,7 +445,7 @@ class HttpTransport:
         async with self._exchange(
             endpoint, method, path.lstrip("/"), body=body, params=params, auth=auth
         ) as (response, headers):
-            raw = await response.read()
+            raw = await self._json_body(endpoint, response)
         return self._json(endpoint, response.status, headers, raw)
 
     async def retrieve(
@@ -352,21 +455,40 @@ class HttpTransport:
 
         Raises:
             APIStatusError: the job failed, or the id is unknown/expired.
+            RequestTimeout: no status within ``Timeouts.status``, or the audio came slower
+                than ``Timeouts.min_download_rate`` (the sink is aborted).
+            ResponseTooLarge: the JSON or the audio is over its cap in ``Limits`` (the
+                sink is aborted, nothing partial remains).
             TransportError: no usable answer; ``TruncatedResponse`` if the body was cut
                 short (the sink is aborted, nothing partial remains).
             AudioStorageError: the sink could not store the audio (the original error is
                 the ``__cause__``); nothing partial remains.
         """
         endpoint = "retrieve"
-        async with self._exchange(endpoint, "POST", "audio/retrieve", body=body, download=True) as (
-            response,
-            headers,
-        ):
-            media_type = response.content_type.lower()
-            if media_type == "application/json":
-                raw = await response.read()
-                return self._json(endpoint, response.status, headers, raw)
-            return await self._stream_audio(response, headers, media_type, sink)
+        limit = self._timeouts.status
+        answer: JsonAnswer | None = None
+        # The status deadline covers the wait for headers and a JSON body; once audio
+        # starts it is lifted, and the download rules (cap, pace, ``download``) apply.
+        deadline = math.inf if limit is None else anyio.current_time() + limit
+        with anyio.CancelScope(deadline=deadline) as status_scope:
+            async with self._exchange(
+                endpoint, "POST", "audio/retrieve", body=body, download=True
+            ) as (response, headers):
+                media_type = response.content_type.lower()
+                if media_type == "application/json":
+                    raw = await self._json_body(endpoint, response)
+                    answer = self._json(endpoint, response.status, headers, raw)
+                else:
+                    status_scope.deadline = math.inf
+                    return await self._stream_audio(response, headers, media_type, sink)
+        if answer is None:  # only the status deadline ends the scope without an answer
+            self._notify(endpoint, 0, {})
+            raise RequestTimeout(
+                f"{endpoint} request to {self._base.host}: no status answer within "
+                f"{limit} s (Timeouts.status)",
+                endpoint=endpoint,
+            )
+        return answer
 
     async def _stream_audio(
         self,
@@ -378,12 +500,26 @@ class HttpTransport:
         # The media type decides "audio"; the magic bytes decide which container, because
         # labels have been seen wrong (AUDIO_API.md section 10) and octet-stream says nothing.
         declared = format_for_media_type(media_type)
+        cap = self._limits.max_audio_file_bytes
+        length = response.content_length
+        if length is not None and length > cap:
+            raise ResponseTooLarge(
+                f"audio of {length} bytes is over Limits.max_audio_file_bytes ({cap} bytes); "
+                "it was not downloaded",
+                endpoint="retrieve",
+            )
+        body = _AudioBody(
+            response.content,
+            cap=cap,
+            rate=self._timeouts.min_download_rate,
+            window=self._timeouts.stall_window,
+        )
         head = b""
         while len(head) < 1 << 20:
             needed = sniff_needs(head)
             if len(head) >= needed:
                 break
-            chunk = await response.content.read(max(needed - len(head), 16))
+            chunk = await body.read(max(needed - len(head), 16))
             if not chunk:
                 break
             head += chunk
@@ -396,7 +532,6 @@ class HttpTransport:
             )
         if declared is not None and sniffed is not None and sniffed != declared:
             log.info("audio labelled %s is %s; trusting the bytes", media_type, sniffed)
-        length = response.content_length
         await _store(
             sink.begin(audio_format=audio_format, content_type=media_type, content_length=length)
         )
@@ -405,7 +540,7 @@ class HttpTransport:
             if head:
                 await _store(sink.write(head))
                 size += len(head)
-            async for chunk in response.content.iter_chunked(_CHUNK):
+            while chunk := await body.read(_CHUNK):
                 await _store(sink.write(chunk))
                 size += len(chunk)
             if length is not None and size != length:

@@ -143,6 +143,7 @@ class Scheduler:
         clock: Clock,
         retry: RetryPolicy,
         limiter: RequestLimiter,
+        release_limiter: RequestLimiter | None = None,
         release: ReleaseMode = "complete",
         rng: random.Random | None = None,
         on_outcome: OutcomeHook | None = None,
@@ -158,6 +159,7 @@ class Scheduler:
         self._clock = clock
         self._retry = retry
         self._limiter = limiter
+        self._release_limiter = release_limiter or limiter  # complete must not queue behind polls
         self._release = release
         self._rng = rng or random.Random()
         self._policy = PollPolicy(estimator.bounds, rng=self._rng)
@@ -538,7 +540,7 @@ class Scheduler:
                 "complete",
                 lambda: self._client.complete(request),
                 budget=self._budget,
-                limiter=self._limiter,
+                limiter=self._release_limiter,
                 policy=self._retry,
                 clock=self._clock,
                 rng=self._rng,

@@ -247,13 +247,16 @@ class AsyncSession:
         )
         self._client.transport.set_observer(self._observe)
         self._limiter = RequestLimiter(self._limits.max_concurrent_requests)
+        # Polls hold only their share of the slots: the rest stay free for the other calls.
+        polls = RequestLimiter(self._limits.concurrent_polls, parent=self._limiter)
         self._scheduler = Scheduler(
             client=self._client,
             budget=self._budget,
             estimator=DurationEstimator(bounds=polling or PollingBounds()),
             clock=self._clock,
             retry=self._retry,
-            limiter=self._limiter,
+            limiter=polls,
+            release_limiter=self._limiter,
             release=release_media,
             on_outcome=self._record_outcome,
             on_released=self._record_released,
