@@ -33,6 +33,7 @@ def test_private_modules_public_names_are_exported() -> None:
         "HttpTransport",
         "ModelDurationStats",
         "OutcomeHook",
+        "OwnerLock",
         "ReleaseHook",
         "SpendTracker",
         "ReleaseMode",
