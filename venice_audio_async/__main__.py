@@ -231,18 +231,26 @@ def _manifest_length(path: Path) -> int:
         return 0
 
 
-def _write_manifest(out: Path, rows: list[dict[str, Any]]) -> None:
-    # The journal only ever gains rows, so a shorter manifest means the journal lost some
-    # (replaced, truncated): the old manifest may be the only list of their queue ids.
+def _check_manifest(out: Path, rows: int) -> None:
+    """Refuse to go on when the journal has fewer lines than the folder's manifest lists.
+
+    The journal only ever gains rows, so fewer means it lost some (replaced, truncated):
+    the manifest may be the only list left of their queue ids, so it is never replaced.
+    """
     kept = _manifest_length(out / MANIFEST_NAME)
-    if len(rows) < kept:
+    if rows < kept:
         raise JournalError(
-            f"refusing to replace {out / MANIFEST_NAME} ({kept} rows) with {len(rows)} rows: "
+            f"refusing to replace {out / MANIFEST_NAME} ({kept} rows) with {rows} rows: "
             f"the journal {out / JOURNAL_NAME} has fewer jobs than the manifest lists, so it "
-            "was damaged or replaced. The manifest was kept as it was; it lists the queue ids "
-            "of the jobs the journal no longer has",
+            "was damaged or replaced. The manifest was kept as it was (it lists the queue "
+            "ids of the jobs the journal no longer has); move the journal away and use the "
+            "manifest to see what was paid for",
             path=str(out / JOURNAL_NAME),
         )
+
+
+def _write_manifest(out: Path, rows: list[dict[str, Any]]) -> None:
+    _check_manifest(out, len(rows))
     temp = out / f".{MANIFEST_NAME}.part"
     with temp.open("w", encoding="utf-8") as handle:
         for row in rows:
@@ -332,7 +340,10 @@ async def _run_batch(
         return 2
     journal = session.journal
     assert journal is not None
-    known = {entry.key for entry in await journal.entries()}
+    recorded = await journal.entries()
+    # Before new lines are added: a journal that lost rows would otherwise re-queue them.
+    await anyio.to_thread.run_sync(_check_manifest, out, len(manifest_rows(recorded)))
+    known = {entry.key for entry in recorded}
     fresh = [line for line in lines if line.key not in known]
     estimates = [
         await session.estimate_cost(line.request, model=catalogue[line.request.model])
@@ -394,6 +405,10 @@ async def _cmd_resume(args: argparse.Namespace) -> int:
 
 async def _drive(args: argparse.Namespace, session: AsyncSession, out: Path, *, total: int) -> int:
     """Queue what the journal has not sent, fetch what is running, write the manifest."""
+    journal = session.journal
+    assert journal is not None
+    lines = len(manifest_rows(await journal.entries()))
+    await anyio.to_thread.run_sync(_check_manifest, out, lines)  # before anything is sent
     _interrupt_hint[:] = [f"venice-audio resume {out}"]
     watcher = _Watcher(session, BatchProgress(total, plain=args.plain))
     failure: Exception | None = None

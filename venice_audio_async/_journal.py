@@ -57,7 +57,7 @@ from ._clock import Clock, SystemClock
 from ._converters import unstructure_request
 from ._errors import JournalError
 from ._models import QueueRequest
-from ._owner_lock import OwnerLock
+from ._owner_lock import OwnerLock, lock_path_for
 
 __all__ = ["JobState", "Journal", "JournalEntry"]
 
@@ -200,6 +200,16 @@ def _advice(error: sqlite3.Error) -> str:
     return "check the file, its folder and the free disk space, then try again"
 
 
+def _empty_journal(target: Path) -> JournalError:
+    return JournalError(
+        f"the journal {target} is empty (0 bytes): it was truncated, so the jobs it "
+        "recorded cannot be read from it. Nothing was sent. Keep the folder's "
+        "manifest.jsonl if there is one (it lists their queue ids); move the empty file "
+        "away to start a new journal",
+        path=str(target),
+    )
+
+
 def _open_error(target: Path, error: sqlite3.Error) -> JournalError:
     return JournalError(
         f"cannot use the journal {target}: {error}. Nothing was sent; {_advice(error)}",
@@ -207,18 +217,18 @@ def _open_error(target: Path, error: sqlite3.Error) -> JournalError:
     )
 
 
-def _open_database(target: Path, *, create: bool, busy_timeout: float) -> sqlite3.Connection:
-    """Connect and check the schema; the caller holds the owner lock. Blocking."""
+def _open_database(
+    target: Path, *, create: bool, used: bool, busy_timeout: float
+) -> sqlite3.Connection:
+    """Connect and check the schema; the caller holds the owner lock. Blocking.
+
+    ``used``: the journal was opened before (its lock file existed), so an empty file is
+    one that lost its contents, not one just made with ``touch`` or ``mkstemp``.
+    """
     where = str(target)
     existed = target.exists()
-    if existed and target.stat().st_size == 0:
-        raise JournalError(
-            f"the journal {target} is empty (0 bytes): it was truncated, so the jobs it "
-            "recorded cannot be read from it. Nothing was sent. Keep the folder's "
-            "manifest.jsonl if there is one (it lists their queue ids); move the empty file "
-            "away to start a new journal",
-            path=where,
-        )
+    if existed and target.stat().st_size == 0 and (used or not create):
+        raise _empty_journal(target)
     try:
         db = sqlite3.connect(
             target, check_same_thread=False, isolation_level=None, timeout=busy_timeout
@@ -265,6 +275,8 @@ def _connect(
         raise JournalError(f"{target} is a folder, not a journal file", path=where)
     if not create and not target.exists():
         raise JournalError(f"there is no journal at {target}; nothing to resume", path=where)
+    if not create and target.stat().st_size == 0:
+        raise _empty_journal(target)  # refused before its lock file is made
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -272,9 +284,11 @@ def _connect(
             f"cannot create the journal's folder {target.parent}: {error.strerror}",
             path=where,
         ) from error
+    used = lock_path_for(target).exists()
     lock = OwnerLock.acquire(target)
     try:
-        return _open_database(target, create=create, busy_timeout=busy_timeout), lock
+        db = _open_database(target, create=create, used=used, busy_timeout=busy_timeout)
+        return db, lock
     except BaseException:
         lock.release()
         raise
