@@ -184,15 +184,21 @@ async def test_a_second_process_is_refused_with_the_holders_pid(
 async def test_cli_resume_is_refused_while_another_process_holds_the_journal(
     cli_server: FakeServer, tmp_path: Path
 ) -> None:
-    """`resume DIR` on a folder another process works on exits 2 with its pid; no queue sent."""
+    """`resume`/`batch` on a folder another process works on exit 2 with its pid; none sent."""
     out = tmp_path / "out"
     path = await _batch_journal(out, 3)
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("".join(json.dumps(_line(i)) + "\n" for i in (1, 2, 3)))
     with _holder(path) as holder:
-        result = await _run_cli(cli_server, "resume", str(out))
-    err = result.stderr.decode()
-    assert result.returncode == 2, err
-    assert f"in use by process {holder.pid}" in err
-    assert "Traceback" not in err
+        results = [
+            await _run_cli(cli_server, "resume", str(out)),
+            await _run_cli(cli_server, "batch", str(batch), "--out", str(out)),
+        ]
+    for result in results:
+        err = result.stderr.decode()
+        assert result.returncode == 2, err
+        assert f"in use by process {holder.pid}" in err
+        assert "Traceback" not in err
     assert cli_server.count("queue") == 0
 
 

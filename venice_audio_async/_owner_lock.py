@@ -10,20 +10,39 @@ filesystems), and gives it a clearer message.
 
 The lock file is left in place when released (only its pid is cleared): deleting it could
 let two processes lock two different files of the same name.
+
+On Windows (untested here) ``msvcrt.locking`` locks one byte past the pid instead, which
+the system also drops when the process ends.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
+import sys
 import threading
 from pathlib import Path
 
 from ._errors import JournalError
 
-__all__ = ["OwnerLock"]
+__all__ = ["OwnerLock", "lock_path_for"]
+
+_BUSY = {errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK, errno.EDEADLK}
+
+if sys.platform == "win32":
+    import msvcrt
+
+    def _try_lock(fd: int) -> None:
+        os.lseek(fd, 64, os.SEEK_SET)  # past the pid, so the pid stays readable
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+
+else:
+    import fcntl
+
+    def _try_lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
 
 _held: set[tuple[int, int]] = set()  # (device, inode) of lock files this process holds
 _held_guard = threading.Lock()
@@ -36,10 +55,18 @@ def lock_path_for(journal: Path) -> Path:
 
 def _read_pid(fd: int) -> int | None:
     try:
-        text = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip()
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 32).decode("ascii", errors="replace").strip()
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+def _write_pid(fd: int, pid: int | None) -> None:
+    os.ftruncate(fd, 0)
+    if pid is not None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{pid}\n".encode("ascii"))
 
 
 class OwnerLock:
@@ -78,9 +105,9 @@ class OwnerLock:
                         holder_pid=os.getpid(),
                     )
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    _try_lock(fd)
                 except OSError as error:
-                    if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    if error.errno not in _BUSY:
                         raise JournalError(
                             f"cannot lock the journal {journal}: {error.strerror}; "
                             "nothing was sent",
@@ -99,13 +126,10 @@ class OwnerLock:
         except BaseException:
             os.close(fd)
             raise
-        lock = cls(path, fd, identity)
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        except OSError:
-            pass  # the lock holds without the pid; a refused opener then says "another process"
-        return lock
+        # Without the pid the lock still holds; a refused opener then says "another process".
+        with contextlib.suppress(OSError):
+            _write_pid(fd, os.getpid())
+        return cls(path, fd, identity)
 
     def release(self) -> None:
         """Clear the pid and drop the lock (idempotent). Blocking I/O."""
@@ -113,7 +137,7 @@ class OwnerLock:
         if fd is None:
             return
         with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
+            _write_pid(fd, None)
         with _held_guard:
             _held.discard(self._identity)
-            os.close(fd)  # closing the only descriptor releases the flock
+            os.close(fd)  # closing the only descriptor releases the lock
