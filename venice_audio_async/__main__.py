@@ -26,8 +26,10 @@ from ._batch import BatchLine, check_batch, manifest_rows, read_batch
 from ._clock import Clock, ScaledClock, SystemClock
 from ._config import DEFAULT_BASE_URL
 from ._errors import (
+    JournalError,
     VeniceError,
 )
+from ._journal import Journal
 from ._models import (
     AudioModel,
     DurationsPricing,
@@ -110,7 +112,12 @@ def _session(
 
 
 def _folder_session(
-    args: argparse.Namespace, url: str, key: str | None, clock: Clock, out: Path
+    args: argparse.Namespace,
+    url: str,
+    key: str | None,
+    clock: Clock,
+    out: Path,
+    journal: Journal | None = None,
 ) -> AsyncSession:
     """A session writing into a batch folder, with the folder's journal."""
     return _session(
@@ -118,7 +125,7 @@ def _folder_session(
         url,
         key,
         clock,
-        journal=out / JOURNAL_NAME,
+        journal=journal if journal is not None else out / JOURNAL_NAME,
         output_dir=out,
         max_spend_usd=args.max_spend,
     )
@@ -216,7 +223,34 @@ async def _cmd_generate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- batch / resume
 
 
+def _manifest_length(path: Path) -> int:
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            return sum(1 for line in handle if line.strip())
+    except FileNotFoundError:
+        return 0
+
+
+def _check_manifest(out: Path, rows: int) -> None:
+    """Refuse to go on when the journal has fewer lines than the folder's manifest lists.
+
+    The journal only ever gains rows, so fewer means it lost some (replaced, truncated):
+    the manifest may be the only list left of their queue ids, so it is never replaced.
+    """
+    kept = _manifest_length(out / MANIFEST_NAME)
+    if rows < kept:
+        raise JournalError(
+            f"refusing to replace {out / MANIFEST_NAME} ({kept} rows) with {rows} rows: "
+            f"the journal {out / JOURNAL_NAME} has fewer jobs than the manifest lists, so it "
+            "was damaged or replaced. The manifest was kept as it was (it lists the queue "
+            "ids of the jobs the journal no longer has); move the journal away and use the "
+            "manifest to see what was paid for",
+            path=str(out / JOURNAL_NAME),
+        )
+
+
 def _write_manifest(out: Path, rows: list[dict[str, Any]]) -> None:
+    _check_manifest(out, len(rows))
     temp = out / f".{MANIFEST_NAME}.part"
     with temp.open("w", encoding="utf-8") as handle:
         for row in rows:
@@ -228,6 +262,7 @@ async def _finish_manifest(session: AsyncSession, out: Path) -> dict[str, int]:
     journal = session.journal
     assert journal is not None
     with anyio.CancelScope(shield=True):
+        await journal.flush()  # writes delayed by a busy database, if any, land first
         rows = manifest_rows(await journal.entries())
         await anyio.to_thread.run_sync(_write_manifest, out, rows)
     counts: dict[str, int] = {}
@@ -280,6 +315,14 @@ async def _cmd_batch(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     await anyio.Path(out).mkdir(parents=True, exist_ok=True)
+    manifest_exists = await anyio.Path(out / MANIFEST_NAME).exists()
+    if manifest_exists and not await anyio.Path(out / JOURNAL_NAME).exists():
+        _say(
+            f"{out} has a {MANIFEST_NAME} but no journal ({JOURNAL_NAME}): starting over "
+            "would queue (and pay for) its jobs again. Use a new --out folder, or move the "
+            "manifest away if you mean to start over"
+        )
+        return 2
     async with _endpoint(args) as (url, key, clock):
         if not _need_key(key):
             return 2
@@ -297,7 +340,10 @@ async def _run_batch(
         return 2
     journal = session.journal
     assert journal is not None
-    known = {entry.key for entry in await journal.entries()}
+    recorded = await journal.entries()
+    # Before new lines are added: a journal that lost rows would otherwise re-queue them.
+    await anyio.to_thread.run_sync(_check_manifest, out, len(manifest_rows(recorded)))
+    known = {entry.key for entry in recorded}
     fresh = [line for line in lines if line.key not in known]
     estimates = [
         await session.estimate_cost(line.request, model=catalogue[line.request.model])
@@ -347,17 +393,25 @@ async def _cmd_resume(args: argparse.Namespace) -> int:
     async with _endpoint(args) as (url, key, clock):
         if not _need_key(key):
             return 2
-        async with _folder_session(args, url, key, clock, out) as session:
-            journal = session.journal
-            assert journal is not None
+        # Opened here without creating: an empty, damaged, read-only or busy journal is
+        # refused (JournalError, exit 2) before anything is sent or the manifest rewritten.
+        async with (
+            await Journal.open(journal_path, clock=clock, create=False) as journal,
+            _folder_session(args, url, key, clock, out, journal) as session,
+        ):
             total = len(await journal.entries())
             return await _drive(args, session, out, total=total)
 
 
 async def _drive(args: argparse.Namespace, session: AsyncSession, out: Path, *, total: int) -> int:
     """Queue what the journal has not sent, fetch what is running, write the manifest."""
+    journal = session.journal
+    assert journal is not None
+    lines = len(manifest_rows(await journal.entries()))
+    await anyio.to_thread.run_sync(_check_manifest, out, lines)  # before anything is sent
     _interrupt_hint[:] = [f"venice-audio resume {out}"]
     watcher = _Watcher(session, BatchProgress(total, plain=args.plain))
+    failure: Exception | None = None
     try:
         with watcher.progress:
             async with anyio.create_task_group() as tg:
@@ -366,12 +420,21 @@ async def _drive(args: argparse.Namespace, session: AsyncSession, out: Path, *, 
                     label = job.request.prompt[:40] if job.request else job.queue_id
                     tg.start_soon(watcher.watch, job, label)
 
-                report = await session.resume(requeue_unknown=args.requeue_unknown, on_job=follow)
-                watcher.progress.done += report.skipped
-                watcher.progress.failed += len(report.failed) + len(report.unknown)
-                watcher.progress.refresh()
+                try:
+                    report = await session.resume(
+                        requeue_unknown=args.requeue_unknown, on_job=follow
+                    )
+                except Exception as exc:  # raised below as itself, not in an ExceptionGroup
+                    failure = exc
+                    tg.cancel_scope.cancel()
+                else:
+                    watcher.progress.done += report.skipped
+                    watcher.progress.failed += len(report.failed) + len(report.unknown)
+                    watcher.progress.refresh()
     finally:
         counts = await _finish_manifest(session, out)
+    if failure is not None:
+        raise failure
     _report_resume(report.unknown, report.failed)
     if report.spend_limit is not None:
         _say(

@@ -27,9 +27,55 @@ import anyio.to_thread
 from ._errors import AudioStorageError, ResponseTooLarge, TruncatedResponse
 from ._models import AudioFormat
 
-__all__ = ["AudioSink", "FileSink", "MemorySink", "safe_stem", "sniff_format"]
+__all__ = [
+    "AudioSink",
+    "FileSink",
+    "MemorySink",
+    "remove_partial_downloads",
+    "safe_stem",
+    "sniff_format",
+]
 
 _WRITE_BATCH = 1024 * 1024
+
+#: The temporary name of a download in progress: ``.{final name}.{8 hex digits}.part``.
+_PARTIAL_NAME = re.compile(r"^\.(?P<final>.+)\.[0-9a-f]{8}\.part$")
+_AUDIO_SUFFIXES = (".mp3", ".wav", ".flac")
+#: Temporary files this process is writing now: never taken for leftovers.
+_writing: set[Path] = set()
+
+
+def _partial_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
+
+
+def remove_partial_downloads(folder: Path, *, final_name: str | None = None) -> list[Path]:
+    """Delete the temporary files that killed downloads left in ``folder``; blocking.
+
+    Only names :class:`FileSink` gives its temporaries are touched: of audio files
+    (``.{stem}.{mp3,wav,flac}.{hex}.part``), or of ``final_name`` alone when given; never
+    one this process is writing now. Returns the files removed.
+    """
+    removed: list[Path] = []
+    try:
+        candidates = list(folder.resolve().iterdir())
+    except OSError:
+        return removed
+    for path in candidates:
+        match = _PARTIAL_NAME.match(path.name)
+        if match is None or path in _writing or not path.is_file():
+            continue
+        final = match["final"]
+        if final_name is not None and final != final_name:
+            continue
+        if final_name is None and not final.lower().endswith(_AUDIO_SUFFIXES):
+            continue
+        try:
+            path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
 
 
 def _id3_size(head: bytes) -> int | None:
@@ -181,10 +227,14 @@ class FileSink:
     async def begin(
         self, *, audio_format: AudioFormat, content_type: str, content_length: int | None
     ) -> None:
-        final = await anyio.to_thread.run_sync(self._choose_final, audio_format)
-        temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
+        def choose() -> tuple[Path, Path]:
+            final = self._choose_final(audio_format)
+            return final, _partial_name(final).resolve()  # resolved: compared by resume
+
+        final, temp = await anyio.to_thread.run_sync(choose)
         self._final, self._temp = final, temp
         self._announced = content_length
+        _writing.add(temp)
         self._file = await anyio.to_thread.run_sync(temp.open, "wb")
 
     async def _flush(self) -> None:
@@ -228,6 +278,7 @@ class FileSink:
             written = temp.stat().st_size
             if written == size:
                 os.replace(temp, final)
+                _writing.discard(temp)
             return written
 
         try:
@@ -257,5 +308,6 @@ class FileSink:
                     file.close()
                 if temp is not None:
                     temp.unlink(missing_ok=True)
+                    _writing.discard(temp)
 
             await anyio.to_thread.run_sync(_remove)

@@ -17,6 +17,9 @@
      ├── QueueOutcomeUnknown                      `queue` may have been billed; not retried
      ├── AudioStorageError                        the audio could not be written (disk, sink)
      ├── BatchSubmitError                         some queue calls of submit_many failed
+     ├── JournalError                             the journal cannot be used (in use by
+     │                                            another owner, damaged, read-only);
+     │                                            raised before anything is sent
      ├── APIStatusError                           the API answered an HTTP error
      │    ├── BadRequestError            400      (details / issues)
      │    │    └── InvalidQueueIdError   400      "Request ID is invalid."
@@ -63,6 +66,7 @@ __all__ = [
     "InferenceFailedError",
     "InvalidQueueIdError",
     "JobDeadlineExceeded",
+    "JournalError",
     "MalformedResponse",
     "MediaNotFoundError",
     "MissingAPIKeyError",
@@ -248,6 +252,26 @@ class BatchSubmitError(VeniceError):
             f"{len(errors)} of {len(jobs)} submits failed (first: request {first[0]}: "
             f"{first[1]}); {len(jobs) - len(errors)} were queued"
         )
+
+
+class JournalError(VeniceError):
+    """The job journal cannot be used: nothing was sent because of it.
+
+    Raised when the journal is held by another owner (``holder_pid`` names that process),
+    is damaged, empty, read-only or not a journal at all, or when a write that must come
+    before a paid request (the job's intent, its claim) fails. A write that fails *after*
+    ``queue`` answered is never raised: the job is returned and the write retried (see the
+    README's journal section). ``path`` is the journal file.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self, message: str, *, path: str | None = None, holder_pid: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.holder_pid = holder_pid
 
 
 class JobDeadlineExceeded(VeniceError, TimeoutError):

@@ -75,7 +75,7 @@ from ._models import (
 from ._policy import PollPolicy
 from ._retry import call_idempotent, is_transient
 
-__all__ = ["ReleaseMode", "Scheduler", "SchedulerCounts", "SinkFactory"]
+__all__ = ["ReleaseMode", "Scheduler", "SinkFactory"]
 
 log = logging.getLogger("venice_audio_async")
 

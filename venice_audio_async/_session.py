@@ -25,7 +25,7 @@ import anyio.abc
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ._audio import AudioSink, FileSink, MemorySink, safe_stem
+from ._audio import AudioSink, FileSink, MemorySink, remove_partial_downloads, safe_stem
 from ._budget import LocalBudget, RateLimit, RequestBudget
 from ._client import VeniceClient
 from ._clock import Clock, SystemClock
@@ -35,6 +35,7 @@ from ._errors import (
     BatchSubmitError,
     ConnectError,
     JobDeadlineExceeded,
+    MalformedResponse,
     MissingAPIKeyError,
     QueueOutcomeUnknown,
     RateLimitError,
@@ -79,9 +80,19 @@ log = logging.getLogger("venice_audio_async")
 T = TypeVar("T")
 
 _RELEASE_DRAIN_SECONDS = 5.0
+#: Backoff (session-clock seconds) between retries of journal writes that failed.
+_JOURNAL_RETRY_FIRST = 0.2
+_JOURNAL_RETRY_MAX = 10.0
 
 Destination = str | os.PathLike[str] | None
 ReleaseMedia = Literal["complete", "delete_on_retrieve", "keep"]
+
+
+@attrs.define
+class _Sending:
+    """Whether a queue request may have left (its job may then exist and be billed)."""
+
+    claimed: bool = False
 
 
 class _State(enum.Enum):
@@ -105,6 +116,11 @@ class SessionStatistics:
     rate_limited: int
     paused_seconds: float
     media_released: int
+    #: Journal writes that failed when made after a job was paid for (each logged as a
+    #: warning naming the job); they are retried until they land.
+    journal_write_failures: int = 0
+    #: Of those, the ones not landed yet.
+    journal_writes_pending: int = 0
 
     @property
     def retrieves_per_finished_job(self) -> float:
@@ -119,7 +135,8 @@ class ResumeReport:
 
     ``jobs`` are now polled (read them with ``results``); ``unknown`` were sent but their
     answer was lost (not re-queued); ``failed`` ended with an error (earlier, or refused
-    now); ``not_queued`` jobs were left unsent because ``spend_limit`` was reached.
+    now); ``not_queued`` jobs were left unsent because ``spend_limit`` was reached;
+    ``partial_files_removed`` counts leftover temporary files of killed downloads.
 
     .. versionadded:: 0.1.0
     """
@@ -132,6 +149,9 @@ class ResumeReport:
     failed: tuple[JournalEntry, ...]
     not_queued: int = 0
     spend_limit: SpendLimitExceeded | None = None
+    #: Temporary files of downloads an earlier run was killed in, removed from the
+    #: journal's output folders.
+    partial_files_removed: int = 0
 
 
 class ResultStream:
@@ -266,6 +286,7 @@ class AsyncSession:
         self._quotes: dict[QuoteRequest, QuoteResult] = {}
         self._journal_arg = journal
         self._journal: Journal | None = journal if isinstance(journal, Journal) else None
+        self._owns_journal = False  # opened by the session, so closed by it
         self._state = _State.UNOPENED
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -284,14 +305,22 @@ class AsyncSession:
             raise SessionStateError("a closed session cannot be reopened; create a new one")
         if self._journal is None and self._journal_arg is not None:
             assert not isinstance(self._journal_arg, Journal)
+            # Raises JournalError (owned elsewhere, damaged, read-only) before anything is sent.
             self._journal = await Journal.open(self._journal_arg, clock=self._clock)
+            self._owns_journal = True
         if self._journal is not None:
-            # A resumed run counts what earlier runs already spent against the limit.
-            self._spend.spent_usd = await self._journal.estimated_spend_usd()
+            try:
+                # A resumed run counts what earlier runs already spent against the limit.
+                self._spend.spent_usd = await self._journal.estimated_spend_usd()
+            except BaseException:
+                await self._close_journal()
+                raise
         tg = anyio.create_task_group()
         await tg.__aenter__()
         try:
             await tg.start(self._scheduler.run)
+            if self._journal is not None:
+                tg.start_soon(self._retry_journal_writes, self._journal)
         except BaseException:
             tg.cancel_scope.cancel()
             await tg.__aexit__(None, None, None)
@@ -350,8 +379,31 @@ class AsyncSession:
             await self._client.aclose()
 
     async def _close_journal(self) -> None:
-        if self._journal is not None and not isinstance(self._journal_arg, Journal):
-            await self._journal.aclose()
+        journal = self._journal
+        if journal is None:
+            return
+        if self._owns_journal:
+            await journal.aclose()  # tries delayed writes once more, logs what still failed
+            return
+        remaining = await journal.flush()  # the caller's journal: left open, but brought up to date
+        if remaining:
+            log.error(
+                "session closed with %d journal write(s) still waiting in %r; they are "
+                "retried when the journal is flushed or closed",
+                remaining,
+                journal,
+            )
+
+    async def _retry_journal_writes(self, journal: Journal) -> None:
+        """Retry, with backoff, journal writes that failed after a job was paid for."""
+        while True:
+            await journal.wait_pending_writes()
+            delay = _JOURNAL_RETRY_FIRST
+            while True:
+                await self._clock.sleep(delay)
+                if not await journal.flush():
+                    break
+                delay = min(delay * 2, _JOURNAL_RETRY_MAX)
 
     def __del__(self) -> None:
         if getattr(self, "_state", None) is _State.OPEN:
@@ -516,6 +568,9 @@ class AsyncSession:
             QueueOutcomeUnknown: the request was sent but its answer lost; the job may
                 exist and be billed, so it was not retried.
             APIStatusError: the API refused the job (e.g. ``ContentPolicyError``).
+            JournalError: the journal could not record the job before sending it; nothing
+                was sent. (A journal write failing *after* the queue answered is not raised:
+                the job is returned and the write retried; see ``statistics()``.)
             SessionStateError: the session is not open.
             MissingAPIKeyError: no API key was given.
         """
@@ -553,13 +608,17 @@ class AsyncSession:
         target = Path(destination) if destination is not None else self._output_dir
         row = None
         if self._journal is not None:
-            row = await self._journal.add_intent(
-                request,
-                key=key,
-                destination=str(target) if target is not None else None,
-                name=name,
-                estimate_usd=estimate,
-            )
+            try:
+                row = await self._journal.add_intent(
+                    request,
+                    key=key,
+                    destination=str(target) if target is not None else None,
+                    name=name,
+                    estimate_usd=estimate,
+                )
+            except BaseException:
+                self._spend.settle(held, billed=False)  # nothing was sent
+                raise
         return await self._queue_and_track(request, row, held, target, name, deadline)
 
     async def _queue_and_track(
@@ -573,8 +632,9 @@ class AsyncSession:
     ) -> Job:
         journal = self._journal
         billed = False
+        sending = _Sending()
         try:
-            job = await self._queue(request, row)
+            job = await self._queue(request, row, sending)
             billed = True
         except QueueOutcomeUnknown as error:
             billed = True  # assume the worst: it may have been created and billed
@@ -586,12 +646,11 @@ class AsyncSession:
                 await journal.mark_rejected(row, error)
             raise
         except BaseException as error:
-            if journal is not None and row is not None:
-                with anyio.CancelScope(shield=True):
-                    entry = await journal.get(row)
-                    if entry is not None and entry.state is JobState.SENDING:
-                        billed = True
-                        await journal.mark_unknown(row, error)
+            # Anything else after the claim (a cancellation, a bug) leaves the job's fate
+            # open: "unknown", never silently sent again. Before the claim nothing left.
+            if sending.claimed and journal is not None and row is not None:
+                billed = True
+                await journal.mark_unknown(row, error)
             raise
         finally:
             self._spend.settle(held, billed=billed)
@@ -634,7 +693,11 @@ class AsyncSession:
             log.info("no price estimate for %s: %s", request.model, error)
             return None
 
-    async def _queue(self, request: QueueRequest, row: int | None = None) -> Job:
+    async def _queue(
+        self, request: QueueRequest, row: int | None = None, sending: _Sending | None = None
+    ) -> Job:
+        sending = sending or _Sending()
+        journal = self._journal if row is not None else None
         attempt = 0
         while True:
             attempt += 1
@@ -645,11 +708,14 @@ class AsyncSession:
                     # wire, its answer (a paid queue_id) is waited for and recorded even if
                     # we are being cancelled (Ctrl-C); the request timeout bounds the wait.
                     with anyio.CancelScope(shield=True):
-                        if self._journal is not None and row is not None:
-                            await self._journal.mark_sending(row)
+                        if not sending.claimed:
+                            if journal is not None and row is not None:
+                                # Raises JournalError (nothing sent) if the row cannot be
+                                # claimed: another owner has it, or the write failed.
+                                await journal.mark_sending(row)
+                            sending.claimed = True
                         job = await self._client.queue(request)
-                        if self._journal is not None and row is not None:
-                            await self._journal.mark_queued(row, job.queue_id)
+                        await self._record_queued(request, job, journal, row)
                     return job
             except ServerError as error:
                 if error.status_code in (502, 504):
@@ -678,6 +744,33 @@ class AsyncSession:
                     continue
                 raise QueueOutcomeUnknown(request, error) from error
 
+    async def _record_queued(
+        self, request: QueueRequest, job: Job, journal: Journal | None, row: int | None
+    ) -> None:
+        """Keep the paid ``queue_id``; never raise over a failed write (see the journal)."""
+        repeated = self._scheduler.is_tracked(job.queue_id)
+        if not repeated and journal is not None:
+            try:
+                repeated = await journal.holds_queue_id(job.queue_id)
+            except VeniceError as error:
+                log.warning("could not check queue_id %s in the journal: %s", job.queue_id, error)
+        if repeated:
+            # A server repeating an id gives us no way to tell this job from the other one:
+            # polling it would hand the other job's audio over as this request's. So this
+            # one is "unknown" (maybe billed, kept in the journal with the id in its error,
+            # never re-sent silently) and the caller gets the documented error for that.
+            raise QueueOutcomeUnknown(
+                request,
+                MalformedResponse(
+                    f"the server answered queue_id {job.queue_id}, which it had already given "
+                    "to another job; whether a second job was created (and billed) cannot "
+                    "be told",
+                    endpoint="queue",
+                ),
+            )
+        if journal is not None and row is not None:
+            await journal.mark_queued(row, job.queue_id)  # a failed write is retried, not raised
+
     async def _backoff(self, attempt: int, error: VeniceError) -> None:
         if isinstance(error, RateLimitError):
             return  # the budget already pauses the whole session for Retry-After
@@ -694,12 +787,17 @@ class AsyncSession:
         """Validate every request first, then queue them concurrently within the rate limit.
 
         Nothing is sent if any request is invalid. Jobs come back in the order of
-        ``requests``.
+        ``requests``. A failing request never cancels the others: every queue call runs to
+        its end first.
 
         Raises:
             RequestValidationError: some requests are invalid (problems prefixed by index).
-            BatchSubmitError: some queue calls failed; it carries the jobs that were
-                queued (still polled) and each error by index.
+            BatchSubmitError: some queue calls failed with a :class:`VeniceError` (including
+                :class:`JournalError`); it carries the jobs that were queued (still polled)
+                and each error by index.
+            Exception: an error that is not a :class:`VeniceError` (a bug) is raised as
+                itself, never inside an ``ExceptionGroup``; the jobs queued meanwhile are
+                still polled and listed by :meth:`unfinished`.
         """
         self._check_open()
         self._check_key()
@@ -721,6 +819,7 @@ class AsyncSession:
             raise RequestValidationError(tuple(problems))
         jobs: list[Job | None] = [None] * len(batch)
         errors: dict[int, VeniceError] = {}
+        unexpected: list[Exception] = []
 
         async def one(index: int, request: QueueRequest) -> None:
             # Errors are collected, not raised: a failing sibling must not cancel queue
@@ -731,10 +830,14 @@ class AsyncSession:
                 )
             except VeniceError as error:
                 errors[index] = error
+            except Exception as error:  # raised below as itself, not in an ExceptionGroup
+                unexpected.append(error)
 
         async with anyio.create_task_group() as tg:
             for index, request in enumerate(batch):
                 tg.start_soon(one, index, request)
+        if unexpected:
+            raise unexpected[0]
         if errors:
             raise BatchSubmitError(jobs, dict(sorted(errors.items())))
         return [job for job in jobs if job is not None]
@@ -785,8 +888,15 @@ class AsyncSession:
         can follow results while the rest is still being queued. Media that expired shows
         up as a failed outcome with :class:`MediaNotFoundError`.
 
+        First it deletes the temporary files (``.NAME.1a2b3c4d.part``) that downloads killed
+        mid-way left in the journal's output folders; only files named that way, and none
+        this process is writing.
+
         Raises:
             SessionStateError: the session is not open, or has no journal.
+            JournalError: ``journal`` is missing, empty, damaged, read-only or owned by
+                another process (nothing was sent), or a job could not be claimed before
+                sending it (another owner took it; it was not sent).
         """
         self._check_open()
         self._check_key()
@@ -808,15 +918,21 @@ class AsyncSession:
             if on_job is not None:
                 on_job(job)
 
-        for entry in await journal.entries():
+        entries = await journal.entries()
+        removed = await anyio.to_thread.run_sync(_remove_partial_downloads, entries)
+        if removed:
+            log.info("removed %d partial download(s) left by an earlier run", len(removed))
+        for entry in entries:
             target = Path(entry.destination) if entry.destination else None
             state = entry.state
             if state in (JobState.SENDING, JobState.UNKNOWN):
                 if not requeue_unknown:
                     unknown.append(entry)
                     continue
+                if not await journal.requeue(entry.id, was=state):
+                    skipped += 1  # changed since it was read: not ours to send again
+                    continue
                 log.warning("re-queueing job %d whose first queue answer was lost", entry.id)
-                await journal.requeue(entry.id)
                 state = JobState.INTENT
             if state is JobState.SUCCEEDED:
                 skipped += 1
@@ -860,13 +976,18 @@ class AsyncSession:
             failed=tuple(failed),
             not_queued=not_queued,
             spend_limit=spend_error,
+            partial_files_removed=len(removed),
         )
 
     async def _adopt_journal(self, journal: str | os.PathLike[str] | Journal) -> None:
         if isinstance(journal, Journal):
             if self._journal is not None and self._journal is not journal:
                 raise ValueError("this session already keeps another journal")
-            self._journal = self._journal or journal
+            if self._journal is None:
+                self._journal = journal
+                self._spend.spent_usd = await journal.estimated_spend_usd()
+                if self._tg is not None:
+                    self._tg.start_soon(self._retry_journal_writes, journal)
             return
         path = Path(journal)
         if self._journal is not None:
@@ -876,9 +997,19 @@ class AsyncSession:
             if not same:
                 raise ValueError(f"this session already keeps the journal {self._journal.path}")
             return
-        self._journal_arg = path  # opened here, so closed with the session
-        self._journal = await Journal.open(path, clock=self._clock)
-        self._spend.spent_usd = await self._journal.estimated_spend_usd()
+        # Opened here, so closed with the session. An existing journal only: resuming from
+        # a path that holds none (or an empty or damaged file) is a mistake to report.
+        opened = await Journal.open(path, clock=self._clock, create=False)
+        try:
+            spent = await opened.estimated_spend_usd()
+        except BaseException:
+            await opened.aclose()
+            raise
+        self._journal_arg = path
+        self._journal, self._owns_journal = opened, True
+        self._spend.spent_usd = spent
+        if self._tg is not None:
+            self._tg.start_soon(self._retry_journal_writes, opened)
 
     def _attach_entry(self, entry: JournalEntry, target: Path | None) -> Job:
         assert entry.queue_id is not None
@@ -1006,6 +1137,7 @@ class AsyncSession:
         """A frozen snapshot of jobs, requests, 429s and time paused by rate limits."""
         counts = self._scheduler.counts()
         budget = self._budget.statistics()
+        journal = self._journal
         return SessionStatistics(
             jobs_in_flight=counts.in_flight,
             jobs_succeeded=counts.succeeded,
@@ -1015,7 +1147,25 @@ class AsyncSession:
             rate_limited=budget.rate_limited,
             paused_seconds=budget.paused_seconds,
             media_released=counts.released,
+            journal_write_failures=journal.write_failures if journal is not None else 0,
+            journal_writes_pending=journal.pending_writes if journal is not None else 0,
         )
+
+
+def _remove_partial_downloads(entries: Iterable[JournalEntry]) -> list[Path]:
+    """Leftover temporary files in the output folders of ``entries``; blocking."""
+    folders: set[Path] = set()
+    files: set[Path] = set()
+    for entry in entries:
+        if entry.destination:
+            target = Path(entry.destination)
+            (folders if target.is_dir() else files).add(target)
+    removed: list[Path] = []
+    for folder in folders:
+        removed.extend(remove_partial_downloads(folder))
+    for file in files:
+        removed.extend(remove_partial_downloads(file.parent, final_name=file.name))
+    return removed
 
 
 def _priced_by_characters(model: AudioModel | None) -> bool:

@@ -9,8 +9,6 @@ truncated downloads, wrong content types), rate limits, an error budget and a ba
 Run it standalone with ``python -m venice_audio_async.testing --port 8000``.
 """
 
-from __future__ import annotations
-
 from ._audio import audio_bytes, sniff_audio_format
 from ._catalogue import load_default_catalogue
 from ._mix import JobMix, ModelTiming
