@@ -11,7 +11,7 @@ Retrieves cost nothing but rate-limit room, so room left unused is latency waste
   :attr:`~._estimator.PollingBounds.delay_per_poll` and rises as the rate window fills:
   for each look-ahead ``x`` the fluid-limit demand ``D_x`` (polls the jobs in flight, and
   jobs arriving at the recent rate, would want over ``x`` at price 1) is set against ``F_x``,
-  the grants the window will allow by then; ``price = max(floor, max_x (D_x / (1.2 F_x))^2)``.
+  the grants the window will allow by then; ``price = max(floor, max_x (D_x / (0.95 F_x))^2)``.
   A burst of jobs therefore spreads its polls over the window instead of spending every
   token in its first seconds and starving the rest.
 * Safety rules on top: at least ``min_interval`` between two polls of a job, at most
@@ -41,12 +41,15 @@ __all__ = ["JobView", "PollPolicy"]
 LOOK_AHEAD = (2.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.5)
 #: At most this many jobs are read to price the window.
 SAMPLE = 256
-#: Demand is planned for this many times the free grants (the fluid estimate runs high).
-_SLACK = 0.8
+#: Demand is planned for this share of the free grants: a little below 1 keeps a few
+#: tokens for jobs the belief expects to finish sooner than they do (swept 0.6-1.2 over
+#: POLLING.md's workloads: 0.95 keeps every job within 15 s there; see benchmarks/).
+_SLACK = 0.95
 #: Past a belief's 99th percentile, a poll gap is at least this share of the overrun ...
 _OVERRUN_SHARE = 0.1
-#: ... but never more than this (seconds): an overdue job is still watched closely.
-_OVERRUN_MAX_GAP = 10.0
+#: ... and past its 1st percentile never more than this (seconds): however unlikely the
+#: belief thinks it is that the job has finished, it is watched.
+_LIVE_MAX_GAP = 10.0
 
 
 class JobView(Protocol):
@@ -79,7 +82,7 @@ class PollPolicy:
         self.price = bounds.delay_per_poll
         self._rng = rng or random.Random()
         self._arrivals: deque[tuple[float, RunTimeBelief | None]] = deque()
-        self._p99: dict[RunTimeBelief, float] = {}
+        self._tails: dict[RunTimeBelief, tuple[float, float]] = {}  # (P1, P99)
 
     # ------------------------------------------------------------------ one job
 
@@ -101,19 +104,26 @@ class PollPolicy:
             return job.last_poll + bounds.clamp(max(bounds.first_poll, 0.5 * age))
         seen = job.seen_running_at_age
         due = job.started + belief.age_worth(seen, self.price if price is None else price)
+        p01, p99 = self._quantiles(belief)
+        # Once the job may well have finished, never leave it unpolled for long: this
+        # bounds the delay of jobs that finish early, where the belief sees little chance.
+        due = min(due, max(job.started + p01, reference) + _LIVE_MAX_GAP)
         if polled:
             floor = job.last_poll + bounds.min_interval
-            p99 = self._p99.get(belief)
-            if p99 is None:
-                p99 = self._p99[belief] = belief.quantile(0.99)
-                if len(self._p99) > 4096:
-                    self._p99.clear()
             if seen > p99:
                 floor = job.last_poll + max(
-                    bounds.min_interval, min(_OVERRUN_MAX_GAP, _OVERRUN_SHARE * (seen - p99))
+                    bounds.min_interval, min(_LIVE_MAX_GAP, _OVERRUN_SHARE * (seen - p99))
                 )
             due = max(due, floor)
         return min(due, reference + bounds.max_interval)
+
+    def _quantiles(self, belief: RunTimeBelief) -> tuple[float, float]:
+        cached = self._tails.get(belief)
+        if cached is None:
+            if len(self._tails) > 4096:
+                self._tails.clear()
+            cached = self._tails[belief] = (belief.quantile(0.01), belief.quantile(0.99))
+        return cached
 
     # ------------------------------------------------------------------ the price
 
