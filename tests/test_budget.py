@@ -536,3 +536,94 @@ def test_invalid_configuration_is_refused() -> None:
     with pytest.raises(ValueError, match="number"):
         budget.pause(math.nan, reason="x")
     assert RateLimit(40, burst=100).effective_burst == 40
+
+
+# --------------------------------------------------------------------------- adaptive limits
+
+
+def _fill(budget: LocalBudget, clock: ManualClock, endpoint: str, n: int, gap: float) -> None:
+    for _ in range(n):
+        assert budget.try_acquire(endpoint)
+        clock.advance(gap)
+
+
+def test_a_429_lowers_the_limit_below_the_last_windows_grants() -> None:
+    """80 retrieves granted, then a 429: the limit drops to 64 (0.8 x 80); each further 429
+    of the same burst takes one more."""
+    clock = ManualClock()
+    budget = make_budget(clock, {"retrieve": RateLimit(120, burst=120)})
+    _fill(budget, clock, "retrieve", 80, 0.5)
+    budget.record_response("retrieve", 429, {"retry-after": "1"})
+    budget.record_response("retrieve", 429, {"retry-after": "1"})
+    window = budget.window("retrieve")
+    assert window is not None
+    assert window.limit == 63
+    assert len(window.grants) == 80
+    clock.advance(10.0)  # a new burst
+    budget.record_response("retrieve", 429, {"retry-after": "1"})
+    assert budget.window("retrieve").limit == 62  # type: ignore[union-attr]
+
+
+def test_the_lowered_limit_recovers_after_a_quiet_window() -> None:
+    """No 429 for a window: the limit climbs back a tenth of the ceiling per window."""
+    clock = ManualClock()
+    budget = make_budget(clock, {"retrieve": RateLimit(120, burst=120)})
+    _fill(budget, clock, "retrieve", 50, 0.1)
+    budget.record_response("retrieve", 429, {})
+    low = budget.window("retrieve")
+    assert low is not None
+    assert low.limit == 40
+    clock.advance(60.5)
+    assert budget.window("retrieve").limit == 52  # type: ignore[union-attr]
+    clock.advance(15.2)
+    assert budget.window("retrieve").limit == 52  # type: ignore[union-attr]
+    clock.advance(45.4)
+    assert budget.window("retrieve").limit == 64  # type: ignore[union-attr]
+    for _ in range(10):
+        budget.window("retrieve")
+        clock.advance(60.6)
+    assert budget.window("retrieve").limit == 120  # type: ignore[union-attr]
+
+
+def test_a_stated_limit_caps_the_configured_one_at_once() -> None:
+    """x-ratelimit-limit-requests below ours wins within one answer; above ours changes
+    nothing."""
+    clock = ManualClock()
+    budget = make_budget(clock, {"retrieve": RateLimit(120, burst=120)})
+    budget.record_response("retrieve", 200, {"x-ratelimit-limit-requests": "60"})
+    assert budget.window("retrieve").limit == 60  # type: ignore[union-attr]
+    _fill(budget, clock, "retrieve", 60, 0.0)
+    assert not budget.try_acquire("retrieve")
+    other = make_budget(clock, {"retrieve": RateLimit(120, burst=120)})
+    other.record_response("retrieve", 200, {"x-ratelimit-limit-requests": "500"})
+    assert other.window("retrieve").limit == 120  # type: ignore[union-attr]
+
+
+def test_a_stated_limit_applies_to_an_unlimited_endpoint() -> None:
+    """An endpoint configured without a limit takes the one the API states."""
+    clock = ManualClock()
+    budget = make_budget(clock, {})
+    assert budget.window("quote") is None
+    budget.record_response("quote", 200, {"x-ratelimit-limit-requests": "3"})
+    _fill(budget, clock, "quote", 3, 0.0)
+    assert not budget.try_acquire("quote")
+
+
+def test_remaining_and_reset_cap_grants_until_the_reset() -> None:
+    """remaining=2 until a reset 10 s away: two more grants, then none until the reset."""
+    clock = ManualClock()
+    budget = make_budget(clock, {"retrieve": RateLimit(120, burst=120)})
+    budget.record_response(
+        "retrieve",
+        200,
+        {"x-ratelimit-remaining-requests": "2", "x-ratelimit-reset-requests": "10"},
+    )
+    window = budget.window("retrieve")
+    assert window is not None
+    assert window.free_after(0.0, clock.monotonic()) == 2
+    assert window.free_after(11.0, clock.monotonic()) == 120
+    _fill(budget, clock, "retrieve", 2, 0.0)
+    assert not budget.try_acquire("retrieve")
+    assert budget.next_available("retrieve") == pytest.approx(10.0)
+    clock.advance(10.0)
+    assert budget.try_acquire("retrieve")

@@ -401,7 +401,7 @@ class _Endpoint:
     The effective ``limit`` adapts (AUDIO_API.md section 9: the real limits are uncertain):
     a limit the API states caps the configured one at once; a 429 lowers it below what was
     granted in the last window (multiplicative decrease); after a quiet window it climbs
-    back a tenth of the ceiling per quarter window.
+    back a tenth of the ceiling per window (ten quiet minutes to recover fully).
     """
 
     __slots__ = (
@@ -432,7 +432,8 @@ class _Endpoint:
         self.configured = rate.limit if rate is not None else None
         self.stated: int | None = None
         self.window = rate.window if rate is not None else _MINUTE
-        self.burst_setting = rate.effective_burst if rate is not None else 0
+        # A limit learned for an endpoint configured without one is a bare sliding log.
+        self.burst_setting = rate.effective_burst if rate is not None else None
         self.limit: int | None = None
         self.burst = 0
         self.interval = 0.0
@@ -455,7 +456,7 @@ class _Endpoint:
         if limit is None:
             self.burst, self.interval = 0, 0.0
         else:
-            self.burst = min(self.burst_setting, limit)
+            self.burst = min(self.burst_setting or limit, limit)
             self.interval = self.window / limit
 
     @property
@@ -477,18 +478,22 @@ class _Endpoint:
             self._set_limit(ceiling)
 
     def rate_limited_at(self, now: float) -> None:
-        """A 429: go below what the last window granted (once per burst of 429s, and not
-        below an eighth of the ceiling: a 429 caused by another client on the key must not
-        stall this one for minutes)."""
+        """A 429: go below what the last window granted (by a fifth, then by one per further
+        429 of the same burst; not below an eighth of the ceiling: a 429 caused by another
+        client on the key must not stall this one for minutes)."""
         self.prune(now)
         recent = now - self.last_429 < self.window / _DECREASE_SPACING
         self.last_429 = now
         self.next_recovery = now + self.window
-        if recent:
-            return
-        granted = int(len(self.log) * _DECREASE)
         ceiling = self.ceiling
         floor = max(1, ceiling // 8) if ceiling is not None else 1
+        if recent:
+            # The same burst: each further refusal shows one more grant the server did not
+            # count, so the limit goes down by one more.
+            if self.limit is not None and self.limit > floor:
+                self._set_limit(self.limit - 1)
+            return
+        granted = int(len(self.log) * _DECREASE)
         if self.limit is None:
             if granted:
                 self._set_limit(max(floor, granted))
@@ -508,7 +513,7 @@ class _Endpoint:
             self.next_recovery = math.inf
             return
         self._set_limit(min(ceiling, self.limit + max(1, ceiling // 10)))
-        self.next_recovery = now + self.window / 4
+        self.next_recovery = now + self.window
 
     def allow(self, remaining: int, until: float) -> None:
         """The API said ``remaining`` requests are left until ``until``."""
