@@ -96,7 +96,7 @@ def _log_outcome(
         where.append(f"job {outcome.queue_id}")
     if attempt is not None:
         where.append(f"attempt {attempt.attempt}")
-        if attempt.wait is not None:
+        if attempt.wait is not None and attempt.wait >= 0.01:  # else not worth a mention
             where.append(f"waited {attempt.wait:.3g} s for a token")
     status = str(outcome.status) if outcome.status else "no answer"
     what = type(error).__name__ if error is not None else outcome.detail
