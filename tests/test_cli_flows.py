@@ -305,8 +305,10 @@ def test_fake_and_real_batches_are_not_mixed(
         assert main(command) == 2
         assert "add --fake to go on with it" in capsys.readouterr().err
     (out / FAKE_STATE_NAME).unlink()  # now it looks like a real batch: --fake is refused
-    assert main(["resume", str(out), "--fake"]) == 2
-    assert "the built-in fake server does not know its jobs" in capsys.readouterr().err
+    for command in (["resume", str(out)], ["batch", str(batch), "--out", str(out)]):
+        assert main([*command, "--fake"]) == 2
+        assert "the built-in fake server does not know its jobs" in capsys.readouterr().err
+    assert not (out / FAKE_STATE_NAME).exists()  # the refused fake left nothing behind
 
 
 # --------------------------------------------------------------------------- --fake end to end

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import logging
 import math
 import platform
 import time
@@ -91,6 +92,8 @@ def _log_outcome(
     error: BaseException | None,
 ) -> None:
     """One DEBUG record per request outcome: a readable line plus structured ``extra``."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return  # the common case: nothing is built
     where = []
     if outcome.queue_id is not None:
         where.append(f"job {outcome.queue_id}")

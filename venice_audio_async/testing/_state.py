@@ -42,6 +42,7 @@ class JobStore:
         self.path = Path(path)
         self._clock = clock
         self._file: IO[str] | None = None
+        self._open = False
 
     def load(self) -> dict[str, FakeJob]:
         """The jobs the file describes (none if it does not exist), on this server's clock.
@@ -90,24 +91,27 @@ class JobStore:
         )
 
     def open(self) -> None:
-        """Start appending (creating the file and its folder if needed).
-
-        Raises:
-            OSError: the file cannot be opened for writing.
-        """
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="utf-8")
+        """Start recording; the file (and its folder) is created with the first change."""
+        self._open = True
 
     def close(self) -> None:
-        """Stop appending (idempotent)."""
+        """Stop recording (idempotent)."""
+        self._open = False
         file, self._file = self._file, None
         if file is not None:
             file.close()
 
     def _append(self, event: dict[str, Any]) -> None:
-        if self._file is None:
+        """Write one change.
+
+        Raises:
+            OSError: the file cannot be created or written.
+        """
+        if not self._open:
             return
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8")
         self._file.write(json.dumps(event) + "\n")
         self._file.flush()  # in the OS's hands: survives the process being killed
 
