@@ -63,6 +63,11 @@ def _manifest(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
 
 
+def _created(server: FakeServer) -> list[str]:
+    """The queue ids of the jobs the fake created."""
+    return server.queue_ids()
+
+
 def _script(body: Mapping[str, Any]) -> JobScript:
     return JobScript(duration=20.0 + len(str(body.get("prompt"))) % 7, average_execution_time=25.0)
 
@@ -123,9 +128,10 @@ pytestmark_async = pytest.mark.anyio
 async def test_invalid_batch_lists_every_problem_and_sends_nothing(
     server: FakeServer, tmp_path: Path
 ) -> None:
-    """Bad JSON, an unknown model and a broken rule are all reported by line; nothing sent."""
+    """Bad JSON, unknown fields, an unknown model and broken rules: one round, by line."""
     rows = [json.dumps(_track(i)) for i in range(1, 20)]
     rows[2] = "{not json"
+    rows[4] = json.dumps({**_track(5), "colour": "red", "duration_seconds": 500})
     rows[6] = json.dumps({"model": "no-such-model", "prompt": "a perfectly fine prompt"})
     rows[16] = json.dumps({**_track(17), "force_instrumental": True})
     batch = tmp_path / "batch.jsonl"
@@ -133,17 +139,20 @@ async def test_invalid_batch_lists_every_problem_and_sends_nothing(
     result = await _run(server, "batch", str(batch), "--out", str(tmp_path / "out"))
     err = result.stderr.decode()
     assert result.returncode == 2, err
-    assert "line 3: invalid JSON" in err
-    assert result.returncode == 2
-    # The JSON error is found while reading, before the catalogue is even fetched.
-    assert server.count("queue") == 0
-    rows[2] = json.dumps(_track(3))
-    batch.write_text("\n".join(rows) + "\n")
-    result = await _run(server, "batch", str(batch), "--out", str(tmp_path / "out"))
-    err = result.stderr.decode()
-    assert result.returncode == 2, err
-    assert "line 7: model: unknown model 'no-such-model'" in err
-    assert "line 17: force_instrumental" in err
+    listed = [line.strip() for line in err.splitlines() if line.startswith("  line ")]
+    assert [line.split(":")[0] for line in listed] == [
+        "line 3",
+        "line 5",
+        "line 5",
+        "line 7",
+        "line 17",
+    ], err
+    assert listed[0].startswith("line 3: invalid JSON")
+    assert "line 5: unknown field(s) colour" in listed
+    assert listed[2].startswith("line 5: duration_seconds: must be between")
+    assert "line 7: model: unknown model 'no-such-model'" in listed
+    assert listed[4].startswith("line 17: force_instrumental")
+    assert "5 problem(s); nothing was sent" in err
     assert server.count("queue") == 0
     assert server.count("quote") == 0
 
@@ -229,22 +238,29 @@ async def test_sigkill_mid_batch_then_resume_loses_and_repeats_nothing(
         _cli(server, "batch", str(batch), "--out", str(out)), env=_env()
     )
     try:
-        # Wait until 20 queue calls have been answered, then kill between two of them
-        # (queue calls are paced ~30 ms apart at this time scale).
+        # Once 20 queue calls are answered, a 429 on a poll pauses the whole client (queue
+        # calls wait for their token unclaimed); once the calls sent before it are answered
+        # it is killed, between two of them. (A kill during a queue call would leave that
+        # line "unknown", rightly never re-sent by resume.)
         with anyio.fail_after(30):
             while sum(1 for r in server.requests_to("queue") if r.status) < 20:
                 await anyio.sleep(0.001)
-        await anyio.sleep(0.005)
+            server.inject("retrieve", Fault.status(429, retry_after=600))
+            while server.pending_faults("retrieve"):
+                await anyio.sleep(0.001)
+            await anyio.sleep(0.1)
+            while any(r.status == 0 for r in server.requests_to("queue")):
+                await anyio.sleep(0.001)
         process.send_signal(signal.SIGKILL)
         await process.wait()
     finally:
         await process.aclose()
-    queued_before = server.count("queue")
+    queued_before = len(_created(server))
     assert 20 <= queued_before < 50
 
     result = await _run(server, "resume", str(out))
     assert result.returncode == 0, result.stderr.decode()
-    assert server.count("queue") == 50
+    assert len(_created(server)) == 50
     rows = _manifest(out)
     assert [r["line"] for r in rows] == list(range(1, 51))
     assert all(r["state"] == "succeeded" for r in rows)
@@ -256,7 +272,7 @@ async def test_sigkill_mid_batch_then_resume_loses_and_repeats_nothing(
 
     again = await _run(server, "resume", str(out))
     assert again.returncode == 0
-    assert server.count("queue") == 50
+    assert len(_created(server)) == 50
 
 
 @pytestmark_async

@@ -95,6 +95,7 @@ def test_private_modules_public_names_are_exported() -> None:
         "ModelDurationStats",
         "OwnerLock",
         "ReleaseMode",
+        "RequestAttempt",
         "RequestLimiter",
         "ResponseObserver",
         "Scheduler",

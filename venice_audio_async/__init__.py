@@ -22,6 +22,7 @@ from ._clock import Clock, ManualClock, ScaledClock, SystemClock
 from ._config import DEFAULT_BASE_URL, Limits, RateLimits, RetryPolicy, Timeouts
 from ._errors import (
     APIStatusError,
+    AsyncioRequiredError,
     AudioStorageError,
     AuthenticationError,
     BadRequestError,
@@ -94,6 +95,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was ne
 __all__ = [
     "APIStatusError",
     "AsyncSession",
+    "AsyncioRequiredError",
     "AudioFormat",
     "AudioModel",
     "AudioResult",

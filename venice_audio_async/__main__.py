@@ -1,9 +1,13 @@
 """The command line: ``python -m venice_audio_async`` (or ``venice-audio``).
 
-Commands: ``models``, ``quote``, ``generate``, ``batch`` and ``resume``. ``--fake`` runs any
-of them against the built-in :class:`~venice_audio_async.testing.FakeServer`, with no key
-and no network. Exit codes: 0 all done, 1 some jobs failed or are unknown, 2 bad input or
-setup, 3 refused by the spending limit, 130 interrupted.
+Commands: ``models``, ``quote``, ``generate``, ``fetch``, ``batch`` and ``resume``.
+``--fake`` runs any of them against the built-in
+:class:`~venice_audio_async.testing.FakeServer`, with no key and no network; its audio is
+playable (WAV tones of the requested length), and for ``batch`` and ``resume`` its jobs are
+kept in the batch folder, so ``resume DIR --fake`` finishes what ``batch ... --fake``
+started. Exit codes: 0 all done, 1 some jobs failed or are unknown, 2 bad input or setup
+(arguments are checked before any server is contacted), 3 refused by the spending limit,
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -11,27 +15,30 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
+import math
 import os
 import random
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from . import __version__
-from ._batch import BatchLine, check_batch, manifest_rows, read_batch
+from ._batch import BatchLine, check_batch, manifest_rows, read_batch, sorted_problems
 from ._clock import Clock, ScaledClock, SystemClock
 from ._config import DEFAULT_BASE_URL
 from ._errors import (
     JournalError,
     VeniceError,
 )
-from ._journal import Journal
+from ._journal import JobState, Journal, JournalEntry
 from ._models import (
     AudioModel,
+    AudioResult,
     DurationsPricing,
     Failed,
     GenerationPricing,
@@ -47,8 +54,12 @@ __all__ = ["main"]
 
 JOURNAL_NAME = ".venice-journal.sqlite3"
 MANIFEST_NAME = "manifest.jsonl"
+#: Where ``--fake`` keeps its jobs in a batch folder, so a later ``resume --fake`` knows them.
+FAKE_STATE_NAME = ".venice-fake-server.jsonl"
 _FAKE_KEY = "fake-key"
-_interrupt_hint: list[str] = []
+#: What to tell the user if the command is interrupted (set by the command as it goes).
+_interrupt_note: list[str] = []
+_AUDIO_SUFFIXES = (".mp3", ".wav", ".flac", ".ogg", ".opus", ".m4a", ".aac")
 
 
 def _say(*parts: object) -> None:
@@ -68,18 +79,36 @@ def _demo_script(body: Mapping[str, Any]) -> Any:
     return JobScript(duration=duration, average_execution_time=mean * 1.1)
 
 
+def _clock(args: argparse.Namespace) -> Clock:
+    """The clock of the command: real time, or the fake server's scaled time."""
+    if args.fake:
+        return ScaledClock(_fake_scale(args))
+    return SystemClock() if args.time_scale == 1.0 else ScaledClock(args.time_scale)
+
+
+def _fake_scale(args: argparse.Namespace) -> float:
+    return float(args.time_scale) if args.time_scale != 1.0 else 0.01
+
+
 @contextlib.asynccontextmanager
-async def _endpoint(args: argparse.Namespace) -> AsyncIterator[tuple[str, str | None, Clock]]:
-    """The base URL, key and clock to use: the real API, a given URL, or a fresh fake."""
-    scale = args.time_scale
-    clock: Clock = SystemClock() if scale == 1.0 else ScaledClock(scale)
+async def _endpoint(
+    args: argparse.Namespace, *, fake_state: Path | None = None
+) -> AsyncIterator[tuple[str, str | None, Clock]]:
+    """The base URL, key and clock to use: the real API, a given URL, or a fresh fake.
+
+    The fake serves playable WAV tones; with ``fake_state`` it keeps its jobs in that file
+    (and knows those an earlier run kept there).
+    """
+    clock = _clock(args)
     if args.fake:
         from .testing import FakeServer
 
-        fake_scale = scale if scale != 1.0 else 0.01
-        async with FakeServer(time_scale=fake_scale, job_script=_demo_script) as server:
-            _say(f"using the built-in fake server at {server.url} (time x{1 / fake_scale:g})")
-            yield server.url, _FAKE_KEY, ScaledClock(fake_scale)
+        scale = _fake_scale(args)
+        async with FakeServer(
+            time_scale=scale, job_script=_demo_script, audio="tones", state_path=fake_state
+        ) as server:
+            _say(f"using the built-in fake server at {server.url} (time x{1 / scale:g})")
+            yield server.url, _FAKE_KEY, clock
         return
     yield args.base_url, args.api_key or os.environ.get("VENICE_API_KEY"), clock
 
@@ -206,17 +235,89 @@ def _request_options(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
 
+def _audio_target(out: str) -> Path:
+    """Check ``--out`` of one audio file before anything is sent: a folder, or a file path.
+
+    Raises:
+        ValueError: the file's folder does not exist.
+    """
+    target = Path(out)
+    if target.is_dir():
+        return target
+    if not target.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {target.parent} does not exist")
+    return target
+
+
+def _named_by_container(audio: AudioResult, target: Path) -> Path:
+    """The file, renamed if ``--out`` named a file whose extension is not the container's.
+
+    Files are always named by the container actually received: ``--out rain.mp3`` that
+    receives WAV becomes ``rain.wav`` (and ``--out take1`` becomes ``take1.wav``), with a
+    notice. A folder ``--out`` is named right by the library already.
+    """
+    path = audio.path
+    assert path is not None
+    wanted = f".{audio.format}"
+    if target.is_dir() or path.suffix.lower() == wanted:
+        return path
+    if path.suffix.lower() in (*_AUDIO_SUFFIXES, ""):
+        fixed = path.with_suffix(wanted)
+    else:
+        fixed = path.with_name(path.name + wanted)  # "take.v2" is a name, not a container
+    path.replace(fixed)
+    _say(f"the audio is {audio.format.upper()}, so it was saved as {fixed.name}, not {path.name}")
+    return fixed
+
+
+def _fetch_hint(args: argparse.Namespace, jobs: Sequence[Job]) -> str:
+    if not jobs:
+        return "interrupted before anything was queued; nothing was spent"
+    if args.fake:
+        return "interrupted; the built-in fake server stopped with its job"
+    commands = "\n".join(
+        f"    venice-audio fetch {job.queue_id} --model {job.model} --out {args.out}"
+        for job in jobs
+    )
+    return (
+        "interrupted; the job was queued (and is paid for) and keeps running at Venice. "
+        f"Fetch its audio later with:\n{commands}"
+    )
+
+
 async def _cmd_generate(args: argparse.Namespace) -> int:
+    target = _audio_target(args.out)
+    _interrupt_note[:] = [_fetch_hint(args, [])]
     async with _endpoint(args) as (url, key, clock):
         if not _need_key(key):
             return 2
         async with _session(args, url, key, clock) as session:
-            job = await session.submit(
-                args.model, args.prompt, destination=args.out, **_request_options(args)
-            )
-            _say(f"queued {job.queue_id} ({job.model}); waiting...")
+            try:
+                job = await session.submit(
+                    args.model, args.prompt, destination=target, **_request_options(args)
+                )
+                _interrupt_note[:] = [_fetch_hint(args, [job])]
+                _say(f"queued {job.queue_id} ({job.model}); waiting...")
+                audio = await session.wait_for(job)
+            finally:
+                # generate keeps no journal: a job queued as Ctrl-C came is named here.
+                if session.unfinished():
+                    _interrupt_note[:] = [_fetch_hint(args, session.unfinished())]
+    print(_named_by_container(audio, target))
+    return 0
+
+
+async def _cmd_fetch(args: argparse.Namespace) -> int:
+    target = _audio_target(args.out)
+    _interrupt_note[:] = ["interrupted; the job is still at Venice: run the same fetch again"]
+    async with _endpoint(args) as (url, key, clock):
+        if not _need_key(key):
+            return 2
+        async with _session(args, url, key, clock) as session:
+            job = session.attach(args.model, args.queue_id, destination=target)
+            _say(f"fetching {job.queue_id} ({job.model}); waiting until it is done...")
             audio = await session.wait_for(job)
-    print(audio.path)
+    print(_named_by_container(audio, target))
     return 0
 
 
@@ -308,39 +409,83 @@ def _summary(out: Path, counts: Mapping[str, int], watcher: _Watcher) -> int:
     return 0 if finished == sum(counts.values()) else 1
 
 
-async def _cmd_batch(args: argparse.Namespace) -> int:
-    lines, problems = read_batch(args.file)
-    if problems:
-        _report_problems(args.file, problems)
-        return 2
-    out = Path(args.out)
-    await anyio.Path(out).mkdir(parents=True, exist_ok=True)
-    manifest_exists = await anyio.Path(out / MANIFEST_NAME).exists()
-    if manifest_exists and not await anyio.Path(out / JOURNAL_NAME).exists():
+def _fake_mismatch(args: argparse.Namespace, out: Path, entries: Sequence[JournalEntry]) -> bool:
+    """Refuse to mix the real API and the built-in fake in one batch folder (True: refused).
+
+    Queue ids of one are unknown to the other, which would answer them "invalid" and so
+    mark jobs failed in the journal: real, paid jobs among them.
+    """
+    fake_folder = (out / FAKE_STATE_NAME).exists()
+    if fake_folder and not args.fake:
+        _say(
+            f"{out} holds a batch made with the built-in fake server: add --fake to go on "
+            "with it (or use a new --out folder for the real API)"
+        )
+        return True
+    if args.fake and not fake_folder and any(e.queue_id for e in entries):
+        _say(
+            f"{out} holds a batch queued at the real API: the built-in fake server does not "
+            "know its jobs. Leave out --fake to go on with it"
+        )
+        return True
+    return False
+
+
+def _batch_folder(out: Path) -> bool:
+    """Check ``--out`` of a batch before any server starts (False: refused, said why)."""
+    if out.exists() and not out.is_dir():
+        _say(f"--out {out} is a file, not a folder")
+        return False
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        _say(f"cannot create the folder {out}: {error.strerror}")
+        return False
+    if (out / MANIFEST_NAME).exists() and not (out / JOURNAL_NAME).exists():
         _say(
             f"{out} has a {MANIFEST_NAME} but no journal ({JOURNAL_NAME}): starting over "
             "would queue (and pay for) its jobs again. Use a new --out folder, or move the "
             "manifest away if you mean to start over"
         )
+        return False
+    return True
+
+
+async def _cmd_batch(args: argparse.Namespace) -> int:
+    lines, problems = await anyio.to_thread.run_sync(read_batch, args.file)
+    if not lines:  # unreadable, or no line to check against the rules: no server needed
+        _report_problems(args.file, problems)
         return 2
-    async with _endpoint(args) as (url, key, clock):
+    out = Path(args.out)
+    if not await anyio.to_thread.run_sync(_batch_folder, out):
+        return 2
+    if _fake_mismatch(args, out, []):
+        return 2
+    async with _endpoint(args, fake_state=out / FAKE_STATE_NAME) as (url, key, clock):
         if not _need_key(key):
             return 2
         async with _folder_session(args, url, key, clock, out) as session:
-            return await _run_batch(args, session, lines, out)
+            return await _run_batch(args, session, lines, problems, out)
 
 
 async def _run_batch(
-    args: argparse.Namespace, session: AsyncSession, lines: list[BatchLine], out: Path
+    args: argparse.Namespace,
+    session: AsyncSession,
+    lines: list[BatchLine],
+    problems: list[str],
+    out: Path,
 ) -> int:
     catalogue = {m.id: m for m in await session.models()}
-    problems = check_batch(lines, catalogue)
+    # One round: the file's own problems and every rule broken, in line order.
+    problems = sorted_problems(problems, check_batch(lines, catalogue))
     if problems:
         _report_problems(args.file, problems)
         return 2
     journal = session.journal
     assert journal is not None
     recorded = await journal.entries()
+    if _fake_mismatch(args, out, recorded):
+        return 2
     # Before new lines are added: a journal that lost rows would otherwise re-queue them.
     await anyio.to_thread.run_sync(_check_manifest, out, len(manifest_rows(recorded)))
     known = {entry.key for entry in recorded}
@@ -384,23 +529,58 @@ def _report_resume(unknown: Sequence[Any], failed: Sequence[Any]) -> None:
         _say(f"  {entry.key or entry.queue_id}: failed earlier: {entry.error}")
 
 
+def _has_work(entries: Sequence[JournalEntry], *, requeue_unknown: bool) -> bool:
+    """Whether ``resume`` would send or poll anything for these journal entries."""
+    to_do = {JobState.INTENT, JobState.QUEUED}
+    if requeue_unknown:
+        to_do |= {JobState.SENDING, JobState.UNKNOWN}
+    return any(entry.state in to_do for entry in entries)
+
+
+async def _nothing_to_resume(out: Path, entries: Sequence[JournalEntry]) -> int:
+    rows = manifest_rows(entries)
+    await anyio.to_thread.run_sync(_write_manifest, out, rows)
+    if not rows:
+        _say(f"nothing to resume: the batch in {out} has no lines")
+        return 0
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    parts = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    _say(f"nothing to resume: every line of the batch in {out} is finished ({parts})")
+    _report_resume(
+        [e for e in entries if e.state in (JobState.SENDING, JobState.UNKNOWN)],
+        [e for e in entries if e.state in (JobState.FAILED, JobState.REJECTED)],
+    )
+    _say(f"manifest: {out / MANIFEST_NAME}")
+    return 0 if counts.get("succeeded", 0) == len(rows) else 1
+
+
 async def _cmd_resume(args: argparse.Namespace) -> int:
     out = Path(args.dir)
     journal_path = out / JOURNAL_NAME
-    if not await anyio.Path(journal_path).exists():
-        _say(f"{out} has no batch journal ({JOURNAL_NAME}); nothing to resume")
+    if not await anyio.Path(out).is_dir():
+        _say(f"{out} is not a folder: nothing to resume")
         return 2
-    async with _endpoint(args) as (url, key, clock):
-        if not _need_key(key):
+    if not await anyio.Path(journal_path).exists():
+        _say(
+            f"nothing to resume: {out} holds no batch (it has no {JOURNAL_NAME}). "
+            f"Start one with: venice-audio batch FILE --out {out}"
+        )
+        return 2
+    # Opened before any server, without creating: an empty, damaged, read-only or busy
+    # journal is refused (JournalError, exit 2) before anything is sent or rewritten.
+    async with await Journal.open(journal_path, clock=_clock(args), create=False) as journal:
+        entries = await journal.entries()
+        if _fake_mismatch(args, out, entries):
             return 2
-        # Opened here without creating: an empty, damaged, read-only or busy journal is
-        # refused (JournalError, exit 2) before anything is sent or the manifest rewritten.
-        async with (
-            await Journal.open(journal_path, clock=clock, create=False) as journal,
-            _folder_session(args, url, key, clock, out, journal) as session,
-        ):
-            total = len(await journal.entries())
-            return await _drive(args, session, out, total=total)
+        if not _has_work(entries, requeue_unknown=args.requeue_unknown):
+            return await _nothing_to_resume(out, entries)
+        async with _endpoint(args, fake_state=out / FAKE_STATE_NAME) as (url, key, clock):
+            if not _need_key(key):
+                return 2
+            async with _folder_session(args, url, key, clock, out, journal) as session:
+                return await _drive(args, session, out, total=len(entries))
 
 
 async def _drive(args: argparse.Namespace, session: AsyncSession, out: Path, *, total: int) -> int:
@@ -409,7 +589,10 @@ async def _drive(args: argparse.Namespace, session: AsyncSession, out: Path, *, 
     assert journal is not None
     lines = len(manifest_rows(await journal.entries()))
     await anyio.to_thread.run_sync(_check_manifest, out, lines)  # before anything is sent
-    _interrupt_hint[:] = [f"venice-audio resume {out}"]
+    again = f"venice-audio resume {out}" + (" --fake" if args.fake else "")
+    _interrupt_note[:] = [
+        f"interrupted. Every queued job is recorded in the journal; finish it with: {again}"
+    ]
     watcher = _Watcher(session, BatchProgress(total, plain=args.plain))
     failure: Exception | None = None
     try:
@@ -449,64 +632,180 @@ async def _drive(args: argparse.Namespace, session: AsyncSession, out: Path, *, 
 # --------------------------------------------------------------------------- parser
 
 
+def _number(kind: type[float] | type[int], *, positive: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number, above 0 (``positive``) or at least 0."""
+    bound = "above 0" if positive else "0 or more"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="venice-audio", description="Generate music, sound effects and voice with Venice.ai."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--fake", action="store_true", help="use the built-in fake server")
+    common.add_argument(
+        "--fake",
+        action="store_true",
+        help="use the built-in fake server: no key, no network, no cost; playable WAV tones",
+    )
     common.add_argument("--base-url", default=DEFAULT_BASE_URL, help="API base URL")
     common.add_argument("--api-key", help="API key (default: $VENICE_API_KEY)")
     common.add_argument(
         "--allow-insecure-http", action="store_true", help="allow plain http to remote hosts"
     )
-    common.add_argument("--time-scale", type=float, default=1.0, help=argparse.SUPPRESS)
+    common.add_argument(
+        "--time-scale",
+        type=_number(float, positive=True),
+        default=1.0,
+        metavar="SCALE",
+        help="real seconds per clock second, to match a time-scaled fake server (testing)",
+    )
     common.add_argument("--plain", action="store_true", help="plain progress lines, no bar")
+    common.add_argument(
+        "--log-level",
+        choices=_LOG_LEVELS,
+        help="print the library's log to stderr from this level on (debug: every request)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("models", parents=[common], help="list the audio models")
 
     quote = commands.add_parser("quote", parents=[common], help="price one generation")
-    quote.add_argument("model")
-    quote.add_argument("--duration", type=int)
-    quote.add_argument("--characters", type=int)
+    quote.add_argument("model", help="model id (see: venice-audio models)")
+    quote.add_argument(
+        "--duration", type=_number(int, positive=True), help="length in seconds to price"
+    )
+    quote.add_argument(
+        "--characters",
+        type=_number(int, positive=True),
+        help="characters of text to price (voice models)",
+    )
 
     generate = commands.add_parser("generate", parents=[common], help="make one audio file")
-    generate.add_argument("model")
-    generate.add_argument("prompt")
-    generate.add_argument("--out", default=".", help="file or directory (default: .)")
-    generate.add_argument("--duration", type=int)
-    generate.add_argument("--lyrics")
-    generate.add_argument("--instrumental", action="store_true", default=None)
-    generate.add_argument("--loop", action="store_true", default=None)
-    generate.add_argument("--voice")
-    generate.add_argument("--speed", type=float)
+    generate.add_argument("model", help="model id (see: venice-audio models)")
+    generate.add_argument("prompt", help="what to make (voice models: the text to speak)")
+    generate.add_argument(
+        "--out",
+        default=".",
+        help=(
+            "an existing folder to write into, or a file path; the file's extension is set "
+            "to the audio actually received (default: .)"
+        ),
+    )
+    _request_arguments(generate)
+
+    fetch = commands.add_parser(
+        "fetch", parents=[common], help="download the audio of a job queued earlier"
+    )
+    fetch.add_argument("queue_id", help="the job's queue id (from generate, or the manifest)")
+    fetch.add_argument("--model", required=True, help="the model the job was queued with")
+    fetch.add_argument(
+        "--out",
+        default=".",
+        help="an existing folder to write into, or a file path (default: .)",
+    )
 
     batch = commands.add_parser("batch", parents=[common], help="generate every line of a file")
     batch.add_argument("file", help="JSON Lines or CSV file of requests")
     batch.add_argument("--out", required=True, help="folder for the audio and manifest.jsonl")
-    batch.add_argument("--max-spend", type=float, help="refuse to spend more than this (USD)")
-    batch.add_argument("--requeue-unknown", action="store_true", help=argparse.SUPPRESS)
+    _batch_arguments(batch)
 
     resume = commands.add_parser("resume", parents=[common], help="finish an interrupted batch")
-    resume.add_argument("dir")
-    resume.add_argument("--max-spend", type=float, help="refuse to spend more than this (USD)")
-    resume.add_argument(
+    resume.add_argument("dir", help="the batch's --out folder")
+    _batch_arguments(resume)
+    return parser
+
+
+def _request_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--duration",
+        type=_number(int, positive=True),
+        help="length in seconds (models with a duration)",
+    )
+    command.add_argument("--lyrics", help="song lyrics (models that take lyrics)")
+    command.add_argument(
+        "--instrumental",
+        action="store_true",
+        default=None,
+        help="no vocals (models that support it)",
+    )
+    command.add_argument(
+        "--loop", action="store_true", default=None, help="make it loop seamlessly (if supported)"
+    )
+    command.add_argument("--voice", help="voice name (voice models; see: venice-audio models)")
+    command.add_argument(
+        "--speed",
+        type=_number(float, positive=True),
+        help="speaking speed, 1.0 is normal (voice models)",
+    )
+
+
+def _batch_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--max-spend",
+        type=_number(float, positive=False),
+        metavar="USD",
+        help="refuse to spend more than this in the folder, over all runs (USD)",
+    )
+    command.add_argument(
         "--requeue-unknown",
         action="store_true",
         help="send again jobs whose queue answer was lost (may pay twice)",
     )
-    return parser
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "models": _cmd_models,
     "quote": _cmd_quote,
     "generate": _cmd_generate,
+    "fetch": _cmd_fetch,
     "batch": _cmd_batch,
     "resume": _cmd_resume,
 }
+
+
+class _StderrHandler(logging.Handler):
+    """Writes records to whatever ``sys.stderr`` is at the time (tests replace it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stderr, flush=True)
+        except Exception:  # a handler must never raise into the code that logs
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(level: str | None) -> Iterator[None]:
+    """With ``--log-level``, the library's records at that level and above go to stderr."""
+    if level is None:
+        yield
+        return
+    logger = logging.getLogger("venice_audio_async")
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    previous = logger.level
+    logger.setLevel(level.upper())
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
 
 
 async def _interruptible(
@@ -547,11 +846,12 @@ async def _interruptible(
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
+    _interrupt_note.clear()
     try:
-        return anyio.run(_interruptible, _COMMANDS[args.command], args, backend="asyncio")
+        with _logging_to_stderr(args.log_level):
+            return anyio.run(_interruptible, _COMMANDS[args.command], args, backend="asyncio")
     except KeyboardInterrupt:
-        hint = f"; finish it with: {_interrupt_hint[0]}" if _interrupt_hint else ""
-        _say(f"\ninterrupted. Every queued job is recorded in the journal{hint}")
+        _say("\n" + (_interrupt_note[0] if _interrupt_note else "interrupted"))
         return 130
     except (VeniceError, ValueError) as error:
         _say(f"error: {error}")

@@ -2,7 +2,11 @@
 
 A batch is JSON Lines (one object per line) or CSV (a header row naming the fields). The
 fields are those of :class:`~venice_audio_async.QueueRequest` plus an optional ``name`` for
-the output file. Every problem of every line is collected, so a batch is fixed in one go.
+the output file. Every problem of every line is collected, so a batch is fixed in one go:
+:func:`read_batch` finds what is wrong with the file itself (bad JSON, unknown or missing
+fields) and still hands over every line it could read as a request, so that
+:func:`check_batch` can judge those lines by the model's rules in the same round;
+:func:`sorted_problems` puts both lists in line order.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,22 +27,28 @@ from ._journal import JournalEntry
 from ._models import AudioModel, QueueRequest
 from ._validation import queue_problems
 
-__all__ = ["BatchLine", "check_batch", "manifest_rows", "read_batch"]
+__all__ = ["BatchLine", "check_batch", "manifest_rows", "read_batch", "sorted_problems"]
 
 _FIELDS = {a.name: a for a in attrs.fields(QueueRequest)}
 _INTS = {"duration_seconds"}
 _FLOATS = {"speed"}
 _BOOLS = {"force_instrumental", "lyrics_optimizer", "loop"}
 _EXTRA = {"name"}
+_LINE_NUMBER = re.compile(r"^line (\d+):")
 
 
 @attrs.frozen
 class BatchLine:
-    """One request of a batch, with its line number (1-based) and output name."""
+    """One request of a batch, with its line number (1-based) and output name.
+
+    ``unchecked`` names fields the line lacks (reported already by :func:`read_batch`),
+    so that :func:`check_batch` does not report them a second time.
+    """
 
     number: int
     request: QueueRequest
     name: str
+    unchecked: frozenset[str] = frozenset()
 
     @property
     def key(self) -> str:
@@ -71,27 +82,39 @@ def _convert(field: str, value: Any, *, from_csv: bool) -> Any:
 def _line_to_request(
     number: int, record: Mapping[str, Any], *, from_csv: bool
 ) -> tuple[BatchLine | None, list[str]]:
+    """The line as a request (unless it names no model), and its problems as a file line.
+
+    A line with problems is still returned, so that its other fields are checked against
+    the model's rules in the same round; nothing is sent from a batch with any problem.
+    """
     problems = []
     unknown = sorted(set(record) - set(_FIELDS) - _EXTRA)
     if unknown:
         problems.append(f"line {number}: unknown field(s) {', '.join(unknown)}")
-    for required in ("model", "prompt"):
-        if record.get(required) in (None, ""):
-            problems.append(f"line {number}: {required}: required")
-    if problems:
-        return None, problems
+    missing = frozenset(f for f in ("model", "prompt") if record.get(f) in (None, ""))
+    problems.extend(f"line {number}: {field}: required" for field in sorted(missing))
+    if "model" in missing:
+        return None, problems  # no model, no rules to check the rest against
     values = {
         field: _convert(field, record.get(field), from_csv=from_csv)
         for field in _FIELDS
         if field in record
     }
+    values.setdefault("prompt", "")
+    if values["prompt"] is None:
+        values["prompt"] = ""
     request = QueueRequest(**values)
     name = record.get("name") or f"{number:04d}-{safe_stem(str(request.prompt), max_length=40)}"
-    return BatchLine(number=number, request=request, name=safe_stem(str(name))), []
+    line = BatchLine(number=number, request=request, name=safe_stem(str(name)), unchecked=missing)
+    return line, problems
 
 
 def read_batch(path: str | os.PathLike[str]) -> tuple[list[BatchLine], list[str]]:
-    """Parse a batch file; returns the lines and every problem found (by line number)."""
+    """Parse a batch file; returns the lines and every problem found (by line number).
+
+    The lines include those with problems (see :func:`_line_to_request`); an unreadable
+    file gives no lines and one problem that says why.
+    """
     source = Path(path)
     try:
         text = source.read_text(encoding="utf-8")
@@ -159,8 +182,19 @@ def check_batch(lines: Iterable[BatchLine], catalogue: Mapping[str, AudioModel])
             problems.append(f"line {line.number}: model: unknown model {line.request.model!r}")
             continue
         for problem in queue_problems(line.request, model):
-            problems.append(f"line {line.number}: {problem.field}: {problem.message}")
+            if problem.field not in line.unchecked:
+                problems.append(f"line {line.number}: {problem.field}: {problem.message}")
     return problems
+
+
+def sorted_problems(*groups: Iterable[str]) -> list[str]:
+    """Problems of several checks in one list: by line number, those of no line first."""
+
+    def line_of(problem: str) -> int:
+        match = _LINE_NUMBER.match(problem)
+        return int(match.group(1)) if match else 0
+
+    return sorted((p for group in groups for p in group), key=line_of)
 
 
 def manifest_rows(entries: Iterable[JournalEntry]) -> list[dict[str, Any]]:

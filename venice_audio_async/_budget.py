@@ -69,6 +69,7 @@ import attrs
 
 from ._clock import Clock
 from ._errors import parse_retry_after
+from ._logging import log
 
 __all__ = [
     "BudgetStatistics",
@@ -742,12 +743,14 @@ class LocalBudget:
 
     # ------------------------------------------------------------------ learning
 
-    def _pause_session_until(self, until: float, now: float, reason: str) -> None:
+    def _pause_session_until(self, until: float, now: float, reason: str) -> bool:
+        """Extend the session-wide pause; whether it was extended."""
         if until <= self._paused_until:
-            return
+            return False
         self._paused_seconds += until - max(self._paused_until, now)
         self._paused_until = until
         self._pause_reason = reason
+        return True
 
     def record_response(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
         """Learn from an answer to a request to ``endpoint``.
@@ -781,7 +784,13 @@ class LocalBudget:
             delay = retry_delay_from_headers(lowered, now_epoch, cap)
             if delay is None:
                 delay = min(cap, _DEFAULT_429_PAUSE * 2.0 ** (self._consecutive_429 - 1))
-            self._pause_session_until(now + delay, now, f"429 from {endpoint}")
+            if self._pause_session_until(now + delay, now, f"429 from {endpoint}"):
+                log.info(
+                    "429 from %s: pausing every request for %.1f s",
+                    endpoint,
+                    delay,
+                    extra={"endpoint": endpoint, "status": 429, "pause": delay},
+                )
             state.rate_limited_at(now)
 
         stated = _parse_int(lowered.get("x-ratelimit-limit-requests"))
@@ -801,13 +810,20 @@ class LocalBudget:
             if until > state.paused_until:
                 state.paused_seconds += until - max(state.paused_until, now)
                 state.paused_until = until
+                log.debug("%s has no requests left: pausing it for %.2f s", endpoint, delay)
 
         left = _parse_int(lowered.get("x-ratelimit-remaining"))
         if left is not None and left <= 0:
             reset = lowered.get("x-ratelimit-resets")
             delay_or_none = parse_reset(reset, now_epoch) if reset is not None else None
             delay = min(cap, _ERROR_BUDGET_LOCKOUT if delay_or_none is None else delay_or_none)
-            self._pause_session_until(now + delay, now, "failed-request budget exhausted")
+            if self._pause_session_until(now + delay, now, "failed-request budget exhausted"):
+                log.warning(
+                    "the API's failed-request budget is used up (key locked out): pausing "
+                    "every request for %.1f s",
+                    delay,
+                    extra={"endpoint": endpoint, "status": status, "pause": delay},
+                )
 
         if status >= 400 or status < 100:
             self._add_failure(now)
@@ -830,6 +846,15 @@ class LocalBudget:
             # Wait until the window holds threshold - 1 failures again.
             until = self._failures[-threshold] + self._failure_window
             if until > self._failure_paused_until:
+                if self._failure_paused_until <= now:  # a new pause, not an extension
+                    log.warning(
+                        "%d failed requests in the last %g s: holding new requests for %.1f s "
+                        "so the API does not lock the key",
+                        len(self._failures),
+                        self._failure_window,
+                        until - now,
+                        extra={"failures": len(self._failures), "pause": until - now},
+                    )
                 self._failure_paused_seconds += until - max(self._failure_paused_until, now)
                 self._failure_paused_until = until
 

@@ -21,7 +21,7 @@ from ._converters import (
     structure_quote,
     unstructure_request,
 )
-from ._http import HttpTransport, JsonAnswer, ResponseObserver
+from ._http import HttpTransport, JsonAnswer, ResponseObserver, require_asyncio
 from ._models import (
     AudioModel,
     AudioResult,
@@ -80,6 +80,12 @@ class VeniceClient:
         return self._transport
 
     async def __aenter__(self) -> VeniceClient:
+        """Open the client.
+
+        Raises:
+            AsyncioRequiredError: not running on asyncio (aiohttp needs it).
+        """
+        require_asyncio("VeniceClient")
         return self
 
     async def __aexit__(

@@ -5,6 +5,7 @@
     VeniceError
      ├── RequestValidationError (ValueError)      bad input, caught before any request
      ├── SessionStateError (RuntimeError)         session not open / already closed
+     ├── AsyncioRequiredError (RuntimeError)      used outside asyncio (trio, ...)
      ├── MissingAPIKeyError                       no key for a call that needs one
      ├── SpendLimitExceeded                       the job would exceed max_spend_usd
      ├── TransportError                           no usable HTTP answer
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "APIStatusError",
+    "AsyncioRequiredError",
     "AudioStorageError",
     "AuthenticationError",
     "BadRequestError",
@@ -131,6 +133,17 @@ class RequestValidationError(VeniceError, ValueError):
 
 class SessionStateError(VeniceError, RuntimeError):
     """The session is used while not open (before ``async with`` or after closing).
+
+    .. versionadded:: 0.1.0
+    """
+
+
+class AsyncioRequiredError(VeniceError, RuntimeError):
+    """The session or client is used outside asyncio, for example under trio.
+
+    aiohttp, which carries every request, runs only on asyncio; this is raised when the
+    session (or client) is opened, instead of aiohttp's "no running event loop" at the
+    first request. Run it with ``asyncio.run`` or ``anyio.run(..., backend="asyncio")``.
 
     .. versionadded:: 0.1.0
     """

@@ -27,7 +27,8 @@ import json
 import logging
 import math
 import platform
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
@@ -40,6 +41,7 @@ from ._audio import AudioSink, sniff_format, sniff_needs
 from ._config import Limits, Timeouts
 from ._errors import (
     APIStatusError,
+    AsyncioRequiredError,
     AudioStorageError,
     ConnectError,
     ConnectionDropped,
@@ -52,11 +54,10 @@ from ._errors import (
     error_from_response,
     support_headers,
 )
+from ._logging import RequestAttempt, configure_from_environment, current_attempt, log
 from ._models import AudioResult, VeniceHeaders, format_for_media_type
 
-__all__ = ["HttpTransport", "JsonAnswer", "ResponseObserver"]
-
-log = logging.getLogger("venice_audio_async")
+__all__ = ["HttpTransport", "JsonAnswer", "ResponseObserver", "require_asyncio"]
 
 #: Called with (endpoint, status, headers) for every answer, and (endpoint, 0, {}) for a
 #: transport failure; the scheduler's request budget learns from it.
@@ -67,6 +68,71 @@ _CHUNK = 64 * 1024
 _REDACTED = "[redacted]"
 
 T = TypeVar("T")
+
+
+@attrs.define
+class _Outcome:
+    """What one request's log record says; filled in as the request goes."""
+
+    endpoint: str
+    queue_id: str | None = None
+    status: int = 0
+    detail: str = ""
+
+
+def _queue_id_in(body: Mapping[str, Any] | None) -> str | None:
+    value = body.get("queue_id") if body is not None else None
+    return value if isinstance(value, str) else None
+
+
+def _log_outcome(
+    outcome: _Outcome,
+    attempt: RequestAttempt | None,
+    elapsed: float,
+    error: BaseException | None,
+) -> None:
+    """One DEBUG record per request outcome: a readable line plus structured ``extra``."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return  # the common case: nothing is built
+    where = []
+    if outcome.queue_id is not None:
+        where.append(f"job {outcome.queue_id}")
+    if attempt is not None:
+        where.append(f"attempt {attempt.attempt}")
+        if attempt.wait is not None and attempt.wait >= 0.01:  # else not worth a mention
+            where.append(f"waited {attempt.wait:.3g} s for a token")
+    status = str(outcome.status) if outcome.status else "no answer"
+    what = type(error).__name__ if error is not None else outcome.detail
+    log.debug(
+        "%s %s%s%s in %.3f s",
+        outcome.endpoint,
+        status,
+        f" ({', '.join(where)})" if where else "",
+        f": {what}" if what else "",
+        elapsed,
+        extra={
+            "endpoint": outcome.endpoint,
+            "status": outcome.status,
+            "queue_id": outcome.queue_id,
+            "attempt": attempt.attempt if attempt is not None else None,
+            "wait": attempt.wait if attempt is not None else None,
+            "elapsed": elapsed,
+            "error": type(error).__name__ if error is not None else None,
+        },
+    )
+
+
+@contextlib.contextmanager
+def _logged(outcome: _Outcome) -> Iterator[_Outcome]:
+    """Log the request made inside once it has an outcome (not when it is cancelled)."""
+    attempt = current_attempt()
+    started = time.monotonic()
+    try:
+        yield outcome
+    except VeniceError as error:
+        _log_outcome(outcome, attempt, time.monotonic() - started, error)
+        raise
+    _log_outcome(outcome, attempt, time.monotonic() - started, None)
 
 
 @attrs.frozen
@@ -82,6 +148,34 @@ def _version() -> str:
     from . import __version__
 
     return __version__
+
+
+def _running_library() -> str:
+    """The name of the async library running the caller, as well as can be told."""
+    try:
+        import sniffio  # installed with trio; not a dependency of ours
+
+        return str(sniffio.current_async_library())
+    except Exception:  # not installed, or no library it knows
+        return "another event loop, or none"
+
+
+def require_asyncio(what: str) -> None:
+    """Refuse to go on outside an asyncio task: aiohttp runs only on asyncio.
+
+    Raises:
+        AsyncioRequiredError: the caller runs under trio (or no event loop at all).
+    """
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running asyncio loop in this thread
+        task = None
+    if task is None:
+        raise AsyncioRequiredError(
+            f"{what} needs asyncio: aiohttp, which sends every request, runs only on "
+            f"asyncio, and this code runs under {_running_library()}. Start it with "
+            "asyncio.run(...) or anyio.run(..., backend='asyncio')"
+        )
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -265,6 +359,7 @@ class HttpTransport:
         allow_insecure_http: bool = False,
         observer: ResponseObserver | None = None,
     ) -> None:
+        configure_from_environment()  # VENICE_AUDIO_LOG, read once per process
         self._api_key = api_key
         self._base = check_base_url(base_url, allow_insecure_http=allow_insecure_http)
         self._timeouts = timeouts
@@ -293,6 +388,7 @@ class HttpTransport:
         if self._closed:
             raise RuntimeError("the transport is closed")
         if self._session is None:
+            require_asyncio("VeniceClient")
             connector = aiohttp.TCPConnector(
                 limit=self._limits.max_connections,
                 limit_per_host=self._limits.max_connections,
@@ -391,6 +487,7 @@ class HttpTransport:
         params: Mapping[str, str] | None = None,
         auth: bool = True,
         download: bool = False,
+        outcome: _Outcome | None = None,
     ) -> AsyncIterator[tuple[aiohttp.ClientResponse, dict[str, str]]]:
         """One request: yields a successful response; error statuses and every aiohttp or
         asyncio failure (also while the caller reads the body) become our exceptions."""
@@ -405,6 +502,8 @@ class HttpTransport:
                 timeout=self._timeout(download=download),
             ) as response:
                 headers = _headers_of(response)
+                if outcome is not None:
+                    outcome.status = response.status
                 if response.status >= 300:
                     error = await self._error(endpoint, response)
                     self._notify(endpoint, response.status, headers)
@@ -442,11 +541,21 @@ class HttpTransport:
             APIStatusError: the API answered an error status (the most specific subclass).
             TransportError: no usable answer (connect, timeout, dropped, malformed).
         """
-        async with self._exchange(
-            endpoint, method, path.lstrip("/"), body=body, params=params, auth=auth
-        ) as (response, headers):
-            raw = await self._json_body(endpoint, response)
-        return self._json(endpoint, response.status, headers, raw)
+        with _logged(_Outcome(endpoint, _queue_id_in(body))) as outcome:
+            async with self._exchange(
+                endpoint,
+                method,
+                path.lstrip("/"),
+                body=body,
+                params=params,
+                auth=auth,
+                outcome=outcome,
+            ) as (response, headers):
+                raw = await self._json_body(endpoint, response)
+            answer = self._json(endpoint, response.status, headers, raw)
+            if outcome.queue_id is None and isinstance(answer.body, dict):
+                outcome.queue_id = _queue_id_in(answer.body)  # queue: the id just issued
+        return answer
 
     async def retrieve(
         self, body: Mapping[str, Any], *, sink: AudioSink
@@ -464,6 +573,12 @@ class HttpTransport:
             AudioStorageError: the sink could not store the audio (the original error is
                 the ``__cause__``); nothing partial remains.
         """
+        with _logged(_Outcome("retrieve", _queue_id_in(body))) as outcome:
+            return await self._retrieve(body, sink, outcome)
+
+    async def _retrieve(
+        self, body: Mapping[str, Any], sink: AudioSink, outcome: _Outcome
+    ) -> JsonAnswer | AudioResult:
         endpoint = "retrieve"
         limit = self._timeouts.status
         answer: JsonAnswer | None = None
@@ -472,7 +587,7 @@ class HttpTransport:
         deadline = math.inf if limit is None else anyio.current_time() + limit
         with anyio.CancelScope(deadline=deadline) as status_scope:
             async with self._exchange(
-                endpoint, "POST", "audio/retrieve", body=body, download=True
+                endpoint, "POST", "audio/retrieve", body=body, download=True, outcome=outcome
             ) as (response, headers):
                 media_type = response.content_type.lower()
                 if media_type == "application/json":
@@ -480,7 +595,9 @@ class HttpTransport:
                     answer = self._json(endpoint, response.status, headers, raw)
                 else:
                     status_scope.deadline = math.inf
-                    return await self._stream_audio(response, headers, media_type, sink)
+                    audio = await self._stream_audio(response, headers, media_type, sink)
+                    outcome.detail = f"{audio.format} audio, {audio.size} bytes"
+                    return audio
         if answer is None:  # only the status deadline ends the scope without an answer
             self._notify(endpoint, 0, {})
             raise RequestTimeout(
@@ -488,6 +605,8 @@ class HttpTransport:
                 f"{limit} s (Timeouts.status)",
                 endpoint=endpoint,
             )
+        if isinstance(answer.body, dict):
+            outcome.detail = str(answer.body.get("status", ""))
         return answer
 
     async def _stream_audio(
@@ -551,7 +670,6 @@ class HttpTransport:
         except BaseException:
             await sink.abort()
             raise
-        log.debug("downloaded %d bytes of %s", size, audio_format)
         return AudioResult(
             content_type=media_type,
             format=audio_format,

@@ -22,6 +22,7 @@ from ._errors import (
     VeniceError,
 )
 from ._limiter import RequestLimiter
+from ._logging import attempt_context, log
 
 __all__ = ["call_idempotent", "is_transient"]
 
@@ -59,18 +60,61 @@ async def call_idempotent(
     rng = rng or random.Random()
     failures = rate_limited = 0
     while True:
+        asked = clock.monotonic()
         await budget.acquire(endpoint)
+        attempt = failures + rate_limited + 1
         try:
-            async with limiter:
-                return await send()
-        except RateLimitError:
+            with attempt_context(attempt, wait=clock.monotonic() - asked):
+                async with limiter:
+                    return await send()
+        except RateLimitError as error:
             rate_limited += 1
             if rate_limited >= _MAX_RATE_LIMITED:
+                _give_up(endpoint, attempt, error)
                 raise
+            log.info(
+                "%s rate limited (429 number %d); sending again once the session's pause ends",
+                endpoint,
+                rate_limited,
+                extra=_fields(endpoint, attempt, error, None),
+            )
         except VeniceError as error:
             if not is_transient(error):
                 raise
             failures += 1
             if failures >= policy.attempts:
+                _give_up(endpoint, attempt, error)
                 raise
-            await clock.sleep(policy.backoff(failures, rng.random()))
+            delay = policy.backoff(failures, rng.random())
+            log.info(
+                "%s failed (%s); retry %d of %d in %.2f s",
+                endpoint,
+                type(error).__name__,
+                failures,
+                policy.attempts - 1,
+                delay,
+                extra=_fields(endpoint, attempt, error, delay),
+            )
+            await clock.sleep(delay)
+
+
+def _fields(
+    endpoint: str, attempt: int, error: VeniceError, delay: float | None
+) -> dict[str, object]:
+    return {
+        "endpoint": endpoint,
+        "attempt": attempt,
+        "status": getattr(error, "status_code", 0),
+        "error": type(error).__name__,
+        "retry_in": delay,
+    }
+
+
+def _give_up(endpoint: str, attempt: int, error: VeniceError) -> None:
+    log.warning(
+        "%s failed %d time(s), giving up: %s",
+        endpoint,
+        attempt,
+        error,
+        extra=_fields(endpoint, attempt, error, None),
+    )

@@ -62,6 +62,7 @@ from ._errors import (
 )
 from ._estimator import DurationEstimator
 from ._limiter import RequestLimiter
+from ._logging import attempt_context
 from ._models import (
     AudioResult,
     CompleteRequest,
@@ -454,8 +455,9 @@ class Scheduler:
         )
         self._counts["polls"] += 1
         try:
-            async with self._limiter:
-                answer = await self._client.retrieve(request, sink=tracked.sink_factory(job))
+            with attempt_context(tracked.failures + 1):  # for the request's log record
+                async with self._limiter:
+                    answer = await self._client.retrieve(request, sink=tracked.sink_factory(job))
         except RateLimitError:
             # The budget already paused the whole session; this is not the job's fault.
             tracked.in_flight = False
@@ -559,6 +561,15 @@ class Scheduler:
             tracked.failures += 1
             if tracked.failures < self._retry.attempts:
                 delay = self._retry.backoff(tracked.failures, self._rng.random())
+                log.info(
+                    "retrieve of job %s failed (%s); retry %d of %d in %.2f s",
+                    tracked.job.queue_id,
+                    type(error).__name__,
+                    tracked.failures,
+                    self._retry.attempts - 1,
+                    delay,
+                    extra={"endpoint": "retrieve", "queue_id": tracked.job.queue_id},
+                )
                 self._schedule(tracked, self._clock.monotonic() + delay)
                 return
         await self._finish(tracked, Failed(tracked.job, error))

@@ -48,6 +48,7 @@ from ._errors import (
     VeniceError,
 )
 from ._estimator import DurationEstimator, PollingBounds
+from ._http import require_asyncio
 from ._journal import JobState, Journal, JournalEntry
 from ._limiter import RequestLimiter
 from ._models import (
@@ -299,6 +300,7 @@ class AsyncSession:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> AsyncSession:
+        require_asyncio("AsyncSession")  # aiohttp runs only on asyncio: say so, before anything
         if self._state is _State.OPEN:
             raise SessionStateError("the session is already open")
         if self._state is _State.CLOSED:

@@ -195,6 +195,22 @@ def _parser() -> argparse.ArgumentParser:
         help="count rate-limit 429s as failures of --error-budget",
     )
     parser.add_argument("--balance-usd", type=float, default=None, help="starting balance")
+    parser.add_argument(
+        "--audio",
+        choices=("bytes", "tones"),
+        default="bytes",
+        help=(
+            "bytes: small strict files in each model's container (default); tones: playable "
+            "WAV sine tones as long as each request asks"
+        ),
+    )
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="keep the jobs in FILE (JSON Lines), so a restarted server still knows them",
+    )
     return parser
 
 
@@ -218,6 +234,8 @@ def _build_server(args: argparse.Namespace) -> FakeServer:
         balance_usd=args.balance_usd,
         host=args.host,
         port=args.port,
+        audio=args.audio,
+        state_path=args.state,
     )
 
 

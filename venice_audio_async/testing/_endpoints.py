@@ -22,7 +22,7 @@ from aiohttp import web
 
 from venice_audio_async._clock import Clock
 
-from ._audio import CONTENT_TYPES, iter_audio
+from ._audio import CONTENT_TYPES
 from ._faults import FaultBook
 from ._limits import Balance, KeyRateLimits
 from ._messages import (
@@ -37,6 +37,8 @@ from ._messages import (
 )
 from ._pricing import compute_quote, queue_price
 from ._rules import Issue, model_issues, parse_duration, schema_issues
+from ._state import JobStore
+from ._tones import tone_seconds
 from ._types import FakeJob, JobScript
 from ._wire import Context
 
@@ -95,6 +97,8 @@ class ApiEndpoints:
         key_limits: KeyRateLimits,
         api_keys: Collection[str] | None,
         clock: Clock,
+        tones: bool = False,
+        store: JobStore | None = None,
     ) -> None:
         self.catalogue = catalogue
         self.rows: dict[str, dict[str, Any]] = {str(row["id"]): row for row in catalogue}
@@ -105,6 +109,8 @@ class ApiEndpoints:
         self._key_limits = key_limits
         self._api_keys = api_keys
         self._clock = clock
+        self._tones = tones
+        self._store = store
 
     def models(self, ctx: Context) -> web.Response:
         """``GET /models?type=...``: the catalogue rows of one type."""
@@ -148,6 +154,8 @@ class ApiEndpoints:
             return ctx.json(402, {"error": MSG_INSUFFICIENT})
         queue_id = str(uuid.uuid4())
         audio_format = row.get("model_spec", {}).get("default_format")
+        if self._tones:
+            audio_format = "wav"  # the tones are WAV whatever the model makes
         job = FakeJob(
             queue_id=queue_id,
             model=str(row["id"]),
@@ -157,8 +165,11 @@ class ApiEndpoints:
             cost_usd=price,
             audio_format=audio_format if audio_format in CONTENT_TYPES else "mp3",
             credential=ctx.credential,
+            tone_seconds=tone_seconds(body, row) if self._tones else None,
         )
         self._jobs[queue_id] = job
+        if self._store is not None:
+            self._store.queued(job)  # before the answer: a job is never known only here
         self._balance.refund_when_failed(job)
         self._add_balance_header(ctx)
         return ctx.json(200, {"model": job.model, "queue_id": queue_id, "status": "QUEUED"})
@@ -189,6 +200,8 @@ class ApiEndpoints:
             return ctx.json(404, {"error": MSG_MEDIA_GONE})
         if body.get("delete_media_on_completion") is True:
             job.deleted = True  # gone once the answer starts, even if the download fails
+            if self._store is not None:
+                self._store.deleted(job)
         self._add_balance_header(ctx)
         return await self._send_audio(ctx, job, row)
 
@@ -204,6 +217,8 @@ class ApiEndpoints:
             return ctx.json(200, {"success": False})
         job.deleted = True
         job.released = True
+        if self._store is not None:
+            self._store.deleted(job)
         return ctx.json(200, {"success": True})
 
     def key_rate_limits(self, ctx: Context) -> web.Response:
@@ -253,7 +268,12 @@ class ApiEndpoints:
         if (
             job is None
             or job.model != body["model"]
-            or (self._api_keys is not None and job.credential != ctx.credential)
+            # A job restored from a state file has no credential: any accepted key may see it.
+            or (
+                self._api_keys is not None
+                and job.credential is not None
+                and job.credential != ctx.credential
+            )
         ):
             return None, None, ctx.json(400, {"error": MSG_INVALID_ID})
         return job, row, None
@@ -292,14 +312,7 @@ class ApiEndpoints:
         sent = 0
         try:
             await response.prepare(ctx.request)
-            chunks = iter_audio(
-                job.audio_format,
-                size,
-                seed=job.queue_id,
-                id3=job.script.id3,
-                chunk_size=_STREAM_CHUNK,
-            )
-            for chunk in chunks:
+            for chunk in job.audio_chunks(_STREAM_CHUNK):
                 piece = chunk[: limit - sent]
                 await response.write(piece)
                 sent += len(piece)

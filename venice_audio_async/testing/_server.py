@@ -52,21 +52,22 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
 from venice_audio_async._clock import Clock, ScaledClock, SystemClock
 
-from ._audio import audio_bytes
 from ._catalogue import load_default_catalogue
 from ._endpoints import ApiEndpoints, JobScripts
 from ._faults import FaultBook
 from ._limits import Balance, ErrorBudget, KeyRateLimits, RequestLimits
 from ._pipeline import API_PREFIX, RequestPipeline
+from ._state import JobStore
 from ._types import ENDPOINTS, MIN_AUDIO_SIZE, FakeJob, Fault, JobScript, RecordedRequest
 from ._wire import MAX_BODY_BYTES
 
@@ -126,13 +127,22 @@ class FakeServer:
         port: TCP port (0 picks a free one).
         clock: use this clock instead of one derived from ``time_scale`` (for example a
             :class:`~venice_audio_async._clock.ManualClock` to step job timelines by hand).
+        audio: ``"bytes"`` (the default, for tests): each model's container, exactly
+            ``JobScript.audio_size`` bytes of seeded filler behind valid headers.
+            ``"tones"``: a playable 16-bit mono 16 kHz WAV sine tone as long as the request's
+            ``duration_seconds`` (else the model's default, else 10 s), served as
+            ``audio/wav`` whatever the model (what the command line's ``--fake`` uses).
+        state_path: a JSON Lines file where every job is kept as it is queued and released;
+            a server started later with the same file (in another process, after this one
+            was killed) knows those jobs. ``None``: jobs live only as long as the server.
 
     Raises:
-        ValueError: invalid rate limits, key rate limits, error budget, balance or time scale.
+        ValueError: invalid rate limits, key rate limits, error budget, balance, time scale
+            or ``audio``.
 
     .. versionadded:: 0.1.0
        ``pooled_rate_limit``, ``state_limits``, ``error_budget_counts_429``,
-       ``key_rate_limits`` and ``GET /api_keys/rate_limits``.
+       ``key_rate_limits`` and ``GET /api_keys/rate_limits``; ``audio`` and ``state_path``.
     """
 
     __test__ = False  # not a pytest test class, despite the name
@@ -154,7 +164,11 @@ class FakeServer:
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Clock | None = None,
+        audio: Literal["bytes", "tones"] = "bytes",
+        state_path: str | os.PathLike[str] | None = None,
     ) -> None:
+        if audio not in ("bytes", "tones"):
+            raise ValueError(f"audio must be 'bytes' or 'tones', got {audio!r}")
         rows = load_default_catalogue() if catalogue is None else copy.deepcopy(list(catalogue))
         if clock is not None:
             self.clock: Clock = clock
@@ -182,6 +196,7 @@ class FakeServer:
         self._faults = FaultBook()
         self._counts: Counter[str] = Counter()
         keys = frozenset(api_keys) if api_keys is not None else None
+        self._store = JobStore(state_path, self.clock) if state_path is not None else None
         self._endpoints = ApiEndpoints(
             catalogue=[dict(row) for row in rows],
             jobs=self.jobs,
@@ -191,6 +206,8 @@ class FakeServer:
             key_limits=key_limits,
             api_keys=keys,
             clock=self.clock,
+            tones=audio == "tones",
+            store=self._store,
         )
         self._pipeline = RequestPipeline(
             endpoints=self._endpoints,
@@ -211,12 +228,18 @@ class FakeServer:
     async def start(self) -> None:
         """Bind the socket and start serving.
 
+        With a ``state_path``, the jobs it holds are loaded first (before any request).
+
         Raises:
             RuntimeError: the server is already running.
-            OSError: the address cannot be bound.
+            OSError: the address cannot be bound, or the state file cannot be used.
         """
         if self._runner is not None:
             raise RuntimeError("FakeServer is already running")
+        if self._store is not None:
+            for queue_id, job in self._store.load().items():
+                self.jobs.setdefault(queue_id, job)
+            self._store.open()
         self._pipeline.closing = asyncio.Event()
         app = web.Application(client_max_size=MAX_BODY_BYTES + 1)
         app.router.add_route("*", "/{tail:.*}", self._pipeline.handle)
@@ -230,6 +253,8 @@ class FakeServer:
             await site.start()
         except BaseException:
             await runner.cleanup()
+            if self._store is not None:
+                self._store.close()
             raise
         self._runner = runner
         self._bound_port = int(runner.addresses[0][1])
@@ -245,6 +270,8 @@ class FakeServer:
             return
         self._pipeline.closing.set()
         await runner.cleanup()
+        if self._store is not None:
+            self._store.close()
 
     async def __aenter__(self) -> FakeServer:
         await self.start()
@@ -335,8 +362,7 @@ class FakeServer:
         Raises:
             KeyError: no job has this id.
         """
-        job = self.jobs[queue_id]
-        return audio_bytes(job.audio_format, job.audio_size, seed=queue_id, id3=job.script.id3)
+        return b"".join(self.jobs[queue_id].audio_chunks())
 
     @property
     def balance_usd(self) -> float | None:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 import attrs
 
-from ._audio import AUDIO_FORMATS, DEFAULT_AUDIO_SIZE, min_audio_size
+from ._audio import AUDIO_FORMATS, DEFAULT_AUDIO_SIZE, iter_audio, min_audio_size
 from ._messages import seconds_text
+from ._tones import iter_tone, tone_size
 
 __all__ = [
     "AUDIO_ENDPOINTS",
@@ -279,6 +280,8 @@ class FakeJob:
         deleted: the media is gone (``complete`` or ``delete_media_on_completion``).
         released: ``complete`` answered ``{"success": true}``.
         refunded: the charge was given back (failed job).
+        tone_seconds: the job's audio is a playable WAV tone this long
+            (``FakeServer(audio="tones")``); ``None``: the strict byte-level file.
     """
 
     queue_id: str
@@ -295,6 +298,7 @@ class FakeJob:
     deleted: bool = False
     released: bool = False
     refunded: bool = False
+    tone_seconds: float | None = None
 
     @property
     def finishes_at(self) -> float:
@@ -309,7 +313,21 @@ class FakeJob:
     @property
     def audio_size(self) -> int:
         """Size in bytes of the audio body."""
+        if self.tone_seconds is not None:
+            return tone_size(self.tone_seconds)
         return self.script.audio_size if self.script.audio_size is not None else DEFAULT_AUDIO_SIZE
+
+    def audio_chunks(self, chunk_size: int = 64 * 1024) -> Iterator[bytes]:
+        """The bytes ``retrieve`` sends for this job once it is done, in chunks."""
+        if self.tone_seconds is not None:
+            return iter_tone(self.tone_seconds, seed=self.queue_id, chunk_size=chunk_size)
+        return iter_audio(
+            self.audio_format,
+            self.audio_size,
+            seed=self.queue_id,
+            id3=self.script.id3,
+            chunk_size=chunk_size,
+        )
 
     def done(self, now: float) -> bool:
         """Whether the job is over at virtual time ``now``."""
