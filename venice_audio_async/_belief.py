@@ -39,6 +39,7 @@ _Z_LOW, _Z_HIGH, _Z_STEP = -8.0, 9.0, 0.05
 _TINY_SURVIVAL = 1e-9
 _NEWTON_STEPS = 40
 _NEWTON_TOLERANCE = 1e-4  # seconds
+_LOG_TOLERANCE = 1e-4  # relative error in worth
 
 
 def _survival_z(z: float) -> float:
@@ -142,18 +143,36 @@ class RunTimeBelief:
                     break
             return s + max(d, 0.0)
         # worth(e) >= e - E[T | T > s] (Jensen), so the root lies below E[T | T > s] + price.
-        residual = (self.mean - self.integrated_survival(s)) / tail
-        age = s + max(residual, 0.0) + price
+        # Newton on ln(worth) against ln(gap): its slope runs from 2 (short gaps, worth
+        # ~ h gap^2 / 2) to 1 (long ones, worth ~ gap - mean residual), so it is nearly
+        # straight and a few steps do; a bracket keeps every step safe.
+        q_s = self.integrated_survival(s)
+        residual = (self.mean - q_s) / tail
+        low, high = 0.0, max(residual, 0.0) + price
+        gap = high
+        target = math.log(price)
+        mu, sigma, mean = self.mu, self.sigma, self.mean
         for _ in range(_NEWTON_STEPS):
-            value = self.worth(age, s) - price
-            slope = 1.0 - self.survival(age) / tail
-            if value <= _NEWTON_TOLERANCE * max(slope, 1e-12) or slope <= 0:
+            age = s + gap
+            z = (math.log(age) - mu) / sigma
+            survival = _survival_z(z)
+            q_e = age * survival + mean * (1.0 - _survival_z(z - sigma))
+            value = gap - (q_e - q_s) / tail  # worth(age, s), sharing S(age) with the slope
+            if value <= 0.0:
+                low = gap
+                gap = 0.5 * (low + high)
+                continue
+            error = math.log(value) - target
+            if abs(error) < _LOG_TOLERANCE:
                 break
-            step = value / slope
-            age -= step
-            if step < _NEWTON_TOLERANCE:
-                break
-        return max(age, s)
+            if error > 0:
+                high = gap
+            else:
+                low = gap
+            slope = 1.0 - survival / tail  # d worth / d gap
+            candidate = gap * math.exp(-error * value / (gap * slope)) if slope > 0 else 0.0
+            gap = candidate if low < candidate < high else 0.5 * (low + high)
+        return s + gap
 
     def fluid_polls(self, t: float) -> float:
         """``J(t) = integral_0^t sqrt(f S / 2)``: polls up to age ``t`` at price 1."""

@@ -21,9 +21,10 @@ into the memory object stream of every consumer waiting on that job. Consumers o
 streams, so breaking out of a loop or being cancelled cannot corrupt the scheduler.
 
 When a finished job moves its model's fit, or the price falls, due times may come earlier:
-the jobs in flight are re-keyed in slices of :data:`_SWEEP_CHUNK` per loop pass (a re-key
-only ever moves a job earlier; a job keyed too early is put back when popped), so neither
-a completion nor a decision scans every job at once.
+the jobs keyed within :data:`_HORIZON` of now are re-keyed (found by a pruned walk of the
+heap; no job is keyed further ahead than that), a re-key only ever moves a job earlier, and
+a job keyed too early is put back when popped; so neither a completion nor a decision
+scans every job.
 
 Guarantee: a tracked ``queue_id`` is never dropped, and every tracked job is polled until it
 ends, whether or not a consumer waits on it right now (it is paid for). It ends delivered,
@@ -88,7 +89,7 @@ OutcomeHook = Callable[[Outcome], Awaitable[None]]
 ReleaseHook = Callable[[Job], Awaitable[None]]
 ReleaseMode = str  # "complete" | "delete_on_retrieve" | "keep"
 
-_SWEEP_CHUNK = 128  # jobs re-keyed per loop pass after the price fell or a fit moved
+_HORIZON = 30.0  # seconds: how far ahead jobs are keyed, and re-keyed by a sweep
 _STALE_BATCH = 1024  # stale heap entries dropped per event-loop pass
 _MAX_WORKERS = 256  # polls in flight at once, at most (also capped by the request limiter)
 _REPRICE_SECONDS = 0.5  # the window is re-priced at least this often while jobs wait ...
@@ -117,6 +118,8 @@ class _Tracked:
     subscribers: list[MemoryObjectSendStream[Outcome]] = attrs.field(factory=list)
     entry: int = -1  # heap entry sequence that is current; older entries are stale
     keyed_due: float = math.inf  # the due time of the current entry
+    keyed_price: float = 0.0  # the price, and the model's fit version, it was keyed at
+    keyed_version: int = -1
     slot: int = -1  # index in Scheduler._live while in flight
 
 
@@ -178,7 +181,7 @@ class Scheduler:
         self._repriced_at = -math.inf
         self._grants_since_reprice = 0
         self._keyed_price = self._policy.price
-        self._sweep_at = -1  # next index of _live to re-key; -1: no sweep pending
+        self._sweep_pending = False  # the price fell or a fit moved: re-key jobs due soon
         self._probing: set[str] = set()  # unknown models whose first job asks for an estimate
 
     # ------------------------------------------------------------------ tracking
@@ -233,8 +236,13 @@ class Scheduler:
     def _schedule(self, tracked: _Tracked, due: float) -> None:
         if tracked.deadline is not None:
             due = min(due, tracked.deadline)
+        # Never keyed further ahead than the horizon: the sweep looks only that far, and a
+        # job popped early is simply put back (one cheap check per horizon).
+        due = min(due, self._clock.monotonic() + _HORIZON)
         tracked.entry = next(self._seq)
         tracked.keyed_due = due
+        tracked.keyed_price = self._policy.price
+        tracked.keyed_version = self._versions[tracked.job.model]
         heapq.heappush(self._heap, (due, tracked.entry, tracked))
         if self._heap[0][1] == tracked.entry:
             self._wake.set()  # the loop may be sleeping towards a later job
@@ -364,13 +372,17 @@ class Scheduler:
                 await self._sleep_or_wake(ready - now)
                 continue
             self._maybe_reprice(now)
-            # The price may have risen since the head was keyed: is it still worth a poll?
-            worth_at = self._policy.due(self._refresh(head), now)
-            if head.deadline is not None:
-                worth_at = min(worth_at, head.deadline)
-            if worth_at > now + _EPSILON:
-                self._schedule(head, worth_at)
-                continue
+            if (
+                self._policy.price > head.keyed_price
+                or self._versions[head.job.model] != head.keyed_version
+            ):
+                # The price rose or the fit moved since the head was keyed: still worth it?
+                worth_at = self._policy.due(self._refresh(head), now)
+                if head.deadline is not None:
+                    worth_at = min(worth_at, head.deadline)
+                if worth_at > now + _EPSILON:
+                    self._schedule(head, worth_at)
+                    continue
             heapq.heappop(self._heap)
             head.entry = -1
             return head
@@ -407,42 +419,59 @@ class Scheduler:
             return
         self._repriced_at = now
         self._grants_since_reprice = 0
+        window = self._budget.window("retrieve")
         live = self._live
-        sample = self._policy.sample(live)
+        sample = self._policy.sample(live) if window is not None else ()
         for tracked in sample:
             self._belief_of(tracked)
-        price = self._policy.reprice(now, sample, len(live), self._budget.window("retrieve"))
+        price = self._policy.reprice(now, sample, len(live), window)
         if price < _PRICE_DROP * self._keyed_price:
             self._start_sweep()
         self._keyed_price = price
 
     def _start_sweep(self) -> None:
-        self._sweep_at = 0
+        self._sweep_pending = True
         self._wake.set()
 
     def _sweep(self) -> None:
-        """Re-key up to ``_SWEEP_CHUNK`` jobs whose due time may have come earlier."""
-        start = self._sweep_at
-        if start < 0:
+        """Re-key the jobs keyed within :data:`_HORIZON` of now, whose due time may have
+        come earlier (the price fell or a fit moved).
+
+        Only those are found, by walking the heap from its root and pruning at the
+        horizon (a heap's children are never due before their parent), so the work grows
+        with the jobs due soon, not with all jobs. Jobs keyed further out are never keyed
+        more than the horizon ahead, so they are looked at again within it anyway.
+        """
+        if not self._sweep_pending:
             return
-        live = self._live
-        end = min(len(live), start + _SWEEP_CHUNK)
+        self._sweep_pending = False
+        heap = self._heap
         now = self._clock.monotonic()
-        policy = self._policy
-        for tracked in live[start:end]:
-            if tracked.in_flight or tracked.entry < 0 or tracked.prompt:
+        limit = now + _HORIZON
+        near: list[_Tracked] = []
+        stack = [0] if heap else []
+        while stack:
+            i = stack.pop()
+            due, entry, tracked = heap[i]
+            if due > limit:
                 continue
+            if tracked.entry == entry and tracked.outcome is None and not tracked.prompt:
+                near.append(tracked)
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < len(heap):
+                    stack.append(child)
+        policy = self._policy
+        for tracked in near:
             due = policy.due(self._refresh(tracked), now)
             if tracked.deadline is not None:
                 due = min(due, tracked.deadline)
             if due < tracked.keyed_due - _EPSILON:
                 self._schedule(tracked, due)
-        self._sweep_at = end if end < len(live) else -1
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         self._wake = anyio.Event()
-        if self._sweep_at >= 0:
-            return  # a sweep is pending: keep working through it
+        if self._sweep_pending:
+            return  # re-key first: a job may now be due sooner than the one slept for
         await self._clock.wait(self._wake, seconds)
 
     # ------------------------------------------------------------------ one poll
