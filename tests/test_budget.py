@@ -17,10 +17,9 @@ from venice_audio_async._budget import (
     LocalBudget,
     RateLimit,
     RequestBudget,
-    parse_reset,
-    retry_delay_from_headers,
 )
 from venice_audio_async._clock import ManualClock
+from venice_audio_async._retry import parse_reset, retry_delay_from_headers
 
 NOW_EPOCH = 1_800_000_000.0
 

@@ -68,7 +68,7 @@ import anyio.lowlevel
 import attrs
 
 from ._clock import Clock
-from ._errors import parse_retry_after
+from ._retry import header_int, parse_reset, retry_delay_from_headers
 
 __all__ = [
     "BudgetStatistics",
@@ -77,16 +77,10 @@ __all__ = [
     "RateLimit",
     "RateWindow",
     "RequestBudget",
-    "parse_reset",
-    "retry_delay_from_headers",
 ]
 
 #: Venice's per-minute limits are counted over this many seconds.
 _MINUTE = 60.0
-#: Values below this in a reset header are "seconds until the reset", not an epoch.
-_RELATIVE_LIMIT = 1e6
-#: Values at or above this in a reset header are Unix epoch milliseconds.
-_MILLISECONDS_LIMIT = 1e11
 #: First pause after a 429 that carries no usable header; doubles with each consecutive one.
 _DEFAULT_429_PAUSE = 5.0
 #: Venice's lockout after too many failed requests.
@@ -286,102 +280,8 @@ class RequestBudget(Protocol):
         ...
 
 
-# --------------------------------------------------------------------------- header parsing
-
-
-def parse_reset(value: str, now_epoch: float) -> float | None:
-    """Seconds from now until the reset time in a rate-limit reset header.
-
-    Venice documents these headers as Unix timestamps, and they have been seen live as Unix
-    **milliseconds**; another page calls one "seconds until reset". The value's magnitude
-    decides, since the three ranges cannot be confused for any date after 1970-01-12:
-
-    * ``>= 1e11``: epoch milliseconds (1e11 ms is March 1973; 1e11 s would be year 5138);
-    * ``>= 1e6``: epoch seconds;
-    * ``< 1e6``: seconds from now (1e6 s is 11.6 days; no epoch is that small).
-
-    A reset in the past gives ``0.0``. Returns ``None`` for a value that is not a finite,
-    non-negative number.
-
-    .. versionadded:: 0.1.0
-    """
-    try:
-        number = float(value.strip())
-    except ValueError:
-        return None
-    if not math.isfinite(number) or number < 0:
-        return None
-    if number >= _MILLISECONDS_LIMIT:
-        delay = number / 1000.0 - now_epoch
-    elif number >= _RELATIVE_LIMIT:
-        delay = number - now_epoch
-    else:
-        delay = number
-    return max(0.0, delay)
-
-
-def _parse_int(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        number = float(value.strip())
-    except ValueError:
-        return None
-    return int(number) if math.isfinite(number) else None
-
-
 def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
     return {key.lower(): value for key, value in headers.items()}
-
-
-def _exhausted_reset(
-    headers: Mapping[str, str], remaining: str, reset: str, now_epoch: float
-) -> float | None:
-    """The reset delay of a budget, unless its ``remaining`` header says it has room left."""
-    reset_value = headers.get(reset)
-    if reset_value is None:
-        return None
-    left = _parse_int(headers.get(remaining))
-    if left is not None and left > 0:
-        return None
-    return parse_reset(reset_value, now_epoch)
-
-
-def retry_delay_from_headers(
-    headers: Mapping[str, str], now_epoch: float, cap: float
-) -> float | None:
-    """Seconds to wait after a 429, read from its headers; ``None`` when none says.
-
-    Candidates, of which the longest wins (each is a "not before"):
-
-    * ``Retry-After`` (delta-seconds or HTTP date);
-    * ``x-ratelimit-reset-requests``, unless ``x-ratelimit-remaining-requests`` is above 0;
-    * ``x-ratelimit-resets`` (the failed-request budget), unless ``x-ratelimit-remaining``
-      is above 0.
-
-    Reset values are read by :func:`parse_reset`. The result is capped at ``cap`` so a
-    wrong or far-off header cannot stall the session for long; if the limit still holds
-    then, the next 429 says so again. Header names are matched case-insensitively.
-
-    .. versionadded:: 0.1.0
-    """
-    lowered = _lowered(headers)
-    candidates: list[float] = []
-    retry_after = lowered.get("retry-after")
-    if retry_after is not None:
-        seconds = parse_retry_after(retry_after, now_epoch=now_epoch)
-        if seconds is not None:
-            candidates.append(seconds)
-    for remaining, reset in (
-        ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
-        ("x-ratelimit-remaining", "x-ratelimit-resets"),
-    ):
-        seconds = _exhausted_reset(lowered, remaining, reset, now_epoch)
-        if seconds is not None:
-            candidates.append(seconds)
-    if not candidates:
-        return None
-    return min(max(candidates), cap)
 
 
 # --------------------------------------------------------------------------- local budget
@@ -779,10 +679,10 @@ class LocalBudget:
             self._pause_session_until(now + delay, now, f"429 from {endpoint}")
             state.rate_limited_at(now)
 
-        stated = _parse_int(lowered.get("x-ratelimit-limit-requests"))
+        stated = header_int(lowered.get("x-ratelimit-limit-requests"))
         if stated is not None:
             state.state_limit(stated)
-        left = _parse_int(lowered.get("x-ratelimit-remaining-requests"))
+        left = header_int(lowered.get("x-ratelimit-remaining-requests"))
         reset = lowered.get("x-ratelimit-reset-requests")
         delay_or_none = parse_reset(reset, now_epoch) if reset is not None else None
         if left is not None and left > 0 and delay_or_none is not None:
@@ -797,7 +697,7 @@ class LocalBudget:
                 state.paused_seconds += until - max(state.paused_until, now)
                 state.paused_until = until
 
-        left = _parse_int(lowered.get("x-ratelimit-remaining"))
+        left = header_int(lowered.get("x-ratelimit-remaining"))
         if left is not None and left <= 0:
             reset = lowered.get("x-ratelimit-resets")
             delay_or_none = parse_reset(reset, now_epoch) if reset is not None else None

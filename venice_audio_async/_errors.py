@@ -45,9 +45,7 @@ any header mapping reaches an exception.
 
 from __future__ import annotations
 
-import email.utils
 import json
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -427,30 +425,6 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
 }
 
 
-def parse_retry_after(value: str | None, *, now_epoch: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header; ``None`` when absent or unreadable.
-
-    Venice sends delta-seconds. The HTTP-date form is understood when ``now_epoch`` (the
-    current Unix time) is given; a date in the past means "now" (0).
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        if now_epoch is None:
-            return None
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = max(0.0, when.timestamp() - now_epoch)
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
-
-
 def _parse_body(raw: bytes) -> Any:
     text = raw.decode("utf-8", errors="replace")
     try:
@@ -466,12 +440,18 @@ def support_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def error_from_response(
-    status: int, raw_body: bytes, headers: Mapping[str, str], *, endpoint: str | None = None
+    status: int,
+    raw_body: bytes,
+    headers: Mapping[str, str],
+    *,
+    endpoint: str | None = None,
+    retry_after: float | None = None,
 ) -> APIStatusError:
     """Build the most specific :class:`APIStatusError` for an HTTP error answer.
 
     Works whatever the body is: JSON with ``error`` (and ``details`` as a tree or a string),
-    JSON without it, HTML from a proxy, or nothing at all.
+    JSON without it, HTML from a proxy, or nothing at all. ``retry_after`` (seconds, read
+    from the headers by the transport) goes on a :class:`RateLimitError`.
     """
     body = _parse_body(raw_body) if raw_body else None
     message: str | None = None
@@ -503,6 +483,6 @@ def error_from_response(
             body=body,
             headers=kept,
             endpoint=endpoint,
-            retry_after=parse_retry_after(kept.get("retry-after")),
+            retry_after=retry_after,
         )
     return cls(message, status_code=status, body=body, headers=kept, endpoint=endpoint)

@@ -53,6 +53,7 @@ from ._errors import (
     support_headers,
 )
 from ._models import AudioResult, VeniceHeaders, format_for_media_type
+from ._retry import parse_retry_after
 
 __all__ = ["HttpTransport", "JsonAnswer", "ResponseObserver"]
 
@@ -358,7 +359,10 @@ class HttpTransport:
                 endpoint=endpoint,
             )
         raw = await _read_up_to(response.content, _ERROR_BODY_LIMIT)
-        return error_from_response(response.status, raw, headers, endpoint=endpoint)
+        retry_after = parse_retry_after(headers.get("retry-after"))
+        return error_from_response(
+            response.status, raw, headers, endpoint=endpoint, retry_after=retry_after
+        )
 
     async def _json_body(self, endpoint: str, response: aiohttp.ClientResponse) -> bytes:
         """The whole JSON body, refused past ``Limits.max_json_bytes`` without reading on.

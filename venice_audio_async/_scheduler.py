@@ -54,12 +54,7 @@ from ._budget import RequestBudget
 from ._client import VeniceClient
 from ._clock import Clock
 from ._config import RetryPolicy
-from ._errors import (
-    APIStatusError,
-    JobDeadlineExceeded,
-    RateLimitError,
-    VeniceError,
-)
+from ._errors import JobDeadlineExceeded, VeniceError
 from ._estimator import DurationEstimator
 from ._limiter import RequestLimiter
 from ._models import (
@@ -73,7 +68,7 @@ from ._models import (
     Succeeded,
 )
 from ._policy import PollPolicy
-from ._retry import call_idempotent, is_transient
+from ._retry import Retrier, Verdict, decide
 
 __all__ = ["ReleaseMode", "Scheduler", "SinkFactory"]
 
@@ -162,6 +157,7 @@ class Scheduler:
         self._release_limiter = release_limiter or limiter  # complete must not queue behind polls
         self._release = release
         self._rng = rng or random.Random()
+        self._retrier = Retrier(acquire=budget.acquire, policy=retry, clock=clock, rng=self._rng)
         self._policy = PollPolicy(estimator.bounds, rng=self._rng)
         self._jobs: dict[str, _Tracked] = {}
         self._live: list[_Tracked] = []  # in flight (not finished), for samples and sweeps
@@ -453,22 +449,18 @@ class Scheduler:
             model=job.model, queue_id=job.queue_id, delete_media_on_completion=delete
         )
         self._counts["polls"] += 1
+        answer: Processing | AudioResult | VeniceError
         try:
             async with self._limiter:
                 answer = await self._client.retrieve(request, sink=tracked.sink_factory(job))
-        except RateLimitError:
-            # The budget already paused the whole session; this is not the job's fault.
-            tracked.in_flight = False
-            self._schedule(tracked, self._clock.monotonic())
-            return
         except VeniceError as error:
-            tracked.in_flight = False
-            await self._on_error(tracked, error)
-            return
+            answer = error
         finally:
             tracked.in_flight = False
         now = self._clock.monotonic()
-        if isinstance(answer, Processing):
+        if isinstance(answer, VeniceError):
+            await self._on_error(tracked, answer)
+        elif isinstance(answer, Processing):
             self._on_running(tracked, answer, now)
         else:
             await self._on_audio(tracked, answer, now)
@@ -536,14 +528,8 @@ class Scheduler:
     async def _send_complete(self, job: Job) -> None:
         request = CompleteRequest(model=job.model, queue_id=job.queue_id)
         try:
-            result = await call_idempotent(
-                "complete",
-                lambda: self._client.complete(request),
-                budget=self._budget,
-                limiter=self._release_limiter,
-                policy=self._retry,
-                clock=self._clock,
-                rng=self._rng,
+            result = await self._retrier.call(
+                "complete", lambda: self._client.complete(request), limiter=self._release_limiter
             )
         except VeniceError as error:
             log.warning("could not release media of job %s: %s", job.queue_id, error)
@@ -555,21 +541,20 @@ class Scheduler:
                     await self._on_released(job)
 
     async def _on_error(self, tracked: _Tracked, error: VeniceError) -> None:
-        if self._retryable(error):
+        # The verdicts of every other request, applied by rescheduling the job (retrieve is
+        # safe to repeat: the media stays until released).
+        verdict = decide("retrieve", error, self._retry)
+        if verdict is Verdict.WAIT:
+            # A 429: the budget paused the whole session; not the job's fault, no attempt.
+            self._schedule(tracked, self._clock.monotonic())
+            return
+        if verdict is Verdict.RETRY:
             tracked.failures += 1
             if tracked.failures < self._retry.attempts:
-                delay = self._retry.backoff(tracked.failures, self._rng.random())
+                delay = self._retrier.backoff(tracked.failures)
                 self._schedule(tracked, self._clock.monotonic() + delay)
                 return
         await self._finish(tracked, Failed(tracked.job, error))
-
-    @staticmethod
-    def _retryable(error: VeniceError) -> bool:
-        # retrieve is safe to repeat (the media stays until released): a single 5xx or a
-        # dropped body is not a failure, a persistent one is. 408/425 also invite a retry.
-        if is_transient(error):
-            return True
-        return isinstance(error, APIStatusError) and error.status_code in (408, 425)
 
     async def _finish(self, tracked: _Tracked, outcome: Outcome) -> None:
         if tracked.outcome is not None:

@@ -33,15 +33,12 @@ from ._config import DEFAULT_BASE_URL, Limits, RateLimits, RetryPolicy, Timeouts
 from ._errors import (
     APIStatusError,
     BatchSubmitError,
-    ConnectError,
     JobDeadlineExceeded,
     MalformedResponse,
     MissingAPIKeyError,
     QueueOutcomeUnknown,
-    RateLimitError,
     RequestValidationError,
     ServerError,
-    ServiceUnavailableError,
     SessionStateError,
     SpendLimitExceeded,
     TransportError,
@@ -63,7 +60,7 @@ from ._models import (
     QuoteResult,
     Succeeded,
 )
-from ._retry import call_idempotent
+from ._retry import Retrier, queue_answer_lost
 from ._scheduler import Scheduler, SinkFactory
 from ._spending import SpendTracker
 from ._validation import check_queue, check_quote, estimate_cost_usd
@@ -266,6 +263,10 @@ class AsyncSession:
             ),
         )
         self._client.transport.set_observer(self._observe)
+        self._rng = random.Random()  # backoff jitter and the poll policy's draws
+        self._retrier = Retrier(
+            acquire=self._budget.acquire, policy=self._retry, clock=self._clock, rng=self._rng
+        )
         self._limiter = RequestLimiter(self._limits.max_concurrent_requests)
         # Polls hold only their share of the slots: the rest stay free for the other calls.
         polls = RequestLimiter(self._limits.concurrent_polls, parent=self._limiter)
@@ -278,6 +279,7 @@ class AsyncSession:
             limiter=polls,
             release_limiter=self._limiter,
             release=release_media,
+            rng=self._rng,
             on_outcome=self._record_outcome,
             on_released=self._record_released,
         )
@@ -436,14 +438,7 @@ class AsyncSession:
             self._budget.record_response(endpoint, status, headers)
 
     async def _idempotent(self, endpoint: str, send: Callable[[], Awaitable[T]]) -> T:
-        return await call_idempotent(
-            endpoint,
-            send,
-            budget=self._budget,
-            limiter=self._limiter,
-            policy=self._retry,
-            clock=self._clock,
-        )
+        return await self._retrier.call(endpoint, send, limiter=self._limiter)
 
     def _sink_factory(self, target: Path | None, stem: str) -> SinkFactory:
         limit = self._limits.max_audio_bytes_in_memory
@@ -698,51 +693,28 @@ class AsyncSession:
     ) -> Job:
         sending = sending or _Sending()
         journal = self._journal if row is not None else None
-        attempt = 0
-        while True:
-            attempt += 1
-            await self._budget.acquire("queue")
-            try:
-                async with self._limiter:
-                    # Shielded from "sending" to "queued": once the request may be on the
-                    # wire, its answer (a paid queue_id) is waited for and recorded even if
-                    # we are being cancelled (Ctrl-C); the request timeout bounds the wait.
-                    with anyio.CancelScope(shield=True):
-                        if not sending.claimed:
-                            if journal is not None and row is not None:
-                                # Raises JournalError (nothing sent) if the row cannot be
-                                # claimed: another owner has it, or the write failed.
-                                await journal.mark_sending(row)
-                            sending.claimed = True
-                        job = await self._client.queue(request)
-                        await self._record_queued(request, job, journal, row)
-                    return job
-            except ServerError as error:
-                if error.status_code in (502, 504):
-                    # A gateway's error may come after the origin created (and billed) it.
-                    raise QueueOutcomeUnknown(request, error) from error
-                if not isinstance(error, ServiceUnavailableError) or (
-                    attempt >= self._retry.attempts
-                ):
-                    raise
-                await self._backoff(attempt, error)  # 503: at capacity, nothing was created
-            except (ConnectError, RateLimitError) as error:
-                # Certainly not accepted: nothing was sent, or the server refused it
-                # before creating a job. Safe to try again.
-                if attempt >= self._retry.attempts:
-                    raise
-                await self._backoff(attempt, error)
-            except TransportError as error:
-                if not error.request_sent:
-                    if attempt >= self._retry.attempts:
-                        raise
-                    await self._backoff(attempt, error)
-                    continue
-                if self._retry.retry_queue_on_ambiguous_failure and attempt < self._retry.attempts:
-                    log.warning("queue answer lost; retrying as configured (may double-bill)")
-                    await self._backoff(attempt, error)
-                    continue
+
+        async def send() -> Job:
+            # Shielded from "sending" to "queued": once the request may be on the wire, its
+            # answer (a paid queue_id) is waited for and recorded even if we are being
+            # cancelled (Ctrl-C); the request timeout bounds the wait.
+            with anyio.CancelScope(shield=True):
+                if not sending.claimed:
+                    if journal is not None and row is not None:
+                        # Raises JournalError (nothing sent) if the row cannot be claimed:
+                        # another owner has it, or the write failed.
+                        await journal.mark_sending(row)
+                    sending.claimed = True
+                job = await self._client.queue(request)
+                await self._record_queued(request, job, journal, row)
+            return job
+
+        try:
+            return await self._retrier.call("queue", send, limiter=self._limiter)
+        except (ServerError, TransportError) as error:
+            if queue_answer_lost(error):
                 raise QueueOutcomeUnknown(request, error) from error
+            raise
 
     async def _record_queued(
         self, request: QueueRequest, job: Job, journal: Journal | None, row: int | None
@@ -770,11 +742,6 @@ class AsyncSession:
             )
         if journal is not None and row is not None:
             await journal.mark_queued(row, job.queue_id)  # a failed write is retried, not raised
-
-    async def _backoff(self, attempt: int, error: VeniceError) -> None:
-        if isinstance(error, RateLimitError):
-            return  # the budget already pauses the whole session for Retry-After
-        await self._clock.sleep(self._retry.backoff(attempt, random.random()))
 
     async def submit_many(
         self,
