@@ -97,6 +97,7 @@ def test_private_modules_public_names_are_exported() -> None:
         "ReleaseMode",
         "RequestLimiter",
         "ResponseObserver",
+        "ResponseRecorder",
         "Retrier",
         "Scheduler",
         "SinkFactory",

@@ -13,13 +13,12 @@ from ._budget import (
     BudgetStatistics,
     EndpointStatistics,
     LocalBudget,
-    RateLimit,
     RateWindow,
     RequestBudget,
 )
 from ._client import VeniceClient
 from ._clock import Clock, ManualClock, ScaledClock, SystemClock
-from ._config import DEFAULT_BASE_URL, Limits, RateLimits, RetryPolicy, Timeouts
+from ._config import DEFAULT_BASE_URL, Limits, RateLimit, RateLimits, RetryPolicy, Timeouts
 from ._errors import (
     APIStatusError,
     AudioStorageError,

@@ -68,19 +68,18 @@ import anyio.lowlevel
 import attrs
 
 from ._clock import Clock
+from ._config import MINUTE, RateLimit, check_number
 from ._retry import header_int, parse_reset, retry_delay_from_headers
 
 __all__ = [
     "BudgetStatistics",
     "EndpointStatistics",
     "LocalBudget",
-    "RateLimit",
     "RateWindow",
     "RequestBudget",
+    "ResponseRecorder",
 ]
 
-#: Venice's per-minute limits are counted over this many seconds.
-_MINUTE = 60.0
 #: First pause after a 429 that carries no usable header; doubles with each consecutive one.
 _DEFAULT_429_PAUSE = 5.0
 #: Venice's lockout after too many failed requests.
@@ -98,66 +97,6 @@ _REL_EPS = 1e-12
 def _reached(deadline: float, now: float) -> bool:
     """``deadline <= now`` up to float rounding."""
     return deadline <= now + _REL_EPS * max(1.0, abs(now))
-
-
-@attrs.frozen
-class RateLimit:
-    """The request rate allowed on one endpoint.
-
-    Args:
-        per_minute: at most ``floor(per_minute)`` grants in any window of ``60 + margin``
-            seconds (the hard limit; at least 1).
-        burst: how many grants may go out back to back after a quiet spell; beyond that,
-            grants are paced, at least ``(60 + margin) / floor(per_minute)`` seconds apart.
-            ``None`` means ``max(1, floor(per_minute) // 6)``, ten seconds' worth. Capped
-            at the limit (``burst == limit`` gives the bare sliding-window log).
-        margin: seconds added to the 60 s window to absorb network jitter.
-
-    Raises:
-        ValueError: ``per_minute < 1``, ``burst < 1`` or a negative ``margin``.
-
-    .. versionadded:: 0.1.0
-    """
-
-    per_minute: float = attrs.field()
-    burst: int | None = attrs.field(default=None)
-    margin: float = attrs.field(default=0.5)
-
-    @per_minute.validator
-    def _check_per_minute(self, _: attrs.Attribute[float], value: float) -> None:
-        if not (math.isfinite(value) and value >= 1):
-            raise ValueError(f"per_minute must be a finite number >= 1, got {value!r}")
-
-    @burst.validator
-    def _check_burst(self, _: attrs.Attribute[int | None], value: int | None) -> None:
-        if value is not None and value < 1:
-            raise ValueError(f"burst must be >= 1, got {value!r}")
-
-    @margin.validator
-    def _check_margin(self, _: attrs.Attribute[float], value: float) -> None:
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"margin must be a finite number >= 0, got {value!r}")
-
-    @property
-    def limit(self) -> int:
-        """The hard cap: grants allowed in any :attr:`window`."""
-        return int(self.per_minute)
-
-    @property
-    def window(self) -> float:
-        """Length of the sliding window in seconds (``60 + margin``)."""
-        return _MINUTE + self.margin
-
-    @property
-    def effective_burst(self) -> int:
-        """The burst actually used (the default filled in, capped at :attr:`limit`)."""
-        burst = self.burst if self.burst is not None else max(1, self.limit // 6)
-        return min(burst, self.limit)
-
-    @property
-    def interval(self) -> float:
-        """The closest spacing of paced grants: ``window / limit``."""
-        return self.window / self.limit
 
 
 @attrs.frozen
@@ -183,7 +122,7 @@ class EndpointStatistics:
 
 @attrs.frozen
 class BudgetStatistics:
-    """A snapshot of a :class:`LocalBudget`.
+    """A snapshot of a request budget (:meth:`RequestBudget.statistics`).
 
     Times are ``clock.monotonic()`` readings. ``rate_limited`` counts 429 answers;
     ``paused_seconds`` is the total length of session-wide pauses (429s, exhausted error
@@ -242,17 +181,28 @@ class RateWindow:
 class RequestBudget(Protocol):
     """Decides when a request to an endpoint may be sent, and learns from every answer.
 
-    Endpoints are plain names chosen by the caller (``"queue"``, ``"retrieve"``, ...).
+    Endpoints are plain names chosen by the caller (``"queue"``, ``"retrieve"``, ...). The
+    two calls that may need a shared store (taking a token, learning from an answer) are
+    async; the views read by the poll policy and by progress displays are synchronous
+    snapshots that never wait and never do I/O (a shared store serves them from what its
+    last round trip told it). A budget shared between processes must apply the rules of
+    :class:`LocalBudget` (429 pauses, stated limits, the failed-request window).
 
     .. versionadded:: 0.1.0
     """
 
-    async def acquire(self, endpoint: str) -> None:
-        """Wait until one request to ``endpoint`` may be sent, then take the token (FIFO)."""
+    async def acquire(self, endpoint: str, *, deadline: float | None = None) -> bool:
+        """Wait until one request to ``endpoint`` may be sent, then take the token.
+
+        Waiters of this process are served first come, first served. ``deadline`` is a
+        ``clock.monotonic()`` reading: when no token can be had by then, return ``False``
+        (at once, or when the deadline passes while waiting) without taking one. Returns
+        ``True`` when a token was taken. Cancelling a waiter takes no token.
+        """
         ...
 
-    def try_acquire(self, endpoint: str) -> bool:
-        """Take a token for ``endpoint`` if one is free right now and nobody waits."""
+    async def record_response(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+        """Learn from an answer (any status); ``status=0`` records a transport failure."""
         ...
 
     def next_available(self, endpoint: str) -> float:
@@ -263,21 +213,22 @@ class RequestBudget(Protocol):
         """The endpoint's rate window now (``None``: not rate limited). Takes no token."""
         ...
 
-    def record_response(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
-        """Learn from an answer (any status); ``status=0`` records a transport failure."""
-        ...
-
-    def record_failure(self, endpoint: str) -> None:
-        """Record a transport failure (no HTTP status)."""
-        ...
-
-    def pause(self, seconds: float, *, reason: str) -> None:
-        """Pause every endpoint for ``seconds``."""
-        ...
-
     def statistics(self) -> BudgetStatistics:
         """A frozen snapshot of the budget."""
         ...
+
+
+class ResponseRecorder:
+    """The transport's observer: counts requests per endpoint and tells the budget of each
+    answer (so a 429 pauses the session before the error reaches whoever sent it)."""
+
+    def __init__(self, budget: RequestBudget) -> None:
+        self._budget = budget
+        self.requests: dict[str, int] = {}
+
+    async def __call__(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+        self.requests[endpoint] = self.requests.get(endpoint, 0) + 1
+        await self._budget.record_response(endpoint, status, headers)
 
 
 def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
@@ -331,7 +282,7 @@ class _Endpoint:
         self.name = name
         self.configured = rate.limit if rate is not None else None
         self.stated: int | None = None
-        self.window = rate.window if rate is not None else _MINUTE
+        self.window = rate.window if rate is not None else MINUTE
         self.burst_setting = rate.effective_burst if rate is not None else 0
         self.limit: int | None = None
         self.burst = 0
@@ -482,11 +433,6 @@ class _Endpoint:
         self.next_paced = now + max(self.interval, (log[0] + self.window - now) / (free + 1))
 
 
-def _check_positive(name: str, value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
 class LocalBudget:
     """The in-process :class:`RequestBudget`: per-endpoint rate limits, pauses, failure window.
 
@@ -517,12 +463,9 @@ class LocalBudget:
         failure_margin: int = 5,
     ) -> None:
         limit, window = failure_window
-        if not (math.isfinite(max_retry_after) and max_retry_after >= 0):
-            # 0 is allowed: RetryPolicy.testing() never waits, not even for Retry-After.
-            raise ValueError(
-                f"max_retry_after must be a finite number >= 0, got {max_retry_after!r}"
-            )
-        _check_positive("failure window seconds", window)
+        # 0 is allowed: RetryPolicy.testing() never waits, not even for Retry-After.
+        check_number("max_retry_after", max_retry_after, inclusive=True)
+        check_number("failure window seconds", window)
         if limit - failure_margin < 1:
             raise ValueError(
                 f"failure_window limit minus failure_margin must be >= 1, "
@@ -573,35 +516,50 @@ class LocalBudget:
 
     # ------------------------------------------------------------------ taking tokens
 
-    async def acquire(self, endpoint: str) -> None:
+    async def acquire(self, endpoint: str, *, deadline: float | None = None) -> bool:
         """Wait until one request to ``endpoint`` may be sent, then take the token.
 
         Waiters are served first come, first served. Cancelling a waiter takes no token and
-        lets the next one move up.
+        lets the next one move up. With ``deadline`` (a ``clock.monotonic()`` reading), give
+        up and return ``False`` as soon as the token would come later than that, or when
+        the deadline passes while others are served first.
         """
         state = self._endpoint(endpoint)
         clock = self._clock
         await anyio.lowlevel.checkpoint_if_cancelled()
+        now = clock.monotonic()
         if not state.waiters:
-            now = clock.monotonic()
-            if _reached(self._ready_at(state, now), now):
+            ready = self._ready_at(state, now)
+            if _reached(ready, now):
                 self._grant(state, now)
-                return
+                return True
+            if deadline is not None and not _reached(ready, deadline):
+                return False
+        elif deadline is not None and _reached(deadline, now):
+            return False
         waiter = _Waiter()
         state.waiters.append(waiter)
         state.waiting += 1
         granted = False
         try:
             if state.waiters[0] is not waiter:
-                await waiter.event.wait()
+                if deadline is None:
+                    await waiter.event.wait()
+                else:
+                    await clock.wait(waiter.event, deadline - now)
+                    if state.waiters[0] is not waiter:
+                        return False  # the deadline passed before the others were served
             while True:
                 now = clock.monotonic()
                 ready = self._ready_at(state, now)
                 if _reached(ready, now):
                     break
+                if deadline is not None and not _reached(ready, deadline):
+                    return False
                 await clock.sleep(ready - now)
             self._grant(state, now)
             granted = True
+            return True
         finally:
             state.waiting -= 1
             if state.waiters and state.waiters[0] is waiter:
@@ -611,7 +569,10 @@ class LocalBudget:
                 waiter.cancelled = True
 
     def try_acquire(self, endpoint: str) -> bool:
-        """Take a token for ``endpoint`` if one is free now and nobody is waiting for one."""
+        """Take a token for ``endpoint`` if one is free now and nobody is waiting for one.
+
+        (LocalBudget's own: not part of :class:`RequestBudget`.)
+        """
         state = self._endpoint(endpoint)
         if state.waiters:
             return False
@@ -644,8 +605,8 @@ class LocalBudget:
         self._paused_until = until
         self._pause_reason = reason
 
-    def record_response(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
-        """Learn from an answer to a request to ``endpoint``.
+    async def record_response(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+        """Learn from an answer to a request to ``endpoint`` (never waits).
 
         * 2xx: resets the count of consecutive 429s.
         * 429: pauses every endpoint for :func:`retry_delay_from_headers` seconds (capped
@@ -707,10 +668,6 @@ class LocalBudget:
         if status >= 400 or status < 100:
             self._add_failure(now)
 
-    def record_failure(self, endpoint: str) -> None:
-        """Record a transport failure on ``endpoint`` (same as ``record_response(.., 0, {})``)."""
-        self.record_response(endpoint, 0, {})
-
     def _prune_failures(self, now: float) -> None:
         failures, window = self._failures, self._failure_window
         while failures and _reached(failures[0] + window, now):
@@ -730,6 +687,8 @@ class LocalBudget:
 
     def pause(self, seconds: float, *, reason: str) -> None:
         """Pause every endpoint for ``seconds`` (extends, never shortens, a current pause).
+
+        (LocalBudget's own: not part of :class:`RequestBudget`.)
 
         Raises:
             ValueError: ``seconds`` is not a number.

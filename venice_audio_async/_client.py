@@ -21,7 +21,7 @@ from ._converters import (
     structure_quote,
     unstructure_request,
 )
-from ._http import HttpTransport, JsonAnswer, ResponseObserver
+from ._http import HttpTransport, JsonAnswer
 from ._models import (
     AudioModel,
     AudioResult,
@@ -58,7 +58,6 @@ class VeniceClient:
         limits: Limits | None = None,
         http_session: aiohttp.ClientSession | None = None,
         allow_insecure_http: bool = False,
-        observer: ResponseObserver | None = None,
     ) -> None:
         self.limits = limits or Limits()
         self._transport = HttpTransport(
@@ -68,7 +67,6 @@ class VeniceClient:
             limits=self.limits,
             session=http_session,
             allow_insecure_http=allow_insecure_http,
-            observer=observer,
         )
 
     def __repr__(self) -> str:

@@ -59,9 +59,10 @@ __all__ = ["HttpTransport", "JsonAnswer", "ResponseObserver"]
 
 log = logging.getLogger("venice_audio_async")
 
-#: Called with (endpoint, status, headers) for every answer, and (endpoint, 0, {}) for a
-#: transport failure; the scheduler's request budget learns from it.
-ResponseObserver = Callable[[str, int, Mapping[str, str]], None]
+#: Awaited with (endpoint, status, headers) for every answer, and (endpoint, 0, {}) for a
+#: transport failure, before the answer (or its error) is handed over: the request budget
+#: learns from it (see ``_budget.ResponseRecorder``).
+ResponseObserver = Callable[[str, int, Mapping[str, str]], Awaitable[None]]
 
 _ERROR_BODY_LIMIT = 64 * 1024
 _CHUNK = 64 * 1024
@@ -264,7 +265,6 @@ class HttpTransport:
         limits: Limits,
         session: aiohttp.ClientSession | None = None,
         allow_insecure_http: bool = False,
-        observer: ResponseObserver | None = None,
     ) -> None:
         self._api_key = api_key
         self._base = check_base_url(base_url, allow_insecure_http=allow_insecure_http)
@@ -272,7 +272,7 @@ class HttpTransport:
         self._limits = limits
         self._session = session
         self._owns_session = session is None
-        self._observer = observer
+        self._observer: ResponseObserver | None = None
         self._closed = False
         self.user_agent = (
             f"venice-audio-async/{_version()} aiohttp/{aiohttp.__version__} "
@@ -315,9 +315,9 @@ class HttpTransport:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return headers
 
-    def _notify(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+    async def _notify(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
         if self._observer is not None:
-            self._observer(endpoint, status, headers)
+            await self._observer(endpoint, status, headers)
 
     def _timeout(self, *, download: bool) -> aiohttp.ClientTimeout:
         t = self._timeouts
@@ -411,15 +411,15 @@ class HttpTransport:
                 headers = _headers_of(response)
                 if response.status >= 300:
                     error = await self._error(endpoint, response)
-                    self._notify(endpoint, response.status, headers)
+                    await self._notify(endpoint, response.status, headers)
                     raise error
                 yield response, headers
         except VeniceError:
             raise  # already ours (some are TimeoutErrors: not to be translated again)
         except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError) as exc:
-            self._notify(endpoint, 0, {})
+            await self._notify(endpoint, 0, {})
             raise self._translate(endpoint, exc) from exc
-        self._notify(endpoint, response.status, headers)
+        await self._notify(endpoint, response.status, headers)
 
     @staticmethod
     def _json(endpoint: str, status: int, headers: dict[str, str], raw: bytes) -> JsonAnswer:
@@ -486,7 +486,7 @@ class HttpTransport:
                     status_scope.deadline = math.inf
                     return await self._stream_audio(response, headers, media_type, sink)
         if answer is None:  # only the status deadline ends the scope without an answer
-            self._notify(endpoint, 0, {})
+            await self._notify(endpoint, 0, {})
             raise RequestTimeout(
                 f"{endpoint} request to {self._base.host}: no status answer within "
                 f"{limit} s (Timeouts.status)",

@@ -26,10 +26,18 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._audio import AudioSink, FileSink, MemorySink, remove_partial_downloads, safe_stem
-from ._budget import LocalBudget, RateLimit, RequestBudget
+from ._budget import LocalBudget, RequestBudget, ResponseRecorder
 from ._client import VeniceClient
 from ._clock import Clock, SystemClock
-from ._config import DEFAULT_BASE_URL, Limits, RateLimits, RetryPolicy, Timeouts
+from ._config import (
+    DEFAULT_BASE_URL,
+    Limits,
+    RateLimits,
+    RetryPolicy,
+    Timeouts,
+    check_number,
+    endpoint_rates,
+)
 from ._errors import (
     APIStatusError,
     BatchSubmitError,
@@ -255,14 +263,15 @@ class AsyncSession:
         )
         self._budget = budget or LocalBudget(
             clock=self._clock,
-            rates=_rates(self._rate_limits),
+            rates=endpoint_rates(self._rate_limits),
             max_retry_after=self._retry.max_retry_after,
             failure_window=(
                 self._rate_limits.failures_per_window,
                 self._rate_limits.failure_window,
             ),
         )
-        self._client.transport.set_observer(self._observe)
+        self._recorder = ResponseRecorder(self._budget)
+        self._client.transport.set_observer(self._recorder)
         self._rng = random.Random()  # backoff jitter and the poll policy's draws
         self._retrier = Retrier(
             acquire=self._budget.acquire, policy=self._retry, clock=self._clock, rng=self._rng
@@ -283,7 +292,6 @@ class AsyncSession:
             on_outcome=self._record_outcome,
             on_released=self._record_released,
         )
-        self._requests: dict[str, int] = {}
         self._spend = SpendTracker(max_spend_usd)
         self._quotes: dict[QuoteRequest, QuoteResult] = {}
         self._journal_arg = journal
@@ -429,13 +437,6 @@ class AsyncSession:
             raise SessionStateError("the session is closed")
 
     # ------------------------------------------------------------------ plumbing
-
-    def _observe(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
-        self._requests[endpoint] = self._requests.get(endpoint, 0) + 1
-        if status == 0:
-            self._budget.record_failure(endpoint)
-        else:
-            self._budget.record_response(endpoint, status, headers)
 
     async def _idempotent(self, endpoint: str, send: Callable[[], Awaitable[T]]) -> T:
         return await self._retrier.call(endpoint, send, limiter=self._limiter)
@@ -591,8 +592,8 @@ class AsyncSession:
         """
         self._check_open()
         self._check_key()
-        if deadline is not None and not deadline > 0:
-            raise ValueError(f"deadline must be a positive number of seconds, got {deadline!r}")
+        if deadline is not None:
+            check_number("deadline (seconds)", deadline)
         model = await self._model_for(request.model) if self._should_validate(validate) else None
         check_queue(request, model)
         # Estimates cost requests (catalogue, quote): only when a limit or journal needs them.
@@ -1110,7 +1111,7 @@ class AsyncSession:
             jobs_succeeded=counts.succeeded,
             jobs_failed=counts.failed,
             outcomes_untaken=counts.untaken,
-            requests=dict(self._requests),
+            requests=dict(self._recorder.requests),
             rate_limited=budget.rate_limited,
             paused_seconds=budget.paused_seconds,
             media_released=counts.released,
@@ -1137,22 +1138,6 @@ def _remove_partial_downloads(entries: Iterable[JournalEntry]) -> list[Path]:
 
 def _priced_by_characters(model: AudioModel | None) -> bool:
     return model is not None and isinstance(model.spec.pricing, PerThousandCharactersPricing)
-
-
-def _rates(limits: RateLimits) -> dict[str, RateLimit]:
-    pairs = {
-        "queue": limits.queue_per_minute,
-        "retrieve": limits.retrieve_per_minute,
-        "quote": limits.quote_per_minute,
-        "complete": limits.complete_per_minute,
-    }
-    # Retrieves are not paced by the budget: the poll policy's price spreads them over the
-    # window (a burst of due jobs may use the whole window; the price keeps back for later).
-    return {
-        endpoint: RateLimit(per_minute=rate, burst=int(rate) if endpoint == "retrieve" else None)
-        for endpoint, rate in pairs.items()
-        if rate
-    }
 
 
 async def _within(clock: Clock, seconds: float, fn: Callable[[], Awaitable[None]]) -> None:

@@ -6,8 +6,7 @@ together cannot both pass, because the first one's cost is held while it is bein
 
 from __future__ import annotations
 
-import math
-
+from ._config import check_number
 from ._errors import SpendLimitExceeded
 
 __all__ = ["SpendTracker"]
@@ -17,8 +16,8 @@ class SpendTracker:
     """Estimated money spent and held, against an optional limit (USD)."""
 
     def __init__(self, limit_usd: float | None) -> None:
-        if limit_usd is not None and not (math.isfinite(limit_usd) and limit_usd >= 0):
-            raise ValueError(f"max_spend_usd must be a number >= 0, got {limit_usd!r}")
+        if limit_usd is not None:
+            check_number("max_spend_usd", limit_usd, inclusive=True)
         self.limit_usd = limit_usd
         self.spent_usd = 0.0
         self.reserved_usd = 0.0
