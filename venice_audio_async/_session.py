@@ -54,6 +54,7 @@ from ._errors import (
 )
 from ._estimator import DurationEstimator, PollingBounds
 from ._journal import JobState, Journal, JournalEntry
+from ._ledger import Intent, Ledger, Ticket
 from ._limiter import RequestLimiter
 from ._models import (
     AudioModel,
@@ -70,7 +71,6 @@ from ._models import (
 )
 from ._retry import Retrier, queue_answer_lost
 from ._scheduler import Scheduler, SinkFactory
-from ._spending import SpendTracker
 from ._validation import check_queue, check_quote, estimate_cost_usd
 
 if sys.version_info >= (3, 12):
@@ -91,13 +91,6 @@ _JOURNAL_RETRY_MAX = 10.0
 
 Destination = str | os.PathLike[str] | None
 ReleaseMedia = Literal["complete", "delete_on_retrieve", "keep"]
-
-
-@attrs.define
-class _Sending:
-    """Whether a queue request may have left (its job may then exist and be billed)."""
-
-    claimed: bool = False
 
 
 class _State(enum.Enum):
@@ -272,6 +265,7 @@ class AsyncSession:
         )
         self._recorder = ResponseRecorder(self._budget)
         self._client.transport.set_observer(self._recorder)
+        self._ledger = Ledger(limit_usd=max_spend_usd, clock=self._clock, journal=journal)
         self._rng = random.Random()  # backoff jitter and the poll policy's draws
         self._retrier = Retrier(
             acquire=self._budget.acquire, policy=self._retry, clock=self._clock, rng=self._rng
@@ -289,14 +283,10 @@ class AsyncSession:
             release_limiter=self._limiter,
             release=release_media,
             rng=self._rng,
-            on_outcome=self._record_outcome,
-            on_released=self._record_released,
+            on_outcome=self._ledger.record_outcome,
+            on_released=self._ledger.record_released,
         )
-        self._spend = SpendTracker(max_spend_usd)
         self._quotes: dict[QuoteRequest, QuoteResult] = {}
-        self._journal_arg = journal
-        self._journal: Journal | None = journal if isinstance(journal, Journal) else None
-        self._owns_journal = False  # opened by the session, so closed by it
         self._state = _State.UNOPENED
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -313,29 +303,18 @@ class AsyncSession:
             raise SessionStateError("the session is already open")
         if self._state is _State.CLOSED:
             raise SessionStateError("a closed session cannot be reopened; create a new one")
-        if self._journal is None and self._journal_arg is not None:
-            assert not isinstance(self._journal_arg, Journal)
-            # Raises JournalError (owned elsewhere, damaged, read-only) before anything is sent.
-            self._journal = await Journal.open(self._journal_arg, clock=self._clock)
-            self._owns_journal = True
-        if self._journal is not None:
-            try:
-                # A resumed run counts what earlier runs already spent against the limit.
-                self._spend.spent_usd = await self._journal.estimated_spend_usd()
-            except BaseException:
-                await self._close_journal()
-                raise
+        # Raises JournalError (owned elsewhere, damaged, read-only) before anything is sent.
+        await self._ledger.open()
         tg = anyio.create_task_group()
         await tg.__aenter__()
         try:
             await tg.start(self._scheduler.run)
-            if self._journal is not None:
-                tg.start_soon(self._retry_journal_writes, self._journal)
+            tg.start_soon(self._ledger.keep_writes_landing)
         except BaseException:
             tg.cancel_scope.cancel()
             await tg.__aexit__(None, None, None)
             await self._client.aclose()
-            await self._close_journal()
+            await self._ledger.aclose()
             self._state = _State.CLOSED
             raise
         self._tg = tg
@@ -367,7 +346,7 @@ class AsyncSession:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._client.aclose()
-                await self._close_journal()
+                await self._ledger.aclose()
             unfinished = self._scheduler.unfinished()
             if unfinished:
                 log.warning(
@@ -387,33 +366,6 @@ class AsyncSession:
         elif self._state is _State.UNOPENED:
             self._state = _State.CLOSED
             await self._client.aclose()
-
-    async def _close_journal(self) -> None:
-        journal = self._journal
-        if journal is None:
-            return
-        if self._owns_journal:
-            await journal.aclose()  # tries delayed writes once more, logs what still failed
-            return
-        remaining = await journal.flush()  # the caller's journal: left open, but brought up to date
-        if remaining:
-            log.error(
-                "session closed with %d journal write(s) still waiting in %r; they are "
-                "retried when the journal is flushed or closed",
-                remaining,
-                journal,
-            )
-
-    async def _retry_journal_writes(self, journal: Journal) -> None:
-        """Retry, with backoff, journal writes that failed after a job was paid for."""
-        while True:
-            await journal.wait_pending_writes()
-            delay = _JOURNAL_RETRY_FIRST
-            while True:
-                await self._clock.sleep(delay)
-                if not await journal.flush():
-                    break
-                delay = min(delay * 2, _JOURNAL_RETRY_MAX)
 
     def __del__(self) -> None:
         if getattr(self, "_state", None) is _State.OPEN:
@@ -453,29 +405,6 @@ class AsyncSession:
             return FileSink(target, stem=stem, directory=directory)
 
         return make
-
-    async def _record_outcome(self, outcome: Outcome) -> None:
-        journal = self._journal
-        if journal is None:
-            return
-        queue_id = outcome.job.queue_id
-        if isinstance(outcome, Succeeded):
-            audio = outcome.audio
-            await journal.mark_succeeded(
-                queue_id,
-                path=str(audio.path) if audio.path is not None else None,
-                size=audio.size,
-                content_type=audio.content_type,
-            )
-            if outcome.released:
-                await journal.mark_released(queue_id)
-        elif not isinstance(outcome.error, JobDeadlineExceeded):
-            # A deadline is ours, not the job's: it still runs and stays "queued" for resume.
-            await journal.mark_failed(queue_id, outcome.error)
-
-    async def _record_released(self, job: Job) -> None:
-        if self._journal is not None:
-            await self._journal.mark_released(job.queue_id)
 
     # ------------------------------------------------------------------ catalogue
 
@@ -598,58 +527,33 @@ class AsyncSession:
         check_queue(request, model)
         # Estimates cost requests (catalogue, quote): only when a limit or journal needs them.
         estimate = None
-        if self._spend.limit_usd is not None or self._journal is not None:
+        if self._ledger.needs_estimates:
             estimate = await self.estimate_cost(request, model=model)
-        held = self._spend.reserve(estimate, what=f"a {request.model} job")
         target = Path(destination) if destination is not None else self._output_dir
-        row = None
-        if self._journal is not None:
-            try:
-                row = await self._journal.add_intent(
-                    request,
-                    key=key,
-                    destination=str(target) if target is not None else None,
-                    name=name,
-                    estimate_usd=estimate,
-                )
-            except BaseException:
-                self._spend.settle(held, billed=False)  # nothing was sent
-                raise
-        return await self._queue_and_track(request, row, held, target, name, deadline)
+        ticket = await self._ledger.intend(
+            Intent(
+                request=request,
+                estimate_usd=estimate,
+                key=key,
+                destination=str(target) if target is not None else None,
+                name=name,
+            )
+        )
+        return await self._queue_and_track(request, ticket, target, name, deadline)
 
     async def _queue_and_track(
         self,
         request: QueueRequest,
-        row: int | None,
-        held: float,
+        ticket: Ticket,
         target: Path | None,
         name: str | None,
         deadline: float | None,
     ) -> Job:
-        journal = self._journal
-        billed = False
-        sending = _Sending()
         try:
-            job = await self._queue(request, row, sending)
-            billed = True
-        except QueueOutcomeUnknown as error:
-            billed = True  # assume the worst: it may have been created and billed
-            if journal is not None and row is not None:
-                await journal.mark_unknown(row, error.cause)
-            raise
-        except APIStatusError as error:
-            if journal is not None and row is not None:
-                await journal.mark_rejected(row, error)
-            raise
+            job = await self._queue(request, ticket)
         except BaseException as error:
-            # Anything else after the claim (a cancellation, a bug) leaves the job's fate
-            # open: "unknown", never silently sent again. Before the claim nothing left.
-            if sending.claimed and journal is not None and row is not None:
-                billed = True
-                await journal.mark_unknown(row, error)
+            await self._ledger.failed(ticket, error)
             raise
-        finally:
-            self._spend.settle(held, billed=billed)
         stem = name or f"{safe_stem(request.prompt, max_length=40)}-{job.queue_id[:8]}"
         self._scheduler.track(job, self._sink_factory(target, stem), deadline=deadline, elapsed=0.0)
         return job
@@ -689,25 +593,18 @@ class AsyncSession:
             log.info("no price estimate for %s: %s", request.model, error)
             return None
 
-    async def _queue(
-        self, request: QueueRequest, row: int | None = None, sending: _Sending | None = None
-    ) -> Job:
-        sending = sending or _Sending()
-        journal = self._journal if row is not None else None
-
+    async def _queue(self, request: QueueRequest, ticket: Ticket) -> Job:
         async def send() -> Job:
             # Shielded from "sending" to "queued": once the request may be on the wire, its
             # answer (a paid queue_id) is waited for and recorded even if we are being
             # cancelled (Ctrl-C); the request timeout bounds the wait.
             with anyio.CancelScope(shield=True):
-                if not sending.claimed:
-                    if journal is not None and row is not None:
-                        # Raises JournalError (nothing sent) if the row cannot be claimed:
-                        # another owner has it, or the write failed.
-                        await journal.mark_sending(row)
-                    sending.claimed = True
+                # Raises JournalError (nothing sent) if the row cannot be claimed: another
+                # owner has it, or the write failed.
+                await self._ledger.claim(ticket)
                 job = await self._client.queue(request)
-                await self._record_queued(request, job, journal, row)
+                await self._check_new(request, job)
+                await self._ledger.queued(ticket, job.queue_id)  # never raises
             return job
 
         try:
@@ -717,32 +614,25 @@ class AsyncSession:
                 raise QueueOutcomeUnknown(request, error) from error
             raise
 
-    async def _record_queued(
-        self, request: QueueRequest, job: Job, journal: Journal | None, row: int | None
-    ) -> None:
-        """Keep the paid ``queue_id``; never raise over a failed write (see the journal)."""
-        repeated = self._scheduler.is_tracked(job.queue_id)
-        if not repeated and journal is not None:
-            try:
-                repeated = await journal.holds_queue_id(job.queue_id)
-            except VeniceError as error:
-                log.warning("could not check queue_id %s in the journal: %s", job.queue_id, error)
-        if repeated:
-            # A server repeating an id gives us no way to tell this job from the other one:
-            # polling it would hand the other job's audio over as this request's. So this
-            # one is "unknown" (maybe billed, kept in the journal with the id in its error,
-            # never re-sent silently) and the caller gets the documented error for that.
+    async def _check_new(self, request: QueueRequest, job: Job) -> None:
+        """Refuse a ``queue_id`` the server already gave to another job.
+
+        A server repeating an id gives us no way to tell this job from the other one:
+        polling it would hand the other job's audio over as this request's. So this one is
+        "unknown" (maybe billed, kept in the journal with the id in its error, never re-sent
+        silently) and the caller gets the documented error for that.
+        """
+        queue_id = job.queue_id
+        if self._scheduler.is_tracked(queue_id) or await self._ledger.holds_queue_id(queue_id):
             raise QueueOutcomeUnknown(
                 request,
                 MalformedResponse(
-                    f"the server answered queue_id {job.queue_id}, which it had already given "
+                    f"the server answered queue_id {queue_id}, which it had already given "
                     "to another job; whether a second job was created (and billed) cannot "
                     "be told",
                     endpoint="queue",
                 ),
             )
-        if journal is not None and row is not None:
-            await journal.mark_queued(row, job.queue_id)  # a failed write is retried, not raised
 
     async def submit_many(
         self,
@@ -869,12 +759,8 @@ class AsyncSession:
         self._check_open()
         self._check_key()
         if journal is not None:
-            await self._adopt_journal(journal)
-        journal = self._journal
-        if journal is None:
-            raise SessionStateError(
-                "resume needs a journal: AsyncSession(journal=path) or resume(path)"
-            )
+            await self._ledger.adopt(journal)
+        ledger = self._ledger
         jobs: list[Job] = []
         attached = queued = skipped = not_queued = 0
         unknown: list[JournalEntry] = []
@@ -886,7 +772,7 @@ class AsyncSession:
             if on_job is not None:
                 on_job(job)
 
-        entries = await journal.entries()
+        entries = await ledger.entries()
         removed = await anyio.to_thread.run_sync(_remove_partial_downloads, entries)
         if removed:
             log.info("removed %d partial download(s) left by an earlier run", len(removed))
@@ -897,7 +783,7 @@ class AsyncSession:
                 if not requeue_unknown:
                     unknown.append(entry)
                     continue
-                if not await journal.requeue(entry.id, was=state):
+                if not await ledger.requeue(entry):
                     skipped += 1  # changed since it was read: not ours to send again
                     continue
                 log.warning("re-queueing job %d whose first queue answer was lost", entry.id)
@@ -917,17 +803,17 @@ class AsyncSession:
                     not_queued += 1
                     continue
                 try:
-                    held = self._spend.reserve(entry.estimate_usd, what=f"a {entry.model} job")
+                    ticket = ledger.hold_recorded(entry)
                 except SpendLimitExceeded as error:
                     spend_error = error
                     not_queued += 1
                     continue
                 try:
                     job = await self._queue_and_track(
-                        entry.request, entry.id, held, target, entry.name, None
+                        entry.request, ticket, target, entry.name, None
                     )
                 except (QueueOutcomeUnknown, APIStatusError):
-                    latest = await journal.get(entry.id)
+                    latest = await ledger.entry(entry.id)
                     if latest is not None and latest.state is JobState.UNKNOWN:
                         unknown.append(latest)
                     elif latest is not None:
@@ -947,38 +833,6 @@ class AsyncSession:
             partial_files_removed=len(removed),
         )
 
-    async def _adopt_journal(self, journal: str | os.PathLike[str] | Journal) -> None:
-        if isinstance(journal, Journal):
-            if self._journal is not None and self._journal is not journal:
-                raise ValueError("this session already keeps another journal")
-            if self._journal is None:
-                self._journal = journal
-                self._spend.spent_usd = await journal.estimated_spend_usd()
-                if self._tg is not None:
-                    self._tg.start_soon(self._retry_journal_writes, journal)
-            return
-        path = Path(journal)
-        if self._journal is not None:
-            same = (
-                await anyio.Path(self._journal.path).resolve() == await anyio.Path(path).resolve()
-            )
-            if not same:
-                raise ValueError(f"this session already keeps the journal {self._journal.path}")
-            return
-        # Opened here, so closed with the session. An existing journal only: resuming from
-        # a path that holds none (or an empty or damaged file) is a mistake to report.
-        opened = await Journal.open(path, clock=self._clock, create=False)
-        try:
-            spent = await opened.estimated_spend_usd()
-        except BaseException:
-            await opened.aclose()
-            raise
-        self._journal_arg = path
-        self._journal, self._owns_journal = opened, True
-        self._spend.spent_usd = spent
-        if self._tg is not None:
-            self._tg.start_soon(self._retry_journal_writes, opened)
-
     def _attach_entry(self, entry: JournalEntry, target: Path | None) -> Job:
         assert entry.queue_id is not None
         job = Job(model=entry.model, queue_id=entry.queue_id, request=entry.request)
@@ -989,14 +843,56 @@ class AsyncSession:
         self._scheduler.track(job, self._sink_factory(target, stem), elapsed=elapsed)
         return job
 
+    async def journal_requests(
+        self,
+        requests: Sequence[QueueRequest],
+        *,
+        keys: Sequence[str | None] | None = None,
+        names: Sequence[str | None] | None = None,
+        destination: Destination = None,
+        all_or_nothing: bool = True,
+    ) -> float:
+        """Record ``requests`` in the journal as jobs to send, sending none; returns their
+        estimated cost in USD. :meth:`resume` then queues them, oldest first.
+
+        Recording a whole batch before the first job is sent means a crash at any point
+        leaves a journal that ``resume`` finishes: nothing is queued twice, nothing is
+        forgotten. ``keys`` identify the jobs in the journal (a repeated key is refused);
+        ``names`` are their file name stems.
+
+        Raises:
+            SpendLimitExceeded: ``all_or_nothing`` and their estimated cost would take the
+                session past ``max_spend_usd``; nothing was recorded.
+            SessionStateError: the session is not open, or keeps no journal.
+            JournalError: a job could not be recorded (those before it are).
+        """
+        self._check_open()
+        count = len(requests)
+        keys = keys if keys is not None else [None] * count
+        names = names if names is not None else [None] * count
+        if not len(keys) == len(names) == count:
+            raise ValueError("keys and names must be as many as the requests")
+        target = Path(destination) if destination is not None else self._output_dir
+        intents = [
+            Intent(
+                request=request,
+                estimate_usd=await self.estimate_cost(request),
+                key=key,
+                destination=str(target) if target is not None else None,
+                name=name,
+            )
+            for request, key, name in zip(requests, keys, names, strict=True)
+        ]
+        return await self._ledger.intend_all(intents, all_or_nothing=all_or_nothing)
+
     @property
     def journal(self) -> Journal | None:
         """The job journal, when the session keeps one."""
-        return self._journal
+        return self._ledger.journal
 
     def spending(self) -> tuple[float, float | None]:
         """(estimated USD spent, the limit or ``None``)."""
-        return self._spend.spent_usd, self._spend.limit_usd
+        return self._ledger.spending()
 
     # ------------------------------------------------------------------ results
 
@@ -1105,7 +1001,6 @@ class AsyncSession:
         """A frozen snapshot of jobs, requests, 429s and time paused by rate limits."""
         counts = self._scheduler.counts()
         budget = self._budget.statistics()
-        journal = self._journal
         return SessionStatistics(
             jobs_in_flight=counts.in_flight,
             jobs_succeeded=counts.succeeded,
@@ -1115,8 +1010,8 @@ class AsyncSession:
             rate_limited=budget.rate_limited,
             paused_seconds=budget.paused_seconds,
             media_released=counts.released,
-            journal_write_failures=journal.write_failures if journal is not None else 0,
-            journal_writes_pending=journal.pending_writes if journal is not None else 0,
+            journal_write_failures=self._ledger.write_failures,
+            journal_writes_pending=self._ledger.pending_writes,
         )
 
 
