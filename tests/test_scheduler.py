@@ -120,7 +120,7 @@ async def harness(retrieve_rate: float) -> AsyncIterator[Harness]:
         tg.cancel_scope.cancel()
 
 
-def _memory_sink(job: v.Job) -> v.AudioSink:
+def _memory_sink() -> v.AudioSink:
     return v.MemorySink(1000)
 
 

@@ -83,7 +83,9 @@ from ._models import (
     UnknownPricing,
     VeniceHeaders,
 )
-from ._session import AsyncSession, ResultStream, ResumeReport, SessionStatistics
+from ._results import ResultStream
+from ._resume import ResumeReport
+from ._session import AsyncSession, SessionStatistics
 
 try:
     __version__ = _metadata.version("venice-audio-async")

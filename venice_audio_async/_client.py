@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import types
 
-import aiohttp
-
 from ._audio import AudioSink, MemorySink
 from ._config import DEFAULT_BASE_URL, Limits, Timeouts
 from ._converters import (
@@ -21,7 +19,7 @@ from ._converters import (
     structure_quote,
     unstructure_request,
 )
-from ._http import HttpTransport, JsonAnswer
+from ._http import HttpSession, HttpTransport, JsonAnswer
 from ._models import (
     AudioModel,
     AudioResult,
@@ -56,7 +54,7 @@ class VeniceClient:
         base_url: str = DEFAULT_BASE_URL,
         timeouts: Timeouts | None = None,
         limits: Limits | None = None,
-        http_session: aiohttp.ClientSession | None = None,
+        http_session: HttpSession | None = None,
         allow_insecure_http: bool = False,
     ) -> None:
         self.limits = limits or Limits()
@@ -71,6 +69,11 @@ class VeniceClient:
 
     def __repr__(self) -> str:
         return f"<VeniceClient base_url={self._transport.base_url!r}>"
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL."""
+        return self._transport.base_url
 
     @property
     def transport(self) -> HttpTransport:

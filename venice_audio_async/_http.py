@@ -55,7 +55,7 @@ from ._errors import (
 from ._models import AudioResult, VeniceHeaders, format_for_media_type
 from ._retry import parse_retry_after
 
-__all__ = ["HttpTransport", "JsonAnswer", "ResponseObserver"]
+__all__ = ["HttpSession", "HttpTransport", "JsonAnswer", "ResponseObserver"]
 
 log = logging.getLogger("venice_audio_async")
 
@@ -63,6 +63,9 @@ log = logging.getLogger("venice_audio_async")
 #: transport failure, before the answer (or its error) is handed over: the request budget
 #: learns from it (see ``_budget.ResponseRecorder``).
 ResponseObserver = Callable[[str, int, Mapping[str, str]], Awaitable[None]]
+
+#: A caller's own aiohttp session, for the layers above to name without importing aiohttp.
+HttpSession = aiohttp.ClientSession
 
 _ERROR_BODY_LIMIT = 64 * 1024
 _CHUNK = 64 * 1024

@@ -40,7 +40,7 @@ from ._errors import (
 from ._journal import Journal, JournalEntry
 from ._models import Job, Outcome, QueueRequest, Succeeded
 
-__all__ = ["Intent", "Ledger", "Ticket"]
+__all__ = ["Intent", "JournalSource", "Ledger", "Ticket"]
 
 log = logging.getLogger("venice_audio_async")
 
@@ -211,10 +211,10 @@ class Ledger:
         """Of those, the ones not landed yet."""
         return self._journal.pending_writes if self._journal is not None else 0
 
-    def _require_journal(self) -> Journal:
+    def _require_journal(self, what: str) -> Journal:
         if self._journal is None:
             raise SessionStateError(
-                "resume needs a journal: AsyncSession(journal=path) or resume(path)"
+                f"{what} needs a journal: AsyncSession(journal=path) or resume(path)"
             )
         return self._journal
 
@@ -368,7 +368,7 @@ class Ledger:
             SessionStateError: no journal is kept.
             JournalError: a row could not be written (the rows before it stay recorded).
         """
-        journal = self._require_journal()
+        journal = self._require_journal("journal_requests")
         total = sum(intent.estimate_usd or 0.0 for intent in intents)
         limit = self._limit_usd
         if all_or_nothing and limit is not None and self._over_limit(total):
@@ -425,7 +425,7 @@ class Ledger:
             SessionStateError: no journal is kept.
             JournalError: the journal could not be read.
         """
-        return await self._require_journal().entries()
+        return await self._require_journal("resume").entries()
 
     async def entry(self, row: int) -> JournalEntry | None:
         """One recorded job by its journal id (``None`` without a journal)."""
@@ -437,5 +437,5 @@ class Ledger:
 
     async def requeue(self, entry: JournalEntry) -> bool:
         """Make an unknown or interrupted job sendable again, if it is still as read."""
-        journal = self._require_journal()
+        journal = self._require_journal("resume")
         return await journal.requeue(entry.id, was=entry.state)

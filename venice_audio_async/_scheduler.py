@@ -41,6 +41,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 import anyio
 import anyio.abc
@@ -48,7 +49,7 @@ import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._audio import AudioSink
+from ._audio import SinkFactory
 from ._belief import RunTimeBelief
 from ._budget import RequestBudget
 from ._client import VeniceClient
@@ -70,17 +71,17 @@ from ._models import (
 from ._policy import PollPolicy
 from ._retry import Retrier, Verdict, decide
 
-__all__ = ["ReleaseMode", "Scheduler", "SinkFactory"]
+__all__ = ["RELEASE_MODES", "ReleaseMedia", "Scheduler"]
 
 log = logging.getLogger("venice_audio_async")
 
-#: Builds a fresh sink for one download attempt of a job.
-SinkFactory = Callable[[Job], AudioSink]
 #: Awaited with each outcome before it is delivered (the journal records it there).
 OutcomeHook = Callable[[Outcome], Awaitable[None]]
 #: Awaited after a job's media was released on the server.
 ReleaseHook = Callable[[Job], Awaitable[None]]
-ReleaseMode = str  # "complete" | "delete_on_retrieve" | "keep"
+#: What happens to the server's copy of a job's media once the audio is stored.
+ReleaseMedia = Literal["complete", "delete_on_retrieve", "keep"]
+RELEASE_MODES: tuple[ReleaseMedia, ...] = ("complete", "delete_on_retrieve", "keep")
 
 _SWEEP_CHUNK = 128  # jobs re-keyed per loop pass after the price fell or a fit moved
 _STALE_BATCH = 1024  # stale heap entries dropped per event-loop pass
@@ -139,7 +140,7 @@ class Scheduler:
         retry: RetryPolicy,
         limiter: RequestLimiter,
         release_limiter: RequestLimiter | None = None,
-        release: ReleaseMode = "complete",
+        release: ReleaseMedia = "complete",
         rng: random.Random | None = None,
         on_outcome: OutcomeHook | None = None,
         on_released: ReleaseHook | None = None,
@@ -452,7 +453,7 @@ class Scheduler:
         answer: Processing | AudioResult | VeniceError
         try:
             async with self._limiter:
-                answer = await self._client.retrieve(request, sink=tracked.sink_factory(job))
+                answer = await self._client.retrieve(request, sink=tracked.sink_factory())
         except VeniceError as error:
             answer = error
         finally:
