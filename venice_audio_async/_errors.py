@@ -4,7 +4,7 @@
 
     VeniceError
      ├── RequestValidationError (ValueError)      bad input, caught before any request
-     ├── SessionStateError (RuntimeError)         session not open / already closed
+     ├── SessionStateError (RuntimeError)         session not open / closed, client closed
      ├── MissingAPIKeyError                       no key for a call that needs one
      ├── SpendLimitExceeded                       the job would exceed max_spend_usd
      ├── TransportError                           no usable HTTP answer
@@ -128,7 +128,8 @@ class RequestValidationError(VeniceError, ValueError):
 
 
 class SessionStateError(VeniceError, RuntimeError):
-    """The session is used while not open (before ``async with`` or after closing).
+    """The session is used while not open (before ``async with`` or after closing), or a
+    :class:`~venice_audio_async.VeniceClient` after it was closed.
 
     .. versionadded:: 0.1.0
     """

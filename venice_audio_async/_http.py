@@ -46,6 +46,7 @@ from ._errors import (
     MalformedResponse,
     RequestTimeout,
     ResponseTooLarge,
+    SessionStateError,
     TransportError,
     TruncatedResponse,
     VeniceError,
@@ -295,7 +296,7 @@ class HttpTransport:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._closed:
-            raise RuntimeError("the transport is closed")
+            raise SessionStateError("the client is closed; create a new one")
         if self._session is None:
             connector = aiohttp.TCPConnector(
                 limit=self._limits.max_connections,

@@ -113,8 +113,9 @@ class JobState(str, enum.Enum):
 
     @property
     def maybe_billed(self) -> bool:
-        """Whether money may have been spent on this job."""
-        return self in (JobState.SENDING, JobState.QUEUED, JobState.UNKNOWN, JobState.SUCCEEDED)
+        """Whether money may have been spent on this job: every job that may have been
+        created (queued, and whatever came after), not only those that succeeded."""
+        return self not in (JobState.INTENT, JobState.REJECTED)
 
 
 @attrs.frozen

@@ -247,12 +247,10 @@ class Scheduler:
         tracked.slot = -1
         self._by_model.get(tracked.job.model, {}).pop(tracked.job.queue_id, None)
 
-    @property
-    def price(self) -> float:
-        """Seconds of delay a poll must save now (rises as the retrieve window fills)."""
-        return self._policy.price
-
     def outcome_of(self, queue_id: str) -> Outcome | None:
+        """The outcome of a tracked job not handed over yet (``None``: running, or unknown).
+
+        Kept for idempotent submits: a repeated request can be answered from here."""
         tracked = self._jobs.get(queue_id)
         return tracked.outcome if tracked else None
 
