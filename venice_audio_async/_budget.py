@@ -21,33 +21,8 @@ A request to ``endpoint`` may be sent when all of these hold:
    margin absorbs requests already in flight, so a burst of errors slows the session down
    instead of tripping the lockout.
 
-Rate limit: a sliding-window log, plus pacing
----------------------------------------------
-Venice states limits as "N requests per minute" without saying how its window is aligned.
-A plain token bucket with capacity ``B`` and rate ``N/60`` can grant ``B + N`` requests within
-60 s (a full bucket, then a minute of refills), which a server counting a fixed or sliding
-60 s window rejects. So the hard rule here is exact: **at most N grants in any window of
-60 s + margin**, enforced by keeping the last N grant times in a deque (a grant is allowed when
-fewer than N grants are younger than the window). A sliding window is the strictest
-alignment, so this also satisfies a fixed-window or token-bucket server with the same N.
-``margin`` (0.5 s by default) covers network jitter between our grant and the server's count.
-
-The log alone is bursty: N requests at once, then nothing for a whole minute, and under
-saturation that pattern repeats forever (each grant frees its slot exactly one window
-later). A 60 s stall would wreck the scheduler's "completion noticed within a second". So
-grants are also **paced**: while fewer than ``burst`` grants lie in the window they go out
-back to back; from then on each grant sets the earliest time of the next one, spreading the
-window's free slots evenly over the time until its oldest grant expires (which frees one
-more), and never closer than ``window / N``. A quiet session can therefore fire a short
-burst (a handful of polls that come due together); a saturating one slides from the burst
-into a slightly slower pace (``window / (N - burst + 1)``) without ever stalling, and once the
-burst has left the window it settles into even spacing at the full rate, ``window / N``. In a
-virtual-time run of 500 waiters on 120/min the longest gap between grants is 0.60 s (40/min:
-1.73 s), where the bare log stalls for 60.5 s, and the 500th grant comes at the same time.
-
-The default ``burst`` is ``max(1, N // 6)``, ten seconds' worth of requests (6 queue / 20
-retrieve at 40 / 120 per minute): enough for a batch of polls that come due together, small
-enough that the slower pace after it stays close to the full rate.
+The rate limit itself (a sliding-window log, plus pacing, with a limit that adapts to 429s
+and to limits the API states) is kept per endpoint by :class:`~._endpoint_rate.EndpointRate`.
 
 All waiting goes through the injected :class:`~venice_audio_async._clock.Clock`. Waiters on an
 endpoint form a FIFO queue; only its head sleeps on the clock, the rest wait on an event until
@@ -68,7 +43,8 @@ import anyio.lowlevel
 import attrs
 
 from ._clock import Clock
-from ._config import MINUTE, RateLimit, check_number
+from ._config import RateLimit, check_number
+from ._endpoint_rate import EndpointRate, Waiter, reached
 from ._retry import header_int, parse_reset, retry_delay_from_headers
 
 __all__ = [
@@ -86,17 +62,6 @@ _DEFAULT_429_PAUSE = 5.0
 _ERROR_BUDGET_LOCKOUT = 30.0
 #: Pause for an endpoint reporting ``remaining == 0`` without a reset time (unlimited endpoints).
 _UNKNOWN_RESET_PAUSE = 1.0
-#: After a 429 an endpoint's limit drops to this share of what its last window granted.
-_DECREASE = 0.8
-#: 429s within window / this of the last one belong to the same burst: one decrease.
-_DECREASE_SPACING = 12
-#: Relative tolerance when comparing clock readings (float rounding in sleeps and sums).
-_REL_EPS = 1e-12
-
-
-def _reached(deadline: float, now: float) -> bool:
-    """``deadline <= now`` up to float rounding."""
-    return deadline <= now + _REL_EPS * max(1.0, abs(now))
 
 
 @attrs.frozen
@@ -238,201 +203,6 @@ def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
 # --------------------------------------------------------------------------- local budget
 
 
-class _Waiter:
-    __slots__ = ("cancelled", "event")
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.cancelled = False
-
-
-class _Endpoint:
-    """Per-endpoint state: the grant log, the pacing point, the pause and the FIFO queue.
-
-    The effective ``limit`` adapts (AUDIO_API.md section 9: the real limits are uncertain):
-    a limit the API states caps the configured one at once; a 429 lowers it below what was
-    granted in the last window (multiplicative decrease); after a quiet window it climbs
-    back a tenth of the ceiling per quarter window.
-    """
-
-    __slots__ = (
-        "allowance",
-        "allowance_until",
-        "burst",
-        "burst_setting",
-        "configured",
-        "granted",
-        "interval",
-        "last_429",
-        "limit",
-        "log",
-        "name",
-        "next_paced",
-        "next_recovery",
-        "paused_seconds",
-        "paused_until",
-        "rate_limited",
-        "stated",
-        "waiters",
-        "waiting",
-        "window",
-    )
-
-    def __init__(self, name: str, rate: RateLimit | None) -> None:
-        self.name = name
-        self.configured = rate.limit if rate is not None else None
-        self.stated: int | None = None
-        self.window = rate.window if rate is not None else MINUTE
-        self.burst_setting = rate.effective_burst if rate is not None else 0
-        self.limit: int | None = None
-        self.burst = 0
-        self.interval = 0.0
-        self.allowance: int | None = None
-        self.allowance_until = -math.inf
-        self.last_429 = -math.inf
-        self.next_recovery = math.inf
-        self.log: deque[float] = deque()
-        self.next_paced = -math.inf
-        self.paused_until = -math.inf
-        self.waiters: deque[_Waiter] = deque()
-        self.waiting = 0
-        self.granted = 0
-        self.rate_limited = 0
-        self.paused_seconds = 0.0
-        self._set_limit(self.configured)
-
-    def _set_limit(self, limit: int | None) -> None:
-        self.limit = limit
-        if limit is None:
-            self.burst, self.interval = 0, 0.0
-        else:
-            self.burst = min(self.burst_setting, limit)
-            self.interval = self.window / limit
-
-    @property
-    def ceiling(self) -> int | None:
-        """The configured limit, capped by the one the API stated."""
-        if self.stated is None:
-            return self.configured
-        if self.configured is None:
-            return self.stated
-        return min(self.configured, self.stated)
-
-    def state_limit(self, stated: int) -> None:
-        """The API stated this endpoint's limit: the lower of it and ours holds at once."""
-        if stated < 1 or stated == self.stated:
-            return
-        self.stated = stated
-        ceiling = self.ceiling
-        if self.limit is None or (ceiling is not None and ceiling < self.limit):
-            self._set_limit(ceiling)
-
-    def rate_limited_at(self, now: float) -> None:
-        """A 429: go below what the last window granted (once per burst of 429s, and not
-        below an eighth of the ceiling: a 429 caused by another client on the key must not
-        stall this one for minutes)."""
-        self.prune(now)
-        recent = now - self.last_429 < self.window / _DECREASE_SPACING
-        self.last_429 = now
-        self.next_recovery = now + self.window
-        if recent:
-            return
-        granted = int(len(self.log) * _DECREASE)
-        ceiling = self.ceiling
-        floor = max(1, ceiling // 8) if ceiling is not None else 1
-        if self.limit is None:
-            if granted:
-                self._set_limit(max(floor, granted))
-        else:
-            self._set_limit(max(1, min(self.limit - 1, max(floor, granted))))
-
-    def recover(self, now: float) -> None:
-        ceiling = self.ceiling
-        if self.limit is None or now < self.next_recovery:
-            return
-        if ceiling is None:
-            # Nothing configured or stated: a learned limit is dropped after a quiet window.
-            self._set_limit(None)
-            self.next_recovery = math.inf
-            return
-        if self.limit >= ceiling:
-            self.next_recovery = math.inf
-            return
-        self._set_limit(min(ceiling, self.limit + max(1, ceiling // 10)))
-        self.next_recovery = now + self.window / 4
-
-    def allow(self, remaining: int, until: float) -> None:
-        """The API said ``remaining`` requests are left until ``until``."""
-        self.allowance = max(0, remaining)
-        self.allowance_until = until
-
-    def _allowance_left(self, now: float) -> int | None:
-        if self.allowance is None or self.allowance_until <= now:
-            return None
-        return self.allowance
-
-    def prune(self, now: float) -> None:
-        log, window = self.log, self.window
-        while log and _reached(log[0] + window, now):
-            log.popleft()
-
-    def rate_ready(self, t: float) -> float:
-        """Earliest time >= ``t`` at which the rate limit allows a grant."""
-        self.recover(t)
-        if self._allowance_left(t) == 0:
-            t = max(t, self.allowance_until)
-        if self.limit is None:
-            return t
-        log, count = self.log, len(self.log)
-        # Paced path: the window has room and the pacing point has passed.
-        paced = max(t, self.next_paced)
-        if count >= self.limit:
-            paced = max(paced, log[count - self.limit] + self.window)
-        if count < self.burst:
-            return t
-        # Burst path: enough grants have left the window that pacing no longer applies.
-        unpaced = max(t, log[count - self.burst] + self.window)
-        return min(paced, unpaced)
-
-    def tokens(self, now: float) -> int | None:
-        if self.limit is None:
-            return None
-        count = len(self.log)
-        if count >= self.limit or self._allowance_left(now) == 0:
-            return 0
-        if count < self.burst:
-            return self.burst - count
-        return 1 if _reached(self.next_paced, now) else 0
-
-    def view(self, now: float) -> RateWindow | None:
-        self.recover(now)
-        if self.limit is None:
-            return None
-        self.prune(now)
-        left = self._allowance_left(now)
-        return RateWindow(
-            limit=self.limit,
-            window=self.window,
-            grants=tuple(self.log),
-            allowance=left,
-            allowance_until=self.allowance_until if left is not None else None,
-        )
-
-    def grant(self, now: float) -> None:
-        self.granted += 1
-        if self.allowance is not None and self.allowance > 0:
-            self.allowance -= 1
-        if self.limit is None:
-            return
-        self.prune(now)
-        log = self.log
-        log.append(now)
-        # Spread the free slots evenly until the oldest grant leaves the window (which frees
-        # one more); with the window evenly filled this is the plain interval.
-        free = max(0, self.limit - len(log))
-        self.next_paced = now + max(self.interval, (log[0] + self.window - now) / (free + 1))
-
-
 class LocalBudget:
     """The in-process :class:`RequestBudget`: per-endpoint rate limits, pauses, failure window.
 
@@ -475,8 +245,8 @@ class LocalBudget:
         self._max_retry_after = float(max_retry_after)
         self._failure_threshold = limit - failure_margin
         self._failure_window = float(window)
-        self._endpoints: dict[str, _Endpoint] = {
-            name: _Endpoint(name, rate) for name, rate in rates.items()
+        self._endpoints: dict[str, EndpointRate] = {
+            name: EndpointRate(name, rate) for name, rate in rates.items()
         }
         self._paused_until = -math.inf
         self._pause_reason: str | None = None
@@ -492,22 +262,22 @@ class LocalBudget:
     def __repr__(self) -> str:
         return f"LocalBudget(endpoints={sorted(self._endpoints)!r})"
 
-    def _endpoint(self, name: str) -> _Endpoint:
+    def _endpoint(self, name: str) -> EndpointRate:
         state = self._endpoints.get(name)
         if state is None:
-            state = self._endpoints[name] = _Endpoint(name, None)
+            state = self._endpoints[name] = EndpointRate(name, None)
         return state
 
-    def _ready_at(self, state: _Endpoint, now: float) -> float:
+    def _ready_at(self, state: EndpointRate, now: float) -> float:
         t = max(now, self._paused_until, self._failure_paused_until, state.paused_until)
         return state.rate_ready(t)
 
-    def _grant(self, state: _Endpoint, now: float) -> None:
+    def _grant(self, state: EndpointRate, now: float) -> None:
         state.grant(now)
         self._granted += 1
 
     @staticmethod
-    def _promote(state: _Endpoint) -> None:
+    def _promote(state: EndpointRate) -> None:
         waiters = state.waiters
         while waiters and waiters[0].cancelled:
             waiters.popleft()
@@ -530,14 +300,14 @@ class LocalBudget:
         now = clock.monotonic()
         if not state.waiters:
             ready = self._ready_at(state, now)
-            if _reached(ready, now):
+            if reached(ready, now):
                 self._grant(state, now)
                 return True
-            if deadline is not None and not _reached(ready, deadline):
+            if deadline is not None and not reached(ready, deadline):
                 return False
-        elif deadline is not None and _reached(deadline, now):
+        elif deadline is not None and reached(deadline, now):
             return False
-        waiter = _Waiter()
+        waiter = Waiter()
         state.waiters.append(waiter)
         state.waiting += 1
         granted = False
@@ -552,9 +322,9 @@ class LocalBudget:
             while True:
                 now = clock.monotonic()
                 ready = self._ready_at(state, now)
-                if _reached(ready, now):
+                if reached(ready, now):
                     break
-                if deadline is not None and not _reached(ready, deadline):
+                if deadline is not None and not reached(ready, deadline):
                     return False
                 await clock.sleep(ready - now)
             self._grant(state, now)
@@ -577,7 +347,7 @@ class LocalBudget:
         if state.waiters:
             return False
         now = self._clock.monotonic()
-        if not _reached(self._ready_at(state, now), now):
+        if not reached(self._ready_at(state, now), now):
             return False
         self._grant(state, now)
         return True
@@ -594,7 +364,19 @@ class LocalBudget:
 
     def window(self, endpoint: str) -> RateWindow | None:
         """The endpoint's rate window now; ``None`` for an endpoint without a limit."""
-        return self._endpoint(endpoint).view(self._clock.monotonic())
+        state, now = self._endpoint(endpoint), self._clock.monotonic()
+        state.recover(now)
+        if state.limit is None:
+            return None
+        state.prune(now)
+        left = state.allowance_left(now)
+        return RateWindow(
+            limit=state.limit,
+            window=state.window,
+            grants=tuple(state.log),
+            allowance=left,
+            allowance_until=state.allowance_until if left is not None else None,
+        )
 
     # ------------------------------------------------------------------ learning
 
@@ -670,7 +452,7 @@ class LocalBudget:
 
     def _prune_failures(self, now: float) -> None:
         failures, window = self._failures, self._failure_window
-        while failures and _reached(failures[0] + window, now):
+        while failures and reached(failures[0] + window, now):
             failures.popleft()
 
     def _add_failure(self, now: float) -> None:

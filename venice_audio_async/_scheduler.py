@@ -60,7 +60,6 @@ from ._estimator import DurationEstimator
 from ._limiter import RequestLimiter
 from ._models import (
     AudioResult,
-    CompleteRequest,
     Failed,
     Job,
     Outcome,
@@ -69,6 +68,7 @@ from ._models import (
     Succeeded,
 )
 from ._policy import PollPolicy
+from ._release import MediaReleaser, ReleaseHook
 from ._retry import Retrier, Verdict, decide
 
 __all__ = ["RELEASE_MODES", "ReleaseMedia", "Scheduler"]
@@ -77,8 +77,6 @@ log = logging.getLogger("venice_audio_async")
 
 #: Awaited with each outcome before it is delivered (the journal records it there).
 OutcomeHook = Callable[[Outcome], Awaitable[None]]
-#: Awaited after a job's media was released on the server.
-ReleaseHook = Callable[[Job], Awaitable[None]]
 #: What happens to the server's copy of a job's media once the audio is stored.
 ReleaseMedia = Literal["complete", "delete_on_retrieve", "keep"]
 RELEASE_MODES: tuple[ReleaseMedia, ...] = ("complete", "delete_on_retrieve", "keep")
@@ -147,7 +145,6 @@ class Scheduler:
     ) -> None:
         self._workers = max(1, min(limiter.total, _MAX_WORKERS))
         self._on_outcome = on_outcome
-        self._on_released = on_released
         self._client = client
         self._budget = budget
         self._estimator = estimator
@@ -155,10 +152,15 @@ class Scheduler:
         self._clock = clock
         self._retry = retry
         self._limiter = limiter
-        self._release_limiter = release_limiter or limiter  # complete must not queue behind polls
         self._release = release
         self._rng = rng or random.Random()
         self._retrier = Retrier(acquire=budget.acquire, policy=retry, clock=clock, rng=self._rng)
+        self._releaser = MediaReleaser(
+            client=client,
+            retrier=self._retrier,
+            limiter=release_limiter or limiter,  # complete must not queue behind polls
+            on_released=on_released,
+        )
         self._policy = PollPolicy(estimator.bounds, rng=self._rng)
         self._jobs: dict[str, _Tracked] = {}
         self._live: list[_Tracked] = []  # in flight (not finished), for samples and sweeps
@@ -169,8 +171,6 @@ class Scheduler:
         self._wake = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._counts: Counter[str] = Counter()
-        self._releasing = 0
-        self._released_all = anyio.Event()
         self._repriced_at = -math.inf
         self._grants_since_reprice = 0
         self._keyed_price = self._policy.price
@@ -292,7 +292,7 @@ class Scheduler:
             failed=counts["failed"],
             untaken=len(self._jobs) - len(self._live),
             polls=counts["polls"],
-            released=counts["released"],
+            released=self._releaser.released,
         )
 
     # ------------------------------------------------------------------ the loop
@@ -502,42 +502,12 @@ class Scheduler:
             self._versions[model] += 1
             self._start_sweep()
         if self._release == "complete":
-            # In its own task: a worker must not sit through complete's retries.
-            self._releasing += 1
             assert self._tg is not None
-            self._tg.start_soon(self._release_media, tracked.job)
+            self._releaser.start(tracked.job, self._tg)
 
     async def wait_releases(self) -> None:
         """Wait until no ``complete`` call is in flight (the session's close drains them)."""
-        while self._releasing:
-            await self._released_all.wait()
-
-    async def _release_media(self, job: Job) -> None:
-        # Only after the bytes are stored (the sink committed); failures are logged, never
-        # raised: the audio is safe, the server will expire the media on its own.
-        # (The caller counted it in _releasing before starting this task.)
-        try:
-            await self._send_complete(job)
-        finally:
-            self._releasing -= 1
-            if not self._releasing:
-                self._released_all.set()
-                self._released_all = anyio.Event()
-
-    async def _send_complete(self, job: Job) -> None:
-        request = CompleteRequest(model=job.model, queue_id=job.queue_id)
-        try:
-            result = await self._retrier.call(
-                "complete", lambda: self._client.complete(request), limiter=self._release_limiter
-            )
-        except VeniceError as error:
-            log.warning("could not release media of job %s: %s", job.queue_id, error)
-            return
-        if result.success:
-            self._counts["released"] += 1
-            if self._on_released is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._on_released(job)
+        await self._releaser.wait()
 
     async def _on_error(self, tracked: _Tracked, error: VeniceError) -> None:
         # The verdicts of every other request, applied by rescheduling the job (retrieve is
