@@ -98,15 +98,7 @@ class Submitter:
         if self._ledger.needs_estimates:
             estimate = await self._catalogue.estimate_cost(request, model=model)
         target = self._destinations.target(destination)
-        ticket = await self._ledger.intend(
-            Intent(
-                request=request,
-                estimate_usd=estimate,
-                key=key,
-                destination=str(target) if target is not None else None,
-                name=name,
-            )
-        )
+        ticket = await self._ledger.intend(_intent(request, estimate, target, key, name))
         return await self.send(request, ticket, target=target, name=name, deadline=deadline)
 
     async def submit_many(
@@ -186,13 +178,7 @@ class Submitter:
             raise ValueError("keys and names must be as many as the requests")
         target = self._destinations.target(destination)
         intents = [
-            Intent(
-                request=request,
-                estimate_usd=await self._catalogue.estimate_cost(request),
-                key=key,
-                destination=str(target) if target is not None else None,
-                name=name,
-            )
+            _intent(request, await self._catalogue.estimate_cost(request), target, key, name)
             for request, key, name in zip(requests, keys, names, strict=True)
         ]
         return await self._ledger.intend_all(intents, all_or_nothing=all_or_nothing)
@@ -261,3 +247,16 @@ class Submitter:
                     endpoint="queue",
                 ),
             )
+
+
+def _intent(
+    request: QueueRequest,
+    estimate: float | None,
+    target: Path | None,
+    key: str | None,
+    name: str | None,
+) -> Intent:
+    destination = str(target) if target is not None else None
+    return Intent(
+        request=request, estimate_usd=estimate, key=key, destination=destination, name=name
+    )
