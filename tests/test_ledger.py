@@ -216,3 +216,29 @@ async def test_a_failed_job_counts_as_spent(tmp_path: Path) -> None:
         states = [e.state for e in await journal.entries()]
         assert [s.maybe_billed for s in states] == [True, False, True, False]
         assert await journal.estimated_spend_usd() == pytest.approx(0.5)
+
+
+async def test_journal_requests_then_resume_queues_them(
+    fake_server: FakeServer, tmp_path: Path
+) -> None:
+    """A batch journaled first is sent by resume; over the limit, nothing is recorded."""
+    requests = [
+        v.QueueRequest(model="stable-audio-25", prompt=f"journaled first, take {i}")
+        for i in range(3)
+    ]
+    keys = [f"line-{i}" for i in range(3)]
+    path = tmp_path / "jobs.sqlite3"
+    async with make_session(fake_server, journal=path, max_spend_usd=0.5) as session:
+        with pytest.raises(v.SpendLimitExceeded, match="nothing was spent"):
+            await session.journal_requests(requests, keys=keys)  # 3 x $0.24
+        assert session.journal is not None
+        assert await session.journal.entries() == []
+        cost = await session.journal_requests(requests[:2], keys=keys[:2])
+        assert cost == pytest.approx(0.48)
+        assert fake_server.count("queue") == 0  # recorded, not sent
+        report = await session.resume()
+    assert report.queued == 2
+    assert fake_server.count("queue") == 2
+    async with make_session(fake_server) as session:
+        with pytest.raises(v.SessionStateError, match="needs a journal"):
+            await session.journal_requests(requests)

@@ -83,10 +83,12 @@ class Timeouts:
 class RetryPolicy:
     """How failed requests are retried (never ``queue`` after the request may have been sent).
 
-    Waits grow exponentially from ``initial_backoff`` to ``max_backoff`` with ``jitter``
-    (a fraction of each wait, randomised). A server's ``Retry-After`` is honoured up to
-    ``max_retry_after``. ``attempts`` counts the first try. :meth:`testing` gives a policy
-    that never waits, for tests.
+    A 429 is not a failed attempt on any endpoint: the session waits for the pause its
+    headers ask for (capped by ``max_retry_after``) and sends the request again (the rules
+    are in ``_retry.decide``). Waits grow exponentially from ``initial_backoff`` to
+    ``max_backoff`` with ``jitter`` (a fraction of each wait, randomised). A server's
+    ``Retry-After`` is honoured up to ``max_retry_after``. ``attempts`` counts the first
+    try. :meth:`testing` gives a policy that never waits, for tests.
 
     .. versionadded:: 0.1.0
     """
