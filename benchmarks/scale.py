@@ -43,7 +43,7 @@ import anyio
 from _common import Stopwatch, machine, table
 
 import venice_audio_async as v
-from venice_audio_async._audio import MemorySink, safe_stem
+from venice_audio_async._audio import Destinations, MemorySink
 from venice_audio_async._budget import LocalBudget
 from venice_audio_async._estimator import DurationEstimator, PollingBounds
 from venice_audio_async._limiter import RequestLimiter
@@ -73,8 +73,8 @@ async def _track(session: v.AsyncSession, n: int, path: str) -> None:
         request = v.QueueRequest(model=MODEL, prompt=f"a calm piano piece, take {i:06d}")
         job = v.Job(model=MODEL, queue_id=str(uuid.uuid4()), request=request)
         # What submit_request does once the queue answer is in (no server here).
-        stem = f"{safe_stem(request.prompt, max_length=40)}-{job.queue_id[:8]}"
-        session._scheduler.track(job, session._sink_factory(None, stem), elapsed=0.0)
+        stem = Destinations.stem(request.prompt, job.queue_id)
+        session._scheduler.track(job, session._parts.destinations.sinks(None, stem), elapsed=0.0)
 
 
 async def memory_per_job(n: int, path: str, *, traced: bool) -> float:
@@ -85,7 +85,7 @@ async def memory_per_job(n: int, path: str, *, traced: bool) -> float:
     )
     async with session:
         # Attached jobs are polled at once: hold the budget so nothing is sent (port 9).
-        session._budget.pause(1e9, reason="benchmark")  # type: ignore[attr-defined]
+        session._parts.budget.pause(1e9, reason="benchmark")  # type: ignore[attr-defined]
         await settle()
         gc.collect()
         before = tracemalloc.get_traced_memory()[0] if traced else rss_bytes()
@@ -175,7 +175,7 @@ def make_scheduler(clock: v.ManualClock, client: StubClient) -> Scheduler:
     )
 
 
-def _sink(job: v.Job) -> MemorySink:
+def _sink() -> MemorySink:
     return MemorySink(1 << 20)
 
 

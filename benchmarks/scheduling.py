@@ -64,8 +64,9 @@ from _common import machine, percentile, table
 
 import venice_audio_async as v
 from venice_audio_async._belief import RunTimeBelief
-from venice_audio_async._budget import LocalBudget, RateLimit
+from venice_audio_async._budget import LocalBudget
 from venice_audio_async._client import VeniceClient
+from venice_audio_async._config import RateLimit
 from venice_audio_async._estimator import DurationEstimator, PollingBounds
 from venice_audio_async._limiter import RequestLimiter
 from venice_audio_async._scheduler import Scheduler

@@ -40,7 +40,8 @@ import attrs
 from _common import API_KEY, AUTH, Stopwatch, fake_server, machine, percentile, table
 
 import venice_audio_async as v
-from venice_audio_async._budget import LocalBudget, RateLimit
+from venice_audio_async._budget import LocalBudget
+from venice_audio_async._config import RateLimit
 from venice_audio_async._converters import unstructure_request
 from venice_audio_async.testing import JobMix, ModelTiming
 
@@ -136,7 +137,7 @@ class Baseline:
             await self.queue_budget.acquire("queue")
             async with self.http.post(f"{self.url}/audio/queue", json=body, headers=AUTH) as r:
                 data = await r.json()
-                self.queue_budget.record_response("queue", r.status, r.headers)
+                await self.queue_budget.record_response("queue", r.status, r.headers)
                 if r.status == 200:
                     return str(data["queue_id"]), self.clock.monotonic()
                 if r.status != 429:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import bisect
 import email.utils
+import inspect
 import itertools
 import math
 import time
+from collections.abc import Mapping
 
 import anyio
 import anyio.lowlevel
@@ -15,12 +17,15 @@ import pytest
 from venice_audio_async._budget import (
     BudgetStatistics,
     LocalBudget,
-    RateLimit,
+    RateWindow,
     RequestBudget,
-    parse_reset,
-    retry_delay_from_headers,
 )
-from venice_audio_async._clock import ManualClock
+from venice_audio_async._clock import ManualClock, ScaledClock
+from venice_audio_async._config import RateLimit
+from venice_audio_async._retry import parse_reset, retry_delay_from_headers
+from venice_audio_async.testing import FakeServer, JobScript
+
+from .conftest import TIME_SCALE, make_session
 
 NOW_EPOCH = 1_800_000_000.0
 
@@ -233,7 +238,7 @@ async def test_429_retry_after_pauses_every_endpoint() -> None:
     """A 429 on retrieve with Retry-After pauses queue and retrieve until it passes."""
     clock = ManualClock()
     budget = make_budget(clock)
-    budget.record_response("retrieve", 429, {"Retry-After": "10"})
+    await budget.record_response("retrieve", 429, {"Retry-After": "10"})
     for endpoint in ("queue", "retrieve", "complete"):
         assert budget.next_available(endpoint) == 10.0
         assert not budget.try_acquire(endpoint)
@@ -257,7 +262,7 @@ async def test_waiter_sleeping_through_a_new_pause_waits_for_it() -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(waiter)
         await settle(clock, budget)
-        budget.record_response("retrieve", 429, {"retry-after": "7"})
+        await budget.record_response("retrieve", 429, {"retry-after": "7"})
         while not granted_at:
             assert clock.advance_to_next()
             await settle(clock, budget)
@@ -269,7 +274,7 @@ async def test_429_retry_after_is_capped() -> None:
     """An hour-long Retry-After is capped at max_retry_after."""
     clock = ManualClock()
     budget = make_budget(clock, max_retry_after=45.0)
-    budget.record_response("queue", 429, {"retry-after": "3600"})
+    await budget.record_response("queue", 429, {"retry-after": "3600"})
     assert budget.next_available("retrieve") == 45.0
 
 
@@ -281,7 +286,7 @@ async def test_429_reset_header_in_ms_or_s_epoch(unit: str) -> None:
     budget = make_budget(clock)
     reset = clock.time() + 12.0
     value = str(round(reset * 1000)) if unit == "ms" else str(round(reset))
-    budget.record_response(
+    await budget.record_response(
         "retrieve",
         429,
         {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": value},
@@ -295,11 +300,11 @@ async def test_headerless_429_backs_off_and_resets_on_success() -> None:
     clock = ManualClock()
     budget = make_budget(clock)
     for expected in (5.0, 10.0, 20.0):
-        budget.record_response("queue", 429, {})
+        await budget.record_response("queue", 429, {})
         assert budget.next_available("queue") - clock.monotonic() == expected
         clock.advance(expected)
-    budget.record_response("queue", 200, {})
-    budget.record_response("queue", 429, {})
+    await budget.record_response("queue", 200, {})
+    await budget.record_response("queue", 429, {})
     assert budget.next_available("queue") - clock.monotonic() == 5.0
 
 
@@ -308,7 +313,7 @@ async def test_remaining_zero_pauses_only_that_endpoint_until_reset() -> None:
     """A 200 with x-ratelimit-remaining-requests 0 pauses that endpoint until the reset."""
     clock = ManualClock()
     budget = make_budget(clock)
-    budget.record_response(
+    await budget.record_response(
         "retrieve",
         200,
         {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": ms_epoch(clock, 8)},
@@ -330,7 +335,7 @@ async def test_remaining_above_zero_does_not_pause() -> None:
     """Headers reporting budget left change nothing."""
     clock = ManualClock()
     budget = make_budget(clock)
-    budget.record_response(
+    await budget.record_response(
         "retrieve",
         200,
         {
@@ -349,7 +354,7 @@ async def test_error_budget_headers_pause_the_session() -> None:
     """x-ratelimit-remaining 0 with x-ratelimit-resets pauses every endpoint until then."""
     clock = ManualClock()
     budget = make_budget(clock)
-    budget.record_response(
+    await budget.record_response(
         "retrieve",
         429,
         {"x-ratelimit-remaining": "0", "x-ratelimit-resets": ms_epoch(clock, 30)},
@@ -373,7 +378,7 @@ async def test_failure_window_pauses_before_the_lockout() -> None:
         while clock.monotonic() < 300:
             await budget.acquire("complete")
             failures.append(clock.monotonic())
-            budget.record_response("complete", 400, {})
+            await budget.record_response("complete", 400, {})
             await clock.sleep(0.1)
         finished.set()
 
@@ -397,11 +402,11 @@ async def test_failure_window_counts_transport_failures_and_in_flight_ones() -> 
     budget = make_budget(clock, failure_window=(20, 30.0), failure_margin=5)
     for i in range(14):
         clock.advance(1.0)
-        budget.record_failure("retrieve")
+        await budget.record_response("retrieve", 0, {})
         assert budget.try_acquire("retrieve"), i
-    budget.record_response("retrieve", 503, {})  # the 15th failure, at t=15
+    await budget.record_response("retrieve", 503, {})  # the 15th failure, at t=15
     assert budget.next_available("queue") == pytest.approx(31.0)  # first one (t=1) expires
-    budget.record_response("retrieve", 500, {})  # in flight, 16th
+    await budget.record_response("retrieve", 500, {})  # in flight, 16th
     assert budget.next_available("queue") == pytest.approx(32.0)
     stats = budget.statistics()
     assert stats.failures_in_window == 16
@@ -418,7 +423,7 @@ async def test_successes_do_not_feed_the_failure_window() -> None:
     clock = ManualClock()
     budget = make_budget(clock)
     for status in (200, 201, 204, 304) * 10:
-        budget.record_response("retrieve", status, {})
+        await budget.record_response("retrieve", status, {})
     assert budget.statistics().failures == 0
 
 
@@ -431,9 +436,9 @@ async def test_statistics_counts_429s_and_paused_seconds_once() -> None:
     clock = ManualClock()
     budget = make_budget(clock)
     assert budget.try_acquire("queue")
-    budget.record_response("retrieve", 429, {"retry-after": "10"})
+    await budget.record_response("retrieve", 429, {"retry-after": "10"})
     clock.advance(4.0)
-    budget.record_response("queue", 429, {"retry-after": "10"})  # 10 -> 14: adds 4
+    await budget.record_response("queue", 429, {"retry-after": "10"})  # 10 -> 14: adds 4
     budget.pause(2.0, reason="shorter, inside")  # adds nothing
     stats = budget.statistics()
     assert isinstance(stats, BudgetStatistics)
@@ -459,6 +464,120 @@ async def test_statistics_counts_429s_and_paused_seconds_once() -> None:
 def test_local_budget_is_a_request_budget() -> None:
     """LocalBudget satisfies the RequestBudget protocol."""
     assert isinstance(make_budget(ManualClock()), RequestBudget)
+
+
+def test_the_protocol_is_what_the_library_calls() -> None:
+    """RequestBudget asks for acquire and record_response (async) and three sync views."""
+    members = {name for name in vars(RequestBudget) if not name.startswith("_")}
+    assert members == {"acquire", "record_response", "next_available", "window", "statistics"}
+    assert inspect.iscoroutinefunction(RequestBudget.acquire)
+    assert inspect.iscoroutinefunction(RequestBudget.record_response)
+    for view in ("next_available", "window", "statistics"):
+        assert not inspect.iscoroutinefunction(getattr(RequestBudget, view))
+
+
+@pytest.mark.anyio
+async def test_acquire_without_deadline_returns_true() -> None:
+    """With no deadline acquire always ends with a token, and says so."""
+    clock = ManualClock()
+    budget = make_budget(clock, {"queue": RateLimit(40, burst=1)})
+    assert await budget.acquire("queue") is True
+    async with anyio.create_task_group() as tg:
+        got: list[bool] = []
+
+        async def take() -> None:
+            got.append(await budget.acquire("queue"))
+
+        tg.start_soon(take)
+        await settle(clock, budget)
+        assert clock.advance_to_next()
+    assert got == [True]
+
+
+@pytest.mark.anyio
+async def test_a_deadline_before_the_next_token_gives_up_at_once() -> None:
+    """acquire(deadline=) returns False without waiting or taking a token."""
+    clock = ManualClock()
+    budget = make_budget(clock, {"queue": RateLimit(40, burst=1)})
+    assert budget.try_acquire("queue")
+    ready = budget.next_available("queue")
+    assert ready == pytest.approx(60.5 / 40)
+    assert await budget.acquire("queue", deadline=ready - 0.1) is False
+    assert clock.monotonic() == 0.0
+    assert clock.pending == 0
+    assert budget.statistics().endpoints["queue"].granted == 1
+    assert budget.statistics().endpoints["queue"].waiting == 0
+
+
+@pytest.mark.anyio
+async def test_a_deadline_after_the_next_token_waits_for_it() -> None:
+    """A token due before the deadline is waited for and taken."""
+    clock = ManualClock()
+    budget = make_budget(clock, {"queue": RateLimit(40, burst=1)})
+    assert budget.try_acquire("queue")
+    ready = budget.next_available("queue")
+    got: list[bool] = []
+
+    async def take() -> None:
+        got.append(await budget.acquire("queue", deadline=ready + 1.0))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(take)
+        await settle(clock, budget)
+        assert clock.advance_to_next()
+    assert got == [True]
+    assert clock.monotonic() == pytest.approx(ready)
+
+
+@pytest.mark.anyio
+async def test_a_pause_past_the_deadline_ends_the_wait() -> None:
+    """A 429 arriving while a waiter sleeps pushes its token past the deadline: False."""
+    clock = ManualClock()
+    budget = make_budget(clock, {"queue": RateLimit(40, burst=1)})
+    assert budget.try_acquire("queue")
+    got: list[bool] = []
+
+    async def take() -> None:
+        got.append(await budget.acquire("queue", deadline=5.0))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(take)
+        await settle(clock, budget)
+        await budget.record_response("queue", 429, {"retry-after": "30"})
+        while not got:
+            assert clock.advance_to_next()
+            await settle(clock, budget)
+    assert got == [False]
+    assert clock.monotonic() < 5.0
+    assert budget.statistics().endpoints["queue"].granted == 1
+
+
+@pytest.mark.anyio
+async def test_a_waiter_behind_others_gives_up_at_its_deadline_and_blocks_nobody() -> None:
+    """Behind a queue of waiters, the deadline passes: False; the next waiter still gets in."""
+    clock = ManualClock()
+    budget = make_budget(clock, {"queue": RateLimit(40, burst=1)})
+    assert budget.try_acquire("queue")
+    results: dict[str, bool] = {}
+
+    async def take(name: str, deadline: float | None) -> None:
+        results[name] = await budget.acquire("queue", deadline=deadline)
+
+    interval = 60.5 / 40
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(take, "first", None)
+        await settle(clock, budget)
+        tg.start_soon(take, "hurried", interval * 0.5)  # passes while "first" still waits
+        await settle(clock, budget)
+        tg.start_soon(take, "last", None)
+        await settle(clock, budget)
+        while len(results) < 3:
+            assert clock.advance_to_next()
+            await settle(clock, budget)
+    assert results == {"first": True, "hurried": False, "last": True}
+    assert list(results) == ["hurried", "first", "last"]
+    assert budget.statistics().endpoints["queue"].granted == 3
+    assert budget.statistics().endpoints["queue"].waiting == 0
 
 
 @pytest.mark.anyio
@@ -538,6 +657,48 @@ def test_invalid_configuration_is_refused() -> None:
     assert RateLimit(40, burst=100).effective_burst == 40
 
 
+class _ProtocolOnly:
+    """A budget with exactly the protocol's methods, delegating to a LocalBudget."""
+
+    def __init__(self, inner: LocalBudget) -> None:
+        self.inner = inner
+        self.calls: list[str] = []
+
+    async def acquire(self, endpoint: str, *, deadline: float | None = None) -> bool:
+        self.calls.append(f"acquire {endpoint}")
+        return await self.inner.acquire(endpoint, deadline=deadline)
+
+    async def record_response(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+        self.calls.append(f"record {endpoint} {status}")
+        await self.inner.record_response(endpoint, status, headers)
+
+    def next_available(self, endpoint: str) -> float:
+        return self.inner.next_available(endpoint)
+
+    def window(self, endpoint: str) -> RateWindow | None:
+        return self.inner.window(endpoint)
+
+    def statistics(self) -> BudgetStatistics:
+        return self.inner.statistics()
+
+
+@pytest.mark.anyio
+async def test_a_session_needs_nothing_beyond_the_protocol(fake_server: FakeServer) -> None:
+    """A session runs on a budget offering only the protocol, and records every answer."""
+    clock = ScaledClock(TIME_SCALE)
+    budget = _ProtocolOnly(LocalBudget(clock=clock, rates={"queue": RateLimit(40)}))
+    fake_server.plan(JobScript(duration=1.0))
+    async with make_session(fake_server, clock=clock, budget=budget) as session:
+        audio = await session.generate("stable-audio-25", "a shared budget's first job")
+    requests = session.statistics().requests  # after close: the media release is counted
+    assert audio.size > 0
+    assert isinstance(budget, RequestBudget)
+    acquired = [c for c in budget.calls if c.startswith("acquire")]
+    recorded = [c for c in budget.calls if c.startswith("record")]
+    assert len(acquired) == len(recorded) == sum(requests.values())
+    assert "record queue 200" in recorded
+
+
 # --------------------------------------------------------------------------- adaptive limits
 
 
@@ -547,29 +708,31 @@ def _fill(budget: LocalBudget, clock: ManualClock, endpoint: str, n: int, gap: f
         clock.advance(gap)
 
 
-def test_a_429_lowers_the_limit_below_the_last_windows_grants() -> None:
+@pytest.mark.anyio
+async def test_a_429_lowers_the_limit_below_the_last_windows_grants() -> None:
     """80 retrieves granted, then a 429: the limit drops to 64 (0.8 x 80); each further 429
     of the same burst takes one more."""
     clock = ManualClock()
     budget = make_budget(clock, {"retrieve": RateLimit(120, burst=120)})
     _fill(budget, clock, "retrieve", 80, 0.5)
-    budget.record_response("retrieve", 429, {"retry-after": "1"})
-    budget.record_response("retrieve", 429, {"retry-after": "1"})
+    await budget.record_response("retrieve", 429, {"retry-after": "1"})
+    await budget.record_response("retrieve", 429, {"retry-after": "1"})
     window = budget.window("retrieve")
     assert window is not None
     assert window.limit == 63
     assert len(window.grants) == 80
     clock.advance(10.0)  # a new burst
-    budget.record_response("retrieve", 429, {"retry-after": "1"})
+    await budget.record_response("retrieve", 429, {"retry-after": "1"})
     assert budget.window("retrieve").limit == 62  # type: ignore[union-attr]
 
 
-def test_the_lowered_limit_recovers_after_a_quiet_window() -> None:
+@pytest.mark.anyio
+async def test_the_lowered_limit_recovers_after_a_quiet_window() -> None:
     """No 429 for a window: the limit climbs back a tenth of the ceiling per window."""
     clock = ManualClock()
     budget = make_budget(clock, {"retrieve": RateLimit(120, burst=120)})
     _fill(budget, clock, "retrieve", 50, 0.1)
-    budget.record_response("retrieve", 429, {})
+    await budget.record_response("retrieve", 429, {})
     low = budget.window("retrieve")
     assert low is not None
     assert low.limit == 40
@@ -585,35 +748,38 @@ def test_the_lowered_limit_recovers_after_a_quiet_window() -> None:
     assert budget.window("retrieve").limit == 120  # type: ignore[union-attr]
 
 
-def test_a_stated_limit_caps_the_configured_one_at_once() -> None:
+@pytest.mark.anyio
+async def test_a_stated_limit_caps_the_configured_one_at_once() -> None:
     """x-ratelimit-limit-requests below ours wins within one answer; above ours changes
     nothing."""
     clock = ManualClock()
     budget = make_budget(clock, {"retrieve": RateLimit(120, burst=120)})
-    budget.record_response("retrieve", 200, {"x-ratelimit-limit-requests": "60"})
+    await budget.record_response("retrieve", 200, {"x-ratelimit-limit-requests": "60"})
     assert budget.window("retrieve").limit == 60  # type: ignore[union-attr]
     _fill(budget, clock, "retrieve", 60, 0.0)
     assert not budget.try_acquire("retrieve")
     other = make_budget(clock, {"retrieve": RateLimit(120, burst=120)})
-    other.record_response("retrieve", 200, {"x-ratelimit-limit-requests": "500"})
+    await other.record_response("retrieve", 200, {"x-ratelimit-limit-requests": "500"})
     assert other.window("retrieve").limit == 120  # type: ignore[union-attr]
 
 
-def test_a_stated_limit_applies_to_an_unlimited_endpoint() -> None:
+@pytest.mark.anyio
+async def test_a_stated_limit_applies_to_an_unlimited_endpoint() -> None:
     """An endpoint configured without a limit takes the one the API states."""
     clock = ManualClock()
     budget = make_budget(clock, {})
     assert budget.window("quote") is None
-    budget.record_response("quote", 200, {"x-ratelimit-limit-requests": "3"})
+    await budget.record_response("quote", 200, {"x-ratelimit-limit-requests": "3"})
     _fill(budget, clock, "quote", 3, 0.0)
     assert not budget.try_acquire("quote")
 
 
-def test_remaining_and_reset_cap_grants_until_the_reset() -> None:
+@pytest.mark.anyio
+async def test_remaining_and_reset_cap_grants_until_the_reset() -> None:
     """remaining=2 until a reset 10 s away: two more grants, then none until the reset."""
     clock = ManualClock()
     budget = make_budget(clock, {"retrieve": RateLimit(120, burst=120)})
-    budget.record_response(
+    await budget.record_response(
         "retrieve",
         200,
         {"x-ratelimit-remaining-requests": "2", "x-ratelimit-reset-requests": "10"},

@@ -184,6 +184,7 @@ async def test_estimate_over_max_spend_stops_before_spending(
     )
     assert result.returncode == 3, result.stderr.decode()
     assert "exceeds --max-spend" in result.stderr.decode()
+    assert "nothing was spent" in result.stderr.decode()
     assert server.count("queue") == 0
 
 

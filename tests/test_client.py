@@ -195,13 +195,15 @@ async def test_borrowed_session_is_left_open(fake_server: FakeServer) -> None:
 
 
 async def test_own_session_is_closed(fake_server: FakeServer) -> None:
-    """After aclose the client refuses to send."""
+    """After aclose the client refuses to send, with the library's SessionStateError."""
     client = make_client(fake_server)
+    assert client.base_url == fake_server.url.rstrip("/")
     await client.models()
     await client.aclose()
     await client.aclose()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(v.SessionStateError, match="closed"):
         await client.models()
+    assert fake_server.count("models") == 1
 
 
 @pytest.mark.parametrize(

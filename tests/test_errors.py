@@ -7,7 +7,8 @@ import json
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async._errors import error_from_response, parse_retry_after
+from venice_audio_async._errors import error_from_response
+from venice_audio_async._retry import parse_retry_after
 
 
 def _body(obj: object) -> bytes:
@@ -112,8 +113,10 @@ def test_content_policy_carries_suggested_prompt() -> None:
 
 
 def test_rate_limit_carries_retry_after() -> None:
-    """429 parses Retry-After into seconds."""
-    error = error_from_response(429, _body({"error": "Rate limit exceeded"}), {"Retry-After": "7"})
+    """A 429 carries the Retry-After seconds the transport read from its headers."""
+    error = error_from_response(
+        429, _body({"error": "Rate limit exceeded"}), {"Retry-After": "7"}, retry_after=7.0
+    )
     assert isinstance(error, v.RateLimitError)
     assert error.retry_after == 7.0
 

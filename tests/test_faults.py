@@ -541,7 +541,7 @@ def gated_sink(monkeypatch: pytest.MonkeyPatch) -> type[_GatedSink]:
     """Make the session download through _GatedSink."""
     _GatedSink.started = anyio.Event()
     _GatedSink.gate = anyio.Event()
-    monkeypatch.setattr("venice_audio_async._session.FileSink", _GatedSink)
+    monkeypatch.setattr("venice_audio_async._audio.FileSink", _GatedSink)
     return _GatedSink
 
 

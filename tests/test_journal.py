@@ -43,8 +43,9 @@ async def test_journal_records_each_step(tmp_path: Path) -> None:
     await reopened.aclose()
 
 
-async def test_failed_and_rejected_jobs_are_not_counted_as_spent(tmp_path: Path) -> None:
-    """Refunded failures and rejected requests do not count toward the spend."""
+async def test_failed_jobs_count_as_spent_rejected_ones_do_not(tmp_path: Path) -> None:
+    """A job that failed was queued, so it may be billed (a failure after a download, an
+    expired media); a request the API rejected never created a job."""
     journal = await v.Journal.open(tmp_path / "j.sqlite3")
     request = v.QueueRequest(model="m", prompt="p")
     a = await journal.add_intent(request, estimate_usd=1.0)
@@ -54,7 +55,7 @@ async def test_failed_and_rejected_jobs_are_not_counted_as_spent(tmp_path: Path)
     await journal.mark_failed("qa", v.InferenceFailedError("x", status_code=500))
     await journal.mark_rejected(b, v.BadRequestError("no", status_code=400))
     await journal.mark_unknown(c, v.ConnectionDropped("gone"))
-    assert await journal.estimated_spend_usd() == pytest.approx(4.0)
+    assert await journal.estimated_spend_usd() == pytest.approx(5.0)
     failed = await journal.entries(v.JobState.FAILED, v.JobState.REJECTED)
     assert [(e.error_type, e.error_status) for e in failed] == [
         ("InferenceFailedError", 500),

@@ -16,7 +16,7 @@ import pytest
 import venice_audio_async as v
 from venice_audio_async._clock import ManualClock
 from venice_audio_async._limiter import RequestLimiter
-from venice_audio_async._retry import call_idempotent
+from venice_audio_async._retry import Retrier
 from venice_audio_async.testing import FakeServer, Fault, JobScript
 
 from .conftest import API_KEY, UNLIMITED, make_session
@@ -105,13 +105,16 @@ async def test_a_request_that_gets_no_answer_is_logged(caplog: pytest.LogCapture
     _assert_no_key(caplog.records)
 
 
-def test_lockout_and_failure_window_pauses_are_warnings(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.anyio
+async def test_lockout_and_failure_window_pauses_are_warnings(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """The failed-request lockout and the failure window's hold are logged as warnings."""
     budget = v.LocalBudget(clock=ManualClock(), rates={}, failure_window=(20, 30.0))
     with caplog.at_level(logging.DEBUG, logger=LOGGER):
-        budget.record_response("queue", 429, {"x-ratelimit-remaining": "0"})
+        await budget.record_response("queue", 429, {"x-ratelimit-remaining": "0"})
         for _ in range(15):
-            budget.record_response("retrieve", 500, {})
+            await budget.record_response("retrieve", 500, {})
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2, [r.getMessage() for r in warnings]
     assert "failed-request budget is used up" in warnings[0].getMessage()
@@ -138,14 +141,12 @@ async def test_retries_that_run_out_are_a_warning(caplog: pytest.LogCaptureFixtu
         async with anyio.create_task_group() as tg:
             tg.start_soon(advance_time)
             with pytest.raises(v.ServerError):
-                await call_idempotent(
-                    "quote",
-                    send,
-                    budget=v.LocalBudget(clock=clock, rates={}),
-                    limiter=RequestLimiter(4),
+                retrier = Retrier(
+                    acquire=v.LocalBudget(clock=clock, rates={}).acquire,
                     policy=v.RetryPolicy(attempts=3),
                     clock=clock,
                 )
+                await retrier.call("quote", send, limiter=RequestLimiter(4))
             tg.cancel_scope.cancel()
     assert len(calls) == 3
     levels = [(r.levelno, r.getMessage().split(";")[0]) for r in caplog.records]

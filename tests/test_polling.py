@@ -14,8 +14,9 @@ import pytest
 
 import venice_audio_async as v
 from venice_audio_async._belief import RunTimeBelief
-from venice_audio_async._budget import LocalBudget, RateLimit, RateWindow
+from venice_audio_async._budget import LocalBudget, RateWindow
 from venice_audio_async._client import VeniceClient
+from venice_audio_async._config import RateLimit
 from venice_audio_async._estimator import DurationEstimator, PollingBounds
 from venice_audio_async._limiter import RequestLimiter
 from venice_audio_async._policy import PollPolicy

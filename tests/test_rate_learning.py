@@ -39,7 +39,7 @@ async def test_a_pooled_unstated_limit_draws_a_handful_of_429s_and_no_lockout() 
             jobs = await session.submit_many(requests)
             async with session.results(jobs) as results:
                 outcomes = [outcome async for outcome in results]
-            learned = session._budget.window("retrieve")
+            learned = session._parts.budget.window("retrieve")
         limited = [r for r in server.requests if r.status == 429]
         assert learned is not None
         assert learned.limit < 120  # the 429s taught it (recovery takes quiet minutes)
@@ -69,4 +69,4 @@ async def test_a_stated_limit_is_obeyed_from_the_first_answer() -> None:
     # A poll already on the wire when an answer states "remaining: 1" can still be refused
     # (the allowance cannot see requests in flight): at most one, in about 1 run in 5.
     assert len([r for r in retrieves if r.status == 429]) <= 1
-    assert session._budget.window("retrieve").limit == 20  # type: ignore[union-attr]
+    assert session._parts.budget.window("retrieve").limit == 20  # type: ignore[union-attr]

@@ -13,8 +13,9 @@ import anyio.lowlevel
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async._budget import LocalBudget, RateLimit
+from venice_audio_async._budget import LocalBudget
 from venice_audio_async._client import VeniceClient
+from venice_audio_async._config import RateLimit
 from venice_audio_async._estimator import DurationEstimator, PollingBounds
 from venice_audio_async._limiter import RequestLimiter
 from venice_audio_async._scheduler import Scheduler
@@ -119,7 +120,7 @@ async def harness(retrieve_rate: float) -> AsyncIterator[Harness]:
         tg.cancel_scope.cancel()
 
 
-def _memory_sink(job: v.Job) -> v.AudioSink:
+def _memory_sink() -> v.AudioSink:
     return v.MemorySink(1000)
 
 

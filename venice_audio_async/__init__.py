@@ -13,13 +13,12 @@ from ._budget import (
     BudgetStatistics,
     EndpointStatistics,
     LocalBudget,
-    RateLimit,
     RateWindow,
     RequestBudget,
 )
 from ._client import VeniceClient
 from ._clock import Clock, ManualClock, ScaledClock, SystemClock
-from ._config import DEFAULT_BASE_URL, Limits, RateLimits, RetryPolicy, Timeouts
+from ._config import DEFAULT_BASE_URL, Limits, RateLimit, RateLimits, RetryPolicy, Timeouts
 from ._errors import (
     APIStatusError,
     AsyncioRequiredError,
@@ -85,7 +84,9 @@ from ._models import (
     UnknownPricing,
     VeniceHeaders,
 )
-from ._session import AsyncSession, ResultStream, ResumeReport, SessionStatistics
+from ._results import ResultStream
+from ._resume import ResumeReport
+from ._session import AsyncSession, SessionStatistics
 
 try:
     __version__ = _metadata.version("venice-audio-async")

@@ -33,6 +33,7 @@ from ._clock import Clock, ScaledClock, SystemClock
 from ._config import DEFAULT_BASE_URL
 from ._errors import (
     JournalError,
+    SpendLimitExceeded,
     VeniceError,
 )
 from ._journal import JobState, Journal, JournalEntry
@@ -490,25 +491,33 @@ async def _run_batch(
     await anyio.to_thread.run_sync(_check_manifest, out, len(manifest_rows(recorded)))
     known = {entry.key for entry in recorded}
     fresh = [line for line in lines if line.key not in known]
-    estimates = [
-        await session.estimate_cost(line.request, model=catalogue[line.request.model])
-        for line in fresh
-    ]
-    estimate = sum(cost or 0.0 for cost in estimates)
-    spent, limit = session.spending()
-    _say(
-        f"{len(lines)} request(s); {len(fresh)} to queue, estimated ${estimate:.2f}"
-        + (f" (${spent:.2f} already spent in {out})" if known else "")
-    )
-    if limit is not None and spent + estimate > limit + 1e-9 and not known:
-        _say(f"the estimate ${estimate:.2f} exceeds --max-spend ${limit:.2f}; nothing was spent")
-        return 3
-    # Every line is journaled before the first is sent, so a crash at any point leaves a
-    # journal that `resume` can finish: nothing is queued twice, nothing is forgotten.
-    for line, cost in zip(fresh, estimates, strict=True):
-        await journal.add_intent(
-            line.request, key=line.key, destination=str(out), name=line.name, estimate_usd=cost
+    spent = session.spending()[0]
+
+    def plan(estimate: float) -> None:
+        _say(
+            f"{len(lines)} request(s); {len(fresh)} to queue, estimated ${estimate:.2f}"
+            + (f" (${spent:.2f} already spent in {out})" if known else "")
         )
+
+    # Every line is journaled before the first is sent, so a crash at any point leaves a
+    # journal that `resume` can finish: nothing is queued twice, nothing is forgotten. A
+    # new batch over --max-spend is refused whole; a resumed one queues what still fits.
+    try:
+        estimate = await session.journal_requests(
+            [line.request for line in fresh],
+            keys=[line.key for line in fresh],
+            names=[line.name for line in fresh],
+            destination=out,
+            all_or_nothing=not known,
+        )
+    except SpendLimitExceeded as refused:
+        plan(refused.estimate_usd)
+        _say(
+            f"the estimate ${refused.estimate_usd:.2f} exceeds --max-spend "
+            f"${refused.limit_usd:.2f}; nothing was spent"
+        )
+        return 3
+    plan(estimate)
     return await _drive(args, session, out, total=len(lines))
 
 

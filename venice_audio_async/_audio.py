@@ -1,5 +1,9 @@
 """Where finished audio goes, and how its container is recognised.
 
+:class:`Destinations` decides per job: a file or folder given for it, the session's
+``output_dir``, or memory, and names the file (the batch line's name, else the prompt and
+the start of the ``queue_id``).
+
 A sink receives a download in chunks and either commits it whole or leaves nothing:
 
 * :class:`MemorySink` keeps the bytes, refusing more than a cap;
@@ -18,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -29,8 +34,10 @@ from ._models import AudioFormat
 
 __all__ = [
     "AudioSink",
+    "Destinations",
     "FileSink",
     "MemorySink",
+    "SinkFactory",
     "remove_partial_downloads",
     "safe_stem",
     "sniff_format",
@@ -311,3 +318,38 @@ class FileSink:
                     _writing.discard(temp)
 
             await anyio.to_thread.run_sync(_remove)
+
+
+#: Builds a fresh sink for one download attempt of a job.
+SinkFactory = Callable[[], AudioSink]
+
+
+class Destinations:
+    """Where each job's audio goes (see the module docstring)."""
+
+    def __init__(self, *, output_dir: Path | None, memory_limit: int) -> None:
+        self.output_dir = output_dir
+        self._memory_limit = memory_limit
+
+    def target(self, destination: str | os.PathLike[str] | None) -> Path | None:
+        """The file or folder for a job (``None``: keep the audio in memory)."""
+        return Path(destination) if destination is not None else self.output_dir
+
+    def sinks(self, target: Path | None, stem: str) -> SinkFactory:
+        """A factory of sinks writing into ``target`` as ``stem`` (memory for ``None``)."""
+        limit = self._memory_limit
+        # The session's output folder is a folder even before it exists; a destination
+        # given per job is a folder if it exists as one, else the file to write.
+        directory = True if target is not None and target == self.output_dir else None
+
+        def make() -> AudioSink:
+            if target is None:
+                return MemorySink(limit)
+            return FileSink(target, stem=stem, directory=directory)
+
+        return make
+
+    @staticmethod
+    def stem(prompt: str, queue_id: str, name: str | None = None) -> str:
+        """A job's file name stem: ``name``, else its prompt and the start of its id."""
+        return name or f"{safe_stem(prompt, max_length=40)}-{queue_id[:8]}"

@@ -21,33 +21,8 @@ A request to ``endpoint`` may be sent when all of these hold:
    margin absorbs requests already in flight, so a burst of errors slows the session down
    instead of tripping the lockout.
 
-Rate limit: a sliding-window log, plus pacing
----------------------------------------------
-Venice states limits as "N requests per minute" without saying how its window is aligned.
-A plain token bucket with capacity ``B`` and rate ``N/60`` can grant ``B + N`` requests within
-60 s (a full bucket, then a minute of refills), which a server counting a fixed or sliding
-60 s window rejects. So the hard rule here is exact: **at most N grants in any window of
-60 s + margin**, enforced by keeping the last N grant times in a deque (a grant is allowed when
-fewer than N grants are younger than the window). A sliding window is the strictest
-alignment, so this also satisfies a fixed-window or token-bucket server with the same N.
-``margin`` (0.5 s by default) covers network jitter between our grant and the server's count.
-
-The log alone is bursty: N requests at once, then nothing for a whole minute, and under
-saturation that pattern repeats forever (each grant frees its slot exactly one window
-later). A 60 s stall would wreck the scheduler's "completion noticed within a second". So
-grants are also **paced**: while fewer than ``burst`` grants lie in the window they go out
-back to back; from then on each grant sets the earliest time of the next one, spreading the
-window's free slots evenly over the time until its oldest grant expires (which frees one
-more), and never closer than ``window / N``. A quiet session can therefore fire a short
-burst (a handful of polls that come due together); a saturating one slides from the burst
-into a slightly slower pace (``window / (N - burst + 1)``) without ever stalling, and once the
-burst has left the window it settles into even spacing at the full rate, ``window / N``. In a
-virtual-time run of 500 waiters on 120/min the longest gap between grants is 0.60 s (40/min:
-1.73 s), where the bare log stalls for 60.5 s, and the 500th grant comes at the same time.
-
-The default ``burst`` is ``max(1, N // 6)``, ten seconds' worth of requests (6 queue / 20
-retrieve at 40 / 120 per minute): enough for a batch of polls that come due together, small
-enough that the slower pace after it stays close to the full rate.
+The rate limit itself (a sliding-window log, plus pacing, with a limit that adapts to 429s
+and to limits the API states) is kept per endpoint by :class:`~._endpoint_rate.EndpointRate`.
 
 All waiting goes through the injected :class:`~venice_audio_async._clock.Clock`. Waiters on an
 endpoint form a FIFO queue; only its head sleeps on the clock, the rest wait on an event until
@@ -68,103 +43,26 @@ import anyio.lowlevel
 import attrs
 
 from ._clock import Clock
-from ._errors import parse_retry_after
+from ._config import RateLimit, check_number
+from ._endpoint_rate import EndpointRate, Waiter, reached
 from ._logging import log
+from ._retry import header_int, parse_reset, retry_delay_from_headers
 
 __all__ = [
     "BudgetStatistics",
     "EndpointStatistics",
     "LocalBudget",
-    "RateLimit",
     "RateWindow",
     "RequestBudget",
-    "parse_reset",
-    "retry_delay_from_headers",
+    "ResponseRecorder",
 ]
 
-#: Venice's per-minute limits are counted over this many seconds.
-_MINUTE = 60.0
-#: Values below this in a reset header are "seconds until the reset", not an epoch.
-_RELATIVE_LIMIT = 1e6
-#: Values at or above this in a reset header are Unix epoch milliseconds.
-_MILLISECONDS_LIMIT = 1e11
 #: First pause after a 429 that carries no usable header; doubles with each consecutive one.
 _DEFAULT_429_PAUSE = 5.0
 #: Venice's lockout after too many failed requests.
 _ERROR_BUDGET_LOCKOUT = 30.0
 #: Pause for an endpoint reporting ``remaining == 0`` without a reset time (unlimited endpoints).
 _UNKNOWN_RESET_PAUSE = 1.0
-#: After a 429 an endpoint's limit drops to this share of what its last window granted.
-_DECREASE = 0.8
-#: 429s within window / this of the last one belong to the same burst: one decrease.
-_DECREASE_SPACING = 12
-#: Relative tolerance when comparing clock readings (float rounding in sleeps and sums).
-_REL_EPS = 1e-12
-
-
-def _reached(deadline: float, now: float) -> bool:
-    """``deadline <= now`` up to float rounding."""
-    return deadline <= now + _REL_EPS * max(1.0, abs(now))
-
-
-@attrs.frozen
-class RateLimit:
-    """The request rate allowed on one endpoint.
-
-    Args:
-        per_minute: at most ``floor(per_minute)`` grants in any window of ``60 + margin``
-            seconds (the hard limit; at least 1).
-        burst: how many grants may go out back to back after a quiet spell; beyond that,
-            grants are paced, at least ``(60 + margin) / floor(per_minute)`` seconds apart.
-            ``None`` means ``max(1, floor(per_minute) // 6)``, ten seconds' worth. Capped
-            at the limit (``burst == limit`` gives the bare sliding-window log).
-        margin: seconds added to the 60 s window to absorb network jitter.
-
-    Raises:
-        ValueError: ``per_minute < 1``, ``burst < 1`` or a negative ``margin``.
-
-    .. versionadded:: 0.1.0
-    """
-
-    per_minute: float = attrs.field()
-    burst: int | None = attrs.field(default=None)
-    margin: float = attrs.field(default=0.5)
-
-    @per_minute.validator
-    def _check_per_minute(self, _: attrs.Attribute[float], value: float) -> None:
-        if not (math.isfinite(value) and value >= 1):
-            raise ValueError(f"per_minute must be a finite number >= 1, got {value!r}")
-
-    @burst.validator
-    def _check_burst(self, _: attrs.Attribute[int | None], value: int | None) -> None:
-        if value is not None and value < 1:
-            raise ValueError(f"burst must be >= 1, got {value!r}")
-
-    @margin.validator
-    def _check_margin(self, _: attrs.Attribute[float], value: float) -> None:
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"margin must be a finite number >= 0, got {value!r}")
-
-    @property
-    def limit(self) -> int:
-        """The hard cap: grants allowed in any :attr:`window`."""
-        return int(self.per_minute)
-
-    @property
-    def window(self) -> float:
-        """Length of the sliding window in seconds (``60 + margin``)."""
-        return _MINUTE + self.margin
-
-    @property
-    def effective_burst(self) -> int:
-        """The burst actually used (the default filled in, capped at :attr:`limit`)."""
-        burst = self.burst if self.burst is not None else max(1, self.limit // 6)
-        return min(burst, self.limit)
-
-    @property
-    def interval(self) -> float:
-        """The closest spacing of paced grants: ``window / limit``."""
-        return self.window / self.limit
 
 
 @attrs.frozen
@@ -190,7 +88,7 @@ class EndpointStatistics:
 
 @attrs.frozen
 class BudgetStatistics:
-    """A snapshot of a :class:`LocalBudget`.
+    """A snapshot of a request budget (:meth:`RequestBudget.statistics`).
 
     Times are ``clock.monotonic()`` readings. ``rate_limited`` counts 429 answers;
     ``paused_seconds`` is the total length of session-wide pauses (429s, exhausted error
@@ -249,17 +147,28 @@ class RateWindow:
 class RequestBudget(Protocol):
     """Decides when a request to an endpoint may be sent, and learns from every answer.
 
-    Endpoints are plain names chosen by the caller (``"queue"``, ``"retrieve"``, ...).
+    Endpoints are plain names chosen by the caller (``"queue"``, ``"retrieve"``, ...). The
+    two calls that may need a shared store (taking a token, learning from an answer) are
+    async; the views read by the poll policy and by progress displays are synchronous
+    snapshots that never wait and never do I/O (a shared store serves them from what its
+    last round trip told it). A budget shared between processes must apply the rules of
+    :class:`LocalBudget` (429 pauses, stated limits, the failed-request window).
 
     .. versionadded:: 0.1.0
     """
 
-    async def acquire(self, endpoint: str) -> None:
-        """Wait until one request to ``endpoint`` may be sent, then take the token (FIFO)."""
+    async def acquire(self, endpoint: str, *, deadline: float | None = None) -> bool:
+        """Wait until one request to ``endpoint`` may be sent, then take the token.
+
+        Waiters of this process are served first come, first served. ``deadline`` is a
+        ``clock.monotonic()`` reading: when no token can be had by then, return ``False``
+        (at once, or when the deadline passes while waiting) without taking one. Returns
+        ``True`` when a token was taken. Cancelling a waiter takes no token.
+        """
         ...
 
-    def try_acquire(self, endpoint: str) -> bool:
-        """Take a token for ``endpoint`` if one is free right now and nobody waits."""
+    async def record_response(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+        """Learn from an answer (any status); ``status=0`` records a transport failure."""
         ...
 
     def next_available(self, endpoint: str) -> float:
@@ -270,327 +179,29 @@ class RequestBudget(Protocol):
         """The endpoint's rate window now (``None``: not rate limited). Takes no token."""
         ...
 
-    def record_response(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
-        """Learn from an answer (any status); ``status=0`` records a transport failure."""
-        ...
-
-    def record_failure(self, endpoint: str) -> None:
-        """Record a transport failure (no HTTP status)."""
-        ...
-
-    def pause(self, seconds: float, *, reason: str) -> None:
-        """Pause every endpoint for ``seconds``."""
-        ...
-
     def statistics(self) -> BudgetStatistics:
         """A frozen snapshot of the budget."""
         ...
 
 
-# --------------------------------------------------------------------------- header parsing
+class ResponseRecorder:
+    """The transport's observer: counts requests per endpoint and tells the budget of each
+    answer (so a 429 pauses the session before the error reaches whoever sent it)."""
 
+    def __init__(self, budget: RequestBudget) -> None:
+        self._budget = budget
+        self.requests: dict[str, int] = {}
 
-def parse_reset(value: str, now_epoch: float) -> float | None:
-    """Seconds from now until the reset time in a rate-limit reset header.
-
-    Venice documents these headers as Unix timestamps, and they have been seen live as Unix
-    **milliseconds**; another page calls one "seconds until reset". The value's magnitude
-    decides, since the three ranges cannot be confused for any date after 1970-01-12:
-
-    * ``>= 1e11``: epoch milliseconds (1e11 ms is March 1973; 1e11 s would be year 5138);
-    * ``>= 1e6``: epoch seconds;
-    * ``< 1e6``: seconds from now (1e6 s is 11.6 days; no epoch is that small).
-
-    A reset in the past gives ``0.0``. Returns ``None`` for a value that is not a finite,
-    non-negative number.
-
-    .. versionadded:: 0.1.0
-    """
-    try:
-        number = float(value.strip())
-    except ValueError:
-        return None
-    if not math.isfinite(number) or number < 0:
-        return None
-    if number >= _MILLISECONDS_LIMIT:
-        delay = number / 1000.0 - now_epoch
-    elif number >= _RELATIVE_LIMIT:
-        delay = number - now_epoch
-    else:
-        delay = number
-    return max(0.0, delay)
-
-
-def _parse_int(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        number = float(value.strip())
-    except ValueError:
-        return None
-    return int(number) if math.isfinite(number) else None
+    async def __call__(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+        self.requests[endpoint] = self.requests.get(endpoint, 0) + 1
+        await self._budget.record_response(endpoint, status, headers)
 
 
 def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
     return {key.lower(): value for key, value in headers.items()}
 
 
-def _exhausted_reset(
-    headers: Mapping[str, str], remaining: str, reset: str, now_epoch: float
-) -> float | None:
-    """The reset delay of a budget, unless its ``remaining`` header says it has room left."""
-    reset_value = headers.get(reset)
-    if reset_value is None:
-        return None
-    left = _parse_int(headers.get(remaining))
-    if left is not None and left > 0:
-        return None
-    return parse_reset(reset_value, now_epoch)
-
-
-def retry_delay_from_headers(
-    headers: Mapping[str, str], now_epoch: float, cap: float
-) -> float | None:
-    """Seconds to wait after a 429, read from its headers; ``None`` when none says.
-
-    Candidates, of which the longest wins (each is a "not before"):
-
-    * ``Retry-After`` (delta-seconds or HTTP date);
-    * ``x-ratelimit-reset-requests``, unless ``x-ratelimit-remaining-requests`` is above 0;
-    * ``x-ratelimit-resets`` (the failed-request budget), unless ``x-ratelimit-remaining``
-      is above 0.
-
-    Reset values are read by :func:`parse_reset`. The result is capped at ``cap`` so a
-    wrong or far-off header cannot stall the session for long; if the limit still holds
-    then, the next 429 says so again. Header names are matched case-insensitively.
-
-    .. versionadded:: 0.1.0
-    """
-    lowered = _lowered(headers)
-    candidates: list[float] = []
-    retry_after = lowered.get("retry-after")
-    if retry_after is not None:
-        seconds = parse_retry_after(retry_after, now_epoch=now_epoch)
-        if seconds is not None:
-            candidates.append(seconds)
-    for remaining, reset in (
-        ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
-        ("x-ratelimit-remaining", "x-ratelimit-resets"),
-    ):
-        seconds = _exhausted_reset(lowered, remaining, reset, now_epoch)
-        if seconds is not None:
-            candidates.append(seconds)
-    if not candidates:
-        return None
-    return min(max(candidates), cap)
-
-
 # --------------------------------------------------------------------------- local budget
-
-
-class _Waiter:
-    __slots__ = ("cancelled", "event")
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.cancelled = False
-
-
-class _Endpoint:
-    """Per-endpoint state: the grant log, the pacing point, the pause and the FIFO queue.
-
-    The effective ``limit`` adapts (AUDIO_API.md section 9: the real limits are uncertain):
-    a limit the API states caps the configured one at once; a 429 lowers it below what was
-    granted in the last window (multiplicative decrease); after a quiet window it climbs
-    back a tenth of the ceiling per window (ten quiet minutes to recover fully).
-    """
-
-    __slots__ = (
-        "allowance",
-        "allowance_until",
-        "burst",
-        "burst_setting",
-        "configured",
-        "granted",
-        "interval",
-        "last_429",
-        "limit",
-        "log",
-        "name",
-        "next_paced",
-        "next_recovery",
-        "paused_seconds",
-        "paused_until",
-        "rate_limited",
-        "stated",
-        "waiters",
-        "waiting",
-        "window",
-    )
-
-    def __init__(self, name: str, rate: RateLimit | None) -> None:
-        self.name = name
-        self.configured = rate.limit if rate is not None else None
-        self.stated: int | None = None
-        self.window = rate.window if rate is not None else _MINUTE
-        # A limit learned for an endpoint configured without one is a bare sliding log.
-        self.burst_setting = rate.effective_burst if rate is not None else None
-        self.limit: int | None = None
-        self.burst = 0
-        self.interval = 0.0
-        self.allowance: int | None = None
-        self.allowance_until = -math.inf
-        self.last_429 = -math.inf
-        self.next_recovery = math.inf
-        self.log: deque[float] = deque()
-        self.next_paced = -math.inf
-        self.paused_until = -math.inf
-        self.waiters: deque[_Waiter] = deque()
-        self.waiting = 0
-        self.granted = 0
-        self.rate_limited = 0
-        self.paused_seconds = 0.0
-        self._set_limit(self.configured)
-
-    def _set_limit(self, limit: int | None) -> None:
-        self.limit = limit
-        if limit is None:
-            self.burst, self.interval = 0, 0.0
-        else:
-            self.burst = min(self.burst_setting or limit, limit)
-            self.interval = self.window / limit
-
-    @property
-    def ceiling(self) -> int | None:
-        """The configured limit, capped by the one the API stated."""
-        if self.stated is None:
-            return self.configured
-        if self.configured is None:
-            return self.stated
-        return min(self.configured, self.stated)
-
-    def state_limit(self, stated: int) -> None:
-        """The API stated this endpoint's limit: the lower of it and ours holds at once."""
-        if stated < 1 or stated == self.stated:
-            return
-        self.stated = stated
-        ceiling = self.ceiling
-        if self.limit is None or (ceiling is not None and ceiling < self.limit):
-            self._set_limit(ceiling)
-
-    def rate_limited_at(self, now: float) -> None:
-        """A 429: go below what the last window granted (by a fifth, then by one per further
-        429 of the same burst; not below an eighth of the ceiling: a 429 caused by another
-        client on the key must not stall this one for minutes)."""
-        self.prune(now)
-        recent = now - self.last_429 < self.window / _DECREASE_SPACING
-        self.last_429 = now
-        self.next_recovery = now + self.window
-        ceiling = self.ceiling
-        floor = max(1, ceiling // 8) if ceiling is not None else 1
-        if recent:
-            # The same burst: each further refusal shows one more grant the server did not
-            # count, so the limit goes down by one more.
-            if self.limit is not None and self.limit > floor:
-                self._set_limit(self.limit - 1)
-            return
-        granted = int(len(self.log) * _DECREASE)
-        if self.limit is None:
-            if granted:
-                self._set_limit(max(floor, granted))
-        else:
-            self._set_limit(max(1, min(self.limit - 1, max(floor, granted))))
-
-    def recover(self, now: float) -> None:
-        ceiling = self.ceiling
-        if self.limit is None or now < self.next_recovery:
-            return
-        if ceiling is None:
-            # Nothing configured or stated: a learned limit is dropped after a quiet window.
-            self._set_limit(None)
-            self.next_recovery = math.inf
-            return
-        if self.limit >= ceiling:
-            self.next_recovery = math.inf
-            return
-        self._set_limit(min(ceiling, self.limit + max(1, ceiling // 10)))
-        self.next_recovery = now + self.window
-
-    def allow(self, remaining: int, until: float) -> None:
-        """The API said ``remaining`` requests are left until ``until``."""
-        self.allowance = max(0, remaining)
-        self.allowance_until = until
-
-    def _allowance_left(self, now: float) -> int | None:
-        if self.allowance is None or self.allowance_until <= now:
-            return None
-        return self.allowance
-
-    def prune(self, now: float) -> None:
-        log, window = self.log, self.window
-        while log and _reached(log[0] + window, now):
-            log.popleft()
-
-    def rate_ready(self, t: float) -> float:
-        """Earliest time >= ``t`` at which the rate limit allows a grant."""
-        self.recover(t)
-        if self._allowance_left(t) == 0:
-            t = max(t, self.allowance_until)
-        if self.limit is None:
-            return t
-        log, count = self.log, len(self.log)
-        # Paced path: the window has room and the pacing point has passed.
-        paced = max(t, self.next_paced)
-        if count >= self.limit:
-            paced = max(paced, log[count - self.limit] + self.window)
-        if count < self.burst:
-            return t
-        # Burst path: enough grants have left the window that pacing no longer applies.
-        unpaced = max(t, log[count - self.burst] + self.window)
-        return min(paced, unpaced)
-
-    def tokens(self, now: float) -> int | None:
-        if self.limit is None:
-            return None
-        count = len(self.log)
-        if count >= self.limit or self._allowance_left(now) == 0:
-            return 0
-        if count < self.burst:
-            return self.burst - count
-        return 1 if _reached(self.next_paced, now) else 0
-
-    def view(self, now: float) -> RateWindow | None:
-        self.recover(now)
-        if self.limit is None:
-            return None
-        self.prune(now)
-        left = self._allowance_left(now)
-        return RateWindow(
-            limit=self.limit,
-            window=self.window,
-            grants=tuple(self.log),
-            allowance=left,
-            allowance_until=self.allowance_until if left is not None else None,
-        )
-
-    def grant(self, now: float) -> None:
-        self.granted += 1
-        if self.allowance is not None and self.allowance > 0:
-            self.allowance -= 1
-        if self.limit is None:
-            return
-        self.prune(now)
-        log = self.log
-        log.append(now)
-        # Spread the free slots evenly until the oldest grant leaves the window (which frees
-        # one more); with the window evenly filled this is the plain interval.
-        free = max(0, self.limit - len(log))
-        self.next_paced = now + max(self.interval, (log[0] + self.window - now) / (free + 1))
-
-
-def _check_positive(name: str, value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 class LocalBudget:
@@ -623,12 +234,9 @@ class LocalBudget:
         failure_margin: int = 5,
     ) -> None:
         limit, window = failure_window
-        if not (math.isfinite(max_retry_after) and max_retry_after >= 0):
-            # 0 is allowed: RetryPolicy.testing() never waits, not even for Retry-After.
-            raise ValueError(
-                f"max_retry_after must be a finite number >= 0, got {max_retry_after!r}"
-            )
-        _check_positive("failure window seconds", window)
+        # 0 is allowed: RetryPolicy.testing() never waits, not even for Retry-After.
+        check_number("max_retry_after", max_retry_after, inclusive=True)
+        check_number("failure window seconds", window)
         if limit - failure_margin < 1:
             raise ValueError(
                 f"failure_window limit minus failure_margin must be >= 1, "
@@ -638,8 +246,8 @@ class LocalBudget:
         self._max_retry_after = float(max_retry_after)
         self._failure_threshold = limit - failure_margin
         self._failure_window = float(window)
-        self._endpoints: dict[str, _Endpoint] = {
-            name: _Endpoint(name, rate) for name, rate in rates.items()
+        self._endpoints: dict[str, EndpointRate] = {
+            name: EndpointRate(name, rate) for name, rate in rates.items()
         }
         self._paused_until = -math.inf
         self._pause_reason: str | None = None
@@ -655,22 +263,22 @@ class LocalBudget:
     def __repr__(self) -> str:
         return f"LocalBudget(endpoints={sorted(self._endpoints)!r})"
 
-    def _endpoint(self, name: str) -> _Endpoint:
+    def _endpoint(self, name: str) -> EndpointRate:
         state = self._endpoints.get(name)
         if state is None:
-            state = self._endpoints[name] = _Endpoint(name, None)
+            state = self._endpoints[name] = EndpointRate(name, None)
         return state
 
-    def _ready_at(self, state: _Endpoint, now: float) -> float:
+    def _ready_at(self, state: EndpointRate, now: float) -> float:
         t = max(now, self._paused_until, self._failure_paused_until, state.paused_until)
         return state.rate_ready(t)
 
-    def _grant(self, state: _Endpoint, now: float) -> None:
+    def _grant(self, state: EndpointRate, now: float) -> None:
         state.grant(now)
         self._granted += 1
 
     @staticmethod
-    def _promote(state: _Endpoint) -> None:
+    def _promote(state: EndpointRate) -> None:
         waiters = state.waiters
         while waiters and waiters[0].cancelled:
             waiters.popleft()
@@ -679,35 +287,50 @@ class LocalBudget:
 
     # ------------------------------------------------------------------ taking tokens
 
-    async def acquire(self, endpoint: str) -> None:
+    async def acquire(self, endpoint: str, *, deadline: float | None = None) -> bool:
         """Wait until one request to ``endpoint`` may be sent, then take the token.
 
         Waiters are served first come, first served. Cancelling a waiter takes no token and
-        lets the next one move up.
+        lets the next one move up. With ``deadline`` (a ``clock.monotonic()`` reading), give
+        up and return ``False`` as soon as the token would come later than that, or when
+        the deadline passes while others are served first.
         """
         state = self._endpoint(endpoint)
         clock = self._clock
         await anyio.lowlevel.checkpoint_if_cancelled()
+        now = clock.monotonic()
         if not state.waiters:
-            now = clock.monotonic()
-            if _reached(self._ready_at(state, now), now):
+            ready = self._ready_at(state, now)
+            if reached(ready, now):
                 self._grant(state, now)
-                return
-        waiter = _Waiter()
+                return True
+            if deadline is not None and not reached(ready, deadline):
+                return False
+        elif deadline is not None and reached(deadline, now):
+            return False
+        waiter = Waiter()
         state.waiters.append(waiter)
         state.waiting += 1
         granted = False
         try:
             if state.waiters[0] is not waiter:
-                await waiter.event.wait()
+                if deadline is None:
+                    await waiter.event.wait()
+                else:
+                    await clock.wait(waiter.event, deadline - now)
+                    if state.waiters[0] is not waiter:
+                        return False  # the deadline passed before the others were served
             while True:
                 now = clock.monotonic()
                 ready = self._ready_at(state, now)
-                if _reached(ready, now):
+                if reached(ready, now):
                     break
+                if deadline is not None and not reached(ready, deadline):
+                    return False
                 await clock.sleep(ready - now)
             self._grant(state, now)
             granted = True
+            return True
         finally:
             state.waiting -= 1
             if state.waiters and state.waiters[0] is waiter:
@@ -717,12 +340,15 @@ class LocalBudget:
                 waiter.cancelled = True
 
     def try_acquire(self, endpoint: str) -> bool:
-        """Take a token for ``endpoint`` if one is free now and nobody is waiting for one."""
+        """Take a token for ``endpoint`` if one is free now and nobody is waiting for one.
+
+        (LocalBudget's own: not part of :class:`RequestBudget`.)
+        """
         state = self._endpoint(endpoint)
         if state.waiters:
             return False
         now = self._clock.monotonic()
-        if not _reached(self._ready_at(state, now), now):
+        if not reached(self._ready_at(state, now), now):
             return False
         self._grant(state, now)
         return True
@@ -739,7 +365,19 @@ class LocalBudget:
 
     def window(self, endpoint: str) -> RateWindow | None:
         """The endpoint's rate window now; ``None`` for an endpoint without a limit."""
-        return self._endpoint(endpoint).view(self._clock.monotonic())
+        state, now = self._endpoint(endpoint), self._clock.monotonic()
+        state.recover(now)
+        if state.limit is None:
+            return None
+        state.prune(now)
+        left = state.allowance_left(now)
+        return RateWindow(
+            limit=state.limit,
+            window=state.window,
+            grants=tuple(state.log),
+            allowance=left,
+            allowance_until=state.allowance_until if left is not None else None,
+        )
 
     # ------------------------------------------------------------------ learning
 
@@ -752,8 +390,8 @@ class LocalBudget:
         self._pause_reason = reason
         return True
 
-    def record_response(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
-        """Learn from an answer to a request to ``endpoint``.
+    async def record_response(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+        """Learn from an answer to a request to ``endpoint`` (never waits).
 
         * 2xx: resets the count of consecutive 429s.
         * 429: pauses every endpoint for :func:`retry_delay_from_headers` seconds (capped
@@ -793,10 +431,10 @@ class LocalBudget:
                 )
             state.rate_limited_at(now)
 
-        stated = _parse_int(lowered.get("x-ratelimit-limit-requests"))
+        stated = header_int(lowered.get("x-ratelimit-limit-requests"))
         if stated is not None:
             state.state_limit(stated)
-        left = _parse_int(lowered.get("x-ratelimit-remaining-requests"))
+        left = header_int(lowered.get("x-ratelimit-remaining-requests"))
         reset = lowered.get("x-ratelimit-reset-requests")
         delay_or_none = parse_reset(reset, now_epoch) if reset is not None else None
         if left is not None and left > 0 and delay_or_none is not None:
@@ -812,7 +450,7 @@ class LocalBudget:
                 state.paused_until = until
                 log.debug("%s has no requests left: pausing it for %.2f s", endpoint, delay)
 
-        left = _parse_int(lowered.get("x-ratelimit-remaining"))
+        left = header_int(lowered.get("x-ratelimit-remaining"))
         if left is not None and left <= 0:
             reset = lowered.get("x-ratelimit-resets")
             delay_or_none = parse_reset(reset, now_epoch) if reset is not None else None
@@ -828,13 +466,9 @@ class LocalBudget:
         if status >= 400 or status < 100:
             self._add_failure(now)
 
-    def record_failure(self, endpoint: str) -> None:
-        """Record a transport failure on ``endpoint`` (same as ``record_response(.., 0, {})``)."""
-        self.record_response(endpoint, 0, {})
-
     def _prune_failures(self, now: float) -> None:
         failures, window = self._failures, self._failure_window
-        while failures and _reached(failures[0] + window, now):
+        while failures and reached(failures[0] + window, now):
             failures.popleft()
 
     def _add_failure(self, now: float) -> None:
@@ -860,6 +494,8 @@ class LocalBudget:
 
     def pause(self, seconds: float, *, reason: str) -> None:
         """Pause every endpoint for ``seconds`` (extends, never shortens, a current pause).
+
+        (LocalBudget's own: not part of :class:`RequestBudget`.)
 
         Raises:
             ValueError: ``seconds`` is not a number.

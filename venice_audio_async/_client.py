@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import types
 
-import aiohttp
-
 from ._audio import AudioSink, MemorySink
 from ._config import DEFAULT_BASE_URL, Limits, Timeouts
 from ._converters import (
@@ -21,7 +19,7 @@ from ._converters import (
     structure_quote,
     unstructure_request,
 )
-from ._http import HttpTransport, JsonAnswer, ResponseObserver, require_asyncio
+from ._http import HttpSession, HttpTransport, JsonAnswer, require_asyncio
 from ._models import (
     AudioModel,
     AudioResult,
@@ -56,9 +54,8 @@ class VeniceClient:
         base_url: str = DEFAULT_BASE_URL,
         timeouts: Timeouts | None = None,
         limits: Limits | None = None,
-        http_session: aiohttp.ClientSession | None = None,
+        http_session: HttpSession | None = None,
         allow_insecure_http: bool = False,
-        observer: ResponseObserver | None = None,
     ) -> None:
         self.limits = limits or Limits()
         self._transport = HttpTransport(
@@ -68,11 +65,15 @@ class VeniceClient:
             limits=self.limits,
             session=http_session,
             allow_insecure_http=allow_insecure_http,
-            observer=observer,
         )
 
     def __repr__(self) -> str:
         return f"<VeniceClient base_url={self._transport.base_url!r}>"
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL."""
+        return self._transport.base_url
 
     @property
     def transport(self) -> HttpTransport:

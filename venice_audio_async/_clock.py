@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 import time
 from typing import Protocol, runtime_checkable
 
 import anyio
+
+from ._config import check_number
 
 __all__ = ["Clock", "ManualClock", "ScaledClock", "SystemClock"]
 
@@ -80,8 +81,7 @@ class ScaledClock:
     """
 
     def __init__(self, scale: float) -> None:
-        if not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"scale must be a positive number, got {scale!r}")
+        check_number("scale", scale)
         self.scale = scale
 
     def monotonic(self) -> float:

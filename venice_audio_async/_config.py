@@ -15,22 +15,39 @@ import attrs
 __all__ = [
     "DEFAULT_BASE_URL",
     "Limits",
+    "RateLimit",
     "RateLimits",
     "RetryPolicy",
     "Timeouts",
+    "check_number",
+    "endpoint_rates",
 ]
 
 DEFAULT_BASE_URL = "https://api.venice.ai/api/v1"
 
+#: Venice's per-minute limits are counted over this many seconds.
+MINUTE = 60.0
+
+
+def check_number(name: str, value: float, *, minimum: float = 0.0, inclusive: bool = False) -> None:
+    """The one check for a setting that must be a finite number above ``minimum`` (or at
+    least ``minimum`` when ``inclusive``).
+
+    Raises:
+        ValueError: naming the setting and the value.
+    """
+    if not (math.isfinite(value) and (value >= minimum if inclusive else value > minimum)):
+        relation = ">=" if inclusive else ">"
+        raise ValueError(f"{name} must be a finite number {relation} {minimum:g}, got {value!r}")
+
 
 def _positive(_: object, attribute: attrs.Attribute[float], value: float | None) -> None:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be a positive number, got {value!r}")
+    if value is not None:
+        check_number(attribute.name, value)
 
 
 def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+    check_number(attribute.name, value, inclusive=True)
 
 
 @attrs.frozen(kw_only=True)
@@ -66,10 +83,12 @@ class Timeouts:
 class RetryPolicy:
     """How failed requests are retried (never ``queue`` after the request may have been sent).
 
-    Waits grow exponentially from ``initial_backoff`` to ``max_backoff`` with ``jitter``
-    (a fraction of each wait, randomised). A server's ``Retry-After`` is honoured up to
-    ``max_retry_after``. ``attempts`` counts the first try. :meth:`testing` gives a policy
-    that never waits, for tests.
+    A 429 is not a failed attempt on any endpoint: the session waits for the pause its
+    headers ask for (capped by ``max_retry_after``) and sends the request again (the rules
+    are in ``_retry.decide``). Waits grow exponentially from ``initial_backoff`` to
+    ``max_backoff`` with ``jitter`` (a fraction of each wait, randomised). A server's
+    ``Retry-After`` is honoured up to ``max_retry_after``. ``attempts`` counts the first
+    try. :meth:`testing` gives a policy that never waits, for tests.
 
     .. versionadded:: 0.1.0
     """
@@ -101,6 +120,60 @@ class RetryPolicy:
         """The wait before retry number ``retry`` (1-based); ``random_fraction`` in [0, 1)."""
         base = min(self.max_backoff, self.initial_backoff * self.multiplier ** max(0, retry - 1))
         return max(0.0, base * (1.0 - self.jitter / 2 + self.jitter * random_fraction))
+
+
+@attrs.frozen
+class RateLimit:
+    """The request rate allowed on one endpoint.
+
+    Args:
+        per_minute: at most ``floor(per_minute)`` grants in any window of ``60 + margin``
+            seconds (the hard limit; at least 1).
+        burst: how many grants may go out back to back after a quiet spell; beyond that,
+            grants are paced, at least ``(60 + margin) / floor(per_minute)`` seconds apart.
+            ``None`` means ``max(1, floor(per_minute) // 6)``, ten seconds' worth. Capped
+            at the limit (``burst == limit`` gives the bare sliding-window log).
+        margin: seconds added to the 60 s window to absorb network jitter.
+
+    Raises:
+        ValueError: ``per_minute < 1``, ``burst < 1`` or a negative ``margin``.
+
+    .. versionadded:: 0.1.0
+    """
+
+    per_minute: float = attrs.field()
+    burst: int | None = attrs.field(default=None)
+    margin: float = attrs.field(default=0.5, validator=_non_negative)
+
+    @per_minute.validator
+    def _check_per_minute(self, attribute: attrs.Attribute[float], value: float) -> None:
+        check_number(attribute.name, value, minimum=1, inclusive=True)
+
+    @burst.validator
+    def _check_burst(self, _: attrs.Attribute[int | None], value: int | None) -> None:
+        if value is not None and value < 1:
+            raise ValueError(f"burst must be >= 1, got {value!r}")
+
+    @property
+    def limit(self) -> int:
+        """The hard cap: grants allowed in any :attr:`window`."""
+        return int(self.per_minute)
+
+    @property
+    def window(self) -> float:
+        """Length of the sliding window in seconds (``60 + margin``)."""
+        return MINUTE + self.margin
+
+    @property
+    def effective_burst(self) -> int:
+        """The burst actually used (the default filled in, capped at :attr:`limit`)."""
+        burst = self.burst if self.burst is not None else max(1, self.limit // 6)
+        return min(burst, self.limit)
+
+    @property
+    def interval(self) -> float:
+        """The closest spacing of paced grants: ``window / limit``."""
+        return self.window / self.limit
 
 
 @attrs.frozen(kw_only=True)
@@ -176,3 +249,20 @@ class Limits:
             return min(self.max_concurrent_polls, self.max_concurrent_requests)
         carried = min(self.max_connections, self.max_concurrent_requests)
         return max(1, carried - max(1, carried // 4))
+
+
+def endpoint_rates(limits: RateLimits) -> dict[str, RateLimit]:
+    """The :class:`RateLimit` of each endpoint ``limits`` limits (a budget's ``rates``)."""
+    pairs = {
+        "queue": limits.queue_per_minute,
+        "retrieve": limits.retrieve_per_minute,
+        "quote": limits.quote_per_minute,
+        "complete": limits.complete_per_minute,
+    }
+    # Retrieves are not paced by the budget: the poll policy's price spreads them over the
+    # window (a burst of due jobs may use the whole window; the price keeps back for later).
+    return {
+        endpoint: RateLimit(per_minute=rate, burst=int(rate) if endpoint == "retrieve" else None)
+        for endpoint, rate in pairs.items()
+        if rate
+    }

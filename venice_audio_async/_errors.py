@@ -4,7 +4,7 @@
 
     VeniceError
      ├── RequestValidationError (ValueError)      bad input, caught before any request
-     ├── SessionStateError (RuntimeError)         session not open / already closed
+     ├── SessionStateError (RuntimeError)         session not open / closed, client closed
      ├── AsyncioRequiredError (RuntimeError)      used outside asyncio (trio, ...)
      ├── MissingAPIKeyError                       no key for a call that needs one
      ├── SpendLimitExceeded                       the job would exceed max_spend_usd
@@ -46,9 +46,7 @@ any header mapping reaches an exception.
 
 from __future__ import annotations
 
-import email.utils
 import json
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -132,7 +130,8 @@ class RequestValidationError(VeniceError, ValueError):
 
 
 class SessionStateError(VeniceError, RuntimeError):
-    """The session is used while not open (before ``async with`` or after closing).
+    """The session is used while not open (before ``async with`` or after closing), or a
+    :class:`~venice_audio_async.VeniceClient` after it was closed.
 
     .. versionadded:: 0.1.0
     """
@@ -440,30 +439,6 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
 }
 
 
-def parse_retry_after(value: str | None, *, now_epoch: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header; ``None`` when absent or unreadable.
-
-    Venice sends delta-seconds. The HTTP-date form is understood when ``now_epoch`` (the
-    current Unix time) is given; a date in the past means "now" (0).
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        if now_epoch is None:
-            return None
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = max(0.0, when.timestamp() - now_epoch)
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
-
-
 def _parse_body(raw: bytes) -> Any:
     text = raw.decode("utf-8", errors="replace")
     try:
@@ -479,12 +454,18 @@ def support_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def error_from_response(
-    status: int, raw_body: bytes, headers: Mapping[str, str], *, endpoint: str | None = None
+    status: int,
+    raw_body: bytes,
+    headers: Mapping[str, str],
+    *,
+    endpoint: str | None = None,
+    retry_after: float | None = None,
 ) -> APIStatusError:
     """Build the most specific :class:`APIStatusError` for an HTTP error answer.
 
     Works whatever the body is: JSON with ``error`` (and ``details`` as a tree or a string),
-    JSON without it, HTML from a proxy, or nothing at all.
+    JSON without it, HTML from a proxy, or nothing at all. ``retry_after`` (seconds, read
+    from the headers by the transport) goes on a :class:`RateLimitError`.
     """
     body = _parse_body(raw_body) if raw_body else None
     message: str | None = None
@@ -516,6 +497,6 @@ def error_from_response(
             body=body,
             headers=kept,
             endpoint=endpoint,
-            retry_after=parse_retry_after(kept.get("retry-after")),
+            retry_after=retry_after,
         )
     return cls(message, status_code=status, body=body, headers=kept, endpoint=endpoint)

@@ -34,6 +34,7 @@ from statistics import NormalDist
 import attrs
 
 from ._belief import RunTimeBelief
+from ._config import check_number
 
 __all__ = ["DurationEstimator", "ModelDurationStats", "PollingBounds"]
 
@@ -46,12 +47,6 @@ _EM_STEPS = 12
 #: Pseudo observations of the prior spread in every fit.
 _PRIOR_WEIGHT = 5
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-def check_positive(name: str, value: float) -> None:
-    """The one check for settings that must be a positive, finite number."""
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -92,8 +87,8 @@ class PollingBounds:
 
     def __attrs_post_init__(self) -> None:
         for name in ("min_interval", "max_interval", "first_poll", "delay_per_poll"):
-            check_positive(name, getattr(self, name))
-        check_positive("retrieve_share", self.retrieve_share)
+            check_number(name, getattr(self, name))
+        check_number("retrieve_share", self.retrieve_share)
         if self.retrieve_share > 1:
             raise ValueError(f"retrieve_share must be at most 1, got {self.retrieve_share!r}")
         if self.min_interval > self.max_interval:
@@ -260,7 +255,7 @@ class DurationEstimator:
         min_samples: int = 10,
         max_samples: int = 200,
     ) -> None:
-        check_positive("prior_spread", prior_spread)
+        check_number("prior_spread", prior_spread)
         if min_samples < 2 or max_samples < min_samples:
             raise ValueError(
                 f"need 2 <= min_samples <= max_samples, got {min_samples}, {max_samples}"

@@ -48,6 +48,7 @@ from ._errors import (
     MalformedResponse,
     RequestTimeout,
     ResponseTooLarge,
+    SessionStateError,
     TransportError,
     TruncatedResponse,
     VeniceError,
@@ -56,12 +57,17 @@ from ._errors import (
 )
 from ._logging import RequestAttempt, configure_from_environment, current_attempt, log
 from ._models import AudioResult, VeniceHeaders, format_for_media_type
+from ._retry import parse_retry_after
 
-__all__ = ["HttpTransport", "JsonAnswer", "ResponseObserver", "require_asyncio"]
+__all__ = ["HttpSession", "HttpTransport", "JsonAnswer", "ResponseObserver", "require_asyncio"]
 
-#: Called with (endpoint, status, headers) for every answer, and (endpoint, 0, {}) for a
-#: transport failure; the scheduler's request budget learns from it.
-ResponseObserver = Callable[[str, int, Mapping[str, str]], None]
+#: Awaited with (endpoint, status, headers) for every answer, and (endpoint, 0, {}) for a
+#: transport failure, before the answer (or its error) is handed over: the request budget
+#: learns from it (see ``_budget.ResponseRecorder``).
+ResponseObserver = Callable[[str, int, Mapping[str, str]], Awaitable[None]]
+
+#: A caller's own aiohttp session, for the layers above to name without importing aiohttp.
+HttpSession = aiohttp.ClientSession
 
 _ERROR_BODY_LIMIT = 64 * 1024
 _CHUNK = 64 * 1024
@@ -357,7 +363,6 @@ class HttpTransport:
         limits: Limits,
         session: aiohttp.ClientSession | None = None,
         allow_insecure_http: bool = False,
-        observer: ResponseObserver | None = None,
     ) -> None:
         configure_from_environment()  # VENICE_AUDIO_LOG, read once per process
         self._api_key = api_key
@@ -366,7 +371,7 @@ class HttpTransport:
         self._limits = limits
         self._session = session
         self._owns_session = session is None
-        self._observer = observer
+        self._observer: ResponseObserver | None = None
         self._closed = False
         self.user_agent = (
             f"venice-audio-async/{_version()} aiohttp/{aiohttp.__version__} "
@@ -386,7 +391,7 @@ class HttpTransport:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._closed:
-            raise RuntimeError("the transport is closed")
+            raise SessionStateError("the client is closed; create a new one")
         if self._session is None:
             require_asyncio("VeniceClient")
             connector = aiohttp.TCPConnector(
@@ -410,9 +415,9 @@ class HttpTransport:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return headers
 
-    def _notify(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+    async def _notify(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
         if self._observer is not None:
-            self._observer(endpoint, status, headers)
+            await self._observer(endpoint, status, headers)
 
     def _timeout(self, *, download: bool) -> aiohttp.ClientTimeout:
         t = self._timeouts
@@ -454,7 +459,10 @@ class HttpTransport:
                 endpoint=endpoint,
             )
         raw = await _read_up_to(response.content, _ERROR_BODY_LIMIT)
-        return error_from_response(response.status, raw, headers, endpoint=endpoint)
+        retry_after = parse_retry_after(headers.get("retry-after"))
+        return error_from_response(
+            response.status, raw, headers, endpoint=endpoint, retry_after=retry_after
+        )
 
     async def _json_body(self, endpoint: str, response: aiohttp.ClientResponse) -> bytes:
         """The whole JSON body, refused past ``Limits.max_json_bytes`` without reading on.
@@ -506,15 +514,15 @@ class HttpTransport:
                     outcome.status = response.status
                 if response.status >= 300:
                     error = await self._error(endpoint, response)
-                    self._notify(endpoint, response.status, headers)
+                    await self._notify(endpoint, response.status, headers)
                     raise error
                 yield response, headers
         except VeniceError:
             raise  # already ours (some are TimeoutErrors: not to be translated again)
         except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError) as exc:
-            self._notify(endpoint, 0, {})
+            await self._notify(endpoint, 0, {})
             raise self._translate(endpoint, exc) from exc
-        self._notify(endpoint, response.status, headers)
+        await self._notify(endpoint, response.status, headers)
 
     @staticmethod
     def _json(endpoint: str, status: int, headers: dict[str, str], raw: bytes) -> JsonAnswer:
@@ -599,7 +607,7 @@ class HttpTransport:
                     outcome.detail = f"{audio.format} audio, {audio.size} bytes"
                     return audio
         if answer is None:  # only the status deadline ends the scope without an answer
-            self._notify(endpoint, 0, {})
+            await self._notify(endpoint, 0, {})
             raise RequestTimeout(
                 f"{endpoint} request to {self._base.host}: no status answer within "
                 f"{limit} s (Timeouts.status)",

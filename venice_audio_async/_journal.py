@@ -32,22 +32,17 @@ The guarantees around it:
   and retried by :meth:`flush` (the session does so in the background, with backoff)
   until it lands, when the row's ``delayed_writes`` says it came late; :meth:`aclose`
   tries once more and logs the ids of whatever still could not be written.
-* No ``sqlite3`` exception leaves this module: each is a :class:`JournalError`.
+* No ``sqlite3`` exception leaves the journal: each is a :class:`JournalError`.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import enum
 import json
-import logging
 import os
 import sqlite3
-import threading
-from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -56,48 +51,11 @@ import attrs
 from ._clock import Clock, SystemClock
 from ._converters import unstructure_request
 from ._errors import JournalError
+from ._journal_db import DelayedWrite, JournalStore, connect
 from ._models import QueueRequest
-from ._owner_lock import OwnerLock, lock_path_for
+from ._owner_lock import OwnerLock
 
 __all__ = ["JobState", "Journal", "JournalEntry"]
-
-log = logging.getLogger("venice_audio_async")
-
-T = TypeVar("T")
-
-#: Written to ``PRAGMA user_version`` at each open: the schema's version, and a write that
-#: proves the file and its folder are writable before anything is sent.
-_SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    key           TEXT UNIQUE,
-    request       TEXT NOT NULL,
-    model         TEXT NOT NULL,
-    state         TEXT NOT NULL,
-    queue_id      TEXT UNIQUE,
-    destination   TEXT,
-    name          TEXT,
-    estimate_usd  REAL,
-    path          TEXT,
-    size          INTEGER,
-    content_type  TEXT,
-    error         TEXT,
-    error_type    TEXT,
-    error_status  INTEGER,
-    released      INTEGER NOT NULL DEFAULT 0,
-    created_at    REAL NOT NULL,
-    queued_at     REAL,
-    finished_at   REAL,
-    delayed_writes INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
-"""
-
-#: Columns added after the first release, with their definitions (journals written by an
-#: earlier version get them at open).
-_ADDED_COLUMNS = {"delayed_writes": "INTEGER NOT NULL DEFAULT 0"}
 
 
 class JobState(str, enum.Enum):
@@ -113,8 +71,9 @@ class JobState(str, enum.Enum):
 
     @property
     def maybe_billed(self) -> bool:
-        """Whether money may have been spent on this job."""
-        return self in (JobState.SENDING, JobState.QUEUED, JobState.UNKNOWN, JobState.SUCCEEDED)
+        """Whether money may have been spent on this job: every job that may have been
+        created (queued, and whatever came after), not only those that succeeded."""
+        return self not in (JobState.INTENT, JobState.REJECTED)
 
 
 @attrs.frozen
@@ -175,137 +134,6 @@ def _row_to_entry(row: sqlite3.Row) -> JournalEntry:
     )
 
 
-def _advice(error: sqlite3.Error) -> str:
-    """What to do about a SQLite error, in a user's words."""
-    text = str(error).lower()
-    if "locked" in text or "busy" in text:
-        return (
-            "another program holds the database locked (an sqlite3 shell, a database "
-            "browser, a backup tool?); close it and try again"
-        )
-    if "readonly" in text or "read-only" in text:
-        return "the journal file or its folder is read-only; make both writable and try again"
-    if "unable to open" in text:
-        return (
-            "its folder must be writable (SQLite keeps -wal and -shm files beside the "
-            "journal); check the folder's permissions and try again"
-        )
-    if "full" in text:
-        return "the disk is full; free some space and try again"
-    if "not a database" in text or "malformed" in text or "corrupt" in text:
-        return (
-            "the file is damaged: keep a copy (the sqlite3 shell's .recover may save its "
-            "rows), move it away and start a new journal"
-        )
-    return "check the file, its folder and the free disk space, then try again"
-
-
-def _empty_journal(target: Path) -> JournalError:
-    return JournalError(
-        f"the journal {target} is empty (0 bytes): it was truncated, so the jobs it "
-        "recorded cannot be read from it. Nothing was sent. Keep the folder's "
-        "manifest.jsonl if there is one (it lists their queue ids); move the empty file "
-        "away to start a new journal",
-        path=str(target),
-    )
-
-
-def _open_error(target: Path, error: sqlite3.Error) -> JournalError:
-    return JournalError(
-        f"cannot use the journal {target}: {error}. Nothing was sent; {_advice(error)}",
-        path=str(target),
-    )
-
-
-def _open_database(
-    target: Path, *, create: bool, used: bool, busy_timeout: float
-) -> sqlite3.Connection:
-    """Connect and check the schema; the caller holds the owner lock. Blocking.
-
-    ``used``: the journal was opened before (its lock file existed), so an empty file is
-    one that lost its contents, not one just made with ``touch`` or ``mkstemp``.
-    """
-    where = str(target)
-    existed = target.exists()
-    if existed and target.stat().st_size == 0 and (used or not create):
-        raise _empty_journal(target)
-    try:
-        db = sqlite3.connect(
-            target, check_same_thread=False, isolation_level=None, timeout=busy_timeout
-        )
-    except sqlite3.Error as error:
-        raise _open_error(target, error) from error
-    try:
-        db.row_factory = sqlite3.Row
-        tables = {
-            row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        }
-        # An empty database may become a journal when asked to create one; anything else
-        # without a jobs table is someone else's file, or nothing to resume.
-        if existed and "jobs" not in tables and (tables or not create):
-            raise JournalError(
-                f"{target} is not a venice-audio journal (it has no jobs table), so there "
-                "is nothing to resume from it. Nothing was sent; check the path",
-                path=where,
-            )
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
-        columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-        for name, definition in _ADDED_COLUMNS.items():
-            if name not in columns:
-                db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        db.execute(f"PRAGMA user_version = {max(version, _SCHEMA_VERSION)}")
-    except sqlite3.Error as error:
-        db.close()
-        raise _open_error(target, error) from error
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def _connect(
-    target: Path, *, create: bool, busy_timeout: float
-) -> tuple[sqlite3.Connection, OwnerLock]:
-    """Take the owner lock, then open the database. Blocking."""
-    where = str(target)
-    if target.is_dir():
-        raise JournalError(f"{target} is a folder, not a journal file", path=where)
-    if not create and not target.exists():
-        raise JournalError(f"there is no journal at {target}; nothing to resume", path=where)
-    if not create and target.stat().st_size == 0:
-        raise _empty_journal(target)  # refused before its lock file is made
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise JournalError(
-            f"cannot create the journal's folder {target.parent}: {error.strerror}",
-            path=where,
-        ) from error
-    used = lock_path_for(target).exists()
-    lock = OwnerLock.acquire(target)
-    try:
-        db = _open_database(target, create=create, used=used, busy_timeout=busy_timeout)
-        return db, lock
-    except BaseException:
-        lock.release()
-        raise
-
-
-@attrs.define
-class _DelayedWrite:
-    """A write made after a request left, kept until it lands."""
-
-    sql: str
-    params: tuple[Any, ...]
-    what: str  # names the job for logs: "queue_id q-1 of job 3"
-    column: str  # "id" or "queue_id": where to note that the row's record came late
-    key: Any
-    on_conflict: tuple[str, tuple[Any, ...]] | None = None
-
-
 class Journal:
     """The SQLite job journal. Open with ``await Journal.open(path)``; close with ``aclose``
     (or use it as an async context manager).
@@ -325,19 +153,11 @@ class Journal:
         *,
         lock: OwnerLock | None = None,
     ) -> None:
-        self._db = connection
+        self._store = JournalStore(connection, path, lock)
         self.path = path
         # Timestamps come from the session's clock (Unix seconds, or scaled ones in tests),
         # so a resumed job's elapsed time is measured in the scheduler's own units.
         self._clock: Clock = clock or SystemClock()
-        self._owner_lock = lock
-        self._lock = threading.Lock()
-        self._limiter = anyio.CapacityLimiter(1)
-        self._closed = False
-        self._pending: collections.deque[_DelayedWrite] = collections.deque()
-        self._pending_event: anyio.Event | None = None
-        #: Writes that could not be made when asked (each logged as a warning).
-        self.write_failures = 0
 
     def __repr__(self) -> str:
         return f"<Journal {str(self.path)!r}>"
@@ -364,12 +184,12 @@ class Journal:
         """
         target = Path(path)
 
-        def connect() -> tuple[sqlite3.Connection, OwnerLock]:
-            return _connect(target, create=create, busy_timeout=busy_timeout)
+        def opening() -> tuple[sqlite3.Connection, OwnerLock]:
+            return connect(target, create=create, busy_timeout=busy_timeout)
 
         # Shielded: an open abandoned half-way would keep the lock until the process exits.
         with anyio.CancelScope(shield=True):
-            db, lock = await anyio.to_thread.run_sync(connect)
+            db, lock = await anyio.to_thread.run_sync(opening)
         return cls(db, target, clock, lock=lock)
 
     async def __aenter__(self) -> Journal:
@@ -383,53 +203,7 @@ class Journal:
 
         Idempotent. Writes that still cannot be made are logged with their queue ids.
         """
-        if self._closed:
-            return
-        self._closed = True
-        if await self.flush():
-            log.error(
-                "journal %s closed with %d write(s) it could not make: %s. Those jobs were "
-                "queued and may be billed: keep these ids (AsyncSession.attach picks a job "
-                "up again)",
-                self.path,
-                len(self._pending),
-                "; ".join(write.what for write in self._pending),
-            )
-
-        def close() -> None:
-            try:
-                self._db.close()
-            finally:
-                if self._owner_lock is not None:
-                    self._owner_lock.release()
-
-        await self._run_raw(close)
-
-    async def _run_raw(self, fn: Callable[[], T]) -> T:
-        def locked() -> T:
-            with self._lock:
-                return fn()
-
-        # Shielded: a write that started must finish, or a paid job could go unrecorded.
-        with anyio.CancelScope(shield=True):
-            result = await anyio.to_thread.run_sync(locked, limiter=self._limiter)
-        return result  # noqa: RET504 (mypy: a cancel scope's __exit__ may swallow)
-
-    async def _run(self, fn: Callable[[], T], what: str) -> T:
-        """Run ``fn`` on the database; a SQLite error becomes a :class:`JournalError`."""
-        if self._closed:
-            raise JournalError(f"the journal {self.path} is closed", path=str(self.path))
-        try:
-            return await self._run_raw(fn)
-        except sqlite3.Error as error:
-            raise JournalError(
-                f"journal {self.path}: could not {what} ({error}); {_advice(error)}",
-                path=str(self.path),
-            ) from error
-
-    async def _execute(self, sql: str, params: Iterable[Any], what: str) -> sqlite3.Cursor:
-        args = tuple(params)
-        return await self._run(lambda: self._db.execute(sql, args), what)
+        await self._store.aclose()
 
     # ------------------------------------------------------------------ writes before sending
 
@@ -450,7 +224,7 @@ class Journal:
         """
         body = json.dumps(unstructure_request(request), sort_keys=True)
         try:
-            cursor = await self._execute(
+            cursor = await self._store.execute(
                 "INSERT INTO jobs (key, request, model, state, destination, name,"
                 " estimate_usd, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -487,7 +261,7 @@ class Journal:
             JournalError: the job is no longer waiting (claimed by another owner, or sent
                 already), or the write failed. Either way it must not be sent.
         """
-        cursor = await self._execute(
+        cursor = await self._store.execute(
             "UPDATE jobs SET state = ? WHERE id = ? AND state = ?",
             (JobState.SENDING.value, row_id, JobState.INTENT.value),
             f"claim job {row_id} before sending it",
@@ -512,7 +286,7 @@ class Journal:
             (was,) if was is not None else (JobState.SENDING, JobState.UNKNOWN, JobState.REJECTED)
         )
         marks = ", ".join("?" for _ in states)
-        cursor = await self._execute(
+        cursor = await self._store.execute(
             "UPDATE jobs SET state = ?, error = NULL, error_type = NULL, error_status = NULL"
             f" WHERE id = ? AND state IN ({marks})",
             (JobState.INTENT.value, row_id, *(s.value for s in states)),
@@ -521,71 +295,6 @@ class Journal:
         return cursor.rowcount == 1
 
     # ------------------------------------------------------------------ writes after sending
-
-    def _apply(self, write: _DelayedWrite, *, late: bool) -> None:
-        """One write in its own transaction (with its "came late" note). Blocking."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            try:
-                db.execute(write.sql, write.params)
-            except sqlite3.IntegrityError:
-                if write.on_conflict is None:
-                    raise
-                log.error(
-                    "journal %s: %s is already recorded for another job", self.path, write.what
-                )
-                db.execute(*write.on_conflict)
-            if late:
-                db.execute(
-                    f"UPDATE jobs SET delayed_writes = delayed_writes + 1 WHERE {write.column} = ?",
-                    (write.key,),
-                )
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            raise
-
-    async def _write_after_send(self, write: _DelayedWrite) -> bool:
-        """Write now if possible; else keep it, in order, for :meth:`flush`. Never raises."""
-        if self._closed:
-            self.write_failures += 1
-            log.error(
-                "journal %s is closed: could not record the %s; keep this id",
-                self.path,
-                write.what,
-            )
-            return False
-        failure: list[sqlite3.Error] = []
-
-        def attempt() -> bool:
-            if self._pending:  # behind earlier writes still waiting, so rows stay consistent
-                self._pending.append(write)
-                return False
-            try:
-                self._apply(write, late=False)
-            except sqlite3.Error as error:
-                failure.append(error)
-                self._pending.append(write)
-                return False
-            return True
-
-        if await self._run_raw(attempt):
-            return True
-        self.write_failures += 1
-        reason = str(failure[0]) if failure else "earlier writes are still waiting"
-        log.warning(
-            "journal %s: could not record the %s yet (%s); the job is tracked and polled, "
-            "and the write is retried until it lands",
-            self.path,
-            write.what,
-            reason,
-        )
-        if self._pending_event is not None:
-            self._pending_event.set()
-        return False
 
     async def mark_queued(self, row_id: int, queue_id: str) -> bool:
         """The API accepted the job. Returns whether it was written now (else: later).
@@ -598,8 +307,8 @@ class Journal:
             f"the server answered queue_id {queue_id}, which the journal already holds for "
             "another job: whether this job exists (and was billed) cannot be told"
         )
-        return await self._write_after_send(
-            _DelayedWrite(
+        return await self._store.write_after_send(
+            DelayedWrite(
                 sql="UPDATE jobs SET state = ?, queue_id = ?, queued_at = ? WHERE id = ?",
                 params=(JobState.QUEUED.value, queue_id, self._clock.time(), row_id),
                 what=f"queue_id {queue_id} of job {row_id}",
@@ -614,8 +323,8 @@ class Journal:
 
     async def mark_unknown(self, row_id: int, error: BaseException) -> bool:
         """The queue answer was lost; the job may exist and be billed."""
-        return await self._write_after_send(
-            _DelayedWrite(
+        return await self._store.write_after_send(
+            DelayedWrite(
                 sql="UPDATE jobs SET state = ?, error = ?, error_type = ? WHERE id = ?",
                 params=(JobState.UNKNOWN.value, str(error), type(error).__name__, row_id),
                 what=f"lost queue answer of job {row_id}",
@@ -626,8 +335,8 @@ class Journal:
 
     async def mark_rejected(self, row_id: int, error: BaseException) -> bool:
         """The API refused the job before creating it (nothing billed)."""
-        return await self._write_after_send(
-            _DelayedWrite(
+        return await self._store.write_after_send(
+            DelayedWrite(
                 sql="UPDATE jobs SET state = ?, error = ?, error_type = ?, error_status = ?"
                 " WHERE id = ?",
                 params=(
@@ -647,8 +356,8 @@ class Journal:
         self, queue_id: str, *, path: str | None, size: int, content_type: str
     ) -> bool:
         """The audio is stored."""
-        return await self._write_after_send(
-            _DelayedWrite(
+        return await self._store.write_after_send(
+            DelayedWrite(
                 sql="UPDATE jobs SET state = ?, path = ?, size = ?, content_type = ?,"
                 " finished_at = ?, error = NULL, error_type = NULL, error_status = NULL"
                 " WHERE queue_id = ?",
@@ -668,8 +377,8 @@ class Journal:
 
     async def mark_failed(self, queue_id: str, error: BaseException) -> bool:
         """The job ended with an error."""
-        return await self._write_after_send(
-            _DelayedWrite(
+        return await self._store.write_after_send(
+            DelayedWrite(
                 sql="UPDATE jobs SET state = ?, error = ?, error_type = ?, error_status = ?,"
                 " finished_at = ? WHERE queue_id = ?",
                 params=(
@@ -688,8 +397,8 @@ class Journal:
 
     async def mark_released(self, queue_id: str) -> bool:
         """The server's copy of the media was released."""
-        return await self._write_after_send(
-            _DelayedWrite(
+        return await self._store.write_after_send(
+            DelayedWrite(
                 sql="UPDATE jobs SET released = 1 WHERE queue_id = ?",
                 params=(queue_id,),
                 what=f"media release of queue_id {queue_id}",
@@ -700,46 +409,30 @@ class Journal:
 
     # ------------------------------------------------------------------ delayed writes
 
+    # ------------------------------------------------------------------ delayed writes
+
+    @property
+    def write_failures(self) -> int:
+        """Writes made after a paid request that failed when asked (each logged)."""
+        return self._store.write_failures
+
     @property
     def pending_writes(self) -> int:
         """Writes made after a paid request that have not landed yet."""
-        return len(self._pending)
+        return self._store.pending_writes
 
     async def flush(self) -> int:
         """Try the delayed writes again, oldest first; returns how many still wait.
 
         Never raises: a write that fails again stays queued with those behind it.
         """
-        if not self._pending:
-            return 0
-        landed: list[_DelayedWrite] = []
-
-        def attempt() -> int:
-            while self._pending:
-                write = self._pending[0]
-                try:
-                    self._apply(write, late=True)
-                except sqlite3.Error:
-                    break
-                self._pending.popleft()
-                landed.append(write)
-            return len(self._pending)
-
-        remaining = await self._run_raw(attempt)
-        for write in landed:
-            log.info("journal %s: the %s is recorded (late)", self.path, write.what)
-        return remaining
+        return await self._store.flush()
 
     async def wait_pending_writes(self) -> None:
         """Return once some write waits to be retried (for the owner's retry task)."""
-        while not self._pending:
-            event = self._pending_event = anyio.Event()
-            await event.wait()
+        await self._store.wait_pending_writes()
 
     # ------------------------------------------------------------------ reads
-
-    async def _fetch(self, sql: str, params: tuple[Any, ...], what: str) -> list[sqlite3.Row]:
-        return await self._run(lambda: self._db.execute(sql, params).fetchall(), what)
 
     async def entries(self, *states: JobState) -> list[JournalEntry]:
         """All entries (or those in ``states``), oldest first.
@@ -753,22 +446,22 @@ class Journal:
             params: tuple[Any, ...] = tuple(s.value for s in states)
         else:
             sql, params = "SELECT * FROM jobs ORDER BY id", ()
-        rows = await self._fetch(sql, params, "read its jobs")
+        rows = await self._store.fetch(sql, params, "read its jobs")
         return [_row_to_entry(row) for row in rows]
 
     async def get(self, row_id: int) -> JournalEntry | None:
         """One entry by journal id."""
-        rows = await self._fetch("SELECT * FROM jobs WHERE id = ?", (row_id,), "read a job")
+        rows = await self._store.fetch("SELECT * FROM jobs WHERE id = ?", (row_id,), "read a job")
         return _row_to_entry(rows[0]) if rows else None
 
     async def by_key(self, key: str) -> JournalEntry | None:
         """The entry recorded with ``key`` (e.g. a batch line), if any."""
-        rows = await self._fetch("SELECT * FROM jobs WHERE key = ?", (key,), "read a job")
+        rows = await self._store.fetch("SELECT * FROM jobs WHERE key = ?", (key,), "read a job")
         return _row_to_entry(rows[0]) if rows else None
 
     async def holds_queue_id(self, queue_id: str) -> bool:
         """Whether some job of the journal already has ``queue_id``."""
-        rows = await self._fetch(
+        rows = await self._store.fetch(
             "SELECT 1 FROM jobs WHERE queue_id = ?", (queue_id,), "look up a queue_id"
         )
         return bool(rows)
@@ -777,7 +470,7 @@ class Journal:
         """The estimated cost of every job that may have been billed."""
         billed = tuple(s.value for s in JobState if s.maybe_billed)
         marks = ", ".join("?" for _ in billed)
-        rows = await self._fetch(
+        rows = await self._store.fetch(
             f"SELECT COALESCE(SUM(estimate_usd), 0) FROM jobs WHERE state IN ({marks})",
             billed,
             "add up its spending",

@@ -32,11 +32,6 @@ class RequestLimiter:
         self.parent = parent
         self._limiter = anyio.CapacityLimiter(total)
 
-    @property
-    def borrowed(self) -> int:
-        """Slots in use."""
-        return int(self._limiter.borrowed_tokens)
-
     async def _acquire(self) -> None:
         try:
             self._limiter.acquire_nowait()

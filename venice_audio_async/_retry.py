@@ -1,35 +1,85 @@
-"""Retrying requests that are safe to repeat (``models``, ``quote``, ``complete``).
+"""When to try a request again, and how long to wait first: the one place that decides.
 
-``queue`` is never retried here: it bills. ``retrieve`` is retried by the scheduler, which
-reschedules the job instead of holding a task. A 429 costs no attempt: the request budget
-has already paused the whole session for ``Retry-After``, so the retry simply waits for it.
+Every failed request goes through :func:`decide`, which gives one of three verdicts:
+
+* ``WAIT``: a 429, on any endpoint. The request budget has already paused the whole
+  session as the answer's headers say (``Retry-After``, the reset headers), so the request
+  simply waits for its next token. It costs no attempt. On ``queue`` too: a 429 means the
+  job was not created, so sending it again cannot bill twice.
+* ``RETRY``: a transient failure (5xx, a dropped or timed-out answer) of a request that is
+  safe to repeat. It costs one of ``RetryPolicy.attempts`` and waits an exponential backoff
+  with jitter first. ``queue`` is repeated only when no job can exist: 503 (at capacity),
+  or a request that certainly never left (connect failed); an answer lost after sending,
+  or a 502/504 from a gateway (the origin may have created the job), is raised, and turned
+  into :class:`~venice_audio_async.QueueOutcomeUnknown` by the submit path, unless
+  ``RetryPolicy.retry_queue_on_ambiguous_failure`` says otherwise.
+* ``RAISE``: anything else (the request was refused, or repeating it cannot help).
+
+:class:`Retrier` runs that loop for one request (``models``, ``quote``, ``complete``,
+``queue``); the scheduler applies the same verdicts to polls, rescheduling the job instead
+of holding a task. The header arithmetic the budget uses to size a pause is here too
+(:func:`parse_retry_after`, :func:`parse_reset`, :func:`retry_delay_from_headers`), as pure
+functions.
 """
 
 from __future__ import annotations
 
+import email.utils
+import enum
+import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
-from ._budget import RequestBudget
 from ._clock import Clock
 from ._config import RetryPolicy
 from ._errors import (
+    APIStatusError,
     RateLimitError,
     ResponseTooLarge,
     ServerError,
+    ServiceUnavailableError,
     TransportError,
     VeniceError,
 )
 from ._limiter import RequestLimiter
 from ._logging import attempt_context, log
 
-__all__ = ["call_idempotent", "is_transient"]
+__all__ = [
+    "Retrier",
+    "Verdict",
+    "decide",
+    "header_int",
+    "is_transient",
+    "parse_reset",
+    "parse_retry_after",
+    "queue_answer_lost",
+    "retry_delay_from_headers",
+]
 
 T = TypeVar("T")
 
-#: A 429 storm would otherwise loop forever; past this many the error is raised.
+#: A 429 storm would otherwise hold one request forever; past this many in a row it raises.
 _MAX_RATE_LIMITED = 20
+#: Values below this in a reset header are "seconds until the reset", not an epoch.
+_RELATIVE_LIMIT = 1e6
+#: Values at or above this in a reset header are Unix epoch milliseconds.
+_MILLISECONDS_LIMIT = 1e11
+#: Gateway errors after which the origin may have created (and billed) a queued job.
+_GATEWAY_STATUSES = (502, 504)
+#: Statuses that invite a poll to be repeated although they are not 5xx.
+_RETRY_POLL_STATUSES = (408, 425)
+
+
+class Verdict(enum.Enum):
+    """What to do after a request failed."""
+
+    RETRY = "retry"  # back off, then send again; costs an attempt
+    WAIT = "wait"  # a 429: send again once the budget allows; costs no attempt
+    RAISE = "raise"
+
+
+# --------------------------------------------------------------------------- the decision
 
 
 def is_transient(error: VeniceError) -> bool:
@@ -42,60 +92,118 @@ def is_transient(error: VeniceError) -> bool:
     return isinstance(error, (ServerError, RateLimitError, TransportError))
 
 
-async def call_idempotent(
-    endpoint: str,
-    send: Callable[[], Awaitable[T]],
-    *,
-    budget: RequestBudget,
-    limiter: RequestLimiter,
-    policy: RetryPolicy,
-    clock: Clock,
-    rng: random.Random | None = None,
-) -> T:
-    """Send ``send()`` within the budget, retrying transient failures per ``policy``.
+def queue_answer_lost(error: VeniceError) -> bool:
+    """Whether a failed ``queue`` may still have created (and billed) its job."""
+    if isinstance(error, ServerError):
+        return error.status_code in _GATEWAY_STATUSES
+    return isinstance(error, TransportError) and error.request_sent
 
-    Raises:
-        VeniceError: the last error once attempts are exhausted, or any permanent one.
+
+def _decide_queue(error: VeniceError, policy: RetryPolicy) -> Verdict:
+    if isinstance(error, ServerError) and error.status_code in _GATEWAY_STATUSES:
+        return Verdict.RAISE  # the origin may have created it before the gateway failed
+    if isinstance(error, ServiceUnavailableError):
+        return Verdict.RETRY  # at capacity: nothing was created
+    if isinstance(error, TransportError):
+        if not error.request_sent:
+            return Verdict.RETRY
+        if policy.retry_queue_on_ambiguous_failure:
+            log.warning("queue answer lost; retrying as configured (may double-bill)")
+            return Verdict.RETRY
+    return Verdict.RAISE
+
+
+def decide(endpoint: str, error: VeniceError, policy: RetryPolicy) -> Verdict:
+    """The verdict on a failed request to ``endpoint`` (see the module docstring)."""
+    if isinstance(error, RateLimitError):
+        return Verdict.WAIT
+    if endpoint == "queue":
+        return _decide_queue(error, policy)
+    if is_transient(error):
+        return Verdict.RETRY
+    if (
+        endpoint == "retrieve"
+        and isinstance(error, APIStatusError)
+        and error.status_code in _RETRY_POLL_STATUSES
+    ):
+        return Verdict.RETRY
+    return Verdict.RAISE
+
+
+class Retrier:
+    """Sends one request within the budget and repeats it as :func:`decide` says.
+
+    ``acquire`` is the request budget's ``acquire``: it waits for a token, through any pause
+    a 429 started. ``rng`` draws the backoff jitter (injected, so tests can fix it).
     """
-    rng = rng or random.Random()
-    failures = rate_limited = 0
-    while True:
-        asked = clock.monotonic()
-        await budget.acquire(endpoint)
-        attempt = failures + rate_limited + 1
-        try:
-            with attempt_context(attempt, wait=clock.monotonic() - asked):
-                async with limiter:
-                    return await send()
-        except RateLimitError as error:
-            rate_limited += 1
-            if rate_limited >= _MAX_RATE_LIMITED:
-                _give_up(endpoint, attempt, error)
-                raise
-            log.info(
-                "%s rate limited (429 number %d); sending again once the session's pause ends",
-                endpoint,
-                rate_limited,
-                extra=_fields(endpoint, attempt, error, None),
-            )
-        except VeniceError as error:
-            if not is_transient(error):
-                raise
-            failures += 1
-            if failures >= policy.attempts:
-                _give_up(endpoint, attempt, error)
-                raise
-            delay = policy.backoff(failures, rng.random())
-            log.info(
-                "%s failed (%s); retry %d of %d in %.2f s",
-                endpoint,
-                type(error).__name__,
-                failures,
-                policy.attempts - 1,
-                delay,
-                extra=_fields(endpoint, attempt, error, delay),
-            )
-            await clock.sleep(delay)
+
+    def __init__(
+        self,
+        *,
+        acquire: Callable[[str], Awaitable[object]],
+        policy: RetryPolicy,
+        clock: Clock,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._acquire = acquire
+        self.policy = policy
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+    def backoff(self, failures: int) -> float:
+        """Seconds to wait before retry number ``failures`` (1-based), with jitter."""
+        return self.policy.backoff(failures, self._rng.random())
+
+    async def call(
+        self, endpoint: str, send: Callable[[], Awaitable[T]], *, limiter: RequestLimiter
+    ) -> T:
+        """``send()`` once a token and a request slot are free, repeated per :func:`decide`.
+
+        Raises:
+            VeniceError: the error of the last attempt, once attempts (or, for 429s,
+                :data:`_MAX_RATE_LIMITED` in a row) are exhausted, or any error to raise.
+        """
+        failures = rate_limited = 0
+        clock = self._clock
+        while True:
+            asked = clock.monotonic()
+            await self._acquire(endpoint)
+            attempt = failures + rate_limited + 1
+            try:
+                with attempt_context(attempt, wait=clock.monotonic() - asked):
+                    async with limiter:
+                        return await send()
+            except VeniceError as error:
+                verdict = decide(endpoint, error, self.policy)
+                if verdict is Verdict.RAISE:
+                    raise
+                if verdict is Verdict.WAIT:
+                    rate_limited += 1
+                    if rate_limited >= _MAX_RATE_LIMITED:
+                        _give_up(endpoint, attempt, error)
+                        raise
+                    log.info(
+                        "%s rate limited (429 number %d); sending again once the pause ends",
+                        endpoint,
+                        rate_limited,
+                        extra=_fields(endpoint, attempt, error, None),
+                    )
+                    continue  # the budget holds the next token until the pause ends
+                failures += 1
+                if failures >= self.policy.attempts:
+                    _give_up(endpoint, attempt, error)
+                    raise
+                delay = self.backoff(failures)
+                log.info(
+                    "%s failed (%s); retry %d of %d in %.2f s",
+                    endpoint,
+                    type(error).__name__,
+                    failures,
+                    self.policy.attempts - 1,
+                    delay,
+                    extra=_fields(endpoint, attempt, error, delay),
+                )
+                await clock.sleep(delay)
 
 
 def _fields(
@@ -118,3 +226,116 @@ def _give_up(endpoint: str, attempt: int, error: VeniceError) -> None:
         error,
         extra=_fields(endpoint, attempt, error, None),
     )
+
+
+# --------------------------------------------------------------------------- header arithmetic
+
+
+def parse_retry_after(value: str | None, *, now_epoch: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header; ``None`` when absent or unreadable.
+
+    Venice sends delta-seconds. The HTTP-date form is understood when ``now_epoch`` (the
+    current Unix time) is given; a date in the past means "now" (0).
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        if now_epoch is None:
+            return None
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = max(0.0, when.timestamp() - now_epoch)
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def parse_reset(value: str, now_epoch: float) -> float | None:
+    """Seconds from now until the reset time in a rate-limit reset header.
+
+    Venice documents these headers as Unix timestamps, and they have been seen live as Unix
+    **milliseconds**; another page calls one "seconds until reset". The value's magnitude
+    decides, since the three ranges cannot be confused for any date after 1970-01-12:
+
+    * ``>= 1e11``: epoch milliseconds (1e11 ms is March 1973; 1e11 s would be year 5138);
+    * ``>= 1e6``: epoch seconds;
+    * ``< 1e6``: seconds from now (1e6 s is 11.6 days; no epoch is that small).
+
+    A reset in the past gives ``0.0``. Returns ``None`` for a value that is not a finite,
+    non-negative number.
+    """
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    if not math.isfinite(number) or number < 0:
+        return None
+    if number >= _MILLISECONDS_LIMIT:
+        delay = number / 1000.0 - now_epoch
+    elif number >= _RELATIVE_LIMIT:
+        delay = number - now_epoch
+    else:
+        delay = number
+    return max(0.0, delay)
+
+
+def header_int(value: str | None) -> int | None:
+    """A count from a rate-limit header (``"12"``, ``"12.0"``); ``None`` if unreadable."""
+    if value is None:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    return int(number) if math.isfinite(number) else None
+
+
+def _exhausted_reset(
+    headers: Mapping[str, str], remaining: str, reset: str, now_epoch: float
+) -> float | None:
+    """The reset delay of a budget, unless its ``remaining`` header says it has room left."""
+    reset_value = headers.get(reset)
+    if reset_value is None:
+        return None
+    left = header_int(headers.get(remaining))
+    if left is not None and left > 0:
+        return None
+    return parse_reset(reset_value, now_epoch)
+
+
+def retry_delay_from_headers(
+    headers: Mapping[str, str], now_epoch: float, cap: float
+) -> float | None:
+    """Seconds to wait after a 429, read from its headers; ``None`` when none says.
+
+    Candidates, of which the longest wins (each is a "not before"):
+
+    * ``Retry-After`` (delta-seconds or HTTP date);
+    * ``x-ratelimit-reset-requests``, unless ``x-ratelimit-remaining-requests`` is above 0;
+    * ``x-ratelimit-resets`` (the failed-request budget), unless ``x-ratelimit-remaining``
+      is above 0.
+
+    Reset values are read by :func:`parse_reset`. The result is capped at ``cap`` so a
+    wrong or far-off header cannot stall the session for long; if the limit still holds
+    then, the next 429 says so again. Header names are matched case-insensitively.
+    """
+    lowered = {key.lower(): value for key, value in headers.items()}
+    candidates: list[float] = []
+    seconds = parse_retry_after(lowered.get("retry-after"), now_epoch=now_epoch)
+    if seconds is not None:
+        candidates.append(seconds)
+    for remaining, reset in (
+        ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+        ("x-ratelimit-remaining", "x-ratelimit-resets"),
+    ):
+        seconds = _exhausted_reset(lowered, remaining, reset, now_epoch)
+        if seconds is not None:
+            candidates.append(seconds)
+    if not candidates:
+        return None
+    return min(max(candidates), cap)

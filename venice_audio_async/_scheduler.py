@@ -42,6 +42,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 import anyio
 import anyio.abc
@@ -49,24 +50,18 @@ import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._audio import AudioSink
+from ._audio import SinkFactory
 from ._belief import RunTimeBelief
 from ._budget import RequestBudget
 from ._client import VeniceClient
 from ._clock import Clock
 from ._config import RetryPolicy
-from ._errors import (
-    APIStatusError,
-    JobDeadlineExceeded,
-    RateLimitError,
-    VeniceError,
-)
+from ._errors import JobDeadlineExceeded, VeniceError
 from ._estimator import DurationEstimator
 from ._limiter import RequestLimiter
 from ._logging import attempt_context
 from ._models import (
     AudioResult,
-    CompleteRequest,
     Failed,
     Job,
     Outcome,
@@ -75,19 +70,18 @@ from ._models import (
     Succeeded,
 )
 from ._policy import PollPolicy
-from ._retry import call_idempotent, is_transient
+from ._release import MediaReleaser, ReleaseHook
+from ._retry import Retrier, Verdict, decide
 
-__all__ = ["ReleaseMode", "Scheduler", "SinkFactory"]
+__all__ = ["RELEASE_MODES", "ReleaseMedia", "Scheduler"]
 
 log = logging.getLogger("venice_audio_async")
 
-#: Builds a fresh sink for one download attempt of a job.
-SinkFactory = Callable[[Job], AudioSink]
 #: Awaited with each outcome before it is delivered (the journal records it there).
 OutcomeHook = Callable[[Outcome], Awaitable[None]]
-#: Awaited after a job's media was released on the server.
-ReleaseHook = Callable[[Job], Awaitable[None]]
-ReleaseMode = str  # "complete" | "delete_on_retrieve" | "keep"
+#: What happens to the server's copy of a job's media once the audio is stored.
+ReleaseMedia = Literal["complete", "delete_on_retrieve", "keep"]
+RELEASE_MODES: tuple[ReleaseMedia, ...] = ("complete", "delete_on_retrieve", "keep")
 
 _HORIZON = 30.0  # seconds: how far ahead jobs are keyed, and re-keyed by a sweep
 _STALE_BATCH = 1024  # stale heap entries dropped per event-loop pass
@@ -148,14 +142,13 @@ class Scheduler:
         retry: RetryPolicy,
         limiter: RequestLimiter,
         release_limiter: RequestLimiter | None = None,
-        release: ReleaseMode = "complete",
+        release: ReleaseMedia = "complete",
         rng: random.Random | None = None,
         on_outcome: OutcomeHook | None = None,
         on_released: ReleaseHook | None = None,
     ) -> None:
         self._workers = max(1, min(limiter.total, _MAX_WORKERS))
         self._on_outcome = on_outcome
-        self._on_released = on_released
         self._client = client
         self._budget = budget
         self._estimator = estimator
@@ -163,9 +156,15 @@ class Scheduler:
         self._clock = clock
         self._retry = retry
         self._limiter = limiter
-        self._release_limiter = release_limiter or limiter  # complete must not queue behind polls
         self._release = release
         self._rng = rng or random.Random()
+        self._retrier = Retrier(acquire=budget.acquire, policy=retry, clock=clock, rng=self._rng)
+        self._releaser = MediaReleaser(
+            client=client,
+            retrier=self._retrier,
+            limiter=release_limiter or limiter,  # complete must not queue behind polls
+            on_released=on_released,
+        )
         self._policy = PollPolicy(estimator.bounds, rng=self._rng)
         self._jobs: dict[str, _Tracked] = {}
         self._live: list[_Tracked] = []  # in flight (not finished), for samples and sweeps
@@ -176,8 +175,6 @@ class Scheduler:
         self._wake = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._counts: Counter[str] = Counter()
-        self._releasing = 0
-        self._released_all = anyio.Event()
         self._repriced_at = -math.inf
         self._grants_since_reprice = 0
         self._keyed_price = self._policy.price
@@ -259,12 +256,10 @@ class Scheduler:
         tracked.slot = -1
         self._by_model.get(tracked.job.model, {}).pop(tracked.job.queue_id, None)
 
-    @property
-    def price(self) -> float:
-        """Seconds of delay a poll must save now (rises as the retrieve window fills)."""
-        return self._policy.price
-
     def outcome_of(self, queue_id: str) -> Outcome | None:
+        """The outcome of a tracked job not handed over yet (``None``: running, or unknown).
+
+        Kept for idempotent submits: a repeated request can be answered from here."""
         tracked = self._jobs.get(queue_id)
         return tracked.outcome if tracked else None
 
@@ -306,7 +301,7 @@ class Scheduler:
             failed=counts["failed"],
             untaken=len(self._jobs) - len(self._live),
             polls=counts["polls"],
-            released=counts["released"],
+            released=self._releaser.released,
         )
 
     # ------------------------------------------------------------------ the loop
@@ -455,7 +450,12 @@ class Scheduler:
             due, entry, tracked = heap[i]
             if due > limit:
                 continue
-            if tracked.entry == entry and tracked.outcome is None and not tracked.prompt:
+            if (
+                tracked.entry == entry
+                and tracked.outcome is None
+                and not tracked.prompt
+                and not tracked.failures  # backing off after an error: that wait stands
+            ):
                 near.append(tracked)
             for child in (2 * i + 1, 2 * i + 2):
                 if child < len(heap):
@@ -483,23 +483,19 @@ class Scheduler:
             model=job.model, queue_id=job.queue_id, delete_media_on_completion=delete
         )
         self._counts["polls"] += 1
+        answer: Processing | AudioResult | VeniceError
         try:
             with attempt_context(tracked.failures + 1):  # for the request's log record
                 async with self._limiter:
-                    answer = await self._client.retrieve(request, sink=tracked.sink_factory(job))
-        except RateLimitError:
-            # The budget already paused the whole session; this is not the job's fault.
-            tracked.in_flight = False
-            self._schedule(tracked, self._clock.monotonic())
-            return
+                    answer = await self._client.retrieve(request, sink=tracked.sink_factory())
         except VeniceError as error:
-            tracked.in_flight = False
-            await self._on_error(tracked, error)
-            return
+            answer = error
         finally:
             tracked.in_flight = False
         now = self._clock.monotonic()
-        if isinstance(answer, Processing):
+        if isinstance(answer, VeniceError):
+            await self._on_error(tracked, answer)
+        elif isinstance(answer, Processing):
             self._on_running(tracked, answer, now)
         else:
             await self._on_audio(tracked, answer, now)
@@ -542,54 +538,25 @@ class Scheduler:
             self._versions[model] += 1
             self._start_sweep()
         if self._release == "complete":
-            # In its own task: a worker must not sit through complete's retries.
-            self._releasing += 1
             assert self._tg is not None
-            self._tg.start_soon(self._release_media, tracked.job)
+            self._releaser.start(tracked.job, self._tg)
 
     async def wait_releases(self) -> None:
         """Wait until no ``complete`` call is in flight (the session's close drains them)."""
-        while self._releasing:
-            await self._released_all.wait()
-
-    async def _release_media(self, job: Job) -> None:
-        # Only after the bytes are stored (the sink committed); failures are logged, never
-        # raised: the audio is safe, the server will expire the media on its own.
-        # (The caller counted it in _releasing before starting this task.)
-        try:
-            await self._send_complete(job)
-        finally:
-            self._releasing -= 1
-            if not self._releasing:
-                self._released_all.set()
-                self._released_all = anyio.Event()
-
-    async def _send_complete(self, job: Job) -> None:
-        request = CompleteRequest(model=job.model, queue_id=job.queue_id)
-        try:
-            result = await call_idempotent(
-                "complete",
-                lambda: self._client.complete(request),
-                budget=self._budget,
-                limiter=self._release_limiter,
-                policy=self._retry,
-                clock=self._clock,
-                rng=self._rng,
-            )
-        except VeniceError as error:
-            log.warning("could not release media of job %s: %s", job.queue_id, error)
-            return
-        if result.success:
-            self._counts["released"] += 1
-            if self._on_released is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._on_released(job)
+        await self._releaser.wait()
 
     async def _on_error(self, tracked: _Tracked, error: VeniceError) -> None:
-        if self._retryable(error):
+        # The verdicts of every other request, applied by rescheduling the job (retrieve is
+        # safe to repeat: the media stays until released).
+        verdict = decide("retrieve", error, self._retry)
+        if verdict is Verdict.WAIT:
+            # A 429: the budget paused the whole session; not the job's fault, no attempt.
+            self._schedule(tracked, self._clock.monotonic())
+            return
+        if verdict is Verdict.RETRY:
             tracked.failures += 1
             if tracked.failures < self._retry.attempts:
-                delay = self._retry.backoff(tracked.failures, self._rng.random())
+                delay = self._retrier.backoff(tracked.failures)
                 log.info(
                     "retrieve of job %s failed (%s); retry %d of %d in %.2f s",
                     tracked.job.queue_id,
@@ -602,14 +569,6 @@ class Scheduler:
                 self._schedule(tracked, self._clock.monotonic() + delay)
                 return
         await self._finish(tracked, Failed(tracked.job, error))
-
-    @staticmethod
-    def _retryable(error: VeniceError) -> bool:
-        # retrieve is safe to repeat (the media stays until released): a single 5xx or a
-        # dropped body is not a failure, a persistent one is. 408/425 also invite a retry.
-        if is_transient(error):
-            return True
-        return isinstance(error, APIStatusError) and error.status_code in (408, 425)
 
     async def _finish(self, tracked: _Tracked, outcome: Outcome) -> None:
         if tracked.outcome is not None:

@@ -1,0 +1,143 @@
+"""The model catalogue and prices: fetched once per session, used to check and price jobs.
+
+:class:`Catalogue` caches ``GET /models`` (the rules each request is validated against) and
+every ``quote`` answer (prices move slowly; one answer per session is enough), and estimates
+a job's price from the catalogue's pricing, asking ``quote`` only when that cannot tell.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import anyio
+
+from ._client import VeniceClient
+from ._errors import RequestValidationError, VeniceError
+from ._limiter import RequestLimiter
+from ._models import (
+    AudioModel,
+    FieldProblem,
+    PerThousandCharactersPricing,
+    QueueRequest,
+    QuoteRequest,
+    QuoteResult,
+)
+from ._retry import Retrier
+from ._validation import check_quote, estimate_cost_usd
+
+__all__ = ["Catalogue"]
+
+log = logging.getLogger("venice_audio_async")
+
+
+class Catalogue:
+    """The session's catalogue cache, quote cache and price estimates."""
+
+    def __init__(
+        self,
+        *,
+        client: VeniceClient,
+        retrier: Retrier,
+        limiter: RequestLimiter,
+        models: Sequence[AudioModel] | None = None,
+        validate: bool = True,
+    ) -> None:
+        self._client = client
+        self._retrier = retrier
+        self._limiter = limiter
+        self._models: dict[str, AudioModel] | None = (
+            {m.id: m for m in models} if models is not None else None
+        )
+        self._lock = anyio.Lock()
+        self._quotes: dict[QuoteRequest, QuoteResult] = {}
+        self._validate = validate
+
+    def should_validate(self, override: bool | None) -> bool:
+        """Whether to validate a request (the call's ``validate=``, else the session's)."""
+        return self._validate if override is None else override
+
+    async def models(self, *, refresh: bool = False) -> tuple[AudioModel, ...]:
+        """The music catalogue, fetched once (or again with ``refresh``).
+
+        Raises:
+            APIStatusError, TransportError: the catalogue could not be fetched.
+        """
+        async with self._lock:
+            if self._models is None or refresh:
+                rows = await self._retrier.call(
+                    "models", self._client.models, limiter=self._limiter
+                )
+                self._models = {m.id: m for m in rows}
+            return tuple(self._models.values())
+
+    async def model_for(self, model_id: str) -> AudioModel:
+        """The catalogue row of ``model_id``.
+
+        Raises:
+            RequestValidationError: the catalogue has no such model.
+            APIStatusError, TransportError: the catalogue could not be fetched.
+        """
+        if self._models is None:
+            await self.models()
+        catalogue = self._models
+        assert catalogue is not None
+        if model_id not in catalogue:
+            known = ", ".join(sorted(catalogue)) or "none"
+            raise RequestValidationError(
+                (FieldProblem("model", f"unknown model {model_id!r}; known: {known}"),),
+                model=model_id,
+            )
+        return catalogue[model_id]
+
+    async def rules_for(self, model_id: str, validate: bool | None) -> AudioModel | None:
+        """The row to validate a request against, or ``None`` when validation is off."""
+        return await self.model_for(model_id) if self.should_validate(validate) else None
+
+    async def quote(self, request: QuoteRequest, *, validate: bool | None = None) -> QuoteResult:
+        """The price of ``request`` in USD, asked once per session.
+
+        Raises:
+            RequestValidationError: the request breaks the model's rules (nothing sent).
+            APIStatusError, TransportError: the quote failed.
+        """
+        check_quote(request, await self.rules_for(request.model, validate))
+        cached = self._quotes.get(request)
+        if cached is not None:
+            return cached
+        result = await self._retrier.call(
+            "quote", lambda: self._client.quote(request), limiter=self._limiter
+        )
+        self._quotes[request] = result
+        return result
+
+    async def estimate_cost(
+        self, request: QueueRequest, *, model: AudioModel | None = None
+    ) -> float | None:
+        """The estimated price of ``request`` in USD, from the catalogue or ``quote``;
+        ``None`` when neither can tell (a model without pricing that quote refuses)."""
+        row = model
+        if row is None:
+            if self._models is None:
+                try:
+                    await self.models()
+                except VeniceError as error:
+                    log.info("catalogue unavailable for estimates: %s", error)
+            row = self._models.get(request.model) if self._models is not None else None
+        if row is not None:
+            estimate = estimate_cost_usd(request, row)
+            if estimate is not None:
+                return estimate
+        by_characters = row is not None and isinstance(
+            row.spec.pricing, PerThousandCharactersPricing
+        )
+        quote_request = QuoteRequest(
+            model=request.model,
+            duration_seconds=request.duration_seconds,
+            character_count=len(request.prompt) if by_characters else None,
+        )
+        try:
+            return (await self.quote(quote_request, validate=False)).quote
+        except VeniceError as error:
+            log.info("no price estimate for %s: %s", request.model, error)
+            return None

@@ -1,0 +1,441 @@
+"""The ledger: the one owner of money and records.
+
+It holds the spending limit (what was spent, what queue calls in flight hold) and the
+journal, when there is one, and nothing else writes either. A paid job's record::
+
+    intend ──► claim ──► queued ──► succeeded / failed ──► released
+      │          ├─────► unknown    the answer was lost: counted as spent
+      │          └─────► rejected   refused before a job existed: given back
+      └── refused (over the limit, or the journal cannot record it): nothing sent
+
+Money is *held* when a job is intended, so two concurrent submits that each fit under the
+limit but not together cannot both pass, and is settled when ``queue`` has answered: spent
+(queued, unknown) or given back (rejected, or nothing was sent). Spending recorded in a
+journal by earlier runs counts from the moment the journal is opened or adopted.
+
+The ledger closes only a journal it opened itself (from a path); a :class:`Journal` handed
+to it is brought up to date when the ledger closes, and left open.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+import attrs
+
+from ._clock import Clock
+from ._config import check_number
+from ._errors import (
+    APIStatusError,
+    JobDeadlineExceeded,
+    QueueOutcomeUnknown,
+    SessionStateError,
+    SpendLimitExceeded,
+    VeniceError,
+)
+from ._journal import Journal, JournalEntry
+from ._models import Job, Outcome, QueueRequest, Succeeded
+
+__all__ = ["Intent", "JournalSource", "Ledger", "Ticket"]
+
+log = logging.getLogger("venice_audio_async")
+
+#: Backoff (clock seconds) between retries of journal writes that failed after a payment.
+_JOURNAL_RETRY_FIRST = 0.2
+_JOURNAL_RETRY_MAX = 10.0
+#: Rounding allowance when comparing sums of dollars with the limit.
+_CENTS_EPSILON = 1e-9
+
+JournalSource = str | os.PathLike[str] | Journal
+
+
+@attrs.frozen(kw_only=True)
+class Intent:
+    """A job to record before it is sent: its request, estimated price and journal fields."""
+
+    request: QueueRequest
+    estimate_usd: float | None
+    key: str | None = None
+    destination: str | None = None
+    name: str | None = None
+
+
+@attrs.define(eq=False)
+class Ticket:
+    """The money held for one job on its way to ``queue``, and its journal row."""
+
+    held_usd: float
+    row: int | None
+    #: The request may have left: from now on the job may exist and be billed.
+    claimed: bool = False
+    settled: bool = False
+
+
+class Ledger:
+    """The spending limit and the journal of one session (see the module docstring).
+
+    Raises:
+        ValueError: ``limit_usd`` is negative or not a number.
+    """
+
+    def __init__(
+        self, *, limit_usd: float | None, clock: Clock, journal: JournalSource | None = None
+    ) -> None:
+        if limit_usd is not None:
+            check_number("max_spend_usd", limit_usd, inclusive=True)
+        self._limit_usd = limit_usd
+        self._spent_usd = 0.0
+        self._held_usd = 0.0
+        self._clock = clock
+        self._source = journal
+        self._journal: Journal | None = journal if isinstance(journal, Journal) else None
+        self._owns_journal = False  # opened here, so closed here
+        self._attached = anyio.Event()
+        if self._journal is not None:
+            self._attached.set()
+
+    def __repr__(self) -> str:
+        return f"<Ledger spent=${self._spent_usd:.4f} limit={self._limit_usd!r} {self._journal!r}>"
+
+    # ------------------------------------------------------------------ the journal
+
+    @property
+    def journal(self) -> Journal | None:
+        """The journal, when one is kept."""
+        return self._journal
+
+    async def open(self) -> None:
+        """Open the journal given as a path, and count what it records as spent.
+
+        Raises:
+            JournalError: the journal cannot be used (owned elsewhere, damaged, read-only);
+                nothing was sent.
+        """
+        source = self._source
+        if self._journal is None and source is not None:
+            assert not isinstance(source, Journal)
+            self._journal = await Journal.open(source, clock=self._clock)
+            self._owns_journal = True
+        if self._journal is None:
+            return
+        try:
+            self._spent_usd += await self._journal.estimated_spend_usd()
+        except BaseException:
+            await self.aclose()
+            raise
+        self._attached.set()
+
+    async def adopt(self, source: JournalSource) -> None:
+        """Keep recording into ``source`` from now on (``resume`` of a journal's jobs).
+
+        Its recorded spending is added to this session's. The same journal again is a
+        no-op; a journal given as a path is opened without creating one, and closed with
+        the ledger; a :class:`Journal` object stays the caller's to close.
+
+        Raises:
+            ValueError: the ledger already keeps another journal.
+            JournalError: there is no journal at the path, or it cannot be used.
+        """
+        current = self._journal
+        if isinstance(source, Journal):
+            if current is source:
+                return
+            if current is not None:
+                raise ValueError("this session already keeps another journal")
+            journal, owned = source, False
+        else:
+            path = Path(source)
+            if current is not None:
+                same = await anyio.Path(current.path).resolve() == await anyio.Path(path).resolve()
+                if not same:
+                    raise ValueError(f"this session already keeps the journal {current.path}")
+                return
+            # Opened here, so closed here. An existing journal only: resuming from a path that
+            # holds none (or an empty or damaged file) is a mistake to report.
+            journal, owned = await Journal.open(path, clock=self._clock, create=False), True
+        try:
+            spent = await journal.estimated_spend_usd()
+        except BaseException:
+            if owned:
+                await journal.aclose()
+            raise
+        self._journal, self._owns_journal = journal, owned
+        self._spent_usd += spent
+        self._attached.set()
+
+    async def aclose(self) -> None:
+        """Close the journal if it was opened here; else bring it up to date and leave it."""
+        journal = self._journal
+        if journal is None:
+            return
+        if self._owns_journal:
+            await journal.aclose()  # tries delayed writes once more, logs what still failed
+            return
+        remaining = await journal.flush()
+        if remaining:
+            log.error(
+                "session closed with %d journal write(s) still waiting in %r; they are "
+                "retried when the journal is flushed or closed",
+                remaining,
+                journal,
+            )
+
+    async def keep_writes_landing(self) -> None:
+        """Retry, with backoff, journal writes that failed after a job was paid for.
+
+        Runs until cancelled (a task of the session); waits for a journal to be kept first.
+        """
+        await self._attached.wait()
+        journal = self._journal
+        assert journal is not None
+        while True:
+            await journal.wait_pending_writes()
+            delay = _JOURNAL_RETRY_FIRST
+            while True:
+                await self._clock.sleep(delay)
+                if not await journal.flush():
+                    break
+                delay = min(delay * 2, _JOURNAL_RETRY_MAX)
+
+    @property
+    def write_failures(self) -> int:
+        """Journal writes that failed when made after a payment (each logged)."""
+        return self._journal.write_failures if self._journal is not None else 0
+
+    @property
+    def pending_writes(self) -> int:
+        """Of those, the ones not landed yet."""
+        return self._journal.pending_writes if self._journal is not None else 0
+
+    def _require_journal(self, what: str) -> Journal:
+        if self._journal is None:
+            raise SessionStateError(
+                f"{what} needs a journal: AsyncSession(journal=path) or resume(path)"
+            )
+        return self._journal
+
+    # ------------------------------------------------------------------ money
+
+    @property
+    def limit_usd(self) -> float | None:
+        return self._limit_usd
+
+    def spending(self) -> tuple[float, float | None]:
+        """(estimated USD spent, the limit or ``None``)."""
+        return self._spent_usd, self._limit_usd
+
+    @property
+    def needs_estimates(self) -> bool:
+        """Whether a job's price must be estimated before it is sent (limit or journal)."""
+        return self._limit_usd is not None or self._journal is not None
+
+    def _over_limit(self, extra_usd: float) -> bool:
+        limit = self._limit_usd
+        total = self._spent_usd + self._held_usd + extra_usd
+        return limit is not None and total > limit + _CENTS_EPSILON
+
+    def _hold(self, estimate_usd: float | None, *, what: str) -> float:
+        """Hold ``estimate_usd`` (unknown counts as 0) or refuse it; returns the amount.
+
+        Raises:
+            SpendLimitExceeded: holding it would pass the limit; nothing was held.
+        """
+        amount = estimate_usd or 0.0
+        limit = self._limit_usd
+        if limit is not None and self._over_limit(amount):
+            total = self._spent_usd + self._held_usd + amount
+            raise SpendLimitExceeded(
+                f"{what} would cost about ${amount:.4f}, taking the session to "
+                f"${total:.4f} over its limit of ${limit:.2f} "
+                f"(${self._spent_usd:.4f} spent, ${self._held_usd:.4f} being queued); "
+                "nothing was sent",
+                estimate_usd=amount,
+                spent_usd=self._spent_usd,
+                limit_usd=limit,
+            )
+        self._held_usd += amount
+        return amount
+
+    def _settle(self, ticket: Ticket, *, billed: bool) -> None:
+        """Turn what ``ticket`` holds into spending (``billed``) or give it back; once."""
+        if ticket.settled:
+            return
+        ticket.settled = True
+        self._held_usd = max(0.0, self._held_usd - ticket.held_usd)
+        if billed:
+            self._spent_usd += ticket.held_usd
+
+    # ------------------------------------------------------------------ one paid job
+
+    async def intend(self, intent: Intent) -> Ticket:
+        """Hold the job's price and record it in the journal, before anything is sent.
+
+        Raises:
+            SpendLimitExceeded: the job would pass the limit; nothing was held or recorded.
+            JournalError: the journal could not record it; nothing is held.
+        """
+        request = intent.request
+        held = self._hold(intent.estimate_usd, what=f"a {request.model} job")
+        ticket = Ticket(held_usd=held, row=None)
+        if self._journal is not None:
+            try:
+                ticket.row = await self._journal.add_intent(
+                    request,
+                    key=intent.key,
+                    destination=intent.destination,
+                    name=intent.name,
+                    estimate_usd=intent.estimate_usd,
+                )
+            except BaseException:
+                self._settle(ticket, billed=False)  # nothing was sent
+                raise
+        return ticket
+
+    def hold_recorded(self, entry: JournalEntry) -> Ticket:
+        """Hold the price of a job the journal already records as to be sent (resume).
+
+        Raises:
+            SpendLimitExceeded: it would pass the limit; nothing was held.
+        """
+        held = self._hold(entry.estimate_usd, what=f"a {entry.model} job")
+        return Ticket(held_usd=held, row=entry.id)
+
+    async def claim(self, ticket: Ticket) -> None:
+        """Mark the job as leaving, right before its request is sent (once).
+
+        Raises:
+            JournalError: the journal row could not be claimed (another owner has it, or the
+                write failed); it must not be sent.
+        """
+        if ticket.claimed:
+            return
+        if self._journal is not None and ticket.row is not None:
+            await self._journal.mark_sending(ticket.row)
+        ticket.claimed = True
+
+    async def holds_queue_id(self, queue_id: str) -> bool:
+        """Whether the journal already has ``queue_id`` for some job (never raises)."""
+        if self._journal is None:
+            return False
+        try:
+            return await self._journal.holds_queue_id(queue_id)
+        except VeniceError as error:
+            log.warning("could not check queue_id %s in the journal: %s", queue_id, error)
+            return False
+
+    async def queued(self, ticket: Ticket, queue_id: str) -> None:
+        """``queue`` answered with ``queue_id``: the job is paid for. Never raises (a failed
+        journal write is kept and retried)."""
+        self._settle(ticket, billed=True)
+        if self._journal is not None and ticket.row is not None:
+            await self._journal.mark_queued(ticket.row, queue_id)
+
+    async def failed(self, ticket: Ticket, error: BaseException) -> None:
+        """``queue`` did not answer with a job: record what that may have cost.
+
+        A lost answer (:class:`QueueOutcomeUnknown`), or anything else once the request
+        may have left (a cancellation, a bug), is "unknown" and counted as spent: the job
+        may exist. A refusal by the API is "rejected" and given back, as is a failure
+        before the request left.
+        """
+        journal, row = self._journal, ticket.row
+        if isinstance(error, QueueOutcomeUnknown) or (
+            ticket.claimed and not isinstance(error, APIStatusError)
+        ):
+            self._settle(ticket, billed=True)  # assume the worst: it may have been billed
+            if journal is not None and row is not None:
+                cause = error.cause if isinstance(error, QueueOutcomeUnknown) else error
+                await journal.mark_unknown(row, cause)
+        elif isinstance(error, APIStatusError):
+            self._settle(ticket, billed=False)
+            if journal is not None and row is not None:
+                await journal.mark_rejected(row, error)
+        else:
+            self._settle(ticket, billed=False)
+
+    async def intend_all(self, intents: Sequence[Intent], *, all_or_nothing: bool) -> float:
+        """Record every job of a batch as to be sent, sending nothing; returns their cost.
+
+        The jobs are queued later (``resume``), oldest first, each within the limit then.
+
+        Raises:
+            SpendLimitExceeded: ``all_or_nothing`` and the whole batch would pass the limit;
+                nothing was recorded.
+            SessionStateError: no journal is kept.
+            JournalError: a row could not be written (the rows before it stay recorded).
+        """
+        journal = self._require_journal("journal_requests")
+        total = sum(intent.estimate_usd or 0.0 for intent in intents)
+        limit = self._limit_usd
+        if all_or_nothing and limit is not None and self._over_limit(total):
+            raise SpendLimitExceeded(
+                f"the estimate ${total:.2f} exceeds the limit of ${limit:.2f} "
+                f"(${self._spent_usd:.2f} spent already); nothing was spent",
+                estimate_usd=total,
+                spent_usd=self._spent_usd,
+                limit_usd=limit,
+            )
+        for intent in intents:
+            await journal.add_intent(
+                intent.request,
+                key=intent.key,
+                destination=intent.destination,
+                name=intent.name,
+                estimate_usd=intent.estimate_usd,
+            )
+        return total
+
+    # ------------------------------------------------------------------ after the queue
+
+    async def record_outcome(self, outcome: Outcome) -> None:
+        """A job ended: its stored audio (and release) or its error. Never raises."""
+        journal = self._journal
+        if journal is None:
+            return
+        queue_id = outcome.job.queue_id
+        if isinstance(outcome, Succeeded):
+            audio = outcome.audio
+            await journal.mark_succeeded(
+                queue_id,
+                path=str(audio.path) if audio.path is not None else None,
+                size=audio.size,
+                content_type=audio.content_type,
+            )
+            if outcome.released:
+                await journal.mark_released(queue_id)
+        elif not isinstance(outcome.error, JobDeadlineExceeded):
+            # A deadline is ours, not the job's: it still runs and stays "queued" for resume.
+            await journal.mark_failed(queue_id, outcome.error)
+
+    async def record_released(self, job: Job) -> None:
+        """The server's copy of the job's media was released. Never raises."""
+        if self._journal is not None:
+            await self._journal.mark_released(job.queue_id)
+
+    # ------------------------------------------------------------------ reading the records
+
+    async def entries(self) -> list[JournalEntry]:
+        """Every recorded job, oldest first.
+
+        Raises:
+            SessionStateError: no journal is kept.
+            JournalError: the journal could not be read.
+        """
+        return await self._require_journal("resume").entries()
+
+    async def entry(self, row: int) -> JournalEntry | None:
+        """One recorded job by its journal id (``None`` without a journal)."""
+        return await self._journal.get(row) if self._journal is not None else None
+
+    async def by_key(self, key: str) -> JournalEntry | None:
+        """The job recorded under ``key`` (e.g. a batch line), if any."""
+        return await self._journal.by_key(key) if self._journal is not None else None
+
+    async def requeue(self, entry: JournalEntry) -> bool:
+        """Make an unknown or interrupted job sendable again, if it is still as read."""
+        journal = self._require_journal("resume")
+        return await journal.requeue(entry.id, was=entry.state)

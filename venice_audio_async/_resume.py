@@ -1,0 +1,240 @@
+"""Resume: pick up every unfinished job of a journal, one handler per journal state.
+
+=========== ==================================================================
+state       what resume does
+=========== ==================================================================
+intent      queue it (oldest first), each within the spending limit then
+sending     report it as unknown: the process died mid-request, it may be billed
+unknown     report it (its answer was lost); with ``requeue_unknown``, send again
+queued      attach it and poll it (unless this session tracks it already)
+succeeded   skip it: its audio is stored
+failed      report it with its error
+rejected    report it with the API's refusal
+=========== ==================================================================
+
+Running it twice does nothing the second time: what the first run queued or attached is
+"queued" (tracked) or finished by then. Before anything else, the temporary files of
+downloads an earlier run was killed in are removed from the journal's output folders.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import attrs
+
+from ._audio import Destinations, remove_partial_downloads, safe_stem
+from ._clock import Clock
+from ._errors import APIStatusError, QueueOutcomeUnknown, SpendLimitExceeded
+from ._journal import JobState, JournalEntry
+from ._ledger import Ledger
+from ._models import Job
+from ._scheduler import Scheduler
+from ._submit import Destination, Submitter
+
+__all__ = ["ResumeReport", "Resumer"]
+
+log = logging.getLogger("venice_audio_async")
+
+
+@attrs.frozen
+class ResumeReport:
+    """What :meth:`AsyncSession.resume` did.
+
+    ``jobs`` are now polled (read them with ``results``); ``unknown`` were sent but their
+    answer was lost (not re-queued); ``failed`` ended with an error (earlier, or refused
+    now); ``not_queued`` jobs were left unsent because ``spend_limit`` was reached;
+    ``partial_files_removed`` counts leftover temporary files of killed downloads.
+
+    .. versionadded:: 0.1.0
+    """
+
+    jobs: tuple[Job, ...]
+    attached: int
+    queued: int
+    skipped: int
+    unknown: tuple[JournalEntry, ...]
+    failed: tuple[JournalEntry, ...]
+    not_queued: int = 0
+    spend_limit: SpendLimitExceeded | None = None
+    #: Temporary files of downloads an earlier run was killed in, removed from the
+    #: journal's output folders.
+    partial_files_removed: int = 0
+
+
+@attrs.define
+class _Run:
+    """What one resume found and did, as it goes."""
+
+    on_job: Callable[[Job], object] | None
+    requeue_unknown: bool
+    jobs: list[Job] = attrs.field(factory=list)
+    attached: int = 0
+    queued: int = 0
+    skipped: int = 0
+    not_queued: int = 0
+    unknown: list[JournalEntry] = attrs.field(factory=list)
+    failed: list[JournalEntry] = attrs.field(factory=list)
+    spend_limit: SpendLimitExceeded | None = None
+
+    def found(self, job: Job) -> None:
+        self.jobs.append(job)
+        if self.on_job is not None:
+            self.on_job(job)
+
+
+class Resumer:
+    """Finishes what a journal records (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        submitter: Submitter,
+        scheduler: Scheduler,
+        destinations: Destinations,
+        clock: Clock,
+    ) -> None:
+        self._ledger = ledger
+        self._submitter = submitter
+        self._scheduler = scheduler
+        self._destinations = destinations
+        self._clock = clock
+
+    async def resume(
+        self, *, requeue_unknown: bool, on_job: Callable[[Job], object] | None
+    ) -> ResumeReport:
+        """Handle every journaled job by its state; see ``AsyncSession.resume``.
+
+        Raises:
+            SessionStateError: no journal is kept.
+            JournalError: the journal cannot be read, or a job could not be claimed.
+        """
+        entries = await self._ledger.entries()
+        removed = await anyio.to_thread.run_sync(_remove_partial_downloads, entries)
+        if removed:
+            log.info("removed %d partial download(s) left by an earlier run", len(removed))
+        run = _Run(on_job=on_job, requeue_unknown=requeue_unknown)
+        handlers = {
+            JobState.INTENT: self._queue,
+            JobState.SENDING: self._lost,
+            JobState.UNKNOWN: self._lost,
+            JobState.QUEUED: self._attach,
+            JobState.SUCCEEDED: self._stored,
+            JobState.FAILED: self._ended,
+            JobState.REJECTED: self._ended,
+        }
+        for entry in entries:
+            await handlers[entry.state](entry, run)
+        return ResumeReport(
+            jobs=tuple(run.jobs),
+            attached=run.attached,
+            queued=run.queued,
+            skipped=run.skipped,
+            unknown=tuple(run.unknown),
+            failed=tuple(run.failed),
+            not_queued=run.not_queued,
+            spend_limit=run.spend_limit,
+            partial_files_removed=len(removed),
+        )
+
+    def attach(
+        self, model: str, queue_id: str, *, destination: Destination, deadline: float | None
+    ) -> Job:
+        """Poll a job queued elsewhere (another process, an earlier run).
+
+        Raises:
+            ValueError: ``model`` or ``queue_id`` is empty.
+        """
+        if not queue_id or not model:
+            raise ValueError("attach needs a model and a queue_id")
+        job = Job(model=model, queue_id=queue_id)
+        target = self._destinations.target(destination)
+        sinks = self._destinations.sinks(target, f"attached-{safe_stem(queue_id)}")
+        self._scheduler.track(job, sinks, deadline=deadline, elapsed=None)
+        return job
+
+    async def _lost(self, entry: JournalEntry, run: _Run) -> None:
+        """Sending or unknown: reported, or (``requeue_unknown``) sent again."""
+        if not run.requeue_unknown:
+            run.unknown.append(entry)
+            return
+        if not await self._ledger.requeue(entry):
+            run.skipped += 1  # changed since it was read: not ours to send again
+            return
+        log.warning("re-queueing job %d whose first queue answer was lost", entry.id)
+        await self._queue(entry, run)
+
+    async def _stored(self, entry: JournalEntry, run: _Run) -> None:
+        """Succeeded: nothing to do."""
+        run.skipped += 1
+
+    async def _ended(self, entry: JournalEntry, run: _Run) -> None:
+        """Failed or rejected: reported with its error."""
+        run.failed.append(entry)
+
+    async def _queue(self, entry: JournalEntry, run: _Run) -> None:
+        """An intent: queue it, unless the spending limit was reached."""
+        if run.spend_limit is not None:
+            run.not_queued += 1
+            return
+        try:
+            ticket = self._ledger.hold_recorded(entry)
+        except SpendLimitExceeded as error:
+            run.spend_limit = error
+            run.not_queued += 1
+            return
+        try:
+            job = await self._submitter.send(
+                entry.request, ticket, target=_target(entry), name=entry.name, deadline=None
+            )
+        except (QueueOutcomeUnknown, APIStatusError):
+            latest = await self._ledger.entry(entry.id)
+            if latest is not None and latest.state is JobState.UNKNOWN:
+                run.unknown.append(latest)
+            elif latest is not None:
+                run.failed.append(latest)
+            return
+        run.found(job)
+        run.queued += 1
+
+    async def _attach(self, entry: JournalEntry, run: _Run) -> None:
+        """Queued: poll it, counting the time it has run since it was queued."""
+        if entry.queue_id is None:
+            return  # (a queued row always has its id)
+        if self._scheduler.is_tracked(entry.queue_id):
+            run.skipped += 1
+            return
+        job = Job(model=entry.model, queue_id=entry.queue_id, request=entry.request)
+        elapsed = None
+        if entry.queued_at is not None:
+            elapsed = max(0.0, self._clock.time() - entry.queued_at)
+        stem = Destinations.stem(entry.request.prompt, job.queue_id, entry.name)
+        sinks = self._destinations.sinks(_target(entry), stem)
+        self._scheduler.track(job, sinks, elapsed=elapsed)
+        run.found(job)
+        run.attached += 1
+
+
+def _target(entry: JournalEntry) -> Path | None:
+    return Path(entry.destination) if entry.destination else None
+
+
+def _remove_partial_downloads(entries: Iterable[JournalEntry]) -> list[Path]:
+    """Leftover temporary files in the output folders of ``entries``; blocking."""
+    folders: set[Path] = set()
+    files: set[Path] = set()
+    for entry in entries:
+        if entry.destination:
+            target = Path(entry.destination)
+            (folders if target.is_dir() else files).add(target)
+    removed: list[Path] = []
+    for folder in folders:
+        removed.extend(remove_partial_downloads(folder))
+    for file in files:
+        removed.extend(remove_partial_downloads(file.parent, final_name=file.name))
+    return removed

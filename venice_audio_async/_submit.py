@@ -1,0 +1,262 @@
+"""Paid submission: from a request to a polled job, without ever billing twice.
+
+One submit is: validate against the catalogue, estimate the price (when a spending limit or
+a journal needs it), hold the money and record the intent in the ledger, then ``queue``
+within the budget, then hand the job to the scheduler::
+
+    validate ─► estimate ─► ledger.intend ─► claim ─► queue ─► ledger.queued ─► track
+                                               │ (retried per _retry.decide: 429, 503,
+                                               │  never-sent requests)
+                                               └─► ledger.failed: unknown / rejected
+
+From the claim to the recorded answer the call is shielded from cancellation: once the
+request may be on the wire, its answer (a paid ``queue_id``) is waited for and recorded even
+if the caller is cancelled (Ctrl-C); the request timeout bounds the wait. A failure after
+the request may have left becomes :class:`~venice_audio_async.QueueOutcomeUnknown`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import anyio
+
+from ._audio import Destinations
+from ._catalogue import Catalogue
+from ._client import VeniceClient
+from ._config import check_number
+from ._errors import (
+    BatchSubmitError,
+    MalformedResponse,
+    QueueOutcomeUnknown,
+    RequestValidationError,
+    ServerError,
+    TransportError,
+    VeniceError,
+)
+from ._ledger import Intent, Ledger, Ticket
+from ._limiter import RequestLimiter
+from ._models import FieldProblem, Job, QueueRequest
+from ._retry import Retrier, queue_answer_lost
+from ._scheduler import Scheduler
+from ._validation import check_queue
+
+__all__ = ["Destination", "Submitter"]
+
+#: A file or folder for a job's audio (``None``: the session's ``output_dir``, else memory).
+Destination = str | os.PathLike[str] | None
+
+
+class Submitter:
+    """Validates, prices, records and queues jobs, then has the scheduler poll them."""
+
+    def __init__(
+        self,
+        *,
+        client: VeniceClient,
+        catalogue: Catalogue,
+        ledger: Ledger,
+        scheduler: Scheduler,
+        retrier: Retrier,
+        limiter: RequestLimiter,
+        destinations: Destinations,
+    ) -> None:
+        self._client = client
+        self._catalogue = catalogue
+        self._ledger = ledger
+        self._scheduler = scheduler
+        self._retrier = retrier
+        self._limiter = limiter
+        self._destinations = destinations
+
+    async def submit(
+        self,
+        request: QueueRequest,
+        *,
+        destination: Destination = None,
+        deadline: float | None = None,
+        validate: bool | None = None,
+        key: str | None = None,
+        name: str | None = None,
+    ) -> Job:
+        """Validate, price, record, queue (billed here) and track one job.
+
+        Raises:
+            ValueError: ``deadline`` is not a positive number.
+            RequestValidationError, SpendLimitExceeded, JournalError: nothing was sent.
+            QueueOutcomeUnknown: the request was sent but its answer lost.
+            APIStatusError: the API refused the job.
+        """
+        if deadline is not None:
+            check_number("deadline (seconds)", deadline)
+        model = await self._catalogue.rules_for(request.model, validate)
+        check_queue(request, model)
+        # Estimates cost requests (catalogue, quote): only when a limit or journal needs them.
+        estimate = None
+        if self._ledger.needs_estimates:
+            estimate = await self._catalogue.estimate_cost(request, model=model)
+        target = self._destinations.target(destination)
+        ticket = await self._ledger.intend(_intent(request, estimate, target, key, name))
+        return await self.send(request, ticket, target=target, name=name, deadline=deadline)
+
+    async def submit_many(
+        self,
+        requests: Iterable[QueueRequest],
+        *,
+        destination: Destination = None,
+        deadline: float | None = None,
+        validate: bool | None = None,
+    ) -> list[Job]:
+        """Validate every request, then submit them concurrently; see ``AsyncSession``.
+
+        Raises:
+            RequestValidationError: some requests are invalid (problems prefixed by index).
+            BatchSubmitError: some queue calls failed with a :class:`VeniceError`.
+            Exception: a bug, raised as itself (never inside an ``ExceptionGroup``).
+        """
+        if deadline is not None:
+            check_number("deadline (seconds)", deadline)
+        batch = list(requests)
+        problems: list[FieldProblem] = []
+        for index, request in enumerate(batch):
+            try:
+                check_queue(request, await self._catalogue.rules_for(request.model, validate))
+            except RequestValidationError as error:
+                problems.extend(
+                    FieldProblem(f"[{index}].{p.field}", p.message) for p in error.problems
+                )
+        if problems:
+            raise RequestValidationError(tuple(problems))
+        jobs: list[Job | None] = [None] * len(batch)
+        errors: dict[int, VeniceError] = {}
+        unexpected: list[Exception] = []
+
+        async def one(index: int, request: QueueRequest) -> None:
+            # Errors are collected, not raised: a failing sibling must not cancel queue
+            # calls in flight (a cancelled queue call could lose a billed job's id).
+            try:
+                jobs[index] = await self.submit(
+                    request, destination=destination, deadline=deadline, validate=False
+                )
+            except VeniceError as error:
+                errors[index] = error
+            except Exception as error:  # raised below as itself, not in an ExceptionGroup
+                unexpected.append(error)
+
+        async with anyio.create_task_group() as tg:
+            for index, request in enumerate(batch):
+                tg.start_soon(one, index, request)
+        if unexpected:
+            raise unexpected[0]
+        if errors:
+            raise BatchSubmitError(jobs, dict(sorted(errors.items())))
+        return [job for job in jobs if job is not None]
+
+    async def journal_requests(
+        self,
+        requests: Sequence[QueueRequest],
+        *,
+        keys: Sequence[str | None] | None,
+        names: Sequence[str | None] | None,
+        destination: Destination,
+        all_or_nothing: bool,
+    ) -> float:
+        """Price every request and record it as a job to send; returns the total.
+
+        Raises:
+            ValueError: ``keys`` or ``names`` are not as many as ``requests``.
+            SpendLimitExceeded: ``all_or_nothing`` and the batch would pass the limit.
+            SessionStateError: no journal is kept.
+            JournalError: a row could not be written.
+        """
+        nothing: list[str | None] = [None] * len(requests)
+        keys = nothing if keys is None else keys
+        names = nothing if names is None else names
+        if not len(keys) == len(names) == len(requests):
+            raise ValueError("keys and names must be as many as the requests")
+        target = self._destinations.target(destination)
+        intents = [
+            _intent(request, await self._catalogue.estimate_cost(request), target, key, name)
+            for request, key, name in zip(requests, keys, names, strict=True)
+        ]
+        return await self._ledger.intend_all(intents, all_or_nothing=all_or_nothing)
+
+    async def send(
+        self,
+        request: QueueRequest,
+        ticket: Ticket,
+        *,
+        target: Path | None,
+        name: str | None,
+        deadline: float | None,
+    ) -> Job:
+        """Queue a job the ledger holds money for, record the answer, start polling it.
+
+        Raises:
+            QueueOutcomeUnknown: the request was sent but its answer lost (recorded unknown).
+            APIStatusError: the API refused the job (recorded rejected).
+            JournalError: the job could not be claimed before sending; nothing was sent.
+        """
+        try:
+            job = await self._queue(request, ticket)
+        except BaseException as error:
+            await self._ledger.failed(ticket, error)
+            raise
+        stem = Destinations.stem(request.prompt, job.queue_id, name)
+        self._scheduler.track(
+            job, self._destinations.sinks(target, stem), deadline=deadline, elapsed=0.0
+        )
+        return job
+
+    async def _queue(self, request: QueueRequest, ticket: Ticket) -> Job:
+        async def send() -> Job:
+            with anyio.CancelScope(shield=True):  # see the module docstring
+                # Raises JournalError (nothing sent) if the row cannot be claimed: another
+                # owner has it, or the write failed.
+                await self._ledger.claim(ticket)
+                job = await self._client.queue(request)
+                await self._refuse_repeated_id(request, job)
+                await self._ledger.queued(ticket, job.queue_id)  # never raises
+            return job
+
+        try:
+            return await self._retrier.call("queue", send, limiter=self._limiter)
+        except (ServerError, TransportError) as error:
+            if queue_answer_lost(error):
+                raise QueueOutcomeUnknown(request, error) from error
+            raise
+
+    async def _refuse_repeated_id(self, request: QueueRequest, job: Job) -> None:
+        """Refuse a ``queue_id`` the server already gave to another job.
+
+        A server repeating an id gives no way to tell this job from the other one: polling
+        it would hand the other job's audio over as this request's. So this one is
+        "unknown" (maybe billed, kept in the journal with the id in its error, never re-sent
+        silently) and the caller gets the documented error for that.
+        """
+        queue_id = job.queue_id
+        if self._scheduler.is_tracked(queue_id) or await self._ledger.holds_queue_id(queue_id):
+            raise QueueOutcomeUnknown(
+                request,
+                MalformedResponse(
+                    f"the server answered queue_id {queue_id}, which it had already given "
+                    "to another job; whether a second job was created (and billed) cannot "
+                    "be told",
+                    endpoint="queue",
+                ),
+            )
+
+
+def _intent(
+    request: QueueRequest,
+    estimate: float | None,
+    target: Path | None,
+    key: str | None,
+    name: str | None,
+) -> Intent:
+    destination = str(target) if target is not None else None
+    return Intent(
+        request=request, estimate_usd=estimate, key=key, destination=destination, name=name
+    )

@@ -1,0 +1,149 @@
+"""How a session's parts are built and connected: the object graph in one place.
+
+Each part is handed what it needs and nothing else; none of them knows the session. The
+client is shared by all; the budget by the retrier (every request but polls) and the
+scheduler (polls); the ledger by the submitter, the resumer and the scheduler (outcomes
+and releases); the submitter by the resumer (it queues a journal's unsent jobs).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+
+from ._audio import Destinations
+from ._budget import LocalBudget, RequestBudget, ResponseRecorder
+from ._catalogue import Catalogue
+from ._client import VeniceClient
+from ._clock import Clock
+from ._config import Limits, RateLimits, RetryPolicy, Timeouts, endpoint_rates
+from ._estimator import DurationEstimator, PollingBounds
+from ._http import HttpSession
+from ._ledger import JournalSource, Ledger
+from ._lifecycle import Lifecycle
+from ._limiter import RequestLimiter
+from ._models import AudioModel
+from ._results import Delivery
+from ._resume import Resumer
+from ._retry import Retrier
+from ._scheduler import ReleaseMedia, Scheduler
+from ._submit import Submitter
+
+__all__ = ["SessionParts", "build_parts"]
+
+
+@attrs.frozen(kw_only=True)
+class SessionParts:
+    """Everything a session is made of."""
+
+    client: VeniceClient
+    budget: RequestBudget
+    recorder: ResponseRecorder
+    ledger: Ledger
+    scheduler: Scheduler
+    catalogue: Catalogue
+    destinations: Destinations
+    submitter: Submitter
+    resumer: Resumer
+    delivery: Delivery
+    lifecycle: Lifecycle
+
+
+def build_parts(
+    *,
+    api_key: str | None,
+    base_url: str,
+    timeouts: Timeouts | None,
+    http_session: HttpSession | None,
+    allow_insecure_http: bool,
+    clock: Clock,
+    retry: RetryPolicy,
+    limits: Limits,
+    rate_limits: RateLimits,
+    polling: PollingBounds,
+    budget: RequestBudget | None,
+    journal: JournalSource | None,
+    max_spend_usd: float | None,
+    output_dir: Path | None,
+    release_media: ReleaseMedia,
+    catalogue: Sequence[AudioModel] | None,
+    validate: bool,
+) -> SessionParts:
+    """Build and connect the parts of one session.
+
+    Raises:
+        ValueError: invalid configuration (a plain-http remote ``base_url``, a negative
+            spending limit).
+    """
+    client = VeniceClient(
+        api_key=api_key,
+        base_url=base_url,
+        timeouts=timeouts,
+        limits=limits,
+        http_session=http_session,
+        allow_insecure_http=allow_insecure_http,
+    )
+    budget = budget or LocalBudget(
+        clock=clock,
+        rates=endpoint_rates(rate_limits),
+        max_retry_after=retry.max_retry_after,
+        failure_window=(rate_limits.failures_per_window, rate_limits.failure_window),
+    )
+    recorder = ResponseRecorder(budget)
+    client.transport.set_observer(recorder)
+    rng = random.Random()  # backoff jitter and the poll policy's draws
+    retrier = Retrier(acquire=budget.acquire, policy=retry, clock=clock, rng=rng)
+    limiter = RequestLimiter(limits.max_concurrent_requests)
+    ledger = Ledger(limit_usd=max_spend_usd, clock=clock, journal=journal)
+    scheduler = Scheduler(
+        client=client,
+        budget=budget,
+        estimator=DurationEstimator(bounds=polling),
+        clock=clock,
+        retry=retry,
+        # Polls hold only their share of the slots: the rest stay free for other calls.
+        limiter=RequestLimiter(limits.concurrent_polls, parent=limiter),
+        release_limiter=limiter,
+        release=release_media,
+        rng=rng,
+        on_outcome=ledger.record_outcome,
+        on_released=ledger.record_released,
+    )
+    models = Catalogue(
+        client=client, retrier=retrier, limiter=limiter, models=catalogue, validate=validate
+    )
+    destinations = Destinations(
+        output_dir=output_dir, memory_limit=limits.max_audio_bytes_in_memory
+    )
+    submitter = Submitter(
+        client=client,
+        catalogue=models,
+        ledger=ledger,
+        scheduler=scheduler,
+        retrier=retrier,
+        limiter=limiter,
+        destinations=destinations,
+    )
+    resumer = Resumer(
+        ledger=ledger,
+        submitter=submitter,
+        scheduler=scheduler,
+        destinations=destinations,
+        clock=clock,
+    )
+    return SessionParts(
+        client=client,
+        budget=budget,
+        recorder=recorder,
+        ledger=ledger,
+        scheduler=scheduler,
+        catalogue=models,
+        destinations=destinations,
+        submitter=submitter,
+        resumer=resumer,
+        delivery=Delivery(scheduler=scheduler, clock=clock),
+        lifecycle=Lifecycle(client=client, ledger=ledger, scheduler=scheduler),
+    )
