@@ -439,7 +439,7 @@ async def simulate_session(workload: Workload, variant: str, bounds: PollingBoun
     return result
 
 
-def _sink(job: v.Job) -> v.AudioSink:
+def _sink() -> v.AudioSink:
     return v.MemorySink(1000)
 
 

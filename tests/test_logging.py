@@ -140,12 +140,12 @@ async def test_retries_that_run_out_are_a_warning(caplog: pytest.LogCaptureFixtu
     with caplog.at_level(logging.INFO, logger=LOGGER):
         async with anyio.create_task_group() as tg:
             tg.start_soon(advance_time)
+            retrier = Retrier(
+                acquire=v.LocalBudget(clock=clock, rates={}).acquire,
+                policy=v.RetryPolicy(attempts=3),
+                clock=clock,
+            )
             with pytest.raises(v.ServerError):
-                retrier = Retrier(
-                    acquire=v.LocalBudget(clock=clock, rates={}).acquire,
-                    policy=v.RetryPolicy(attempts=3),
-                    clock=clock,
-                )
                 await retrier.call("quote", send, limiter=RequestLimiter(4))
             tg.cancel_scope.cancel()
     assert len(calls) == 3

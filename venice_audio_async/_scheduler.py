@@ -114,6 +114,7 @@ class _Tracked:
     keyed_due: float = math.inf  # the due time of the current entry
     keyed_price: float = 0.0  # the price, and the model's fit version, it was keyed at
     keyed_version: int = -1
+    capped: bool = False  # keyed at the horizon, before it is really due
     slot: int = -1  # index in Scheduler._live while in flight
 
 
@@ -235,7 +236,9 @@ class Scheduler:
             due = min(due, tracked.deadline)
         # Never keyed further ahead than the horizon: the sweep looks only that far, and a
         # job popped early is simply put back (one cheap check per horizon).
-        due = min(due, self._clock.monotonic() + _HORIZON)
+        horizon = self._clock.monotonic() + _HORIZON
+        tracked.capped = due > horizon
+        due = min(due, horizon)
         tracked.entry = next(self._seq)
         tracked.keyed_due = due
         tracked.keyed_price = self._policy.price
@@ -368,10 +371,11 @@ class Scheduler:
                 continue
             self._maybe_reprice(now)
             if (
-                self._policy.price > head.keyed_price
+                head.capped
+                or self._policy.price > head.keyed_price
                 or self._versions[head.job.model] != head.keyed_version
             ):
-                # The price rose or the fit moved since the head was keyed: still worth it?
+                # Keyed at the horizon, or the price rose or the fit moved: still worth it?
                 worth_at = self._policy.due(self._refresh(head), now)
                 if head.deadline is not None:
                     worth_at = min(worth_at, head.deadline)
