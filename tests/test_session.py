@@ -561,3 +561,15 @@ async def test_missing_key_is_refused_before_sending(
             await session.submit_many([v.QueueRequest(model="stable-audio-25", prompt="x" * 20)])
         assert (await session.quote("stable-audio-25")).quote > 0  # quote needs no key
     assert server.count("queue") == 0
+
+
+async def test_statistics_include_spend(server: FakeServer) -> None:
+    """statistics() reports the estimated spend and the limit next to the counters."""
+    server.plan(JobScript(duration=1.0))
+    async with _session(server, max_spend_usd=5.0) as session:
+        before = session.statistics()
+        await session.generate("stable-audio-25", "a spend that shows")
+        after = session.statistics()
+    assert (before.spent_usd, before.spend_limit_usd) == (0.0, 5.0)
+    assert after.spent_usd > 0
+    assert after.spent_usd == session.spending()[0]

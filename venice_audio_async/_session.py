@@ -68,19 +68,31 @@ __all__ = ["AsyncSession", "SessionStatistics"]
 
 @attrs.frozen
 class SessionStatistics:
-    """A snapshot of what the session has done.
+    """A snapshot of what the session has done (see :meth:`AsyncSession.statistics`).
 
     .. versionadded:: 0.1.0
     """
 
+    #: Jobs queued (paid for) and still running: polled until they end.
     jobs_in_flight: int
+    #: Jobs that ended with their audio stored or in memory.
     jobs_succeeded: int
+    #: Jobs that ended with an error (the generation failed, a deadline passed, ...).
     jobs_failed: int
+    #: Finished outcomes nobody has taken yet (they wait for ``results()``/``wait_for()``).
     outcomes_untaken: int
+    #: Requests sent so far, per endpoint (``"queue"``, ``"retrieve"``, ...).
     requests: Mapping[str, int]
+    #: 429 answers received.
     rate_limited: int
+    #: Seconds the whole session spent paused by rate limits and the error budget.
     paused_seconds: float
+    #: Jobs whose media was released on the server (``complete``) after it was stored.
     media_released: int
+    #: Estimated USD spent by this session and, with a journal, by earlier runs on it.
+    spent_usd: float = 0.0
+    #: The ``max_spend_usd`` limit, or ``None`` without one.
+    spend_limit_usd: float | None = None
     #: Journal writes that failed when made after a job was paid for (each logged as a
     #: warning naming the job); they are retried until they land.
     journal_write_failures: int = 0
@@ -521,9 +533,11 @@ class AsyncSession:
         return self._scheduler.unfinished()
 
     def statistics(self) -> SessionStatistics:
-        """A frozen snapshot of jobs, requests, 429s and time paused by rate limits."""
+        """A frozen snapshot of jobs, requests, 429s, pauses and spend (every field is
+        documented on :class:`SessionStatistics`)."""
         counts = self._scheduler.counts()
         budget = self._parts.budget.statistics()
+        spent, limit = self._parts.ledger.spending()
         return SessionStatistics(
             jobs_in_flight=counts.in_flight,
             jobs_succeeded=counts.succeeded,
@@ -533,6 +547,8 @@ class AsyncSession:
             rate_limited=budget.rate_limited,
             paused_seconds=budget.paused_seconds,
             media_released=counts.released,
+            spent_usd=spent,
+            spend_limit_usd=limit,
             journal_write_failures=self._parts.ledger.write_failures,
             journal_writes_pending=self._parts.ledger.pending_writes,
         )
