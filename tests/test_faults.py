@@ -808,6 +808,7 @@ def _check_soak(
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(240)  # ~50-70 s on a quiet 2-core machine; more under load
 async def test_soak_2000_jobs_under_random_faults(tmp_path: Path) -> None:
     """2,000 jobs, 5% of requests faulty: all accounted for, no duplicates, no leaks."""
     # A short warm-up fills the caches that live for the whole process (imports, aiohttp and
