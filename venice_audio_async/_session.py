@@ -16,6 +16,7 @@ out results; the parts never see the session:
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import types
@@ -34,6 +35,7 @@ from ._config import (
     RateLimits,
     RetryPolicy,
     Timeouts,
+    check_number,
 )
 from ._errors import MissingAPIKeyError
 from ._estimator import PollingBounds
@@ -55,6 +57,7 @@ from ._models import (
 from ._results import ResultStream
 from ._resume import ResumeReport
 from ._scheduler import RELEASE_MODES, ReleaseMedia
+from ._status import JobPhase, JobStatus, expected_token_wait, running_status
 from ._submit import Destination
 from ._wiring import build_parts
 
@@ -64,6 +67,8 @@ else:  # Unpack for **kwargs (PEP 692) is in typing from 3.12
     from typing_extensions import Unpack
 
 __all__ = ["AsyncSession", "SessionStatistics"]
+
+log = logging.getLogger("venice_audio_async")
 
 
 @attrs.frozen
@@ -86,6 +91,10 @@ class SessionStatistics:
     journal_write_failures: int = 0
     #: Of those, the ones not landed yet.
     journal_writes_pending: int = 0
+    #: Submits waiting here for a ``queue`` token right now.
+    submits_waiting: int = 0
+    #: Seconds the last of them is expected to wait for its token (0 when none waits).
+    expected_queue_wait: float = 0.0
 
     @property
     def retrieves_per_finished_job(self) -> float:
@@ -275,10 +284,13 @@ class AsyncSession:
         Returns the job at once; get its result with :meth:`results` or :meth:`wait_for`.
         ``options`` are the optional :class:`QueueRequest` fields (:class:`QueueOptions`).
         ``destination`` is a file or directory for the audio (default: ``output_dir``, else
-        memory). ``deadline`` (seconds) ends the job with :class:`JobDeadlineExceeded` if it
-        runs longer; the job keeps running on the server and can be attached later.
+        memory). ``deadline`` (seconds) bounds the whole submission: no queue token is
+        waited for past it (:class:`QueueDeadlineExceeded`, nothing sent), and the job ends
+        with :class:`JobDeadlineExceeded` if it runs longer; the job keeps running on the
+        server and can be attached later.
 
         Raises:
+            QueueDeadlineExceeded: no queue token before ``deadline``; nothing was sent.
             RequestValidationError: the request breaks the model's rules; nothing was sent.
             SpendLimitExceeded: the job would take the session past ``max_spend_usd``;
                 nothing was sent.
@@ -502,23 +514,96 @@ class AsyncSession:
         """Submit one generation and wait for its audio: the one-call form.
 
         ``options`` are the optional :class:`QueueRequest` fields (:class:`QueueOptions`);
-        ``deadline`` and ``validate`` are as for :meth:`submit`.
+        ``deadline`` and ``validate`` are as for :meth:`submit`. ``timeout`` (seconds)
+        bounds the whole call, the wait for a queue token included.
 
         Raises:
             RequestValidationError, QueueOutcomeUnknown, APIStatusError: see :meth:`submit`.
-            JobDeadlineExceeded: not finished within ``timeout``; the job keeps running.
+            QueueDeadlineExceeded: no queue token could be had within ``timeout``; nothing
+                was sent.
+            JobDeadlineExceeded: not finished within ``timeout``; the job keeps running
+                (``error.job``: wait for it again, or attach it elsewhere, later).
             VeniceError: the job failed.
         """
-        job = await self.submit(
-            model, prompt, destination=destination, deadline=deadline, validate=validate, **options
+        self._check_open(paid=True)
+        if timeout is not None:
+            check_number("timeout (seconds)", timeout)
+        clock = self._parts.clock
+        ends = None if timeout is None else clock.monotonic() + timeout
+        request = QueueRequest(model=model, prompt=prompt, **options)
+        job = await self._parts.submitter.submit(
+            request,
+            destination=destination,
+            deadline=deadline,
+            validate=validate,
+            token_deadline=ends,
         )
-        return await self.wait_for(job, timeout=timeout)
+        # A queue call in flight is never cut short: past the timeout its job is handed back
+        # at once, inside JobDeadlineExceeded.
+        left = None if ends is None else max(0.0, ends - clock.monotonic())
+        return await self.wait_for(job, timeout=left)
 
     # ------------------------------------------------------------------ introspection
 
     def unfinished(self) -> list[Job]:
         """Jobs queued (and paid for) that have no outcome yet: keep their ids."""
         return self._scheduler.unfinished()
+
+    def forget(self, job: Job) -> None:
+        """Stop tracking a job given up on: it is no longer polled, kept or listed by
+        :meth:`unfinished`. Forgetting a job not tracked does nothing.
+
+        The job may still run, and it was paid for: its ``queue_id`` is logged (INFO) and
+        stays in the journal, so :meth:`attach` (here or in another session) or ``resume``
+        can still fetch it.
+
+        Raises:
+            ValueError: a :meth:`results` or :meth:`wait_for` waits on the job right now.
+
+        .. versionadded:: 0.1.0
+        """
+        if self._scheduler.forget(job):
+            self._parts.status_book.note(job.queue_id, "forgotten")
+            log.info(
+                "forgot job %s (%s): no longer polled; it may still run and is paid for, "
+                "attach(%r, %r) fetches it",
+                job.queue_id,
+                job.model,
+                job.model,
+                job.queue_id,
+                extra={"queue_id": job.queue_id, "model": job.model},
+            )
+
+    def status(self, job: Job | QueueRequest) -> JobStatus:
+        """The last known state of ``job``: waiting here for a queue token, at Venice
+        (queued, or running with the server's estimate and an estimated time left), or
+        finished. Pass the :class:`QueueRequest` to ask about a submit still waiting for
+        its token (the same object that was submitted). Sends nothing.
+
+        .. versionadded:: 0.1.0
+        """
+        parts = self._parts
+        now = parts.clock.monotonic()
+        if isinstance(job, QueueRequest):
+            if id(job) in parts.submitter.waiting:
+                waiting = parts.retrier.waiting["queue"]
+                wait = expected_token_wait(parts.budget, "queue", waiting, now)
+                return JobStatus(phase="waiting_for_token", request=job, token_wait=wait)
+            return JobStatus(phase="unknown", request=job)
+        known = self._scheduler.progress(job.queue_id)
+        if known is None:
+            return JobStatus(
+                phase=parts.status_book.phase(job.queue_id) or "unknown",
+                job=job,
+                request=job.request,
+            )
+        outcome, running, polled_at = known
+        if outcome is not None:
+            phase: JobPhase = "succeeded" if isinstance(outcome, Succeeded) else "failed"
+            return JobStatus(phase=phase, job=job, request=job.request)
+        if running is None:
+            return JobStatus(phase="queued", job=job, request=job.request)
+        return running_status(job, running, now - polled_at)
 
     def statistics(self) -> SessionStatistics:
         """A frozen snapshot of jobs, requests, 429s and time paused by rate limits."""
@@ -535,4 +620,11 @@ class AsyncSession:
             media_released=counts.released,
             journal_write_failures=self._parts.ledger.write_failures,
             journal_writes_pending=self._parts.ledger.pending_writes,
+            submits_waiting=self._parts.retrier.waiting["queue"],
+            expected_queue_wait=expected_token_wait(
+                self._parts.budget,
+                "queue",
+                self._parts.retrier.waiting["queue"],
+                self._parts.clock.monotonic(),
+            ),
         )

@@ -30,6 +30,7 @@ from ._results import Delivery
 from ._resume import Resumer
 from ._retry import Retrier
 from ._scheduler import ReleaseMedia, Scheduler
+from ._status import StatusBook
 from ._submit import Submitter
 
 __all__ = ["SessionParts", "build_parts"]
@@ -40,7 +41,9 @@ class SessionParts:
     """Everything a session is made of."""
 
     client: VeniceClient
+    clock: Clock
     budget: RequestBudget
+    retrier: Retrier
     recorder: ResponseRecorder
     ledger: Ledger
     scheduler: Scheduler
@@ -49,6 +52,7 @@ class SessionParts:
     submitter: Submitter
     resumer: Resumer
     delivery: Delivery
+    status_book: StatusBook
     lifecycle: Lifecycle
 
 
@@ -98,6 +102,7 @@ def build_parts(
     retrier = Retrier(acquire=budget.acquire, policy=retry, clock=clock, rng=rng)
     limiter = RequestLimiter(limits.max_concurrent_requests)
     ledger = Ledger(limit_usd=max_spend_usd, clock=clock, journal=journal)
+    book = StatusBook()
     scheduler = Scheduler(
         client=client,
         budget=budget,
@@ -109,7 +114,7 @@ def build_parts(
         release_limiter=limiter,
         release=release_media,
         rng=rng,
-        on_outcome=ledger.record_outcome,
+        on_outcome=book.recording(ledger.record_outcome),
         on_released=ledger.record_released,
     )
     models = Catalogue(
@@ -126,6 +131,7 @@ def build_parts(
         retrier=retrier,
         limiter=limiter,
         destinations=destinations,
+        clock=clock,
     )
     resumer = Resumer(
         ledger=ledger,
@@ -136,7 +142,9 @@ def build_parts(
     )
     return SessionParts(
         client=client,
+        clock=clock,
         budget=budget,
+        retrier=retrier,
         recorder=recorder,
         ledger=ledger,
         scheduler=scheduler,
@@ -145,5 +153,6 @@ def build_parts(
         submitter=submitter,
         resumer=resumer,
         delivery=Delivery(scheduler=scheduler, clock=clock),
+        status_book=book,
         lifecycle=Lifecycle(client=client, ledger=ledger, scheduler=scheduler),
     )
