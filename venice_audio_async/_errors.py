@@ -75,6 +75,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PaymentRequiredError",
     "PermissionDeniedError",
+    "QueueDeadlineExceeded",
     "QueueOutcomeUnknown",
     "RateLimitError",
     "RequestTimeout",

@@ -21,12 +21,21 @@ import os
 import sys
 import types
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import overload
 
 import attrs
 
+from ._batch_flow import BatchResults, FollowedResults
 from ._budget import RequestBudget
 from ._clock import Clock, SystemClock
 from ._config import (
@@ -460,8 +469,15 @@ class AsyncSession:
 
     # ------------------------------------------------------------------ results
 
-    @asynccontextmanager
-    async def results(self, jobs: Iterable[Job]) -> AsyncIterator[ResultStream]:
+    @overload
+    def results(self, jobs: Iterable[Job]) -> AbstractAsyncContextManager[ResultStream]: ...
+
+    @overload
+    def results(self, jobs: AsyncIterable[Job]) -> AbstractAsyncContextManager[FollowedResults]: ...
+
+    def results(
+        self, jobs: Iterable[Job] | AsyncIterable[Job]
+    ) -> AbstractAsyncContextManager[ResultStream] | AbstractAsyncContextManager[FollowedResults]:
         """Outcomes of ``jobs`` as they finish, in finish order.
 
         ::
@@ -475,12 +491,66 @@ class AsyncSession:
         One failed job does not end the iteration. Leaving the block early stops polling
         the jobs nobody else waits for; they stay listed by :meth:`unfinished`.
 
+        ``jobs`` may also arrive over time: an async iterable (such as an anyio memory
+        object receive stream) of jobs as they are submitted; the iteration ends once it
+        is exhausted and every job it gave has finished.
+
         Raises:
             ValueError: a job is not known to this session (submit or attach it first).
         """
+        if isinstance(jobs, AsyncIterable):
+            self._check_open()
+            return self._parts.flows.follow(jobs)
+        return self._results(jobs)
+
+    @asynccontextmanager
+    async def _results(self, jobs: Iterable[Job]) -> AsyncIterator[ResultStream]:
         self._check_open()
         async with self._parts.delivery.results(jobs) as stream:
             yield stream
+
+    @asynccontextmanager
+    async def generate_many(
+        self,
+        requests: Iterable[QueueRequest],
+        *,
+        destination: Destination = None,
+        deadline: float | None = None,
+        validate: bool | None = None,
+    ) -> AsyncIterator[BatchResults]:
+        """Queue a batch and hand over each outcome as it finishes, while the rest is still
+        being queued::
+
+            async with session.generate_many(requests) as results:
+                async for outcome in results:
+                    match outcome:
+                        case Succeeded(job, audio): ...
+                        case Failed(job, error): ...  # queued, then failed
+                        case Refused(request, error): ...  # never queued, nothing billed
+
+        Every request is validated first (all problems at once; nothing is sent if one is
+        invalid). Then they are queued within the queue rate limit, in order, while the
+        jobs already queued are polled. A request the API or the session refuses at queue
+        time (402, ``max_spend_usd``, the server's validation, no token before
+        ``deadline``) yields :class:`Refused`, which has no ``queue_id``. Leaving the block
+        early sends none of the requests not queued yet; the queued ones stay tracked
+        (:meth:`unfinished`). ``destination``, ``deadline`` and ``validate`` are as for
+        :meth:`submit`.
+
+        Raises:
+            RequestValidationError: some requests are invalid (problems prefixed by index).
+            SessionStateError: the session is not open.
+            MissingAPIKeyError: no API key was given.
+
+        .. versionadded:: 0.1.0
+        """
+        self._check_open(paid=True)
+        if deadline is not None:
+            check_number("deadline (seconds)", deadline)
+        async with self._parts.flows.generate_many(
+            requests, destination=destination, deadline=deadline, validate=validate
+        ) as results:
+            yield results
 
     async def wait_for(self, job: Job, *, timeout: float | None = None) -> AudioResult:
         """The audio of one job, once it is finished.

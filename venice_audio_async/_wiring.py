@@ -15,6 +15,7 @@ from pathlib import Path
 import attrs
 
 from ._audio import Destinations
+from ._batch_flow import BatchFlows
 from ._budget import LocalBudget, RequestBudget, ResponseRecorder
 from ._catalogue import Catalogue
 from ._client import VeniceClient
@@ -53,6 +54,7 @@ class SessionParts:
     resumer: Resumer
     delivery: Delivery
     status_book: StatusBook
+    flows: BatchFlows
     lifecycle: Lifecycle
 
 
@@ -140,6 +142,7 @@ def build_parts(
         destinations=destinations,
         clock=clock,
     )
+    lifecycle = Lifecycle(client=client, ledger=ledger, scheduler=scheduler)
     return SessionParts(
         client=client,
         clock=clock,
@@ -154,5 +157,6 @@ def build_parts(
         resumer=resumer,
         delivery=Delivery(scheduler=scheduler, clock=clock),
         status_book=book,
-        lifecycle=Lifecycle(client=client, ledger=ledger, scheduler=scheduler),
+        lifecycle=lifecycle,
+        flows=BatchFlows(submitter=submitter, scheduler=scheduler, spawn=lifecycle.spawn),
     )
