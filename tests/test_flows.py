@@ -202,6 +202,22 @@ async def test_wait_again_on_the_job_the_timeout_carries(limited: FakeServer) ->
     assert audio.size > 0
 
 
+async def test_attach_again_in_the_same_session_keeps_the_finished_outcome(
+    limited: FakeServer,
+) -> None:
+    """Coming back with attach(model, queue_id) after the job finished costs no request."""
+    async with make_session(limited) as session:
+        with pytest.raises(v.JobDeadlineExceeded) as caught:
+            await session.generate("stable-audio-25", "back in a minute", timeout=1)
+        job = caught.value.job
+        await session._parts.clock.sleep(20.0)  # finished (and polled) while nobody waited
+        assert session.status(job).phase == "succeeded"
+        retrieves = limited.count("retrieve")
+        audio = await session.wait_for(session.attach(job.model, job.queue_id), timeout=5)
+        assert limited.count("retrieve") == retrieves
+    assert audio.size > 0
+
+
 async def test_attach_in_another_session_fetches_with_one_poll(limited: FakeServer) -> None:
     """A job left running is fetched by attach elsewhere with one retrieve once it is done."""
     async with make_session(limited) as first:

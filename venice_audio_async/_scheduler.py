@@ -197,8 +197,8 @@ class Scheduler:
         """Start polling ``job``. ``deadline`` is seconds from now; ``elapsed`` what is known
         of its run time so far: 0 for a job just queued, ``None`` for one queued elsewhere
         at an unknown time. A job with a history (attached, resumed) is polled at once."""
-        if job.queue_id in self._jobs and self._jobs[job.queue_id].outcome is None:
-            return
+        if job.queue_id in self._jobs:
+            return  # running, or finished and kept until taken: attaching again changes nothing
         now = self._clock.monotonic()
         tracked = _Tracked(
             job=job,

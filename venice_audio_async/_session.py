@@ -118,9 +118,8 @@ class AsyncSession:
     ::
 
         async with AsyncSession() as session:
-            jobs = await session.submit_many(requests)
-            async with session.results(jobs) as results:
-                async for outcome in results:
+            async with session.generate_many(requests) as results:
+                async for outcome in results:  # as each finishes
                     ...
 
     One session holds one connection pool, one polling scheduler and one request budget
