@@ -119,6 +119,17 @@ async def test_generate_many_refusal_is_an_outcome_without_a_job(limited: FakeSe
     assert not hasattr(refused[0], "job")
 
 
+async def test_generate_many_spend_limit_refuses_what_does_not_fit(limited: FakeServer) -> None:
+    """Requests past max_spend_usd come out as Refused; only what fits is queued."""
+    session = make_session(limited, max_spend_usd=0.5)  # 0.24 a piece
+    async with session, session.generate_many(_requests(5)) as results:
+        seen = [o async for o in results]
+    refused = [o for o in seen if isinstance(o, v.Refused)]
+    assert len(refused) == 3
+    assert all(isinstance(o.error, v.SpendLimitExceeded) for o in refused)
+    assert limited.count("queue") == 2
+
+
 async def test_results_accepts_jobs_as_they_are_submitted(limited: FakeServer) -> None:
     """results() of a memory stream yields each job's outcome, while jobs keep coming."""
     send, receive = anyio.create_memory_object_stream[v.Job](10)
