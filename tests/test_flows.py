@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
@@ -301,3 +302,19 @@ async def test_status_of_a_request_waiting_for_its_token(slow: FakeServer) -> No
     assert all(status.request in requests for status in waiting)
     assert all(status.token_wait is not None for status in waiting)
     assert all(status.token_wait > 0 for status in waiting if status.token_wait is not None)
+
+
+async def test_cancelled_while_queue_is_on_the_wire_keeps_the_job(
+    slow: FakeServer, tmp_path: Path
+) -> None:
+    """A submit cancelled mid-queue still gets its job tracked and journaled as queued."""
+    slow.inject("queue", Fault.delay(5.0))
+    journal = tmp_path / "journal.sqlite3"
+    async with make_session(slow, clock=v.ScaledClock(SLOW_SCALE), journal=journal) as session:
+        with anyio.move_on_after(2.0 * SLOW_SCALE):  # cancelled while the answer is awaited
+            await session.submit("stable-audio-25", "cancelled half way through")
+        assert slow.count("queue") == 1
+        assert len(session.unfinished()) == 1
+        assert session.journal is not None
+        entries = await session.journal.entries()
+    assert [entry.state for entry in entries] == [v.JobState.QUEUED]
