@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import textwrap
 import types
@@ -85,12 +86,34 @@ async def test_web_handler(server: FakeServer) -> None:
     assert response.body
 
 
+async def test_web_handler_come_back_later(server: FakeServer) -> None:
+    """A job outliving the handler's timeout is a 202, and fetched when the client returns."""
+    code = next(c for c in _blocks().values() if "make_jingle" in c)
+    server.plan(JobScript(duration=60.0))
+    names = _namespace(server)
+    async with names["AsyncSession"]() as session:
+        local = await _run(code, names)
+        app = {"venice": session}
+        first = await local["make_jingle"](types.SimpleNamespace(app=app))
+        assert first.status == 202
+        queue_id = json.loads(first.body)["queue_id"]
+        back = types.SimpleNamespace(app=app, match_info={"queue_id": queue_id})
+        early = await local["fetch_jingle"](back)
+        assert early.status == 202
+        assert json.loads(early.body)["state"] == "running"
+        await session._parts.clock.sleep(40.0)
+        done = await local["fetch_jingle"](back)
+    assert done.status == 200
+    assert done.body == server.audio_for(queue_id)
+    assert server.count("queue") == 1
+
+
 async def test_batch_to_a_folder(
     server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The batch example writes 200 tracks into its folder, within its spending limit."""
     monkeypatch.chdir(tmp_path)
-    code = next(c for c in _blocks().values() if "submit_many" in c)
+    code = next(c for c in _blocks().values() if "generate_many" in c)
     await _run(code, _namespace(server, print=lambda *a: None))
     assert len(list((tmp_path / "tracks").glob("*.flac"))) == 200
     assert server.count("queue") == 200
@@ -109,8 +132,9 @@ async def test_bot(server: FakeServer) -> None:
 
     code = next(c for c in _blocks().values() if "send_audio" in c)
     await _run(code, _namespace(server, chat=Chat()))
-    assert len(sent) == 1
-    assert isinstance(sent[0], bytes)
+    assert len(sent) == 2
+    assert isinstance(sent[0], str)
+    assert isinstance(sent[-1], bytes)
 
 
 async def test_testing_example() -> None:

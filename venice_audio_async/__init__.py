@@ -9,6 +9,7 @@ within the rate limits, and receive each result as it finishes.
 import importlib.metadata as _metadata
 
 from ._audio import AudioSink, FileSink, MemorySink
+from ._batch_flow import BatchResults, FollowedResults
 from ._budget import (
     BudgetStatistics,
     EndpointStatistics,
@@ -40,6 +41,7 @@ from ._errors import (
     PayloadTooLargeError,
     PaymentRequiredError,
     PermissionDeniedError,
+    QueueDeadlineExceeded,
     QueueOutcomeUnknown,
     RateLimitError,
     RequestTimeout,
@@ -59,6 +61,7 @@ from ._models import (
     AudioFormat,
     AudioModel,
     AudioResult,
+    BatchOutcome,
     CompleteRequest,
     CompleteResult,
     DurationsPricing,
@@ -78,6 +81,7 @@ from ._models import (
     QueueRequest,
     QuoteRequest,
     QuoteResult,
+    Refused,
     RetrieveRequest,
     Running,
     Succeeded,
@@ -87,6 +91,7 @@ from ._models import (
 from ._results import ResultStream
 from ._resume import ResumeReport
 from ._session import AsyncSession, SessionStatistics
+from ._status import JobPhase, JobStatus
 
 try:
     __version__ = _metadata.version("venice-audio-async")
@@ -104,6 +109,8 @@ __all__ = [
     "AudioStorageError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchOutcome",
+    "BatchResults",
     "BatchSubmitError",
     "BudgetStatistics",
     "Clock",
@@ -119,12 +126,15 @@ __all__ = [
     "Failed",
     "FieldProblem",
     "FileSink",
+    "FollowedResults",
     "GenerationPricing",
     "InferenceFailedError",
     "InvalidQueueIdError",
     "Job",
     "JobDeadlineExceeded",
+    "JobPhase",
     "JobState",
+    "JobStatus",
     "Journal",
     "JournalEntry",
     "JournalError",
@@ -146,6 +156,7 @@ __all__ = [
     "PollingBounds",
     "Pricing",
     "Processing",
+    "QueueDeadlineExceeded",
     "QueueOptions",
     "QueueOutcomeUnknown",
     "QueueRequest",
@@ -156,6 +167,7 @@ __all__ = [
     "RateLimitError",
     "RateLimits",
     "RateWindow",
+    "Refused",
     "RequestBudget",
     "RequestTimeout",
     "RequestValidationError",

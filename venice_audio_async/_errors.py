@@ -35,6 +35,7 @@
      │    └── ServerError                5xx
      │         ├── InferenceFailedError  500
      │         └── ServiceUnavailableError 503
+     ├── QueueDeadlineExceeded (TimeoutError)     no queue token before the deadline; unsent
      └── JobDeadlineExceeded (TimeoutError)       a job outlived its deadline; queue_id kept
 
 A failed generation on ``retrieve`` is an :class:`APIStatusError` (the API reports job
@@ -74,6 +75,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PaymentRequiredError",
     "PermissionDeniedError",
+    "QueueDeadlineExceeded",
     "QueueOutcomeUnknown",
     "RateLimitError",
     "RequestTimeout",
@@ -300,6 +302,23 @@ class JobDeadlineExceeded(VeniceError, TimeoutError):
         super().__init__(
             f"job {job.queue_id} ({job.model}) not finished after {waited:.1f}s; "
             "it is still running on the server and can be attached later"
+        )
+
+
+class QueueDeadlineExceeded(VeniceError, TimeoutError):
+    """The deadline would pass before a ``queue`` token: the request was refused, unsent.
+
+    Nothing was sent or billed. ``request`` is the request refused; ``waited`` the seconds
+    spent waiting for the token.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, request: QueueRequest, waited: float) -> None:
+        self.request = request
+        self.waited = waited
+        super().__init__(
+            f"no queue token in time for {request.model} (waited {waited:.1f}s); nothing was sent"
         )
 
 

@@ -32,6 +32,7 @@ from ._config import check_number
 from ._errors import (
     APIStatusError,
     JobDeadlineExceeded,
+    QueueDeadlineExceeded,
     QueueOutcomeUnknown,
     SessionStateError,
     SpendLimitExceeded,
@@ -350,7 +351,8 @@ class Ledger:
             if journal is not None and row is not None:
                 cause = error.cause if isinstance(error, QueueOutcomeUnknown) else error
                 await journal.mark_unknown(row, cause)
-        elif isinstance(error, APIStatusError):
+        elif isinstance(error, (APIStatusError, QueueDeadlineExceeded)):
+            # Refused (by the API, or here for want of a token in time): never re-sent.
             self._settle(ticket, billed=False)
             if journal is not None and row is not None:
                 await journal.mark_rejected(row, error)

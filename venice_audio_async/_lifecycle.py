@@ -12,6 +12,8 @@ from __future__ import annotations
 import enum
 import logging
 import types
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -54,6 +56,17 @@ class Lifecycle:
             raise SessionStateError("the session is not open; use 'async with AsyncSession()'")
         if self.state is SessionState.CLOSED:
             raise SessionStateError("the session is closed")
+
+    def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``fn`` in the session's task group. It must never raise: an error there
+        would stop the scheduler.
+
+        Raises:
+            SessionStateError: the session is not open.
+        """
+        self.check_open()
+        assert self._tg is not None
+        self._tg.start_soon(fn)
 
     async def open(self) -> None:
         """Open the journal and start the background tasks.

@@ -23,6 +23,7 @@ __all__ = [
     "AudioFormat",
     "AudioModel",
     "AudioResult",
+    "BatchOutcome",
     "CompleteRequest",
     "CompleteResult",
     "DurationTier",
@@ -42,6 +43,7 @@ __all__ = [
     "QueueRequest",
     "QuoteRequest",
     "QuoteResult",
+    "Refused",
     "RetrieveRequest",
     "Running",
     "Succeeded",
@@ -414,4 +416,19 @@ class Failed:
     error: VeniceError
 
 
+@attrs.frozen
+class Refused:
+    """A request of ``generate_many`` that was never queued: there is no job and no
+    ``queue_id``, and nothing was billed. ``error`` says why (a 402, the spending limit,
+    the server's validation, no queue token before the deadline).
+
+    .. versionadded:: 0.1.0
+    """
+
+    request: QueueRequest
+    error: VeniceError
+
+
 Outcome = Union[Succeeded, Failed]  # noqa: UP007 (a runtime alias usable on 3.10)
+#: What ``generate_many`` yields: a job's outcome, or a request refused before queueing.
+BatchOutcome = Union[Succeeded, Failed, Refused]  # noqa: UP007

@@ -190,7 +190,7 @@ class Resumer:
             return
         try:
             job = await self._submitter.send(
-                entry.request, ticket, target=_target(entry), name=entry.name, deadline=None
+                entry.request, ticket, target=_target(entry), name=entry.name
             )
         except (QueueOutcomeUnknown, APIStatusError):
             latest = await self._ledger.entry(entry.id)

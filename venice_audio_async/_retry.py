@@ -28,6 +28,7 @@ import email.utils
 import enum
 import math
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
@@ -47,6 +48,7 @@ from ._logging import attempt_context, log
 
 __all__ = [
     "Retrier",
+    "TokenTooLate",
     "Verdict",
     "decide",
     "header_int",
@@ -130,6 +132,18 @@ def decide(endpoint: str, error: VeniceError, policy: RetryPolicy) -> Verdict:
     return Verdict.RAISE
 
 
+class TokenTooLate(Exception):
+    """No token for the request could be had before its deadline; nothing was sent.
+
+    Internal: the caller turns it into its public error (``QueueDeadlineExceeded``).
+    """
+
+    def __init__(self, endpoint: str, waited: float) -> None:
+        super().__init__(f"no {endpoint} token before the deadline")
+        self.endpoint = endpoint
+        self.waited = waited
+
+
 class Retrier:
     """Sends one request within the budget and repeats it as :func:`decide` says.
 
@@ -140,7 +154,7 @@ class Retrier:
     def __init__(
         self,
         *,
-        acquire: Callable[[str], Awaitable[object]],
+        acquire: Callable[..., Awaitable[object]],
         policy: RetryPolicy,
         clock: Clock,
         rng: random.Random | None = None,
@@ -149,17 +163,29 @@ class Retrier:
         self.policy = policy
         self._clock = clock
         self._rng = rng or random.Random()
+        #: Callers waiting for a token right now, per endpoint (for statistics).
+        self.waiting: Counter[str] = Counter()
 
     def backoff(self, failures: int) -> float:
         """Seconds to wait before retry number ``failures`` (1-based), with jitter."""
         return self.policy.backoff(failures, self._rng.random())
 
     async def call(
-        self, endpoint: str, send: Callable[[], Awaitable[T]], *, limiter: RequestLimiter
+        self,
+        endpoint: str,
+        send: Callable[[], Awaitable[T]],
+        *,
+        limiter: RequestLimiter,
+        deadline: float | None = None,
     ) -> T:
         """``send()`` once a token and a request slot are free, repeated per :func:`decide`.
 
+        ``deadline`` (a ``clock.monotonic()`` reading) bounds each wait for a token: one
+        that would come later ends the call with :class:`TokenTooLate` before that attempt
+        is sent. An attempt already sent is never cut short.
+
         Raises:
+            TokenTooLate: no token before ``deadline``; that attempt was not sent.
             VeniceError: the error of the last attempt, once attempts (or, for 429s,
                 :data:`_MAX_RATE_LIMITED` in a row) are exhausted, or any error to raise.
         """
@@ -167,7 +193,16 @@ class Retrier:
         clock = self._clock
         while True:
             asked = clock.monotonic()
-            await self._acquire(endpoint)
+            self.waiting[endpoint] += 1
+            try:
+                if deadline is None:
+                    granted = await self._acquire(endpoint)
+                else:
+                    granted = await self._acquire(endpoint, deadline=deadline)
+            finally:
+                self.waiting[endpoint] -= 1
+            if granted is False:  # a budget predating deadlines returns None: granted
+                raise TokenTooLate(endpoint, clock.monotonic() - asked)
             attempt = failures + rate_limited + 1
             try:
                 with attempt_context(attempt, wait=clock.monotonic() - asked):

@@ -116,6 +116,8 @@ class _Tracked:
     keyed_version: int = -1
     capped: bool = False  # keyed at the horizon, before it is really due
     slot: int = -1  # index in Scheduler._live while in flight
+    last_status: Processing | None = None  # the latest "still running" answer
+    forgotten: bool = False  # session.forget: never polled again
 
 
 @attrs.frozen
@@ -195,8 +197,8 @@ class Scheduler:
         """Start polling ``job``. ``deadline`` is seconds from now; ``elapsed`` what is known
         of its run time so far: 0 for a job just queued, ``None`` for one queued elsewhere
         at an unknown time. A job with a history (attached, resumed) is polled at once."""
-        if job.queue_id in self._jobs and self._jobs[job.queue_id].outcome is None:
-            return
+        if job.queue_id in self._jobs:
+            return  # running, or finished and kept until taken: attaching again changes nothing
         now = self._clock.monotonic()
         tracked = _Tracked(
             job=job,
@@ -290,6 +292,35 @@ class Scheduler:
         if tracked is not None and stream in tracked.subscribers:
             tracked.subscribers.remove(stream)
 
+    def progress(self, queue_id: str) -> tuple[Outcome | None, Processing | None, float] | None:
+        """What is known of a tracked job: its outcome (finished, not handed over yet),
+        the last "still running" answer, and when it was polled (``clock`` time)."""
+        tracked = self._jobs.get(queue_id)
+        if tracked is None:
+            return None
+        return tracked.outcome, tracked.last_status, tracked.last_poll
+
+    def forget(self, job: Job) -> bool:
+        """Stop tracking ``job``: never poll it again, keep no outcome of it. Returns
+        False if it was not tracked.
+
+        Raises:
+            ValueError: a consumer waits on the job right now.
+        """
+        tracked = self._jobs.get(job.queue_id)
+        if tracked is None:
+            return False
+        if tracked.subscribers:
+            raise ValueError(f"job {job.queue_id} is being waited on; leave that wait first")
+        del self._jobs[job.queue_id]
+        if tracked.outcome is None:
+            tracked.forgotten = True
+            tracked.entry = -1  # its heap entries are stale now
+            self._untrack_live(tracked)
+            self._end_probe(job.model)
+            self._counts["forgotten"] += 1
+        return True
+
     def unfinished(self) -> list[Job]:
         """Jobs queued (paid for) whose outcome was never reached: keep their ids."""
         return [t.job for t in self._jobs.values() if t.outcome is None]
@@ -299,7 +330,7 @@ class Scheduler:
         # Kept as counters, not counted over every job: progress displays call this often.
         finished = counts["succeeded"] + counts["failed"]
         return SchedulerCounts(
-            in_flight=counts["tracked"] - finished,
+            in_flight=counts["tracked"] - finished - counts["forgotten"],
             succeeded=counts["succeeded"],
             failed=counts["failed"],
             untaken=len(self._jobs) - len(self._live),
@@ -323,7 +354,7 @@ class Scheduler:
                 tracked = await self._next_worth_polling()
                 await self._budget.acquire("retrieve")
                 self._grants_since_reprice += 1
-                if tracked.outcome is not None:
+                if tracked.outcome is not None or tracked.forgotten:
                     continue
                 tracked.in_flight = True
                 send.send_nowait(tracked)
@@ -496,6 +527,8 @@ class Scheduler:
             answer = error
         finally:
             tracked.in_flight = False
+        if tracked.forgotten:
+            return  # forgotten while this poll was in flight
         now = self._clock.monotonic()
         if isinstance(answer, VeniceError):
             await self._on_error(tracked, answer)
@@ -516,6 +549,7 @@ class Scheduler:
         if status.execution_duration is not None:
             tracked.started = now - status.execution_duration
         tracked.last_poll = now
+        tracked.last_status = status
         tracked.seen_running_at_age = max(0.0, now - tracked.started)
         tracked.prompt = False
         self._belief_of(tracked)

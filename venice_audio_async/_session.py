@@ -16,16 +16,26 @@ out results; the parts never see the session:
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import types
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import overload
 
 import attrs
 
+from ._batch_flow import BatchResults, FollowedResults
 from ._budget import RequestBudget
 from ._clock import Clock, SystemClock
 from ._config import (
@@ -34,6 +44,7 @@ from ._config import (
     RateLimits,
     RetryPolicy,
     Timeouts,
+    check_number,
 )
 from ._errors import MissingAPIKeyError
 from ._estimator import PollingBounds
@@ -55,6 +66,7 @@ from ._models import (
 from ._results import ResultStream
 from ._resume import ResumeReport
 from ._scheduler import RELEASE_MODES, ReleaseMedia
+from ._status import JobPhase, JobStatus, expected_token_wait, running_status
 from ._submit import Destination
 from ._wiring import build_parts
 
@@ -64,6 +76,8 @@ else:  # Unpack for **kwargs (PEP 692) is in typing from 3.12
     from typing_extensions import Unpack
 
 __all__ = ["AsyncSession", "SessionStatistics"]
+
+log = logging.getLogger("venice_audio_async")
 
 
 @attrs.frozen
@@ -98,6 +112,10 @@ class SessionStatistics:
     journal_write_failures: int = 0
     #: Of those, the ones not landed yet.
     journal_writes_pending: int = 0
+    #: Submits waiting here for a ``queue`` token right now.
+    submits_waiting: int = 0
+    #: Seconds the last of them is expected to wait for its token (0 when none waits).
+    expected_queue_wait: float = 0.0
 
     @property
     def retrieves_per_finished_job(self) -> float:
@@ -112,9 +130,8 @@ class AsyncSession:
     ::
 
         async with AsyncSession() as session:
-            jobs = await session.submit_many(requests)
-            async with session.results(jobs) as results:
-                async for outcome in results:
+            async with session.generate_many(requests) as results:
+                async for outcome in results:  # as each finishes
                     ...
 
     One session holds one connection pool, one polling scheduler and one request budget
@@ -287,10 +304,13 @@ class AsyncSession:
         Returns the job at once; get its result with :meth:`results` or :meth:`wait_for`.
         ``options`` are the optional :class:`QueueRequest` fields (:class:`QueueOptions`).
         ``destination`` is a file or directory for the audio (default: ``output_dir``, else
-        memory). ``deadline`` (seconds) ends the job with :class:`JobDeadlineExceeded` if it
-        runs longer; the job keeps running on the server and can be attached later.
+        memory). ``deadline`` (seconds) bounds the whole submission: no queue token is
+        waited for past it (:class:`QueueDeadlineExceeded`, nothing sent), and the job ends
+        with :class:`JobDeadlineExceeded` if it runs longer; the job keeps running on the
+        server and can be attached later.
 
         Raises:
+            QueueDeadlineExceeded: no queue token before ``deadline``; nothing was sent.
             RequestValidationError: the request breaks the model's rules; nothing was sent.
             SpendLimitExceeded: the job would take the session past ``max_spend_usd``;
                 nothing was sent.
@@ -460,8 +480,15 @@ class AsyncSession:
 
     # ------------------------------------------------------------------ results
 
-    @asynccontextmanager
-    async def results(self, jobs: Iterable[Job]) -> AsyncIterator[ResultStream]:
+    @overload
+    def results(self, jobs: Iterable[Job]) -> AbstractAsyncContextManager[ResultStream]: ...
+
+    @overload
+    def results(self, jobs: AsyncIterable[Job]) -> AbstractAsyncContextManager[FollowedResults]: ...
+
+    def results(
+        self, jobs: Iterable[Job] | AsyncIterable[Job]
+    ) -> AbstractAsyncContextManager[ResultStream] | AbstractAsyncContextManager[FollowedResults]:
         """Outcomes of ``jobs`` as they finish, in finish order.
 
         ::
@@ -475,12 +502,66 @@ class AsyncSession:
         One failed job does not end the iteration. Leaving the block early stops polling
         the jobs nobody else waits for; they stay listed by :meth:`unfinished`.
 
+        ``jobs`` may also arrive over time: an async iterable (such as an anyio memory
+        object receive stream) of jobs as they are submitted; the iteration ends once it
+        is exhausted and every job it gave has finished.
+
         Raises:
             ValueError: a job is not known to this session (submit or attach it first).
         """
+        if isinstance(jobs, AsyncIterable):
+            self._check_open()
+            return self._parts.flows.follow(jobs)
+        return self._results(jobs)
+
+    @asynccontextmanager
+    async def _results(self, jobs: Iterable[Job]) -> AsyncIterator[ResultStream]:
         self._check_open()
         async with self._parts.delivery.results(jobs) as stream:
             yield stream
+
+    @asynccontextmanager
+    async def generate_many(
+        self,
+        requests: Iterable[QueueRequest],
+        *,
+        destination: Destination = None,
+        deadline: float | None = None,
+        validate: bool | None = None,
+    ) -> AsyncIterator[BatchResults]:
+        """Queue a batch and hand over each outcome as it finishes, while the rest is still
+        being queued::
+
+            async with session.generate_many(requests) as results:
+                async for outcome in results:
+                    match outcome:
+                        case Succeeded(job, audio): ...
+                        case Failed(job, error): ...  # queued, then failed
+                        case Refused(request, error): ...  # never queued, nothing billed
+
+        Every request is validated first (all problems at once; nothing is sent if one is
+        invalid). Then they are queued within the queue rate limit, in order, while the
+        jobs already queued are polled. A request the API or the session refuses at queue
+        time (402, ``max_spend_usd``, the server's validation, no token before
+        ``deadline``) yields :class:`Refused`, which has no ``queue_id``. Leaving the block
+        early sends none of the requests not queued yet; the queued ones stay tracked
+        (:meth:`unfinished`). ``destination``, ``deadline`` and ``validate`` are as for
+        :meth:`submit`.
+
+        Raises:
+            RequestValidationError: some requests are invalid (problems prefixed by index).
+            SessionStateError: the session is not open.
+            MissingAPIKeyError: no API key was given.
+
+        .. versionadded:: 0.1.0
+        """
+        self._check_open(paid=True)
+        if deadline is not None:
+            check_number("deadline (seconds)", deadline)
+        async with self._parts.flows.generate_many(
+            requests, destination=destination, deadline=deadline, validate=validate
+        ) as results:
+            yield results
 
     async def wait_for(self, job: Job, *, timeout: float | None = None) -> AudioResult:
         """The audio of one job, once it is finished.
@@ -514,23 +595,96 @@ class AsyncSession:
         """Submit one generation and wait for its audio: the one-call form.
 
         ``options`` are the optional :class:`QueueRequest` fields (:class:`QueueOptions`);
-        ``deadline`` and ``validate`` are as for :meth:`submit`.
+        ``deadline`` and ``validate`` are as for :meth:`submit`. ``timeout`` (seconds)
+        bounds the whole call, the wait for a queue token included.
 
         Raises:
             RequestValidationError, QueueOutcomeUnknown, APIStatusError: see :meth:`submit`.
-            JobDeadlineExceeded: not finished within ``timeout``; the job keeps running.
+            QueueDeadlineExceeded: no queue token could be had within ``timeout``; nothing
+                was sent.
+            JobDeadlineExceeded: not finished within ``timeout``; the job keeps running
+                (``error.job``: wait for it again, or attach it elsewhere, later).
             VeniceError: the job failed.
         """
-        job = await self.submit(
-            model, prompt, destination=destination, deadline=deadline, validate=validate, **options
+        self._check_open(paid=True)
+        if timeout is not None:
+            check_number("timeout (seconds)", timeout)
+        clock = self._parts.clock
+        ends = None if timeout is None else clock.monotonic() + timeout
+        request = QueueRequest(model=model, prompt=prompt, **options)
+        job = await self._parts.submitter.submit(
+            request,
+            destination=destination,
+            deadline=deadline,
+            validate=validate,
+            token_deadline=ends,
         )
-        return await self.wait_for(job, timeout=timeout)
+        # A queue call in flight is never cut short: past the timeout its job is handed back
+        # at once, inside JobDeadlineExceeded.
+        left = None if ends is None else max(0.0, ends - clock.monotonic())
+        return await self.wait_for(job, timeout=left)
 
     # ------------------------------------------------------------------ introspection
 
     def unfinished(self) -> list[Job]:
         """Jobs queued (and paid for) that have no outcome yet: keep their ids."""
         return self._scheduler.unfinished()
+
+    def forget(self, job: Job) -> None:
+        """Stop tracking a job given up on: it is no longer polled, kept or listed by
+        :meth:`unfinished`. Forgetting a job not tracked does nothing.
+
+        The job may still run, and it was paid for: its ``queue_id`` is logged (INFO) and
+        stays in the journal, so :meth:`attach` (here or in another session) or ``resume``
+        can still fetch it.
+
+        Raises:
+            ValueError: a :meth:`results` or :meth:`wait_for` waits on the job right now.
+
+        .. versionadded:: 0.1.0
+        """
+        if self._scheduler.forget(job):
+            self._parts.status_book.note(job.queue_id, "forgotten")
+            log.info(
+                "forgot job %s (%s): no longer polled; it may still run and is paid for, "
+                "attach(%r, %r) fetches it",
+                job.queue_id,
+                job.model,
+                job.model,
+                job.queue_id,
+                extra={"queue_id": job.queue_id, "model": job.model},
+            )
+
+    def status(self, job: Job | QueueRequest) -> JobStatus:
+        """The last known state of ``job``: waiting here for a queue token, at Venice
+        (queued, or running with the server's estimate and an estimated time left), or
+        finished. Pass the :class:`QueueRequest` to ask about a submit still waiting for
+        its token (the same object that was submitted). Sends nothing.
+
+        .. versionadded:: 0.1.0
+        """
+        parts = self._parts
+        now = parts.clock.monotonic()
+        if isinstance(job, QueueRequest):
+            if id(job) in parts.submitter.waiting:
+                waiting = parts.retrier.waiting["queue"]
+                wait = expected_token_wait(parts.budget, "queue", waiting, now)
+                return JobStatus(phase="waiting_for_token", request=job, token_wait=wait)
+            return JobStatus(phase="unknown", request=job)
+        known = self._scheduler.progress(job.queue_id)
+        if known is None:
+            return JobStatus(
+                phase=parts.status_book.phase(job.queue_id) or "unknown",
+                job=job,
+                request=job.request,
+            )
+        outcome, running, polled_at = known
+        if outcome is not None:
+            phase: JobPhase = "succeeded" if isinstance(outcome, Succeeded) else "failed"
+            return JobStatus(phase=phase, job=job, request=job.request)
+        if running is None:
+            return JobStatus(phase="queued", job=job, request=job.request)
+        return running_status(job, running, now - polled_at)
 
     def statistics(self) -> SessionStatistics:
         """A frozen snapshot of jobs, requests, 429s, pauses and spend (every field is
@@ -551,4 +705,11 @@ class AsyncSession:
             spend_limit_usd=limit,
             journal_write_failures=self._parts.ledger.write_failures,
             journal_writes_pending=self._parts.ledger.pending_writes,
+            submits_waiting=self._parts.retrier.waiting["queue"],
+            expected_queue_wait=expected_token_wait(
+                self._parts.budget,
+                "queue",
+                self._parts.retrier.waiting["queue"],
+                self._parts.clock.monotonic(),
+            ),
         )

@@ -18,7 +18,7 @@ the request may have left becomes :class:`~venice_audio_async.QueueOutcomeUnknow
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import anyio
@@ -26,10 +26,12 @@ import anyio
 from ._audio import Destinations
 from ._catalogue import Catalogue
 from ._client import VeniceClient
+from ._clock import Clock
 from ._config import check_number
 from ._errors import (
     BatchSubmitError,
     MalformedResponse,
+    QueueDeadlineExceeded,
     QueueOutcomeUnknown,
     RequestValidationError,
     ServerError,
@@ -39,7 +41,7 @@ from ._errors import (
 from ._ledger import Intent, Ledger, Ticket
 from ._limiter import RequestLimiter
 from ._models import FieldProblem, Job, QueueRequest
-from ._retry import Retrier, queue_answer_lost
+from ._retry import Retrier, TokenTooLate, queue_answer_lost
 from ._scheduler import Scheduler
 from ._validation import check_queue
 
@@ -62,7 +64,11 @@ class Submitter:
         retrier: Retrier,
         limiter: RequestLimiter,
         destinations: Destinations,
+        clock: Clock,
     ) -> None:
+        self._clock = clock
+        #: Requests waiting here for a queue token, by ``id()`` (for ``session.status``).
+        self.waiting: dict[int, QueueRequest] = {}
         self._client = client
         self._catalogue = catalogue
         self._ledger = ledger
@@ -80,17 +86,25 @@ class Submitter:
         validate: bool | None = None,
         key: str | None = None,
         name: str | None = None,
+        token_deadline: float | None = None,
     ) -> Job:
         """Validate, price, record, queue (billed here) and track one job.
 
+        ``deadline`` (seconds from now) covers the whole job: the wait for a queue token
+        too, and what is left of it bounds the job once queued. ``token_deadline`` (a
+        ``clock.monotonic()`` reading) bounds only the wait for the token.
+
         Raises:
             ValueError: ``deadline`` is not a positive number.
+            QueueDeadlineExceeded: no queue token before the deadline; nothing was sent.
             RequestValidationError, SpendLimitExceeded, JournalError: nothing was sent.
             QueueOutcomeUnknown: the request was sent but its answer lost.
             APIStatusError: the API refused the job.
         """
+        deadline_at = None
         if deadline is not None:
             check_number("deadline (seconds)", deadline)
+            deadline_at = self._clock.monotonic() + deadline
         model = await self._catalogue.rules_for(request.model, validate)
         check_queue(request, model)
         # Estimates cost requests (catalogue, quote): only when a limit or journal needs them.
@@ -99,7 +113,14 @@ class Submitter:
             estimate = await self._catalogue.estimate_cost(request, model=model)
         target = self._destinations.target(destination)
         ticket = await self._ledger.intend(_intent(request, estimate, target, key, name))
-        return await self.send(request, ticket, target=target, name=name, deadline=deadline)
+        return await self.send(
+            request,
+            ticket,
+            target=target,
+            name=name,
+            deadline_at=deadline_at,
+            token_deadline=token_deadline,
+        )
 
     async def submit_many(
         self,
@@ -118,17 +139,7 @@ class Submitter:
         """
         if deadline is not None:
             check_number("deadline (seconds)", deadline)
-        batch = list(requests)
-        problems: list[FieldProblem] = []
-        for index, request in enumerate(batch):
-            try:
-                check_queue(request, await self._catalogue.rules_for(request.model, validate))
-            except RequestValidationError as error:
-                problems.extend(
-                    FieldProblem(f"[{index}].{p.field}", p.message) for p in error.problems
-                )
-        if problems:
-            raise RequestValidationError(tuple(problems))
+        batch = await self.check_all(requests, validate)
         jobs: list[Job | None] = [None] * len(batch)
         errors: dict[int, VeniceError] = {}
         unexpected: list[Exception] = []
@@ -153,6 +164,27 @@ class Submitter:
         if errors:
             raise BatchSubmitError(jobs, dict(sorted(errors.items())))
         return [job for job in jobs if job is not None]
+
+    async def check_all(
+        self, requests: Iterable[QueueRequest], validate: bool | None
+    ) -> list[QueueRequest]:
+        """Validate every request, sending nothing; returns them as a list.
+
+        Raises:
+            RequestValidationError: every problem of every request, prefixed by index.
+        """
+        batch = list(requests)
+        problems: list[FieldProblem] = []
+        for index, request in enumerate(batch):
+            try:
+                check_queue(request, await self._catalogue.rules_for(request.model, validate))
+            except RequestValidationError as error:
+                problems.extend(
+                    FieldProblem(f"[{index}].{p.field}", p.message) for p in error.problems
+                )
+        if problems:
+            raise RequestValidationError(tuple(problems))
+        return batch
 
     async def journal_requests(
         self,
@@ -190,28 +222,53 @@ class Submitter:
         *,
         target: Path | None,
         name: str | None,
-        deadline: float | None,
+        deadline_at: float | None = None,
+        token_deadline: float | None = None,
     ) -> Job:
         """Queue a job the ledger holds money for, record the answer, start polling it.
 
+        ``deadline_at`` (a ``clock.monotonic()`` reading) ends the job; no queue token is
+        waited for past it or ``token_deadline``. The job is tracked in the same shielded
+        step that records its ``queue_id``, so a cancellation can never leave a paid job
+        unpolled.
+
         Raises:
+            QueueDeadlineExceeded: no token in time; nothing was sent (the ledger gives the
+                money back; a journal row stays to send, as after Ctrl-C).
             QueueOutcomeUnknown: the request was sent but its answer lost (recorded unknown).
             APIStatusError: the API refused the job (recorded rejected).
             JournalError: the job could not be claimed before sending; nothing was sent.
         """
-        try:
-            job = await self._queue(request, ticket)
-        except BaseException as error:
-            await self._ledger.failed(ticket, error)
-            raise
-        stem = Destinations.stem(request.prompt, job.queue_id, name)
-        self._scheduler.track(
-            job, self._destinations.sinks(target, stem), deadline=deadline, elapsed=0.0
-        )
-        return job
+        limits = [t for t in (deadline_at, token_deadline) if t is not None]
+        tracked: list[Job] = []
 
-    async def _queue(self, request: QueueRequest, ticket: Ticket) -> Job:
+        def track(job: Job) -> None:
+            stem = Destinations.stem(request.prompt, job.queue_id, name)
+            left = None if deadline_at is None else max(0.0, deadline_at - self._clock.monotonic())
+            self._scheduler.track(
+                job, self._destinations.sinks(target, stem), deadline=left, elapsed=0.0
+            )
+            tracked.append(job)
+
+        self.waiting[id(request)] = request
+        try:
+            return await self._queue(request, ticket, track, min(limits) if limits else None)
+        except BaseException as error:
+            if not tracked:  # a job queued and tracked is paid for: nothing to undo
+                await self._ledger.failed(ticket, error)
+            raise
+        finally:
+            self.waiting.pop(id(request), None)
+
+    async def _queue(
+        self,
+        request: QueueRequest,
+        ticket: Ticket,
+        track: Callable[[Job], None],
+        token_deadline: float | None,
+    ) -> Job:
         async def send() -> Job:
+            self.waiting.pop(id(request), None)  # has its token
             with anyio.CancelScope(shield=True):  # see the module docstring
                 # Raises JournalError (nothing sent) if the row cannot be claimed: another
                 # owner has it, or the write failed.
@@ -219,10 +276,15 @@ class Submitter:
                 job = await self._client.queue(request)
                 await self._refuse_repeated_id(request, job)
                 await self._ledger.queued(ticket, job.queue_id)  # never raises
+                track(job)
             return job
 
         try:
-            return await self._retrier.call("queue", send, limiter=self._limiter)
+            return await self._retrier.call(
+                "queue", send, limiter=self._limiter, deadline=token_deadline
+            )
+        except TokenTooLate as late:
+            raise QueueDeadlineExceeded(request, late.waited) from None
         except (ServerError, TransportError) as error:
             if queue_answer_lost(error):
                 raise QueueOutcomeUnknown(request, error) from error

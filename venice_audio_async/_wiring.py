@@ -15,6 +15,7 @@ from pathlib import Path
 import attrs
 
 from ._audio import Destinations
+from ._batch_flow import BatchFlows
 from ._budget import LocalBudget, RequestBudget, ResponseRecorder
 from ._catalogue import Catalogue
 from ._client import VeniceClient
@@ -30,6 +31,7 @@ from ._results import Delivery
 from ._resume import Resumer
 from ._retry import Retrier
 from ._scheduler import ReleaseMedia, Scheduler
+from ._status import StatusBook
 from ._submit import Submitter
 
 __all__ = ["SessionParts", "build_parts"]
@@ -40,7 +42,9 @@ class SessionParts:
     """Everything a session is made of."""
 
     client: VeniceClient
+    clock: Clock
     budget: RequestBudget
+    retrier: Retrier
     recorder: ResponseRecorder
     ledger: Ledger
     scheduler: Scheduler
@@ -49,6 +53,8 @@ class SessionParts:
     submitter: Submitter
     resumer: Resumer
     delivery: Delivery
+    status_book: StatusBook
+    flows: BatchFlows
     lifecycle: Lifecycle
 
 
@@ -98,6 +104,7 @@ def build_parts(
     retrier = Retrier(acquire=budget.acquire, policy=retry, clock=clock, rng=rng)
     limiter = RequestLimiter(limits.max_concurrent_requests)
     ledger = Ledger(limit_usd=max_spend_usd, clock=clock, journal=journal)
+    book = StatusBook()
     scheduler = Scheduler(
         client=client,
         budget=budget,
@@ -109,7 +116,7 @@ def build_parts(
         release_limiter=limiter,
         release=release_media,
         rng=rng,
-        on_outcome=ledger.record_outcome,
+        on_outcome=book.recording(ledger.record_outcome),
         on_released=ledger.record_released,
     )
     models = Catalogue(
@@ -126,6 +133,7 @@ def build_parts(
         retrier=retrier,
         limiter=limiter,
         destinations=destinations,
+        clock=clock,
     )
     resumer = Resumer(
         ledger=ledger,
@@ -134,9 +142,12 @@ def build_parts(
         destinations=destinations,
         clock=clock,
     )
+    lifecycle = Lifecycle(client=client, ledger=ledger, scheduler=scheduler)
     return SessionParts(
         client=client,
+        clock=clock,
         budget=budget,
+        retrier=retrier,
         recorder=recorder,
         ledger=ledger,
         scheduler=scheduler,
@@ -145,5 +156,7 @@ def build_parts(
         submitter=submitter,
         resumer=resumer,
         delivery=Delivery(scheduler=scheduler, clock=clock),
-        lifecycle=Lifecycle(client=client, ledger=ledger, scheduler=scheduler),
+        status_book=book,
+        lifecycle=lifecycle,
+        flows=BatchFlows(submitter=submitter, scheduler=scheduler, spawn=lifecycle.spawn),
     )
