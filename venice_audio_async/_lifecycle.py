@@ -121,3 +121,11 @@ class Lifecycle:
                     len(unfinished),
                     ", ".join(j.queue_id for j in unfinished[:20]),
                 )
+            untaken = self._scheduler.finished()
+            if untaken:
+                log.warning(
+                    "session closed with %d finished job(s) nobody took; their media is kept "
+                    "on the server; their ids: %s",
+                    len(untaken),
+                    ", ".join(j.queue_id for j in untaken[:20]),
+                )

@@ -29,8 +29,12 @@ scans every job.
 Guarantee: a tracked ``queue_id`` is never dropped, and every tracked job is polled until it
 ends, whether or not a consumer waits on it right now (it is paid for). It ends delivered,
 failed with its error, or handed back through :meth:`Scheduler.unfinished` (the session
-closed while it was still running). A finished outcome nobody has taken yet stays here until
-a consumer subscribes.
+closed while it was still running). A finished outcome belongs to the scheduler until a
+consumer *takes* it (:meth:`Scheduler.take`, called when a stream yields it): an outcome
+pushed into a stream whose consumer left stays here, listed by :meth:`Scheduler.finished`.
+Audio kept in memory has its media released only once taken (stored files at once).
+Taken outcomes are dropped; the ids of the last :data:`_HANDED_RECORD` are remembered so
+asking again says so.
 """
 
 from __future__ import annotations
@@ -91,6 +95,7 @@ _REPRICE_GRANTS = 4  # ... and after this many grants
 _PRICE_DROP = 0.9  # a price below this share of the one jobs were keyed at re-keys them
 _CENSORED = 64  # running jobs (oldest first) a refit reads as right-censored
 _EPSILON = 1e-9
+_HANDED_RECORD = 10_000  # ids of recently taken outcomes remembered (for a clear error)
 
 
 @attrs.define(eq=False)
@@ -181,6 +186,8 @@ class Scheduler:
         self._keyed_price = self._policy.price
         self._sweep_pending = False  # the price fell or a fit moved: re-key jobs due soon
         self._probing: set[str] = set()  # unknown models whose first job asks for an estimate
+        self._handed: dict[str, None] = {}  # recently taken ids, oldest first (bounded)
+        self._release_on_take: set[str] = set()  # in-memory audio: release once taken
 
     # ------------------------------------------------------------------ tracking
 
@@ -269,6 +276,28 @@ class Scheduler:
     def is_tracked(self, queue_id: str) -> bool:
         return queue_id in self._jobs
 
+    def was_taken(self, queue_id: str) -> bool:
+        """Whether ``queue_id``'s outcome was handed over recently (bounded record)."""
+        return queue_id in self._handed
+
+    def take(self, queue_id: str) -> None:
+        """A consumer took the job's outcome: drop it, and release in-memory media now."""
+        tracked = self._jobs.get(queue_id)
+        if tracked is None or tracked.outcome is None:
+            return
+        del self._jobs[queue_id]
+        self._handed[queue_id] = None
+        if len(self._handed) > _HANDED_RECORD:
+            del self._handed[next(iter(self._handed))]
+        if queue_id in self._release_on_take:
+            self._release_on_take.discard(queue_id)
+            if self._tg is not None:
+                self._releaser.start(tracked.job, self._tg)
+
+    def finished(self) -> list[Job]:
+        """Jobs with an outcome nobody has taken yet, oldest first."""
+        return [t.job for t in self._jobs.values() if t.outcome is not None]
+
     def subscribe(self, job: Job, stream: MemoryObjectSendStream[Outcome]) -> bool:
         """Deliver ``job``'s outcome into ``stream``. Returns False if the job is unknown.
 
@@ -278,8 +307,7 @@ class Scheduler:
         if tracked is None:
             return False
         if tracked.outcome is not None:
-            stream.send_nowait(tracked.outcome)
-            del self._jobs[job.queue_id]  # delivered: the consumer holds it now
+            stream.send_nowait(tracked.outcome)  # kept until the consumer takes it
             return True
         tracked.subscribers.append(stream)
         return True
@@ -542,8 +570,12 @@ class Scheduler:
             self._versions[model] += 1
             self._start_sweep()
         if self._release == "complete":
-            assert self._tg is not None
-            self._releaser.start(tracked.job, self._tg)
+            if audio.path is None and tracked.job.queue_id in self._jobs:
+                # Only in memory: the server's copy stays until a caller takes the audio.
+                self._release_on_take.add(tracked.job.queue_id)
+            else:
+                assert self._tg is not None
+                self._releaser.start(tracked.job, self._tg)
 
     async def wait_releases(self) -> None:
         """Wait until no ``complete`` call is in flight (the session's close drains them)."""
@@ -589,18 +621,14 @@ class Scheduler:
                 await self._on_outcome(outcome)
         self._untrack_live(tracked)
         self._counts["succeeded" if isinstance(outcome, Succeeded) else "failed"] += 1
-        delivered = False
+        # Pushed to every consumer waiting, but kept until one of them takes it: a
+        # consumer may leave with it still unread in its stream.
         for stream in tracked.subscribers:
             try:
                 stream.send_nowait(outcome)
-                delivered = True
             except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 log.debug("consumer of job %s went away", tracked.job.queue_id)
         tracked.subscribers.clear()
-        if delivered:
-            # An outcome is handed over once; keeping it (and its audio) would grow a
-            # long-lived session without bound. Undelivered ones wait for a consumer.
-            self._jobs.pop(tracked.job.queue_id, None)
 
 
 def _drop_tracebacks(error: BaseException) -> None:

@@ -460,10 +460,14 @@ class AsyncSession:
                         case Succeeded(job, audio): ...
                         case Failed(job, error): ...
 
-        One failed job does not end the iteration. Leaving the block early stops polling
-        the jobs nobody else waits for; they stay listed by :meth:`unfinished`.
+        One failed job does not end the iteration. Leaving the block early (``break``,
+        cancellation) loses nothing: the jobs keep being polled (listed by
+        :meth:`unfinished`), and outcomes not yielded yet stay with the session for a later
+        ``results()`` or :meth:`wait_for` (listed by :meth:`finished`). An outcome is
+        handed over once; the session then drops it.
 
         Raises:
+            OutcomeAlreadyTaken: a job's outcome was already handed over (a ValueError).
             ValueError: a job is not known to this session (submit or attach it first).
         """
         self._check_open()
@@ -519,6 +523,16 @@ class AsyncSession:
     def unfinished(self) -> list[Job]:
         """Jobs queued (and paid for) that have no outcome yet: keep their ids."""
         return self._scheduler.unfinished()
+
+    def finished(self) -> list[Job]:
+        """Jobs whose outcome is ready but nobody has taken yet, oldest first.
+
+        Get them with :meth:`results` or :meth:`wait_for`; in-memory audio keeps its
+        media on the server until then.
+
+        .. versionadded:: 0.1.0
+        """
+        return self._scheduler.finished()
 
     def statistics(self) -> SessionStatistics:
         """A frozen snapshot of jobs, requests, 429s and time paused by rate limits."""
