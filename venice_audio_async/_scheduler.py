@@ -294,6 +294,22 @@ class Scheduler:
             if self._tg is not None:
                 self._releaser.start(tracked.job, self._tg)
 
+    def keep_outcome(self, outcome: Outcome, sink_factory: SinkFactory) -> None:
+        """Hold an outcome known from elsewhere (the journal) for a consumer to take."""
+        queue_id = outcome.job.queue_id
+        if queue_id in self._jobs:
+            return
+        now = self._clock.monotonic()
+        self._jobs[queue_id] = _Tracked(
+            job=outcome.job,
+            sink_factory=sink_factory,
+            tracked_at=now,
+            started=now,
+            deadline=None,
+            prompt=False,
+            outcome=outcome,
+        )
+
     def finished(self) -> list[Job]:
         """Jobs with an outcome nobody has taken yet, oldest first."""
         return [t.job for t in self._jobs.values() if t.outcome is not None]
