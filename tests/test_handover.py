@@ -111,3 +111,27 @@ async def test_close_lists_untaken_outcomes(
     assert job.queue_id in caplog.text
     assert "nobody took" in caplog.text
     assert fake_server.count("complete") == 0
+
+
+async def test_untaken_audio_over_the_cap_is_downloaded_again(fake_server: FakeServer) -> None:
+    """Over max_untaken_bytes the oldest untaken audio is dropped, kept on the server,
+    and downloaded again when taken."""
+    fake_server.plan(*[JobScript(duration=1.0 + i) for i in range(3)])
+    async with make_session(fake_server, rate_limits=UNLIMITED) as probe:
+        size = len((await probe.generate(MODEL, "a tiny sound to measure")).data or b"")
+    fake_server.plan(*[JobScript(duration=1.0 + i) for i in range(3)])
+    limits = v.Limits(max_untaken_bytes=2 * size + size // 2)  # room for two
+    async with make_session(fake_server, rate_limits=UNLIMITED, limits=limits) as session:
+        jobs = [await session.submit(MODEL, f"a tiny sound {i}") for i in range(3)]
+        await _until(lambda: len(session.finished()) == 3 and session.unfinished() == [])
+        assert session._scheduler._untaken_bytes <= limits.max_untaken_bytes
+        retrieves = fake_server.count("retrieve")
+        assert fake_server.count("complete") == 1  # only the probe's
+        async with session.results(jobs) as results:
+            got = {o.job: o async for o in results}
+        assert set(got) == set(jobs)
+        for job, outcome in got.items():
+            assert isinstance(outcome, v.Succeeded)
+            assert outcome.audio.data == fake_server.audio_for(job.queue_id)
+        assert fake_server.count("retrieve") == retrieves + 1  # the dropped one, again
+        assert session.finished() == []

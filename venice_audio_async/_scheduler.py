@@ -34,7 +34,10 @@ consumer *takes* it (:meth:`Scheduler.take`, called when a stream yields it): an
 pushed into a stream whose consumer left stays here, listed by :meth:`Scheduler.finished`.
 Audio kept in memory has its media released only once taken (stored files at once).
 Taken outcomes are dropped; the ids of the last :data:`_HANDED_RECORD` are remembered so
-asking again says so.
+asking again says so. Untaken in-memory audio is capped in total (``max_untaken_bytes``):
+over it the oldest untaken outcomes drop their bytes (their media is still on the server:
+release waits for a take) and are downloaded again once a consumer subscribes. Under
+``delete_on_retrieve`` the media is gone once downloaded, so nothing is dropped.
 """
 
 from __future__ import annotations
@@ -120,6 +123,7 @@ class _Tracked:
     keyed_price: float = 0.0  # the price, and the model's fit version, it was keyed at
     keyed_version: int = -1
     capped: bool = False  # keyed at the horizon, before it is really due
+    evicted: bool = False  # finished, its in-memory audio dropped: fetched again on demand
     slot: int = -1  # index in Scheduler._live while in flight
 
 
@@ -149,6 +153,7 @@ class Scheduler:
         limiter: RequestLimiter,
         release_limiter: RequestLimiter | None = None,
         release: ReleaseMedia = "complete",
+        max_untaken_bytes: int | None = None,
         rng: random.Random | None = None,
         on_outcome: OutcomeHook | None = None,
         on_released: ReleaseHook | None = None,
@@ -188,6 +193,9 @@ class Scheduler:
         self._probing: set[str] = set()  # unknown models whose first job asks for an estimate
         self._handed: dict[str, None] = {}  # recently taken ids, oldest first (bounded)
         self._release_on_take: set[str] = set()  # in-memory audio: release once taken
+        self._max_untaken = max_untaken_bytes
+        self._untaken_audio: dict[str, int] = {}  # untaken in-memory audio sizes, oldest first
+        self._untaken_bytes = 0
 
     # ------------------------------------------------------------------ tracking
 
@@ -283,9 +291,10 @@ class Scheduler:
     def take(self, queue_id: str) -> None:
         """A consumer took the job's outcome: drop it, and release in-memory media now."""
         tracked = self._jobs.get(queue_id)
-        if tracked is None or tracked.outcome is None:
-            return
+        if tracked is None or (tracked.outcome is None and not tracked.evicted):
+            return  # (evicted: a stream still held its bytes, and handed them over)
         del self._jobs[queue_id]
+        self._untaken_bytes -= self._untaken_audio.pop(queue_id, 0)
         self._handed[queue_id] = None
         if len(self._handed) > _HANDED_RECORD:
             del self._handed[next(iter(self._handed))]
@@ -312,7 +321,38 @@ class Scheduler:
 
     def finished(self) -> list[Job]:
         """Jobs with an outcome nobody has taken yet, oldest first."""
-        return [t.job for t in self._jobs.values() if t.outcome is not None]
+        return [t.job for t in self._jobs.values() if t.outcome is not None or t.evicted]
+
+    def _hold_audio(self, tracked: _Tracked, audio: AudioResult) -> None:
+        """Count untaken in-memory audio; over the cap, drop the oldest (kept on the server)."""
+        if audio.data is None or self._max_untaken is None or self._release != "complete":
+            return
+        queue_id = tracked.job.queue_id
+        self._untaken_audio[queue_id] = len(audio.data)
+        self._untaken_bytes += len(audio.data)
+        while self._untaken_bytes > self._max_untaken and self._untaken_audio:
+            oldest = next(iter(self._untaken_audio))
+            self._untaken_bytes -= self._untaken_audio.pop(oldest)
+            victim = self._jobs.get(oldest)
+            if victim is None or victim.outcome is None:
+                continue
+            log.info(
+                "dropped the untaken audio of job %s (over max_untaken_bytes); it is "
+                "downloaded again when taken",
+                oldest,
+            )
+            victim.outcome = None
+            victim.evicted = True
+
+    def _fetch_again(self, tracked: _Tracked) -> None:
+        """A consumer wants an evicted outcome: poll the job again, at once."""
+        tracked.evicted = False
+        tracked.failures = 0
+        tracked.slot = len(self._live)
+        self._live.append(tracked)
+        self._by_model.setdefault(tracked.job.model, {})[tracked.job.queue_id] = tracked
+        self._counts["succeeded"] -= 1  # counted again when it arrives
+        self._schedule(tracked, self._clock.monotonic())
 
     def subscribe(self, job: Job, stream: MemoryObjectSendStream[Outcome]) -> bool:
         """Deliver ``job``'s outcome into ``stream``. Returns False if the job is unknown.
@@ -325,6 +365,8 @@ class Scheduler:
         if tracked.outcome is not None:
             stream.send_nowait(tracked.outcome)  # kept until the consumer takes it
             return True
+        if tracked.evicted:
+            self._fetch_again(tracked)
         tracked.subscribers.append(stream)
         return True
 
@@ -336,7 +378,7 @@ class Scheduler:
 
     def unfinished(self) -> list[Job]:
         """Jobs queued (paid for) whose outcome was never reached: keep their ids."""
-        return [t.job for t in self._jobs.values() if t.outcome is None]
+        return [t.job for t in self._jobs.values() if t.outcome is None and not t.evicted]
 
     def counts(self) -> SchedulerCounts:
         counts = self._counts
@@ -581,6 +623,8 @@ class Scheduler:
         self._estimator.observe_duration(model, duration, hint=tracked.hint)
         released = self._release == "delete_on_retrieve"
         await self._finish(tracked, Succeeded(tracked.job, audio, released=released))
+        if tracked.job.queue_id in self._jobs:
+            self._hold_audio(tracked, audio)
         running = itertools.islice(self._by_model.get(model, {}).values(), _CENSORED)
         if self._estimator.refit(model, [(now - t.started, t.hint) for t in running]):
             self._versions[model] += 1
