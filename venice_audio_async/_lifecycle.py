@@ -55,6 +55,7 @@ class Lifecycle:
         self._host: asyncio.Task[None] | None = None
         self._stop: anyio.CancelScope | None = None
         self._host_error: BaseException | None = None
+        self._running = False  # the host's task group started
 
     def check_open(self) -> None:
         """Raises:
@@ -86,7 +87,7 @@ class Lifecycle:
             await self._cleanup()
             self.state = SessionState.CLOSED
             raise
-        if self._host.done():  # the scheduler failed to start
+        if not self._running:  # the scheduler failed to start
             await self._cleanup()
             self.state = SessionState.CLOSED
             error = self._host_error
@@ -106,6 +107,7 @@ class Lifecycle:
                 async with anyio.create_task_group() as tg:
                     await tg.start(self._scheduler.run)
                     tg.start_soon(self._ledger.keep_writes_landing)
+                    self._running = True
                     started.set()
         except Exception as error:
             log.error("the session's background tasks failed: %r", error)
@@ -151,10 +153,12 @@ class Lifecycle:
     async def _cleanup(self) -> None:
         """Stop the host task and wait (shielded, bounded) for it to close everything."""
         host = self._host
-        if self._stop is not None:
-            self._stop.cancel()
         if host is None:
             return
+        if self._stop is not None:
+            self._stop.cancel()
+        else:
+            host.cancel()  # not started yet (the opener was cancelled at once)
         with anyio.CancelScope(shield=True), anyio.move_on_after(2 * _CLEANUP_SECONDS):
             # Waiting never cancels the host: if this caller is cancelled, it finishes alone.
             await asyncio.wait([host])
