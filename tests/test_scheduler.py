@@ -195,8 +195,12 @@ async def test_job_errors_do_not_retry(harness: Harness) -> None:
 
 
 async def test_success_releases_media(harness: Harness) -> None:
-    """Finished audio is released with complete, once."""
+    """Finished audio in memory is released with complete, once, when it is taken."""
     harness.scheduler.track(harness.client.add("ok", 3.0), _memory_sink, elapsed=0.0)
+    await harness.run_until(lambda: harness.scheduler.counts().succeeded == 1)
+    await harness.settle()
+    assert harness.client.completes == []  # nobody took it: the server keeps the copy
+    harness.scheduler.take("ok")
     await harness.run_until(lambda: harness.client.completes == ["ok"])
     assert harness.scheduler.counts().released == 1
 

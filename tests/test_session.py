@@ -495,7 +495,7 @@ async def test_delivered_outcomes_are_not_kept(server: FakeServer) -> None:
         async with session.results(jobs[1:]) as results:
             assert len([o async for o in results]) == 2
         assert not any(session._scheduler.is_tracked(job.queue_id) for job in jobs)
-        with pytest.raises(ValueError, match="not tracked"):
+        with pytest.raises(v.OutcomeAlreadyTaken, match=jobs[0].queue_id):
             await session.wait_for(jobs[0])
 
 

@@ -29,7 +29,8 @@ from ._validation import queue_problems
 
 __all__ = ["BatchLine", "check_batch", "manifest_rows", "read_batch", "sorted_problems"]
 
-_FIELDS = {a.name: a for a in attrs.fields(QueueRequest)}
+# ``key`` is not a line field: the CLI keys each job by its line (see __main__).
+_FIELDS = {a.name: a for a in attrs.fields(QueueRequest) if a.name != "key"}
 _INTS = {"duration_seconds"}
 _FLOATS = {"speed"}
 _BOOLS = {"force_instrumental", "lyrics_optimizer", "loop"}

@@ -208,9 +208,13 @@ class Limits:
     Answers are capped while they stream, before they are kept or parsed:
     ``max_json_bytes`` for a JSON answer, ``max_audio_file_bytes`` for an audio file (500 MiB,
     as Venice's own CLI), and ``max_audio_bytes_in_memory`` for audio kept in memory (stream
-    larger ones to a file). A ``Content-Length`` over the cap is refused before the body is
-    read; no more than the cap plus one byte is ever read. Over a cap the request fails
-    with :class:`~venice_audio_async.ResponseTooLarge`, which is not retried: a job fails,
+    larger ones to a file). ``max_untaken_bytes`` caps the in-memory audio of finished jobs
+    nobody has taken yet, all together: over it the oldest ones drop their bytes (their
+    media stays on the server) and are downloaded again when taken.
+
+    A ``Content-Length`` over a cap is refused before the body is read; no more than the
+    cap plus one byte is ever read. Over a cap the request fails with
+    :class:`~venice_audio_async.ResponseTooLarge`, which is not retried: a job fails,
     nothing partial is kept, and its media stays on the server.
 
     .. versionadded:: 0.1.0
@@ -222,6 +226,7 @@ class Limits:
     max_audio_bytes_in_memory: int = 100 * 1024 * 1024
     max_audio_file_bytes: int = 500 * 1024 * 1024
     max_json_bytes: int = 1024 * 1024
+    max_untaken_bytes: int = 256 * 1024 * 1024
 
     def __attrs_post_init__(self) -> None:
         for name in (
@@ -231,6 +236,7 @@ class Limits:
             "max_audio_bytes_in_memory",
             "max_audio_file_bytes",
             "max_json_bytes",
+            "max_untaken_bytes",
         ):
             value = getattr(self, name)
             if value is not None and value < 1:

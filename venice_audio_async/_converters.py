@@ -56,11 +56,18 @@ converter = cattrs.Converter()
 
 # --------------------------------------------------------------------------- requests
 
-for _request_cls in (QuoteRequest, QueueRequest, RetrieveRequest, CompleteRequest):
+for _request_cls in (QuoteRequest, RetrieveRequest, CompleteRequest):
     converter.register_unstructure_hook(
         _request_cls,
         make_dict_unstructure_fn(_request_cls, converter, _cattrs_omit_if_default=True),
     )
+# A request's ``key`` is the caller's, for the journal: it never goes on the wire.
+converter.register_unstructure_hook(
+    QueueRequest,
+    make_dict_unstructure_fn(
+        QueueRequest, converter, _cattrs_omit_if_default=True, key=override(omit=True)
+    ),
+)
 
 RequestBody = QuoteRequest | QueueRequest | RetrieveRequest | CompleteRequest
 

@@ -72,6 +72,7 @@ __all__ = [
     "MediaNotFoundError",
     "MissingAPIKeyError",
     "NotFoundError",
+    "OutcomeAlreadyTaken",
     "PayloadTooLargeError",
     "PaymentRequiredError",
     "PermissionDeniedError",
@@ -286,6 +287,21 @@ class JournalError(VeniceError):
         super().__init__(message)
         self.path = path
         self.holder_pid = holder_pid
+
+
+class OutcomeAlreadyTaken(VeniceError, ValueError):
+    """The job's outcome was already handed over by this session (``results()`` or
+    ``wait_for``); the session keeps no copy, so it cannot be delivered again.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        super().__init__(
+            f"the outcome of job {job.queue_id} ({job.model}) was already taken from this "
+            "session; it is not kept after it is handed over"
+        )
 
 
 class JobDeadlineExceeded(VeniceError, TimeoutError):

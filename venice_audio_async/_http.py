@@ -516,7 +516,13 @@ class HttpTransport:
                     error = await self._error(endpoint, response)
                     await self._notify(endpoint, response.status, headers)
                     raise error
-                yield response, headers
+                try:
+                    yield response, headers
+                except VeniceError:
+                    # The server answered; what we did with the body failed (storage, a
+                    # body that is not audio, over a cap): the request still counts.
+                    await self._notify(endpoint, response.status, headers)
+                    raise
         except VeniceError:
             raise  # already ours (some are TimeoutErrors: not to be translated again)
         except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError) as exc:

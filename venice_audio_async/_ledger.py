@@ -275,12 +275,28 @@ class Ledger:
     async def intend(self, intent: Intent) -> Ticket:
         """Hold the job's price and record it in the journal, before anything is sent.
 
+        A keyed job refused by the limit is still recorded, as not sent: ``resume`` (or
+        submitting the same key again) sends it once the limit allows. An unkeyed one is
+        not: a retry could not be told from a new job, and resume would send both.
+
         Raises:
-            SpendLimitExceeded: the job would pass the limit; nothing was held or recorded.
+            SpendLimitExceeded: the job would pass the limit; nothing was held or sent.
             JournalError: the journal could not record it; nothing is held.
         """
         request = intent.request
-        held = self._hold(intent.estimate_usd, what=f"a {request.model} job")
+        try:
+            held = self._hold(intent.estimate_usd, what=f"a {request.model} job")
+        except SpendLimitExceeded:
+            if self._journal is not None and intent.key is not None:
+                await self._journal.add_intent(
+                    request,
+                    key=intent.key,
+                    destination=intent.destination,
+                    name=intent.name,
+                    estimate_usd=intent.estimate_usd,
+                )
+                log.info("job %r refused by the spending limit; kept in the journal", intent.key)
+            raise
         ticket = Ticket(held_usd=held, row=None)
         if self._journal is not None:
             try:

@@ -2,13 +2,19 @@
 
 Opening takes the journal (refused before anything is sent when it cannot be used), then
 starts the session's one task group: the scheduler, and the retries of journal writes that
-failed after a payment. Closing lets media releases already started finish (bounded), stops
-the task group, closes the connection pool and the journal (shielded, so a cancelled close
-still closes), and logs the ids of jobs left running: they are paid for.
+failed after a payment. The task group runs inside a *host* task the session owns, not in
+the opener's task, so any task of the loop may close the session (another task than the
+opener, ``asyncio.wait_for(session.aclose(), t)``, a later notebook cell).
+
+Closing lets media releases already started finish (bounded), stops the host task, closes
+the connection pool and the journal, and logs the ids of jobs left running (they are paid
+for) and of outcomes nobody took. Everything after the drain is shielded and bounded, so a
+close that is cancelled (its owner cancelled while it waits) still closes all of it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import types
@@ -29,6 +35,8 @@ log = logging.getLogger("venice_audio_async")
 
 #: How long closing waits for media releases already in flight.
 _RELEASE_DRAIN_SECONDS = 5.0
+#: How long the shielded rest of closing may take at most (tasks, pool, journal).
+_CLEANUP_SECONDS = 10.0
 
 
 class SessionState(enum.Enum):
@@ -40,13 +48,17 @@ class SessionState(enum.Enum):
 
 
 class Lifecycle:
-    """The session's state and task group (see the module docstring)."""
+    """The session's state and host task (see the module docstring)."""
 
     def __init__(self, *, client: VeniceClient, ledger: Ledger, scheduler: Scheduler) -> None:
         self._client = client
         self._ledger = ledger
         self._scheduler = scheduler
         self.state = SessionState.UNOPENED
+        self._host: asyncio.Task[None] | None = None
+        self._stop: anyio.CancelScope | None = None
+        self._host_error: BaseException | None = None
+        self._running = False  # the host's task group started
         self._tg: anyio.abc.TaskGroup | None = None
 
     def check_open(self) -> None:
@@ -80,20 +92,47 @@ class Lifecycle:
         if self.state is SessionState.CLOSED:
             raise SessionStateError("a closed session cannot be reopened; create a new one")
         await self._ledger.open()
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
+        started = anyio.Event()
+        self._host = asyncio.get_running_loop().create_task(
+            self._run_host(started), name="venice-audio-session"
+        )
         try:
-            await tg.start(self._scheduler.run)
-            tg.start_soon(self._ledger.keep_writes_landing)
+            await started.wait()
         except BaseException:
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
-            await self._client.aclose()
-            await self._ledger.aclose()
+            await self._cleanup()
             self.state = SessionState.CLOSED
             raise
-        self._tg = tg
+        if not self._running:  # the scheduler failed to start
+            await self._cleanup()
+            self.state = SessionState.CLOSED
+            error = self._host_error
+            self._host_error = None
+            if error is not None:
+                raise error
+            raise SessionStateError("the session's background tasks did not start")
         self.state = SessionState.OPEN
+
+    async def _run_host(self, started: anyio.Event) -> None:
+        """The session's task group, in a task of its own, until ``_stop`` is cancelled;
+        then the pool and the journal are closed here, shielded and bounded, so a close
+        whose caller is cancelled (even by a plain asyncio cancel) still completes."""
+        try:
+            with anyio.CancelScope() as stop:
+                self._stop = stop
+                async with anyio.create_task_group() as tg:
+                    await tg.start(self._scheduler.run)
+                    tg.start_soon(self._ledger.keep_writes_landing)
+                    self._tg = tg  # spawn() starts batch flows here
+                    self._running = True
+                    started.set()
+        except Exception as error:
+            log.error("the session's background tasks failed: %r", error)
+            self._host_error = error  # raised by close
+        finally:
+            started.set()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP_SECONDS):
+                await self._client.aclose()
+                await self._ledger.aclose()
 
     async def close(
         self,
@@ -102,35 +141,57 @@ class Lifecycle:
         tb: types.TracebackType | None = None,
     ) -> bool | None:
         """Close everything; harmless when closed already. With the body's exception, as
-        ``__aexit__``: that error propagates as it is, never inside an ExceptionGroup."""
+        ``__aexit__``: that error propagates as it is, never inside an ExceptionGroup.
+
+        Raises:
+            Exception: a background task failed (a bug), when the body raised nothing.
+        """
         if self.state is SessionState.UNOPENED:
             self.state = SessionState.CLOSED
             await self._client.aclose()
             return None
-        if self.state is not SessionState.OPEN or self._tg is None:
+        if self.state is not SessionState.OPEN:
             return None
         self.state = SessionState.CLOSED
-        tg, self._tg = self._tg, None
-        # Media releases already started finish first (bounded), so stored audio does not
-        # leave its copy on the server just because the session ended right after it.
-        with anyio.move_on_after(_RELEASE_DRAIN_SECONDS):
-            await self._scheduler.wait_releases()
-        tg.cancel_scope.cancel()
         try:
-            if exc is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
-                # The body's own error: stop the scheduler and let that error propagate
-                # as it is, rather than wrapped in an ExceptionGroup by the task group.
-                await tg.__aexit__(None, None, None)
-                return None
-            return await tg.__aexit__(exc_type, exc, tb)
+            # Media releases already started finish first (bounded), so stored audio does
+            # not leave its copy on the server just because the session ended right after.
+            with anyio.move_on_after(_RELEASE_DRAIN_SECONDS):
+                await self._scheduler.wait_releases()
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._client.aclose()
-                await self._ledger.aclose()
-            unfinished = self._scheduler.unfinished()
-            if unfinished:
-                log.warning(
-                    "session closed with %d unfinished job(s); their ids: %s",
-                    len(unfinished),
-                    ", ".join(j.queue_id for j in unfinished[:20]),
-                )
+            await self._cleanup()
+            self._log_left_over()
+        error, self._host_error = self._host_error, None
+        if error is not None and exc is None:
+            raise error
+        return None
+
+    async def _cleanup(self) -> None:
+        """Stop the host task and wait (shielded, bounded) for it to close everything."""
+        host = self._host
+        if host is None:
+            return
+        if self._stop is not None:
+            self._stop.cancel()
+        else:
+            host.cancel()  # not started yet (the opener was cancelled at once)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2 * _CLEANUP_SECONDS):
+            # Waiting never cancels the host: if this caller is cancelled, it finishes alone.
+            await asyncio.wait([host])
+
+    def _log_left_over(self) -> None:
+        unfinished = self._scheduler.unfinished()
+        if unfinished:
+            log.warning(
+                "session closed with %d unfinished job(s); their ids: %s",
+                len(unfinished),
+                ", ".join(j.queue_id for j in unfinished[:20]),
+            )
+        untaken = self._scheduler.finished()
+        if untaken:
+            log.warning(
+                "session closed with %d finished job(s) nobody took; their media is kept "
+                "on the server; their ids: %s",
+                len(untaken),
+                ", ".join(j.queue_id for j in untaken[:20]),
+            )

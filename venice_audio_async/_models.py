@@ -230,6 +230,10 @@ class QueueRequest:
     Unset (``None``) fields are omitted from the JSON, never sent as ``null`` or ``false``:
     the API refuses even ``force_instrumental: false`` on models that do not support it.
 
+    ``key`` is the caller's name for the job (e.g. ``"track-17"``), never sent to the API:
+    with a journal, a keyed request whose key is already recorded is not queued again (see
+    ``AsyncSession.submit_request``). Unkeyed requests are never deduplicated.
+
     .. versionadded:: 0.1.0
     """
 
@@ -243,6 +247,7 @@ class QueueRequest:
     voice: str | None = None
     language_code: str | None = None
     speed: float | None = None
+    key: str | None = attrs.field(default=None, kw_only=True)
 
 
 class QueueOptions(TypedDict, total=False):
@@ -262,6 +267,7 @@ class QueueOptions(TypedDict, total=False):
     voice: str | None
     language_code: str | None
     speed: float | None
+    key: str | None
 
 
 @attrs.frozen

@@ -3,6 +3,8 @@
 Consumers only ever read a memory object stream the scheduler feeds: no task group or
 cancel scope of ours is open while they iterate, so breaking out of the loop or being
 cancelled cannot corrupt anything (and the jobs keep being polled: they are paid for).
+An outcome is *taken* only when the stream yields it; the ones still unread in a stream
+its consumer left stay with the scheduler, for a later ``results()`` or ``wait_for``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._clock import Clock
-from ._errors import JobDeadlineExceeded
+from ._errors import JobDeadlineExceeded, OutcomeAlreadyTaken
 from ._models import Job, Outcome
 from ._scheduler import Scheduler
 
@@ -29,9 +31,15 @@ class ResultStream:
     .. versionadded:: 0.1.0
     """
 
-    def __init__(self, receive: MemoryObjectReceiveStream[Outcome], total: int) -> None:
+    def __init__(
+        self,
+        receive: MemoryObjectReceiveStream[Outcome],
+        total: int,
+        take: Callable[[str], None] = lambda queue_id: None,
+    ) -> None:
         self._receive = receive
         self._remaining = total
+        self._take = take
 
     @property
     def remaining(self) -> int:
@@ -48,6 +56,8 @@ class ResultStream:
             outcome = await self._receive.receive()
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
+        # Taken here, with no checkpoint before the caller has it: nothing is lost between.
+        self._take(outcome.job.queue_id)
         self._remaining -= 1
         return outcome
 
@@ -60,6 +70,10 @@ class Delivery:
         self._clock = clock
 
     def _require_tracked(self, job: Job) -> None:
+        if self._scheduler.is_tracked(job.queue_id):
+            return
+        if self._scheduler.was_taken(job.queue_id):
+            raise OutcomeAlreadyTaken(job)
         if not self._scheduler.is_tracked(job.queue_id):
             raise ValueError(f"job {job.queue_id} is not tracked by this session; attach it")
 
@@ -68,6 +82,7 @@ class Delivery:
         """The outcomes of ``jobs`` as they finish; see ``AsyncSession.results``.
 
         Raises:
+            OutcomeAlreadyTaken: a job's outcome was already handed over (a ValueError).
             ValueError: a job is not tracked.
         """
         wanted = list(dict.fromkeys(jobs))
@@ -77,7 +92,7 @@ class Delivery:
         try:
             for job in wanted:
                 self._scheduler.subscribe(job, send)
-            yield ResultStream(receive, len(wanted))
+            yield ResultStream(receive, len(wanted), self._scheduler.take)
         finally:
             for job in wanted:
                 self._scheduler.unsubscribe(job, send)
@@ -88,6 +103,7 @@ class Delivery:
         """The outcome of one job; see ``AsyncSession.wait_outcome``.
 
         Raises:
+            OutcomeAlreadyTaken: its outcome was already handed over (a ValueError).
             ValueError: the job is not tracked.
             JobDeadlineExceeded: ``timeout`` clock seconds passed first.
         """

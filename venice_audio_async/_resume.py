@@ -8,7 +8,9 @@ sending     report it as unknown: the process died mid-request, it may be billed
 unknown     report it (its answer was lost); with ``requeue_unknown``, send again
 queued      attach it and poll it (unless this session tracks it already)
 succeeded   skip it: its audio is stored
-failed      report it with its error
+failed      report it with its error; but if only storing its audio failed (disk full,
+            permissions: AudioStorageError) and its media was not released, attach it
+            again, so its audio is fetched once more while the server still has it
 rejected    report it with the API's refusal
 =========== ==================================================================
 
@@ -29,7 +31,12 @@ import attrs
 
 from ._audio import Destinations, remove_partial_downloads, safe_stem
 from ._clock import Clock
-from ._errors import APIStatusError, QueueOutcomeUnknown, SpendLimitExceeded
+from ._errors import (
+    APIStatusError,
+    AudioStorageError,
+    QueueOutcomeUnknown,
+    SpendLimitExceeded,
+)
 from ._journal import JobState, JournalEntry
 from ._ledger import Ledger
 from ._models import Job
@@ -64,6 +71,8 @@ class ResumeReport:
     #: Temporary files of downloads an earlier run was killed in, removed from the
     #: journal's output folders.
     partial_files_removed: int = 0
+    #: Of ``attached``, the jobs whose audio could not be stored earlier, fetched again.
+    storage_retried: int = 0
 
 
 @attrs.define
@@ -80,6 +89,7 @@ class _Run:
     unknown: list[JournalEntry] = attrs.field(factory=list)
     failed: list[JournalEntry] = attrs.field(factory=list)
     spend_limit: SpendLimitExceeded | None = None
+    storage_retried: int = 0
 
     def found(self, job: Job) -> None:
         self.jobs.append(job)
@@ -140,6 +150,7 @@ class Resumer:
             not_queued=run.not_queued,
             spend_limit=run.spend_limit,
             partial_files_removed=len(removed),
+            storage_retried=run.storage_retried,
         )
 
     def attach(
@@ -174,7 +185,22 @@ class Resumer:
         run.skipped += 1
 
     async def _ended(self, entry: JournalEntry, run: _Run) -> None:
-        """Failed or rejected: reported with its error."""
+        """Failed or rejected: reported with its error, unless only its storage failed."""
+        if (
+            entry.state is JobState.FAILED
+            and entry.error_type == AudioStorageError.__name__
+            and entry.queue_id is not None
+            and not entry.released
+        ):
+            # The job itself succeeded; the disk (or a permission) failed us. The media is
+            # still on the server unless it expired: fetch it again (a MediaNotFoundError
+            # then fails it for good).
+            log.info("fetching job %s again: storing its audio failed earlier", entry.queue_id)
+            attached = run.attached
+            await self._attach(entry, run)
+            if run.attached > attached:
+                run.storage_retried += 1
+            return
         run.failed.append(entry)
 
     async def _queue(self, entry: JournalEntry, run: _Run) -> None:

@@ -29,8 +29,15 @@ scans every job.
 Guarantee: a tracked ``queue_id`` is never dropped, and every tracked job is polled until it
 ends, whether or not a consumer waits on it right now (it is paid for). It ends delivered,
 failed with its error, or handed back through :meth:`Scheduler.unfinished` (the session
-closed while it was still running). A finished outcome nobody has taken yet stays here until
-a consumer subscribes.
+closed while it was still running). A finished outcome belongs to the scheduler until a
+consumer *takes* it (:meth:`Scheduler.take`, called when a stream yields it): an outcome
+pushed into a stream whose consumer left stays here, listed by :meth:`Scheduler.finished`.
+Audio kept in memory has its media released only once taken (stored files at once).
+Taken outcomes are dropped; the ids of the last :data:`_HANDED_RECORD` are remembered so
+asking again says so. Untaken in-memory audio is capped in total (``max_untaken_bytes``):
+over it the oldest untaken outcomes drop their bytes (their media is still on the server:
+release waits for a take) and are downloaded again once a consumer subscribes. Under
+``delete_on_retrieve`` the media is gone once downloaded, so nothing is dropped.
 """
 
 from __future__ import annotations
@@ -91,6 +98,7 @@ _REPRICE_GRANTS = 4  # ... and after this many grants
 _PRICE_DROP = 0.9  # a price below this share of the one jobs were keyed at re-keys them
 _CENSORED = 64  # running jobs (oldest first) a refit reads as right-censored
 _EPSILON = 1e-9
+_HANDED_RECORD = 10_000  # ids of recently taken outcomes remembered (for a clear error)
 
 
 @attrs.define(eq=False)
@@ -115,6 +123,7 @@ class _Tracked:
     keyed_price: float = 0.0  # the price, and the model's fit version, it was keyed at
     keyed_version: int = -1
     capped: bool = False  # keyed at the horizon, before it is really due
+    evicted: bool = False  # finished, its in-memory audio dropped: fetched again on demand
     slot: int = -1  # index in Scheduler._live while in flight
     last_status: Processing | None = None  # the latest "still running" answer
     forgotten: bool = False  # session.forget: never polled again
@@ -146,6 +155,7 @@ class Scheduler:
         limiter: RequestLimiter,
         release_limiter: RequestLimiter | None = None,
         release: ReleaseMedia = "complete",
+        max_untaken_bytes: int | None = None,
         rng: random.Random | None = None,
         on_outcome: OutcomeHook | None = None,
         on_released: ReleaseHook | None = None,
@@ -183,6 +193,11 @@ class Scheduler:
         self._keyed_price = self._policy.price
         self._sweep_pending = False  # the price fell or a fit moved: re-key jobs due soon
         self._probing: set[str] = set()  # unknown models whose first job asks for an estimate
+        self._handed: dict[str, None] = {}  # recently taken ids, oldest first (bounded)
+        self._release_on_take: set[str] = set()  # in-memory audio: release once taken
+        self._max_untaken = max_untaken_bytes
+        self._untaken_audio: dict[str, int] = {}  # untaken in-memory audio sizes, oldest first
+        self._untaken_bytes = 0
 
     # ------------------------------------------------------------------ tracking
 
@@ -271,6 +286,76 @@ class Scheduler:
     def is_tracked(self, queue_id: str) -> bool:
         return queue_id in self._jobs
 
+    def was_taken(self, queue_id: str) -> bool:
+        """Whether ``queue_id``'s outcome was handed over recently (bounded record)."""
+        return queue_id in self._handed
+
+    def take(self, queue_id: str) -> None:
+        """A consumer took the job's outcome: drop it, and release in-memory media now."""
+        tracked = self._jobs.get(queue_id)
+        if tracked is None or (tracked.outcome is None and not tracked.evicted):
+            return  # (evicted: a stream still held its bytes, and handed them over)
+        del self._jobs[queue_id]
+        self._untaken_bytes -= self._untaken_audio.pop(queue_id, 0)
+        self._handed[queue_id] = None
+        if len(self._handed) > _HANDED_RECORD:
+            del self._handed[next(iter(self._handed))]
+        if queue_id in self._release_on_take:
+            self._release_on_take.discard(queue_id)
+            if self._tg is not None:
+                self._releaser.start(tracked.job, self._tg)
+
+    def keep_outcome(self, outcome: Outcome, sink_factory: SinkFactory) -> None:
+        """Hold an outcome known from elsewhere (the journal) for a consumer to take."""
+        queue_id = outcome.job.queue_id
+        if queue_id in self._jobs:
+            return
+        now = self._clock.monotonic()
+        self._jobs[queue_id] = _Tracked(
+            job=outcome.job,
+            sink_factory=sink_factory,
+            tracked_at=now,
+            started=now,
+            deadline=None,
+            prompt=False,
+            outcome=outcome,
+        )
+
+    def finished(self) -> list[Job]:
+        """Jobs with an outcome nobody has taken yet, oldest first."""
+        return [t.job for t in self._jobs.values() if t.outcome is not None or t.evicted]
+
+    def _hold_audio(self, tracked: _Tracked, audio: AudioResult) -> None:
+        """Count untaken in-memory audio; over the cap, drop the oldest (kept on the server)."""
+        if audio.data is None or self._max_untaken is None or self._release != "complete":
+            return
+        queue_id = tracked.job.queue_id
+        self._untaken_audio[queue_id] = len(audio.data)
+        self._untaken_bytes += len(audio.data)
+        while self._untaken_bytes > self._max_untaken and self._untaken_audio:
+            oldest = next(iter(self._untaken_audio))
+            self._untaken_bytes -= self._untaken_audio.pop(oldest)
+            victim = self._jobs.get(oldest)
+            if victim is None or victim.outcome is None:
+                continue
+            log.info(
+                "dropped the untaken audio of job %s (over max_untaken_bytes); it is "
+                "downloaded again when taken",
+                oldest,
+            )
+            victim.outcome = None
+            victim.evicted = True
+
+    def _fetch_again(self, tracked: _Tracked) -> None:
+        """A consumer wants an evicted outcome: poll the job again, at once."""
+        tracked.evicted = False
+        tracked.failures = 0
+        tracked.slot = len(self._live)
+        self._live.append(tracked)
+        self._by_model.setdefault(tracked.job.model, {})[tracked.job.queue_id] = tracked
+        self._counts["succeeded"] -= 1  # counted again when it arrives
+        self._schedule(tracked, self._clock.monotonic())
+
     def subscribe(self, job: Job, stream: MemoryObjectSendStream[Outcome]) -> bool:
         """Deliver ``job``'s outcome into ``stream``. Returns False if the job is unknown.
 
@@ -280,9 +365,10 @@ class Scheduler:
         if tracked is None:
             return False
         if tracked.outcome is not None:
-            stream.send_nowait(tracked.outcome)
-            del self._jobs[job.queue_id]  # delivered: the consumer holds it now
+            stream.send_nowait(tracked.outcome)  # kept until the consumer takes it
             return True
+        if tracked.evicted:
+            self._fetch_again(tracked)
         tracked.subscribers.append(stream)
         return True
 
@@ -323,7 +409,7 @@ class Scheduler:
 
     def unfinished(self) -> list[Job]:
         """Jobs queued (paid for) whose outcome was never reached: keep their ids."""
-        return [t.job for t in self._jobs.values() if t.outcome is None]
+        return [t.job for t in self._jobs.values() if t.outcome is None and not t.evicted]
 
     def counts(self) -> SchedulerCounts:
         counts = self._counts
@@ -571,13 +657,19 @@ class Scheduler:
         self._estimator.observe_duration(model, duration, hint=tracked.hint)
         released = self._release == "delete_on_retrieve"
         await self._finish(tracked, Succeeded(tracked.job, audio, released=released))
+        if tracked.job.queue_id in self._jobs:
+            self._hold_audio(tracked, audio)
         running = itertools.islice(self._by_model.get(model, {}).values(), _CENSORED)
         if self._estimator.refit(model, [(now - t.started, t.hint) for t in running]):
             self._versions[model] += 1
             self._start_sweep()
         if self._release == "complete":
-            assert self._tg is not None
-            self._releaser.start(tracked.job, self._tg)
+            if audio.path is None and tracked.job.queue_id in self._jobs:
+                # Only in memory: the server's copy stays until a caller takes the audio.
+                self._release_on_take.add(tracked.job.queue_id)
+            else:
+                assert self._tg is not None
+                self._releaser.start(tracked.job, self._tg)
 
     async def wait_releases(self) -> None:
         """Wait until no ``complete`` call is in flight (the session's close drains them)."""
@@ -623,18 +715,14 @@ class Scheduler:
                 await self._on_outcome(outcome)
         self._untrack_live(tracked)
         self._counts["succeeded" if isinstance(outcome, Succeeded) else "failed"] += 1
-        delivered = False
+        # Pushed to every consumer waiting, but kept until one of them takes it: a
+        # consumer may leave with it still unread in its stream.
         for stream in tracked.subscribers:
             try:
                 stream.send_nowait(outcome)
-                delivered = True
             except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 log.debug("consumer of job %s went away", tracked.job.queue_id)
         tracked.subscribers.clear()
-        if delivered:
-            # An outcome is handed over once; keeping it (and its audio) would grow a
-            # long-lived session without bound. Undelivered ones wait for a consumer.
-            self._jobs.pop(tracked.job.queue_id, None)
 
 
 def _drop_tracebacks(error: BaseException) -> None:

@@ -499,14 +499,18 @@ class AsyncSession:
                         case Succeeded(job, audio): ...
                         case Failed(job, error): ...
 
-        One failed job does not end the iteration. Leaving the block early stops polling
-        the jobs nobody else waits for; they stay listed by :meth:`unfinished`.
+        One failed job does not end the iteration. Leaving the block early (``break``,
+        cancellation) loses nothing: the jobs keep being polled (listed by
+        :meth:`unfinished`), and outcomes not yielded yet stay with the session for a later
+        ``results()`` or :meth:`wait_for` (listed by :meth:`finished`). An outcome is
+        handed over once; the session then drops it.
 
         ``jobs`` may also arrive over time: an async iterable (such as an anyio memory
         object receive stream) of jobs as they are submitted; the iteration ends once it
         is exhausted and every job it gave has finished.
 
         Raises:
+            OutcomeAlreadyTaken: a job's outcome was already handed over (a ValueError).
             ValueError: a job is not known to this session (submit or attach it first).
         """
         if isinstance(jobs, AsyncIterable):
@@ -685,6 +689,16 @@ class AsyncSession:
         if running is None:
             return JobStatus(phase="queued", job=job, request=job.request)
         return running_status(job, running, now - polled_at)
+
+    def finished(self) -> list[Job]:
+        """Jobs whose outcome is ready but nobody has taken yet, oldest first.
+
+        Get them with :meth:`results` or :meth:`wait_for`; in-memory audio keeps its
+        media on the server until then.
+
+        .. versionadded:: 0.1.0
+        """
+        return self._scheduler.finished()
 
     def statistics(self) -> SessionStatistics:
         """A frozen snapshot of jobs, requests, 429s, pauses and spend (every field is

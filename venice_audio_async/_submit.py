@@ -30,6 +30,7 @@ from ._clock import Clock
 from ._config import check_number
 from ._errors import (
     BatchSubmitError,
+    JournalError,
     MalformedResponse,
     QueueDeadlineExceeded,
     QueueOutcomeUnknown,
@@ -38,9 +39,17 @@ from ._errors import (
     TransportError,
     VeniceError,
 )
+from ._journal import JobState, JournalEntry
 from ._ledger import Intent, Ledger, Ticket
 from ._limiter import RequestLimiter
-from ._models import FieldProblem, Job, QueueRequest
+from ._models import (
+    AudioResult,
+    FieldProblem,
+    Job,
+    QueueRequest,
+    Succeeded,
+    format_for_media_type,
+)
 from ._retry import Retrier, TokenTooLate, queue_answer_lost
 from ._scheduler import Scheduler
 from ._validation import check_queue
@@ -105,8 +114,13 @@ class Submitter:
         if deadline is not None:
             check_number("deadline (seconds)", deadline)
             deadline_at = self._clock.monotonic() + deadline
+        key = key if key is not None else request.key
         model = await self._catalogue.rules_for(request.model, validate)
         check_queue(request, model)
+        if key is not None and self._ledger.journal is not None:
+            entry = await self._ledger.by_key(key)
+            if entry is not None:
+                return await self._known(entry, request, deadline=deadline)
         # Estimates cost requests (catalogue, quote): only when a limit or journal needs them.
         estimate = None
         if self._ledger.needs_estimates:
@@ -260,6 +274,57 @@ class Submitter:
         finally:
             self.waiting.pop(id(request), None)
 
+    async def _known(
+        self, entry: JournalEntry, request: QueueRequest, *, deadline: float | None
+    ) -> Job:
+        """A keyed request the journal already records: never queued a second time.
+
+        Queued: attached (polled). Stored: its outcome comes from the journal. Never sent
+        (refused by the spending limit, or the process died first): that row is sent now.
+
+        Raises:
+            SpendLimitExceeded: a recorded, unsent job would still pass the limit.
+            QueueOutcomeUnknown: it was sent before and its answer lost (maybe billed).
+            JournalError: it ended earlier with an error; it is not sent again.
+        """
+        target = Path(entry.destination) if entry.destination else None
+        if entry.state is JobState.INTENT:
+            ticket = self._ledger.hold_recorded(entry)
+            deadline_at = None if deadline is None else self._clock.monotonic() + deadline
+            return await self.send(
+                entry.request, ticket, target=target, name=entry.name, deadline_at=deadline_at
+            )
+        if entry.queue_id is None or entry.state in (JobState.SENDING, JobState.UNKNOWN):
+            raise QueueOutcomeUnknown(
+                request,
+                MalformedResponse(
+                    f"the journal records key {entry.key!r} as sent with its answer lost; it "
+                    "is not sent again (resume(requeue_unknown=True) would)",
+                    endpoint="queue",
+                ),
+            )
+        job = Job(model=entry.model, queue_id=entry.queue_id, request=entry.request)
+        stem = Destinations.stem(entry.request.prompt, job.queue_id, entry.name)
+        sinks = self._destinations.sinks(target, stem)
+        if entry.state is JobState.QUEUED:
+            self._scheduler.track(job, sinks, deadline=deadline, elapsed=None)
+            return job
+        if entry.state is JobState.SUCCEEDED:
+            content_type = entry.content_type or ""
+            audio = AudioResult(
+                content_type=content_type,
+                format=format_for_media_type(content_type) or "mp3",
+                size=entry.size or 0,
+                path=Path(entry.path) if entry.path else None,
+            )
+            self._scheduler.keep_outcome(Succeeded(job, audio, released=entry.released), sinks)
+            return job
+        raise JournalError(
+            f"the journal records key {entry.key!r} (queue_id {entry.queue_id}) as "
+            f"{entry.state.value}: {entry.error}; it is not sent again (use a new key)",
+            path=None,
+        )
+
     async def _queue(
         self,
         request: QueueRequest,
@@ -319,6 +384,7 @@ def _intent(
     name: str | None,
 ) -> Intent:
     destination = str(target) if target is not None else None
+    key = key if key is not None else request.key
     return Intent(
         request=request, estimate_usd=estimate, key=key, destination=destination, name=name
     )

@@ -115,6 +115,7 @@ def build_parts(
         limiter=RequestLimiter(limits.concurrent_polls, parent=limiter),
         release_limiter=limiter,
         release=release_media,
+        max_untaken_bytes=limits.max_untaken_bytes,
         rng=rng,
         on_outcome=book.recording(ledger.record_outcome),
         on_released=ledger.record_released,

@@ -1,0 +1,137 @@
+"""Outcomes belong to the session until a caller takes them: leaving early loses nothing."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import anyio
+import pytest
+
+import venice_audio_async as v
+from venice_audio_async.testing import FakeServer, JobScript
+
+from .conftest import UNLIMITED, make_session
+
+pytestmark = pytest.mark.anyio
+
+MODEL = "stable-audio-25"
+
+
+async def _until(predicate: object, seconds: float = 10.0) -> None:
+    with anyio.fail_after(seconds):
+        while not predicate():  # type: ignore[operator]
+            await anyio.sleep(0.005)
+
+
+async def test_break_leaves_the_other_outcomes_to_a_later_results(
+    fake_server: FakeServer,
+) -> None:
+    """5 jobs, one taken, break: the other four are listed, kept on the server, then delivered."""
+    fake_server.plan(*[JobScript(duration=1.0) for _ in range(5)])
+    async with make_session(fake_server, rate_limits=UNLIMITED) as session:
+        jobs = [await session.submit(MODEL, f"a tiny sound {i}") for i in range(5)]
+        await _until(lambda: len(session.finished()) == 5)
+        async with session.results(jobs) as results:
+            first = await results.__anext__()
+        others = [job for job in jobs if job != first.job]
+        assert sorted(j.queue_id for j in session.finished()) == sorted(j.queue_id for j in others)
+        assert session.unfinished() == []
+        await _until(lambda: fake_server.count("complete") == 1)  # only the taken one
+        async with session.results(others) as results:
+            got = [outcome async for outcome in results]
+        assert {o.job for o in got} == set(others)
+        assert all(isinstance(o, v.Succeeded) and o.audio.data for o in got)
+        assert session.finished() == []
+    assert fake_server.count("complete") == 5
+
+
+async def test_wait_for_a_taken_job_names_it(fake_server: FakeServer) -> None:
+    """Asking again for an outcome already handed over is a clear error naming the job."""
+    fake_server.plan(JobScript(duration=1.0))
+    async with make_session(fake_server, rate_limits=UNLIMITED) as session:
+        job = await session.submit(MODEL, "a tiny sound")
+        await session.wait_for(job)
+        with pytest.raises(v.OutcomeAlreadyTaken, match=job.queue_id):
+            await session.wait_for(job)
+
+
+async def test_cancelled_wait_for_leaves_the_outcome(fake_server: FakeServer) -> None:
+    """A wait_for that times out leaves a later outcome to the next wait_for."""
+    fake_server.plan(JobScript(duration=50.0))
+    async with make_session(fake_server, rate_limits=UNLIMITED) as session:
+        job = await session.submit(MODEL, "a tiny sound")
+        with pytest.raises(v.JobDeadlineExceeded):
+            await session.wait_for(job, timeout=1.0)
+        await _until(lambda: session.finished() == [job])
+        assert (await session.wait_for(job)).data
+
+
+async def test_cancelled_consumers_lose_nothing(fake_server: FakeServer) -> None:
+    """50 consumers cancelled at random over 20 jobs: each job delivered or still listed."""
+    rng = random.Random(7)
+    fake_server.plan(*[JobScript(duration=rng.uniform(1.0, 20.0)) for _ in range(20)])
+    delivered: list[v.Job] = []
+    async with make_session(fake_server, rate_limits=UNLIMITED) as session:
+        jobs = [await session.submit(MODEL, f"a tiny sound {i}") for i in range(20)]
+
+        async def consume(wanted: list[v.Job], after: float) -> None:
+            with anyio.move_on_after(after):
+                try:
+                    async with session.results(wanted) as results:
+                        async for outcome in results:
+                            delivered.append(outcome.job)
+                except v.OutcomeAlreadyTaken:
+                    pass
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(50):
+                mine = [j for j in jobs if j not in delivered]
+                wanted = rng.sample(mine, k=min(len(mine), rng.randint(1, 6)))
+                if wanted:
+                    tg.start_soon(consume, wanted, rng.uniform(0.0, 0.03))
+                await anyio.sleep(0.001)
+        left = session.unfinished() + session.finished()
+        assert set(delivered) | set(left) == set(jobs)
+        async with session.results(left) as results:
+            delivered += [outcome.job async for outcome in results]
+        assert set(delivered) == set(jobs)
+        assert session.finished() == session.unfinished() == []
+
+
+async def test_close_lists_untaken_outcomes(
+    fake_server: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Closing with outcomes nobody took logs their ids and keeps their media."""
+    fake_server.plan(JobScript(duration=1.0))
+    with caplog.at_level(logging.WARNING, logger="venice_audio_async"):
+        async with make_session(fake_server, rate_limits=UNLIMITED) as session:
+            job = await session.submit(MODEL, "a tiny sound")
+            await _until(lambda: session.finished() == [job])
+    assert job.queue_id in caplog.text
+    assert "nobody took" in caplog.text
+    assert fake_server.count("complete") == 0
+
+
+async def test_untaken_audio_over_the_cap_is_downloaded_again(fake_server: FakeServer) -> None:
+    """Over max_untaken_bytes the oldest untaken audio is dropped, kept on the server,
+    and downloaded again when taken."""
+    fake_server.plan(*[JobScript(duration=1.0 + i) for i in range(3)])
+    async with make_session(fake_server, rate_limits=UNLIMITED) as probe:
+        size = len((await probe.generate(MODEL, "a tiny sound to measure")).data or b"")
+    fake_server.plan(*[JobScript(duration=1.0 + i) for i in range(3)])
+    limits = v.Limits(max_untaken_bytes=2 * size + size // 2)  # room for two
+    async with make_session(fake_server, rate_limits=UNLIMITED, limits=limits) as session:
+        jobs = [await session.submit(MODEL, f"a tiny sound {i}") for i in range(3)]
+        await _until(lambda: len(session.finished()) == 3 and session.unfinished() == [])
+        assert session._scheduler._untaken_bytes <= limits.max_untaken_bytes
+        retrieves = fake_server.count("retrieve")
+        assert fake_server.count("complete") == 1  # only the probe's
+        async with session.results(jobs) as results:
+            got = {o.job: o async for o in results}
+        assert set(got) == set(jobs)
+        for job, outcome in got.items():
+            assert isinstance(outcome, v.Succeeded)
+            assert outcome.audio.data == fake_server.audio_for(job.queue_id)
+        assert fake_server.count("retrieve") == retrieves + 1  # the dropped one, again
+        assert session.finished() == []
