@@ -198,8 +198,9 @@ async def test_429_storm_pauses_and_loses_nothing(server: FakeServer) -> None:
     # Nothing was sent during the pause that followed the first 429.
     retrieves = server.requests_to("retrieve")
     first_429 = next(r for r in retrieves if r.status == 429)
-    # (requests already in flight when the 429 arrived land within a moment of it)
-    during = [r for r in retrieves if first_429.time + 2.0 < r.time < first_429.time + 9.5]
+    # (requests already in flight when the 429 arrived land within a moment of it: up to a
+    # few real milliseconds, i.e. virtual seconds at this time scale, on a busy machine)
+    during = [r for r in retrieves if first_429.time + 5.0 < r.time < first_429.time + 9.5]
     assert during == []
 
 
