@@ -84,6 +84,7 @@ from ._models import (
     UnknownPricing,
     VeniceHeaders,
 )
+from ._redis_budget import RedisBudget
 from ._session import AsyncSession, ResultStream, ResumeReport, SessionStatistics
 
 try:
@@ -153,6 +154,7 @@ __all__ = [
     "RateLimitError",
     "RateLimits",
     "RateWindow",
+    "RedisBudget",
     "RequestBudget",
     "RequestTimeout",
     "RequestValidationError",

@@ -7,7 +7,8 @@ budget through an external store (Redis) instead of each spending the whole limi
 
 A request to ``endpoint`` may be sent when all of these hold:
 
-1. **The endpoint's rate limit** (:class:`RateLimit`) has room: see below.
+1. **The endpoint's rate limit** (:class:`RateLimit`) has room: see below; and so does the
+   **pooled limit** over several endpoints together, for the endpoints it covers.
 2. **The session is not paused.** A 429 pauses every endpoint until ``Retry-After`` or the
    reset header (capped by ``max_retry_after``); an exhausted error budget
    (``x-ratelimit-remaining: 0``) pauses until ``x-ratelimit-resets``; :meth:`~LocalBudget.pause`
@@ -60,7 +61,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Collection, Mapping
 from typing import Protocol, runtime_checkable
 
 import anyio
@@ -68,6 +69,7 @@ import anyio.lowlevel
 import attrs
 
 from ._clock import Clock
+from ._config import AUDIO_ENDPOINTS
 from ._errors import parse_retry_after
 
 __all__ = [
@@ -79,6 +81,7 @@ __all__ = [
     "RequestBudget",
     "parse_reset",
     "retry_delay_from_headers",
+    "tighter_window",
 ]
 
 #: Venice's per-minute limits are counted over this many seconds.
@@ -249,16 +252,15 @@ class RequestBudget(Protocol):
     """Decides when a request to an endpoint may be sent, and learns from every answer.
 
     Endpoints are plain names chosen by the caller (``"queue"``, ``"retrieve"``, ...).
+    :class:`LocalBudget` serves one process; ``RedisBudget`` shares one budget between
+    processes. ``record_response`` may be a coroutine function (a shared store writes the
+    answer's lessons before the next request goes out); the session awaits what it returns.
 
     .. versionadded:: 0.1.0
     """
 
-    async def acquire(self, endpoint: str) -> None:
+    async def acquire(self, endpoint: str, /) -> object:
         """Wait until one request to ``endpoint`` may be sent, then take the token (FIFO)."""
-        ...
-
-    def try_acquire(self, endpoint: str) -> bool:
-        """Take a token for ``endpoint`` if one is free right now and nobody waits."""
         ...
 
     def next_available(self, endpoint: str) -> float:
@@ -269,16 +271,10 @@ class RequestBudget(Protocol):
         """The endpoint's rate window now (``None``: not rate limited). Takes no token."""
         ...
 
-    def record_response(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+    def record_response(
+        self, endpoint: str, status: int, headers: Mapping[str, str]
+    ) -> Awaitable[None] | None:
         """Learn from an answer (any status); ``status=0`` records a transport failure."""
-        ...
-
-    def record_failure(self, endpoint: str) -> None:
-        """Record a transport failure (no HTTP status)."""
-        ...
-
-    def pause(self, seconds: float, *, reason: str) -> None:
-        """Pause every endpoint for ``seconds``."""
         ...
 
     def statistics(self) -> BudgetStatistics:
@@ -420,6 +416,7 @@ class _Endpoint:
         "next_recovery",
         "paused_seconds",
         "paused_until",
+        "pool",
         "rate_limited",
         "stated",
         "waiters",
@@ -448,6 +445,8 @@ class _Endpoint:
         self.granted = 0
         self.rate_limited = 0
         self.paused_seconds = 0.0
+        #: The pooled limit this endpoint also counts against, if any.
+        self.pool: _Endpoint | None = None
         self._set_limit(self.configured)
 
     def _set_limit(self, limit: int | None) -> None:
@@ -455,7 +454,9 @@ class _Endpoint:
         if limit is None:
             self.burst, self.interval = 0, 0.0
         else:
-            self.burst = min(self.burst_setting, limit)
+            # No configured rate (a limit stated or learned later): the default burst.
+            setting = self.burst_setting or max(1, limit // 6)
+            self.burst = min(setting, limit)
             self.interval = self.window / limit
 
     @property
@@ -582,6 +583,15 @@ class _Endpoint:
         self.next_paced = now + max(self.interval, (log[0] + self.window - now) / (free + 1))
 
 
+def tighter_window(
+    own: RateWindow | None, pooled: RateWindow | None, now: float
+) -> RateWindow | None:
+    """Of an endpoint's own window and its pool's, the one with fewer free grants now."""
+    if own is None or pooled is None:
+        return own if pooled is None else pooled
+    return pooled if pooled.free_after(0.0, now) < own.free_after(0.0, now) else own
+
+
 def _check_positive(name: str, value: float) -> None:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
@@ -599,6 +609,9 @@ class LocalBudget:
             failed requests in ``seconds`` locks the key).
         failure_margin: stop sending once ``limit - failure_margin`` failures lie in the
             window, leaving room for requests already in flight.
+        pool: one more limit over ``pooled_endpoints`` together (same rules: sliding log,
+            lowered by their 429s); ``None``: none.
+        pooled_endpoints: the endpoints ``pool`` covers.
 
     Raises:
         ValueError: a non-positive ``max_retry_after`` or window, or
@@ -615,6 +628,8 @@ class LocalBudget:
         max_retry_after: float = 60.0,
         failure_window: tuple[int, float] = (20, 30.0),
         failure_margin: int = 5,
+        pool: RateLimit | None = None,
+        pooled_endpoints: Collection[str] = AUDIO_ENDPOINTS,
     ) -> None:
         limit, window = failure_window
         if not (math.isfinite(max_retry_after) and max_retry_after >= 0):
@@ -632,9 +647,11 @@ class LocalBudget:
         self._max_retry_after = float(max_retry_after)
         self._failure_threshold = limit - failure_margin
         self._failure_window = float(window)
-        self._endpoints: dict[str, _Endpoint] = {
-            name: _Endpoint(name, rate) for name, rate in rates.items()
-        }
+        self._pool = _Endpoint("pool", pool) if pool is not None else None
+        self._pooled = frozenset(pooled_endpoints)
+        self._endpoints: dict[str, _Endpoint] = {}
+        for name, rate in rates.items():
+            self._add_endpoint(name, rate)
         self._paused_until = -math.inf
         self._pause_reason: str | None = None
         self._paused_seconds = 0.0
@@ -649,18 +666,30 @@ class LocalBudget:
     def __repr__(self) -> str:
         return f"LocalBudget(endpoints={sorted(self._endpoints)!r})"
 
+    def _add_endpoint(self, name: str, rate: RateLimit | None) -> _Endpoint:
+        state = self._endpoints[name] = _Endpoint(name, rate)
+        if name in self._pooled:
+            state.pool = self._pool
+        return state
+
     def _endpoint(self, name: str) -> _Endpoint:
         state = self._endpoints.get(name)
         if state is None:
-            state = self._endpoints[name] = _Endpoint(name, None)
+            state = self._add_endpoint(name, None)
         return state
 
     def _ready_at(self, state: _Endpoint, now: float) -> float:
         t = max(now, self._paused_until, self._failure_paused_until, state.paused_until)
-        return state.rate_ready(t)
+        t = state.rate_ready(t)
+        if state.pool is not None:
+            # Each rule only gets easier as time passes, so one more pass settles both.
+            t = state.rate_ready(state.pool.rate_ready(t))
+        return t
 
     def _grant(self, state: _Endpoint, now: float) -> None:
         state.grant(now)
+        if state.pool is not None:
+            state.pool.grant(now)
         self._granted += 1
 
     @staticmethod
@@ -732,8 +761,15 @@ class LocalBudget:
         return max(now, self._ready_at(state, now))
 
     def window(self, endpoint: str) -> RateWindow | None:
-        """The endpoint's rate window now; ``None`` for an endpoint without a limit."""
-        return self._endpoint(endpoint).view(self._clock.monotonic())
+        """The endpoint's rate window now; ``None`` for an endpoint without a limit.
+
+        For an endpoint under the pooled limit too, the one with fewer free grants now.
+        """
+        state = self._endpoint(endpoint)
+        now = self._clock.monotonic()
+        own = state.view(now)
+        pooled = state.pool.view(now) if state.pool is not None else None
+        return tighter_window(own, pooled, now)
 
     # ------------------------------------------------------------------ learning
 
@@ -778,6 +814,8 @@ class LocalBudget:
                 delay = min(cap, _DEFAULT_429_PAUSE * 2.0 ** (self._consecutive_429 - 1))
             self._pause_session_until(now + delay, now, f"429 from {endpoint}")
             state.rate_limited_at(now)
+            if state.pool is not None:
+                state.pool.rate_limited_at(now)
 
         stated = _parse_int(lowered.get("x-ratelimit-limit-requests"))
         if stated is not None:
@@ -853,6 +891,11 @@ class LocalBudget:
             state.prune(now)
             endpoint_paused = state.paused_until > now
             tokens = state.tokens(now)
+            if state.pool is not None:
+                state.pool.prune(now)
+                pooled = state.pool.tokens(now)
+                if pooled is not None:
+                    tokens = pooled if tokens is None else min(tokens, pooled)
             if tokens is not None and (session_paused or endpoint_paused):
                 tokens = 0
             endpoints[name] = EndpointStatistics(

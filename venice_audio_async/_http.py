@@ -60,7 +60,8 @@ log = logging.getLogger("venice_audio_async")
 
 #: Called with (endpoint, status, headers) for every answer, and (endpoint, 0, {}) for a
 #: transport failure; the scheduler's request budget learns from it.
-ResponseObserver = Callable[[str, int, Mapping[str, str]], None]
+#: Sees every answer's status and headers; may return an awaitable (a shared budget's write).
+ResponseObserver = Callable[[str, int, Mapping[str, str]], Awaitable[None] | None]
 
 _ERROR_BODY_LIMIT = 64 * 1024
 _CHUNK = 64 * 1024
@@ -314,9 +315,14 @@ class HttpTransport:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return headers
 
-    def _notify(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+    async def _notify(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
         if self._observer is not None:
-            self._observer(endpoint, status, headers)
+            learned = self._observer(endpoint, status, headers)
+            if learned is not None:
+                # What an answer taught (a 429's pause) is kept even if the caller is
+                # being cancelled or its status deadline passes meanwhile.
+                with anyio.CancelScope(shield=True):
+                    await learned
 
     def _timeout(self, *, download: bool) -> aiohttp.ClientTimeout:
         t = self._timeouts
@@ -407,15 +413,15 @@ class HttpTransport:
                 headers = _headers_of(response)
                 if response.status >= 300:
                     error = await self._error(endpoint, response)
-                    self._notify(endpoint, response.status, headers)
+                    await self._notify(endpoint, response.status, headers)
                     raise error
                 yield response, headers
         except VeniceError:
             raise  # already ours (some are TimeoutErrors: not to be translated again)
         except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError) as exc:
-            self._notify(endpoint, 0, {})
+            await self._notify(endpoint, 0, {})
             raise self._translate(endpoint, exc) from exc
-        self._notify(endpoint, response.status, headers)
+        await self._notify(endpoint, response.status, headers)
 
     @staticmethod
     def _json(endpoint: str, status: int, headers: dict[str, str], raw: bytes) -> JsonAnswer:
@@ -482,7 +488,7 @@ class HttpTransport:
                     status_scope.deadline = math.inf
                     return await self._stream_audio(response, headers, media_type, sink)
         if answer is None:  # only the status deadline ends the scope without an answer
-            self._notify(endpoint, 0, {})
+            await self._notify(endpoint, 0, {})
             raise RequestTimeout(
                 f"{endpoint} request to {self._base.host}: no status answer within "
                 f"{limit} s (Timeouts.status)",

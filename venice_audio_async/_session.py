@@ -26,7 +26,7 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._audio import AudioSink, FileSink, MemorySink, remove_partial_downloads, safe_stem
-from ._budget import LocalBudget, RateLimit, RequestBudget
+from ._budget import LocalBudget, RequestBudget
 from ._client import VeniceClient
 from ._clock import Clock, SystemClock
 from ._config import DEFAULT_BASE_URL, Limits, RateLimits, RetryPolicy, Timeouts
@@ -63,6 +63,7 @@ from ._models import (
     QuoteResult,
     Succeeded,
 )
+from ._rates import endpoint_rates, pooled_rate
 from ._retry import call_idempotent
 from ._scheduler import Scheduler, SinkFactory
 from ._spending import SpendTracker
@@ -258,7 +259,9 @@ class AsyncSession:
         )
         self._budget = budget or LocalBudget(
             clock=self._clock,
-            rates=_rates(self._rate_limits),
+            rates=endpoint_rates(self._rate_limits),
+            pool=pooled_rate(self._rate_limits),
+            pooled_endpoints=self._rate_limits.pooled_endpoints,
             max_retry_after=self._retry.max_retry_after,
             failure_window=(
                 self._rate_limits.failures_per_window,
@@ -428,12 +431,11 @@ class AsyncSession:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _observe(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+    async def _observe(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
         self._requests[endpoint] = self._requests.get(endpoint, 0) + 1
-        if status == 0:
-            self._budget.record_failure(endpoint)
-        else:
-            self._budget.record_response(endpoint, status, headers)
+        learned = self._budget.record_response(endpoint, status, headers)  # 0: no answer
+        if learned is not None:
+            await learned  # a shared budget tells the other processes first
 
     async def _idempotent(self, endpoint: str, send: Callable[[], Awaitable[T]]) -> T:
         return await call_idempotent(
@@ -1170,22 +1172,6 @@ def _remove_partial_downloads(entries: Iterable[JournalEntry]) -> list[Path]:
 
 def _priced_by_characters(model: AudioModel | None) -> bool:
     return model is not None and isinstance(model.spec.pricing, PerThousandCharactersPricing)
-
-
-def _rates(limits: RateLimits) -> dict[str, RateLimit]:
-    pairs = {
-        "queue": limits.queue_per_minute,
-        "retrieve": limits.retrieve_per_minute,
-        "quote": limits.quote_per_minute,
-        "complete": limits.complete_per_minute,
-    }
-    # Retrieves are not paced by the budget: the poll policy's price spreads them over the
-    # window (a burst of due jobs may use the whole window; the price keeps back for later).
-    return {
-        endpoint: RateLimit(per_minute=rate, burst=int(rate) if endpoint == "retrieve" else None)
-        for endpoint, rate in pairs.items()
-        if rate
-    }
 
 
 async def _within(clock: Clock, seconds: float, fn: Callable[[], Awaitable[None]]) -> None:
