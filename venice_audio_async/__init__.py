@@ -55,7 +55,9 @@ from ._errors import (
 )
 from ._estimator import PollingBounds
 from ._journal import JobState, Journal, JournalEntry
+from ._learned_limits import LearnedRateLimits
 from ._models import (
+    ApiKeyRateLimits,
     AudioFormat,
     AudioModel,
     AudioResult,
@@ -67,6 +69,7 @@ from ._models import (
     FieldProblem,
     GenerationPricing,
     Job,
+    ModelRateLimits,
     ModelSpec,
     Outcome,
     PerSecondPricing,
@@ -94,6 +97,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was ne
 
 __all__ = [
     "APIStatusError",
+    "ApiKeyRateLimits",
     "AsyncSession",
     "AudioFormat",
     "AudioModel",
@@ -126,6 +130,7 @@ __all__ = [
     "Journal",
     "JournalEntry",
     "JournalError",
+    "LearnedRateLimits",
     "Limits",
     "LocalBudget",
     "MalformedResponse",
@@ -133,6 +138,7 @@ __all__ = [
     "MediaNotFoundError",
     "MemorySink",
     "MissingAPIKeyError",
+    "ModelRateLimits",
     "ModelSpec",
     "NotFoundError",
     "Outcome",
