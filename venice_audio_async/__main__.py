@@ -2,8 +2,10 @@
 
 Commands: ``models``, ``quote``, ``generate``, ``batch`` and ``resume``. ``--fake`` runs any
 of them against the built-in :class:`~venice_audio_async.testing.FakeServer`, with no key
-and no network. Exit codes: 0 all done, 1 some jobs failed or are unknown, 2 bad input or
-setup, 3 refused by the spending limit, 130 interrupted.
+and no network. ``--redis URL`` (or ``VENICE_REDIS_URL``) makes ``generate``, ``batch`` and
+``resume`` share one request budget with every other process on the key. Exit codes: 0 all
+done, 1 some jobs failed or are unknown, 2 bad input or setup, 3 refused by the spending
+limit, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from ._models import (
     Succeeded,
 )
 from ._progress import BatchProgress
+from ._redis_budget import RedisBudget
 from ._session import AsyncSession
 
 __all__ = ["main"]
@@ -102,6 +105,9 @@ def _session(
     clock: Clock,
     **options: Any,
 ) -> AsyncSession:
+    if getattr(args, "redis", None):
+        # One budget for every process on this key (the session closes it).
+        options.setdefault("budget", RedisBudget.from_url(args.redis, api_key=key, clock=clock))
     return AsyncSession(
         api_key=key,
         base_url=url,
@@ -463,6 +469,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--time-scale", type=float, default=1.0, help=argparse.SUPPRESS)
     common.add_argument("--plain", action="store_true", help="plain progress lines, no bar")
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument(
+        "--redis",
+        metavar="URL",
+        default=os.environ.get("VENICE_REDIS_URL") or None,
+        help="share one request budget with every process on this key through Redis "
+        "(default: $VENICE_REDIS_URL; needs the redis extra)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("models", parents=[common], help="list the audio models")
@@ -472,7 +486,7 @@ def _parser() -> argparse.ArgumentParser:
     quote.add_argument("--duration", type=int)
     quote.add_argument("--characters", type=int)
 
-    generate = commands.add_parser("generate", parents=[common], help="make one audio file")
+    generate = commands.add_parser("generate", parents=[common, shared], help="make one audio file")
     generate.add_argument("model")
     generate.add_argument("prompt")
     generate.add_argument("--out", default=".", help="file or directory (default: .)")
@@ -483,13 +497,17 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--voice")
     generate.add_argument("--speed", type=float)
 
-    batch = commands.add_parser("batch", parents=[common], help="generate every line of a file")
+    batch = commands.add_parser(
+        "batch", parents=[common, shared], help="generate every line of a file"
+    )
     batch.add_argument("file", help="JSON Lines or CSV file of requests")
     batch.add_argument("--out", required=True, help="folder for the audio and manifest.jsonl")
     batch.add_argument("--max-spend", type=float, help="refuse to spend more than this (USD)")
     batch.add_argument("--requeue-unknown", action="store_true", help=argparse.SUPPRESS)
 
-    resume = commands.add_parser("resume", parents=[common], help="finish an interrupted batch")
+    resume = commands.add_parser(
+        "resume", parents=[common, shared], help="finish an interrupted batch"
+    )
     resume.add_argument("dir")
     resume.add_argument("--max-spend", type=float, help="refuse to spend more than this (USD)")
     resume.add_argument(
@@ -553,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = f"; finish it with: {_interrupt_hint[0]}" if _interrupt_hint else ""
         _say(f"\ninterrupted. Every queued job is recorded in the journal{hint}")
         return 130
-    except (VeniceError, ValueError) as error:
+    except (VeniceError, ValueError, ImportError) as error:  # ImportError: --redis, no extra
         _say(f"error: {error}")
         return 2
 

@@ -361,6 +361,7 @@ class AsyncSession:
             with anyio.CancelScope(shield=True):
                 await self._client.aclose()
                 await self._close_journal()
+                await _close_budget(self._budget)
             unfinished = self._scheduler.unfinished()
             if unfinished:
                 log.warning(
@@ -1172,6 +1173,13 @@ def _remove_partial_downloads(entries: Iterable[JournalEntry]) -> list[Path]:
 
 def _priced_by_characters(model: AudioModel | None) -> bool:
     return model is not None and isinstance(model.spec.pricing, PerThousandCharactersPricing)
+
+
+async def _close_budget(budget: RequestBudget) -> None:
+    """Close a shared budget's connections (``RedisBudget``; it reopens them if used again)."""
+    close = getattr(budget, "aclose", None)
+    if close is not None:
+        await close()
 
 
 async def _within(clock: Clock, seconds: float, fn: Callable[[], Awaitable[None]]) -> None:
