@@ -55,7 +55,9 @@ from ._errors import (
 )
 from ._estimator import PollingBounds
 from ._journal import JobState, Journal, JournalEntry
+from ._learned_limits import LearnedRateLimits
 from ._models import (
+    ApiKeyRateLimits,
     AudioFormat,
     AudioModel,
     AudioResult,
@@ -67,6 +69,7 @@ from ._models import (
     FieldProblem,
     GenerationPricing,
     Job,
+    ModelRateLimits,
     ModelSpec,
     Outcome,
     PerSecondPricing,
@@ -84,6 +87,7 @@ from ._models import (
     UnknownPricing,
     VeniceHeaders,
 )
+from ._redis_budget import RedisBudget
 from ._results import ResultStream
 from ._resume import ResumeReport
 from ._session import AsyncSession, SessionStatistics
@@ -95,6 +99,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was ne
 
 __all__ = [
     "APIStatusError",
+    "ApiKeyRateLimits",
     "AsyncSession",
     "AsyncioRequiredError",
     "AudioFormat",
@@ -128,6 +133,7 @@ __all__ = [
     "Journal",
     "JournalEntry",
     "JournalError",
+    "LearnedRateLimits",
     "Limits",
     "LocalBudget",
     "MalformedResponse",
@@ -135,6 +141,7 @@ __all__ = [
     "MediaNotFoundError",
     "MemorySink",
     "MissingAPIKeyError",
+    "ModelRateLimits",
     "ModelSpec",
     "NotFoundError",
     "Outcome",
@@ -156,6 +163,7 @@ __all__ = [
     "RateLimitError",
     "RateLimits",
     "RateWindow",
+    "RedisBudget",
     "RequestBudget",
     "RequestTimeout",
     "RequestValidationError",

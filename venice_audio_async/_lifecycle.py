@@ -3,8 +3,9 @@
 Opening takes the journal (refused before anything is sent when it cannot be used), then
 starts the session's one task group: the scheduler, and the retries of journal writes that
 failed after a payment. Closing lets media releases already started finish (bounded), stops
-the task group, closes the connection pool and the journal (shielded, so a cancelled close
-still closes), and logs the ids of jobs left running: they are paid for.
+the task group, closes the connection pool, the journal and a shared budget's connections
+(its ``aclose``, if it has one; shielded, so a cancelled close still closes), and logs the
+ids of jobs left running: they are paid for.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import types
 import anyio
 import anyio.abc
 
+from ._budget import RequestBudget
 from ._client import VeniceClient
 from ._errors import SessionStateError
 from ._ledger import Ledger
@@ -40,8 +42,11 @@ class SessionState(enum.Enum):
 class Lifecycle:
     """The session's state and task group (see the module docstring)."""
 
-    def __init__(self, *, client: VeniceClient, ledger: Ledger, scheduler: Scheduler) -> None:
+    def __init__(
+        self, *, client: VeniceClient, budget: RequestBudget, ledger: Ledger, scheduler: Scheduler
+    ) -> None:
         self._client = client
+        self._budget = budget
         self._ledger = ledger
         self._scheduler = scheduler
         self.state = SessionState.UNOPENED
@@ -77,6 +82,7 @@ class Lifecycle:
             await tg.__aexit__(None, None, None)
             await self._client.aclose()
             await self._ledger.aclose()
+            await _close_budget(self._budget)
             self.state = SessionState.CLOSED
             raise
         self._tg = tg
@@ -93,6 +99,7 @@ class Lifecycle:
         if self.state is SessionState.UNOPENED:
             self.state = SessionState.CLOSED
             await self._client.aclose()
+            await _close_budget(self._budget)
             return None
         if self.state is not SessionState.OPEN or self._tg is None:
             return None
@@ -114,6 +121,7 @@ class Lifecycle:
             with anyio.CancelScope(shield=True):
                 await self._client.aclose()
                 await self._ledger.aclose()
+                await _close_budget(self._budget)
             unfinished = self._scheduler.unfinished()
             if unfinished:
                 log.warning(
@@ -121,3 +129,10 @@ class Lifecycle:
                     len(unfinished),
                     ", ".join(j.queue_id for j in unfinished[:20]),
                 )
+
+
+async def _close_budget(budget: RequestBudget) -> None:
+    """Close a shared budget's connections (``RedisBudget``; it reopens them if used again)."""
+    close = getattr(budget, "aclose", None)
+    if close is not None:
+        await close()
