@@ -6,7 +6,7 @@ a module that needs a differently configured fake server defines its own ``serve
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -14,6 +14,8 @@ import pytest
 
 import venice_audio_async as v
 from venice_audio_async.testing import FakeServer
+
+from .redis_server import RedisServer, missing_redis, require_redis_env
 
 #: Typed user code for .ci/run's wheel check; one file there must fail type checking.
 collect_ignore = ["typed_usage"]
@@ -63,3 +65,33 @@ def make_session(server: FakeServer | str, **overrides: Any) -> v.AsyncSession:
 def make_client(server: FakeServer, **options: Any) -> v.VeniceClient:
     """A low-level client with API_KEY, pointed at ``server``."""
     return v.VeniceClient(api_key=API_KEY, base_url=server.url, **options)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server for the whole run (persistence off); skipped where it is missing.
+
+    With VENICE_REQUIRE_REDIS=1 (set by .ci/run) a missing Redis fails instead.
+    """
+    server = _started_redis()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def own_redis_server() -> Iterator[RedisServer]:
+    """A redis-server of the test's own, which it may stop and start again."""
+    server = _started_redis()
+    yield server
+    server.close()
+
+
+def _started_redis() -> RedisServer:
+    reason = missing_redis()
+    if reason is not None:
+        if require_redis_env():
+            pytest.fail(f"VENICE_REQUIRE_REDIS=1 but {reason}")
+        pytest.skip(reason)
+    server = RedisServer()
+    server.start()
+    return server

@@ -793,3 +793,96 @@ async def test_remaining_and_reset_cap_grants_until_the_reset() -> None:
     assert budget.next_available("retrieve") == pytest.approx(10.0)
     clock.advance(10.0)
     assert budget.try_acquire("retrieve")
+
+
+# --------------------------------------------------------------------------- stated and pooled
+
+
+@pytest.mark.anyio
+async def test_stated_limit_on_an_unconfigured_endpoint_is_enforced() -> None:
+    """A limit stated for an endpoint without one of ours applies (and acquire never fails)."""
+    clock = ManualClock()
+    budget = make_budget(clock, {})
+    await budget.record_response("quote", 200, {"x-ratelimit-limit-requests": "5"})
+    grants: list[float] = []
+    for _ in range(8):
+        await _acquire_advancing(clock, budget, "quote")
+        grants.append(clock.monotonic())
+    assert max_in_window(grants, 59.999) <= 5  # a 60 s window without margin: half-open
+    window = budget.window("quote")
+    assert window is not None
+    assert window.limit == 5
+
+
+async def _acquire_advancing(clock: ManualClock, budget: LocalBudget, endpoint: str) -> None:
+    async with anyio.create_task_group() as tg:
+        done = anyio.Event()
+
+        async def take() -> None:
+            await budget.acquire(endpoint)
+            done.set()
+
+        tg.start_soon(take)
+        while not done.is_set():
+            await settle(clock, budget)
+            if not done.is_set():
+                assert clock.advance_to_next()
+
+
+@pytest.mark.anyio
+async def test_pooled_limit_caps_its_endpoints_together() -> None:
+    """A pool of 10/min over queue and retrieve grants at most 10 in any minute to both."""
+    clock = ManualClock()
+    budget = make_budget(
+        clock,
+        {"queue": RateLimit(40), "retrieve": RateLimit(120, 120)},
+        pool=RateLimit(10, 10),
+        pooled_endpoints={"queue", "retrieve"},
+    )
+    grants: list[float] = []
+
+    async def worker(endpoint: str) -> None:
+        await budget.acquire(endpoint)
+        grants.append(clock.monotonic())
+
+    async with anyio.create_task_group() as tg:
+        for i in range(30):
+            tg.start_soon(worker, "queue" if i % 2 else "retrieve")
+        while len(grants) < 30:
+            await settle(clock, budget)
+            if len(grants) < 30:
+                assert clock.advance_to_next()
+    assert max_in_window(grants, 60.0) <= 10
+    assert grants[-1] <= 3 * 60.5 + 1
+    window = budget.window("retrieve")  # the pool is the tighter window now
+    assert window is not None
+    assert window.limit == 10
+    await budget.acquire("complete")  # not in this pool: free
+
+
+@pytest.mark.anyio
+async def test_429_on_a_pooled_endpoint_lowers_the_pool() -> None:
+    """A 429 on a pooled endpoint lowers the pool's limit below its last window too."""
+    clock = ManualClock()
+    budget = make_budget(clock, {"queue": RateLimit(40)}, pool=RateLimit(10, 10))
+    for _ in range(10):
+        assert budget.try_acquire("retrieve")
+    assert not budget.try_acquire("retrieve")
+    await budget.record_response("retrieve", 429, {"Retry-After": "1"})
+    clock.advance(1.0)
+    window = budget.window("retrieve")
+    assert window is not None
+    assert window.limit == 8
+
+
+def test_session_maps_pooled_per_minute_onto_the_pool() -> None:
+    """RateLimits(pooled_per_minute=...) becomes the session budget's pool over audio."""
+    from venice_audio_async import AsyncSession, RateLimits
+
+    session = AsyncSession(api_key="k", rate_limits=RateLimits(pooled_per_minute=60))
+    budget = session._parts.budget
+    assert isinstance(budget, LocalBudget)
+    for endpoint in ("quote", "queue", "retrieve", "complete"):
+        window = budget.window(endpoint)
+        assert window is not None
+        assert window.limit == (40 if endpoint == "queue" else 60)

@@ -15,9 +15,11 @@ import anyio
 import pytest
 
 from venice_audio_async.__main__ import main
+from venice_audio_async._redis_budget import namespace_for_key
 from venice_audio_async.testing import FakeServer, Fault, JobScript
 
 from .conftest import API_KEY
+from .redis_server import RedisServer
 
 CLI_SCALE = 0.02  # the subprocess and the fake must agree on the clock
 
@@ -316,3 +318,26 @@ def test_invalid_generate_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -
     err = capsys.readouterr().err
     assert "prompt: must be at least 10 characters" in err
     assert "Traceback" not in err
+
+
+@pytestmark_async
+async def test_batch_and_generate_share_a_redis_budget(
+    server: FakeServer, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """--redis (and VENICE_REDIS_URL) put the CLI's requests in the shared Redis budget."""
+    import redis.asyncio
+
+    batch = _lines(tmp_path / "batch.jsonl", [_track(i) for i in range(3)])
+    out = tmp_path / "out"
+    result = await _run(server, "batch", str(batch), "--out", str(out), "--redis", redis_server.url)
+    assert result.returncode == 0, result.stderr.decode()
+    env = {**_env(), "VENICE_REDIS_URL": redis_server.url}
+    command = _cli(server, "generate", "stable-audio-25", "a lone bell at dusk", "--out", str(out))
+    generated = await anyio.run_process(command, env=env, check=False)
+    assert generated.returncode == 0, generated.stderr.decode()
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    granted = await client.hget(f"venice-audio:{{{namespace_for_key(API_KEY)}}}:session", "granted")
+    await client.aclose()
+    # 4 queues, their polls and releases, and the warm-up catalogue call went through Redis
+    assert granted is not None
+    assert int(granted) >= 4 + 4 + 4

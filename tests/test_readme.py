@@ -17,6 +17,7 @@ import venice_audio_async as v
 from venice_audio_async.testing import FakeServer, JobScript
 
 from .conftest import TIME_SCALE
+from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
 
@@ -144,3 +145,33 @@ async def test_testing_example() -> None:
     names.update({"FakeServer": FakeServer, "JobScript": JobScript})
     names["Fault"] = __import__("venice_audio_async.testing", fromlist=["Fault"]).Fault
     await _run(code, names)
+
+
+async def test_many_processes_examples(redis_server: RedisServer) -> None:
+    """The "Many processes" lines open a shared budget and learn the limits from the API."""
+    blocks = [c for c in _blocks().values() if "RedisBudget.from_url" in c]
+    assert len(blocks) == 2
+    async with FakeServer(
+        time_scale=TIME_SCALE, job_script=JobScript(duration=5.0), pooled_rate_limit=60
+    ) as server:
+        await _many_processes(server, redis_server, blocks)
+
+
+async def _many_processes(server: FakeServer, redis_server: RedisServer, blocks: list[str]) -> None:
+    names = _namespace(server)
+    names["VeniceClient"] = partial(v.VeniceClient, api_key="k", base_url=server.url)
+    clock = v.ScaledClock(TIME_SCALE)
+
+    def from_url(url: str, **options: Any) -> v.RedisBudget:
+        assert url == "redis://localhost:6379/0"
+        return v.RedisBudget.from_url(redis_server.url, api_key="k", clock=clock, **options)
+
+    names["RedisBudget"] = types.SimpleNamespace(from_url=from_url)
+    names["print"] = lambda *a: None
+    first = await _run(blocks[0], names)
+    async with names["AsyncSession"](budget=first["budget"]) as session:
+        await session.generate("stable-audio-25", "a short shared tune")
+    assert first["budget"].statistics().granted >= 2
+    learned = await _run(blocks[1], names)
+    assert learned["learned"].pooled_per_minute == 60
+    await learned["budget"].aclose()

@@ -58,7 +58,9 @@ from ._errors import (
 )
 from ._estimator import PollingBounds
 from ._journal import JobState, Journal, JournalEntry
+from ._learned_limits import LearnedRateLimits
 from ._models import (
+    ApiKeyRateLimits,
     AudioFormat,
     AudioModel,
     AudioResult,
@@ -71,6 +73,7 @@ from ._models import (
     FieldProblem,
     GenerationPricing,
     Job,
+    ModelRateLimits,
     ModelSpec,
     Outcome,
     PerSecondPricing,
@@ -89,6 +92,7 @@ from ._models import (
     UnknownPricing,
     VeniceHeaders,
 )
+from ._redis_budget import RedisBudget
 from ._results import ResultStream
 from ._resume import ResumeReport
 from ._session import AsyncSession, SessionStatistics
@@ -101,6 +105,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was ne
 
 __all__ = [
     "APIStatusError",
+    "ApiKeyRateLimits",
     "AsyncSession",
     "AsyncioRequiredError",
     "AudioFormat",
@@ -139,6 +144,7 @@ __all__ = [
     "Journal",
     "JournalEntry",
     "JournalError",
+    "LearnedRateLimits",
     "Limits",
     "LocalBudget",
     "MalformedResponse",
@@ -146,6 +152,7 @@ __all__ = [
     "MediaNotFoundError",
     "MemorySink",
     "MissingAPIKeyError",
+    "ModelRateLimits",
     "ModelSpec",
     "NotFoundError",
     "Outcome",
@@ -169,6 +176,7 @@ __all__ = [
     "RateLimitError",
     "RateLimits",
     "RateWindow",
+    "RedisBudget",
     "Refused",
     "RequestBudget",
     "RequestTimeout",

@@ -5,9 +5,10 @@ Commands: ``models``, ``quote``, ``generate``, ``fetch``, ``batch`` and ``resume
 :class:`~venice_audio_async.testing.FakeServer`, with no key and no network; its audio is
 playable (WAV tones of the requested length), and for ``batch`` and ``resume`` its jobs are
 kept in the batch folder, so ``resume DIR --fake`` finishes what ``batch ... --fake``
-started. Exit codes: 0 all done, 1 some jobs failed or are unknown, 2 bad input or setup
-(arguments are checked before any server is contacted), 3 refused by the spending limit,
-130 interrupted.
+started. ``--redis URL`` (or ``VENICE_REDIS_URL``) makes ``generate``, ``batch`` and
+``resume`` share one request budget with every other process on the key. Exit codes: 0 all
+done, 1 some jobs failed or are unknown, 2 bad input or setup (arguments are checked before
+any server is contacted), 3 refused by the spending limit, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from ._models import (
     Succeeded,
 )
 from ._progress import BatchProgress
+from ._redis_budget import RedisBudget
 from ._session import AsyncSession
 
 __all__ = ["main"]
@@ -132,6 +134,9 @@ def _session(
     clock: Clock,
     **options: Any,
 ) -> AsyncSession:
+    if getattr(args, "redis", None):
+        # One budget for every process on this key (the session closes it).
+        options.setdefault("budget", RedisBudget.from_url(args.redis, api_key=key, clock=clock))
     return AsyncSession(
         api_key=key,
         base_url=url,
@@ -690,6 +695,14 @@ def _parser() -> argparse.ArgumentParser:
         choices=_LOG_LEVELS,
         help="print the library's log to stderr from this level on (debug: every request)",
     )
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument(
+        "--redis",
+        metavar="URL",
+        default=os.environ.get("VENICE_REDIS_URL") or None,
+        help="share one request budget with every process on this key through Redis "
+        "(default: $VENICE_REDIS_URL; needs the redis extra)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("models", parents=[common], help="list the audio models")
@@ -705,7 +718,7 @@ def _parser() -> argparse.ArgumentParser:
         help="characters of text to price (voice models)",
     )
 
-    generate = commands.add_parser("generate", parents=[common], help="make one audio file")
+    generate = commands.add_parser("generate", parents=[common, shared], help="make one audio file")
     generate.add_argument("model", help="model id (see: venice-audio models)")
     generate.add_argument("prompt", help="what to make (voice models: the text to speak)")
     generate.add_argument(
@@ -729,12 +742,16 @@ def _parser() -> argparse.ArgumentParser:
         help="an existing folder to write into, or a file path (default: .)",
     )
 
-    batch = commands.add_parser("batch", parents=[common], help="generate every line of a file")
+    batch = commands.add_parser(
+        "batch", parents=[common, shared], help="generate every line of a file"
+    )
     batch.add_argument("file", help="JSON Lines or CSV file of requests")
     batch.add_argument("--out", required=True, help="folder for the audio and manifest.jsonl")
     _batch_arguments(batch)
 
-    resume = commands.add_parser("resume", parents=[common], help="finish an interrupted batch")
+    resume = commands.add_parser(
+        "resume", parents=[common, shared], help="finish an interrupted batch"
+    )
     resume.add_argument("dir", help="the batch's --out folder")
     _batch_arguments(resume)
     return parser
@@ -862,7 +879,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say("\n" + (_interrupt_note[0] if _interrupt_note else "interrupted"))
         return 130
-    except (VeniceError, ValueError) as error:
+    except (VeniceError, ValueError, ImportError) as error:  # ImportError: --redis, no extra
         _say(f"error: {error}")
         return 2
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Protocol, runtime_checkable
 
 import anyio
@@ -43,10 +43,10 @@ import anyio.lowlevel
 import attrs
 
 from ._clock import Clock
-from ._config import RateLimit, check_number
+from ._config import AUDIO_ENDPOINTS, RateLimit, check_number
 from ._endpoint_rate import EndpointRate, Waiter, reached
+from ._lessons import read_lesson
 from ._logging import log
-from ._retry import header_int, parse_reset, retry_delay_from_headers
 
 __all__ = [
     "BudgetStatistics",
@@ -55,14 +55,8 @@ __all__ = [
     "RateWindow",
     "RequestBudget",
     "ResponseRecorder",
+    "tighter_window",
 ]
-
-#: First pause after a 429 that carries no usable header; doubles with each consecutive one.
-_DEFAULT_429_PAUSE = 5.0
-#: Venice's lockout after too many failed requests.
-_ERROR_BUDGET_LOCKOUT = 30.0
-#: Pause for an endpoint reporting ``remaining == 0`` without a reset time (unlimited endpoints).
-_UNKNOWN_RESET_PAUSE = 1.0
 
 
 @attrs.frozen
@@ -197,8 +191,29 @@ class ResponseRecorder:
         await self._budget.record_response(endpoint, status, headers)
 
 
-def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
-    return {key.lower(): value for key, value in headers.items()}
+def tighter_window(
+    own: RateWindow | None, pooled: RateWindow | None, now: float
+) -> RateWindow | None:
+    """Of an endpoint's own window and its pool's, the one with fewer free grants now."""
+    if own is None or pooled is None:
+        return own if pooled is None else pooled
+    return pooled if pooled.free_after(0.0, now) < own.free_after(0.0, now) else own
+
+
+def _rate_window(state: EndpointRate, now: float) -> RateWindow | None:
+    """``state``'s window now (``None`` without a limit)."""
+    state.recover(now)
+    if state.limit is None:
+        return None
+    state.prune(now)
+    left = state.allowance_left(now)
+    return RateWindow(
+        limit=state.limit,
+        window=state.window,
+        grants=tuple(state.log),
+        allowance=left,
+        allowance_until=state.allowance_until if left is not None else None,
+    )
 
 
 # --------------------------------------------------------------------------- local budget
@@ -216,6 +231,9 @@ class LocalBudget:
             failed requests in ``seconds`` locks the key).
         failure_margin: stop sending once ``limit - failure_margin`` failures lie in the
             window, leaving room for requests already in flight.
+        pool: one more limit over ``pooled_endpoints`` together (say Venice's "Audio: 60
+            requests/min" for the whole key), on top of each endpoint's own; ``None``: none.
+        pooled_endpoints: the endpoints ``pool`` covers (default: every audio endpoint).
 
     Raises:
         ValueError: a non-positive ``max_retry_after`` or window, or
@@ -232,6 +250,8 @@ class LocalBudget:
         max_retry_after: float = 60.0,
         failure_window: tuple[int, float] = (20, 30.0),
         failure_margin: int = 5,
+        pool: RateLimit | None = None,
+        pooled_endpoints: Collection[str] = AUDIO_ENDPOINTS,
     ) -> None:
         limit, window = failure_window
         # 0 is allowed: RetryPolicy.testing() never waits, not even for Retry-After.
@@ -249,6 +269,9 @@ class LocalBudget:
         self._endpoints: dict[str, EndpointRate] = {
             name: EndpointRate(name, rate) for name, rate in rates.items()
         }
+        # One limit over several endpoints together (the key's audio RPM), on top of theirs.
+        self._pool = EndpointRate("pool", pool) if pool is not None else None
+        self._pooled = frozenset(pooled_endpoints)
         self._paused_until = -math.inf
         self._pause_reason: str | None = None
         self._paused_seconds = 0.0
@@ -269,12 +292,23 @@ class LocalBudget:
             state = self._endpoints[name] = EndpointRate(name, None)
         return state
 
+    def _pool_of(self, state: EndpointRate) -> EndpointRate | None:
+        return self._pool if state.name in self._pooled else None
+
     def _ready_at(self, state: EndpointRate, now: float) -> float:
         t = max(now, self._paused_until, self._failure_paused_until, state.paused_until)
-        return state.rate_ready(t)
+        t = state.rate_ready(t)
+        pool = self._pool_of(state)
+        if pool is not None:
+            # Each rule only gets easier as time passes, so one more pass settles both.
+            t = state.rate_ready(pool.rate_ready(t))
+        return t
 
     def _grant(self, state: EndpointRate, now: float) -> None:
         state.grant(now)
+        pool = self._pool_of(state)
+        if pool is not None:
+            pool.grant(now)
         self._granted += 1
 
     @staticmethod
@@ -364,20 +398,14 @@ class LocalBudget:
         return max(now, self._ready_at(state, now))
 
     def window(self, endpoint: str) -> RateWindow | None:
-        """The endpoint's rate window now; ``None`` for an endpoint without a limit."""
+        """The endpoint's rate window now; ``None`` for an endpoint without a limit.
+
+        For an endpoint under the pooled limit too, the one with fewer free grants now.
+        """
         state, now = self._endpoint(endpoint), self._clock.monotonic()
-        state.recover(now)
-        if state.limit is None:
-            return None
-        state.prune(now)
-        left = state.allowance_left(now)
-        return RateWindow(
-            limit=state.limit,
-            window=state.window,
-            grants=tuple(state.log),
-            allowance=left,
-            allowance_until=state.allowance_until if left is not None else None,
-        )
+        pool = self._pool_of(state)
+        pooled = _rate_window(pool, now) if pool is not None else None
+        return tighter_window(_rate_window(state, now), pooled, now)
 
     # ------------------------------------------------------------------ learning
 
@@ -398,7 +426,8 @@ class LocalBudget:
           at ``max_retry_after``); without a usable header, 5 s doubling with each
           consecutive 429, up to the cap.
         * 429 also lowers ``endpoint``'s effective limit below what its last window granted
-          (it recovers slowly after a quiet window).
+          (it recovers slowly after a quiet window), and the pooled limit's if ``endpoint``
+          is under it.
         * ``x-ratelimit-limit-requests`` (any status): caps ``endpoint``'s limit at once.
         * ``x-ratelimit-remaining-requests`` with ``x-ratelimit-reset-requests``: no more
           than that many grants until the reset; at 0 (any status) ``endpoint`` pauses until
@@ -410,60 +439,59 @@ class LocalBudget:
         """
         state = self._endpoint(endpoint)
         now = self._clock.monotonic()
-        now_epoch = self._clock.time()
-        cap = self._max_retry_after
-        lowered = _lowered(headers)
         if 200 <= status < 300:
             self._consecutive_429 = 0
         if status == 429:
             self._rate_limited += 1
             state.rate_limited += 1
             self._consecutive_429 += 1
-            delay = retry_delay_from_headers(lowered, now_epoch, cap)
-            if delay is None:
-                delay = min(cap, _DEFAULT_429_PAUSE * 2.0 ** (self._consecutive_429 - 1))
-            if self._pause_session_until(now + delay, now, f"429 from {endpoint}"):
-                log.info(
-                    "429 from %s: pausing every request for %.1f s",
-                    endpoint,
-                    delay,
-                    extra={"endpoint": endpoint, "status": 429, "pause": delay},
-                )
+        lesson = read_lesson(
+            endpoint,
+            status,
+            headers,
+            now_epoch=self._clock.time(),
+            cap=self._max_retry_after,
+            consecutive_429=self._consecutive_429,
+            interval=state.interval if state.limit is not None else None,
+        )
+        if lesson.rate_limited:
             state.rate_limited_at(now)
-
-        stated = header_int(lowered.get("x-ratelimit-limit-requests"))
-        if stated is not None:
-            state.state_limit(stated)
-        left = header_int(lowered.get("x-ratelimit-remaining-requests"))
-        reset = lowered.get("x-ratelimit-reset-requests")
-        delay_or_none = parse_reset(reset, now_epoch) if reset is not None else None
-        if left is not None and left > 0 and delay_or_none is not None:
-            state.allow(left, now + min(delay_or_none, cap))
-        if left is not None and left <= 0:
-            if delay_or_none is None:
-                delay = state.interval if state.limit is not None else _UNKNOWN_RESET_PAUSE
-            else:
-                delay = min(delay_or_none, cap)
-            until = now + delay
+            pool = self._pool_of(state)
+            if pool is not None:
+                pool.rate_limited_at(now)
+        if lesson.pause is not None:
+            delay, reason = lesson.pause
+            if self._pause_session_until(now + delay, now, reason):
+                if not lesson.locked_out:
+                    log.info(
+                        "429 from %s: pausing every request for %.1f s",
+                        endpoint,
+                        delay,
+                        extra={"endpoint": endpoint, "status": 429, "pause": delay},
+                    )
+                else:
+                    log.warning(
+                        "the API's failed-request budget is used up (key locked out): "
+                        "pausing every request for %.1f s",
+                        delay,
+                        extra={"endpoint": endpoint, "status": status, "pause": delay},
+                    )
+        if lesson.stated is not None:
+            state.state_limit(lesson.stated)
+        if lesson.allowance is not None:
+            remaining, until = lesson.allowance
+            state.allow(remaining, now + until)
+        if lesson.endpoint_pause is not None:
+            until = now + lesson.endpoint_pause
             if until > state.paused_until:
                 state.paused_seconds += until - max(state.paused_until, now)
                 state.paused_until = until
-                log.debug("%s has no requests left: pausing it for %.2f s", endpoint, delay)
-
-        left = header_int(lowered.get("x-ratelimit-remaining"))
-        if left is not None and left <= 0:
-            reset = lowered.get("x-ratelimit-resets")
-            delay_or_none = parse_reset(reset, now_epoch) if reset is not None else None
-            delay = min(cap, _ERROR_BUDGET_LOCKOUT if delay_or_none is None else delay_or_none)
-            if self._pause_session_until(now + delay, now, "failed-request budget exhausted"):
-                log.warning(
-                    "the API's failed-request budget is used up (key locked out): pausing "
-                    "every request for %.1f s",
-                    delay,
-                    extra={"endpoint": endpoint, "status": status, "pause": delay},
+                log.debug(
+                    "%s has no requests left: pausing it for %.2f s",
+                    endpoint,
+                    lesson.endpoint_pause,
                 )
-
-        if status >= 400 or status < 100:
+        if lesson.failure:
             self._add_failure(now)
 
     def _prune_failures(self, now: float) -> None:

@@ -14,6 +14,7 @@ from ._config import DEFAULT_BASE_URL, Limits, Timeouts
 from ._converters import (
     structure_catalogue,
     structure_complete,
+    structure_key_rate_limits,
     structure_processing,
     structure_queued,
     structure_quote,
@@ -21,6 +22,7 @@ from ._converters import (
 )
 from ._http import HttpSession, HttpTransport, JsonAnswer, require_asyncio
 from ._models import (
+    ApiKeyRateLimits,
     AudioModel,
     AudioResult,
     CompleteRequest,
@@ -112,6 +114,21 @@ class VeniceClient:
             "models", "GET", "models", params={"type": "music"}, auth=True
         )
         return structure_catalogue(answer.body)
+
+    async def key_rate_limits(self) -> ApiKeyRateLimits:
+        """``GET /api_keys/rate_limits``: the key's limits per model (RPM, RPD, TPM).
+
+        Raises:
+            AuthenticationError: the key is missing or wrong.
+            APIStatusError: the API refused the request.
+            TransportError: no usable answer.
+
+        .. versionadded:: 0.1.0
+        """
+        answer = await self._transport.request_json(
+            "key_rate_limits", "GET", "api_keys/rate_limits", auth=True
+        )
+        return structure_key_rate_limits(answer.body)
 
     async def quote(self, request: QuoteRequest) -> QuoteResult:
         """``POST /audio/quote``: the price in USD of a generation (no job is created).

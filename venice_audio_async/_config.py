@@ -9,10 +9,17 @@ being a little slow costs less than being locked out.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import attrs
 
+if TYPE_CHECKING:
+    from ._client import VeniceClient
+    from ._learned_limits import LearnedRateLimits
+
 __all__ = [
+    "AUDIO_ENDPOINTS",
     "DEFAULT_BASE_URL",
     "Limits",
     "RateLimit",
@@ -21,6 +28,7 @@ __all__ = [
     "Timeouts",
     "check_number",
     "endpoint_rates",
+    "pooled_rate",
 ]
 
 DEFAULT_BASE_URL = "https://api.venice.ai/api/v1"
@@ -176,12 +184,21 @@ class RateLimit:
         return self.window / self.limit
 
 
+#: The endpoints a pooled limit covers unless told otherwise: every audio endpoint.
+AUDIO_ENDPOINTS = frozenset({"quote", "queue", "retrieve", "complete"})
+
+
 @attrs.frozen(kw_only=True)
 class RateLimits:
     """Client-side request budgets, per minute, shared by everything a session does.
 
     ``None`` disables the limiter for that endpoint (the server may still answer 429, which
     is honoured). ``failures_per_window`` / ``failure_window`` mirror the API's error budget.
+
+    ``pooled_per_minute`` puts ``pooled_endpoints`` (by default every audio endpoint) under
+    one more limit together: Venice's rate-limit page reads "Audio: 60 requests/min", which
+    may be one budget for all of them. Both kinds hold when both are set.
+    :meth:`from_api` reads the key's own limits from the API.
 
     .. versionadded:: 0.1.0
     """
@@ -192,6 +209,34 @@ class RateLimits:
     complete_per_minute: float | None = attrs.field(default=None, validator=_positive)
     failures_per_window: int = 20
     failure_window: float = attrs.field(default=30.0, validator=_positive)
+    pooled_per_minute: float | None = attrs.field(default=None, validator=_positive)
+    pooled_endpoints: frozenset[str] = attrs.field(default=AUDIO_ENDPOINTS, converter=frozenset)
+
+    @classmethod
+    async def from_api(
+        cls,
+        client: VeniceClient,
+        *,
+        base: RateLimits | None = None,
+        models: Iterable[str] | None = None,
+    ) -> LearnedRateLimits:
+        """Read the key's limits (``GET /api_keys/rate_limits``) and pool the audio ones.
+
+        The smallest requests-per-minute figure among the audio models (``models``, or the
+        audio catalogue ``client.models()`` lists) becomes ``pooled_per_minute`` of ``base``
+        (default :class:`RateLimits`); per-day figures are reported, not enforced. When the
+        answer lists no per-minute figure for an audio model, ``base`` is kept and the
+        result (and a log line) says so.
+
+        Raises:
+            APIStatusError: the API refused a request (401: bad key).
+            TransportError: no usable answer.
+
+        .. versionadded:: 0.1.0
+        """
+        from ._learned_limits import learn_rate_limits
+
+        return await learn_rate_limits(client, base=base or cls(), models=models)
 
 
 @attrs.frozen(kw_only=True)
@@ -272,3 +317,15 @@ def endpoint_rates(limits: RateLimits) -> dict[str, RateLimit]:
         for endpoint, rate in pairs.items()
         if rate
     }
+
+
+def pooled_rate(limits: RateLimits) -> RateLimit | None:
+    """The one limit over ``limits.pooled_endpoints`` together, if set.
+
+    Not paced (a bare sliding-window log), like ``retrieve``: the endpoints' own limits pace
+    ``queue``, and the poll policy spreads polls over what the pool leaves.
+    """
+    rate = limits.pooled_per_minute
+    if not rate:
+        return None
+    return RateLimit(per_minute=rate, burst=int(rate))

@@ -21,6 +21,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 
 from ._errors import MalformedResponse
 from ._models import (
+    ApiKeyRateLimits,
     AudioModel,
     CompleteRequest,
     CompleteResult,
@@ -28,6 +29,7 @@ from ._models import (
     DurationTier,
     GenerationPricing,
     Job,
+    ModelRateLimits,
     ModelSpec,
     PerSecondPricing,
     PerThousandCharactersPricing,
@@ -44,6 +46,7 @@ __all__ = [
     "converter",
     "structure_catalogue",
     "structure_complete",
+    "structure_key_rate_limits",
     "structure_processing",
     "structure_queued",
     "structure_quote",
@@ -204,3 +207,47 @@ def structure_complete(payload: Any) -> CompleteResult:
     if not isinstance(payload, Mapping) or not isinstance(payload.get("success"), bool):
         raise MalformedResponse("the complete answer has no boolean 'success'", endpoint="complete")
     return CompleteResult(success=payload["success"])
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def structure_key_rate_limits(payload: Any) -> ApiKeyRateLimits:
+    """``{"data": {"rateLimits": [{"apiModelId", "rateLimits": [{"amount", "type"}]}]}}``.
+
+    Rows without a model id and limits that are not a number with a string type are
+    skipped (the spec marks only ``rateLimits`` as required in a row).
+    """
+    data = payload.get("data") if isinstance(payload, Mapping) else None
+    rows = data.get("rateLimits") if isinstance(data, Mapping) else None
+    if not isinstance(data, Mapping) or not isinstance(rows, list):
+        raise MalformedResponse(
+            "the rate limits answer has no 'data.rateLimits' list", endpoint="key_rate_limits"
+        )
+    models: list[ModelRateLimits] = []
+    for row in rows:
+        if not isinstance(row, Mapping) or not isinstance(row.get("apiModelId"), str):
+            continue
+        limits: dict[str, float] = {}
+        entries = row.get("rateLimits")
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, Mapping):
+                continue
+            amount, kind = _number(entry.get("amount")), entry.get("type")
+            if amount is not None and isinstance(kind, str):
+                limits[kind] = amount
+        models.append(ModelRateLimits(model=row["apiModelId"], limits=limits))
+    tier = data.get("apiTier")
+    permitted = data.get("accessPermitted")
+    epoch = data.get("nextEpochBegins")
+    return ApiKeyRateLimits(
+        models=tuple(models),
+        api_tier=tier.get("id")
+        if isinstance(tier, Mapping) and isinstance(tier.get("id"), str)
+        else None,
+        access_permitted=permitted if isinstance(permitted, bool) else None,
+        next_epoch_begins=epoch if isinstance(epoch, str) else None,
+    )

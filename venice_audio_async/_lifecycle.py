@@ -7,8 +7,9 @@ the opener's task, so any task of the loop may close the session (another task t
 opener, ``asyncio.wait_for(session.aclose(), t)``, a later notebook cell).
 
 Closing lets media releases already started finish (bounded), stops the host task, closes
-the connection pool and the journal, and logs the ids of jobs left running (they are paid
-for) and of outcomes nobody took. Everything after the drain is shielded and bounded, so a
+the connection pool, the journal and a shared budget's connections (its ``aclose``, if it
+has one), and logs the ids of jobs left running (they are paid for) and of outcomes nobody
+took. Everything after the drain is shielded and bounded, so a
 close that is cancelled (its owner cancelled while it waits) still closes all of it.
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from ._budget import RequestBudget
 from ._client import VeniceClient
 from ._errors import SessionStateError
 from ._ledger import Ledger
@@ -50,8 +52,11 @@ class SessionState(enum.Enum):
 class Lifecycle:
     """The session's state and host task (see the module docstring)."""
 
-    def __init__(self, *, client: VeniceClient, ledger: Ledger, scheduler: Scheduler) -> None:
+    def __init__(
+        self, *, client: VeniceClient, budget: RequestBudget, ledger: Ledger, scheduler: Scheduler
+    ) -> None:
         self._client = client
+        self._budget = budget
         self._ledger = ledger
         self._scheduler = scheduler
         self.state = SessionState.UNOPENED
@@ -133,6 +138,7 @@ class Lifecycle:
             with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP_SECONDS):
                 await self._client.aclose()
                 await self._ledger.aclose()
+                await _close_budget(self._budget)
 
     async def close(
         self,
@@ -149,6 +155,7 @@ class Lifecycle:
         if self.state is SessionState.UNOPENED:
             self.state = SessionState.CLOSED
             await self._client.aclose()
+            await _close_budget(self._budget)
             return None
         if self.state is not SessionState.OPEN:
             return None
@@ -195,3 +202,10 @@ class Lifecycle:
                 len(untaken),
                 ", ".join(j.queue_id for j in untaken[:20]),
             )
+
+
+async def _close_budget(budget: RequestBudget) -> None:
+    """Close a shared budget's connections (``RedisBudget``; it reopens them if used again)."""
+    close = getattr(budget, "aclose", None)
+    if close is not None:
+        await close()

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ._errors import VeniceError
 
 __all__ = [
+    "ApiKeyRateLimits",
     "AudioFormat",
     "AudioModel",
     "AudioResult",
@@ -32,6 +33,7 @@ __all__ = [
     "FieldProblem",
     "GenerationPricing",
     "Job",
+    "ModelRateLimits",
     "ModelSpec",
     "Outcome",
     "PerSecondPricing",
@@ -310,6 +312,47 @@ class Job:
     model: str
     queue_id: str
     request: QueueRequest | None = attrs.field(default=None, eq=False)
+
+
+@attrs.frozen
+class ModelRateLimits:
+    """One model's limits as ``GET /api_keys/rate_limits`` lists them.
+
+    ``limits`` maps a type to its amount: ``"RPM"`` (requests per minute), ``"RPD"``
+    (requests per day), ``"TPM"`` (tokens per minute); other types are kept as sent.
+
+    .. versionadded:: 0.1.0
+    """
+
+    model: str
+    limits: Mapping[str, float] = attrs.field(factory=dict)
+
+    @property
+    def per_minute(self) -> float | None:
+        """Requests per minute, if listed."""
+        return self.limits.get("RPM")
+
+    @property
+    def per_day(self) -> float | None:
+        """Requests per day, if listed."""
+        return self.limits.get("RPD")
+
+
+@attrs.frozen
+class ApiKeyRateLimits:
+    """The answer of ``GET /api_keys/rate_limits``: the key's tier and limits per model.
+
+    .. versionadded:: 0.1.0
+    """
+
+    models: tuple[ModelRateLimits, ...]
+    api_tier: str | None = None
+    access_permitted: bool | None = None
+    next_epoch_begins: str | None = None
+
+    def for_model(self, model: str) -> ModelRateLimits | None:
+        """The limits listed for ``model``, if any."""
+        return next((m for m in self.models if m.model == model), None)
 
 
 @attrs.frozen

@@ -20,7 +20,7 @@ from ._budget import LocalBudget, RequestBudget, ResponseRecorder
 from ._catalogue import Catalogue
 from ._client import VeniceClient
 from ._clock import Clock
-from ._config import Limits, RateLimits, RetryPolicy, Timeouts, endpoint_rates
+from ._config import Limits, RateLimits, RetryPolicy, Timeouts, endpoint_rates, pooled_rate
 from ._estimator import DurationEstimator, PollingBounds
 from ._http import HttpSession
 from ._ledger import JournalSource, Ledger
@@ -95,6 +95,8 @@ def build_parts(
     budget = budget or LocalBudget(
         clock=clock,
         rates=endpoint_rates(rate_limits),
+        pool=pooled_rate(rate_limits),
+        pooled_endpoints=rate_limits.pooled_endpoints,
         max_retry_after=retry.max_retry_after,
         failure_window=(rate_limits.failures_per_window, rate_limits.failure_window),
     )
@@ -143,7 +145,7 @@ def build_parts(
         destinations=destinations,
         clock=clock,
     )
-    lifecycle = Lifecycle(client=client, ledger=ledger, scheduler=scheduler)
+    lifecycle = Lifecycle(client=client, budget=budget, ledger=ledger, scheduler=scheduler)
     return SessionParts(
         client=client,
         clock=clock,
