@@ -150,8 +150,8 @@ async def test_learned_timing_hands_results_over_sooner(harness: Harness) -> Non
     # get a few polls around their expected end.
     assert polls < first[0]
     assert median < 0.75 * first[1]
-    assert median <= 1.2
-    assert worst <= 2.0
+    assert median <= 1.5
+    assert worst <= 2.5
 
 
 async def test_retrieves_never_exceed_the_budget(harness: Harness) -> None:
@@ -224,3 +224,43 @@ async def test_decision_cost_does_not_grow_with_jobs(harness: Harness) -> None:
         harness.scheduler.track(harness.client.add(f"j{i}", 500.0), _memory_sink, elapsed=0.0)
     await harness.settle()
     assert len(harness.scheduler._heap) <= 1000 + 1
+
+
+async def test_a_poll_waiting_for_a_slot_is_not_sent_during_a_pause() -> None:
+    """A poll that got its token, then waited for a request slot while a 429 paused the
+    session, waits for the pause to end instead of going out inside it."""
+    clock = v.ManualClock()
+    client = StubClient(clock, hint=60.0)
+    budget = LocalBudget(clock=clock, rates={"retrieve": RateLimit(per_minute=120, burst=120)})
+    scheduler = Scheduler(
+        client=cast(VeniceClient, client),
+        budget=budget,
+        estimator=DurationEstimator(bounds=PollingBounds()),
+        clock=clock,
+        retry=v.RetryPolicy(),
+        limiter=RequestLimiter(1),  # one request at a time: the second poll waits for it
+        release="keep",
+    )
+    gate = anyio.Event()
+    original = client.retrieve
+
+    async def slow_first(request: v.RetrieveRequest, *, sink: Any) -> Any:
+        if len(client.retrieves) == 0:
+            await gate.wait()
+        return await original(request, sink=sink)
+
+    client.retrieve = slow_first  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        harness = Harness(clock, client, scheduler)
+        for name in ("a", "b"):
+            scheduler.track(client.add(name, 500.0), _memory_sink, elapsed=None)
+        await harness.settle()
+        budget.pause(10.0, reason="429 from retrieve")  # as a 429 answer would
+        gate.set()
+        await harness.settle()
+        sent = [t for t, _ in client.retrieves]
+        assert sent == [0.0]  # the first (already on the wire); the second held back
+        await harness.run_until(lambda: len(client.retrieves) >= 2)
+        assert client.retrieves[1][0] >= 10.0
+        tg.cancel_scope.cancel()

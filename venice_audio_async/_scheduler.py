@@ -603,11 +603,17 @@ class Scheduler:
         request = RetrieveRequest(
             model=job.model, queue_id=job.queue_id, delete_media_on_completion=delete
         )
-        self._counts["polls"] += 1
         answer: Processing | AudioResult | VeniceError
         try:
             with attempt_context(tracked.failures + 1):  # for the request's log record
                 async with self._limiter:
+                    if self._paused():
+                        # A 429 paused the session while this poll waited for a request
+                        # slot: its token is spent, but sending now would break the pause.
+                        tracked.in_flight = False
+                        self._schedule(tracked, self._clock.monotonic())
+                        return
+                    self._counts["polls"] += 1
                     answer = await self._client.retrieve(request, sink=tracked.sink_factory())
         except VeniceError as error:
             answer = error
@@ -622,6 +628,13 @@ class Scheduler:
             self._on_running(tracked, answer, now)
         else:
             await self._on_audio(tracked, answer, now)
+
+    def _paused(self) -> bool:
+        """Whether the whole session is paused right now (a 429, the error budget)."""
+        if self._budget.next_available("retrieve") <= self._clock.monotonic() + _EPSILON:
+            return False  # the common case: no snapshot taken
+        stats = self._budget.statistics()
+        return stats.paused_until is not None or stats.failure_paused_until is not None
 
     def _on_running(self, tracked: _Tracked, status: Processing, now: float) -> None:
         tracked.failures = 0
