@@ -493,9 +493,7 @@ class Scheduler:
                 or self._versions[head.job.model] != head.keyed_version
             ):
                 # Keyed at the horizon, or the price rose or the fit moved: still worth it?
-                worth_at = self._policy.due(self._refresh(head), now)
-                if head.deadline is not None:
-                    worth_at = min(worth_at, head.deadline)
+                worth_at = self._due(head, now)
                 if worth_at > now + _EPSILON:
                     self._schedule(head, worth_at)
                     continue
@@ -503,9 +501,11 @@ class Scheduler:
             head.entry = -1
             return head
 
-    def _refresh(self, tracked: _Tracked) -> _Tracked:
+    def _due(self, tracked: _Tracked, now: float) -> float:
+        """When ``tracked`` is next worth a poll, with its belief brought up to date (the
+        deadline is applied where jobs are keyed, in :meth:`_schedule`)."""
         self._belief_of(tracked)
-        return tracked
+        return self._policy.due(tracked, now)
 
     def _token_ready(self) -> float:
         """When the poller may take a retrieve token (its share of the window included)."""
@@ -581,11 +581,8 @@ class Scheduler:
             for child in (2 * i + 1, 2 * i + 2):
                 if child < len(heap):
                     stack.append(child)
-        policy = self._policy
         for tracked in near:
-            due = policy.due(self._refresh(tracked), now)
-            if tracked.deadline is not None:
-                due = min(due, tracked.deadline)
+            due = self._due(tracked, now)
             if due < tracked.keyed_due - _EPSILON:
                 self._schedule(tracked, due)
 
@@ -651,8 +648,7 @@ class Scheduler:
         tracked.last_status = status
         tracked.seen_running_at_age = max(0.0, now - tracked.started)
         tracked.prompt = False
-        self._belief_of(tracked)
-        self._schedule(tracked, self._policy.due(tracked, now))
+        self._schedule(tracked, self._due(tracked, now))
 
     def _end_probe(self, model: str) -> None:
         """A job of a model being probed answered: the jobs waiting on it are re-keyed."""
