@@ -34,10 +34,27 @@ def _runtime_imports(path: Path) -> tuple[set[str], set[str]]:
 MODULES = {path.stem: _runtime_imports(path) for path in PACKAGE.glob("*.py")}
 
 
+#: The transport layer: ``_http`` (the pool and each request) and its ``_http_*`` parts.
+TRANSPORT = sorted(name for name in MODULES if name == "_http" or name.startswith("_http_"))
+
+
 def test_only_the_transport_imports_aiohttp() -> None:
-    """aiohttp stays below _http.py: no other module of the client imports it."""
+    """aiohttp stays in the transport (_http, _http_*): no other module of the client imports it."""
     users = sorted(name for name, (_, theirs) in MODULES.items() if "aiohttp" in theirs)
-    assert users == ["_http"]
+    assert "_http" in users
+    assert set(users) <= set(TRANSPORT), sorted(set(users) - set(TRANSPORT))
+
+
+def test_transport_docstrings_name_the_aiohttp_modules() -> None:
+    """Each transport module's docstring says truly whether it imports aiohttp."""
+    users = [name for name in TRANSPORT if "aiohttp" in MODULES[name][1]]
+    for name in TRANSPORT:
+        doc = ast.get_docstring(ast.parse((PACKAGE / f"{name}.py").read_text(encoding="utf-8")))
+        assert doc is not None, name
+        if name in users:
+            assert all(f"``{other}``" in doc for other in users if other != name), name
+        else:
+            assert "does not import aiohttp" in doc, name
 
 
 def test_no_part_reaches_back_into_the_session() -> None:

@@ -86,7 +86,9 @@ def test_private_modules_public_names_are_exported() -> None:
         # building blocks used between layers; not part of the user-facing surface
         "ACQUIRE",
         "AUDIO_ENDPOINTS",
+        "AudioBody",
         "BACKFILL",
+        "BodyReader",
         "LEARN",
         "Lesson",
         "RELEASE",
@@ -118,6 +120,7 @@ def test_private_modules_public_names_are_exported() -> None:
         "ReleaseMedia",
         "RequestAttempt",
         "RequestLimiter",
+        "RequestOutcome",
         "ResponseObserver",
         "ResponseRecorder",
         "Resumer",
