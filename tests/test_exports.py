@@ -94,7 +94,6 @@ def test_private_modules_public_names_are_exported() -> None:
         "RELEASE",
         "BatchFlows",
         "BatchLine",
-        "BatchProgress",
         "Catalogue",
         "DelayedWrite",
         "Delivery",
