@@ -16,8 +16,9 @@ out results; the parts never see the session:
 * :class:`~._status.JobWatch` (``status``, ``forget``) and
   :class:`~._statistics.StatisticsCollector` (``statistics``).
 
-Its methods check that the session is open (and, for paid calls, has an API key), then
-delegate; their docstrings are the user's documentation.
+Its methods check that the session is open (and, for paid calls, has an API key; the
+result calls have ``Results`` check it), then delegate; their docstrings are the user's
+documentation.
 """
 
 from __future__ import annotations
