@@ -20,6 +20,7 @@ from venice_audio_async._budget import (
     RateWindow,
     RequestBudget,
 )
+from venice_audio_async._budget_statistics import EndpointFigures, budget_statistics
 from venice_audio_async._clock import ManualClock, ScaledClock
 from venice_audio_async._config import RateLimit
 from venice_audio_async._retry import parse_reset, retry_delay_from_headers
@@ -459,6 +460,58 @@ async def test_statistics_counts_429s_and_paused_seconds_once() -> None:
     # eighth of the configured 40 (5, one used).
     assert stats.endpoints["queue"].tokens_available == 4
     assert stats.endpoints["queue"].utilisation == pytest.approx(1 / 5)
+
+
+def snapshot_of(paused_until: float, failure_paused_until: float) -> BudgetStatistics:
+    """budget_statistics at t=10: queue (limited) paused until 12, retrieve (limited) until
+    8, complete unlimited."""
+    rows = (("queue", 4, 12.0), ("retrieve", 9, 8.0), ("complete", None, -1.0))
+    endpoints = [
+        EndpointFigures(
+            endpoint=name,
+            tokens=tokens,
+            used=3 if tokens is not None else 0,
+            limit=12 if tokens is not None else None,
+            granted=5,
+            waiting=1,
+            rate_limited=0,
+            paused_seconds=0.0,
+            paused_until=until,
+        )
+        for name, tokens, until in rows
+    ]
+    return budget_statistics(
+        10.0,
+        endpoints,
+        granted=10,
+        rate_limited=1,
+        paused_seconds=3.0,
+        paused_until=paused_until,
+        pause_reason="429 from queue",
+        failures=2,
+        failures_in_window=1,
+        failure_paused_until=failure_paused_until,
+        failure_paused_seconds=0.0,
+    )
+
+
+def test_one_snapshot_rule_for_every_budget() -> None:
+    """No tokens while anything holds requests; unlimited stays None; ended pauses left out."""
+    stats = snapshot_of(paused_until=9.0, failure_paused_until=-math.inf)
+    tokens = {name: e.tokens_available for name, e in stats.endpoints.items()}
+    assert tokens == {"queue": 0, "retrieve": 9, "complete": None}
+    assert stats.endpoints["queue"].paused_until == 12.0
+    assert stats.endpoints["retrieve"].paused_until is None
+    assert stats.endpoints["queue"].utilisation == pytest.approx(3 / 12)
+    assert stats.endpoints["complete"].utilisation == 0.0
+    assert (stats.paused_until, stats.pause_reason, stats.failure_paused_until) == (None,) * 3
+    held = snapshot_of(paused_until=-math.inf, failure_paused_until=11.0)
+    tokens = {name: e.tokens_available for name, e in held.endpoints.items()}
+    assert tokens == {"queue": 0, "retrieve": 0, "complete": None}
+    assert held.failure_paused_until == 11.0
+    paused = snapshot_of(paused_until=15.0, failure_paused_until=-math.inf)
+    assert (paused.paused_until, paused.pause_reason) == (15.0, "429 from queue")
+    assert paused.endpoints["retrieve"].tokens_available == 0
 
 
 def test_local_budget_is_a_request_budget() -> None:

@@ -10,13 +10,8 @@ import importlib.metadata as _metadata
 
 from ._audio import AudioSink, FileSink, MemorySink
 from ._batch_flow import BatchResults, FollowedResults
-from ._budget import (
-    BudgetStatistics,
-    EndpointStatistics,
-    LocalBudget,
-    RateWindow,
-    RequestBudget,
-)
+from ._budget import LocalBudget, RateWindow, RequestBudget
+from ._budget_statistics import BudgetStatistics, EndpointStatistics
 from ._client import VeniceClient
 from ._clock import Clock, ManualClock, ScaledClock, SystemClock
 from ._config import DEFAULT_BASE_URL, Limits, RateLimit, RateLimits, RetryPolicy, Timeouts

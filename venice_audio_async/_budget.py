@@ -42,6 +42,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from ._budget_statistics import BudgetStatistics, EndpointFigures, budget_statistics
 from ._clock import Clock
 from ._config import AUDIO_ENDPOINTS, RateLimit, check_number
 from ._endpoint_rate import EndpointRate, Waiter, reached
@@ -50,58 +51,12 @@ from ._logging import log
 
 __all__ = [
     "BudgetStatistics",
-    "EndpointStatistics",
     "LocalBudget",
     "RateWindow",
     "RequestBudget",
     "ResponseRecorder",
     "tighter_window",
 ]
-
-
-@attrs.frozen
-class EndpointStatistics:
-    """A snapshot of one endpoint's budget.
-
-    ``tokens_available`` is how many requests could be granted right now without waiting
-    (``None`` for an endpoint without a rate limit, 0 while paused); ``utilisation`` is the
-    share of the rate limit used in the current window (0 without a limit).
-
-    .. versionadded:: 0.1.0
-    """
-
-    endpoint: str
-    tokens_available: int | None
-    utilisation: float
-    granted: int
-    waiting: int
-    rate_limited: int
-    paused_seconds: float
-    paused_until: float | None
-
-
-@attrs.frozen
-class BudgetStatistics:
-    """A snapshot of a request budget (:meth:`RequestBudget.statistics`).
-
-    Times are ``clock.monotonic()`` readings. ``rate_limited`` counts 429 answers;
-    ``paused_seconds`` is the total length of session-wide pauses (429s, exhausted error
-    budget, :meth:`~LocalBudget.pause`), overlapping pauses counted once;
-    ``failure_paused_seconds`` the same for pauses imposed by the failure window.
-
-    .. versionadded:: 0.1.0
-    """
-
-    endpoints: Mapping[str, EndpointStatistics]
-    granted: int
-    rate_limited: int
-    paused_seconds: float
-    paused_until: float | None
-    pause_reason: str | None
-    failures: int
-    failures_in_window: int
-    failure_paused_until: float | None
-    failure_paused_seconds: float
 
 
 @attrs.frozen
@@ -540,37 +495,33 @@ class LocalBudget:
     def statistics(self) -> BudgetStatistics:
         """A frozen snapshot: tokens, grants, waiters, 429s, pauses and failures."""
         now = self._clock.monotonic()
-        paused = self._paused_until > now
-        session_paused = paused or self._failure_paused_until > now
-        endpoints: dict[str, EndpointStatistics] = {}
+        figures: list[EndpointFigures] = []
         for name, state in self._endpoints.items():
             state.prune(now)
-            endpoint_paused = state.paused_until > now
-            tokens = state.tokens(now)
-            if tokens is not None and (session_paused or endpoint_paused):
-                tokens = 0
-            endpoints[name] = EndpointStatistics(
-                endpoint=name,
-                tokens_available=tokens,
-                utilisation=len(state.log) / state.limit if state.limit else 0.0,
-                granted=state.granted,
-                waiting=state.waiting,
-                rate_limited=state.rate_limited,
-                paused_seconds=state.paused_seconds,
-                paused_until=state.paused_until if endpoint_paused else None,
+            figures.append(
+                EndpointFigures(
+                    endpoint=name,
+                    tokens=state.tokens(now),
+                    used=len(state.log),
+                    limit=state.limit,
+                    granted=state.granted,
+                    waiting=state.waiting,
+                    rate_limited=state.rate_limited,
+                    paused_seconds=state.paused_seconds,
+                    paused_until=state.paused_until,
+                )
             )
         self._prune_failures(now)
-        return BudgetStatistics(
-            endpoints=endpoints,
+        return budget_statistics(
+            now,
+            figures,
             granted=self._granted,
             rate_limited=self._rate_limited,
             paused_seconds=self._paused_seconds,
-            paused_until=self._paused_until if paused else None,
-            pause_reason=self._pause_reason if paused else None,
+            paused_until=self._paused_until,
+            pause_reason=self._pause_reason,
             failures=self._failure_count,
             failures_in_window=len(self._failures),
-            failure_paused_until=(
-                self._failure_paused_until if self._failure_paused_until > now else None
-            ),
+            failure_paused_until=self._failure_paused_until,
             failure_paused_seconds=self._failure_paused_seconds,
         )
