@@ -90,7 +90,6 @@ def test_private_modules_public_names_are_exported() -> None:
         "BACKFILL",
         "BodyReader",
         "Answer",
-        "BACKFILL",
         "EPS",
         "EndpointFigures",
         "EndpointView",
