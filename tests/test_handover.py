@@ -135,3 +135,24 @@ async def test_untaken_audio_over_the_cap_is_downloaded_again(fake_server: FakeS
             assert outcome.audio.data == fake_server.audio_for(job.queue_id)
         assert fake_server.count("retrieve") == retrieves + 1  # the dropped one, again
         assert session.finished() == []
+
+
+async def test_taken_outcomes_are_dropped_and_their_record_is_bounded(
+    fake_server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taken outcomes leave the session; only the last few taken ids are remembered."""
+    from venice_audio_async import _scheduler
+
+    monkeypatch.setattr(_scheduler, "_HANDED_RECORD", 3)
+    fake_server.plan(*[JobScript(duration=1.0) for _ in range(6)])
+    async with make_session(fake_server, rate_limits=UNLIMITED) as session:
+        jobs = [await session.submit(MODEL, f"a tiny sound {i}") for i in range(6)]
+        for job in jobs:
+            await session.wait_for(job)
+        scheduler = session._parts.scheduler
+        assert not any(scheduler.is_tracked(job.queue_id) for job in jobs)
+        assert [scheduler.was_taken(job.queue_id) for job in jobs] == [False] * 3 + [True] * 3
+        with pytest.raises(v.OutcomeAlreadyTaken, match=jobs[-1].queue_id):
+            await session.wait_for(jobs[-1])
+        with pytest.raises(ValueError, match="not tracked"):
+            await session.wait_for(jobs[0])  # forgotten: the record does not grow

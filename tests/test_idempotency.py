@@ -79,3 +79,66 @@ async def test_keyed_refusal_by_the_limit_is_finished_by_resume(
         assert report.queued == 1
         assert (await session.wait_for(report.jobs[0])).data
     assert fake_server.count("queue") == 1
+
+
+async def test_unkeyed_refusals_are_journaled_and_resumed_once(
+    fake_server: FakeServer, tmp_path: Path
+) -> None:
+    """Unkeyed jobs refused by max_spend_usd are journaled as refused; resume sends each once."""
+    fake_server.plan(JobScript(duration=1.0), JobScript(duration=1.0))
+    journal = tmp_path / "j.sqlite3"
+    request = v.QueueRequest(model=MODEL, prompt="rain on a tin roof")
+    options = {"rate_limits": UNLIMITED, "journal": journal, "output_dir": tmp_path}
+    async with make_session(fake_server, max_spend_usd=0.0001, **options) as session:
+        with pytest.raises(v.BatchSubmitError) as caught:
+            await session.submit_many([request, request])
+        assert all(isinstance(e, v.SpendLimitExceeded) for e in caught.value.errors.values())
+        assert session.journal is not None
+        entries = await session.journal.entries()
+        assert [(e.state, e.refused, e.key) for e in entries] == [
+            (v.JobState.INTENT, True, None)
+        ] * 2
+        assert entries[0].error_type == "SpendLimitExceeded"
+    assert fake_server.count("queue") == 0
+    for _ in range(2):  # the second resume finds them finished: nothing is queued again
+        async with make_session(fake_server, max_spend_usd=100.0, **options) as session:
+            report = await session.resume()
+            for job in report.jobs:
+                assert (await session.wait_for(job)).size > 0
+            assert session.journal is not None
+            entries = await session.journal.entries()
+            assert [(e.state, e.refused, e.error) for e in entries] == [
+                (v.JobState.SUCCEEDED, False, None)
+            ] * 2
+        assert fake_server.count("queue") == 2
+
+
+async def test_a_refusal_resubmitted_by_hand_is_a_new_job(
+    fake_server: FakeServer, tmp_path: Path
+) -> None:
+    """An unkeyed refusal submitted again by hand is a second job; resume still sends the first."""
+    fake_server.plan(*[JobScript(duration=1.0)] * 2)
+    journal = tmp_path / "j.sqlite3"
+    request = v.QueueRequest(model=MODEL, prompt="rain on a tin roof")
+    async with make_session(
+        fake_server, rate_limits=UNLIMITED, journal=journal, max_spend_usd=0.0001
+    ) as session:
+        with pytest.raises(v.SpendLimitExceeded):
+            await session.submit_request(request)
+    async with make_session(
+        fake_server, rate_limits=UNLIMITED, journal=journal, max_spend_usd=100.0
+    ) as session:
+        by_hand = await session.submit_request(request)
+        report = await session.resume()
+        assert report.queued == 1
+        assert report.jobs[0].queue_id != by_hand.queue_id
+    assert fake_server.count("queue") == 2
+
+
+async def test_refusals_without_a_journal_leave_nothing(fake_server: FakeServer) -> None:
+    """Without a journal a refusal sends nothing and keeps nothing."""
+    async with make_session(fake_server, rate_limits=UNLIMITED, max_spend_usd=0.0001) as session:
+        with pytest.raises(v.SpendLimitExceeded):
+            await session.submit_request(v.QueueRequest(model=MODEL, prompt="rain on a tin roof"))
+        assert session.spending()[0] == 0.0
+    assert fake_server.count("queue") == 0

@@ -43,23 +43,29 @@ async def test_journal_records_each_step(tmp_path: Path) -> None:
     await reopened.aclose()
 
 
-async def test_failed_jobs_count_as_spent_rejected_ones_do_not(tmp_path: Path) -> None:
-    """A job that failed was queued, so it may be billed (a failure after a download, an
-    expired media); a request the API rejected never created a job."""
+async def test_failed_jobs_count_as_spent_rejected_and_refunded_ones_do_not(
+    tmp_path: Path,
+) -> None:
+    """A job that failed was queued, so it may be billed (expired media, a failed store);
+    a failed generation was refunded, and a request the API rejected never created a job."""
     journal = await v.Journal.open(tmp_path / "j.sqlite3")
     request = v.QueueRequest(model="m", prompt="p")
     a = await journal.add_intent(request, estimate_usd=1.0)
     b = await journal.add_intent(request, estimate_usd=2.0)
     c = await journal.add_intent(request, estimate_usd=4.0)
+    d = await journal.add_intent(request, estimate_usd=8.0)
     await journal.mark_queued(a, "qa")
     await journal.mark_failed("qa", v.InferenceFailedError("x", status_code=500))
     await journal.mark_rejected(b, v.BadRequestError("no", status_code=400))
     await journal.mark_unknown(c, v.ConnectionDropped("gone"))
-    assert await journal.estimated_spend_usd() == pytest.approx(5.0)
+    await journal.mark_queued(d, "qd")
+    await journal.mark_failed("qd", v.MediaNotFoundError("expired", status_code=404))
+    assert await journal.estimated_spend_usd() == pytest.approx(12.0)
     failed = await journal.entries(v.JobState.FAILED, v.JobState.REJECTED)
     assert [(e.error_type, e.error_status) for e in failed] == [
         ("InferenceFailedError", 500),
         ("BadRequestError", 400),
+        ("MediaNotFoundError", 404),
     ]
     await journal.aclose()
 
@@ -108,7 +114,7 @@ async def test_resume_attaches_running_jobs_and_is_idempotent(
     fake_server: FakeServer, tmp_path: Path
 ) -> None:
     """Jobs left running by a closed session are finished by resume, once."""
-    fake_server.plan(*[JobScript(duration=30.0) for _ in range(4)])
+    fake_server.plan(*[JobScript(duration=300.0) for _ in range(4)])
     journal_path = tmp_path / "journal.sqlite3"
     async with make_session(fake_server, journal=journal_path, output_dir=tmp_path) as session:
         first = [

@@ -582,6 +582,25 @@ async def test_batch_without_its_journal_does_not_start_over(
     assert cli_server.count("queue") == 0
 
 
+async def test_a_batch_over_the_cap_is_refused_whole_and_journals_nothing(
+    cli_server: FakeServer, tmp_path: Path
+) -> None:
+    """`batch` over --max-spend exits 3 before sending; no line is journaled, so no resume
+    sends one behind the user's back; with a higher cap the same batch runs once."""
+    out = tmp_path / "out"
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("".join(json.dumps(_line(i)) + "\n" for i in (1, 2, 3)))
+    result = await _run_cli(
+        cli_server, "batch", str(batch), "--out", str(out), "--max-spend", "0.3"
+    )
+    assert result.returncode == 3, result.stderr.decode()
+    async with await v.Journal.open(out / ".venice-journal.sqlite3") as journal:
+        assert await journal.entries() == []
+    result = await _run_cli(cli_server, "batch", str(batch), "--out", str(out), "--max-spend", "5")
+    assert result.returncode == 0, result.stderr.decode()
+    assert cli_server.count("queue") == 3
+
+
 # --------------------------------------------------------------------------- leftovers
 
 

@@ -200,7 +200,8 @@ async def test_outcomes_and_releases_are_recorded(tmp_path: Path) -> None:
 
 
 async def test_a_failed_job_counts_as_spent(tmp_path: Path) -> None:
-    """Every job that was queued may be billed, failed ones too; rejected ones are not."""
+    """Every job that was queued may be billed, failed ones too (unless refunded); rejected
+    ones are not."""
     path = tmp_path / "jobs.sqlite3"
     async with await v.Journal.open(path) as journal:
         for i, end in enumerate(("failed", "rejected", "queued")):
@@ -211,7 +212,7 @@ async def test_a_failed_job_counts_as_spent(tmp_path: Path) -> None:
                 continue
             await journal.mark_queued(row, f"q-{i}")
             if end == "failed":
-                await journal.mark_failed(f"q-{i}", v.InferenceFailedError("x", status_code=500))
+                await journal.mark_failed(f"q-{i}", v.AudioStorageError("disk full"))
         await journal.add_intent(REQUEST, estimate_usd=0.25)  # never sent
         states = [e.state for e in await journal.entries()]
         assert [s.maybe_billed for s in states] == [True, False, True, False]

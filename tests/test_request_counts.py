@@ -51,3 +51,26 @@ async def test_retrieves_answered_with_a_non_audio_200_are_counted(
         requests = session.statistics().requests
     assert fake_server.count("retrieve") >= 2
     assert requests["retrieve"] == fake_server.count("retrieve")
+
+
+async def test_every_request_sent_is_counted_under_faults(fake_server: FakeServer) -> None:
+    """429s, 503s, dropped and oversized answers on every endpoint: counts match the server."""
+    fake_server.plan(*[JobScript(duration=1.0) for _ in range(3)])
+    fake_server.inject("queue", Fault.status(429, retry_after=1.0))
+    fake_server.inject("queue", Fault.status(503))
+    fake_server.inject("retrieve", Fault.status(500), times=2)
+    fake_server.inject("retrieve", Fault.drop())
+    fake_server.inject("complete", Fault.status(503))
+    async with make_session(
+        fake_server,
+        rate_limits=UNLIMITED,
+        retry=v.RetryPolicy.testing(attempts=5),
+        max_spend_usd=100.0,
+    ) as session:
+        jobs = [await session.submit(MODEL, f"a tiny sound under faults {i}") for i in range(3)]
+        for job in jobs:
+            await session.wait_outcome(job)
+    requests = session.statistics().requests  # after close: every release is counted
+    for endpoint in ("models", "quote", "queue", "retrieve", "complete"):
+        assert requests.get(endpoint, 0) == fake_server.count(endpoint), endpoint
+    assert fake_server.count("queue") == 5

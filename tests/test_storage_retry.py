@@ -1,4 +1,5 @@
-"""A job whose audio could not be stored (disk full) is fetched again by resume."""
+"""A job whose audio could not be stored (disk full) is fetched again by resume; spend
+totals count every job that was billed, and no refunded one."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async.testing import FakeServer, JobScript
+from venice_audio_async.testing import FakeServer, Fault, JobScript
 
 from .conftest import UNLIMITED, make_session
 
@@ -43,6 +44,7 @@ async def test_disk_full_then_resume_fetches_again(
     assert spent > 0
 
     async with make_session(fake_server, **options) as session:
+        assert session.spending()[0] == pytest.approx(spent)  # the failed store was billed
         report = await session.resume()
         assert report.failed == ()
         assert (report.attached, report.storage_retried) == (1, 1)
@@ -75,3 +77,49 @@ async def test_audio_over_the_cap_is_not_fetched_again(
         report = await session.resume()
     assert len(report.failed) == 1
     assert report.jobs == ()
+
+
+@pytest.mark.parametrize("status", [400, 422, 500, 503])
+async def test_a_refunded_failure_is_not_counted_as_spent(
+    fake_server: FakeServer, tmp_path: Path, status: int
+) -> None:
+    """A generation that failed (refunded) leaves the spend total, here and after reopening."""
+    fake_server.plan(JobScript(duration=1.0, fail_status=status), JobScript(duration=1.0))
+    journal = tmp_path / "j.sqlite3"
+    policy = v.RetryPolicy(attempts=2, initial_backoff=0.1)
+    options = {"rate_limits": UNLIMITED, "journal": journal, "max_spend_usd": 100.0}
+    async with make_session(fake_server, retry=policy, **options) as session:
+        failing = await session.submit(MODEL, "a prompt the provider refuses")
+        kept = await session.submit(MODEL, "a prompt that is generated")
+        assert isinstance(await session.wait_outcome(failing), v.Failed)
+        assert isinstance(await session.wait_outcome(kept), v.Succeeded)
+        spent, _ = session.spending()
+        assert session.journal is not None
+        estimates = [e.estimate_usd or 0.0 for e in await session.journal.entries()]
+    assert estimates[0] == estimates[1] > 0
+    assert spent == pytest.approx(estimates[1])  # the refunded one is given back
+    async with make_session(fake_server, **options) as session:
+        assert session.spending()[0] == pytest.approx(spent)
+
+
+async def test_an_expired_or_unknown_job_still_counts_as_spent(
+    fake_server: FakeServer, tmp_path: Path
+) -> None:
+    """A job whose media expired (404) or whose id the server forgot (400) was billed."""
+    fake_server.plan(JobScript(duration=0.0), JobScript(duration=0.0))
+    fake_server.inject("retrieve", Fault.status(404))
+    fake_server.inject("retrieve", Fault.status(400, body={"error": "Request ID is invalid."}))
+    journal = tmp_path / "j.sqlite3"
+    options = {"rate_limits": UNLIMITED, "journal": journal, "max_spend_usd": 100.0}
+    async with make_session(fake_server, **options) as session:
+        jobs = [await session.submit(MODEL, f"a track the server loses {i}") for i in range(2)]
+        outcomes = [await session.wait_outcome(job) for job in jobs]
+        spent, _ = session.spending()
+        assert session.journal is not None
+        total = sum(e.estimate_usd or 0.0 for e in await session.journal.entries())
+    errors = {type(o.error) for o in outcomes if isinstance(o, v.Failed)}
+    assert errors == {v.MediaNotFoundError, v.InvalidQueueIdError}
+    assert total > 0
+    assert spent == pytest.approx(total)
+    async with make_session(fake_server, **options) as session:
+        assert session.spending()[0] == pytest.approx(total)

@@ -11,6 +11,10 @@ Each job is written *before* ``queue`` is sent (an intent with its request), mar
 
 A process killed between "sending" and "queued" leaves a row in "sending": like "unknown",
 it is never queued again silently (see :meth:`~venice_audio_async.AsyncSession.resume`).
+A ``queue`` answered with a sure "no job was created" (429, 503, a request that never
+left) goes back from "sending" to "intent" while it waits to be sent again, so a crash
+during that wait leaves a job ``resume`` sends. A job refused by the spending limit is an
+"intent" whose error is the refusal (:attr:`JournalEntry.refused`).
 
 Storage is SQLite from the standard library in WAL mode (one writer, crash-safe commits),
 driven from a worker thread so the event loop never blocks on disk.
@@ -55,7 +59,20 @@ from ._journal_db import DelayedWrite, JournalStore, connect
 from ._models import QueueRequest
 from ._owner_lock import OwnerLock
 
-__all__ = ["JobState", "Journal", "JournalEntry"]
+__all__ = ["JobState", "Journal", "JournalEntry", "is_refunded"]
+
+#: Statuses with which ``retrieve`` reports a failed generation, whose charge Venice gives
+#: back (AUDIO_API.md: provider validation 400, content policy 422, inference 500, capacity
+#: 503). Such a job was queued but is not counted as spent.
+_REFUNDED_STATUSES = (400, 422, 500, 503)
+#: A 400 that says the queue id is unknown: no failed generation, so no refund to count on.
+_NOT_A_REFUND = "InvalidQueueIdError"
+
+
+def is_refunded(error: BaseException) -> bool:
+    """Whether a job that ended with ``error`` had its charge refunded (see above)."""
+    status = getattr(error, "status_code", None)
+    return status in _REFUNDED_STATUSES and type(error).__name__ != _NOT_A_REFUND
 
 
 class JobState(str, enum.Enum):
@@ -108,6 +125,12 @@ class JournalEntry:
     @property
     def model(self) -> str:
         return self.request.model
+
+    @property
+    def refused(self) -> bool:
+        """Whether the job waits to be sent because the spending limit refused it (its
+        ``error`` says so); ``resume`` sends it once the limit allows."""
+        return self.state is JobState.INTENT and self.error_type == "SpendLimitExceeded"
 
 
 def _row_to_entry(row: sqlite3.Row) -> JournalEntry:
@@ -215,8 +238,12 @@ class Journal:
         destination: str | None = None,
         name: str | None = None,
         estimate_usd: float | None = None,
+        refused: BaseException | None = None,
     ) -> int:
         """Record a job before anything is sent; returns its journal id.
+
+        ``refused``: the job was refused (by the spending limit) and is kept to be sent by
+        ``resume``; the refusal is its row's error until it is claimed.
 
         Raises:
             JournalError: the row could not be written (or ``key`` is already recorded);
@@ -226,7 +253,8 @@ class Journal:
         try:
             cursor = await self._store.execute(
                 "INSERT INTO jobs (key, request, model, state, destination, name,"
-                " estimate_usd, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " estimate_usd, created_at, error, error_type)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key,
                     body,
@@ -236,6 +264,8 @@ class Journal:
                     name,
                     estimate_usd,
                     self._clock.time(),
+                    None if refused is None else str(refused),
+                    None if refused is None else type(refused).__name__,
                 ),
                 "record a new job",
             )
@@ -262,7 +292,8 @@ class Journal:
                 already), or the write failed. Either way it must not be sent.
         """
         cursor = await self._store.execute(
-            "UPDATE jobs SET state = ? WHERE id = ? AND state = ?",
+            "UPDATE jobs SET state = ?, error = NULL, error_type = NULL, error_status = NULL"
+            " WHERE id = ? AND state = ?",
             (JobState.SENDING.value, row_id, JobState.INTENT.value),
             f"claim job {row_id} before sending it",
         )
@@ -272,6 +303,24 @@ class Journal:
                 "(another owner claimed it, or it was sent already); it was not sent again",
                 path=str(self.path),
             )
+
+    async def unclaim(self, row_id: int) -> bool:
+        """Give a claimed job back: ``queue`` answered that it created no job (a 429, a
+        503, a request that never left) and it is to be sent again after a wait.
+
+        Back in "intent", a crash during the wait leaves a job that ``resume`` sends,
+        not one it must call unknown. Returns whether the row was "sending" (and is now
+        "intent"); the next attempt claims it again.
+
+        Raises:
+            JournalError: the write failed (the row stays "sending").
+        """
+        cursor = await self._store.execute(
+            "UPDATE jobs SET state = ? WHERE id = ? AND state = ?",
+            (JobState.INTENT.value, row_id, JobState.SENDING.value),
+            f"give job {row_id} back to be sent again",
+        )
+        return cursor.rowcount == 1
 
     async def requeue(self, row_id: int, *, was: JobState | None = None) -> bool:
         """Make an unknown, interrupted or rejected job sendable again (the user said so).
@@ -409,8 +458,6 @@ class Journal:
 
     # ------------------------------------------------------------------ delayed writes
 
-    # ------------------------------------------------------------------ delayed writes
-
     @property
     def write_failures(self) -> int:
         """Writes made after a paid request that failed when asked (each logged)."""
@@ -467,12 +514,16 @@ class Journal:
         return bool(rows)
 
     async def estimated_spend_usd(self) -> float:
-        """The estimated cost of every job that may have been billed."""
+        """The estimated cost of every job that may have been billed: every job that may
+        have been created, less those whose generation failed and was refunded."""
         billed = tuple(s.value for s in JobState if s.maybe_billed)
         marks = ", ".join("?" for _ in billed)
+        statuses = ", ".join("?" for _ in _REFUNDED_STATUSES)
         rows = await self._store.fetch(
-            f"SELECT COALESCE(SUM(estimate_usd), 0) FROM jobs WHERE state IN ({marks})",
-            billed,
+            f"SELECT COALESCE(SUM(estimate_usd), 0) FROM jobs WHERE state IN ({marks})"
+            f" AND NOT (state = ? AND COALESCE(error_status, 0) IN ({statuses})"
+            " AND COALESCE(error_type, '') != ?)",
+            (*billed, JobState.FAILED.value, *_REFUNDED_STATUSES, _NOT_A_REFUND),
             "add up its spending",
         )
         return float(rows[0][0])

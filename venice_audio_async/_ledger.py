@@ -5,13 +5,17 @@ journal, when there is one, and nothing else writes either. A paid job's record:
 
     intend ──► claim ──► queued ──► succeeded / failed ──► released
       │          ├─────► unknown    the answer was lost: counted as spent
-      │          └─────► rejected   refused before a job existed: given back
-      └── refused (over the limit, or the journal cannot record it): nothing sent
+      │          ├─────► rejected   refused before a job existed: given back
+      │          └─────► unclaim    429 / 503 / never sent, to be sent again: the row is
+      │                             "intent" during the wait, claimed again on re-send
+      └── refused (over the limit): journaled as refused, for resume; nothing sent
 
 Money is *held* when a job is intended, so two concurrent submits that each fit under the
 limit but not together cannot both pass, and is settled when ``queue`` has answered: spent
-(queued, unknown) or given back (rejected, or nothing was sent). Spending recorded in a
-journal by earlier runs counts from the moment the journal is opened or adopted.
+(queued, unknown) or given back (rejected, or nothing was sent), and given back again if
+the job's generation fails and is refunded (a 400 / 422 / 500 / 503 job failure, see
+AUDIO_API.md). Spending recorded in a journal by earlier runs counts from the moment the
+journal is opened or adopted.
 
 The ledger closes only a journal it opened itself (from a path); a :class:`Journal` handed
 to it is brought up to date when the ledger closes, and left open.
@@ -32,14 +36,15 @@ from ._config import check_number
 from ._errors import (
     APIStatusError,
     JobDeadlineExceeded,
+    JournalError,
     QueueDeadlineExceeded,
     QueueOutcomeUnknown,
     SessionStateError,
     SpendLimitExceeded,
     VeniceError,
 )
-from ._journal import Journal, JournalEntry
-from ._models import Job, Outcome, QueueRequest, Succeeded
+from ._journal import Journal, JournalEntry, is_refunded
+from ._models import Failed, Job, Outcome, QueueRequest, Succeeded
 
 __all__ = ["Intent", "JournalSource", "Ledger", "Ticket"]
 
@@ -91,6 +96,9 @@ class Ledger:
         self._limit_usd = limit_usd
         self._spent_usd = 0.0
         self._held_usd = 0.0
+        #: What each job this session polls was counted as spending, by queue id, so a
+        #: refunded failure gives it back (dropped when the job ends).
+        self._charges: dict[str, float] = {}
         self._clock = clock
         self._source = journal
         self._journal: Journal | None = journal if isinstance(journal, Journal) else None
@@ -275,9 +283,10 @@ class Ledger:
     async def intend(self, intent: Intent) -> Ticket:
         """Hold the job's price and record it in the journal, before anything is sent.
 
-        A keyed job refused by the limit is still recorded, as not sent: ``resume`` (or
-        submitting the same key again) sends it once the limit allows. An unkeyed one is
-        not: a retry could not be told from a new job, and resume would send both.
+        A job refused by the limit is still recorded, as refused (an "intent" whose error
+        is the refusal): ``resume`` sends it once the limit allows, exactly once, and so
+        does submitting the same key again. An unkeyed refusal is its own job: submitting
+        the same request again is another job, and ``resume`` sends both.
 
         Raises:
             SpendLimitExceeded: the job would pass the limit; nothing was held or sent.
@@ -286,17 +295,11 @@ class Ledger:
         request = intent.request
         try:
             held = self._hold(intent.estimate_usd, what=f"a {request.model} job")
-        except SpendLimitExceeded:
-            if self._journal is not None and intent.key is not None:
-                await self._journal.add_intent(
-                    request,
-                    key=intent.key,
-                    destination=intent.destination,
-                    name=intent.name,
-                    estimate_usd=intent.estimate_usd,
-                )
-                log.info("job %r refused by the spending limit; kept in the journal", intent.key)
+        except SpendLimitExceeded as refusal:
+            if self._journal is not None:
+                await self._keep_refused(intent, refusal)
             raise
+
         ticket = Ticket(held_usd=held, row=None)
         if self._journal is not None:
             try:
@@ -311,6 +314,29 @@ class Ledger:
                 self._settle(ticket, billed=False)  # nothing was sent
                 raise
         return ticket
+
+    async def _keep_refused(self, intent: Intent, refusal: SpendLimitExceeded) -> None:
+        """Journal a job the limit refused, for ``resume``; a failed write is only logged
+        (nothing was sent, and the refusal is what the caller must hear)."""
+        assert self._journal is not None
+        label = repr(intent.key) if intent.key is not None else "(unkeyed)"
+        try:
+            row = await self._journal.add_intent(
+                intent.request,
+                key=intent.key,
+                destination=intent.destination,
+                name=intent.name,
+                estimate_usd=intent.estimate_usd,
+                refused=refusal,
+            )
+        except JournalError as error:
+            log.warning("job %s refused by the spending limit; not journaled: %s", label, error)
+            return
+        log.info(
+            "job %s refused by the spending limit; kept in the journal as job %d for resume",
+            label,
+            row,
+        )
 
     def hold_recorded(self, entry: JournalEntry) -> Ticket:
         """Hold the price of a job the journal already records as to be sent (resume).
@@ -334,6 +360,30 @@ class Ledger:
             await self._journal.mark_sending(ticket.row)
         ticket.claimed = True
 
+    async def unclaim(self, ticket: Ticket) -> None:
+        """``queue`` answered that no job was created (429, 503, never sent) and the request
+        will be sent again after a wait: give its journal row back ("intent"), so a crash
+        during the wait leaves a job ``resume`` sends rather than one it calls unknown. The
+        next attempt claims it again. Never raises: if the write fails the row stays
+        "sending" and the job stays claimed (the safe side: never re-sent silently).
+        """
+        if not ticket.claimed:
+            return
+        with anyio.CancelScope(shield=True):  # the row and the ticket must agree
+            if self._journal is not None and ticket.row is not None:
+                try:
+                    given_back = await self._journal.unclaim(ticket.row)
+                except JournalError as error:
+                    log.warning(
+                        "job %d stays 'sending' while it waits to be sent again: %s",
+                        ticket.row,
+                        error,
+                    )
+                    return
+                if not given_back:
+                    return
+            ticket.claimed = False
+
     async def holds_queue_id(self, queue_id: str) -> bool:
         """Whether the journal already has ``queue_id`` for some job (never raises)."""
         if self._journal is None:
@@ -348,8 +398,15 @@ class Ledger:
         """``queue`` answered with ``queue_id``: the job is paid for. Never raises (a failed
         journal write is kept and retried)."""
         self._settle(ticket, billed=True)
+        self._charges[queue_id] = ticket.held_usd
         if self._journal is not None and ticket.row is not None:
             await self._journal.mark_queued(ticket.row, queue_id)
+
+    def charged(self, entry: JournalEntry) -> None:
+        """A journaled job is polled again (its cost was counted when the journal was
+        opened), so that a refunded failure gives it back."""
+        if entry.queue_id is not None:
+            self._charges[entry.queue_id] = entry.estimate_usd or 0.0
 
     async def failed(self, ticket: Ticket, error: BaseException) -> None:
         """``queue`` did not answer with a job: record what that may have cost.
@@ -410,11 +467,19 @@ class Ledger:
     # ------------------------------------------------------------------ after the queue
 
     async def record_outcome(self, outcome: Outcome) -> None:
-        """A job ended: its stored audio (and release) or its error. Never raises."""
+        """A job ended: its stored audio (and release) or its error. Never raises.
+
+        A failed generation Venice refunds (:func:`is_refunded`) is no longer counted as
+        spent.
+        """
+        queue_id = outcome.job.queue_id
+        charge = self._charges.pop(queue_id, 0.0)
+        if isinstance(outcome, Failed) and is_refunded(outcome.error) and charge:
+            self._spent_usd = max(0.0, self._spent_usd - charge)
+            log.info("job %s failed and was refunded: $%.4f given back", queue_id, charge)
         journal = self._journal
         if journal is None:
             return
-        queue_id = outcome.job.queue_id
         if isinstance(outcome, Succeeded):
             audio = outcome.audio
             await journal.mark_succeeded(

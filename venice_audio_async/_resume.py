@@ -242,6 +242,7 @@ class Resumer:
         stem = Destinations.stem(entry.request.prompt, job.queue_id, entry.name)
         sinks = self._destinations.sinks(_target(entry), stem)
         self._scheduler.track(job, sinks, elapsed=elapsed)
+        self._ledger.charged(entry)
         run.found(job)
         run.attached += 1
 

@@ -56,6 +56,7 @@ __all__ = [
     "parse_reset",
     "parse_retry_after",
     "queue_answer_lost",
+    "queue_not_created",
     "retry_delay_from_headers",
 ]
 
@@ -99,6 +100,14 @@ def queue_answer_lost(error: VeniceError) -> bool:
     if isinstance(error, ServerError):
         return error.status_code in _GATEWAY_STATUSES
     return isinstance(error, TransportError) and error.request_sent
+
+
+def queue_not_created(error: VeniceError) -> bool:
+    """Whether a failed ``queue`` certainly created no job: a 429, a 503 (at capacity), or
+    a request that never left. Sending it again then cannot bill twice."""
+    if isinstance(error, (RateLimitError, ServiceUnavailableError)):
+        return True
+    return isinstance(error, TransportError) and not error.request_sent
 
 
 def _decide_queue(error: VeniceError, policy: RetryPolicy) -> Verdict:
@@ -177,12 +186,15 @@ class Retrier:
         *,
         limiter: RequestLimiter,
         deadline: float | None = None,
+        before_retry: Callable[[VeniceError], Awaitable[None]] | None = None,
     ) -> T:
         """``send()`` once a token and a request slot are free, repeated per :func:`decide`.
 
         ``deadline`` (a ``clock.monotonic()`` reading) bounds each wait for a token: one
         that would come later ends the call with :class:`TokenTooLate` before that attempt
-        is sent. An attempt already sent is never cut short.
+        is sent. An attempt already sent is never cut short. ``before_retry`` is awaited
+        with the error once it is decided that the request will be sent again, before the
+        wait (``queue`` gives its journal row back then, see ``_submit``).
 
         Raises:
             TokenTooLate: no token before ``deadline``; that attempt was not sent.
@@ -217,6 +229,8 @@ class Retrier:
                     if rate_limited >= _MAX_RATE_LIMITED:
                         _give_up(endpoint, attempt, error)
                         raise
+                    if before_retry is not None:
+                        await before_retry(error)
                     log.info(
                         "%s rate limited (429 number %d); sending again once the pause ends",
                         endpoint,
@@ -229,6 +243,8 @@ class Retrier:
                     _give_up(endpoint, attempt, error)
                     raise
                 delay = self.backoff(failures)
+                if before_retry is not None:
+                    await before_retry(error)
                 log.info(
                     "%s failed (%s); retry %d of %d in %.2f s",
                     endpoint,

@@ -5,9 +5,9 @@ a journal needs it), hold the money and record the intent in the ledger, then ``
 within the budget, then hand the job to the scheduler::
 
     validate ─► estimate ─► ledger.intend ─► claim ─► queue ─► ledger.queued ─► track
-                                               │ (retried per _retry.decide: 429, 503,
-                                               │  never-sent requests)
-                                               └─► ledger.failed: unknown / rejected
+                                               ▲        │ 429, 503, never sent: no job
+                                               └────────┤ (ledger.unclaim, wait, claim again)
+                                                        └─► ledger.failed: unknown / rejected
 
 From the claim to the recorded answer the call is shielded from cancellation: once the
 request may be on the wire, its answer (a paid ``queue_id``) is waited for and recorded even
@@ -50,7 +50,7 @@ from ._models import (
     Succeeded,
     format_for_media_type,
 )
-from ._retry import Retrier, TokenTooLate, queue_answer_lost
+from ._retry import Retrier, TokenTooLate, queue_answer_lost, queue_not_created
 from ._scheduler import Scheduler
 from ._validation import check_queue
 
@@ -248,7 +248,7 @@ class Submitter:
 
         Raises:
             QueueDeadlineExceeded: no token in time; nothing was sent (the ledger gives the
-                money back; a journal row stays to send, as after Ctrl-C).
+                money back; the journal row is "rejected", not sent again).
             QueueOutcomeUnknown: the request was sent but its answer lost (recorded unknown).
             APIStatusError: the API refused the job (recorded rejected).
             JournalError: the job could not be claimed before sending; nothing was sent.
@@ -308,6 +308,7 @@ class Submitter:
         sinks = self._destinations.sinks(target, stem)
         if entry.state is JobState.QUEUED:
             self._scheduler.track(job, sinks, deadline=deadline, elapsed=None)
+            self._ledger.charged(entry)
             return job
         if entry.state is JobState.SUCCEEDED:
             content_type = entry.content_type or ""
@@ -344,9 +345,19 @@ class Submitter:
                 track(job)
             return job
 
+        async def before_retry(error: VeniceError) -> None:
+            # No job was created: the row is "intent" again while the retry waits, so a
+            # crash during the wait leaves it for resume to send, not an "unknown".
+            if queue_not_created(error):
+                await self._ledger.unclaim(ticket)
+
         try:
             return await self._retrier.call(
-                "queue", send, limiter=self._limiter, deadline=token_deadline
+                "queue",
+                send,
+                limiter=self._limiter,
+                deadline=token_deadline,
+                before_retry=before_retry,
             )
         except TokenTooLate as late:
             raise QueueDeadlineExceeded(request, late.waited) from None
