@@ -213,7 +213,7 @@ async def decision_cost(n: int, short: int) -> tuple[float, float, float, int, i
         for job in short_jobs:
             scheduler.track(job, _sink, elapsed=0.0)
         await settle()
-        pushes_before = next(scheduler._seq)
+        pushes_before = scheduler._heap.pushes
         watch = Stopwatch()
         _LONGEST_PASS[0] = 0.0
         while scheduler._counts["succeeded"] < short:
@@ -221,7 +221,7 @@ async def decision_cost(n: int, short: int) -> tuple[float, float, float, int, i
             await settle()
         longest = _LONGEST_PASS[0]
         completions = watch()
-        pushes = next(scheduler._seq) - pushes_before - 1
+        pushes = scheduler._heap.pushes - pushes_before
         heap = len(scheduler._heap)
         tg.cancel_scope.cancel()
     per_decision = first_round / max(1, n) * 1e6

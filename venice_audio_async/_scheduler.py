@@ -42,14 +42,12 @@ release waits for a take) and are downloaded again once a consumer subscribes. U
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import math
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Literal
 
 import anyio
 import anyio.abc
@@ -63,8 +61,9 @@ from ._budget import RequestBudget
 from ._client import VeniceClient
 from ._clock import Clock
 from ._config import RetryPolicy
-from ._errors import JobDeadlineExceeded, VeniceError
+from ._errors import JobDeadlineExceeded, VeniceError, drop_tracebacks
 from ._estimator import DurationEstimator
+from ._held_audio import HeldAudio
 from ._limiter import RequestLimiter
 from ._logging import attempt_context
 from ._models import (
@@ -77,18 +76,16 @@ from ._models import (
     Succeeded,
 )
 from ._policy import PollPolicy
-from ._release import MediaReleaser, ReleaseHook
+from ._release import MediaReleaser, ReleaseHook, ReleaseMedia
 from ._retry import Retrier, Verdict, decide
+from ._tracked import DueHeap, TrackedJob
 
-__all__ = ["RELEASE_MODES", "ReleaseMedia", "Scheduler"]
+__all__ = ["Scheduler"]
 
 log = logging.getLogger("venice_audio_async")
 
 #: Awaited with each outcome before it is delivered (the journal records it there).
 OutcomeHook = Callable[[Outcome], Awaitable[None]]
-#: What happens to the server's copy of a job's media once the audio is stored.
-ReleaseMedia = Literal["complete", "delete_on_retrieve", "keep"]
-RELEASE_MODES: tuple[ReleaseMedia, ...] = ("complete", "delete_on_retrieve", "keep")
 
 _HORIZON = 30.0  # seconds: how far ahead jobs are keyed, and re-keyed by a sweep
 _STALE_BATCH = 1024  # stale heap entries dropped per event-loop pass
@@ -98,35 +95,6 @@ _REPRICE_GRANTS = 4  # ... and after this many grants
 _PRICE_DROP = 0.9  # a price below this share of the one jobs were keyed at re-keys them
 _CENSORED = 64  # running jobs (oldest first) a refit reads as right-censored
 _EPSILON = 1e-9
-_HANDED_RECORD = 10_000  # ids of recently taken outcomes remembered (for a clear error)
-
-
-@attrs.define(eq=False)
-class _Tracked:
-    job: Job
-    sink_factory: SinkFactory
-    tracked_at: float
-    started: float
-    deadline: float | None
-    prompt: bool
-    seen_running_at_age: float = 0.0
-    last_poll: float = -math.inf
-    hint: float | None = None  # the server's latest average_execution_time for this job
-    belief: RunTimeBelief | None = None
-    belief_version: int = -1
-    failures: int = 0
-    in_flight: bool = False
-    outcome: Outcome | None = None
-    subscribers: list[MemoryObjectSendStream[Outcome]] = attrs.field(factory=list)
-    entry: int = -1  # heap entry sequence that is current; older entries are stale
-    keyed_due: float = math.inf  # the due time of the current entry
-    keyed_price: float = 0.0  # the price, and the model's fit version, it was keyed at
-    keyed_version: int = -1
-    capped: bool = False  # keyed at the horizon, before it is really due
-    evicted: bool = False  # finished, its in-memory audio dropped: fetched again on demand
-    slot: int = -1  # index in Scheduler._live while in flight
-    last_status: Processing | None = None  # the latest "still running" answer
-    forgotten: bool = False  # session.forget: never polled again
 
 
 @attrs.frozen
@@ -179,12 +147,11 @@ class Scheduler:
             on_released=on_released,
         )
         self._policy = PollPolicy(estimator.bounds, rng=self._rng)
-        self._jobs: dict[str, _Tracked] = {}
-        self._live: list[_Tracked] = []  # in flight (not finished), for samples and sweeps
-        self._by_model: dict[str, dict[str, _Tracked]] = {}  # in flight, oldest first
+        self._jobs: dict[str, TrackedJob] = {}
+        self._live: list[TrackedJob] = []  # in flight (not finished), for samples and sweeps
+        self._by_model: dict[str, dict[str, TrackedJob]] = {}  # in flight, oldest first
         self._versions: Counter[str] = Counter()  # bumped when a model's fit moves
-        self._heap: list[tuple[float, int, _Tracked]] = []
-        self._seq = itertools.count()
+        self._heap = DueHeap()
         self._wake = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._counts: Counter[str] = Counter()
@@ -193,11 +160,7 @@ class Scheduler:
         self._keyed_price = self._policy.price
         self._sweep_pending = False  # the price fell or a fit moved: re-key jobs due soon
         self._probing: set[str] = set()  # unknown models whose first job asks for an estimate
-        self._handed: dict[str, None] = {}  # recently taken ids, oldest first (bounded)
-        self._release_on_take: set[str] = set()  # in-memory audio: release once taken
-        self._max_untaken = max_untaken_bytes
-        self._untaken_audio: dict[str, int] = {}  # untaken in-memory audio sizes, oldest first
-        self._untaken_bytes = 0
+        self._held = HeldAudio(max_bytes=max_untaken_bytes, release=release)
 
     # ------------------------------------------------------------------ tracking
 
@@ -215,7 +178,7 @@ class Scheduler:
         if job.queue_id in self._jobs:
             return  # running, or finished and kept until taken: attaching again changes nothing
         now = self._clock.monotonic()
-        tracked = _Tracked(
+        tracked = TrackedJob(
             job=job,
             sink_factory=sink_factory,
             tracked_at=now,
@@ -240,7 +203,7 @@ class Scheduler:
             self._probing.add(job.model)
         self._schedule(tracked, self._policy.due(tracked, now))
 
-    def _belief_of(self, tracked: _Tracked) -> RunTimeBelief | None:
+    def _belief_of(self, tracked: TrackedJob) -> RunTimeBelief | None:
         model = tracked.job.model
         version = self._versions[model]
         if tracked.belief_version != version or tracked.belief is None:
@@ -248,7 +211,7 @@ class Scheduler:
             tracked.belief_version = version
         return tracked.belief
 
-    def _schedule(self, tracked: _Tracked, due: float) -> None:
+    def _schedule(self, tracked: TrackedJob, due: float) -> None:
         if tracked.deadline is not None:
             due = min(due, tracked.deadline)
         # Never keyed further ahead than the horizon: the sweep looks only that far, and a
@@ -256,15 +219,12 @@ class Scheduler:
         horizon = self._clock.monotonic() + _HORIZON
         tracked.capped = due > horizon
         due = min(due, horizon)
-        tracked.entry = next(self._seq)
-        tracked.keyed_due = due
         tracked.keyed_price = self._policy.price
         tracked.keyed_version = self._versions[tracked.job.model]
-        heapq.heappush(self._heap, (due, tracked.entry, tracked))
-        if self._heap[0][1] == tracked.entry:
+        if self._heap.push(tracked, due):
             self._wake.set()  # the loop may be sleeping towards a later job
 
-    def _untrack_live(self, tracked: _Tracked) -> None:
+    def _untrack_live(self, tracked: TrackedJob) -> None:
         """Remove a finished job from the in-flight views (O(1): swap with the last)."""
         slot = tracked.slot
         if slot < 0:
@@ -288,7 +248,7 @@ class Scheduler:
 
     def was_taken(self, queue_id: str) -> bool:
         """Whether ``queue_id``'s outcome was handed over recently (bounded record)."""
-        return queue_id in self._handed
+        return self._held.was_taken(queue_id)
 
     def take(self, queue_id: str) -> None:
         """A consumer took the job's outcome: drop it, and release in-memory media now."""
@@ -296,14 +256,8 @@ class Scheduler:
         if tracked is None or (tracked.outcome is None and not tracked.evicted):
             return  # (evicted: a stream still held its bytes, and handed them over)
         del self._jobs[queue_id]
-        self._untaken_bytes -= self._untaken_audio.pop(queue_id, 0)
-        self._handed[queue_id] = None
-        if len(self._handed) > _HANDED_RECORD:
-            del self._handed[next(iter(self._handed))]
-        if queue_id in self._release_on_take:
-            self._release_on_take.discard(queue_id)
-            if self._tg is not None:
-                self._releaser.start(tracked.job, self._tg)
+        if self._held.taken(queue_id) and self._tg is not None:
+            self._releaser.start(tracked.job, self._tg)
 
     def keep_outcome(self, outcome: Outcome, sink_factory: SinkFactory) -> None:
         """Hold an outcome known from elsewhere (the journal) for a consumer to take."""
@@ -311,7 +265,7 @@ class Scheduler:
         if queue_id in self._jobs:
             return
         now = self._clock.monotonic()
-        self._jobs[queue_id] = _Tracked(
+        self._jobs[queue_id] = TrackedJob(
             job=outcome.job,
             sink_factory=sink_factory,
             tracked_at=now,
@@ -325,28 +279,23 @@ class Scheduler:
         """Jobs with an outcome nobody has taken yet, oldest first."""
         return [t.job for t in self._jobs.values() if t.outcome is not None or t.evicted]
 
-    def _hold_audio(self, tracked: _Tracked, audio: AudioResult) -> None:
+    def _hold_audio(self, tracked: TrackedJob, audio: AudioResult) -> None:
         """Count untaken in-memory audio; over the cap, drop the oldest (kept on the server)."""
-        if audio.data is None or self._max_untaken is None or self._release != "complete":
+        if audio.data is None:
             return
-        queue_id = tracked.job.queue_id
-        self._untaken_audio[queue_id] = len(audio.data)
-        self._untaken_bytes += len(audio.data)
-        while self._untaken_bytes > self._max_untaken and self._untaken_audio:
-            oldest = next(iter(self._untaken_audio))
-            self._untaken_bytes -= self._untaken_audio.pop(oldest)
-            victim = self._jobs.get(oldest)
+        for queue_id in self._held.hold(tracked.job.queue_id, len(audio.data)):
+            victim = self._jobs.get(queue_id)
             if victim is None or victim.outcome is None:
                 continue
             log.info(
                 "dropped the untaken audio of job %s (over max_untaken_bytes); it is "
                 "downloaded again when taken",
-                oldest,
+                queue_id,
             )
             victim.outcome = None
             victim.evicted = True
 
-    def _fetch_again(self, tracked: _Tracked) -> None:
+    def _fetch_again(self, tracked: TrackedJob) -> None:
         """A consumer wants an evicted outcome: poll the job again, at once."""
         tracked.evicted = False
         tracked.failures = 0
@@ -430,7 +379,7 @@ class Scheduler:
         """Poll jobs as they become worth it until cancelled. Started with ``tg.start``."""
         # Polls run on long-lived workers fed through a memory stream: cheaper than a new
         # task per poll (benchmarks/overhead.py), and bounded like the request limiter.
-        send, receive = anyio.create_memory_object_stream[_Tracked](max_buffer_size=math.inf)
+        send, receive = anyio.create_memory_object_stream[TrackedJob](max_buffer_size=math.inf)
         async with anyio.create_task_group() as tg, send, receive:
             self._tg = tg
             for _ in range(self._workers):
@@ -438,6 +387,12 @@ class Scheduler:
             task_status.started()
             while True:
                 tracked = await self._next_worth_polling()
+                if self._held.full:
+                    # delete_on_retrieve with the untaken-audio cap reached: a download now
+                    # would have to be kept or lost. Polls wait until callers take results.
+                    self._schedule(tracked, self._clock.monotonic())
+                    await self._held.wait_for_room()
+                    continue
                 await self._budget.acquire("retrieve")
                 self._grants_since_reprice += 1
                 if tracked.outcome is not None or tracked.forgotten:
@@ -445,39 +400,28 @@ class Scheduler:
                 tracked.in_flight = True
                 send.send_nowait(tracked)
 
-    async def _work(self, receive: MemoryObjectReceiveStream[_Tracked]) -> None:
+    async def _work(self, receive: MemoryObjectReceiveStream[TrackedJob]) -> None:
         async with receive:
             async for tracked in receive:
                 await self._poll(tracked)
 
-    def _head(self) -> _Tracked | None:
-        """The heap's head, dropping stale entries (re-keyed or finished jobs)."""
-        heap = self._heap
-        while heap:
-            _, entry, tracked = heap[0]
-            if tracked.entry == entry and tracked.outcome is None:
-                return tracked
-            heapq.heappop(heap)
-        return None
-
-    async def _next_worth_polling(self) -> _Tracked:
+    async def _next_worth_polling(self) -> TrackedJob:
         clock = self._clock
         while True:
             self._sweep()
-            if len(self._heap) > _STALE_BATCH and self._heap[0][2].entry != self._heap[0][1]:
+            if len(self._heap) > _STALE_BATCH and self._heap.stale_head():
                 await anyio.lowlevel.checkpoint()  # a mass re-key must not stall the loop
-            head = self._head()
+            head = self._heap.head()
             now = clock.monotonic()
             if head is None:
                 await self._sleep_or_wake(math.inf)
                 continue
-            due = self._heap[0][0]
+            due = self._heap.head_due()
             if due > now + _EPSILON:
                 await self._sleep_or_wake(self._until_reprice(due, now) - now)
                 continue
             if head.deadline is not None and now >= head.deadline:
-                heapq.heappop(self._heap)
-                head.entry = -1
+                self._heap.pop()
                 error = JobDeadlineExceeded(head.job, now - head.tracked_at)
                 await self._finish(head, Failed(head.job, error))
                 continue
@@ -497,11 +441,10 @@ class Scheduler:
                 if worth_at > now + _EPSILON:
                     self._schedule(head, worth_at)
                     continue
-            heapq.heappop(self._heap)
-            head.entry = -1
+            self._heap.pop()
             return head
 
-    def _due(self, tracked: _Tracked, now: float) -> float:
+    def _due(self, tracked: TrackedJob, now: float) -> float:
         """When ``tracked`` is next worth a poll, with its belief brought up to date (the
         deadline is applied where jobs are keyed, in :meth:`_schedule`)."""
         self._belief_of(tracked)
@@ -561,26 +504,13 @@ class Scheduler:
         if not self._sweep_pending:
             return
         self._sweep_pending = False
-        heap = self._heap
         now = self._clock.monotonic()
-        limit = now + _HORIZON
-        near: list[_Tracked] = []
-        stack = [0] if heap else []
-        while stack:
-            i = stack.pop()
-            due, entry, tracked = heap[i]
-            if due > limit:
-                continue
-            if (
-                tracked.entry == entry
-                and tracked.outcome is None
-                and not tracked.prompt
-                and not tracked.failures  # backing off after an error: that wait stands
-            ):
-                near.append(tracked)
-            for child in (2 * i + 1, 2 * i + 2):
-                if child < len(heap):
-                    stack.append(child)
+        near = [
+            tracked
+            for tracked in self._heap.keyed_before(now + _HORIZON)
+            # attached/resumed jobs go out at once anyway; a backoff after an error stands
+            if not tracked.prompt and not tracked.failures
+        ]
         for tracked in near:
             due = self._due(tracked, now)
             if due < tracked.keyed_due - _EPSILON:
@@ -594,7 +524,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ one poll
 
-    async def _poll(self, tracked: _Tracked) -> None:
+    async def _poll(self, tracked: TrackedJob) -> None:
         job = tracked.job
         delete = True if self._release == "delete_on_retrieve" else None
         request = RetrieveRequest(
@@ -633,7 +563,7 @@ class Scheduler:
         stats = self._budget.statistics()
         return stats.paused_until is not None or stats.failure_paused_until is not None
 
-    def _on_running(self, tracked: _Tracked, status: Processing, now: float) -> None:
+    def _on_running(self, tracked: TrackedJob, status: Processing, now: float) -> None:
         tracked.failures = 0
         model = tracked.job.model
         self._end_probe(model)
@@ -657,7 +587,7 @@ class Scheduler:
             self._versions[model] += 1
             self._start_sweep()
 
-    async def _on_audio(self, tracked: _Tracked, audio: AudioResult, now: float) -> None:
+    async def _on_audio(self, tracked: TrackedJob, audio: AudioResult, now: float) -> None:
         model = tracked.job.model
         self._end_probe(model)
         duration = audio.venice.inference_time
@@ -675,7 +605,7 @@ class Scheduler:
         if self._release == "complete":
             if audio.path is None and tracked.job.queue_id in self._jobs:
                 # Only in memory: the server's copy stays until a caller takes the audio.
-                self._release_on_take.add(tracked.job.queue_id)
+                self._held.release_when_taken(tracked.job.queue_id)
             else:
                 assert self._tg is not None
                 self._releaser.start(tracked.job, self._tg)
@@ -684,7 +614,7 @@ class Scheduler:
         """Wait until no ``complete`` call is in flight (the session's close drains them)."""
         await self._releaser.wait()
 
-    async def _on_error(self, tracked: _Tracked, error: VeniceError) -> None:
+    async def _on_error(self, tracked: TrackedJob, error: VeniceError) -> None:
         # The verdicts of every other request, applied by rescheduling the job (retrieve is
         # safe to repeat: the media stays until released).
         verdict = decide("retrieve", error, self._retry)
@@ -709,12 +639,12 @@ class Scheduler:
                 return
         await self._finish(tracked, Failed(tracked.job, error))
 
-    async def _finish(self, tracked: _Tracked, outcome: Outcome) -> None:
+    async def _finish(self, tracked: TrackedJob, outcome: Outcome) -> None:
         if tracked.outcome is not None:
             return
         self._end_probe(tracked.job.model)
         if isinstance(outcome, Failed):
-            _drop_tracebacks(outcome.error)
+            drop_tracebacks(outcome.error)
         tracked.outcome = outcome
         tracked.entry = -1
         if self._on_outcome is not None:
@@ -732,18 +662,3 @@ class Scheduler:
             except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 log.debug("consumer of job %s went away", tracked.job.queue_id)
         tracked.subscribers.clear()
-
-
-def _drop_tracebacks(error: BaseException) -> None:
-    """Detach the scheduler's frames from an error handed over as data.
-
-    A ``Failed`` outcome may be kept for long; its traceback's frames would keep the
-    scheduler, the transport and through them the whole (closed) session alive. The error
-    chain and messages stay; ``wait_for`` re-raising it starts a fresh traceback.
-    """
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        current.__traceback__ = None
-        current = current.__cause__ or current.__context__

@@ -63,9 +63,9 @@ from ._models import (
     QuoteResult,
     Succeeded,
 )
+from ._release import RELEASE_MODES, ReleaseMedia
 from ._results import ResultStream
 from ._resume import ResumeReport
-from ._scheduler import RELEASE_MODES, ReleaseMedia
 from ._status import JobPhase, JobStatus, expected_token_wait, running_status
 from ._submit import Destination
 from ._wiring import build_parts

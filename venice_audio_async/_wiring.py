@@ -27,10 +27,11 @@ from ._ledger import JournalSource, Ledger
 from ._lifecycle import Lifecycle
 from ._limiter import RequestLimiter
 from ._models import AudioModel
+from ._release import ReleaseMedia
 from ._results import Delivery
 from ._resume import Resumer
 from ._retry import Retrier
-from ._scheduler import ReleaseMedia, Scheduler
+from ._scheduler import Scheduler
 from ._status import StatusBook
 from ._submit import Submitter
 
