@@ -101,6 +101,7 @@ def test_private_modules_public_names_are_exported() -> None:
         "DueHeap",
         "DurationEstimator",
         "HeldAudio",
+        "JobTable",
         "EndpointRate",
         "HttpSession",
         "HttpTransport",

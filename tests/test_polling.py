@@ -200,7 +200,7 @@ async def test_attached_and_resumed_jobs_are_polled_at_once() -> None:
         assert first["attached"] - 100.0 <= scheduler._bounds.min_interval
         assert first["resumed"] - 100.0 <= scheduler._bounds.min_interval
         assert isinstance(scheduler.outcome_of("resumed"), v.Succeeded)
-        record = scheduler._jobs["attached"]
+        record = scheduler._table.jobs["attached"]
         assert record.seen_running_at_age == pytest.approx(20.0)
         tg.cancel_scope.cancel()
 

@@ -64,6 +64,7 @@ from ._config import RetryPolicy
 from ._errors import JobDeadlineExceeded, VeniceError, drop_tracebacks
 from ._estimator import DurationEstimator
 from ._held_audio import HeldAudio
+from ._job_table import JobTable
 from ._limiter import RequestLimiter
 from ._logging import attempt_context
 from ._models import (
@@ -147,9 +148,7 @@ class Scheduler:
             on_released=on_released,
         )
         self._policy = PollPolicy(estimator.bounds, rng=self._rng)
-        self._jobs: dict[str, TrackedJob] = {}
-        self._live: list[TrackedJob] = []  # in flight (not finished), for samples and sweeps
-        self._by_model: dict[str, dict[str, TrackedJob]] = {}  # in flight, oldest first
+        self._table = JobTable(HeldAudio(max_bytes=max_untaken_bytes, release=release))
         self._versions: Counter[str] = Counter()  # bumped when a model's fit moves
         self._heap = DueHeap()
         self._wake = anyio.Event()
@@ -160,7 +159,6 @@ class Scheduler:
         self._keyed_price = self._policy.price
         self._sweep_pending = False  # the price fell or a fit moved: re-key jobs due soon
         self._probing: set[str] = set()  # unknown models whose first job asks for an estimate
-        self._held = HeldAudio(max_bytes=max_untaken_bytes, release=release)
 
     # ------------------------------------------------------------------ tracking
 
@@ -175,7 +173,7 @@ class Scheduler:
         """Start polling ``job``. ``deadline`` is seconds from now; ``elapsed`` what is known
         of its run time so far: 0 for a job just queued, ``None`` for one queued elsewhere
         at an unknown time. A job with a history (attached, resumed) is polled at once."""
-        if job.queue_id in self._jobs:
+        if job.queue_id in self._table:
             return  # running, or finished and kept until taken: attaching again changes nothing
         now = self._clock.monotonic()
         tracked = TrackedJob(
@@ -186,10 +184,7 @@ class Scheduler:
             deadline=None if deadline is None else now + deadline,
             prompt=elapsed is None or elapsed > 0,
         )
-        self._jobs[job.queue_id] = tracked
-        tracked.slot = len(self._live)
-        self._live.append(tracked)
-        self._by_model.setdefault(job.model, {})[job.queue_id] = tracked
+        self._table.add_live(tracked)
         self._counts["tracked"] += 1
         belief = self._belief_of(tracked)
         if not tracked.prompt:
@@ -224,116 +219,68 @@ class Scheduler:
         if self._heap.push(tracked, due):
             self._wake.set()  # the loop may be sleeping towards a later job
 
-    def _untrack_live(self, tracked: TrackedJob) -> None:
-        """Remove a finished job from the in-flight views (O(1): swap with the last)."""
-        slot = tracked.slot
-        if slot < 0:
-            return
-        last = self._live.pop()
-        if last is not tracked:
-            self._live[slot] = last
-            last.slot = slot
-        tracked.slot = -1
-        self._by_model.get(tracked.job.model, {}).pop(tracked.job.queue_id, None)
-
     def outcome_of(self, queue_id: str) -> Outcome | None:
         """The outcome of a tracked job not handed over yet (``None``: running, or unknown).
 
         Kept for idempotent submits: a repeated request can be answered from here."""
-        tracked = self._jobs.get(queue_id)
+        tracked = self._table.get(queue_id)
         return tracked.outcome if tracked else None
 
     def is_tracked(self, queue_id: str) -> bool:
-        return queue_id in self._jobs
+        return queue_id in self._table
 
     def was_taken(self, queue_id: str) -> bool:
         """Whether ``queue_id``'s outcome was handed over recently (bounded record)."""
-        return self._held.was_taken(queue_id)
+        return self._table.held.was_taken(queue_id)
 
     def take(self, queue_id: str) -> None:
         """A consumer took the job's outcome: drop it, and release in-memory media now."""
-        tracked = self._jobs.get(queue_id)
-        if tracked is None or (tracked.outcome is None and not tracked.evicted):
-            return  # (evicted: a stream still held its bytes, and handed them over)
-        del self._jobs[queue_id]
-        if self._held.taken(queue_id) and self._tg is not None:
-            self._releaser.start(tracked.job, self._tg)
+        release = self._table.take(queue_id)
+        if release is not None and self._tg is not None:
+            self._releaser.start(release.job, self._tg)
 
     def keep_outcome(self, outcome: Outcome, sink_factory: SinkFactory) -> None:
         """Hold an outcome known from elsewhere (the journal) for a consumer to take."""
-        queue_id = outcome.job.queue_id
-        if queue_id in self._jobs:
-            return
-        now = self._clock.monotonic()
-        self._jobs[queue_id] = TrackedJob(
-            job=outcome.job,
-            sink_factory=sink_factory,
-            tracked_at=now,
-            started=now,
-            deadline=None,
-            prompt=False,
-            outcome=outcome,
-        )
+        self._table.keep(outcome, sink_factory, self._clock.monotonic())
 
     def finished(self) -> list[Job]:
         """Jobs with an outcome nobody has taken yet, oldest first."""
-        return [t.job for t in self._jobs.values() if t.outcome is not None or t.evicted]
+        return self._table.finished()
 
-    def _hold_audio(self, tracked: TrackedJob, audio: AudioResult) -> None:
-        """Count untaken in-memory audio; over the cap, drop the oldest (kept on the server)."""
-        if audio.data is None:
-            return
-        for queue_id in self._held.hold(tracked.job.queue_id, len(audio.data)):
-            victim = self._jobs.get(queue_id)
-            if victim is None or victim.outcome is None:
-                continue
-            log.info(
-                "dropped the untaken audio of job %s (over max_untaken_bytes); it is "
-                "downloaded again when taken",
-                queue_id,
-            )
-            victim.outcome = None
-            victim.evicted = True
+    def unfinished(self) -> list[Job]:
+        """Jobs queued (paid for) whose outcome was never reached: keep their ids."""
+        return self._table.unfinished()
 
-    def _fetch_again(self, tracked: TrackedJob) -> None:
-        """A consumer wants an evicted outcome: poll the job again, at once."""
-        tracked.evicted = False
-        tracked.failures = 0
-        tracked.slot = len(self._live)
-        self._live.append(tracked)
-        self._by_model.setdefault(tracked.job.model, {})[tracked.job.queue_id] = tracked
-        self._counts["succeeded"] -= 1  # counted again when it arrives
-        self._schedule(tracked, self._clock.monotonic())
+    def progress(self, queue_id: str) -> tuple[Outcome | None, Processing | None, float] | None:
+        """See :meth:`JobTable.progress`."""
+        return self._table.progress(queue_id)
 
     def subscribe(self, job: Job, stream: MemoryObjectSendStream[Outcome]) -> bool:
         """Deliver ``job``'s outcome into ``stream``. Returns False if the job is unknown.
 
-        A job already finished is delivered at once.
+        A job already finished is delivered at once; one whose audio was dropped (over
+        the untaken-audio cap) is polled again at once.
         """
-        tracked = self._jobs.get(job.queue_id)
+        tracked = self._table.get(job.queue_id)
         if tracked is None:
             return False
         if tracked.outcome is not None:
             stream.send_nowait(tracked.outcome)  # kept until the consumer takes it
             return True
         if tracked.evicted:
-            self._fetch_again(tracked)
+            tracked.evicted = False
+            tracked.failures = 0
+            self._table.add_live(tracked)
+            self._counts["succeeded"] -= 1  # counted again when it arrives
+            self._schedule(tracked, self._clock.monotonic())
         tracked.subscribers.append(stream)
         return True
 
     def unsubscribe(self, job: Job, stream: MemoryObjectSendStream[Outcome]) -> None:
         """Stop delivering to ``stream``. The job is still polled: it is paid for."""
-        tracked = self._jobs.get(job.queue_id)
+        tracked = self._table.get(job.queue_id)
         if tracked is not None and stream in tracked.subscribers:
             tracked.subscribers.remove(stream)
-
-    def progress(self, queue_id: str) -> tuple[Outcome | None, Processing | None, float] | None:
-        """What is known of a tracked job: its outcome (finished, not handed over yet),
-        the last "still running" answer, and when it was polled (``clock`` time)."""
-        tracked = self._jobs.get(queue_id)
-        if tracked is None:
-            return None
-        return tracked.outcome, tracked.last_status, tracked.last_poll
 
     def forget(self, job: Job) -> bool:
         """Stop tracking ``job``: never poll it again, keep no outcome of it. Returns
@@ -342,23 +289,12 @@ class Scheduler:
         Raises:
             ValueError: a consumer waits on the job right now.
         """
-        tracked = self._jobs.get(job.queue_id)
-        if tracked is None:
+        if job.queue_id not in self._table:
             return False
-        if tracked.subscribers:
-            raise ValueError(f"job {job.queue_id} is being waited on; leave that wait first")
-        del self._jobs[job.queue_id]
-        if tracked.outcome is None:
-            tracked.forgotten = True
-            tracked.entry = -1  # its heap entries are stale now
-            self._untrack_live(tracked)
+        if self._table.forget(job.queue_id) is not None:
             self._end_probe(job.model)
             self._counts["forgotten"] += 1
         return True
-
-    def unfinished(self) -> list[Job]:
-        """Jobs queued (paid for) whose outcome was never reached: keep their ids."""
-        return [t.job for t in self._jobs.values() if t.outcome is None and not t.evicted]
 
     def counts(self) -> SchedulerCounts:
         counts = self._counts
@@ -368,7 +304,7 @@ class Scheduler:
             in_flight=counts["tracked"] - finished - counts["forgotten"],
             succeeded=counts["succeeded"],
             failed=counts["failed"],
-            untaken=len(self._jobs) - len(self._live),
+            untaken=self._table.untaken,
             polls=counts["polls"],
             released=self._releaser.released,
         )
@@ -387,11 +323,11 @@ class Scheduler:
             task_status.started()
             while True:
                 tracked = await self._next_worth_polling()
-                if self._held.full:
+                if self._table.held.full:
                     # delete_on_retrieve with the untaken-audio cap reached: a download now
                     # would have to be kept or lost. Polls wait until callers take results.
                     self._schedule(tracked, self._clock.monotonic())
-                    await self._held.wait_for_room()
+                    await self._table.held.wait_for_room()
                     continue
                 await self._budget.acquire("retrieve")
                 self._grants_since_reprice += 1
@@ -466,7 +402,7 @@ class Scheduler:
     def _until_reprice(self, due: float, now: float) -> float:
         """Sleep towards ``due``, but wake to re-price while the price is raised (it falls
         as grants leave the window, which can make jobs due sooner)."""
-        if self._policy.price > self._bounds.delay_per_poll and self._live:
+        if self._policy.price > self._bounds.delay_per_poll and self._table.live:
             return min(due, max(now, self._repriced_at) + _REPRICE_SECONDS)
         return due
 
@@ -479,7 +415,7 @@ class Scheduler:
         self._repriced_at = now
         self._grants_since_reprice = 0
         window = self._budget.window("retrieve")
-        live = self._live
+        live = self._table.live
         sample = self._policy.sample(live) if window is not None else ()
         for tracked in sample:
             self._belief_of(tracked)
@@ -596,16 +532,16 @@ class Scheduler:
         self._estimator.observe_duration(model, duration, hint=tracked.hint)
         released = self._release == "delete_on_retrieve"
         await self._finish(tracked, Succeeded(tracked.job, audio, released=released))
-        if tracked.job.queue_id in self._jobs:
-            self._hold_audio(tracked, audio)
-        running = itertools.islice(self._by_model.get(model, {}).values(), _CENSORED)
+        if tracked.job.queue_id in self._table:
+            self._table.hold_audio(tracked, audio)
+        running = itertools.islice(self._table.by_model.get(model, {}).values(), _CENSORED)
         if self._estimator.refit(model, [(now - t.started, t.hint) for t in running]):
             self._versions[model] += 1
             self._start_sweep()
         if self._release == "complete":
-            if audio.path is None and tracked.job.queue_id in self._jobs:
+            if audio.path is None and tracked.job.queue_id in self._table:
                 # Only in memory: the server's copy stays until a caller takes the audio.
-                self._held.release_when_taken(tracked.job.queue_id)
+                self._table.held.release_when_taken(tracked.job.queue_id)
             else:
                 assert self._tg is not None
                 self._releaser.start(tracked.job, self._tg)
@@ -652,7 +588,7 @@ class Scheduler:
             # cannot forget that the audio is stored.
             with anyio.CancelScope(shield=True):
                 await self._on_outcome(outcome)
-        self._untrack_live(tracked)
+        self._table.end_live(tracked)
         self._counts["succeeded" if isinstance(outcome, Succeeded) else "failed"] += 1
         # Pushed to every consumer waiting, but kept until one of them takes it: a
         # consumer may leave with it still unread in its stream.
