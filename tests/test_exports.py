@@ -116,6 +116,7 @@ def test_private_modules_public_names_are_exported() -> None:
         "ModelDurationStats",
         "OwnerLock",
         "PollPolicy",
+        "WindowPacer",
         "RELEASE_MODES",
         "ReleaseHook",
         "ReleaseMedia",

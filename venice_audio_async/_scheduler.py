@@ -76,6 +76,7 @@ from ._models import (
     RetrieveRequest,
     Succeeded,
 )
+from ._pacer import WindowPacer
 from ._policy import PollPolicy
 from ._release import MediaReleaser, ReleaseHook, ReleaseMedia
 from ._retry import Retrier, Verdict, decide
@@ -91,9 +92,6 @@ OutcomeHook = Callable[[Outcome], Awaitable[None]]
 _HORIZON = 30.0  # seconds: how far ahead jobs are keyed, and re-keyed by a sweep
 _STALE_BATCH = 1024  # stale heap entries dropped per event-loop pass
 _MAX_WORKERS = 256  # polls in flight at once, at most (also capped by the request limiter)
-_REPRICE_SECONDS = 0.5  # the window is re-priced at least this often while jobs wait ...
-_REPRICE_GRANTS = 4  # ... and after this many grants
-_PRICE_DROP = 0.9  # a price below this share of the one jobs were keyed at re-keys them
 _CENSORED = 64  # running jobs (oldest first) a refit reads as right-censored
 _EPSILON = 1e-9
 
@@ -154,9 +152,7 @@ class Scheduler:
         self._wake = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._counts: Counter[str] = Counter()
-        self._repriced_at = -math.inf
-        self._grants_since_reprice = 0
-        self._keyed_price = self._policy.price
+        self._pacer = WindowPacer(self._policy, budget)
         self._sweep_pending = False  # the price fell or a fit moved: re-key jobs due soon
         self._probing: set[str] = set()  # unknown models whose first job asks for an estimate
 
@@ -330,7 +326,7 @@ class Scheduler:
                     await self._table.held.wait_for_room()
                     continue
                 await self._budget.acquire("retrieve")
-                self._grants_since_reprice += 1
+                self._pacer.note_grant()
                 if tracked.outcome is not None or tracked.forgotten:
                     continue
                 tracked.in_flight = True
@@ -354,19 +350,21 @@ class Scheduler:
                 continue
             due = self._heap.head_due()
             if due > now + _EPSILON:
-                await self._sleep_or_wake(self._until_reprice(due, now) - now)
+                wake = self._pacer.wake_at(due, now, jobs_waiting=bool(self._table.live))
+                await self._sleep_or_wake(wake - now)
                 continue
             if head.deadline is not None and now >= head.deadline:
                 self._heap.pop()
                 error = JobDeadlineExceeded(head.job, now - head.tracked_at)
                 await self._finish(head, Failed(head.job, error))
                 continue
-            ready = self._token_ready()
+            ready = self._pacer.token_ready()
             now = clock.monotonic()  # read after: the budget reads the clock too
             if ready > now + _EPSILON:
                 await self._sleep_or_wake(ready - now)
                 continue
-            self._maybe_reprice(now)
+            if self._pacer.maybe_reprice(now, self._table.live, self._belief_of):
+                self._start_sweep()
             if (
                 head.capped
                 or self._policy.price > head.keyed_price
@@ -385,44 +383,6 @@ class Scheduler:
         deadline is applied where jobs are keyed, in :meth:`_schedule`)."""
         self._belief_of(tracked)
         return self._policy.due(tracked, now)
-
-    def _token_ready(self) -> float:
-        """When the poller may take a retrieve token (its share of the window included)."""
-        ready = self._budget.next_available("retrieve")
-        share = self._bounds.retrieve_share
-        if share < 1:
-            window = self._budget.window("retrieve")
-            if window is not None:
-                allowed = max(1, math.floor(share * window.limit))
-                inside = len(window.grants)
-                if inside >= allowed:
-                    ready = max(ready, window.grants[inside - allowed] + window.window)
-        return ready
-
-    def _until_reprice(self, due: float, now: float) -> float:
-        """Sleep towards ``due``, but wake to re-price while the price is raised (it falls
-        as grants leave the window, which can make jobs due sooner)."""
-        if self._policy.price > self._bounds.delay_per_poll and self._table.live:
-            return min(due, max(now, self._repriced_at) + _REPRICE_SECONDS)
-        return due
-
-    def _maybe_reprice(self, now: float) -> None:
-        if (
-            now - self._repriced_at < _REPRICE_SECONDS
-            and self._grants_since_reprice < _REPRICE_GRANTS
-        ):
-            return
-        self._repriced_at = now
-        self._grants_since_reprice = 0
-        window = self._budget.window("retrieve")
-        live = self._table.live
-        sample = self._policy.sample(live) if window is not None else ()
-        for tracked in sample:
-            self._belief_of(tracked)
-        price = self._policy.reprice(now, sample, len(live), window)
-        if price < _PRICE_DROP * self._keyed_price:
-            self._start_sweep()
-        self._keyed_price = price
 
     def _start_sweep(self) -> None:
         self._sweep_pending = True
