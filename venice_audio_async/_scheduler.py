@@ -42,7 +42,6 @@ release waits for a take) and are downloaded again once a consumer subscribes. U
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import random
@@ -56,7 +55,6 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._audio import SinkFactory
-from ._belief import RunTimeBelief
 from ._budget import RequestBudget
 from ._client import VeniceClient
 from ._clock import Clock
@@ -67,6 +65,7 @@ from ._held_audio import HeldAudio
 from ._job_table import JobTable
 from ._limiter import RequestLimiter
 from ._logging import attempt_context
+from ._model_fits import LARGE_DROP, ModelFits, Reach
 from ._models import (
     AudioResult,
     Failed,
@@ -92,7 +91,6 @@ OutcomeHook = Callable[[Outcome], Awaitable[None]]
 _HORIZON = 30.0  # seconds: how far ahead jobs are keyed, and re-keyed by a sweep
 _STALE_BATCH = 1024  # stale heap entries dropped per event-loop pass
 _MAX_WORKERS = 256  # polls in flight at once, at most (also capped by the request limiter)
-_CENSORED = 64  # running jobs (oldest first) a refit reads as right-censored
 _EPSILON = 1e-9
 
 
@@ -131,7 +129,7 @@ class Scheduler:
         self._on_outcome = on_outcome
         self._client = client
         self._budget = budget
-        self._estimator = estimator
+        self._fits = ModelFits(estimator)
         self._bounds = estimator.bounds
         self._clock = clock
         self._retry = retry
@@ -147,14 +145,13 @@ class Scheduler:
         )
         self._policy = PollPolicy(estimator.bounds, rng=self._rng)
         self._table = JobTable(HeldAudio(max_bytes=max_untaken_bytes, release=release))
-        self._versions: Counter[str] = Counter()  # bumped when a model's fit moves
         self._heap = DueHeap()
         self._wake = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._counts: Counter[str] = Counter()
         self._pacer = WindowPacer(self._policy, budget)
         self._sweep_pending = False  # the price fell or a fit moved: re-key jobs due soon
-        self._probing: set[str] = set()  # unknown models whose first job asks for an estimate
+        self._rekey_models: set[str] = set()  # fits that moved a lot: re-key all their jobs
 
     # ------------------------------------------------------------------ tracking
 
@@ -182,37 +179,34 @@ class Scheduler:
         )
         self._table.add_live(tracked)
         self._counts["tracked"] += 1
-        belief = self._belief_of(tracked)
+        belief = self._fits.belief_of(tracked)
         if not tracked.prompt:
             self._policy.note_arrival(now, belief)
-        if belief is None and not tracked.prompt:
-            if job.model in self._probing:
-                # One job per unknown model asks for the server's estimate; the others
-                # wait for it (the sweep after its answer brings them forward).
-                self._schedule(tracked, now + self._bounds.max_interval)
-                return
-            self._probing.add(job.model)
+        if belief is None and not tracked.prompt and not self._fits.probe(job.model):
+            # One job per unknown model asks for the server's estimate; the others wait
+            # for it (its answer re-keys them).
+            self._schedule(tracked, now + self._bounds.max_interval)
+            return
         self._schedule(tracked, self._policy.due(tracked, now))
-
-    def _belief_of(self, tracked: TrackedJob) -> RunTimeBelief | None:
-        model = tracked.job.model
-        version = self._versions[model]
-        if tracked.belief_version != version or tracked.belief is None:
-            tracked.belief = self._estimator.belief(model, hint=tracked.hint)
-            tracked.belief_version = version
-        return tracked.belief
 
     def _schedule(self, tracked: TrackedJob, due: float) -> None:
         if tracked.deadline is not None:
             due = min(due, tracked.deadline)
-        # Never keyed further ahead than the horizon: the sweep looks only that far, and a
-        # job popped early is simply put back (one cheap check per horizon).
-        horizon = self._clock.monotonic() + _HORIZON
-        tracked.capped = due > horizon
-        due = min(due, horizon)
+        now = self._clock.monotonic()
+        horizon = now + _HORIZON
+        key = due
+        if due > horizon:
+            # Keyed early and checked when popped, so that what may bring it sooner is
+            # caught without a look at every job: a price fall (keyed no later than it is
+            # due at the floor price), a small fit move (keyed where a fall of LARGE_DROP
+            # would put it; larger moves re-key the model's jobs), a long wait (half-way).
+            at_floor = self._policy.due(tracked, now, price=self._bounds.delay_per_poll)
+            slack = math.exp(-LARGE_DROP) * (due - tracked.started)
+            key = max(horizon, min(now + 0.5 * (due - now), tracked.started + slack, at_floor))
+        tracked.capped = key < due
         tracked.keyed_price = self._policy.price
-        tracked.keyed_version = self._versions[tracked.job.model]
-        if self._heap.push(tracked, due):
+        tracked.keyed_version = self._fits.version(tracked.job.model)
+        if self._heap.push(tracked, key):
             self._wake.set()  # the loop may be sleeping towards a later job
 
     def outcome_of(self, queue_id: str) -> Outcome | None:
@@ -363,12 +357,12 @@ class Scheduler:
             if ready > now + _EPSILON:
                 await self._sleep_or_wake(ready - now)
                 continue
-            if self._pacer.maybe_reprice(now, self._table.live, self._belief_of):
+            if self._pacer.maybe_reprice(now, self._table.live, self._fits.belief_of):
                 self._start_sweep()
             if (
                 head.capped
                 or self._policy.price > head.keyed_price
-                or self._versions[head.job.model] != head.keyed_version
+                or self._fits.version(head.job.model) != head.keyed_version
             ):
                 # Keyed at the horizon, or the price rose or the fit moved: still worth it?
                 worth_at = self._due(head, now)
@@ -381,10 +375,14 @@ class Scheduler:
     def _due(self, tracked: TrackedJob, now: float) -> float:
         """When ``tracked`` is next worth a poll, with its belief brought up to date (the
         deadline is applied where jobs are keyed, in :meth:`_schedule`)."""
-        self._belief_of(tracked)
+        self._fits.belief_of(tracked)
         return self._policy.due(tracked, now)
 
-    def _start_sweep(self) -> None:
+    def _start_sweep(self, reach: Reach = Reach.NEAR, model: str = "") -> None:
+        if reach is Reach.NONE:
+            return
+        if reach is Reach.ALL:
+            self._rekey_models.add(model)
         self._sweep_pending = True
         self._wake.set()
 
@@ -401,13 +399,13 @@ class Scheduler:
             return
         self._sweep_pending = False
         now = self._clock.monotonic()
-        near = [
-            tracked
-            for tracked in self._heap.keyed_before(now + _HORIZON)
-            # attached/resumed jobs go out at once anyway; a backoff after an error stands
-            if not tracked.prompt and not tracked.failures
-        ]
-        for tracked in near:
+        candidates = self._heap.keyed_before(now + _HORIZON)
+        for model in self._rekey_models:
+            candidates.extend(self._table.by_model.get(model, {}).values())
+        self._rekey_models.clear()
+        for tracked in candidates:
+            if tracked.prompt or tracked.failures or tracked.in_flight or not tracked.waiting:
+                continue  # going out at once anyway, backing off after an error, or polled
             due = self._due(tracked, now)
             if due < tracked.keyed_due - _EPSILON:
                 self._schedule(tracked, due)
@@ -461,13 +459,8 @@ class Scheduler:
 
     def _on_running(self, tracked: TrackedJob, status: Processing, now: float) -> None:
         tracked.failures = 0
-        model = tracked.job.model
-        self._end_probe(model)
-        if status.average_execution_time is not None:
-            self._estimator.observe_hint(model, status.average_execution_time)
-            if status.average_execution_time != tracked.hint:
-                tracked.hint = status.average_execution_time
-                tracked.belief = None
+        self._end_probe(tracked.job.model)
+        self._fits.observe_hint(tracked, status.average_execution_time)
         if status.execution_duration is not None:
             tracked.started = now - status.execution_duration
         tracked.last_poll = now
@@ -478,10 +471,7 @@ class Scheduler:
 
     def _end_probe(self, model: str) -> None:
         """A job of a model being probed answered: the jobs waiting on it are re-keyed."""
-        if model in self._probing:
-            self._probing.discard(model)
-            self._versions[model] += 1
-            self._start_sweep()
+        self._start_sweep(self._fits.end_probe(model), model)
 
     async def _on_audio(self, tracked: TrackedJob, audio: AudioResult, now: float) -> None:
         model = tracked.job.model
@@ -489,15 +479,12 @@ class Scheduler:
         duration = audio.venice.inference_time
         if duration is None:
             duration = now - tracked.started
-        self._estimator.observe_duration(model, duration, hint=tracked.hint)
         released = self._release == "delete_on_retrieve"
         await self._finish(tracked, Succeeded(tracked.job, audio, released=released))
         if tracked.job.queue_id in self._table:
             self._table.hold_audio(tracked, audio)
-        running = itertools.islice(self._table.by_model.get(model, {}).values(), _CENSORED)
-        if self._estimator.refit(model, [(now - t.started, t.hint) for t in running]):
-            self._versions[model] += 1
-            self._start_sweep()
+        running = self._table.by_model.get(model, {}).values()
+        self._start_sweep(self._fits.observe_finished(tracked, duration, running, now), model)
         if self._release == "complete":
             if audio.path is None and tracked.job.queue_id in self._table:
                 # Only in memory: the server's copy stays until a caller takes the audio.
