@@ -10,7 +10,32 @@ import venice_audio_async
 PACKAGE = Path(venice_audio_async.__file__).parent
 
 
-def _runtime_imports(path: Path) -> tuple[set[str], set[str]]:
+#: The modules the rules are about: the package's own and the CLI's (``_cli.batch``, ...).
+#: A package's ``__init__`` is named by the package (``_cli``), the top one ``__init__``.
+FILES = {
+    ".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__"): path
+    for path in (*PACKAGE.glob("*.py"), *PACKAGE.glob("_cli/*.py"))
+}
+
+
+def _imported_modules(name: str, node: ast.ImportFrom) -> set[str]:
+    """The modules of ours a relative ``from ... import ...`` in module ``name`` loads.
+
+    Within a subpackage that is the submodule (``_cli.drive``), else the top-level module.
+    A name that is no module (``from .. import __version__``) names no module of ours.
+    """
+    package = ["_cli"] if name == "_cli" else name.split(".")[:-1]
+    base = package[: len(package) - (node.level - 1)]
+    targets = [node.module] if node.module else [alias.name for alias in node.names]
+    found = set()
+    for target in targets:
+        parts = [*base, *target.split(".")]
+        submodule = ".".join(parts[:2])
+        found.add(submodule if submodule in FILES else parts[0])
+    return found
+
+
+def _runtime_imports(name: str, path: Path) -> tuple[set[str], set[str]]:
     """(package modules, third-party top-level packages) imported when ``path`` runs.
 
     Imports under ``if TYPE_CHECKING:`` only exist for the type checker and are left out.
@@ -22,8 +47,8 @@ def _runtime_imports(path: Path) -> tuple[set[str], set[str]]:
     ours: set[str] = set()
     theirs: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
-            ours.add(node.module.split(".")[0])
+        if isinstance(node, ast.ImportFrom) and node.level >= 1:
+            ours |= _imported_modules(name, node)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             theirs.add(node.module.split(".")[0])
         elif isinstance(node, ast.Import):
@@ -31,19 +56,50 @@ def _runtime_imports(path: Path) -> tuple[set[str], set[str]]:
     return ours, theirs
 
 
-MODULES = {path.stem: _runtime_imports(path) for path in PACKAGE.glob("*.py")}
+MODULES = {name: _runtime_imports(name, path) for name, path in FILES.items()}
+
+
+#: The transport layer: ``_http`` (the pool and each request) and its ``_http_*`` parts.
+TRANSPORT = sorted(name for name in MODULES if name == "_http" or name.startswith("_http_"))
 
 
 def test_only_the_transport_imports_aiohttp() -> None:
-    """aiohttp stays below _http.py: no other module of the client imports it."""
+    """aiohttp stays in the transport (_http, _http_*): no other module of the client imports it."""
     users = sorted(name for name, (_, theirs) in MODULES.items() if "aiohttp" in theirs)
-    assert users == ["_http"]
+    assert "_http" in users
+    assert set(users) <= set(TRANSPORT), sorted(set(users) - set(TRANSPORT))
+
+
+def test_transport_docstrings_name_the_aiohttp_modules() -> None:
+    """Each transport module's docstring says truly whether it imports aiohttp."""
+    users = [name for name in TRANSPORT if "aiohttp" in MODULES[name][1]]
+    for name in TRANSPORT:
+        doc = ast.get_docstring(ast.parse((PACKAGE / f"{name}.py").read_text(encoding="utf-8")))
+        assert doc is not None, name
+        if name in users:
+            assert all(f"``{other}``" in doc for other in users if other != name), name
+        else:
+            assert "does not import aiohttp" in doc, name
 
 
 def test_no_part_reaches_back_into_the_session() -> None:
-    """The session's parts never import it; only the package and the CLI do."""
+    """The session's parts never import it; only the package and the CLI's connect do."""
     importers = sorted(name for name, (ours, _) in MODULES.items() if "_session" in ours)
-    assert importers == ["__init__", "__main__"]
+    assert importers == ["__init__", "_cli.connect"]
+
+
+def test_the_library_never_imports_the_command_line() -> None:
+    """The CLI sits on top: only ``__main__`` and the CLI's own modules import from it."""
+
+    def in_cli(module: str) -> bool:
+        return module == "_cli" or module.startswith("_cli.")
+
+    importers = sorted(
+        name
+        for name, (ours, _) in MODULES.items()
+        if any(in_cli(module) for module in ours) and not in_cli(name)
+    )
+    assert importers == ["__main__"]
 
 
 def test_there_is_no_import_cycle() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from venice_audio_async.__main__ import main
+from venice_audio_async._cli import main
 from venice_audio_async._redis_budget import namespace_for_key
 from venice_audio_async.testing import FakeServer, Fault, JobScript
 

@@ -18,7 +18,9 @@ import anyio
 import pytest
 
 from venice_audio_async import QueueRequest
-from venice_audio_async.__main__ import FAKE_STATE_NAME, _parser, main
+from venice_audio_async._cli import main
+from venice_audio_async._cli.folder import FAKE_STATE_NAME
+from venice_audio_async._cli.parser import build_parser
 from venice_audio_async.testing import FakeServer, JobScript
 from venice_audio_async.testing._tones import iter_tone
 
@@ -89,7 +91,7 @@ def _manifest(out: Path) -> list[dict[str, Any]]:
 
 def test_every_option_has_help() -> None:
     """Every argument of every command explains itself in --help."""
-    parser = _parser()
+    parser = build_parser()
     (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert set(commands.choices) == {"models", "quote", "generate", "fetch", "batch", "resume"}
     for name, command in commands.choices.items():

@@ -564,6 +564,41 @@ async def test_missing_key_is_refused_before_sending(
     assert server.count("queue") == 0
 
 
+async def test_result_calls_check_the_session(
+    server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The result calls refuse a closed or keyless session and send nothing."""
+    request = v.QueueRequest(model="stable-audio-25", prompt="a quiet forest at dawn")
+    async with _session(server) as session:
+        job = await session.submit_request(request)
+        await session.wait_for(job)
+    pending = session.results([job])  # like the other context managers: checked when entered
+    with pytest.raises(v.SessionStateError):
+        async with pending:
+            pass
+    with pytest.raises(v.SessionStateError):
+        await session.wait_for(job)
+    with pytest.raises(v.SessionStateError):
+        await session.generate("stable-audio-25", "too late for this one")
+    with pytest.raises(v.SessionStateError):
+        async with session.generate_many([request]):
+            pass
+    monkeypatch.delenv("VENICE_API_KEY", raising=False)
+    keyless = v.AsyncSession(base_url=server.url, clock=v.ScaledClock(TIME_SCALE))
+    assert "api_key=missing" in repr(keyless)
+    async with keyless:
+        with pytest.raises(v.MissingAPIKeyError):
+            await keyless.generate("stable-audio-25", "no key for this one")
+        with pytest.raises(v.MissingAPIKeyError):
+            async with keyless.generate_many([request]):
+                pass
+    monkeypatch.setenv("VENICE_API_KEY", API_KEY)
+    assert "api_key=set" in repr(v.AsyncSession(base_url=server.url))
+    with pytest.raises(ValueError, match="release_media"):
+        v.AsyncSession(api_key=API_KEY, release_media="sometimes")  # type: ignore[arg-type]
+    assert server.count("queue") == 1
+
+
 async def test_statistics_include_spend(server: FakeServer) -> None:
     """statistics() reports the estimated spend and the limit next to the counters."""
     server.plan(JobScript(duration=1.0))

@@ -95,7 +95,8 @@ from ._models import (
 from ._redis_budget import RedisBudget
 from ._results import ResultStream
 from ._resume import ResumeReport
-from ._session import AsyncSession, SessionStatistics
+from ._session import AsyncSession
+from ._statistics import SessionStatistics
 from ._status import JobPhase, JobStatus
 
 try:

@@ -29,7 +29,7 @@ from ._validation import queue_problems
 
 __all__ = ["BatchLine", "check_batch", "manifest_rows", "read_batch", "sorted_problems"]
 
-# ``key`` is not a line field: the CLI keys each job by its line (see __main__).
+# ``key`` is not a line field: the CLI keys each job by its line (BatchLine.key).
 _FIELDS = {a.name: a for a in attrs.fields(QueueRequest) if a.name != "key"}
 _INTS = {"duration_seconds"}
 _FLOATS = {"speed"}

@@ -27,7 +27,7 @@ import anyio.abc
 
 from ._budget import RequestBudget
 from ._client import VeniceClient
-from ._errors import SessionStateError
+from ._errors import MissingAPIKeyError, SessionStateError
 from ._ledger import Ledger
 from ._scheduler import Scheduler
 
@@ -50,11 +50,19 @@ class SessionState(enum.Enum):
 
 
 class Lifecycle:
-    """The session's state and host task (see the module docstring)."""
+    """The session's state and host task (see the module docstring), and whether paid
+    calls may be made (``has_key``: an API key was given)."""
 
     def __init__(
-        self, *, client: VeniceClient, budget: RequestBudget, ledger: Ledger, scheduler: Scheduler
+        self,
+        *,
+        client: VeniceClient,
+        budget: RequestBudget,
+        ledger: Ledger,
+        scheduler: Scheduler,
+        has_key: bool,
     ) -> None:
+        self.has_key = has_key
         self._client = client
         self._budget = budget
         self._ledger = ledger
@@ -66,13 +74,22 @@ class Lifecycle:
         self._running = False  # the host's task group started
         self._tg: anyio.abc.TaskGroup | None = None
 
-    def check_open(self) -> None:
-        """Raises:
-        SessionStateError: the session is not open (yet, or any more)."""
+    def check_open(self, *, paid: bool = False) -> None:
+        """Refuse calls on a session not open; ``paid`` calls also need an API key.
+
+        Raises:
+            SessionStateError: the session is not open (yet, or any more).
+            MissingAPIKeyError: ``paid`` and no API key was given.
+        """
         if self.state is SessionState.UNOPENED:
             raise SessionStateError("the session is not open; use 'async with AsyncSession()'")
         if self.state is SessionState.CLOSED:
             raise SessionStateError("the session is closed")
+        if paid and not self.has_key:
+            raise MissingAPIKeyError(
+                "no API key: pass AsyncSession(api_key=...) or set VENICE_API_KEY "
+                "(create one at https://venice.ai/settings/api)"
+            )
 
     def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run ``fn`` in the session's task group. It must never raise: an error there

@@ -4,7 +4,7 @@ Every record goes through the ``venice_audio_async`` logger, with a readable mes
 structured fields in ``extra`` (``record.endpoint``, ``record.status`` ...), so a handler can
 format them or ship them as JSON:
 
-* DEBUG, one per request outcome (``_http.py``): ``endpoint``, ``status`` (0: no HTTP
+* DEBUG, one per request outcome (``_http_log.py``): ``endpoint``, ``status`` (0: no HTTP
   answer), ``queue_id`` (when the request or its answer names one), ``attempt`` (1 for the
   first try; ``None`` when the caller does not count), ``wait`` (seconds the request waited
   for its rate-limit token, when known), ``elapsed`` (seconds on the wire) and ``error``

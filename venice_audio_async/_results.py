@@ -1,26 +1,48 @@
-"""Handing outcomes over: streams of finished jobs, and waiting for one.
+"""Handing outcomes over: streams of finished jobs, waiting for one, and the calls built on
+them (``results()``, ``wait_for()``, ``generate()``, ``generate_many()``).
 
 Consumers only ever read a memory object stream the scheduler feeds: no task group or
 cancel scope of ours is open while they iterate, so breaking out of the loop or being
 cancelled cannot corrupt anything (and the jobs keep being polled: they are paid for).
 An outcome is *taken* only when the stream yields it; the ones still unread in a stream
 its consumer left stay with the scheduler, for a later ``results()`` or ``wait_for``.
+
+:class:`Delivery` subscribes consumers to the scheduler; :class:`Results` is the session's
+side of it: each call checks the session is open, then submits (``generate``), delivers,
+or hands the stream to :class:`~._batch_flow.BatchFlows` (jobs arriving over time,
+``generate_many``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+import sys
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from ._batch_flow import BatchFlows, BatchResults, FollowedResults
 from ._clock import Clock
+from ._config import check_number
 from ._errors import JobDeadlineExceeded, OutcomeAlreadyTaken
-from ._models import Job, Outcome
+from ._models import AudioResult, Job, Outcome, QueueOptions, QueueRequest, Succeeded
 from ._scheduler import Scheduler
+from ._submit import Destination, Submitter
 
-__all__ = ["Delivery", "ResultStream"]
+if sys.version_info >= (3, 12):
+    from typing import Unpack
+else:  # Unpack for **kwargs (PEP 692) is in typing from 3.12
+    from typing_extensions import Unpack
+
+__all__ = ["Delivery", "OpenCheck", "ResultStream", "Results"]
+
+
+class OpenCheck(Protocol):
+    """Refuses a call on a session not open; a ``paid`` call also needs an API key."""
+
+    def __call__(self, *, paid: bool = False) -> None: ...
 
 
 class ResultStream:
@@ -124,6 +146,130 @@ class Delivery:
             if not got:
                 raise JobDeadlineExceeded(job, self._clock.monotonic() - started)
             return got[0]
+
+
+class Results:
+    """The session's result calls; see the ``AsyncSession`` methods of the same names.
+
+    Each checks ``check_open`` when it starts (a context manager: when it is entered).
+    """
+
+    def __init__(
+        self,
+        *,
+        delivery: Delivery,
+        flows: BatchFlows,
+        submitter: Submitter,
+        clock: Clock,
+        check_open: OpenCheck,
+    ) -> None:
+        self._delivery = delivery
+        self._flows = flows
+        self._submitter = submitter
+        self._clock = clock
+        self._check_open = check_open
+
+    def results(
+        self, jobs: Iterable[Job] | AsyncIterable[Job]
+    ) -> AbstractAsyncContextManager[ResultStream] | AbstractAsyncContextManager[FollowedResults]:
+        """Outcomes of ``jobs`` (given now, or arriving over time) as they finish.
+
+        Raises:
+            OutcomeAlreadyTaken: a job's outcome was already handed over (a ValueError).
+            ValueError: a job is not tracked.
+            SessionStateError: the session is not open.
+        """
+        if isinstance(jobs, AsyncIterable):
+            self._check_open()
+            return self._flows.follow(jobs)
+        return self._stream(jobs)
+
+    @asynccontextmanager
+    async def _stream(self, jobs: Iterable[Job]) -> AsyncIterator[ResultStream]:
+        self._check_open()
+        async with self._delivery.results(jobs) as stream:
+            yield stream
+
+    async def wait_outcome(self, job: Job, *, timeout: float | None) -> Outcome:
+        """The outcome of one job once it is finished.
+
+        Raises:
+            JobDeadlineExceeded: ``timeout`` seconds passed first.
+            SessionStateError: the session is not open.
+        """
+        self._check_open()
+        return await self._delivery.wait_outcome(job, timeout=timeout)
+
+    async def wait_for(self, job: Job, *, timeout: float | None) -> AudioResult:
+        """The audio of one job once it is finished.
+
+        Raises:
+            JobDeadlineExceeded: ``timeout`` seconds passed first.
+            VeniceError: the job failed (its typed error).
+        """
+        outcome = await self.wait_outcome(job, timeout=timeout)
+        if isinstance(outcome, Succeeded):
+            return outcome.audio
+        raise outcome.error
+
+    async def generate(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        timeout: float | None,
+        destination: Destination,
+        deadline: float | None,
+        validate: bool | None,
+        **options: Unpack[QueueOptions],
+    ) -> AudioResult:
+        """Submit one generation and wait for its audio, ``timeout`` bounding the whole.
+
+        Raises:
+            QueueDeadlineExceeded: no queue token within ``timeout``; nothing was sent.
+            JobDeadlineExceeded: not finished within ``timeout``; the job keeps running.
+            VeniceError: the submission or the job failed.
+        """
+        self._check_open(paid=True)
+        if timeout is not None:
+            check_number("timeout (seconds)", timeout)
+        clock = self._clock
+        ends = None if timeout is None else clock.monotonic() + timeout
+        request = QueueRequest(model=model, prompt=prompt, **options)
+        job = await self._submitter.submit(
+            request,
+            destination=destination,
+            deadline=deadline,
+            validate=validate,
+            token_deadline=ends,
+        )
+        # A queue call in flight is never cut short: past the timeout its job is handed back
+        # at once, inside JobDeadlineExceeded.
+        left = None if ends is None else max(0.0, ends - clock.monotonic())
+        return await self.wait_for(job, timeout=left)
+
+    @asynccontextmanager
+    async def generate_many(
+        self,
+        requests: Iterable[QueueRequest],
+        *,
+        destination: Destination,
+        deadline: float | None,
+        validate: bool | None,
+    ) -> AsyncIterator[BatchResults]:
+        """Queue a batch and hand over each outcome as it finishes.
+
+        Raises:
+            RequestValidationError: some requests are invalid; nothing was sent.
+            SessionStateError, MissingAPIKeyError: see ``check_open``.
+        """
+        self._check_open(paid=True)
+        if deadline is not None:
+            check_number("deadline (seconds)", deadline)
+        async with self._flows.generate_many(
+            requests, destination=destination, deadline=deadline, validate=validate
+        ) as results:
+            yield results
 
 
 async def _within(clock: Clock, seconds: float, fn: Callable[[], Awaitable[None]]) -> None:

@@ -11,42 +11,30 @@ out results; the parts never see the session:
 * :class:`~._ledger.Ledger`: the spending limit and the journal;
 * :class:`~._scheduler.Scheduler`: polls every job and releases its media;
 * :class:`~._submit.Submitter` (paid submission), :class:`~._resume.Resumer` (a journal's
-  unfinished jobs) and :class:`~._results.Delivery` (outcomes to consumers).
+  unfinished jobs) and :class:`~._results.Results` (outcomes to consumers: ``results``,
+  ``wait_for``, ``generate``, ``generate_many``);
+* :class:`~._status.JobWatch` (``status``, ``forget``) and
+  :class:`~._statistics.StatisticsCollector` (``statistics``).
+
+Its methods check that the session is open (and, for paid calls, has an API key; the
+result calls have ``Results`` check it), then delegate; their docstrings are the user's
+documentation.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import types
 import warnings
-from collections.abc import (
-    AsyncIterable,
-    AsyncIterator,
-    Callable,
-    Iterable,
-    Mapping,
-    Sequence,
-)
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
 from typing import overload
-
-import attrs
 
 from ._batch_flow import BatchResults, FollowedResults
 from ._budget import RequestBudget
-from ._clock import Clock, SystemClock
-from ._config import (
-    DEFAULT_BASE_URL,
-    Limits,
-    RateLimits,
-    RetryPolicy,
-    Timeouts,
-    check_number,
-)
-from ._errors import MissingAPIKeyError
+from ._clock import Clock
+from ._config import DEFAULT_BASE_URL, Limits, RateLimits, RetryPolicy, Timeouts
 from ._estimator import PollingBounds
 from ._http import HttpSession, require_asyncio
 from ._journal import Journal
@@ -61,12 +49,12 @@ from ._models import (
     QueueRequest,
     QuoteRequest,
     QuoteResult,
-    Succeeded,
 )
-from ._release import RELEASE_MODES, ReleaseMedia
+from ._release import ReleaseMedia
 from ._results import ResultStream
 from ._resume import ResumeReport
-from ._status import JobPhase, JobStatus, expected_token_wait, running_status
+from ._statistics import SessionStatistics
+from ._status import JobStatus
 from ._submit import Destination
 from ._wiring import build_parts
 
@@ -75,53 +63,7 @@ if sys.version_info >= (3, 12):
 else:  # Unpack for **kwargs (PEP 692) is in typing from 3.12
     from typing_extensions import Unpack
 
-__all__ = ["AsyncSession", "SessionStatistics"]
-
-log = logging.getLogger("venice_audio_async")
-
-
-@attrs.frozen
-class SessionStatistics:
-    """A snapshot of what the session has done (see :meth:`AsyncSession.statistics`).
-
-    .. versionadded:: 0.1.0
-    """
-
-    #: Jobs queued (paid for) and still running: polled until they end.
-    jobs_in_flight: int
-    #: Jobs that ended with their audio stored or in memory.
-    jobs_succeeded: int
-    #: Jobs that ended with an error (the generation failed, a deadline passed, ...).
-    jobs_failed: int
-    #: Finished outcomes nobody has taken yet (they wait for ``results()``/``wait_for()``).
-    outcomes_untaken: int
-    #: Requests sent so far, per endpoint (``"queue"``, ``"retrieve"``, ...).
-    requests: Mapping[str, int]
-    #: 429 answers received.
-    rate_limited: int
-    #: Seconds the whole session spent paused by rate limits and the error budget.
-    paused_seconds: float
-    #: Jobs whose media was released on the server (``complete``) after it was stored.
-    media_released: int
-    #: Estimated USD spent by this session and, with a journal, by earlier runs on it.
-    spent_usd: float = 0.0
-    #: The ``max_spend_usd`` limit, or ``None`` without one.
-    spend_limit_usd: float | None = None
-    #: Journal writes that failed when made after a job was paid for (each logged as a
-    #: warning naming the job); they are retried until they land.
-    journal_write_failures: int = 0
-    #: Of those, the ones not landed yet.
-    journal_writes_pending: int = 0
-    #: Submits waiting here for a ``queue`` token right now.
-    submits_waiting: int = 0
-    #: Seconds the last of them is expected to wait for its token (0 when none waits).
-    expected_queue_wait: float = 0.0
-
-    @property
-    def retrieves_per_finished_job(self) -> float:
-        """Mean ``retrieve`` calls per finished job (1.0 is the ideal)."""
-        finished = self.jobs_succeeded + self.jobs_failed
-        return self.requests.get("retrieve", 0) / finished if finished else 0.0
+__all__ = ["AsyncSession"]
 
 
 class AsyncSession:
@@ -171,27 +113,21 @@ class AsyncSession:
         journal: JournalSource | None = None,
         max_spend_usd: float | None = None,
     ) -> None:
-        if release_media not in RELEASE_MODES:
-            raise ValueError(
-                f"release_media must be complete/delete_on_retrieve/keep, got {release_media!r}"
-            )
-        key = api_key if api_key is not None else os.environ.get("VENICE_API_KEY")
-        self._has_key = bool(key)
         self._parts = parts = build_parts(
-            api_key=key,
+            api_key=api_key,
             base_url=base_url,
             timeouts=timeouts,
             http_session=http_session,
             allow_insecure_http=allow_insecure_http,
-            clock=clock or SystemClock(),
-            retry=retry or RetryPolicy(),
-            limits=limits or Limits(),
-            rate_limits=rate_limits or RateLimits(),
-            polling=polling or PollingBounds(),
+            clock=clock,
+            retry=retry,
+            limits=limits,
+            rate_limits=rate_limits,
+            polling=polling,
             budget=budget,
             journal=journal,
             max_spend_usd=max_spend_usd,
-            output_dir=Path(output_dir) if output_dir is not None else None,
+            output_dir=output_dir,
             release_media=release_media,
             catalogue=catalogue,
             validate=validate,
@@ -201,7 +137,7 @@ class AsyncSession:
     def __repr__(self) -> str:
         return (
             f"<AsyncSession {self._life.state.value} base_url={self._parts.client.base_url!r} "
-            f"api_key={'set' if self._has_key else 'missing'}>"
+            f"api_key={'set' if self._life.has_key else 'missing'}>"
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -236,15 +172,6 @@ class AsyncSession:
                 stacklevel=2,
             )
 
-    def _check_open(self, *, paid: bool = False) -> None:
-        """Refuse calls on a session not open; ``paid`` calls also need an API key."""
-        self._life.check_open()
-        if paid and not self._has_key:
-            raise MissingAPIKeyError(
-                "no API key: pass AsyncSession(api_key=...) or set VENICE_API_KEY "
-                "(create one at https://venice.ai/settings/api)"
-            )
-
     # ------------------------------------------------------------------ catalogue and prices
 
     async def models(self, *, refresh: bool = False) -> tuple[AudioModel, ...]:
@@ -254,7 +181,7 @@ class AsyncSession:
             SessionStateError: the session is not open.
             APIStatusError, TransportError: the catalogue could not be fetched.
         """
-        self._check_open()
+        self._life.check_open()
         return await self._parts.catalogue.models(refresh=refresh)
 
     async def quote(
@@ -271,7 +198,7 @@ class AsyncSession:
             RequestValidationError: the request breaks the model's rules (nothing sent).
             APIStatusError, TransportError: the quote failed.
         """
-        self._check_open()
+        self._life.check_open()
         request = QuoteRequest(
             model=model, duration_seconds=duration_seconds, character_count=character_count
         )
@@ -284,7 +211,7 @@ class AsyncSession:
 
         ``None`` when neither can tell (a model without pricing that quote refuses).
         """
-        self._check_open()
+        self._life.check_open()
         return await self._parts.catalogue.estimate_cost(request, model=model)
 
     # ------------------------------------------------------------------ submit
@@ -343,7 +270,7 @@ class AsyncSession:
         ``key`` identifies the job in the journal (e.g. a batch line); ``name`` is the file
         name stem used when the audio goes to a directory.
         """
-        self._check_open(paid=True)
+        self._life.check_open(paid=True)
         return await self._parts.submitter.submit(
             request,
             destination=destination,
@@ -376,7 +303,7 @@ class AsyncSession:
                 itself, never inside an ``ExceptionGroup``; the jobs queued meanwhile are
                 still polled and listed by :meth:`unfinished`.
         """
-        self._check_open(paid=True)
+        self._life.check_open(paid=True)
         return await self._parts.submitter.submit_many(
             requests, destination=destination, deadline=deadline, validate=validate
         )
@@ -395,7 +322,7 @@ class AsyncSession:
             ValueError: ``model`` or ``queue_id`` is empty.
             SessionStateError: the session is not open.
         """
-        self._check_open(paid=True)
+        self._life.check_open(paid=True)
         return self._parts.resumer.attach(
             model, queue_id, destination=destination, deadline=deadline
         )
@@ -426,7 +353,7 @@ class AsyncSession:
             JournalError: a job could not be recorded (those before it are).
             ValueError: ``keys`` or ``names`` are not as many as ``requests``.
         """
-        self._check_open()
+        self._life.check_open()
         return await self._parts.submitter.journal_requests(
             requests, keys=keys, names=names, destination=destination, all_or_nothing=all_or_nothing
         )
@@ -464,7 +391,7 @@ class AsyncSession:
                 another process (nothing was sent), or a job could not be claimed before
                 sending it (another owner took it; it was not sent).
         """
-        self._check_open(paid=True)
+        self._life.check_open(paid=True)
         if journal is not None:
             await self._parts.ledger.adopt(journal)
         return await self._parts.resumer.resume(requeue_unknown=requeue_unknown, on_job=on_job)
@@ -513,16 +440,7 @@ class AsyncSession:
             OutcomeAlreadyTaken: a job's outcome was already handed over (a ValueError).
             ValueError: a job is not known to this session (submit or attach it first).
         """
-        if isinstance(jobs, AsyncIterable):
-            self._check_open()
-            return self._parts.flows.follow(jobs)
-        return self._results(jobs)
-
-    @asynccontextmanager
-    async def _results(self, jobs: Iterable[Job]) -> AsyncIterator[ResultStream]:
-        self._check_open()
-        async with self._parts.delivery.results(jobs) as stream:
-            yield stream
+        return self._parts.results.results(jobs)
 
     @asynccontextmanager
     async def generate_many(
@@ -559,10 +477,7 @@ class AsyncSession:
 
         .. versionadded:: 0.1.0
         """
-        self._check_open(paid=True)
-        if deadline is not None:
-            check_number("deadline (seconds)", deadline)
-        async with self._parts.flows.generate_many(
+        async with self._parts.results.generate_many(
             requests, destination=destination, deadline=deadline, validate=validate
         ) as results:
             yield results
@@ -575,15 +490,11 @@ class AsyncSession:
                 wait again or attach it later).
             VeniceError: the job failed (its typed error).
         """
-        outcome = await self.wait_outcome(job, timeout=timeout)
-        if isinstance(outcome, Succeeded):
-            return outcome.audio
-        raise outcome.error
+        return await self._parts.results.wait_for(job, timeout=timeout)
 
     async def wait_outcome(self, job: Job, *, timeout: float | None = None) -> Outcome:
         """Like :meth:`wait_for`, returning the outcome instead of raising the job's error."""
-        self._check_open()
-        return await self._parts.delivery.wait_outcome(job, timeout=timeout)
+        return await self._parts.results.wait_outcome(job, timeout=timeout)
 
     async def generate(
         self,
@@ -610,23 +521,15 @@ class AsyncSession:
                 (``error.job``: wait for it again, or attach it elsewhere, later).
             VeniceError: the job failed.
         """
-        self._check_open(paid=True)
-        if timeout is not None:
-            check_number("timeout (seconds)", timeout)
-        clock = self._parts.clock
-        ends = None if timeout is None else clock.monotonic() + timeout
-        request = QueueRequest(model=model, prompt=prompt, **options)
-        job = await self._parts.submitter.submit(
-            request,
+        return await self._parts.results.generate(
+            model,
+            prompt,
+            timeout=timeout,
             destination=destination,
             deadline=deadline,
             validate=validate,
-            token_deadline=ends,
+            **options,
         )
-        # A queue call in flight is never cut short: past the timeout its job is handed back
-        # at once, inside JobDeadlineExceeded.
-        left = None if ends is None else max(0.0, ends - clock.monotonic())
-        return await self.wait_for(job, timeout=left)
 
     # ------------------------------------------------------------------ introspection
 
@@ -647,17 +550,7 @@ class AsyncSession:
 
         .. versionadded:: 0.1.0
         """
-        if self._scheduler.forget(job):
-            self._parts.status_book.note(job.queue_id, "forgotten")
-            log.info(
-                "forgot job %s (%s): no longer polled; it may still run and is paid for, "
-                "attach(%r, %r) fetches it",
-                job.queue_id,
-                job.model,
-                job.model,
-                job.queue_id,
-                extra={"queue_id": job.queue_id, "model": job.model},
-            )
+        self._parts.watch.forget(job)
 
     def status(self, job: Job | QueueRequest) -> JobStatus:
         """The last known state of ``job``: waiting here for a queue token, at Venice
@@ -667,28 +560,7 @@ class AsyncSession:
 
         .. versionadded:: 0.1.0
         """
-        parts = self._parts
-        now = parts.clock.monotonic()
-        if isinstance(job, QueueRequest):
-            if id(job) in parts.submitter.waiting:
-                waiting = parts.retrier.waiting["queue"]
-                wait = expected_token_wait(parts.budget, "queue", waiting, now)
-                return JobStatus(phase="waiting_for_token", request=job, token_wait=wait)
-            return JobStatus(phase="unknown", request=job)
-        known = self._scheduler.progress(job.queue_id)
-        if known is None:
-            return JobStatus(
-                phase=parts.status_book.phase(job.queue_id) or "unknown",
-                job=job,
-                request=job.request,
-            )
-        outcome, running, polled_at = known
-        if outcome is not None:
-            phase: JobPhase = "succeeded" if isinstance(outcome, Succeeded) else "failed"
-            return JobStatus(phase=phase, job=job, request=job.request)
-        if running is None:
-            return JobStatus(phase="queued", job=job, request=job.request)
-        return running_status(job, running, now - polled_at)
+        return self._parts.watch.status(job)
 
     def finished(self) -> list[Job]:
         """Jobs whose outcome is ready but nobody has taken yet, oldest first.
@@ -703,27 +575,4 @@ class AsyncSession:
     def statistics(self) -> SessionStatistics:
         """A frozen snapshot of jobs, requests, 429s, pauses and spend (every field is
         documented on :class:`SessionStatistics`)."""
-        counts = self._scheduler.counts()
-        budget = self._parts.budget.statistics()
-        spent, limit = self._parts.ledger.spending()
-        return SessionStatistics(
-            jobs_in_flight=counts.in_flight,
-            jobs_succeeded=counts.succeeded,
-            jobs_failed=counts.failed,
-            outcomes_untaken=counts.untaken,
-            requests=dict(self._parts.recorder.requests),
-            rate_limited=budget.rate_limited,
-            paused_seconds=budget.paused_seconds,
-            media_released=counts.released,
-            spent_usd=spent,
-            spend_limit_usd=limit,
-            journal_write_failures=self._parts.ledger.write_failures,
-            journal_writes_pending=self._parts.ledger.pending_writes,
-            submits_waiting=self._parts.retrier.waiting["queue"],
-            expected_queue_wait=expected_token_wait(
-                self._parts.budget,
-                "queue",
-                self._parts.retrier.waiting["queue"],
-                self._parts.clock.monotonic(),
-            ),
-        )
+        return self._parts.statistics.snapshot()

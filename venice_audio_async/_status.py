@@ -1,22 +1,37 @@
-"""Watching a session: one job's last known state, and how long a queue token will take.
+"""Watching a session: one job's last known state, how long a queue token will take, and
+giving a job up.
 
-:class:`JobStatus` is the frozen snapshot ``session.status()`` returns. :class:`StatusBook`
-remembers how recent jobs ended once their outcome was handed over (the scheduler drops a
-delivered job), bounded so a long-lived session does not grow.
+:class:`JobStatus` is the frozen snapshot ``session.status()`` returns; :class:`JobWatch`
+builds it (and does ``session.forget``) from what the scheduler, the submitter and the
+budget know, sending nothing. :class:`StatusBook` remembers how recent jobs ended once
+their outcome was handed over (the scheduler drops a delivered job), bounded so a
+long-lived session does not grow.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Literal
 
 import attrs
 
 from ._budget import RequestBudget
+from ._clock import Clock
 from ._models import Job, Outcome, Processing, QueueRequest, Succeeded
+from ._scheduler import Scheduler
 
-__all__ = ["JobPhase", "JobStatus", "StatusBook", "expected_token_wait", "running_status"]
+__all__ = [
+    "JobPhase",
+    "JobStatus",
+    "JobWatch",
+    "StatusBook",
+    "expected_token_wait",
+    "running_status",
+]
+
+log = logging.getLogger("venice_audio_async")
 
 #: Where a job stands; see :class:`JobStatus`.
 JobPhase = Literal[
@@ -119,3 +134,69 @@ class StatusBook:
             await hook(outcome)
 
         return record
+
+
+class JobWatch:
+    """Answers ``session.status()`` and does ``session.forget()``.
+
+    ``submits_waiting`` holds the requests waiting here for a ``queue`` token (by
+    ``id()``), ``token_waiters`` the callers waiting for a token per endpoint; both are
+    live views owned by the submitter and the retrier.
+    """
+
+    def __init__(
+        self,
+        *,
+        scheduler: Scheduler,
+        book: StatusBook,
+        budget: RequestBudget,
+        clock: Clock,
+        submits_waiting: Mapping[int, QueueRequest],
+        token_waiters: Mapping[str, int],
+    ) -> None:
+        self._scheduler = scheduler
+        self._book = book
+        self._budget = budget
+        self._clock = clock
+        self._submits_waiting = submits_waiting
+        self._token_waiters = token_waiters
+
+    def status(self, job: Job | QueueRequest) -> JobStatus:
+        """The last known state of ``job``; see ``AsyncSession.status``."""
+        now = self._clock.monotonic()
+        if isinstance(job, QueueRequest):
+            if id(job) in self._submits_waiting:
+                waiting = self._token_waiters["queue"]
+                wait = expected_token_wait(self._budget, "queue", waiting, now)
+                return JobStatus(phase="waiting_for_token", request=job, token_wait=wait)
+            return JobStatus(phase="unknown", request=job)
+        known = self._scheduler.progress(job.queue_id)
+        if known is None:
+            phase = self._book.phase(job.queue_id) or "unknown"
+            return JobStatus(phase=phase, job=job, request=job.request)
+        outcome, running, polled_at = known
+        if outcome is not None:
+            ended: JobPhase = "succeeded" if isinstance(outcome, Succeeded) else "failed"
+            return JobStatus(phase=ended, job=job, request=job.request)
+        if running is None:
+            return JobStatus(phase="queued", job=job, request=job.request)
+        return running_status(job, running, now - polled_at)
+
+    def forget(self, job: Job) -> None:
+        """Stop tracking ``job``, noting and logging it; see ``AsyncSession.forget``.
+
+        Raises:
+            ValueError: a ``results()`` or ``wait_for()`` waits on the job right now.
+        """
+        if not self._scheduler.forget(job):
+            return
+        self._book.note(job.queue_id, "forgotten")
+        log.info(
+            "forgot job %s (%s): no longer polled; it may still run and is paid for, "
+            "attach(%r, %r) fetches it",
+            job.queue_id,
+            job.model,
+            job.model,
+            job.queue_id,
+            extra={"queue_id": job.queue_id, "model": job.model},
+        )

@@ -3,11 +3,14 @@
 Each part is handed what it needs and nothing else; none of them knows the session. The
 client is shared by all; the budget by the retrier (every request but polls) and the
 scheduler (polls); the ledger by the submitter, the resumer and the scheduler (outcomes
-and releases); the submitter by the resumer (it queues a journal's unsent jobs).
+and releases); the submitter by the resumer (it queues a journal's unsent jobs) and by
+the result calls (``generate``). The session's options arrive here as given: the defaults
+(``VENICE_API_KEY``, a system clock, default settings) are filled in here too.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +22,7 @@ from ._batch_flow import BatchFlows
 from ._budget import LocalBudget, RequestBudget, ResponseRecorder
 from ._catalogue import Catalogue
 from ._client import VeniceClient
-from ._clock import Clock
+from ._clock import Clock, SystemClock
 from ._config import Limits, RateLimits, RetryPolicy, Timeouts, endpoint_rates, pooled_rate
 from ._estimator import DurationEstimator, PollingBounds
 from ._http import HttpSession
@@ -27,12 +30,13 @@ from ._ledger import JournalSource, Ledger
 from ._lifecycle import Lifecycle
 from ._limiter import RequestLimiter
 from ._models import AudioModel
-from ._release import ReleaseMedia
-from ._results import Delivery
+from ._release import RELEASE_MODES, ReleaseMedia
+from ._results import Delivery, Results
 from ._resume import Resumer
 from ._retry import Retrier
 from ._scheduler import Scheduler
-from ._status import StatusBook
+from ._statistics import StatisticsCollector
+from ._status import JobWatch, StatusBook
 from ._submit import Submitter
 
 __all__ = ["SessionParts", "build_parts"]
@@ -53,9 +57,9 @@ class SessionParts:
     destinations: Destinations
     submitter: Submitter
     resumer: Resumer
-    delivery: Delivery
-    status_book: StatusBook
-    flows: BatchFlows
+    results: Results
+    watch: JobWatch
+    statistics: StatisticsCollector
     lifecycle: Lifecycle
 
 
@@ -66,25 +70,35 @@ def build_parts(
     timeouts: Timeouts | None,
     http_session: HttpSession | None,
     allow_insecure_http: bool,
-    clock: Clock,
-    retry: RetryPolicy,
-    limits: Limits,
-    rate_limits: RateLimits,
-    polling: PollingBounds,
+    clock: Clock | None,
+    retry: RetryPolicy | None,
+    limits: Limits | None,
+    rate_limits: RateLimits | None,
+    polling: PollingBounds | None,
     budget: RequestBudget | None,
     journal: JournalSource | None,
     max_spend_usd: float | None,
-    output_dir: Path | None,
+    output_dir: str | os.PathLike[str] | None,
     release_media: ReleaseMedia,
     catalogue: Sequence[AudioModel] | None,
     validate: bool,
 ) -> SessionParts:
-    """Build and connect the parts of one session.
+    """Build and connect the parts of one session (``AsyncSession``'s options, as given).
 
     Raises:
         ValueError: invalid configuration (a plain-http remote ``base_url``, a negative
-            spending limit).
+            spending limit, an unknown ``release_media``).
     """
+    if release_media not in RELEASE_MODES:
+        raise ValueError(
+            f"release_media must be complete/delete_on_retrieve/keep, got {release_media!r}"
+        )
+    if api_key is None:
+        api_key = os.environ.get("VENICE_API_KEY")
+    clock = clock or SystemClock()
+    retry = retry or RetryPolicy()
+    limits = limits or Limits()
+    rate_limits = rate_limits or RateLimits()
     client = VeniceClient(
         api_key=api_key,
         base_url=base_url,
@@ -111,7 +125,7 @@ def build_parts(
     scheduler = Scheduler(
         client=client,
         budget=budget,
-        estimator=DurationEstimator(bounds=polling),
+        estimator=DurationEstimator(bounds=polling or PollingBounds()),
         clock=clock,
         retry=retry,
         # Polls hold only their share of the slots: the rest stay free for other calls.
@@ -127,7 +141,8 @@ def build_parts(
         client=client, retrier=retrier, limiter=limiter, models=catalogue, validate=validate
     )
     destinations = Destinations(
-        output_dir=output_dir, memory_limit=limits.max_audio_bytes_in_memory
+        output_dir=Path(output_dir) if output_dir is not None else None,
+        memory_limit=limits.max_audio_bytes_in_memory,
     )
     submitter = Submitter(
         client=client,
@@ -146,7 +161,10 @@ def build_parts(
         destinations=destinations,
         clock=clock,
     )
-    lifecycle = Lifecycle(client=client, budget=budget, ledger=ledger, scheduler=scheduler)
+    lifecycle = Lifecycle(
+        client=client, budget=budget, ledger=ledger, scheduler=scheduler, has_key=bool(api_key)
+    )
+    flows = BatchFlows(submitter=submitter, scheduler=scheduler, spawn=lifecycle.spawn)
     return SessionParts(
         client=client,
         clock=clock,
@@ -159,8 +177,28 @@ def build_parts(
         destinations=destinations,
         submitter=submitter,
         resumer=resumer,
-        delivery=Delivery(scheduler=scheduler, clock=clock),
-        status_book=book,
+        results=Results(
+            delivery=Delivery(scheduler=scheduler, clock=clock),
+            flows=flows,
+            submitter=submitter,
+            clock=clock,
+            check_open=lifecycle.check_open,
+        ),
+        watch=JobWatch(
+            scheduler=scheduler,
+            book=book,
+            budget=budget,
+            clock=clock,
+            submits_waiting=submitter.waiting,
+            token_waiters=retrier.waiting,
+        ),
+        statistics=StatisticsCollector(
+            scheduler=scheduler,
+            budget=budget,
+            recorder=recorder,
+            ledger=ledger,
+            retrier=retrier,
+            clock=clock,
+        ),
         lifecycle=lifecycle,
-        flows=BatchFlows(submitter=submitter, scheduler=scheduler, spawn=lifecycle.spawn),
     )

@@ -1,0 +1,80 @@
+"""Run one command: parse, dispatch, turn Ctrl-C and errors into messages and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import anyio
+
+from .._errors import VeniceError
+from .batch import cmd_batch
+from .catalogue import cmd_models, cmd_quote
+from .console import forget_interrupt_note, interrupt_note, say
+from .logs import logging_to_stderr
+from .parser import build_parser
+from .resume import cmd_resume
+from .single import cmd_fetch, cmd_generate
+
+__all__ = ["main"]
+
+_Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+_COMMANDS: dict[str, _Command] = {
+    "models": cmd_models,
+    "quote": cmd_quote,
+    "generate": cmd_generate,
+    "fetch": cmd_fetch,
+    "batch": cmd_batch,
+    "resume": cmd_resume,
+}
+
+
+async def _interruptible(command: _Command, args: argparse.Namespace) -> int:
+    """Run ``command``; the first Ctrl-C (or SIGTERM) cancels it through anyio.
+
+    A plain asyncio task cancellation would cut through the session's shielded sections;
+    an anyio cancellation respects them, so a ``queue`` call already on the wire still gets
+    its answer recorded before the command stops. A second Ctrl-C stops at once.
+    """
+    interrupted = False
+    code = 130
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            nonlocal interrupted
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    interrupted = True
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch)
+        try:
+            code = await command(args)
+        except Exception as exc:  # re-raised below as itself, not inside an ExceptionGroup
+            failure = exc
+        tg.cancel_scope.cancel()
+    if interrupted:
+        raise KeyboardInterrupt
+    if failure is not None:
+        raise failure
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    forget_interrupt_note()
+    try:
+        with logging_to_stderr(args.log_level):
+            return anyio.run(_interruptible, _COMMANDS[args.command], args, backend="asyncio")
+    except KeyboardInterrupt:
+        say("\n" + interrupt_note())
+        return 130
+    except (VeniceError, ValueError, ImportError) as error:  # ImportError: --redis, no extra
+        say(f"error: {error}")
+        return 2

@@ -1,0 +1,90 @@
+"""The one DEBUG record each request's outcome leaves (fields listed in ``_logging``).
+
+The transport opens :func:`logged` around a request and fills in the
+:class:`RequestOutcome` as it learns the status, the job's id and what came back; the
+record is written once the request ends, with the attempt and token wait the retry layer
+set (``_logging.current_attempt``). No header and no body is ever logged.
+
+This module does not import aiohttp.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import attrs
+
+from ._errors import VeniceError
+from ._logging import RequestAttempt, current_attempt, log
+
+__all__ = ["RequestOutcome", "logged", "queue_id_in"]
+
+
+@attrs.define
+class RequestOutcome:
+    """What one request's log record says; filled in as the request goes."""
+
+    endpoint: str
+    queue_id: str | None = None
+    status: int = 0
+    detail: str = ""
+
+
+def queue_id_in(body: Mapping[str, Any] | None) -> str | None:
+    """The ``queue_id`` a request or answer body names, if any."""
+    value = body.get("queue_id") if body is not None else None
+    return value if isinstance(value, str) else None
+
+
+@contextlib.contextmanager
+def logged(outcome: RequestOutcome) -> Iterator[RequestOutcome]:
+    """Log the request made inside once it has an outcome (not when it is cancelled)."""
+    attempt = current_attempt()
+    started = time.monotonic()
+    try:
+        yield outcome
+    except VeniceError as error:
+        _log_outcome(outcome, attempt, time.monotonic() - started, error)
+        raise
+    _log_outcome(outcome, attempt, time.monotonic() - started, None)
+
+
+def _log_outcome(
+    outcome: RequestOutcome,
+    attempt: RequestAttempt | None,
+    elapsed: float,
+    error: BaseException | None,
+) -> None:
+    """One DEBUG record per request outcome: a readable line plus structured ``extra``."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return  # the common case: nothing is built
+    where = []
+    if outcome.queue_id is not None:
+        where.append(f"job {outcome.queue_id}")
+    if attempt is not None:
+        where.append(f"attempt {attempt.attempt}")
+        if attempt.wait is not None and attempt.wait >= 0.01:  # else not worth a mention
+            where.append(f"waited {attempt.wait:.3g} s for a token")
+    status = str(outcome.status) if outcome.status else "no answer"
+    what = type(error).__name__ if error is not None else outcome.detail
+    log.debug(
+        "%s %s%s%s in %.3f s",
+        outcome.endpoint,
+        status,
+        f" ({', '.join(where)})" if where else "",
+        f": {what}" if what else "",
+        elapsed,
+        extra={
+            "endpoint": outcome.endpoint,
+            "status": outcome.status,
+            "queue_id": outcome.queue_id,
+            "attempt": attempt.attempt if attempt is not None else None,
+            "wait": attempt.wait if attempt is not None else None,
+            "elapsed": elapsed,
+            "error": type(error).__name__ if error is not None else None,
+        },
+    )
