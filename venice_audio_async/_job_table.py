@@ -42,6 +42,15 @@ class JobTable:
     def __contains__(self, queue_id: str) -> bool:
         return queue_id in self.jobs
 
+    def outcome_of(self, queue_id: str) -> Outcome | None:
+        """The outcome of a job not handed over yet (``None``: running, or unknown)."""
+        tracked = self.jobs.get(queue_id)
+        return tracked.outcome if tracked else None
+
+    def was_taken(self, queue_id: str) -> bool:
+        """Whether ``queue_id``'s outcome was handed over recently (bounded record)."""
+        return self.held.was_taken(queue_id)
+
     def add_live(self, tracked: TrackedJob) -> None:
         """Track a running job (new, or evicted and to be downloaded again)."""
         queue_id = tracked.job.queue_id

@@ -106,12 +106,12 @@ class ModelFits:
         oldest ``running`` ones (right-censored at their age)."""
         model = tracked.job.model
         self.estimator.observe_duration(model, duration, hint=tracked.hint)
+        ref_kind, ref_median, ref_p01 = self._reference_of(model)  # read before the refit
         ages = [(now - t.started, t.hint) for t in itertools.islice(running, _CENSORED)]
         if not self.estimator.refit(model, ages):
             return Reach.NONE
         self._versions[model] += 1
         kind, median, p01 = self._location(model)
-        ref_kind, ref_median, ref_p01 = self._reference_of(model)
         if kind != ref_kind or median < ref_median - LARGE_DROP or p01 < ref_p01 - LARGE_DROP:
             self._reference[model] = (kind, median, p01)
             return Reach.ALL

@@ -51,6 +51,13 @@ class WindowPacer:
                     ready = max(ready, window.grants[inside - allowed] + window.window)
         return ready
 
+    def paused(self, now: float) -> bool:
+        """Whether the whole session is paused right now (a 429, the error budget)."""
+        if self._budget.next_available("retrieve") <= now + 1e-9:
+            return False  # the common case: no snapshot taken
+        stats = self._budget.statistics()
+        return stats.paused_until is not None or stats.failure_paused_until is not None
+
     def wake_at(self, due: float, now: float, *, jobs_waiting: bool) -> float:
         """Sleep towards ``due``, but wake to re-price while the price is raised (it falls
         as grants leave the window, which can make jobs due sooner)."""

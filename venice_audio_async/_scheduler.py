@@ -144,7 +144,8 @@ class Scheduler:
             on_released=on_released,
         )
         self._policy = PollPolicy(estimator.bounds, rng=self._rng)
-        self._table = JobTable(HeldAudio(max_bytes=max_untaken_bytes, release=release))
+        #: Every job known: running, or finished and not taken (queries read it directly).
+        self.jobs = JobTable(HeldAudio(max_bytes=max_untaken_bytes, release=release))
         self._heap = DueHeap()
         self._wake = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
@@ -166,7 +167,7 @@ class Scheduler:
         """Start polling ``job``. ``deadline`` is seconds from now; ``elapsed`` what is known
         of its run time so far: 0 for a job just queued, ``None`` for one queued elsewhere
         at an unknown time. A job with a history (attached, resumed) is polled at once."""
-        if job.queue_id in self._table:
+        if job.queue_id in self.jobs:
             return  # running, or finished and kept until taken: attaching again changes nothing
         now = self._clock.monotonic()
         tracked = TrackedJob(
@@ -177,7 +178,7 @@ class Scheduler:
             deadline=None if deadline is None else now + deadline,
             prompt=elapsed is None or elapsed > 0,
         )
-        self._table.add_live(tracked)
+        self.jobs.add_live(tracked)
         self._counts["tracked"] += 1
         belief = self._fits.belief_of(tracked)
         if not tracked.prompt:
@@ -209,41 +210,15 @@ class Scheduler:
         if self._heap.push(tracked, key):
             self._wake.set()  # the loop may be sleeping towards a later job
 
-    def outcome_of(self, queue_id: str) -> Outcome | None:
-        """The outcome of a tracked job not handed over yet (``None``: running, or unknown).
-
-        Kept for idempotent submits: a repeated request can be answered from here."""
-        tracked = self._table.get(queue_id)
-        return tracked.outcome if tracked else None
-
-    def is_tracked(self, queue_id: str) -> bool:
-        return queue_id in self._table
-
-    def was_taken(self, queue_id: str) -> bool:
-        """Whether ``queue_id``'s outcome was handed over recently (bounded record)."""
-        return self._table.held.was_taken(queue_id)
-
     def take(self, queue_id: str) -> None:
         """A consumer took the job's outcome: drop it, and release in-memory media now."""
-        release = self._table.take(queue_id)
+        release = self.jobs.take(queue_id)
         if release is not None and self._tg is not None:
             self._releaser.start(release.job, self._tg)
 
     def keep_outcome(self, outcome: Outcome, sink_factory: SinkFactory) -> None:
         """Hold an outcome known from elsewhere (the journal) for a consumer to take."""
-        self._table.keep(outcome, sink_factory, self._clock.monotonic())
-
-    def finished(self) -> list[Job]:
-        """Jobs with an outcome nobody has taken yet, oldest first."""
-        return self._table.finished()
-
-    def unfinished(self) -> list[Job]:
-        """Jobs queued (paid for) whose outcome was never reached: keep their ids."""
-        return self._table.unfinished()
-
-    def progress(self, queue_id: str) -> tuple[Outcome | None, Processing | None, float] | None:
-        """See :meth:`JobTable.progress`."""
-        return self._table.progress(queue_id)
+        self.jobs.keep(outcome, sink_factory, self._clock.monotonic())
 
     def subscribe(self, job: Job, stream: MemoryObjectSendStream[Outcome]) -> bool:
         """Deliver ``job``'s outcome into ``stream``. Returns False if the job is unknown.
@@ -251,7 +226,7 @@ class Scheduler:
         A job already finished is delivered at once; one whose audio was dropped (over
         the untaken-audio cap) is polled again at once.
         """
-        tracked = self._table.get(job.queue_id)
+        tracked = self.jobs.get(job.queue_id)
         if tracked is None:
             return False
         if tracked.outcome is not None:
@@ -260,7 +235,7 @@ class Scheduler:
         if tracked.evicted:
             tracked.evicted = False
             tracked.failures = 0
-            self._table.add_live(tracked)
+            self.jobs.add_live(tracked)
             self._counts["succeeded"] -= 1  # counted again when it arrives
             self._schedule(tracked, self._clock.monotonic())
         tracked.subscribers.append(stream)
@@ -268,7 +243,7 @@ class Scheduler:
 
     def unsubscribe(self, job: Job, stream: MemoryObjectSendStream[Outcome]) -> None:
         """Stop delivering to ``stream``. The job is still polled: it is paid for."""
-        tracked = self._table.get(job.queue_id)
+        tracked = self.jobs.get(job.queue_id)
         if tracked is not None and stream in tracked.subscribers:
             tracked.subscribers.remove(stream)
 
@@ -279,9 +254,9 @@ class Scheduler:
         Raises:
             ValueError: a consumer waits on the job right now.
         """
-        if job.queue_id not in self._table:
+        if job.queue_id not in self.jobs:
             return False
-        if self._table.forget(job.queue_id) is not None:
+        if self.jobs.forget(job.queue_id) is not None:
             self._end_probe(job.model)
             self._counts["forgotten"] += 1
         return True
@@ -294,7 +269,7 @@ class Scheduler:
             in_flight=counts["tracked"] - finished - counts["forgotten"],
             succeeded=counts["succeeded"],
             failed=counts["failed"],
-            untaken=self._table.untaken,
+            untaken=self.jobs.untaken,
             polls=counts["polls"],
             released=self._releaser.released,
         )
@@ -313,11 +288,11 @@ class Scheduler:
             task_status.started()
             while True:
                 tracked = await self._next_worth_polling()
-                if self._table.held.full:
+                if self.jobs.held.full:
                     # delete_on_retrieve with the untaken-audio cap reached: a download now
                     # would have to be kept or lost. Polls wait until callers take results.
                     self._schedule(tracked, self._clock.monotonic())
-                    await self._table.held.wait_for_room()
+                    await self.jobs.held.wait_for_room()
                     continue
                 await self._budget.acquire("retrieve")
                 self._pacer.note_grant()
@@ -344,7 +319,7 @@ class Scheduler:
                 continue
             due = self._heap.head_due()
             if due > now + _EPSILON:
-                wake = self._pacer.wake_at(due, now, jobs_waiting=bool(self._table.live))
+                wake = self._pacer.wake_at(due, now, jobs_waiting=bool(self.jobs.live))
                 await self._sleep_or_wake(wake - now)
                 continue
             if head.deadline is not None and now >= head.deadline:
@@ -357,7 +332,7 @@ class Scheduler:
             if ready > now + _EPSILON:
                 await self._sleep_or_wake(ready - now)
                 continue
-            if self._pacer.maybe_reprice(now, self._table.live, self._fits.belief_of):
+            if self._pacer.maybe_reprice(now, self.jobs.live, self._fits.belief_of):
                 self._start_sweep()
             if (
                 head.capped
@@ -401,7 +376,7 @@ class Scheduler:
         now = self._clock.monotonic()
         candidates = self._heap.keyed_before(now + _HORIZON)
         for model in self._rekey_models:
-            candidates.extend(self._table.by_model.get(model, {}).values())
+            candidates.extend(self.jobs.by_model.get(model, {}).values())
         self._rekey_models.clear()
         for tracked in candidates:
             if tracked.prompt or tracked.failures or tracked.in_flight or not tracked.waiting:
@@ -428,7 +403,7 @@ class Scheduler:
         try:
             with attempt_context(tracked.failures + 1):  # for the request's log record
                 async with self._limiter:
-                    if self._paused():
+                    if self._pacer.paused(self._clock.monotonic()):
                         # A 429 paused the session while this poll waited for a request
                         # slot: its token is spent, but sending now would break the pause.
                         tracked.in_flight = False
@@ -449,13 +424,6 @@ class Scheduler:
             self._on_running(tracked, answer, now)
         else:
             await self._on_audio(tracked, answer, now)
-
-    def _paused(self) -> bool:
-        """Whether the whole session is paused right now (a 429, the error budget)."""
-        if self._budget.next_available("retrieve") <= self._clock.monotonic() + _EPSILON:
-            return False  # the common case: no snapshot taken
-        stats = self._budget.statistics()
-        return stats.paused_until is not None or stats.failure_paused_until is not None
 
     def _on_running(self, tracked: TrackedJob, status: Processing, now: float) -> None:
         tracked.failures = 0
@@ -481,14 +449,14 @@ class Scheduler:
             duration = now - tracked.started
         released = self._release == "delete_on_retrieve"
         await self._finish(tracked, Succeeded(tracked.job, audio, released=released))
-        if tracked.job.queue_id in self._table:
-            self._table.hold_audio(tracked, audio)
-        running = self._table.by_model.get(model, {}).values()
+        if tracked.job.queue_id in self.jobs:
+            self.jobs.hold_audio(tracked, audio)
+        running = self.jobs.by_model.get(model, {}).values()
         self._start_sweep(self._fits.observe_finished(tracked, duration, running, now), model)
         if self._release == "complete":
-            if audio.path is None and tracked.job.queue_id in self._table:
+            if audio.path is None and tracked.job.queue_id in self.jobs:
                 # Only in memory: the server's copy stays until a caller takes the audio.
-                self._table.held.release_when_taken(tracked.job.queue_id)
+                self.jobs.held.release_when_taken(tracked.job.queue_id)
             else:
                 assert self._tg is not None
                 self._releaser.start(tracked.job, self._tg)
@@ -535,7 +503,7 @@ class Scheduler:
             # cannot forget that the audio is stored.
             with anyio.CancelScope(shield=True):
                 await self._on_outcome(outcome)
-        self._table.end_live(tracked)
+        self.jobs.end_live(tracked)
         self._counts["succeeded" if isinstance(outcome, Succeeded) else "failed"] += 1
         # Pushed to every consumer waiting, but kept until one of them takes it: a
         # consumer may leave with it still unread in its stream.
