@@ -132,17 +132,21 @@ async def test_delete_on_retrieve_polls_wait_while_untaken_audio_is_over_the_cap
     """Under delete_on_retrieve nothing can be dropped and fetched again: over
     max_untaken_bytes no further poll goes out until a caller takes an outcome."""
     async for harness in _harness(release="delete_on_retrieve", max_untaken_bytes=250):
-        client, scheduler = _client(harness), harness.scheduler
-        client.data = b"x" * 100
-        scheduler._fits.estimator.observe_hint("m", 5.0)
-        for i in range(5):
-            scheduler.track(client.add_hinted(f"j{i}", 5.0 + i, 5.0), lambda: None, elapsed=0.0)
-        await harness.run_until(lambda: scheduler.counts().succeeded == 3, limit=100.0)
-        polls = len(client.retrieves)
-        harness.clock.advance(120.0)
-        await harness.settle()
-        assert len(client.retrieves) == polls  # 300 bytes held > 250: nothing more is sent
-        assert scheduler.counts().succeeded == 3
-        scheduler.take(scheduler.jobs.finished()[0].queue_id)  # 200 bytes held: room again
-        await harness.run_until(lambda: scheduler.counts().succeeded >= 4, limit=400.0)
-        assert len(client.retrieves) > polls
+        await _hold_over_the_cap(harness)
+
+
+async def _hold_over_the_cap(harness: Harness) -> None:
+    client, scheduler = _client(harness), harness.scheduler
+    client.data = b"x" * 100
+    scheduler._fits.estimator.observe_hint("m", 5.0)
+    for i in range(5):
+        scheduler.track(client.add_hinted(f"j{i}", 5.0 + i, 5.0), lambda: None, elapsed=0.0)
+    await harness.run_until(lambda: scheduler.counts().succeeded == 3, limit=100.0)
+    polls = len(client.retrieves)
+    harness.clock.advance(120.0)
+    await harness.settle()
+    assert len(client.retrieves) == polls  # 300 bytes held > 250: nothing more is sent
+    assert scheduler.counts().succeeded == 3
+    scheduler.take(scheduler.jobs.finished()[0].queue_id)  # 200 bytes held: room again
+    await harness.run_until(lambda: scheduler.counts().succeeded >= 4, limit=400.0)
+    assert len(client.retrieves) > polls
