@@ -16,7 +16,7 @@ from venice_audio_async._estimator import DurationEstimator, PollingBounds
 from venice_audio_async._limiter import RequestLimiter
 from venice_audio_async._scheduler import Scheduler
 
-from .test_scheduler import Harness, StubClient
+from .test_scheduler import Harness, StubClient, _memory_sink
 
 pytestmark = pytest.mark.anyio
 
@@ -84,13 +84,13 @@ async def test_small_fit_moves_do_not_re_key_jobs_due_far_ahead(hinted: Harness)
     client, scheduler = _client(hinted), hinted.scheduler
     scheduler._fits.estimator.observe_hint("m", 20.0)
     for i in range(300):  # once polled, due at max_interval: their estimate is a day
-        scheduler.track(client.add_hinted(f"long{i}", 1e6, 86_400.0), lambda: None, elapsed=0.0)
+        scheduler.track(client.add_hinted(f"long{i}", 1e6, 86_400.0), _memory_sink, elapsed=0.0)
     await hinted.run_until(lambda: len(client.retrieves) >= 300)
     client.retrieves.clear()
     scheduler._fits.estimator.observe_hint("m", 20.0)
     entries = {t.job.queue_id: t.entry for t in scheduler.jobs.live}
     for i in range(40):
-        scheduler.track(client.add_hinted(f"s{i}", 18.0 + 0.1 * i, 20.0), lambda: None, elapsed=0)
+        scheduler.track(client.add_hinted(f"s{i}", 18.0 + 0.1 * i, 20.0), _memory_sink, elapsed=0)
     await hinted.run_until(lambda: scheduler.counts().succeeded == 40, limit=150.0)
     long_polls = [qid for _, qid in client.retrieves if qid.startswith("long")]
     assert not long_polls  # none came due while the short ones ran
@@ -111,7 +111,7 @@ async def _large_fall(hinted: Harness) -> None:
     scheduler._fits.estimator.observe_hint("m", 200.0)
     # They really take 30 s, and their estimate (200 s) puts their first poll ~minutes out.
     for i in range(20):
-        scheduler.track(client.add_hinted(f"w{i}", 30.0, 200.0), lambda: None, elapsed=0.0)
+        scheduler.track(client.add_hinted(f"w{i}", 30.0, 200.0), _memory_sink, elapsed=0.0)
     await hinted.settle()
     keyed = {t.job.queue_id: t.keyed_due for t in scheduler.jobs.live}
     assert min(keyed.values()) > 35.0  # beyond the 30 s sweep horizon
@@ -121,7 +121,7 @@ async def _large_fall(hinted: Harness) -> None:
     for i in range(12):
         job = client.add_hinted(f"f{i}", 0.0, 200.0)
         client.queued_at[job.queue_id] -= 5.0
-        scheduler.track(job, lambda: None, elapsed=None)
+        scheduler.track(job, _memory_sink, elapsed=None)
     await hinted.run_until(lambda: scheduler.counts().succeeded == 32, limit=400.0)
     for i in range(20):
         first = min(t for t, qid in client.retrieves if qid == f"w{i}")
@@ -140,7 +140,7 @@ async def _hold_over_the_cap(harness: Harness) -> None:
     client.data = b"x" * 100
     scheduler._fits.estimator.observe_hint("m", 5.0)
     for i in range(5):
-        scheduler.track(client.add_hinted(f"j{i}", 5.0 + i, 5.0), lambda: None, elapsed=0.0)
+        scheduler.track(client.add_hinted(f"j{i}", 5.0 + i, 5.0), _memory_sink, elapsed=0.0)
     await harness.run_until(lambda: scheduler.counts().succeeded == 3, limit=100.0)
     polls = len(client.retrieves)
     harness.clock.advance(120.0)
