@@ -124,7 +124,7 @@ async def test_untaken_audio_over_the_cap_is_downloaded_again(fake_server: FakeS
     async with make_session(fake_server, rate_limits=UNLIMITED, limits=limits) as session:
         jobs = [await session.submit(MODEL, f"a tiny sound {i}") for i in range(3)]
         await _until(lambda: len(session.finished()) == 3 and session.unfinished() == [])
-        assert session._scheduler._untaken_bytes <= limits.max_untaken_bytes
+        assert session._scheduler.jobs.held.bytes <= limits.max_untaken_bytes
         retrieves = fake_server.count("retrieve")
         assert fake_server.count("complete") == 1  # only the probe's
         async with session.results(jobs) as results:

@@ -199,8 +199,8 @@ async def test_attached_and_resumed_jobs_are_polled_at_once() -> None:
         first = {qid: t for t, qid in reversed(client.retrieves)}
         assert first["attached"] - 100.0 <= scheduler._bounds.min_interval
         assert first["resumed"] - 100.0 <= scheduler._bounds.min_interval
-        assert isinstance(scheduler.outcome_of("resumed"), v.Succeeded)
-        record = scheduler._jobs["attached"]
+        assert isinstance(scheduler.jobs.outcome_of("resumed"), v.Succeeded)
+        record = scheduler.jobs.jobs["attached"]
         assert record.seen_running_at_age == pytest.approx(20.0)
         tg.cancel_scope.cancel()
 

@@ -180,7 +180,7 @@ async def test_failures_back_off_then_fail(harness: Harness) -> None:
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps == sorted(gaps)  # exponential backoff grows
     assert math.isclose(gaps[0], 2.0, abs_tol=1e-6)
-    outcome = harness.scheduler.outcome_of("doomed")
+    outcome = harness.scheduler.jobs.outcome_of("doomed")
     assert isinstance(outcome, v.Failed)
     assert outcome.error is error
 
@@ -209,7 +209,7 @@ async def test_deadline_ends_a_long_job(harness: Harness) -> None:
     """A job past its deadline fails with JobDeadlineExceeded and is polled no more."""
     harness.scheduler.track(harness.client.add("slow", 10_000.0), _memory_sink, deadline=100.0)
     await harness.run_until(lambda: harness.scheduler.counts().failed == 1)
-    outcome = harness.scheduler.outcome_of("slow")
+    outcome = harness.scheduler.jobs.outcome_of("slow")
     assert isinstance(outcome, v.Failed)
     assert isinstance(outcome.error, v.JobDeadlineExceeded)
     polls = len(harness.client.retrieves)

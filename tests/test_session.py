@@ -495,7 +495,7 @@ async def test_delivered_outcomes_are_not_kept(server: FakeServer) -> None:
         await session.wait_for(jobs[0])
         async with session.results(jobs[1:]) as results:
             assert len([o async for o in results]) == 2
-        assert not any(session._scheduler.is_tracked(job.queue_id) for job in jobs)
+        assert not any(job.queue_id in session._scheduler.jobs for job in jobs)
         with pytest.raises(v.OutcomeAlreadyTaken, match=jobs[0].queue_id):
             await session.wait_for(jobs[0])
 

@@ -67,6 +67,7 @@ __all__ = [
     "InferenceFailedError",
     "InvalidQueueIdError",
     "JobDeadlineExceeded",
+    "drop_tracebacks",
     "JournalError",
     "MalformedResponse",
     "MediaNotFoundError",
@@ -535,3 +536,18 @@ def error_from_response(
             retry_after=retry_after,
         )
     return cls(message, status_code=status, body=body, headers=kept, endpoint=endpoint)
+
+
+def drop_tracebacks(error: BaseException) -> None:
+    """Detach the scheduler's frames from an error handed over as data.
+
+    A ``Failed`` outcome may be kept for long; its traceback's frames would keep the
+    scheduler, the transport and through them the whole (closed) session alive. The error
+    chain and messages stay; ``wait_for`` re-raising it starts a fresh traceback.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__

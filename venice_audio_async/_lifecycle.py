@@ -204,14 +204,14 @@ class Lifecycle:
             await asyncio.wait([host])
 
     def _log_left_over(self) -> None:
-        unfinished = self._scheduler.unfinished()
+        unfinished = self._scheduler.jobs.unfinished()
         if unfinished:
             log.warning(
                 "session closed with %d unfinished job(s); their ids: %s",
                 len(unfinished),
                 ", ".join(j.queue_id for j in unfinished[:20]),
             )
-        untaken = self._scheduler.finished()
+        untaken = self._scheduler.jobs.finished()
         if untaken:
             log.warning(
                 "session closed with %d finished job(s) nobody took; their media is kept "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 import anyio
 import anyio.abc
@@ -22,9 +23,13 @@ from ._limiter import RequestLimiter
 from ._models import CompleteRequest, Job
 from ._retry import Retrier
 
-__all__ = ["MediaReleaser", "ReleaseHook"]
+__all__ = ["RELEASE_MODES", "MediaReleaser", "ReleaseHook", "ReleaseMedia"]
 
 log = logging.getLogger("venice_audio_async")
+
+#: What happens to the server's copy of a job's media once the audio is stored.
+ReleaseMedia = Literal["complete", "delete_on_retrieve", "keep"]
+RELEASE_MODES: tuple[ReleaseMedia, ...] = ("complete", "delete_on_retrieve", "keep")
 
 #: Awaited after a job's media was released on the server.
 ReleaseHook = Callable[[Job], Awaitable[None]]

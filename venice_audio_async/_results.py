@@ -92,11 +92,11 @@ class Delivery:
         self._clock = clock
 
     def _require_tracked(self, job: Job) -> None:
-        if self._scheduler.is_tracked(job.queue_id):
+        if job.queue_id in self._scheduler.jobs:
             return
-        if self._scheduler.was_taken(job.queue_id):
+        if self._scheduler.jobs.was_taken(job.queue_id):
             raise OutcomeAlreadyTaken(job)
-        if not self._scheduler.is_tracked(job.queue_id):
+        if job.queue_id not in self._scheduler.jobs:
             raise ValueError(f"job {job.queue_id} is not tracked by this session; attach it")
 
     @asynccontextmanager

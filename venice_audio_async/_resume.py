@@ -232,7 +232,7 @@ class Resumer:
         """Queued: poll it, counting the time it has run since it was queued."""
         if entry.queue_id is None:
             return  # (a queued row always has its id)
-        if self._scheduler.is_tracked(entry.queue_id):
+        if entry.queue_id in self._scheduler.jobs:
             run.skipped += 1
             return
         job = Job(model=entry.model, queue_id=entry.queue_id, request=entry.request)

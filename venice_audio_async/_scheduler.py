@@ -42,14 +42,11 @@ release waits for a take) and are downloaded again once a consumer subscribes. U
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import math
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Literal
 
 import anyio
 import anyio.abc
@@ -58,15 +55,17 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._audio import SinkFactory
-from ._belief import RunTimeBelief
 from ._budget import RequestBudget
 from ._client import VeniceClient
 from ._clock import Clock
 from ._config import RetryPolicy
-from ._errors import JobDeadlineExceeded, VeniceError
+from ._errors import JobDeadlineExceeded, VeniceError, drop_tracebacks
 from ._estimator import DurationEstimator
+from ._held_audio import HeldAudio
+from ._job_table import JobTable
 from ._limiter import RequestLimiter
 from ._logging import attempt_context
+from ._model_fits import LARGE_DROP, ModelFits, Reach
 from ._models import (
     AudioResult,
     Failed,
@@ -76,57 +75,23 @@ from ._models import (
     RetrieveRequest,
     Succeeded,
 )
+from ._pacer import WindowPacer
 from ._policy import PollPolicy
-from ._release import MediaReleaser, ReleaseHook
+from ._release import MediaReleaser, ReleaseHook, ReleaseMedia
 from ._retry import Retrier, Verdict, decide
+from ._tracked import DueHeap, TrackedJob
 
-__all__ = ["RELEASE_MODES", "ReleaseMedia", "Scheduler"]
+__all__ = ["Scheduler"]
 
 log = logging.getLogger("venice_audio_async")
 
 #: Awaited with each outcome before it is delivered (the journal records it there).
 OutcomeHook = Callable[[Outcome], Awaitable[None]]
-#: What happens to the server's copy of a job's media once the audio is stored.
-ReleaseMedia = Literal["complete", "delete_on_retrieve", "keep"]
-RELEASE_MODES: tuple[ReleaseMedia, ...] = ("complete", "delete_on_retrieve", "keep")
 
 _HORIZON = 30.0  # seconds: how far ahead jobs are keyed, and re-keyed by a sweep
 _STALE_BATCH = 1024  # stale heap entries dropped per event-loop pass
 _MAX_WORKERS = 256  # polls in flight at once, at most (also capped by the request limiter)
-_REPRICE_SECONDS = 0.5  # the window is re-priced at least this often while jobs wait ...
-_REPRICE_GRANTS = 4  # ... and after this many grants
-_PRICE_DROP = 0.9  # a price below this share of the one jobs were keyed at re-keys them
-_CENSORED = 64  # running jobs (oldest first) a refit reads as right-censored
 _EPSILON = 1e-9
-_HANDED_RECORD = 10_000  # ids of recently taken outcomes remembered (for a clear error)
-
-
-@attrs.define(eq=False)
-class _Tracked:
-    job: Job
-    sink_factory: SinkFactory
-    tracked_at: float
-    started: float
-    deadline: float | None
-    prompt: bool
-    seen_running_at_age: float = 0.0
-    last_poll: float = -math.inf
-    hint: float | None = None  # the server's latest average_execution_time for this job
-    belief: RunTimeBelief | None = None
-    belief_version: int = -1
-    failures: int = 0
-    in_flight: bool = False
-    outcome: Outcome | None = None
-    subscribers: list[MemoryObjectSendStream[Outcome]] = attrs.field(factory=list)
-    entry: int = -1  # heap entry sequence that is current; older entries are stale
-    keyed_due: float = math.inf  # the due time of the current entry
-    keyed_price: float = 0.0  # the price, and the model's fit version, it was keyed at
-    keyed_version: int = -1
-    capped: bool = False  # keyed at the horizon, before it is really due
-    evicted: bool = False  # finished, its in-memory audio dropped: fetched again on demand
-    slot: int = -1  # index in Scheduler._live while in flight
-    last_status: Processing | None = None  # the latest "still running" answer
-    forgotten: bool = False  # session.forget: never polled again
 
 
 @attrs.frozen
@@ -164,7 +129,7 @@ class Scheduler:
         self._on_outcome = on_outcome
         self._client = client
         self._budget = budget
-        self._estimator = estimator
+        self._fits = ModelFits(estimator)
         self._bounds = estimator.bounds
         self._clock = clock
         self._retry = retry
@@ -179,25 +144,15 @@ class Scheduler:
             on_released=on_released,
         )
         self._policy = PollPolicy(estimator.bounds, rng=self._rng)
-        self._jobs: dict[str, _Tracked] = {}
-        self._live: list[_Tracked] = []  # in flight (not finished), for samples and sweeps
-        self._by_model: dict[str, dict[str, _Tracked]] = {}  # in flight, oldest first
-        self._versions: Counter[str] = Counter()  # bumped when a model's fit moves
-        self._heap: list[tuple[float, int, _Tracked]] = []
-        self._seq = itertools.count()
+        #: Every job known: running, or finished and not taken (queries read it directly).
+        self.jobs = JobTable(HeldAudio(max_bytes=max_untaken_bytes, release=release))
+        self._heap = DueHeap()
         self._wake = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._counts: Counter[str] = Counter()
-        self._repriced_at = -math.inf
-        self._grants_since_reprice = 0
-        self._keyed_price = self._policy.price
+        self._pacer = WindowPacer(self._policy, budget)
         self._sweep_pending = False  # the price fell or a fit moved: re-key jobs due soon
-        self._probing: set[str] = set()  # unknown models whose first job asks for an estimate
-        self._handed: dict[str, None] = {}  # recently taken ids, oldest first (bounded)
-        self._release_on_take: set[str] = set()  # in-memory audio: release once taken
-        self._max_untaken = max_untaken_bytes
-        self._untaken_audio: dict[str, int] = {}  # untaken in-memory audio sizes, oldest first
-        self._untaken_bytes = 0
+        self._rekey_models: set[str] = set()  # fits that moved a lot: re-key all their jobs
 
     # ------------------------------------------------------------------ tracking
 
@@ -212,10 +167,10 @@ class Scheduler:
         """Start polling ``job``. ``deadline`` is seconds from now; ``elapsed`` what is known
         of its run time so far: 0 for a job just queued, ``None`` for one queued elsewhere
         at an unknown time. A job with a history (attached, resumed) is polled at once."""
-        if job.queue_id in self._jobs:
+        if job.queue_id in self.jobs:
             return  # running, or finished and kept until taken: attaching again changes nothing
         now = self._clock.monotonic()
-        tracked = _Tracked(
+        tracked = TrackedJob(
             job=job,
             sink_factory=sink_factory,
             tracked_at=now,
@@ -223,168 +178,74 @@ class Scheduler:
             deadline=None if deadline is None else now + deadline,
             prompt=elapsed is None or elapsed > 0,
         )
-        self._jobs[job.queue_id] = tracked
-        tracked.slot = len(self._live)
-        self._live.append(tracked)
-        self._by_model.setdefault(job.model, {})[job.queue_id] = tracked
+        self.jobs.add_live(tracked)
         self._counts["tracked"] += 1
-        belief = self._belief_of(tracked)
+        belief = self._fits.belief_of(tracked)
         if not tracked.prompt:
             self._policy.note_arrival(now, belief)
-        if belief is None and not tracked.prompt:
-            if job.model in self._probing:
-                # One job per unknown model asks for the server's estimate; the others
-                # wait for it (the sweep after its answer brings them forward).
-                self._schedule(tracked, now + self._bounds.max_interval)
-                return
-            self._probing.add(job.model)
+        if belief is None and not tracked.prompt and not self._fits.probe(job.model):
+            # One job per unknown model asks for the server's estimate; the others wait
+            # for it (its answer re-keys them).
+            self._schedule(tracked, now + self._bounds.max_interval)
+            return
         self._schedule(tracked, self._policy.due(tracked, now))
 
-    def _belief_of(self, tracked: _Tracked) -> RunTimeBelief | None:
-        model = tracked.job.model
-        version = self._versions[model]
-        if tracked.belief_version != version or tracked.belief is None:
-            tracked.belief = self._estimator.belief(model, hint=tracked.hint)
-            tracked.belief_version = version
-        return tracked.belief
-
-    def _schedule(self, tracked: _Tracked, due: float) -> None:
+    def _schedule(self, tracked: TrackedJob, due: float) -> None:
         if tracked.deadline is not None:
             due = min(due, tracked.deadline)
-        # Never keyed further ahead than the horizon: the sweep looks only that far, and a
-        # job popped early is simply put back (one cheap check per horizon).
-        horizon = self._clock.monotonic() + _HORIZON
-        tracked.capped = due > horizon
-        due = min(due, horizon)
-        tracked.entry = next(self._seq)
-        tracked.keyed_due = due
+        now = self._clock.monotonic()
+        horizon = now + _HORIZON
+        key = due
+        if due > horizon:
+            # Keyed early and checked when popped, so that what may bring it sooner is
+            # caught without a look at every job: a price fall (keyed no later than it is
+            # due at the floor price), a small fit move (keyed where a fall of LARGE_DROP
+            # would put it; larger moves re-key the model's jobs), a long wait (half-way).
+            at_floor = self._policy.due(tracked, now, price=self._bounds.delay_per_poll)
+            slack = math.exp(-LARGE_DROP) * (due - tracked.started)
+            key = max(horizon, min(now + 0.5 * (due - now), tracked.started + slack, at_floor))
+        tracked.capped = key < due
         tracked.keyed_price = self._policy.price
-        tracked.keyed_version = self._versions[tracked.job.model]
-        heapq.heappush(self._heap, (due, tracked.entry, tracked))
-        if self._heap[0][1] == tracked.entry:
+        tracked.keyed_version = self._fits.version(tracked.job.model)
+        if self._heap.push(tracked, key):
             self._wake.set()  # the loop may be sleeping towards a later job
-
-    def _untrack_live(self, tracked: _Tracked) -> None:
-        """Remove a finished job from the in-flight views (O(1): swap with the last)."""
-        slot = tracked.slot
-        if slot < 0:
-            return
-        last = self._live.pop()
-        if last is not tracked:
-            self._live[slot] = last
-            last.slot = slot
-        tracked.slot = -1
-        self._by_model.get(tracked.job.model, {}).pop(tracked.job.queue_id, None)
-
-    def outcome_of(self, queue_id: str) -> Outcome | None:
-        """The outcome of a tracked job not handed over yet (``None``: running, or unknown).
-
-        Kept for idempotent submits: a repeated request can be answered from here."""
-        tracked = self._jobs.get(queue_id)
-        return tracked.outcome if tracked else None
-
-    def is_tracked(self, queue_id: str) -> bool:
-        return queue_id in self._jobs
-
-    def was_taken(self, queue_id: str) -> bool:
-        """Whether ``queue_id``'s outcome was handed over recently (bounded record)."""
-        return queue_id in self._handed
 
     def take(self, queue_id: str) -> None:
         """A consumer took the job's outcome: drop it, and release in-memory media now."""
-        tracked = self._jobs.get(queue_id)
-        if tracked is None or (tracked.outcome is None and not tracked.evicted):
-            return  # (evicted: a stream still held its bytes, and handed them over)
-        del self._jobs[queue_id]
-        self._untaken_bytes -= self._untaken_audio.pop(queue_id, 0)
-        self._handed[queue_id] = None
-        if len(self._handed) > _HANDED_RECORD:
-            del self._handed[next(iter(self._handed))]
-        if queue_id in self._release_on_take:
-            self._release_on_take.discard(queue_id)
-            if self._tg is not None:
-                self._releaser.start(tracked.job, self._tg)
+        release = self.jobs.take(queue_id)
+        if release is not None and self._tg is not None:
+            self._releaser.start(release.job, self._tg)
 
     def keep_outcome(self, outcome: Outcome, sink_factory: SinkFactory) -> None:
         """Hold an outcome known from elsewhere (the journal) for a consumer to take."""
-        queue_id = outcome.job.queue_id
-        if queue_id in self._jobs:
-            return
-        now = self._clock.monotonic()
-        self._jobs[queue_id] = _Tracked(
-            job=outcome.job,
-            sink_factory=sink_factory,
-            tracked_at=now,
-            started=now,
-            deadline=None,
-            prompt=False,
-            outcome=outcome,
-        )
-
-    def finished(self) -> list[Job]:
-        """Jobs with an outcome nobody has taken yet, oldest first."""
-        return [t.job for t in self._jobs.values() if t.outcome is not None or t.evicted]
-
-    def _hold_audio(self, tracked: _Tracked, audio: AudioResult) -> None:
-        """Count untaken in-memory audio; over the cap, drop the oldest (kept on the server)."""
-        if audio.data is None or self._max_untaken is None or self._release != "complete":
-            return
-        queue_id = tracked.job.queue_id
-        self._untaken_audio[queue_id] = len(audio.data)
-        self._untaken_bytes += len(audio.data)
-        while self._untaken_bytes > self._max_untaken and self._untaken_audio:
-            oldest = next(iter(self._untaken_audio))
-            self._untaken_bytes -= self._untaken_audio.pop(oldest)
-            victim = self._jobs.get(oldest)
-            if victim is None or victim.outcome is None:
-                continue
-            log.info(
-                "dropped the untaken audio of job %s (over max_untaken_bytes); it is "
-                "downloaded again when taken",
-                oldest,
-            )
-            victim.outcome = None
-            victim.evicted = True
-
-    def _fetch_again(self, tracked: _Tracked) -> None:
-        """A consumer wants an evicted outcome: poll the job again, at once."""
-        tracked.evicted = False
-        tracked.failures = 0
-        tracked.slot = len(self._live)
-        self._live.append(tracked)
-        self._by_model.setdefault(tracked.job.model, {})[tracked.job.queue_id] = tracked
-        self._counts["succeeded"] -= 1  # counted again when it arrives
-        self._schedule(tracked, self._clock.monotonic())
+        self.jobs.keep(outcome, sink_factory, self._clock.monotonic())
 
     def subscribe(self, job: Job, stream: MemoryObjectSendStream[Outcome]) -> bool:
         """Deliver ``job``'s outcome into ``stream``. Returns False if the job is unknown.
 
-        A job already finished is delivered at once.
+        A job already finished is delivered at once; one whose audio was dropped (over
+        the untaken-audio cap) is polled again at once.
         """
-        tracked = self._jobs.get(job.queue_id)
+        tracked = self.jobs.get(job.queue_id)
         if tracked is None:
             return False
         if tracked.outcome is not None:
             stream.send_nowait(tracked.outcome)  # kept until the consumer takes it
             return True
         if tracked.evicted:
-            self._fetch_again(tracked)
+            tracked.evicted = False
+            tracked.failures = 0
+            self.jobs.add_live(tracked)
+            self._counts["succeeded"] -= 1  # counted again when it arrives
+            self._schedule(tracked, self._clock.monotonic())
         tracked.subscribers.append(stream)
         return True
 
     def unsubscribe(self, job: Job, stream: MemoryObjectSendStream[Outcome]) -> None:
         """Stop delivering to ``stream``. The job is still polled: it is paid for."""
-        tracked = self._jobs.get(job.queue_id)
+        tracked = self.jobs.get(job.queue_id)
         if tracked is not None and stream in tracked.subscribers:
             tracked.subscribers.remove(stream)
-
-    def progress(self, queue_id: str) -> tuple[Outcome | None, Processing | None, float] | None:
-        """What is known of a tracked job: its outcome (finished, not handed over yet),
-        the last "still running" answer, and when it was polled (``clock`` time)."""
-        tracked = self._jobs.get(queue_id)
-        if tracked is None:
-            return None
-        return tracked.outcome, tracked.last_status, tracked.last_poll
 
     def forget(self, job: Job) -> bool:
         """Stop tracking ``job``: never poll it again, keep no outcome of it. Returns
@@ -393,23 +254,12 @@ class Scheduler:
         Raises:
             ValueError: a consumer waits on the job right now.
         """
-        tracked = self._jobs.get(job.queue_id)
-        if tracked is None:
+        if job.queue_id not in self.jobs:
             return False
-        if tracked.subscribers:
-            raise ValueError(f"job {job.queue_id} is being waited on; leave that wait first")
-        del self._jobs[job.queue_id]
-        if tracked.outcome is None:
-            tracked.forgotten = True
-            tracked.entry = -1  # its heap entries are stale now
-            self._untrack_live(tracked)
+        if self.jobs.forget(job.queue_id) is not None:
             self._end_probe(job.model)
             self._counts["forgotten"] += 1
         return True
-
-    def unfinished(self) -> list[Job]:
-        """Jobs queued (paid for) whose outcome was never reached: keep their ids."""
-        return [t.job for t in self._jobs.values() if t.outcome is None and not t.evicted]
 
     def counts(self) -> SchedulerCounts:
         counts = self._counts
@@ -419,7 +269,7 @@ class Scheduler:
             in_flight=counts["tracked"] - finished - counts["forgotten"],
             succeeded=counts["succeeded"],
             failed=counts["failed"],
-            untaken=len(self._jobs) - len(self._live),
+            untaken=self.jobs.untaken,
             polls=counts["polls"],
             released=self._releaser.released,
         )
@@ -430,7 +280,7 @@ class Scheduler:
         """Poll jobs as they become worth it until cancelled. Started with ``tg.start``."""
         # Polls run on long-lived workers fed through a memory stream: cheaper than a new
         # task per poll (benchmarks/overhead.py), and bounded like the request limiter.
-        send, receive = anyio.create_memory_object_stream[_Tracked](max_buffer_size=math.inf)
+        send, receive = anyio.create_memory_object_stream[TrackedJob](max_buffer_size=math.inf)
         async with anyio.create_task_group() as tg, send, receive:
             self._tg = tg
             for _ in range(self._workers):
@@ -438,114 +288,76 @@ class Scheduler:
             task_status.started()
             while True:
                 tracked = await self._next_worth_polling()
+                if self.jobs.held.full:
+                    # delete_on_retrieve with the untaken-audio cap reached: a download now
+                    # would have to be kept or lost. Polls wait until callers take results.
+                    self._schedule(tracked, self._clock.monotonic())
+                    await self.jobs.held.wait_for_room()
+                    continue
                 await self._budget.acquire("retrieve")
-                self._grants_since_reprice += 1
+                self._pacer.note_grant()
                 if tracked.outcome is not None or tracked.forgotten:
                     continue
                 tracked.in_flight = True
                 send.send_nowait(tracked)
 
-    async def _work(self, receive: MemoryObjectReceiveStream[_Tracked]) -> None:
+    async def _work(self, receive: MemoryObjectReceiveStream[TrackedJob]) -> None:
         async with receive:
             async for tracked in receive:
                 await self._poll(tracked)
 
-    def _head(self) -> _Tracked | None:
-        """The heap's head, dropping stale entries (re-keyed or finished jobs)."""
-        heap = self._heap
-        while heap:
-            _, entry, tracked = heap[0]
-            if tracked.entry == entry and tracked.outcome is None:
-                return tracked
-            heapq.heappop(heap)
-        return None
-
-    async def _next_worth_polling(self) -> _Tracked:
+    async def _next_worth_polling(self) -> TrackedJob:
         clock = self._clock
         while True:
             self._sweep()
-            if len(self._heap) > _STALE_BATCH and self._heap[0][2].entry != self._heap[0][1]:
+            if len(self._heap) > _STALE_BATCH and self._heap.stale_head():
                 await anyio.lowlevel.checkpoint()  # a mass re-key must not stall the loop
-            head = self._head()
+            head = self._heap.head()
             now = clock.monotonic()
             if head is None:
                 await self._sleep_or_wake(math.inf)
                 continue
-            due = self._heap[0][0]
+            due = self._heap.head_due()
             if due > now + _EPSILON:
-                await self._sleep_or_wake(self._until_reprice(due, now) - now)
+                wake = self._pacer.wake_at(due, now, jobs_waiting=bool(self.jobs.live))
+                await self._sleep_or_wake(wake - now)
                 continue
             if head.deadline is not None and now >= head.deadline:
-                heapq.heappop(self._heap)
-                head.entry = -1
+                self._heap.pop()
                 error = JobDeadlineExceeded(head.job, now - head.tracked_at)
                 await self._finish(head, Failed(head.job, error))
                 continue
-            ready = self._token_ready()
+            ready = self._pacer.token_ready()
             now = clock.monotonic()  # read after: the budget reads the clock too
             if ready > now + _EPSILON:
                 await self._sleep_or_wake(ready - now)
                 continue
-            self._maybe_reprice(now)
+            if self._pacer.maybe_reprice(now, self.jobs.live, self._fits.belief_of):
+                self._start_sweep()
             if (
                 head.capped
                 or self._policy.price > head.keyed_price
-                or self._versions[head.job.model] != head.keyed_version
+                or self._fits.version(head.job.model) != head.keyed_version
             ):
                 # Keyed at the horizon, or the price rose or the fit moved: still worth it?
                 worth_at = self._due(head, now)
                 if worth_at > now + _EPSILON:
                     self._schedule(head, worth_at)
                     continue
-            heapq.heappop(self._heap)
-            head.entry = -1
+            self._heap.pop()
             return head
 
-    def _due(self, tracked: _Tracked, now: float) -> float:
+    def _due(self, tracked: TrackedJob, now: float) -> float:
         """When ``tracked`` is next worth a poll, with its belief brought up to date (the
         deadline is applied where jobs are keyed, in :meth:`_schedule`)."""
-        self._belief_of(tracked)
+        self._fits.belief_of(tracked)
         return self._policy.due(tracked, now)
 
-    def _token_ready(self) -> float:
-        """When the poller may take a retrieve token (its share of the window included)."""
-        ready = self._budget.next_available("retrieve")
-        share = self._bounds.retrieve_share
-        if share < 1:
-            window = self._budget.window("retrieve")
-            if window is not None:
-                allowed = max(1, math.floor(share * window.limit))
-                inside = len(window.grants)
-                if inside >= allowed:
-                    ready = max(ready, window.grants[inside - allowed] + window.window)
-        return ready
-
-    def _until_reprice(self, due: float, now: float) -> float:
-        """Sleep towards ``due``, but wake to re-price while the price is raised (it falls
-        as grants leave the window, which can make jobs due sooner)."""
-        if self._policy.price > self._bounds.delay_per_poll and self._live:
-            return min(due, max(now, self._repriced_at) + _REPRICE_SECONDS)
-        return due
-
-    def _maybe_reprice(self, now: float) -> None:
-        if (
-            now - self._repriced_at < _REPRICE_SECONDS
-            and self._grants_since_reprice < _REPRICE_GRANTS
-        ):
+    def _start_sweep(self, reach: Reach = Reach.NEAR, model: str = "") -> None:
+        if reach is Reach.NONE:
             return
-        self._repriced_at = now
-        self._grants_since_reprice = 0
-        window = self._budget.window("retrieve")
-        live = self._live
-        sample = self._policy.sample(live) if window is not None else ()
-        for tracked in sample:
-            self._belief_of(tracked)
-        price = self._policy.reprice(now, sample, len(live), window)
-        if price < _PRICE_DROP * self._keyed_price:
-            self._start_sweep()
-        self._keyed_price = price
-
-    def _start_sweep(self) -> None:
+        if reach is Reach.ALL:
+            self._rekey_models.add(model)
         self._sweep_pending = True
         self._wake.set()
 
@@ -561,27 +373,14 @@ class Scheduler:
         if not self._sweep_pending:
             return
         self._sweep_pending = False
-        heap = self._heap
         now = self._clock.monotonic()
-        limit = now + _HORIZON
-        near: list[_Tracked] = []
-        stack = [0] if heap else []
-        while stack:
-            i = stack.pop()
-            due, entry, tracked = heap[i]
-            if due > limit:
-                continue
-            if (
-                tracked.entry == entry
-                and tracked.outcome is None
-                and not tracked.prompt
-                and not tracked.failures  # backing off after an error: that wait stands
-            ):
-                near.append(tracked)
-            for child in (2 * i + 1, 2 * i + 2):
-                if child < len(heap):
-                    stack.append(child)
-        for tracked in near:
+        candidates = self._heap.keyed_before(now + _HORIZON)
+        for model in self._rekey_models:
+            candidates.extend(self.jobs.by_model.get(model, {}).values())
+        self._rekey_models.clear()
+        for tracked in candidates:
+            if tracked.prompt or tracked.failures or tracked.in_flight or not tracked.waiting:
+                continue  # going out at once anyway, backing off after an error, or polled
             due = self._due(tracked, now)
             if due < tracked.keyed_due - _EPSILON:
                 self._schedule(tracked, due)
@@ -594,7 +393,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ one poll
 
-    async def _poll(self, tracked: _Tracked) -> None:
+    async def _poll(self, tracked: TrackedJob) -> None:
         job = tracked.job
         delete = True if self._release == "delete_on_retrieve" else None
         request = RetrieveRequest(
@@ -604,7 +403,7 @@ class Scheduler:
         try:
             with attempt_context(tracked.failures + 1):  # for the request's log record
                 async with self._limiter:
-                    if self._paused():
+                    if self._pacer.paused(self._clock.monotonic()):
                         # A 429 paused the session while this poll waited for a request
                         # slot: its token is spent, but sending now would break the pause.
                         tracked.in_flight = False
@@ -626,22 +425,10 @@ class Scheduler:
         else:
             await self._on_audio(tracked, answer, now)
 
-    def _paused(self) -> bool:
-        """Whether the whole session is paused right now (a 429, the error budget)."""
-        if self._budget.next_available("retrieve") <= self._clock.monotonic() + _EPSILON:
-            return False  # the common case: no snapshot taken
-        stats = self._budget.statistics()
-        return stats.paused_until is not None or stats.failure_paused_until is not None
-
-    def _on_running(self, tracked: _Tracked, status: Processing, now: float) -> None:
+    def _on_running(self, tracked: TrackedJob, status: Processing, now: float) -> None:
         tracked.failures = 0
-        model = tracked.job.model
-        self._end_probe(model)
-        if status.average_execution_time is not None:
-            self._estimator.observe_hint(model, status.average_execution_time)
-            if status.average_execution_time != tracked.hint:
-                tracked.hint = status.average_execution_time
-                tracked.belief = None
+        self._end_probe(tracked.job.model)
+        self._fits.observe_hint(tracked, status.average_execution_time)
         if status.execution_duration is not None:
             tracked.started = now - status.execution_duration
         tracked.last_poll = now
@@ -652,30 +439,24 @@ class Scheduler:
 
     def _end_probe(self, model: str) -> None:
         """A job of a model being probed answered: the jobs waiting on it are re-keyed."""
-        if model in self._probing:
-            self._probing.discard(model)
-            self._versions[model] += 1
-            self._start_sweep()
+        self._start_sweep(self._fits.end_probe(model), model)
 
-    async def _on_audio(self, tracked: _Tracked, audio: AudioResult, now: float) -> None:
+    async def _on_audio(self, tracked: TrackedJob, audio: AudioResult, now: float) -> None:
         model = tracked.job.model
         self._end_probe(model)
         duration = audio.venice.inference_time
         if duration is None:
             duration = now - tracked.started
-        self._estimator.observe_duration(model, duration, hint=tracked.hint)
         released = self._release == "delete_on_retrieve"
         await self._finish(tracked, Succeeded(tracked.job, audio, released=released))
-        if tracked.job.queue_id in self._jobs:
-            self._hold_audio(tracked, audio)
-        running = itertools.islice(self._by_model.get(model, {}).values(), _CENSORED)
-        if self._estimator.refit(model, [(now - t.started, t.hint) for t in running]):
-            self._versions[model] += 1
-            self._start_sweep()
+        if tracked.job.queue_id in self.jobs:
+            self.jobs.hold_audio(tracked, audio)
+        running = self.jobs.by_model.get(model, {}).values()
+        self._start_sweep(self._fits.observe_finished(tracked, duration, running, now), model)
         if self._release == "complete":
-            if audio.path is None and tracked.job.queue_id in self._jobs:
+            if audio.path is None and tracked.job.queue_id in self.jobs:
                 # Only in memory: the server's copy stays until a caller takes the audio.
-                self._release_on_take.add(tracked.job.queue_id)
+                self.jobs.held.release_when_taken(tracked.job.queue_id)
             else:
                 assert self._tg is not None
                 self._releaser.start(tracked.job, self._tg)
@@ -684,7 +465,7 @@ class Scheduler:
         """Wait until no ``complete`` call is in flight (the session's close drains them)."""
         await self._releaser.wait()
 
-    async def _on_error(self, tracked: _Tracked, error: VeniceError) -> None:
+    async def _on_error(self, tracked: TrackedJob, error: VeniceError) -> None:
         # The verdicts of every other request, applied by rescheduling the job (retrieve is
         # safe to repeat: the media stays until released).
         verdict = decide("retrieve", error, self._retry)
@@ -709,12 +490,12 @@ class Scheduler:
                 return
         await self._finish(tracked, Failed(tracked.job, error))
 
-    async def _finish(self, tracked: _Tracked, outcome: Outcome) -> None:
+    async def _finish(self, tracked: TrackedJob, outcome: Outcome) -> None:
         if tracked.outcome is not None:
             return
         self._end_probe(tracked.job.model)
         if isinstance(outcome, Failed):
-            _drop_tracebacks(outcome.error)
+            drop_tracebacks(outcome.error)
         tracked.outcome = outcome
         tracked.entry = -1
         if self._on_outcome is not None:
@@ -722,7 +503,7 @@ class Scheduler:
             # cannot forget that the audio is stored.
             with anyio.CancelScope(shield=True):
                 await self._on_outcome(outcome)
-        self._untrack_live(tracked)
+        self.jobs.end_live(tracked)
         self._counts["succeeded" if isinstance(outcome, Succeeded) else "failed"] += 1
         # Pushed to every consumer waiting, but kept until one of them takes it: a
         # consumer may leave with it still unread in its stream.
@@ -732,18 +513,3 @@ class Scheduler:
             except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 log.debug("consumer of job %s went away", tracked.job.queue_id)
         tracked.subscribers.clear()
-
-
-def _drop_tracebacks(error: BaseException) -> None:
-    """Detach the scheduler's frames from an error handed over as data.
-
-    A ``Failed`` outcome may be kept for long; its traceback's frames would keep the
-    scheduler, the transport and through them the whole (closed) session alive. The error
-    chain and messages stay; ``wait_for`` re-raising it starts a fresh traceback.
-    """
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        current.__traceback__ = None
-        current = current.__cause__ or current.__context__

@@ -50,9 +50,9 @@ from ._models import (
     QuoteRequest,
     QuoteResult,
 )
+from ._release import ReleaseMedia
 from ._results import ResultStream
 from ._resume import ResumeReport
-from ._scheduler import ReleaseMedia
 from ._statistics import SessionStatistics
 from ._status import JobStatus
 from ._submit import Destination
@@ -535,7 +535,7 @@ class AsyncSession:
 
     def unfinished(self) -> list[Job]:
         """Jobs queued (and paid for) that have no outcome yet: keep their ids."""
-        return self._scheduler.unfinished()
+        return self._scheduler.jobs.unfinished()
 
     def forget(self, job: Job) -> None:
         """Stop tracking a job given up on: it is no longer polled, kept or listed by
@@ -570,7 +570,7 @@ class AsyncSession:
 
         .. versionadded:: 0.1.0
         """
-        return self._scheduler.finished()
+        return self._scheduler.jobs.finished()
 
     def statistics(self) -> SessionStatistics:
         """A frozen snapshot of jobs, requests, 429s, pauses and spend (every field is

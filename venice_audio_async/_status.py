@@ -170,7 +170,7 @@ class JobWatch:
                 wait = expected_token_wait(self._budget, "queue", waiting, now)
                 return JobStatus(phase="waiting_for_token", request=job, token_wait=wait)
             return JobStatus(phase="unknown", request=job)
-        known = self._scheduler.progress(job.queue_id)
+        known = self._scheduler.jobs.progress(job.queue_id)
         if known is None:
             phase = self._book.phase(job.queue_id) or "unknown"
             return JobStatus(phase=phase, job=job, request=job.request)

@@ -375,7 +375,7 @@ class Submitter:
         silently) and the caller gets the documented error for that.
         """
         queue_id = job.queue_id
-        if self._scheduler.is_tracked(queue_id) or await self._ledger.holds_queue_id(queue_id):
+        if queue_id in self._scheduler.jobs or await self._ledger.holds_queue_id(queue_id):
             raise QueueOutcomeUnknown(
                 request,
                 MalformedResponse(

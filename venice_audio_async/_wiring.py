@@ -30,10 +30,11 @@ from ._ledger import JournalSource, Ledger
 from ._lifecycle import Lifecycle
 from ._limiter import RequestLimiter
 from ._models import AudioModel
+from ._release import RELEASE_MODES, ReleaseMedia
 from ._results import Delivery, Results
 from ._resume import Resumer
 from ._retry import Retrier
-from ._scheduler import RELEASE_MODES, ReleaseMedia, Scheduler
+from ._scheduler import Scheduler
 from ._statistics import StatisticsCollector
 from ._status import JobWatch, StatusBook
 from ._submit import Submitter
