@@ -150,8 +150,8 @@ async def test_taken_outcomes_are_dropped_and_their_record_is_bounded(
         for job in jobs:
             await session.wait_for(job)
         scheduler = session._parts.scheduler
-        assert not any(scheduler.is_tracked(job.queue_id) for job in jobs)
-        assert [scheduler.was_taken(job.queue_id) for job in jobs] == [False] * 3 + [True] * 3
+        assert not any(job.queue_id in scheduler.jobs for job in jobs)
+        assert [scheduler.jobs.was_taken(job.queue_id) for job in jobs] == [False] * 3 + [True] * 3
         with pytest.raises(v.OutcomeAlreadyTaken, match=jobs[-1].queue_id):
             await session.wait_for(jobs[-1])
         with pytest.raises(ValueError, match="not tracked"):
