@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from ._budget import RequestBudget
+from ._clock import Clock
 from ._policy import PollPolicy
 from ._tracked import TrackedJob
 
@@ -51,9 +52,11 @@ class WindowPacer:
                     ready = max(ready, window.grants[inside - allowed] + window.window)
         return ready
 
-    def paused(self, now: float) -> bool:
+    def paused(self, clock: Clock) -> bool:
         """Whether the whole session is paused right now (a 429, the error budget)."""
-        if self._budget.next_available("retrieve") <= now + 1e-9:
+        # The clock is read after the budget's own reading: read before, a free budget
+        # would look a few microseconds ahead and every poll would take a full snapshot.
+        if self._budget.next_available("retrieve") <= clock.monotonic():
             return False  # the common case: no snapshot taken
         stats = self._budget.statistics()
         return stats.paused_until is not None or stats.failure_paused_until is not None

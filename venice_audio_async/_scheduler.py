@@ -403,7 +403,7 @@ class Scheduler:
         try:
             with attempt_context(tracked.failures + 1):  # for the request's log record
                 async with self._limiter:
-                    if self._pacer.paused(self._clock.monotonic()):
+                    if self._pacer.paused(self._clock):
                         # A 429 paused the session while this poll waited for a request
                         # slot: its token is spent, but sending now would break the pause.
                         tracked.in_flight = False
