@@ -143,6 +143,7 @@ def test_private_modules_public_names_are_exported() -> None:
         "RunTimeBelief",
         "Scheduler",
         "SessionParts",
+        "SessionResultsAPI",
         "SessionState",
         "SharedMirror",
         "SinkFactory",
@@ -183,11 +184,27 @@ def _classes_in(annotation: object) -> Iterator[type]:
 
 
 def _reachable_classes(cls: type, namespace: dict[str, object]) -> Iterator[type]:
-    """Classes in the annotations of ``cls``'s fields and of its public methods and properties."""
-    targets: list[object] = [cls]
-    for name, member in vars(cls).items():
-        if name.startswith("_") and name not in ("__init__", "__aenter__", "__anext__"):
-            continue
+    """Classes in the annotations of ``cls``'s public fields, its constructor and entry
+    methods, and its public methods and properties, those it inherits from the package's
+    classes included (``AsyncSession``'s result calls live in a base class)."""
+    targets: list[object] = []
+    hints = typing.get_type_hints(cls, globalns=namespace)
+    for name, annotation in hints.items():
+        if not name.startswith("_"):  # private attributes (``_parts``) are not what users reach
+            yield from _classes_in(annotation)
+    inherited = {
+        name: member
+        for base in reversed(cls.__mro__)
+        if base.__module__.startswith("venice_audio_async")
+        for name, member in vars(base).items()
+        if not name.startswith("_")
+    }
+    own = {
+        name: vars(cls)[name]
+        for name in ("__init__", "__aenter__", "__anext__")
+        if name in vars(cls)
+    }
+    for member in {**inherited, **own}.values():
         function = member.fget if isinstance(member, property) else member
         function = getattr(function, "__func__", function)  # classmethod, staticmethod
         if inspect.isfunction(function):
