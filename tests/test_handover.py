@@ -141,9 +141,9 @@ async def test_taken_outcomes_are_dropped_and_their_record_is_bounded(
     fake_server: FakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Taken outcomes leave the session; only the last few taken ids are remembered."""
-    from venice_audio_async import _scheduler
+    from venice_audio_async import _held_audio
 
-    monkeypatch.setattr(_scheduler, "_HANDED_RECORD", 3)
+    monkeypatch.setattr(_held_audio, "HANDED_RECORD", 3)
     fake_server.plan(*[JobScript(duration=1.0) for _ in range(6)])
     async with make_session(fake_server, rate_limits=UNLIMITED) as session:
         jobs = [await session.submit(MODEL, f"a tiny sound {i}") for i in range(6)]

@@ -20,24 +20,24 @@ timeouts, dropped or truncated bodies), or ends it with an :data:`~._models.Outc
 into the memory object stream of every consumer waiting on that job. Consumers only read
 streams, so breaking out of a loop or being cancelled cannot corrupt the scheduler.
 
-When a finished job moves its model's fit, or the price falls, due times may come earlier:
-the jobs keyed within :data:`_HORIZON` of now are re-keyed (found by a pruned walk of the
-heap; no job is keyed further ahead than that), a re-key only ever moves a job earlier, and
-a job keyed too early is put back when popped; so neither a completion nor a decision
-scans every job.
+When a finished job moves its model's fit, or the price falls, due times may come earlier.
+A re-key only ever moves a job earlier, and a job keyed too early is put back when popped, so
+keys may err early but never late. Jobs due within :data:`_HORIZON` are keyed at their due
+time and re-keyed by a pruned walk of the heap (only those); jobs due further out are keyed
+early enough that a price fall (no later than their due time at the floor price) or a small
+fit move cannot make them late, and half-way at most, so a far job is looked at a few times
+before it is due; a large fit move (:class:`~._model_fits.Reach`) re-keys every running job
+of that model, which learning makes rare. So neither a completion nor a decision scans every
+job.
 
 Guarantee: a tracked ``queue_id`` is never dropped, and every tracked job is polled until it
 ends, whether or not a consumer waits on it right now (it is paid for). It ends delivered,
-failed with its error, or handed back through :meth:`Scheduler.unfinished` (the session
-closed while it was still running). A finished outcome belongs to the scheduler until a
-consumer *takes* it (:meth:`Scheduler.take`, called when a stream yields it): an outcome
-pushed into a stream whose consumer left stays here, listed by :meth:`Scheduler.finished`.
-Audio kept in memory has its media released only once taken (stored files at once).
-Taken outcomes are dropped; the ids of the last :data:`_HANDED_RECORD` are remembered so
-asking again says so. Untaken in-memory audio is capped in total (``max_untaken_bytes``):
-over it the oldest untaken outcomes drop their bytes (their media is still on the server:
-release waits for a take) and are downloaded again once a consumer subscribes. Under
-``delete_on_retrieve`` the media is gone once downloaded, so nothing is dropped.
+failed with its error, or handed back as unfinished (the session closed while it was still
+running). A finished outcome belongs to the scheduler's :class:`~._job_table.JobTable` until
+a consumer *takes* it (:meth:`Scheduler.take`, called when a stream yields it): an outcome
+pushed into a stream whose consumer left stays there, listed as finished. In-memory audio
+has its media released only once taken (stored files at once), and is capped in total by
+:class:`~._held_audio.HeldAudio`.
 """
 
 from __future__ import annotations
