@@ -345,8 +345,8 @@ class DurationEstimator:
             if state.duration_fit is not None:
                 return state.duration_fit
         if reference is not None:
-            sigma = self._prior_spread
-            return math.log(reference) - sigma * _Z80, sigma
+            mu, sigma = self.prior_ratio()
+            return math.log(reference) + mu, sigma
         return None
 
     def belief(self, model: str, hint: float | None = None) -> RunTimeBelief | None:
@@ -360,6 +360,12 @@ class DurationEstimator:
                 self._beliefs.clear()  # per-job hints could make this grow without bound
             belief = self._beliefs[fit] = RunTimeBelief(*fit)
         return belief
+
+    def prior_ratio(self) -> tuple[float, float]:
+        """``(mu, sigma)`` of ``ln(T / estimate)`` while only the server's estimate is known
+        (the estimate read as a P80)."""
+        sigma = self._prior_spread
+        return -sigma * _Z80, sigma
 
     def knows(self, model: str) -> bool:
         """Whether anything (an estimate or durations) is known about ``model``."""

@@ -128,6 +128,10 @@ class ModelFits:
             kind, median, sigma = "ratio", stats.ratio_median, stats.ratio_sigma
         elif stats.median is not None and stats.sigma is not None:
             kind, median, sigma = "duration", stats.median, stats.sigma
+        elif stats.hint is not None:
+            # Only the server's estimate so far: beliefs are its prior, a ratio fit too.
+            mu, sigma = self.estimator.prior_ratio()
+            return "ratio", mu, mu - _Z01 * sigma
         else:
             return "none", math.inf, math.inf
         mu = math.log(median)

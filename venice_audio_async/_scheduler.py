@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -90,6 +90,7 @@ OutcomeHook = Callable[[Outcome], Awaitable[None]]
 
 _HORIZON = 30.0  # seconds: how far ahead jobs are keyed, and re-keyed by a sweep
 _STALE_BATCH = 1024  # stale heap entries dropped per event-loop pass
+_SWEEP_SLICE = 1024  # jobs a sweep re-keys per event-loop pass
 _MAX_WORKERS = 256  # polls in flight at once, at most (also capped by the request limiter)
 _EPSILON = 1e-9
 
@@ -153,6 +154,7 @@ class Scheduler:
         self._pacer = WindowPacer(self._policy, budget)
         self._sweep_pending = False  # the price fell or a fit moved: re-key jobs due soon
         self._rekey_models: set[str] = set()  # fits that moved a lot: re-key all their jobs
+        self._rekey: deque[TrackedJob] = deque()  # jobs a sweep still has to look at
 
     # ------------------------------------------------------------------ tracking
 
@@ -309,8 +311,7 @@ class Scheduler:
     async def _next_worth_polling(self) -> TrackedJob:
         clock = self._clock
         while True:
-            self._sweep()
-            if len(self._heap) > _STALE_BATCH and self._heap.stale_head():
+            if self._sweep() or (len(self._heap) > _STALE_BATCH and self._heap.stale_head()):
                 await anyio.lowlevel.checkpoint()  # a mass re-key must not stall the loop
             head = self._heap.head()
             now = clock.monotonic()
@@ -361,33 +362,37 @@ class Scheduler:
         self._sweep_pending = True
         self._wake.set()
 
-    def _sweep(self) -> None:
-        """Re-key the jobs keyed within :data:`_HORIZON` of now, whose due time may have
-        come earlier (the price fell or a fit moved).
+    def _sweep(self) -> bool:
+        """Re-key jobs whose due time may have come earlier (the price fell or a fit moved),
+        at most :data:`_SWEEP_SLICE` per call. Returns whether some are left to look at.
 
-        Only those are found, by walking the heap from its root and pruning at the
-        horizon (a heap's children are never due before their parent), so the work grows
-        with the jobs due soon, not with all jobs. Jobs keyed further out are never keyed
-        more than the horizon ahead, so they are looked at again within it anyway.
+        The jobs keyed within :data:`_HORIZON` are found by walking the heap from its root
+        and pruning at the horizon (a heap's children are never due before their parent),
+        so the work grows with the jobs due soon, not with all jobs; jobs keyed further out
+        are looked at only when their model's fit moved a lot. Those near go first, and a
+        large re-key is spread over loop passes so that it never stalls other tasks.
         """
-        if not self._sweep_pending:
-            return
-        self._sweep_pending = False
+        if self._sweep_pending:
+            self._sweep_pending = False
+            horizon = self._clock.monotonic() + _HORIZON
+            self._rekey.extendleft(self._heap.keyed_before(horizon))
+            for model in self._rekey_models:
+                self._rekey.extend(self.jobs.by_model.get(model, {}).values())
+            self._rekey_models.clear()
         now = self._clock.monotonic()
-        candidates = self._heap.keyed_before(now + _HORIZON)
-        for model in self._rekey_models:
-            candidates.extend(self.jobs.by_model.get(model, {}).values())
-        self._rekey_models.clear()
-        for tracked in candidates:
+        rekey = self._rekey
+        for _ in range(min(len(rekey), _SWEEP_SLICE)):
+            tracked = rekey.popleft()
             if tracked.prompt or tracked.failures or tracked.in_flight or not tracked.waiting:
                 continue  # going out at once anyway, backing off after an error, or polled
             due = self._due(tracked, now)
             if due < tracked.keyed_due - _EPSILON:
                 self._schedule(tracked, due)
+        return bool(rekey)
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         self._wake = anyio.Event()
-        if self._sweep_pending:
+        if self._sweep_pending or self._rekey:
             return  # re-key first: a job may now be due sooner than the one slept for
         await self._clock.wait(self._wake, seconds)
 
