@@ -147,6 +147,7 @@ def test_private_modules_public_names_are_exported() -> None:
         "SessionState",
         "SharedMirror",
         "SinkFactory",
+        "SpendBook",
         "StatisticsCollector",
         "Snapshot",
         "StatusBook",

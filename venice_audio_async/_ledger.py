@@ -46,7 +46,7 @@ from ._errors import (
 from ._journal import Journal, JournalEntry, is_refunded
 from ._models import Failed, Job, Outcome, QueueRequest, Succeeded
 
-__all__ = ["Intent", "JournalSource", "Ledger", "Ticket"]
+__all__ = ["Intent", "JournalSource", "Ledger", "SpendBook", "Ticket"]
 
 log = logging.getLogger("venice_audio_async")
 
@@ -81,6 +81,83 @@ class Ticket:
     settled: bool = False
 
 
+class SpendBook:
+    """Money under the spending limit: held for jobs on their way to ``queue``, spent once
+    they may be billed, given back when they were not (or were refunded). The ledger's."""
+
+    def __init__(self, limit_usd: float | None) -> None:
+        self.limit_usd = limit_usd
+        self.spent_usd = 0.0
+        self.held_usd = 0.0
+        #: What each job this session polls was counted as spending, by queue id, so a
+        #: refunded failure gives it back (dropped when the job ends).
+        self._charges: dict[str, float] = {}
+
+    def over_limit(self, extra_usd: float) -> bool:
+        limit = self.limit_usd
+        total = self.spent_usd + self.held_usd + extra_usd
+        return limit is not None and total > limit + _CENTS_EPSILON
+
+    def hold(self, estimate_usd: float | None, *, what: str) -> float:
+        """Hold ``estimate_usd`` (unknown counts as 0) or refuse it; returns the amount.
+
+        Raises:
+            SpendLimitExceeded: holding it would pass the limit; nothing was held.
+        """
+        amount = estimate_usd or 0.0
+        limit = self.limit_usd
+        if limit is not None and self.over_limit(amount):
+            total = self.spent_usd + self.held_usd + amount
+            raise SpendLimitExceeded(
+                f"{what} would cost about ${amount:.4f}, taking the session to "
+                f"${total:.4f} over its limit of ${limit:.2f} "
+                f"(${self.spent_usd:.4f} spent, ${self.held_usd:.4f} being queued); "
+                "nothing was sent",
+                estimate_usd=amount,
+                spent_usd=self.spent_usd,
+                limit_usd=limit,
+            )
+        self.held_usd += amount
+        return amount
+
+    def check_batch(self, total_usd: float) -> None:
+        """Refuse a whole batch that would pass the limit.
+
+        Raises:
+            SpendLimitExceeded: it would; nothing was held.
+        """
+        limit = self.limit_usd
+        if limit is not None and self.over_limit(total_usd):
+            raise SpendLimitExceeded(
+                f"the estimate ${total_usd:.2f} exceeds the limit of ${limit:.2f} "
+                f"(${self.spent_usd:.2f} spent already); nothing was spent",
+                estimate_usd=total_usd,
+                spent_usd=self.spent_usd,
+                limit_usd=limit,
+            )
+
+    def settle(self, ticket: Ticket, *, billed: bool) -> None:
+        """Turn what ``ticket`` holds into spending (``billed``) or give it back; once."""
+        if ticket.settled:
+            return
+        ticket.settled = True
+        self.held_usd = max(0.0, self.held_usd - ticket.held_usd)
+        if billed:
+            self.spent_usd += ticket.held_usd
+
+    def charge(self, queue_id: str, amount_usd: float) -> None:
+        """``queue_id``'s job is counted as ``amount_usd`` spent (given back if refunded)."""
+        self._charges[queue_id] = amount_usd
+
+    def job_ended(self, queue_id: str, *, refunded: bool) -> float:
+        """The job ended; a refunded one gives its charge back. Returns what was given."""
+        charge = self._charges.pop(queue_id, 0.0)
+        if not refunded or not charge:
+            return 0.0
+        self.spent_usd = max(0.0, self.spent_usd - charge)
+        return charge
+
+
 class Ledger:
     """The spending limit and the journal of one session (see the module docstring).
 
@@ -93,12 +170,7 @@ class Ledger:
     ) -> None:
         if limit_usd is not None:
             check_number("max_spend_usd", limit_usd, inclusive=True)
-        self._limit_usd = limit_usd
-        self._spent_usd = 0.0
-        self._held_usd = 0.0
-        #: What each job this session polls was counted as spending, by queue id, so a
-        #: refunded failure gives it back (dropped when the job ends).
-        self._charges: dict[str, float] = {}
+        self._money = SpendBook(limit_usd)
         self._clock = clock
         self._source = journal
         self._journal: Journal | None = journal if isinstance(journal, Journal) else None
@@ -108,7 +180,8 @@ class Ledger:
             self._attached.set()
 
     def __repr__(self) -> str:
-        return f"<Ledger spent=${self._spent_usd:.4f} limit={self._limit_usd!r} {self._journal!r}>"
+        money = self._money
+        return f"<Ledger spent=${money.spent_usd:.4f} limit={money.limit_usd!r} {self._journal!r}>"
 
     # ------------------------------------------------------------------ the journal
 
@@ -132,7 +205,7 @@ class Ledger:
         if self._journal is None:
             return
         try:
-            self._spent_usd += await self._journal.estimated_spend_usd()
+            self._money.spent_usd += await self._journal.estimated_spend_usd()
         except BaseException:
             await self.aclose()
             raise
@@ -173,7 +246,7 @@ class Ledger:
                 await journal.aclose()
             raise
         self._journal, self._owns_journal = journal, owned
-        self._spent_usd += spent
+        self._money.spent_usd += spent
         self._attached.set()
 
     async def aclose(self) -> None:
@@ -231,52 +304,16 @@ class Ledger:
 
     @property
     def limit_usd(self) -> float | None:
-        return self._limit_usd
+        return self._money.limit_usd
 
     def spending(self) -> tuple[float, float | None]:
         """(estimated USD spent, the limit or ``None``)."""
-        return self._spent_usd, self._limit_usd
+        return self._money.spent_usd, self._money.limit_usd
 
     @property
     def needs_estimates(self) -> bool:
         """Whether a job's price must be estimated before it is sent (limit or journal)."""
-        return self._limit_usd is not None or self._journal is not None
-
-    def _over_limit(self, extra_usd: float) -> bool:
-        limit = self._limit_usd
-        total = self._spent_usd + self._held_usd + extra_usd
-        return limit is not None and total > limit + _CENTS_EPSILON
-
-    def _hold(self, estimate_usd: float | None, *, what: str) -> float:
-        """Hold ``estimate_usd`` (unknown counts as 0) or refuse it; returns the amount.
-
-        Raises:
-            SpendLimitExceeded: holding it would pass the limit; nothing was held.
-        """
-        amount = estimate_usd or 0.0
-        limit = self._limit_usd
-        if limit is not None and self._over_limit(amount):
-            total = self._spent_usd + self._held_usd + amount
-            raise SpendLimitExceeded(
-                f"{what} would cost about ${amount:.4f}, taking the session to "
-                f"${total:.4f} over its limit of ${limit:.2f} "
-                f"(${self._spent_usd:.4f} spent, ${self._held_usd:.4f} being queued); "
-                "nothing was sent",
-                estimate_usd=amount,
-                spent_usd=self._spent_usd,
-                limit_usd=limit,
-            )
-        self._held_usd += amount
-        return amount
-
-    def _settle(self, ticket: Ticket, *, billed: bool) -> None:
-        """Turn what ``ticket`` holds into spending (``billed``) or give it back; once."""
-        if ticket.settled:
-            return
-        ticket.settled = True
-        self._held_usd = max(0.0, self._held_usd - ticket.held_usd)
-        if billed:
-            self._spent_usd += ticket.held_usd
+        return self._money.limit_usd is not None or self._journal is not None
 
     # ------------------------------------------------------------------ one paid job
 
@@ -294,7 +331,7 @@ class Ledger:
         """
         request = intent.request
         try:
-            held = self._hold(intent.estimate_usd, what=f"a {request.model} job")
+            held = self._money.hold(intent.estimate_usd, what=f"a {request.model} job")
         except SpendLimitExceeded as refusal:
             if self._journal is not None:
                 await self._keep_refused(intent, refusal)
@@ -311,7 +348,7 @@ class Ledger:
                     estimate_usd=intent.estimate_usd,
                 )
             except BaseException:
-                self._settle(ticket, billed=False)  # nothing was sent
+                self._money.settle(ticket, billed=False)  # nothing was sent
                 raise
         return ticket
 
@@ -344,7 +381,7 @@ class Ledger:
         Raises:
             SpendLimitExceeded: it would pass the limit; nothing was held.
         """
-        held = self._hold(entry.estimate_usd, what=f"a {entry.model} job")
+        held = self._money.hold(entry.estimate_usd, what=f"a {entry.model} job")
         return Ticket(held_usd=held, row=entry.id)
 
     async def claim(self, ticket: Ticket) -> None:
@@ -397,8 +434,8 @@ class Ledger:
     async def queued(self, ticket: Ticket, queue_id: str) -> None:
         """``queue`` answered with ``queue_id``: the job is paid for. Never raises (a failed
         journal write is kept and retried)."""
-        self._settle(ticket, billed=True)
-        self._charges[queue_id] = ticket.held_usd
+        self._money.settle(ticket, billed=True)
+        self._money.charge(queue_id, ticket.held_usd)
         if self._journal is not None and ticket.row is not None:
             await self._journal.mark_queued(ticket.row, queue_id)
 
@@ -406,7 +443,7 @@ class Ledger:
         """A journaled job is polled again (its cost was counted when the journal was
         opened), so that a refunded failure gives it back."""
         if entry.queue_id is not None:
-            self._charges[entry.queue_id] = entry.estimate_usd or 0.0
+            self._money.charge(entry.queue_id, entry.estimate_usd or 0.0)
 
     async def failed(self, ticket: Ticket, error: BaseException) -> None:
         """``queue`` did not answer with a job: record what that may have cost.
@@ -420,17 +457,17 @@ class Ledger:
         if isinstance(error, QueueOutcomeUnknown) or (
             ticket.claimed and not isinstance(error, APIStatusError)
         ):
-            self._settle(ticket, billed=True)  # assume the worst: it may have been billed
+            self._money.settle(ticket, billed=True)  # assume the worst: it may have been billed
             if journal is not None and row is not None:
                 cause = error.cause if isinstance(error, QueueOutcomeUnknown) else error
                 await journal.mark_unknown(row, cause)
         elif isinstance(error, (APIStatusError, QueueDeadlineExceeded)):
             # Refused (by the API, or here for want of a token in time): never re-sent.
-            self._settle(ticket, billed=False)
+            self._money.settle(ticket, billed=False)
             if journal is not None and row is not None:
                 await journal.mark_rejected(row, error)
         else:
-            self._settle(ticket, billed=False)
+            self._money.settle(ticket, billed=False)
 
     async def intend_all(self, intents: Sequence[Intent], *, all_or_nothing: bool) -> float:
         """Record every job of a batch as to be sent, sending nothing; returns their cost.
@@ -445,15 +482,8 @@ class Ledger:
         """
         journal = self._require_journal("journal_requests")
         total = sum(intent.estimate_usd or 0.0 for intent in intents)
-        limit = self._limit_usd
-        if all_or_nothing and limit is not None and self._over_limit(total):
-            raise SpendLimitExceeded(
-                f"the estimate ${total:.2f} exceeds the limit of ${limit:.2f} "
-                f"(${self._spent_usd:.2f} spent already); nothing was spent",
-                estimate_usd=total,
-                spent_usd=self._spent_usd,
-                limit_usd=limit,
-            )
+        if all_or_nothing:
+            self._money.check_batch(total)
         for intent in intents:
             await journal.add_intent(
                 intent.request,
@@ -473,10 +503,10 @@ class Ledger:
         spent.
         """
         queue_id = outcome.job.queue_id
-        charge = self._charges.pop(queue_id, 0.0)
-        if isinstance(outcome, Failed) and is_refunded(outcome.error) and charge:
-            self._spent_usd = max(0.0, self._spent_usd - charge)
-            log.info("job %s failed and was refunded: $%.4f given back", queue_id, charge)
+        refunded = isinstance(outcome, Failed) and is_refunded(outcome.error)
+        given_back = self._money.job_ended(queue_id, refunded=refunded)
+        if given_back:
+            log.info("job %s failed and was refunded: $%.4f given back", queue_id, given_back)
         journal = self._journal
         if journal is None:
             return
