@@ -179,6 +179,30 @@ class Retrier:
         """Seconds to wait before retry number ``failures`` (1-based), with jitter."""
         return self.policy.backoff(failures, self._rng.random())
 
+    def retry_in(
+        self, endpoint: str, error: VeniceError, failures: int
+    ) -> tuple[float, int] | None:
+        """For a caller that retries by rescheduling (the poller), after ``failures``
+        earlier failed attempts: ``(seconds to wait, failed attempts now)`` before sending
+        again, or ``None`` to give up. A 429 waits 0 s (the budget holds the pause) and
+        costs no attempt. Logs the retry as :meth:`call` does."""
+        verdict = decide(endpoint, error, self.policy)
+        if verdict is Verdict.WAIT:
+            return 0.0, failures
+        if verdict is Verdict.RAISE or failures + 1 >= self.policy.attempts:
+            return None
+        delay = self.backoff(failures + 1)
+        log.info(
+            "%s failed (%s); retry %d of %d in %.2f s",
+            endpoint,
+            type(error).__name__,
+            failures + 1,
+            self.policy.attempts - 1,
+            delay,
+            extra=_fields(endpoint, failures + 1, error, delay),
+        )
+        return delay, failures + 1
+
     async def call(
         self,
         endpoint: str,

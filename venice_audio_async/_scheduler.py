@@ -78,7 +78,7 @@ from ._models import (
 from ._pacer import WindowPacer
 from ._policy import PollPolicy
 from ._release import MediaReleaser, ReleaseHook, ReleaseMedia
-from ._retry import Retrier, Verdict, decide
+from ._retry import Retrier
 from ._tracked import DueHeap, TrackedJob
 
 __all__ = ["Scheduler"]
@@ -133,7 +133,6 @@ class Scheduler:
         self._fits = ModelFits(estimator)
         self._bounds = estimator.bounds
         self._clock = clock
-        self._retry = retry
         self._limiter = limiter
         self._release = release
         self._rng = rng or random.Random()
@@ -471,29 +470,14 @@ class Scheduler:
         await self._releaser.wait()
 
     async def _on_error(self, tracked: TrackedJob, error: VeniceError) -> None:
-        # The verdicts of every other request, applied by rescheduling the job (retrieve is
-        # safe to repeat: the media stays until released).
-        verdict = decide("retrieve", error, self._retry)
-        if verdict is Verdict.WAIT:
-            # A 429: the budget paused the whole session; not the job's fault, no attempt.
-            self._schedule(tracked, self._clock.monotonic())
+        # The one retry rule, applied by rescheduling the job (retrieve is safe to repeat:
+        # the media stays until released). A 429 paused the session and costs no attempt.
+        retry = self._retrier.retry_in("retrieve", error, tracked.failures)
+        if retry is None:
+            await self._finish(tracked, Failed(tracked.job, error))
             return
-        if verdict is Verdict.RETRY:
-            tracked.failures += 1
-            if tracked.failures < self._retry.attempts:
-                delay = self._retrier.backoff(tracked.failures)
-                log.info(
-                    "retrieve of job %s failed (%s); retry %d of %d in %.2f s",
-                    tracked.job.queue_id,
-                    type(error).__name__,
-                    tracked.failures,
-                    self._retry.attempts - 1,
-                    delay,
-                    extra={"endpoint": "retrieve", "queue_id": tracked.job.queue_id},
-                )
-                self._schedule(tracked, self._clock.monotonic() + delay)
-                return
-        await self._finish(tracked, Failed(tracked.job, error))
+        delay, tracked.failures = retry
+        self._schedule(tracked, self._clock.monotonic() + delay)
 
     async def _finish(self, tracked: TrackedJob, outcome: Outcome) -> None:
         if tracked.outcome is not None:
