@@ -192,3 +192,19 @@ async def test_a_quote_429_costs_no_attempt(fake_server: FakeServer) -> None:
         quote = await session.quote("stable-audio-25", duration_seconds=30)
     assert quote.quote > 0
     assert fake_server.count("quote") == 2
+
+
+def test_retry_in_applies_the_same_rule_for_a_rescheduling_caller() -> None:
+    """The poller's retries follow the one rule: a 429 waits without costing an attempt,
+    a dropped connection backs off and counts, the last attempt gives up, and a failed
+    job (a 400) gives up at once."""
+    retrier = _retrier(v.ManualClock(), [])
+    assert retrier.retry_in("retrieve", _limited(), 2) == (0.0, 2)
+    server_error = v.ConnectError("refused", endpoint="retrieve")
+    retry = retrier.retry_in("retrieve", server_error, 0)
+    assert retry is not None
+    delay, failures = retry
+    assert failures == 1
+    assert POLICY.initial_backoff * (1 - POLICY.jitter) <= delay <= POLICY.initial_backoff * 1.5
+    assert retrier.retry_in("retrieve", server_error, POLICY.attempts - 1) is None
+    assert retrier.retry_in("retrieve", _status(v.BadRequestError, 400), 0) is None
