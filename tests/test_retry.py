@@ -200,11 +200,11 @@ def test_retry_in_applies_the_same_rule_for_a_rescheduling_caller() -> None:
     job (a 400) gives up at once."""
     retrier = _retrier(v.ManualClock(), [])
     assert retrier.retry_in("retrieve", _limited(), 2) == (0.0, 2)
-    server_error = v.ConnectError("refused", endpoint="retrieve")
-    retry = retrier.retry_in("retrieve", server_error, 0)
+    dropped = v.ConnectError("refused", endpoint="retrieve")
+    retry = retrier.retry_in("retrieve", dropped, 0)
     assert retry is not None
     delay, failures = retry
     assert failures == 1
     assert POLICY.initial_backoff * (1 - POLICY.jitter) <= delay <= POLICY.initial_backoff * 1.5
-    assert retrier.retry_in("retrieve", server_error, POLICY.attempts - 1) is None
+    assert retrier.retry_in("retrieve", dropped, POLICY.attempts - 1) is None
     assert retrier.retry_in("retrieve", _status(v.BadRequestError, 400), 0) is None
