@@ -16,6 +16,7 @@ the oldest (the job is then *evicted*: finished, downloaded again when wanted).
 from __future__ import annotations
 
 import logging
+import math
 
 from ._audio import SinkFactory
 from ._held_audio import HeldAudio
@@ -46,6 +47,11 @@ class JobTable:
         """The outcome of a job not handed over yet (``None``: running, or unknown)."""
         tracked = self.jobs.get(queue_id)
         return tracked.outcome if tracked else None
+
+    def finished_at(self, queue_id: str) -> float:
+        """When the job's outcome was reached (``inf``: not yet, or unknown)."""
+        tracked = self.jobs.get(queue_id)
+        return tracked.finished_at if tracked is not None and tracked.outcome else math.inf
 
     def was_taken(self, queue_id: str) -> bool:
         """Whether ``queue_id``'s outcome was handed over recently (bounded record)."""
@@ -84,6 +90,7 @@ class JobTable:
             deadline=None,
             prompt=False,
             outcome=outcome,
+            finished_at=now,
         )
 
     def hold_audio(self, tracked: TrackedJob, audio: AudioResult) -> None:

@@ -112,7 +112,9 @@ class Delivery:
             self._require_tracked(job)
         send, receive = anyio.create_memory_object_stream[Outcome](max_buffer_size=len(wanted) or 1)
         try:
-            for job in wanted:
+            # Outcomes reached already go into the stream now: in the order they were
+            # reached, so the stream is in finish order whenever it was asked for.
+            for job in sorted(wanted, key=lambda j: self._scheduler.jobs.finished_at(j.queue_id)):
                 self._scheduler.subscribe(job, send)
             yield ResultStream(receive, len(wanted), self._scheduler.take)
         finally:

@@ -180,26 +180,30 @@ class Retrier:
         return self.policy.backoff(failures, self._rng.random())
 
     def retry_in(
-        self, endpoint: str, error: VeniceError, failures: int
+        self, endpoint: str, error: VeniceError, failures: int, *, queue_id: str | None = None
     ) -> tuple[float, int] | None:
         """For a caller that retries by rescheduling (the poller), after ``failures``
         earlier failed attempts: ``(seconds to wait, failed attempts now)`` before sending
         again, or ``None`` to give up. A 429 waits 0 s (the budget holds the pause) and
-        costs no attempt. Logs the retry as :meth:`call` does."""
+        costs no attempt. Logs the retry as :meth:`call` does, naming the job if given."""
         verdict = decide(endpoint, error, self.policy)
         if verdict is Verdict.WAIT:
             return 0.0, failures
         if verdict is Verdict.RAISE or failures + 1 >= self.policy.attempts:
             return None
         delay = self.backoff(failures + 1)
+        fields = _fields(endpoint, failures + 1, error, delay)
+        what = endpoint
+        if queue_id is not None:
+            what, fields["queue_id"] = f"{endpoint} of job {queue_id}", queue_id
         log.info(
             "%s failed (%s); retry %d of %d in %.2f s",
-            endpoint,
+            what,
             type(error).__name__,
             failures + 1,
             self.policy.attempts - 1,
             delay,
-            extra=_fields(endpoint, failures + 1, error, delay),
+            extra=fields,
         )
         return delay, failures + 1
 

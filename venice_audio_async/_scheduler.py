@@ -472,7 +472,8 @@ class Scheduler:
     async def _on_error(self, tracked: TrackedJob, error: VeniceError) -> None:
         # The one retry rule, applied by rescheduling the job (retrieve is safe to repeat:
         # the media stays until released). A 429 paused the session and costs no attempt.
-        retry = self._retrier.retry_in("retrieve", error, tracked.failures)
+        queue_id = tracked.job.queue_id
+        retry = self._retrier.retry_in("retrieve", error, tracked.failures, queue_id=queue_id)
         if retry is None:
             await self._finish(tracked, Failed(tracked.job, error))
             return
@@ -486,6 +487,7 @@ class Scheduler:
         if isinstance(outcome, Failed):
             drop_tracebacks(outcome.error)
         tracked.outcome = outcome
+        tracked.finished_at = self._clock.monotonic()
         tracked.entry = -1
         if self._on_outcome is not None:
             # Recorded (journal) before anyone is told, so a crash right after delivery

@@ -43,6 +43,7 @@ class TrackedJob:
     failures: int = 0
     in_flight: bool = False
     outcome: Outcome | None = None
+    finished_at: float = math.inf  # clock time its outcome was reached
     subscribers: list[MemoryObjectSendStream[Outcome]] = attrs.field(factory=list)
     entry: int = -1  # heap entry sequence that is current; older entries are stale
     keyed_due: float = math.inf  # the due time of the current entry
