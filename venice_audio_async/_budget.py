@@ -143,7 +143,14 @@ class ResponseRecorder:
 
     async def __call__(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
         self.requests[endpoint] = self.requests.get(endpoint, 0) + 1
-        await self._budget.record_response(endpoint, status, headers)
+        budget = self._budget
+        if isinstance(budget, LocalBudget):
+            budget.learn(endpoint, status, headers)  # no await: nothing can interrupt it
+            return
+        # A shared store's round trip: what the answer taught (a 429's pause) is kept even
+        # if the caller is being cancelled or its status deadline passes meanwhile.
+        with anyio.CancelScope(shield=True):
+            await budget.record_response(endpoint, status, headers)
 
 
 def tighter_window(
@@ -374,7 +381,11 @@ class LocalBudget:
         return True
 
     async def record_response(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
-        """Learn from an answer to a request to ``endpoint`` (never waits).
+        """Learn from an answer to a request to ``endpoint`` (never waits): :meth:`learn`."""
+        self.learn(endpoint, status, headers)
+
+    def learn(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+        """Learn from an answer to a request to ``endpoint``, at once.
 
         * 2xx: resets the count of consecutive 429s.
         * 429: pauses every endpoint for :func:`retry_delay_from_headers` seconds (capped

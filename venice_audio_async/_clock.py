@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import time
 from typing import Protocol, runtime_checkable
 
@@ -66,6 +67,9 @@ class SystemClock:
         await anyio.sleep(max(0.0, seconds))
 
     async def wait(self, event: anyio.Event, seconds: float) -> None:
+        if seconds == math.inf:  # no timer (and no cancel scope) needed: the common idle case
+            await event.wait()
+            return
         with anyio.move_on_after(max(0.0, seconds)):
             await event.wait()
 
@@ -94,6 +98,9 @@ class ScaledClock:
         await anyio.sleep(max(0.0, seconds) * self.scale)
 
     async def wait(self, event: anyio.Event, seconds: float) -> None:
+        if seconds == math.inf:
+            await event.wait()
+            return
         with anyio.move_on_after(max(0.0, seconds) * self.scale):
             await event.wait()
 

@@ -192,10 +192,9 @@ class HttpTransport:
 
     async def _notify(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
         if self._observer is not None:
-            # What an answer taught (a 429's pause, written to a shared store) is kept even
-            # if the caller is being cancelled or its status deadline passes meanwhile.
-            with anyio.CancelScope(shield=True):
-                await self._observer(endpoint, status, headers)
+            # The observer keeps what an answer taught even if this caller is being
+            # cancelled meanwhile (ResponseRecorder shields a shared store's round trip).
+            await self._observer(endpoint, status, headers)
 
     def _timeout(self, *, download: bool) -> aiohttp.ClientTimeout:
         t = self._timeouts

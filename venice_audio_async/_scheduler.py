@@ -390,7 +390,8 @@ class Scheduler:
         return bool(rekey)
 
     async def _sleep_or_wake(self, seconds: float) -> None:
-        self._wake = anyio.Event()
+        if self._wake.is_set():
+            self._wake = anyio.Event()  # a fresh one only when the last was used
         if self._sweep_pending or self._rekey:
             return  # re-key first: a job may now be due sooner than the one slept for
         await self._clock.wait(self._wake, seconds)
