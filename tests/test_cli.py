@@ -117,6 +117,19 @@ def test_models_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(out.splitlines()) == 2 + 10
 
 
+def test_a_closed_output_pipe_stops_quietly() -> None:
+    """`venice-audio models | head`: the reader leaving ends the command with 141 (as a
+    shell reports SIGPIPE) and no traceback."""
+    command = [sys.executable, "-m", "venice_audio_async", "models", "--fake"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        process.stdout.close()  # the reader is gone before the first line is written
+        errors = process.stderr.read().decode()
+        assert process.wait(timeout=60) == 141
+    assert "Traceback" not in errors, errors
+
+
 def test_quote(capsys: pytest.CaptureFixture[str]) -> None:
     """quote prints a price."""
     assert main(["quote", "elevenlabs-music", "--duration", "60", "--fake"]) == 0

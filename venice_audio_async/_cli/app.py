@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -19,6 +21,9 @@ from .resume import cmd_resume
 from .single import cmd_fetch, cmd_generate
 
 __all__ = ["main"]
+
+#: The exit code of a command whose output pipe closed: 128 + SIGPIPE, as a shell reports.
+_BROKEN_PIPE = 128 + 13
 
 _Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -78,3 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (VeniceError, ValueError, ImportError) as error:  # ImportError: --redis, no extra
         say(f"error: {error}")
         return 2
+    except BrokenPipeError:
+        # The reader went away (``venice-audio models | head``): stop quietly, as Unix tools
+        # do. Standard output is pointed at /dev/null so the flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _BROKEN_PIPE
