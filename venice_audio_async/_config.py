@@ -255,7 +255,9 @@ class Limits:
     as Venice's own CLI), and ``max_audio_bytes_in_memory`` for audio kept in memory (stream
     larger ones to a file). ``max_untaken_bytes`` caps the in-memory audio of finished jobs
     nobody has taken yet, all together: over it the oldest ones drop their bytes (their
-    media stays on the server) and are downloaded again when taken.
+    media stays on the server) and are downloaded again when taken; under
+    ``release_media="delete_on_retrieve"``, where that is impossible, no further poll is
+    sent until results are taken.
 
     A ``Content-Length`` over a cap is refused before the body is read; no more than the
     cap plus one byte is ever read. Over a cap the request fails with
