@@ -52,7 +52,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import attrs
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from ._audio import SinkFactory
 from ._budget import RequestBudget
@@ -61,6 +61,7 @@ from ._clock import Clock
 from ._config import RetryPolicy
 from ._errors import JobDeadlineExceeded, VeniceError, drop_tracebacks
 from ._estimator import DurationEstimator
+from ._handoff import HandOff
 from ._held_audio import HeldAudio
 from ._job_table import JobTable
 from ._limiter import RequestLimiter
@@ -279,13 +280,13 @@ class Scheduler:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Poll jobs as they become worth it until cancelled. Started with ``tg.start``."""
-        # Polls run on long-lived workers fed through a memory stream: cheaper than a new
+        # Polls run on long-lived workers fed through a hand-off queue: cheaper than a new
         # task per poll (benchmarks/overhead.py), and bounded like the request limiter.
-        send, receive = anyio.create_memory_object_stream[TrackedJob](max_buffer_size=math.inf)
-        async with anyio.create_task_group() as tg, send, receive:
+        queue = HandOff[TrackedJob]()
+        async with anyio.create_task_group() as tg:
             self._tg = tg
             for _ in range(self._workers):
-                tg.start_soon(self._work, receive.clone())
+                tg.start_soon(self._work, queue)
             task_status.started()
             while True:
                 tracked = await self._next_worth_polling()
@@ -300,12 +301,11 @@ class Scheduler:
                 if tracked.outcome is not None or tracked.forgotten:
                     continue
                 tracked.in_flight = True
-                send.send_nowait(tracked)
+                queue.put(tracked)
 
-    async def _work(self, receive: MemoryObjectReceiveStream[TrackedJob]) -> None:
-        async with receive:
-            async for tracked in receive:
-                await self._poll(tracked)
+    async def _work(self, queue: HandOff[TrackedJob]) -> None:
+        while True:
+            await self._poll(await queue.get())
 
     async def _next_worth_polling(self) -> TrackedJob:
         clock = self._clock
