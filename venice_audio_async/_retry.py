@@ -196,15 +196,7 @@ class Retrier:
         what = endpoint
         if queue_id is not None:
             what, fields["queue_id"] = f"{endpoint} of job {queue_id}", queue_id
-        log.info(
-            "%s failed (%s); retry %d of %d in %.2f s",
-            what,
-            type(error).__name__,
-            failures + 1,
-            self.policy.attempts - 1,
-            delay,
-            extra=fields,
-        )
+        _log_retry(what, error, failures + 1, self.policy.attempts, delay, fields)
         return delay, failures + 1
 
     async def call(
@@ -273,16 +265,29 @@ class Retrier:
                 delay = self.backoff(failures)
                 if before_retry is not None:
                     await before_retry(error)
-                log.info(
-                    "%s failed (%s); retry %d of %d in %.2f s",
-                    endpoint,
-                    type(error).__name__,
-                    failures,
-                    self.policy.attempts - 1,
-                    delay,
-                    extra=_fields(endpoint, attempt, error, delay),
-                )
+                fields = _fields(endpoint, attempt, error, delay)
+                _log_retry(endpoint, error, failures, self.policy.attempts, delay, fields)
                 await clock.sleep(delay)
+
+
+def _log_retry(
+    what: str,
+    error: VeniceError,
+    failures: int,
+    attempts: int,
+    delay: float,
+    fields: dict[str, object],
+) -> None:
+    """The one INFO record of a retry, whichever loop retries."""
+    log.info(
+        "%s failed (%s); retry %d of %d in %.2f s",
+        what,
+        type(error).__name__,
+        failures,
+        attempts - 1,
+        delay,
+        extra=fields,
+    )
 
 
 def _fields(
