@@ -40,7 +40,6 @@ class HeldAudio:
         self._release_on_take: set[str] = set()
         self._room = anyio.Event()
         self._room.set()
-        self._told_full = False
 
     def hold(self, queue_id: str, size: int) -> list[str]:
         """Count ``size`` bytes of untaken audio of ``queue_id``. Returns the ids whose
@@ -52,16 +51,14 @@ class HeldAudio:
         self.bytes += size
         if self._release == "delete_on_retrieve":
             if self.bytes > self._max and self._room.is_set():
-                self._room = anyio.Event()
-                if not self._told_full:
-                    self._told_full = True
-                    log.warning(
-                        "%d bytes of finished audio wait to be taken (max_untaken_bytes=%d); "
-                        "under delete_on_retrieve no further audio is downloaded until "
-                        "results are taken",
-                        self.bytes,
-                        self._max,
-                    )
+                self._room = anyio.Event()  # once per time it fills: one warning each
+                log.warning(
+                    "%d bytes of finished audio wait to be taken (max_untaken_bytes=%d); "
+                    "under delete_on_retrieve no further audio is downloaded until "
+                    "results are taken",
+                    self.bytes,
+                    self._max,
+                )
             return []
         dropped: list[str] = []
         while self.bytes > self._max and self._sizes:
@@ -89,7 +86,6 @@ class HeldAudio:
         self.bytes -= self._sizes.pop(queue_id, 0)
         if self._max is not None and self.bytes <= self._max and not self._room.is_set():
             self._room.set()
-            self._told_full = False
         self._handed[queue_id] = None
         if len(self._handed) > HANDED_RECORD:
             del self._handed[next(iter(self._handed))]
