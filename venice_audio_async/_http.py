@@ -24,18 +24,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import math
 import platform
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
-import anyio
 import attrs
 from yarl import URL
 
 from ._audio import AudioSink
 from ._config import Limits, Timeouts
+from ._deadline import status_deadline
 from ._errors import AsyncioRequiredError, RequestTimeout, SessionStateError, VeniceError
 from ._http_body import read_json, stream_audio
 from ._http_failures import status_error, transport_error
@@ -310,19 +309,23 @@ class HttpTransport:
     ) -> JsonAnswer | AudioResult:
         endpoint = outcome.endpoint
         limit = self._timeouts.status
-        answer: JsonAnswer | None = None
         # The status deadline covers the wait for headers and a JSON body; once audio
         # starts it is lifted, and the download rules (cap, pace, ``download``) apply.
-        deadline = math.inf if limit is None else anyio.current_time() + limit
-        with anyio.CancelScope(deadline=deadline) as status_scope:
-            async with self._exchange(
-                outcome, "POST", "audio/retrieve", body=body, download=True
-            ) as (response, headers):
+        deadline = None if limit is None else asyncio.get_running_loop().time() + limit
+        status_scope = status_deadline(deadline)
+        try:
+            async with (
+                status_scope,
+                self._exchange(outcome, "POST", "audio/retrieve", body=body, download=True) as (
+                    response,
+                    headers,
+                ),
+            ):
                 media_type = response.content_type.lower()
                 if media_type == "application/json":
                     answer = await self._json_answer(endpoint, response, headers)
                 else:
-                    status_scope.deadline = math.inf
+                    status_scope.reschedule(None)
                     audio = await stream_audio(
                         response.content,
                         media_type=media_type,
@@ -334,13 +337,16 @@ class HttpTransport:
                     )
                     outcome.detail = f"{audio.format} audio, {audio.size} bytes"
                     return audio
-        if answer is None:  # only the status deadline ends the scope without an answer
+        except TimeoutError as exc:
+            # Ours (RequestTimeout) are TimeoutErrors too: only the deadline's own is mapped.
+            if isinstance(exc, VeniceError) or not status_scope.expired():
+                raise
             await self._notify(endpoint, 0, {})
             raise RequestTimeout(
                 f"{endpoint} request to {self._base.host}: no status answer within "
                 f"{limit} s (Timeouts.status)",
                 endpoint=endpoint,
-            )
+            ) from None
         if isinstance(answer.body, dict):
             outcome.detail = str(answer.body.get("status", ""))
         return answer
