@@ -11,6 +11,8 @@ from typing import cast
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import venice_audio_async as v
 from venice_audio_async._belief import RunTimeBelief
@@ -267,3 +269,34 @@ def test_sampled_price_matches_the_exact_one() -> None:
     exact = policy.reprice(0.0, jobs, len(jobs), window)
     sampled = policy.reprice(0.0, policy.sample(jobs), len(jobs), window)
     assert sampled == pytest.approx(exact, rel=0.2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    median=st.floats(1.0, 1e4),
+    sigma=st.floats(0.05, 1.5),
+    seen=st.floats(0.0, 1e3),
+    gap_to_now=st.floats(0.0, 50.0),
+    price=st.floats(1e-3, 20.0),
+    spread=st.floats(1e-6, 5.0),
+)
+def test_due_skips_the_solve_only_where_the_caps_decide(
+    median: float, sigma: float, seen: float, gap_to_now: float, price: float, spread: float
+) -> None:
+    """A job's due time is the same whether or not the worth solve could be skipped: the
+    rule written out in full (solve, live cap, floor, max_interval) gives it too."""
+    max_interval = spread * price  # around the price: where skipping the solve is decided
+    bounds = PollingBounds(min_interval=min(0.5, max_interval), max_interval=max_interval)
+    policy = PollPolicy(bounds)
+    belief = RunTimeBelief(math.log(median), sigma)
+    job = _View(belief, -seen - gap_to_now)
+    job.last_poll = -gap_to_now
+    job.seen_running_at_age = seen
+    started, reference = job.started, job.last_poll
+    p01, p99 = belief.quantile(0.01), belief.quantile(0.99)
+    full = min(started + belief.age_worth(seen, price), max(started + p01, reference) + 10.0)
+    floor = reference + bounds.min_interval
+    if seen > p99:
+        floor = reference + max(bounds.min_interval, min(10.0, 0.1 * (seen - p99)))
+    full = min(max(full, floor), reference + max_interval)
+    assert policy.due(job, 0.0, price=price) == pytest.approx(full, rel=1e-12, abs=1e-9)

@@ -46,7 +46,7 @@ from ._budget_statistics import BudgetStatistics, EndpointFigures, budget_statis
 from ._clock import Clock
 from ._config import AUDIO_ENDPOINTS, RateLimit, check_number
 from ._endpoint_rate import EndpointRate, Waiter, reached
-from ._lessons import read_lesson
+from ._lessons import read_lesson, teaches_nothing
 from ._logging import log
 
 __all__ = [
@@ -404,6 +404,9 @@ class LocalBudget:
           the sliding failure window.
         """
         state = self._endpoint(endpoint)
+        if teaches_nothing(status, headers):  # most answers: a success stating nothing
+            self._consecutive_429 = 0
+            return
         now = self._clock.monotonic()
         if 200 <= status < 300:
             self._consecutive_429 = 0

@@ -151,6 +151,10 @@ class HttpTransport:
             f"venice-audio-async/{_version()} aiohttp/{aiohttp.__version__} "
             f"python/{platform.python_version()}"
         )
+        # Per-request constants, built once (a poll is sent many times a second).
+        self._header_cache: dict[bool, tuple[str, dict[str, str]]] = {}
+        self._timeout_of = {d: self._timeout(download=d) for d in (False, True)}
+        self._urls: dict[str, URL] = {}
 
     def __repr__(self) -> str:
         return f"<HttpTransport base_url={str(self._base)!r} closed={self._closed}>"
@@ -184,9 +188,14 @@ class HttpTransport:
             await self._session.close()
 
     def _headers(self, *, auth: bool) -> dict[str, str]:
+        # Built once per (auth, user agent), not per request: aiohttp copies them anyway.
+        cached = self._header_cache.get(auth)
+        if cached is not None and cached[0] == self.user_agent:
+            return cached[1]
         headers = {"User-Agent": self.user_agent, "Accept": "application/json, audio/*"}
         if auth and self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
+        self._header_cache[auth] = (self.user_agent, headers)
         return headers
 
     async def _notify(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
@@ -202,6 +211,14 @@ class HttpTransport:
             sock_connect=t.connect,
             sock_read=t.read,
         )
+
+    def _url(self, path: str) -> URL:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._base / path
+            if len(self._urls) < 64:  # the endpoints' few paths
+                self._urls[path] = url
+        return url
 
     @contextlib.asynccontextmanager
     async def _exchange(
@@ -222,12 +239,12 @@ class HttpTransport:
         try:
             async with self._client().request(
                 method,
-                self._base / path,
+                self._url(path),
                 json=body,
                 params=params,
                 headers=self._headers(auth=auth),
                 allow_redirects=False,
-                timeout=self._timeout(download=download),
+                timeout=self._timeout_of[download],
             ) as response:
                 headers = {k.lower(): v for k, v in response.headers.items()}
                 outcome.status = response.status

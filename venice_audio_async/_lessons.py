@@ -13,7 +13,7 @@ import attrs
 
 from ._retry import header_int, parse_reset, retry_delay_from_headers
 
-__all__ = ["Lesson", "read_lesson"]
+__all__ = ["Lesson", "read_lesson", "teaches_nothing"]
 
 #: The reason of the pause after the failed-request budget ran out.
 _BUDGET_EXHAUSTED = "failed-request budget exhausted"
@@ -58,6 +58,16 @@ class Lesson:
             or (self.stated is not None and self.stated != stated_sent)
             or (self.allowance is not None and self.allowance[0] < room)
         )
+
+
+def teaches_nothing(status: int, headers: Mapping[str, str]) -> bool:
+    """Whether :func:`read_lesson` would find nothing to learn but a success: a 2xx
+    answer that states no ``x-ratelimit-*`` header (``Retry-After`` is read on 429s only).
+
+    The common answer, told apart without reading any header's value."""
+    if not 200 <= status < 300:
+        return False
+    return not any(key[:12].lower() == "x-ratelimit-" for key in headers)
 
 
 def read_lesson(

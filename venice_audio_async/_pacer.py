@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from ._budget import RequestBudget
+from ._budget import LocalBudget, RequestBudget
 from ._clock import Clock
 from ._policy import PollPolicy
 from ._tracked import TrackedJob
@@ -34,9 +34,16 @@ class WindowPacer:
         self._repriced_at = -math.inf
         self._grants = 0
         self._keyed_price = policy.price
+        # An in-process budget (whose acquire is LocalBudget's) hands a free token over
+        # synchronously: the same grant as acquire's, without its cancellation checkpoint.
+        self._try_now: Callable[[str], bool] | None = None
+        if isinstance(budget, LocalBudget) and type(budget).acquire is LocalBudget.acquire:
+            self._try_now = budget.try_acquire
 
-    def note_grant(self) -> None:
-        """The poller took a retrieve token."""
+    async def take_token(self) -> None:
+        """Take a retrieve token for the poller (waiting, FIFO, if none is free)."""
+        if self._try_now is None or not self._try_now("retrieve"):
+            await self._budget.acquire("retrieve")
         self._grants += 1
 
     def token_ready(self) -> float:

@@ -51,6 +51,9 @@ _OVERRUN_SHARE = 0.1
 #: ... and past its 1st percentile never more than this (seconds): however unlikely the
 #: belief thinks it is that the job has finished, it is watched.
 _LIVE_MAX_GAP = 10.0
+#: The solve's answer is worth the price within its tolerance (1e-4 in log terms): a
+#: share of the price it surely lies beyond.
+_SURELY_BELOW = 0.999
 
 
 class JobView(Protocol):
@@ -104,11 +107,17 @@ class PollPolicy:
             age = max(0.0, job.last_poll - job.started)
             return job.last_poll + bounds.clamp(max(bounds.first_poll, 0.5 * age))
         seen = job.seen_running_at_age
-        due = job.started + belief.age_worth(seen, self.price if price is None else price)
+        price = self.price if price is None else price
         p01, p99 = self._quantiles(belief)
+        latest = reference + bounds.max_interval
         # Once the job may well have finished, never leave it unpolled for long: this
         # bounds the delay of jobs that finish early, where the belief sees little chance.
-        due = min(due, max(job.started + p01, reference) + _LIVE_MAX_GAP)
+        live = max(job.started + p01, reference) + _LIVE_MAX_GAP
+        # A poll is never worth more than the time since the last one, so the solve lands
+        # at least ``price`` past ``seen``: when the caps come first anyway, it is not run.
+        if min(job.started + max(seen, 0.0) + _SURELY_BELOW * price, live) >= latest:
+            return latest
+        due = min(job.started + belief.age_worth(seen, price), live)
         if polled:
             floor = job.last_poll + bounds.min_interval
             if seen > p99:
@@ -116,7 +125,7 @@ class PollPolicy:
                     bounds.min_interval, min(_LIVE_MAX_GAP, _OVERRUN_SHARE * (seen - p99))
                 )
             due = max(due, floor)
-        return min(due, reference + bounds.max_interval)
+        return min(due, latest)
 
     def _quantiles(self, belief: RunTimeBelief) -> tuple[float, float]:
         cached = self._tails.get(belief)

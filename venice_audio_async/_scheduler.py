@@ -296,8 +296,7 @@ class Scheduler:
                     self._schedule(tracked, self._clock.monotonic())
                     await self.jobs.held.wait_for_room()
                     continue
-                await self._budget.acquire("retrieve")
-                self._pacer.note_grant()
+                await self._pacer.take_token()
                 if tracked.outcome is not None or tracked.forgotten:
                     continue
                 tracked.in_flight = True
