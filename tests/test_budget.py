@@ -23,6 +23,7 @@ from venice_audio_async._budget import (
 from venice_audio_async._budget_statistics import EndpointFigures, budget_statistics
 from venice_audio_async._clock import ManualClock, ScaledClock
 from venice_audio_async._config import RateLimit
+from venice_audio_async._lessons import teaches_nothing
 from venice_audio_async._retry import parse_reset, retry_delay_from_headers
 from venice_audio_async.testing import FakeServer, JobScript
 
@@ -939,3 +940,28 @@ def test_session_maps_pooled_per_minute_onto_the_pool() -> None:
         window = budget.window(endpoint)
         assert window is not None
         assert window.limit == (40 if endpoint == "queue" else 60)
+
+
+def test_only_a_plain_success_is_read_as_teaching_nothing() -> None:
+    """A 2xx without x-ratelimit-* headers (in any case) teaches nothing; any such
+    header, or any other status, is read in full."""
+    plain = {"content-type": "application/json", "content-length": "85"}
+    assert teaches_nothing(200, plain)
+    assert teaches_nothing(204, {})
+    assert not teaches_nothing(429, plain)
+    assert not teaches_nothing(500, {})
+    assert not teaches_nothing(200, {**plain, "X-RateLimit-Limit-Requests": "60"})
+    assert not teaches_nothing(200, {"x-ratelimit-remaining": "0"})
+
+
+def test_a_stated_limit_on_a_success_in_mixed_case_is_learned() -> None:
+    """A 200 stating its limit with mixed-case names caps the endpoint at once; the
+    session-wide pause view stays clear."""
+    budget = LocalBudget(clock=ManualClock(), rates={"retrieve": RateLimit(per_minute=120)})
+    budget.learn("retrieve", 200, {"X-RateLimit-Limit-Requests": "30"})
+    window = budget.window("retrieve")
+    assert window is not None
+    assert window.limit == 30
+    assert not budget.session_paused()
+    budget.learn("retrieve", 429, {"retry-after": "5"})
+    assert budget.session_paused()

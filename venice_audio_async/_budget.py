@@ -349,6 +349,16 @@ class LocalBudget:
         self._grant(state, now)
         return True
 
+    def session_paused(self) -> bool:
+        """Whether every request is held right now (a 429's pause, the failed-request
+        window): what ``statistics()`` reports as ``paused_until`` or
+        ``failure_paused_until``, without taking a snapshot.
+
+        (LocalBudget's own: not part of :class:`RequestBudget`.)
+        """
+        now = self._clock.monotonic()
+        return self._paused_until > now or self._failure_paused_until > now
+
     def next_available(self, endpoint: str) -> float:
         """The ``clock.monotonic()`` time at which the next token for ``endpoint`` is free.
 

@@ -10,10 +10,10 @@ This module does not import aiohttp.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping
+import types
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -40,17 +40,30 @@ def queue_id_in(body: Mapping[str, Any] | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
-@contextlib.contextmanager
-def logged(outcome: RequestOutcome) -> Iterator[RequestOutcome]:
-    """Log the request made inside once it has an outcome (not when it is cancelled)."""
-    attempt = current_attempt()
-    started = time.monotonic()
-    try:
-        yield outcome
-    except VeniceError as error:
-        _log_outcome(outcome, attempt, time.monotonic() - started, error)
-        raise
-    _log_outcome(outcome, attempt, time.monotonic() - started, None)
+class logged:
+    """Log the request made inside once it has an outcome (not when it is cancelled).
+
+    A class rather than a generator: it wraps every request, and costs a third as much."""
+
+    __slots__ = ("_attempt", "_outcome", "_started")
+
+    def __init__(self, outcome: RequestOutcome) -> None:
+        self._outcome = outcome
+
+    def __enter__(self) -> RequestOutcome:
+        self._attempt = current_attempt()
+        self._started = time.monotonic()
+        return self._outcome
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        if exc is None or isinstance(exc, VeniceError):
+            elapsed = time.monotonic() - self._started
+            _log_outcome(self._outcome, self._attempt, elapsed, exc)
 
 
 def _log_outcome(

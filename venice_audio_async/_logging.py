@@ -22,11 +22,9 @@ the root logger's), attaches one that writes to stderr.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import logging
 import os
-from collections.abc import Iterator
 
 import attrs
 
@@ -65,14 +63,21 @@ def current_attempt() -> RequestAttempt | None:
     return _attempt.get()
 
 
-@contextlib.contextmanager
-def attempt_context(attempt: int, *, wait: float | None = None) -> Iterator[None]:
-    """Declare, for the requests sent inside, which attempt they are (for their log record)."""
-    token = _attempt.set(RequestAttempt(attempt, wait))
-    try:
-        yield
-    finally:
-        _attempt.reset(token)
+class attempt_context:
+    """Declare, for the requests sent inside, which attempt they are (for their log record).
+
+    A class rather than a generator: it wraps every poll, and costs a third as much."""
+
+    __slots__ = ("_attempt", "_token")
+
+    def __init__(self, attempt: int, *, wait: float | None = None) -> None:
+        self._attempt = RequestAttempt(attempt, wait)
+
+    def __enter__(self) -> None:
+        self._token = _attempt.set(self._attempt)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _attempt.reset(self._token)
 
 
 def configure_from_environment() -> None:

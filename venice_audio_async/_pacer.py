@@ -61,6 +61,8 @@ class WindowPacer:
 
     def paused(self, clock: Clock) -> bool:
         """Whether the whole session is paused right now (a 429, the error budget)."""
+        if isinstance(self._budget, LocalBudget):
+            return self._budget.session_paused()  # its pauses read directly
         # The clock is read after the budget's own reading: read before, a free budget
         # would look a few microseconds ahead and every poll would take a full snapshot.
         if self._budget.next_available("retrieve") <= clock.monotonic():
