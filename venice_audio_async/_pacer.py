@@ -40,6 +40,18 @@ class WindowPacer:
         if isinstance(budget, LocalBudget) and type(budget).acquire is LocalBudget.acquire:
             self._try_now = budget.try_acquire
 
+    @property
+    def grants_now(self) -> bool:
+        """Whether :meth:`take_token_now` can ever succeed (an in-process budget)."""
+        return self._try_now is not None
+
+    def take_token_now(self) -> bool:
+        """Take a retrieve token if one is free now from an in-process budget."""
+        if self._try_now is None or not self._try_now("retrieve"):
+            return False
+        self._grants += 1
+        return True
+
     async def take_token(self) -> None:
         """Take a retrieve token for the poller (waiting, FIFO, if none is free)."""
         if self._try_now is None or not self._try_now("retrieve"):

@@ -14,6 +14,10 @@ in a heap. The loop:
    current price (a price that rose makes it due later: it goes back into the heap), takes
    the token and hands the poll to one of a fixed set of worker tasks.
 
+While the loop sleeps, a worker that has just rescheduled a running job takes these steps
+itself (the same synchronous decision, with a token taken from an in-process budget) and
+polls the job they pick at once: a poll then costs no pass of the loop's task.
+
 A poll either reschedules the job (still running: the server's ``average_execution_time``
 and ``execution_duration`` update its belief and age), retries it later with backoff (5xx,
 timeouts, dropped or truncated bodies), or ends it with an :data:`~._models.Outcome`, pushed
@@ -45,7 +49,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -80,6 +84,7 @@ from ._pacer import WindowPacer
 from ._policy import PollPolicy
 from ._release import MediaReleaser, ReleaseHook, ReleaseMedia
 from ._retry import Retrier
+from ._sweep import Sweep
 from ._tracked import DueHeap, TrackedJob
 
 __all__ = ["Scheduler"]
@@ -91,7 +96,6 @@ OutcomeHook = Callable[[Outcome], Awaitable[None]]
 
 _HORIZON = 30.0  # seconds: how far ahead jobs are keyed, and re-keyed by a sweep
 _STALE_BATCH = 1024  # stale heap entries dropped per event-loop pass
-_SWEEP_SLICE = 1024  # jobs a sweep re-keys per event-loop pass
 _MAX_WORKERS = 256  # polls in flight at once, at most (also capped by the request limiter)
 _EPSILON = 1e-9
 
@@ -152,9 +156,10 @@ class Scheduler:
         self._tg: anyio.abc.TaskGroup | None = None
         self._counts: Counter[str] = Counter()
         self._pacer = WindowPacer(self._policy, budget)
-        self._sweep_pending = False  # the price fell or a fit moved: re-key jobs due soon
-        self._rekey_models: set[str] = set()  # fits that moved a lot: re-key all their jobs
-        self._rekey: deque[TrackedJob] = deque()  # jobs a sweep still has to look at
+        self._sweep = Sweep(
+            self._heap, self.jobs.by_model, clock, _HORIZON, self._due, self._schedule
+        )
+        self._parked = False  # the loop sleeps in _sleep_or_wake
 
     # ------------------------------------------------------------------ tracking
 
@@ -192,7 +197,8 @@ class Scheduler:
             return
         self._schedule(tracked, self._policy.due(tracked, now))
 
-    def _schedule(self, tracked: TrackedJob, due: float) -> None:
+    def _schedule(self, tracked: TrackedJob, due: float, *, wake: bool = True) -> bool:
+        """Key ``tracked`` at ``due``; whether it is now the head (``wake``: tell the loop)."""
         if tracked.deadline is not None:
             due = min(due, tracked.deadline)
         now = self._clock.monotonic()
@@ -209,8 +215,10 @@ class Scheduler:
         tracked.capped = key < due
         tracked.keyed_price = self._policy.price
         tracked.keyed_version = self._fits.version(tracked.job.model)
-        if self._heap.push(tracked, key):
+        head = self._heap.push(tracked, key)
+        if head and wake:
             self._wake.set()  # the loop may be sleeping towards a later job
+        return head
 
     def take(self, queue_id: str) -> None:
         """A consumer took the job's outcome: drop it, and release in-memory media now."""
@@ -304,47 +312,73 @@ class Scheduler:
 
     async def _work(self, queue: HandOff[TrackedJob]) -> None:
         while True:
-            await self._poll(await queue.get())
+            tracked: TrackedJob | None = await queue.get()
+            while tracked is not None:  # a worker may take its next job itself
+                tracked = await self._poll(tracked)
 
     async def _next_worth_polling(self) -> TrackedJob:
-        clock = self._clock
         while True:
-            if self._sweep() or (len(self._heap) > _STALE_BATCH and self._heap.stale_head()):
+            if self._sweep.run() or (len(self._heap) > _STALE_BATCH and self._heap.stale_head()):
                 await anyio.lowlevel.checkpoint()  # a mass re-key must not stall the loop
-            head = self._heap.head()
-            now = clock.monotonic()
-            if head is None:
-                await self._sleep_or_wake(math.inf)
-                continue
-            due = self._heap.head_due()
-            if due > now + _EPSILON:
-                wake = self._pacer.wake_at(due, now, jobs_waiting=bool(self.jobs.live))
-                await self._sleep_or_wake(wake - now)
-                continue
-            if head.deadline is not None and now >= head.deadline:
-                self._heap.pop()
+            step = self._step()
+            if isinstance(step, TrackedJob):
+                return step
+            if step is None:  # the head's deadline passed
+                head, now = self._heap.pop_head(), self._clock.monotonic()
                 error = JobDeadlineExceeded(head.job, now - head.tracked_at)
                 await self._finish(head, Failed(head.job, error))
-                continue
-            ready = self._pacer.token_ready()
-            now = clock.monotonic()  # read after: the budget reads the clock too
-            if ready > now + _EPSILON:
-                await self._sleep_or_wake(ready - now)
-                continue
-            if self._pacer.maybe_reprice(now, self.jobs.live, self._fits.belief_of):
-                self._start_sweep()
-            if (
-                head.capped
-                or self._policy.price > head.keyed_price
-                or self._fits.version(head.job.model) != head.keyed_version
-            ):
-                # Keyed at the horizon, or the price rose or the fit moved: still worth it?
-                worth_at = self._due(head, now)
-                if worth_at > now + _EPSILON:
-                    self._schedule(head, worth_at)
-                    continue
-            self._heap.pop()
-            return head
+            elif step >= 0:
+                await self._sleep_or_wake(step)
+
+    def _step(self) -> TrackedJob | float | None:
+        """One decision, without waiting: the job to poll now (popped from the heap; its
+        token is still to be taken), else seconds to wait (negative: decide again at once),
+        or ``None`` when the head's deadline has passed."""
+        head = self._heap.head()
+        now = self._clock.monotonic()
+        if head is None:
+            return math.inf
+        due = self._heap.head_due()
+        if due > now + _EPSILON:
+            return self._pacer.wake_at(due, now, jobs_waiting=bool(self.jobs.live)) - now
+        if head.deadline is not None and now >= head.deadline:
+            return None
+        ready = self._pacer.token_ready()
+        now = self._clock.monotonic()  # read after: the budget reads the clock too
+        if ready > now + _EPSILON:
+            return ready - now
+        if self._pacer.maybe_reprice(now, self.jobs.live, self._fits.belief_of):
+            self._start_sweep()
+        if (
+            head.capped
+            or self._policy.price > head.keyed_price
+            or self._fits.version(head.job.model) != head.keyed_version
+        ):
+            # Keyed at the horizon, or the price rose or the fit moved: still worth it?
+            worth_at = self._due(head, now)
+            if worth_at > now + _EPSILON:
+                self._schedule(head, worth_at)
+                return -1.0
+        self._heap.pop()
+        return head
+
+    def _take_now(self, keyed_head: TrackedJob | None) -> TrackedJob | None:
+        """The next job for the worker that just keyed ``keyed_head`` at the heap's head
+        (``None``: it did not), decided here while the loop sleeps: a poll then costs no
+        pass of the loop's task. The loop is woken for whatever is left to it."""
+        free = self._parked and self._pacer.grants_now and not self._sweep.pending
+        job = self._step() if free and not self.jobs.held.full else -1.0
+        if not isinstance(job, TrackedJob):
+            if keyed_head is not None or job is None:
+                self._wake.set()
+            return None
+        if not self._pacer.take_token_now():
+            self._schedule(job, self._clock.monotonic())
+            return None
+        if keyed_head is not None and keyed_head is not job:
+            self._wake.set()
+        job.in_flight = job.waiting
+        return job if job.waiting else None
 
     def _due(self, tracked: TrackedJob, now: float) -> float:
         """When ``tracked`` is next worth a poll, with its belief brought up to date (the
@@ -353,51 +387,23 @@ class Scheduler:
         return self._policy.due(tracked, now)
 
     def _start_sweep(self, reach: Reach = Reach.NEAR, model: str = "") -> None:
-        if reach is Reach.NONE:
-            return
-        if reach is Reach.ALL:
-            self._rekey_models.add(model)
-        self._sweep_pending = True
-        self._wake.set()
-
-    def _sweep(self) -> bool:
-        """Re-key jobs whose due time may have come earlier (the price fell or a fit moved),
-        at most :data:`_SWEEP_SLICE` per call. Returns whether some are left to look at.
-
-        The jobs keyed within :data:`_HORIZON` are found by walking the heap from its root
-        and pruning at the horizon (a heap's children are never due before their parent),
-        so the work grows with the jobs due soon, not with all jobs; jobs keyed further out
-        are looked at only when their model's fit moved a lot. Those near go first, and a
-        large re-key is spread over loop passes so that it never stalls other tasks.
-        """
-        if self._sweep_pending:
-            self._sweep_pending = False
-            horizon = self._clock.monotonic() + _HORIZON
-            self._rekey.extendleft(self._heap.keyed_before(horizon))
-            for model in self._rekey_models:
-                self._rekey.extend(self.jobs.by_model.get(model, {}).values())
-            self._rekey_models.clear()
-        now = self._clock.monotonic()
-        rekey = self._rekey
-        for _ in range(min(len(rekey), _SWEEP_SLICE)):
-            tracked = rekey.popleft()
-            if tracked.prompt or tracked.failures or tracked.in_flight or not tracked.waiting:
-                continue  # going out at once anyway, backing off after an error, or polled
-            due = self._due(tracked, now)
-            if due < tracked.keyed_due - _EPSILON:
-                self._schedule(tracked, due)
-        return bool(rekey)
+        if self._sweep.start(reach, model):
+            self._wake.set()
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         if self._wake.is_set():
             self._wake = anyio.Event()  # a fresh one only when the last was used
-        if self._sweep_pending or self._rekey:
+        if self._sweep.pending:
             return  # re-key first: a job may now be due sooner than the one slept for
-        await self._clock.wait(self._wake, seconds)
+        self._parked = True  # workers may take due jobs themselves meanwhile (_take_now)
+        try:
+            await self._clock.wait(self._wake, seconds)
+        finally:
+            self._parked = False
 
     # ------------------------------------------------------------------ one poll
 
-    async def _poll(self, tracked: TrackedJob) -> None:
+    async def _poll(self, tracked: TrackedJob) -> TrackedJob | None:  # and the next, if any
         job = tracked.job
         delete = True if self._release == "delete_on_retrieve" else None
         request = RetrieveRequest(
@@ -412,7 +418,7 @@ class Scheduler:
                         # slot: its token is spent, but sending now would break the pause.
                         tracked.in_flight = False
                         self._schedule(tracked, self._clock.monotonic())
-                        return
+                        return None
                     self._counts["polls"] += 1
                     answer = await self._client.retrieve(request, sink=tracked.sink_factory())
         except VeniceError as error:
@@ -420,16 +426,17 @@ class Scheduler:
         finally:
             tracked.in_flight = False
         if tracked.forgotten:
-            return  # forgotten while this poll was in flight
+            return None  # forgotten while this poll was in flight
         now = self._clock.monotonic()
+        if isinstance(answer, Processing):
+            return self._on_running(tracked, answer, now)
         if isinstance(answer, VeniceError):
             await self._on_error(tracked, answer)
-        elif isinstance(answer, Processing):
-            self._on_running(tracked, answer, now)
         else:
             await self._on_audio(tracked, answer, now)
+        return None
 
-    def _on_running(self, tracked: TrackedJob, status: Processing, now: float) -> None:
+    def _on_running(self, tracked: TrackedJob, status: Processing, now: float) -> TrackedJob | None:
         tracked.failures = 0
         self._end_probe(tracked.job.model)
         self._fits.observe_hint(tracked, status.average_execution_time)
@@ -439,7 +446,8 @@ class Scheduler:
         tracked.last_status = status
         tracked.seen_running_at_age = max(0.0, now - tracked.started)
         tracked.prompt = False
-        self._schedule(tracked, self._due(tracked, now))
+        head = self._schedule(tracked, self._due(tracked, now), wake=False)
+        return self._take_now(tracked if head else None)
 
     def _end_probe(self, model: str) -> None:
         """A job of a model being probed answered: the jobs waiting on it are re-keyed."""

@@ -98,8 +98,13 @@ class DueHeap:
 
     def pop(self) -> None:
         """Remove the head (call after :meth:`head` returned a job)."""
+        self.pop_head()
+
+    def pop_head(self) -> TrackedJob:
+        """Remove and return the head (call after :meth:`head` returned a job)."""
         _, _, tracked = heapq.heappop(self._heap)
         tracked.entry = -1
+        return tracked
 
     def stale_head(self) -> bool:
         """Whether the top entry is stale (many of them: a mass re-key just happened)."""
