@@ -58,6 +58,10 @@ _attempt: contextvars.ContextVar[RequestAttempt | None] = contextvars.ContextVar
 )
 
 
+#: The frozen records of the first tries without a token wait (every poll declares one).
+_PLAIN = [RequestAttempt(n) for n in range(8)]
+
+
 def current_attempt() -> RequestAttempt | None:
     """The attempt the running task declared for its next request, if any."""
     return _attempt.get()
@@ -71,7 +75,8 @@ class attempt_context:
     __slots__ = ("_attempt", "_token")
 
     def __init__(self, attempt: int, *, wait: float | None = None) -> None:
-        self._attempt = RequestAttempt(attempt, wait)
+        first = wait is None and 0 < attempt < len(_PLAIN)
+        self._attempt = _PLAIN[attempt] if first else RequestAttempt(attempt, wait)
 
     def __enter__(self) -> None:
         self._token = _attempt.set(self._attempt)

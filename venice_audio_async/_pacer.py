@@ -37,6 +37,9 @@ class WindowPacer:
         # An in-process budget (whose acquire is LocalBudget's) hands a free token over
         # synchronously: the same grant as acquire's, without its cancellation checkpoint.
         self._try_now: Callable[[str], bool] | None = None
+        self._session_paused: Callable[[], bool] | None = None
+        if isinstance(budget, LocalBudget):
+            self._session_paused = budget.session_paused
         if isinstance(budget, LocalBudget) and type(budget).acquire is LocalBudget.acquire:
             self._try_now = budget.try_acquire
 
@@ -73,8 +76,8 @@ class WindowPacer:
 
     def paused(self, clock: Clock) -> bool:
         """Whether the whole session is paused right now (a 429, the error budget)."""
-        if isinstance(self._budget, LocalBudget):
-            return self._budget.session_paused()  # its pauses read directly
+        if self._session_paused is not None:
+            return self._session_paused()  # an in-process budget's pauses, read directly
         # The clock is read after the budget's own reading: read before, a free budget
         # would look a few microseconds ahead and every poll would take a full snapshot.
         if self._budget.next_available("retrieve") <= clock.monotonic():

@@ -77,7 +77,6 @@ from ._models import (
     Job,
     Outcome,
     Processing,
-    RetrieveRequest,
     Succeeded,
 )
 from ._pacer import WindowPacer
@@ -404,11 +403,7 @@ class Scheduler:
     # ------------------------------------------------------------------ one poll
 
     async def _poll(self, tracked: TrackedJob) -> TrackedJob | None:  # and the next, if any
-        job = tracked.job
-        delete = True if self._release == "delete_on_retrieve" else None
-        request = RetrieveRequest(
-            model=job.model, queue_id=job.queue_id, delete_media_on_completion=delete
-        )
+        request = tracked.request(delete=self._release == "delete_on_retrieve")
         answer: Processing | AudioResult | VeniceError
         try:
             with attempt_context(tracked.failures + 1):  # for the request's log record

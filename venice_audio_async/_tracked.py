@@ -20,7 +20,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from ._audio import SinkFactory
 from ._belief import RunTimeBelief
-from ._models import Job, Outcome, Processing
+from ._models import Job, Outcome, Processing, RetrieveRequest
 
 __all__ = ["DueHeap", "TrackedJob"]
 
@@ -55,6 +55,19 @@ class TrackedJob:
     slot: int = -1  # index in Scheduler._live while in flight
     last_status: Processing | None = None  # the latest "still running" answer
     forgotten: bool = False  # session.forget: never polled again
+
+    retrieve: RetrieveRequest | None = None  # its poll's request, built once
+
+    def request(self, *, delete: bool) -> RetrieveRequest:
+        """The job's ``retrieve`` request (``delete``: ask the server to delete the media
+        once it hands it over)."""
+        request = self.retrieve
+        if request is None:
+            job = self.job
+            request = self.retrieve = RetrieveRequest(
+                model=job.model, queue_id=job.queue_id, delete_media_on_completion=delete or None
+            )
+        return request
 
     @property
     def waiting(self) -> bool:
