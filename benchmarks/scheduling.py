@@ -40,7 +40,9 @@ Variants:
 Delay = the time of the poll that saw the job finished minus its real finish. Deterministic
 (seeded): run it twice, get the same table.
 
-Run: ``python benchmarks/scheduling.py`` (``--quick`` for a smoke run).
+Run: ``python benchmarks/scheduling.py`` (``--quick`` for a smoke run; ``--spread 1 2 3 4 5 6``
+for the session alone on six draws of the same workloads, to see how far its margins are
+from draw-to-draw noise).
 """
 
 from __future__ import annotations
@@ -488,21 +490,67 @@ HEADERS = [
 ]
 
 
-async def main_async(args: argparse.Namespace) -> int:
-    print(f"# Latency at the budget  ({machine()})")
-    print(
-        f"virtual time; server limit {LIMIT} retrieves per rolling {WINDOW:g} s, queue "
-        f"{QUEUE_PER_MINUTE}/min; seed {args.seed}; delays in seconds\n"
-    )
-    rng = random.Random(args.seed)
-    scale = 0.2 if args.quick else 1.0
-    races = 10 if args.quick else A_RACES
-    workloads = [
+def draw(seed: int, scale: float = 1.0, races: int = A_RACES) -> list[list[Workload]]:
+    """The four workloads drawn from ``seed`` (the same draw whatever the mode)."""
+    rng = random.Random(seed)
+    return [
         [workload_a(rng) for _ in range(races)],
         [workload_b(rng, int(1000 * scale))],
         [workload_c(rng, 10.0 * scale)],
         [workload_d(rng, max(10, int(60 * scale)))],
     ]
+
+
+async def spread_async(seeds: Sequence[int]) -> int:
+    """The session's figures (default settings) on several draws of the same workloads:
+    how far the targets' margins are from draw-to-draw noise."""
+    print(f"# Latency at the budget, draw to draw  ({machine()})")
+    print("session, default settings; delays in seconds; each seed is a new draw\n")
+    rows: list[list[object]] = []
+    for seed in seeds:
+        for repeats in draw(seed):
+            total = Result("session")
+            for race in repeats:
+                total.add(await simulate_session(race, "session", PollingBounds()))
+            n = len(repeats[0].jobs) * len(repeats)
+            delays = total.delays
+            rows.append(
+                [
+                    seed,
+                    repeats[0].name,
+                    total.polls / n,
+                    total.rejected,
+                    percentile(delays, 0.5),
+                    percentile(delays, 0.95),
+                    max(delays),
+                    max(total.busiest),
+                ]
+            )
+        print(f"  done seed {seed}", file=sys.stderr, flush=True)
+    headers = [
+        "seed",
+        "workload",
+        "retrieves/job",
+        "429s",
+        "p50",
+        "p95",
+        "max",
+        "busiest 60 s (any race)",
+    ]
+    print(table(headers, sorted(rows, key=lambda r: (str(r[1]), int(cast(int, r[0]))))))
+    return 0
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    if args.spread:
+        return await spread_async(args.spread)
+    print(f"# Latency at the budget  ({machine()})")
+    print(
+        f"virtual time; server limit {LIMIT} retrieves per rolling {WINDOW:g} s, queue "
+        f"{QUEUE_PER_MINUTE}/min; seed {args.seed}; delays in seconds\n"
+    )
+    scale = 0.2 if args.quick else 1.0
+    workloads = draw(args.seed, scale, 10 if args.quick else A_RACES)
     rows: list[list[object]] = []
     bounds_rows: list[list[object]] = []
     for repeats in workloads:
@@ -555,6 +603,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller workloads (smoke run)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--spread",
+        type=int,
+        nargs="+",
+        metavar="SEED",
+        help="only the session, on the draws of these seeds: a table of its figures per draw",
+    )
     return parser.parse_args(argv)
 
 

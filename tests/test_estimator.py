@@ -191,3 +191,41 @@ def test_fluid_polls_match_the_integral() -> None:
             t += step
         assert BELIEF.fluid_polls(limit) == pytest.approx(total, rel=2e-3)
     assert BELIEF.integrated_survival(1e6) == pytest.approx(BELIEF.mean, rel=1e-9)
+
+
+def test_running_jobs_are_censored_where_a_poll_last_saw_them() -> None:
+    """A running job is known to run only up to the age its last poll saw: a fit that
+    censored it at its age now would claim more than is known and be dragged long."""
+    from venice_audio_async._model_fits import ModelFits
+    from venice_audio_async._models import Job
+    from venice_audio_async._tracked import TrackedJob
+
+    fits = ModelFits(DurationEstimator())
+    fits.estimator.observe_hint("m", 24.0)
+    for seconds in (18.0, 19.0, 20.0, 20.5, 21.0, 21.5, 22.0, 19.5, 20.0):
+        fits.estimator.observe_duration("m", seconds)
+    # Unpolled for long (a tight budget): last seen running at 15 s, started long ago.
+    running = [
+        TrackedJob(
+            job=Job(model="m", queue_id=f"q{i}"),
+            sink_factory=lambda: None,  # type: ignore[arg-type, return-value]
+            tracked_at=0.0,
+            started=0.0,
+            deadline=None,
+            prompt=False,
+            seen_running_at_age=15.0,
+        )
+        for i in range(9)
+    ]
+    tenth = TrackedJob(
+        job=Job(model="m", queue_id="done"),
+        sink_factory=lambda: None,  # type: ignore[arg-type, return-value]
+        tracked_at=0.0,
+        started=0.0,
+        deadline=None,
+        prompt=False,
+    )
+    fits.observe_finished(tenth, 20.0, running)
+    median = fits.estimator.model_stats("m").median
+    assert median is not None
+    assert median == pytest.approx(20.0, rel=0.1)

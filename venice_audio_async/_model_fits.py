@@ -100,14 +100,16 @@ class ModelFits:
             tracked.belief = None
 
     def observe_finished(
-        self, tracked: TrackedJob, duration: float, running: Iterable[TrackedJob], now: float
+        self, tracked: TrackedJob, duration: float, running: Iterable[TrackedJob]
     ) -> Reach:
         """A job ran ``duration`` seconds; refit its model from its finished jobs and the
-        oldest ``running`` ones (right-censored at their age)."""
+        oldest ``running`` ones (right-censored at the age a poll last saw them running)."""
         model = tracked.job.model
         self.estimator.observe_duration(model, duration, hint=tracked.hint)
         ref_kind, ref_median, ref_p01 = self._reference_of(model)  # read before the refit
-        ages = [(now - t.started, t.hint) for t in itertools.islice(running, _CENSORED)]
+        # Censored where a poll last saw each running: its age now would claim it still
+        # runs, and a job unpolled for a while may have finished (a fit biased long).
+        ages = [(t.seen_running_at_age, t.hint) for t in itertools.islice(running, _CENSORED)]
         if not self.estimator.refit(model, ages):
             return Reach.NONE
         self._versions[model] += 1

@@ -459,7 +459,7 @@ class Scheduler:
         if tracked.job.queue_id in self.jobs:
             self.jobs.hold_audio(tracked, audio)
         running = self.jobs.by_model.get(model, {}).values()
-        self._start_sweep(self._fits.observe_finished(tracked, duration, running, now), model)
+        self._start_sweep(self._fits.observe_finished(tracked, duration, running), model)
         if self._release == "complete":
             if audio.path is None and tracked.job.queue_id in self.jobs:
                 # Only in memory: the server's copy stays until a caller takes the audio.
