@@ -301,6 +301,27 @@ async def test_the_status_timeout_does_not_cut_a_download(server: _Server) -> No
     assert result.data == AUDIO
 
 
+async def test_a_download_that_falls_silent_fails_after_the_read_timeout(server: _Server) -> None:
+    """The status deadline stands in for the read timeout only until audio comes: a
+    download that then goes quiet for longer than Timeouts.read is a RequestTimeout."""
+    server.plan("job", paced(AUDIO, chunk=len(AUDIO) // 4, every=3.0))
+    timeouts = v.Timeouts(status=0.2, read=0.3, min_download_rate=None)
+    async with _client(server, timeouts=timeouts) as client:
+        with anyio.fail_after(2.5):  # the next chunk comes 3 s after the first
+            with pytest.raises(v.RequestTimeout):
+                await client.retrieve(_retrieve("job"))
+
+
+async def test_a_status_slower_than_the_read_timeout_allows_still_fails(server: _Server) -> None:
+    """With Timeouts.status above Timeouts.read, a silent wait for the status fails after
+    the read timeout, as before the status deadline existed."""
+    server.plan("job", late(1.0))
+    timeouts = v.Timeouts(status=5.0, read=0.2)
+    async with _client(server, timeouts=timeouts) as client:
+        with anyio.fail_after(0.9), pytest.raises(v.RequestTimeout):
+            await client.retrieve(_retrieve("job"))
+
+
 # --------------------------------------------------------------------------- stall rule
 
 

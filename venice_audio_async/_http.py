@@ -30,6 +30,7 @@ from typing import Any
 
 import aiohttp
 import attrs
+from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
 from ._audio import AudioSink
@@ -57,6 +58,16 @@ ResponseObserver = Callable[[str, int, Mapping[str, str]], Awaitable[None]]
 
 #: A caller's own aiohttp session, for the layers above to name without importing aiohttp.
 HttpSession = aiohttp.ClientSession
+
+
+#: While a poll waits for its status (headers and a JSON body), ``Timeouts.status`` is the
+#: stricter bound, so aiohttp's read timeout is left off then: it costs timer handles on
+#: every chunk read, the hottest path there is. It is armed when audio starts coming, on
+#: the response's connection (``ResponseHandler.read_timeout`` and ``start_timeout``: not
+#: documented API, so checked here once; without them the read timeout stays on all along).
+_REARM_READ = isinstance(getattr(ResponseHandler, "read_timeout", None), property) and callable(
+    getattr(ResponseHandler, "start_timeout", None)
+)
 
 
 @attrs.frozen
@@ -160,6 +171,9 @@ class HttpTransport:
         # Per-request constants, built once (a poll is sent many times a second).
         self._header_cache: dict[bool, tuple[str, dict[str, str]]] = {}
         self._timeout_of = {d: self._timeout(download=d) for d in (False, True)}
+        self._status_timeout = self._timeout_of[True]  # a retrieve, until audio comes
+        if _REARM_READ and timeouts.status is not None and timeouts.status <= timeouts.read:
+            self._status_timeout = attrs.evolve(self._status_timeout, sock_read=None)
         self._urls: dict[str, URL] = {}
 
     def __repr__(self) -> str:
@@ -236,6 +250,7 @@ class HttpTransport:
         params: Mapping[str, str] | None = None,
         auth: bool = True,
         download: bool = False,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> _Exchange:
         """One request: ``async with`` yields a successful response and its headers
         (lower-case names); error statuses and every aiohttp or asyncio failure (also while
@@ -246,7 +261,7 @@ class HttpTransport:
             "params": params,
             "headers": self._headers(auth=auth),
             "allow_redirects": False,
-            "timeout": self._timeout_of[download],
+            "timeout": self._timeout_of[download] if timeout is None else timeout,
         }
         return _Exchange(self, outcome, method, self._url(path), options)
 
@@ -317,16 +332,17 @@ class HttpTransport:
         try:
             async with (
                 status_scope,
-                self._exchange(outcome, "POST", "audio/retrieve", body=body, download=True) as (
-                    response,
-                    headers,
-                ),
+                self._exchange(
+                    outcome, "POST", "audio/retrieve", body=body, timeout=self._status_timeout
+                ) as (response, headers),
             ):
                 media_type = response.content_type.lower()
                 if media_type == "application/json":
                     answer = await self._json_answer(endpoint, response, headers)
                 else:
                     status_scope.reschedule(None)
+                    if self._status_timeout is not self._timeout_of[True]:
+                        _arm_read_timeout(response, self._timeouts.read)
                     audio = await stream_audio(
                         response.content,
                         media_type=media_type,
@@ -354,6 +370,16 @@ class HttpTransport:
 
 
 _FAILURES = (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError)
+
+
+def _arm_read_timeout(response: aiohttp.ClientResponse, seconds: float) -> None:
+    """From now on, fail ``response``'s reads after ``seconds`` of silence (see
+    :data:`_REARM_READ`)."""
+    connection = response.connection
+    protocol = None if connection is None else connection.protocol
+    if protocol is not None:
+        protocol.read_timeout = seconds
+        protocol.start_timeout()  # the silence counts from now, not from the next chunk
 
 
 class _Exchange:
