@@ -61,12 +61,17 @@ class ModelFits:
         self._reference: dict[str, _Location] = {}
 
     def version(self, model: str) -> int:
-        return self._versions[model]
+        return self._versions.get(model, 0)  # not [model]: Counter's __missing__ is a call
+
+    @property
+    def probing(self) -> bool:
+        """Whether some model's jobs wait for a probe's answer."""
+        return bool(self._probing)
 
     def belief_of(self, tracked: TrackedJob) -> RunTimeBelief | None:
         """``tracked``'s belief, brought up to date with its model's fit and its hint."""
         model = tracked.job.model
-        version = self._versions[model]
+        version = self._versions.get(model, 0)
         if tracked.belief_version != version or tracked.belief is None:
             tracked.belief = self.estimator.belief(model, hint=tracked.hint)
             tracked.belief_version = version

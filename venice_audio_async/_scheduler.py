@@ -446,7 +446,8 @@ class Scheduler:
 
     def _end_probe(self, model: str) -> None:
         """A job of a model being probed answered: the jobs waiting on it are re-keyed."""
-        self._start_sweep(self._fits.end_probe(model), model)
+        if self._fits.probing:  # rarely: only while a model's first estimate is awaited
+            self._start_sweep(self._fits.end_probe(model), model)
 
     async def _on_audio(self, tracked: TrackedJob, audio: AudioResult, now: float) -> None:
         model = tracked.job.model
