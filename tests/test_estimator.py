@@ -229,3 +229,14 @@ def test_running_jobs_are_censored_where_a_poll_last_saw_them() -> None:
     median = fits.estimator.model_stats("m").median
     assert median is not None
     assert median == pytest.approx(20.0, rel=0.1)
+
+
+def test_due_age_is_found_for_a_belief_with_a_huge_median() -> None:
+    """A server estimate of months (a hazard near zero at the job's age) gives a due age,
+    not an OverflowError that would end the scheduler's worker."""
+    belief = RunTimeBelief(math.log(6.19e6), 1.41)
+    seen, price = 116.9, 0.00139
+    due = belief.age_worth(seen, price)
+    assert math.isfinite(due)
+    assert due > seen
+    assert belief.worth(due, seen) == pytest.approx(price, rel=0.01)

@@ -38,6 +38,7 @@ _Z_LOW, _Z_HIGH, _Z_STEP = -8.0, 9.0, 0.05
 #: run time is then taken to be exponential with the hazard rate at ``s``.
 _TINY_SURVIVAL = 1e-9
 _NEWTON_STEPS = 40
+_MAX_EXPONENT = 50.0  # a Newton step never multiplies the gap by more than e^50
 _NEWTON_TOLERANCE = 1e-4  # seconds
 _LOG_TOLERANCE = 1e-4  # relative error in worth
 
@@ -175,7 +176,11 @@ class RunTimeBelief:
             else:
                 low = gap
             slope = 1.0 - survival / tail  # d worth / d gap
-            candidate = gap * math.exp(-error * value / (gap * slope)) if slope > 0 else 0.0
+            candidate = 0.0
+            if slope > 0:
+                # A tiny slope (a hazard near zero: a huge median) would overflow the step;
+                # capped, such a step leaves the bracket and is bisected instead.
+                candidate = gap * math.exp(min(-error * value / (gap * slope), _MAX_EXPONENT))
             gap = candidate if low < candidate < high else 0.5 * (low + high)
         return s + gap
 
