@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from _common import machine, percentile, table
 from scheduling import (
     A_RACES,
+    B_MEANS,
+    B_SIGMA,
     WINDOW,
     Workload,
     lognormal_p80,
@@ -38,8 +40,6 @@ from scheduling import (
 from venice_audio_async._belief import RunTimeBelief
 from venice_audio_async._estimator import PollingBounds
 
-MEANS = {"m20": 20.0, "m30": 30.0, "m45": 45.0, "m60": 60.0}
-SIGMA = 0.18
 LIMIT, CLIENT_WINDOW = 120, WINDOW + 0.5
 LOOK_AHEAD = (2.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.5)
 STEP, REPRICE = 0.02, 0.25
@@ -57,10 +57,11 @@ def b_of(seed: int) -> Workload:
 def reference(workload: Workload, slack: float) -> tuple[float, list[float]]:
     """(retrieves per job, delays) of POLLING.md's policy with the true beliefs."""
     true = {
-        m: RunTimeBelief(math.log(mean) - SIGMA * SIGMA / 2, SIGMA) for m, mean in MEANS.items()
+        model: RunTimeBelief(math.log(mean) - B_SIGMA * B_SIGMA / 2, B_SIGMA)
+        for model, mean in B_MEANS.items()
     }
     for job in workload.jobs:  # the hint is the P80 of the same distribution
-        assert math.isclose(job.hint, lognormal_p80(MEANS[job.model], SIGMA))
+        assert math.isclose(job.hint, lognormal_p80(B_MEANS[job.model], B_SIGMA))
     grants: deque[float] = deque()
     arrivals: deque[tuple[float, RunTimeBelief]] = deque()
     running: list[list[float]] = []  # [start, duration, model index, age last seen running]

@@ -163,9 +163,13 @@ def workload_a(rng: random.Random, n: int = 20) -> Workload:
     )
 
 
+#: Workload B's models: mean run times (seconds) and the log-sd they share.
+B_MEANS = {"m20": 20.0, "m30": 30.0, "m45": 45.0, "m60": 60.0}
+B_SIGMA = 0.18
+
+
 def workload_b(rng: random.Random, n: int = 1000) -> Workload:
-    means = {"m20": 20.0, "m30": 30.0, "m45": 45.0, "m60": 60.0}
-    sigma = 0.18
+    means, sigma = B_MEANS, B_SIGMA
     jobs = []
     for i, t in enumerate(queue_paced(n)):
         model = list(means)[i % 4]

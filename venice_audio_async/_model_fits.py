@@ -71,7 +71,7 @@ class ModelFits:
     def belief_of(self, tracked: TrackedJob) -> RunTimeBelief | None:
         """``tracked``'s belief, brought up to date with its model's fit and its hint."""
         model = tracked.job.model
-        version = self._versions.get(model, 0)
+        version = self.version(model)
         if tracked.belief_version != version or tracked.belief is None:
             tracked.belief = self.estimator.belief(model, hint=tracked.hint)
             tracked.belief_version = version

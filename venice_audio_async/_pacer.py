@@ -57,9 +57,9 @@ class WindowPacer:
 
     async def take_token(self) -> None:
         """Take a retrieve token for the poller (waiting, FIFO, if none is free)."""
-        if self._try_now is None or not self._try_now("retrieve"):
+        if not self.take_token_now():
             await self._budget.acquire("retrieve")
-        self._grants += 1
+            self._grants += 1
 
     def token_ready(self) -> float:
         """When the poller may take a retrieve token (its share of the window included)."""

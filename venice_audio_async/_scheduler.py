@@ -358,8 +358,7 @@ class Scheduler:
             if worth_at > now + _EPSILON:
                 self._schedule(head, worth_at)
                 return -1.0
-        self._heap.pop()
-        return head
+        return self._heap.pop_head()
 
     def _take_now(self, keyed_head: TrackedJob | None) -> TrackedJob | None:
         """The next job for the worker that just keyed ``keyed_head`` at the heap's head

@@ -109,10 +109,6 @@ class DueHeap:
         """The due time of the head (call after :meth:`head` returned a job)."""
         return self._heap[0][0]
 
-    def pop(self) -> None:
-        """Remove the head (call after :meth:`head` returned a job)."""
-        self.pop_head()
-
     def pop_head(self) -> TrackedJob:
         """Remove and return the head (call after :meth:`head` returned a job)."""
         _, _, tracked = heapq.heappop(self._heap)
