@@ -6,7 +6,7 @@ a module that needs a differently configured fake server defines its own ``serve
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -26,6 +26,17 @@ API_KEY = "test-key-5f2c9a7e-never-leak"
 
 #: No client-side pacing, for tests about something other than the rate limiter.
 UNLIMITED = v.RateLimits(queue_per_minute=None, retrieve_per_minute=None)
+
+
+def busiest_window(times: Sequence[float], window: float = 60.0) -> int:
+    """The most of ``times`` that fall in any half-open window ``(t - window, t]``."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while times[start] <= t - window + 1e-9:  # float-safe
+            start += 1
+        best = max(best, end - start + 1)
+    return best
 
 
 @pytest.fixture

@@ -26,15 +26,12 @@ class HintedClient(StubClient):
 
     def __init__(self, clock: v.ManualClock) -> None:
         super().__init__(clock, hint=0.0)
-        self.hints: dict[str, float] = {}
         self.data = b"abc"
 
     def add_hinted(self, queue_id: str, duration: float, hint: float) -> v.Job:
-        self.hints[queue_id] = hint
-        return self.add(queue_id, duration)
+        return self.add(queue_id, duration, hint=hint)
 
     async def retrieve(self, request: v.RetrieveRequest, *, sink: Any) -> Any:
-        self.hint = self.hints[request.queue_id]
         answer = await super().retrieve(request, sink=sink)
         if isinstance(answer, v.AudioResult):
             return v.AudioResult(

@@ -31,15 +31,21 @@ class StubClient:
         self.hint = hint
         self.finish: dict[str, float] = {}
         self.queued_at: dict[str, float] = {}
+        self.hints: dict[str, float] = {}
         self.retrieves: list[tuple[float, str]] = []
         self.completes: list[str] = []
         self.fail: dict[str, list[v.VeniceError]] = {}
 
-    def add(self, queue_id: str, duration: float) -> v.Job:
+    def add(
+        self, queue_id: str, duration: float, *, model: str = "m", hint: float | None = None
+    ) -> v.Job:
+        """A job of ``model`` finishing ``duration`` from now; ``hint`` replaces the
+        client-wide ``average_execution_time`` for it."""
         now = self.clock.monotonic()
         self.queued_at[queue_id] = now
         self.finish[queue_id] = now + duration
-        return v.Job(model="m", queue_id=queue_id)
+        self.hints[queue_id] = self.hint if hint is None else hint
+        return v.Job(model=model, queue_id=queue_id)
 
     async def retrieve(self, request: v.RetrieveRequest, *, sink: Any) -> Any:
         now = self.clock.monotonic()
@@ -49,7 +55,8 @@ class StubClient:
             raise errors.pop(0)
         if now < self.finish[request.queue_id]:
             elapsed = now - self.queued_at[request.queue_id]
-            return v.Processing(average_execution_time=self.hint, execution_duration=elapsed)
+            hint = self.hints.get(request.queue_id, self.hint)
+            return v.Processing(average_execution_time=hint, execution_duration=elapsed)
         duration = self.finish[request.queue_id] - self.queued_at[request.queue_id]
         return v.AudioResult(
             content_type="audio/mpeg",
