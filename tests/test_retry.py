@@ -11,6 +11,8 @@ import pytest
 
 import venice_audio_async as v
 from tests.conftest import make_session
+from venice_audio_async._budget import LocalBudget
+from venice_audio_async._config import RateLimit
 from venice_audio_async._limiter import RequestLimiter
 from venice_audio_async._retry import Retrier, Verdict, decide, queue_answer_lost
 from venice_audio_async.testing import FakeServer, Fault
@@ -208,3 +210,41 @@ def test_retry_in_applies_the_same_rule_for_a_rescheduling_caller() -> None:
     assert POLICY.initial_backoff * (1 - POLICY.jitter) <= delay <= POLICY.initial_backoff * 1.5
     assert retrier.retry_in("retrieve", dropped, POLICY.attempts - 1) is None
     assert retrier.retry_in("retrieve", _status(v.BadRequestError, 400), 0) is None
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await anyio.lowlevel.checkpoint()
+
+
+async def test_a_cancel_that_races_the_token_sends_nothing() -> None:
+    """A caller cancelled in the loop pass its token arrives in (a ``generate_many`` block
+    left meanwhile) sends nothing: the send is shielded once it starts, so the check for
+    the cancel must come first. Without it that request went out after the exit."""
+    clock = v.ManualClock()
+    budget = LocalBudget(clock=clock, rates={"queue": RateLimit(per_minute=60.0, burst=1)})
+    assert budget.try_acquire("queue")  # the burst is spent: the next token is 1 s away
+    retrier = Retrier(acquire=budget.acquire, policy=POLICY, clock=clock, rng=random.Random(0))
+    sent: list[float] = []
+
+    async def send() -> str:
+        with anyio.CancelScope(shield=True):  # as the queue call is: never cut short
+            sent.append(clock.monotonic())
+            await anyio.lowlevel.checkpoint()
+        return "job"
+
+    scope = anyio.CancelScope()
+
+    async def caller() -> None:
+        with scope:
+            await retrier.call("queue", send, limiter=RequestLimiter(4))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(caller)
+        await _settle()
+        assert budget.statistics().endpoints["queue"].waiting == 1
+        clock.advance(budget.next_available("queue"))  # the token is due: its waiter wakes ...
+        scope.cancel()  # ... and cancelled before it runs again
+        await _settle()
+    assert sent == []
+    assert scope.cancelled_caught

@@ -32,6 +32,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
+import anyio.lowlevel
+
 from ._clock import Clock
 from ._config import RetryPolicy
 from ._errors import (
@@ -239,6 +241,10 @@ class Retrier:
             try:
                 with attempt_context(attempt, wait=clock.monotonic() - asked):
                     async with limiter:
+                        # A cancel that came in the loop pass the token did (a batch block
+                        # left meanwhile) wins: ``send`` is shielded once it starts, and a
+                        # token wasted is cheaper than a job nobody wants.
+                        await anyio.lowlevel.checkpoint_if_cancelled()
                         return await send()
             except VeniceError as error:
                 verdict = decide(endpoint, error, self.policy)
