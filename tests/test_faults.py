@@ -319,11 +319,18 @@ async def test_5xx_burst_backs_off_exponentially_with_jitter(fake_server: FakeSe
     """500/503 bursts on polls are retried with growing, jittered waits; every job arrives."""
     policy = v.RetryPolicy(initial_backoff=5.0, multiplier=2.0, jitter=0.5, max_backoff=100.0)
     fake_server.plan(*[JobScript(duration=0.0) for _ in range(3)])
+    # Queued first and attached once the faults are set: a session's own submit may poll
+    # a finished job before the next submit returns (it did on a loaded machine).
+    async with make_client(fake_server) as client:
+        queued = [
+            await client.queue(v.QueueRequest(model="stable-audio-25", prompt=f"a busy server {i}"))
+            for i in range(3)
+        ]
+    for job in queued:
+        fake_server.inject("retrieve", Fault.status(500), times=2, queue_id=job.queue_id)
+        fake_server.inject("retrieve", Fault.status(503), times=2, queue_id=job.queue_id)
     async with _session(fake_server, retry=policy) as session:
-        jobs = [await session.submit("stable-audio-25", f"a busy server {i}") for i in range(3)]
-        for job in jobs:
-            fake_server.inject("retrieve", Fault.status(500), times=2, queue_id=job.queue_id)
-            fake_server.inject("retrieve", Fault.status(503), times=2, queue_id=job.queue_id)
+        jobs = [session.attach(job.model, job.queue_id) for job in queued]
         async with session.results(jobs) as results:
             outcomes = [o async for o in results]
     assert all(isinstance(o, v.Succeeded) for o in outcomes)
