@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 
 from ._clock import Clock
-from ._lessons import Lesson, read_lesson
+from ._lessons import Lesson, read_lesson, teaches_nothing
 from ._redis_link import RedisLink
 from ._redis_mirror import SharedMirror
 
@@ -50,6 +50,9 @@ class ResponseLearner:
 
     async def record(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
         """Learn from an answer to ``endpoint`` (``status=0``: a transport failure)."""
+        if teaches_nothing(status, headers):  # most answers: nothing to share, no window read
+            self._consecutive_429 = 0
+            return
         mirror, link = self._mirror, self._link
         now = self._clock.monotonic()
         view = mirror.endpoint(endpoint)
