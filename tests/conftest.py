@@ -6,6 +6,7 @@ a module that needs a differently configured fake server defines its own ``serve
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -26,6 +27,14 @@ API_KEY = "test-key-5f2c9a7e-never-leak"
 
 #: No client-side pacing, for tests about something other than the rate limiter.
 UNLIMITED = v.RateLimits(queue_per_minute=None, retrieve_per_minute=None)
+
+
+def max_in_window(times: Sequence[float], window: float) -> int:
+    """The largest number of times in any closed interval of length ``window``."""
+    ordered = sorted(times)
+    return max(
+        (bisect.bisect_right(ordered, t + window) - k for k, t in enumerate(ordered)), default=0
+    )
 
 
 def busiest_window(times: Sequence[float], window: float = 60.0) -> int:

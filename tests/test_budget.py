@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 import email.utils
 import inspect
 import itertools
@@ -27,7 +26,7 @@ from venice_audio_async._lessons import teaches_nothing
 from venice_audio_async._retry import parse_reset, retry_delay_from_headers
 from venice_audio_async.testing import FakeServer, JobScript
 
-from .conftest import TIME_SCALE, make_session
+from .conftest import TIME_SCALE, make_session, max_in_window
 
 NOW_EPOCH = 1_800_000_000.0
 
@@ -53,14 +52,6 @@ async def settle(clock: ManualClock, budget: LocalBudget) -> None:
         )
         idle = idle + 1 if snapshot == last else 0
         last = snapshot
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    """The largest number of times in any closed interval of length ``window``."""
-    ordered = sorted(times)
-    return max(
-        (bisect.bisect_right(ordered, t + window) - k for k, t in enumerate(ordered)), default=0
-    )
 
 
 def ms_epoch(clock: ManualClock, seconds_from_now: float) -> str:

@@ -59,20 +59,26 @@ async def _race(
     arrivals: Sequence[float] | None = None,
     per_minute: float = 120.0,
     bounds: PollingBounds | None = None,
+    models: Sequence[tuple[str, float]] | None = None,
 ) -> tuple[list[float], list[float]]:
-    """Run jobs with these run times to the end; (detection delays, retrieve times)."""
+    """Run jobs with these run times to the end; (detection delays, retrieve times).
+
+    ``models``: each job's model and server estimate (default: one model, :data:`HINT`)."""
     clock = v.ManualClock()
     client = StubClient(clock, hint=HINT)
     scheduler = _scheduler(clock, client, per_minute=per_minute, bounds=bounds)
     starts = arrivals or [0.0] * len(durations)
+    kinds = models or [("m", HINT)] * len(durations)
+    jobs = sorted(zip(starts, durations, kinds, strict=True), key=lambda job: job[:2])
     async with anyio.create_task_group() as tg:
         await tg.start(scheduler.run)
         harness = Harness(clock, client, scheduler)
-        for i, (start, duration) in enumerate(sorted(zip(starts, durations, strict=True))):
+        for i, (start, duration, (model, hint)) in enumerate(jobs):
             if start > clock.monotonic():
                 clock.advance(start - clock.monotonic())
                 await harness.settle()
-            scheduler.track(client.add(f"j{i}", duration), _memory_sink, elapsed=0.0)
+            job = client.add(f"j{i}", duration, model=model, hint=hint)
+            scheduler.track(job, _memory_sink, elapsed=0.0)
         await harness.run_until(lambda: scheduler.counts().succeeded == len(durations))
         tg.cancel_scope.cancel()
     last_poll = {qid: t for t, qid in client.retrieves}
@@ -151,25 +157,10 @@ async def test_two_hundred_mixed_jobs_spend_the_window_and_are_seen_promptly() -
     machine's load (a 1 ms stall of the loop is a virtual second there)."""
     rng = random.Random(7)
     means = {"slow": 60.0, "long": 45.0, "mid": 30.0, "short": 20.0}
-    clock = v.ManualClock()
-    client = StubClient(clock, hint=HINT)
-    scheduler = _scheduler(clock, client)
-    async with anyio.create_task_group() as tg:
-        await tg.start(scheduler.run)
-        harness = Harness(clock, client, scheduler)
-        for i, start in enumerate(_queue_paced(200)):
-            if start > clock.monotonic():
-                clock.advance(start - clock.monotonic())
-                await harness.settle()
-            model = list(means)[i % 4]
-            duration = rng.lognormvariate(0, 0.05) * means[model]
-            job = client.add(f"j{i}", duration, model=model, hint=means[model] * 1.04)
-            scheduler.track(job, _memory_sink, elapsed=0.0)
-        await harness.run_until(lambda: scheduler.counts().succeeded == 200)
-        tg.cancel_scope.cancel()
-    times = [t for t, _ in client.retrieves]
-    last_poll = {qid: t for t, qid in client.retrieves}
-    delays = [last_poll[qid] - client.finish[qid] for qid in client.finish]
+    models = [list(means)[i % 4] for i in range(200)]
+    durations = [rng.lognormvariate(0, 0.05) * means[model] for model in models]
+    kinds = [(model, means[model] * 1.04) for model in models]
+    delays, times = await _race(durations, arrivals=_queue_paced(200), models=kinds)
     assert busiest_window(times, 60.5) <= 120
     assert busiest_window(times) >= 110  # the window is spent: measured 120
     assert _percentile(delays, 0.5) <= 2.5  # measured 1.81

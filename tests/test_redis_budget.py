@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import bisect
 import logging
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -17,20 +16,13 @@ import pytest
 import venice_audio_async as v
 from venice_audio_async._redis_budget import namespace_for_key
 
+from .conftest import max_in_window
 from .redis_server import RedisServer
 from .redis_worker import run_workers
 
 #: 60.5 virtual seconds (a minute plus the margin) last 302 ms.
 SCALE = 0.005
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def max_in_window(times: Sequence[float], window: float) -> int:
-    """The largest number of times in any closed interval of length ``window``."""
-    ordered = sorted(times)
-    return max(
-        (bisect.bisect_right(ordered, t + window) - k for k, t in enumerate(ordered)), default=0
-    )
 
 
 #: Budgets ``make`` opened in the running test, closed after it even if it failed (a
