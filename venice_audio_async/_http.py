@@ -171,8 +171,13 @@ class HttpTransport:
         # Per-request constants, built once (a poll is sent many times a second).
         self._header_cache: dict[bool, tuple[str, dict[str, str]]] = {}
         self._timeout_of = {d: self._timeout(download=d) for d in (False, True)}
-        self._status_timeout = self._timeout_of[True]  # a retrieve, until audio comes
-        if _REARM_READ and timeouts.status is not None and timeouts.status <= timeouts.read:
+        # A retrieve, until audio comes: without the read timer where the status bound is
+        # the stricter one (armed when audio starts, see _REARM_READ).
+        self._read_armed_on_audio = (
+            _REARM_READ and timeouts.status is not None and timeouts.status <= timeouts.read
+        )
+        self._status_timeout = self._timeout_of[True]
+        if self._read_armed_on_audio:
             self._status_timeout = attrs.evolve(self._status_timeout, sock_read=None)
         self._urls: dict[str, URL] = {}
 
@@ -341,7 +346,7 @@ class HttpTransport:
                     answer = await self._json_answer(endpoint, response, headers)
                 else:
                     status_scope.reschedule(None)
-                    if self._status_timeout is not self._timeout_of[True]:
+                    if self._read_armed_on_audio:
                         _arm_read_timeout(response, self._timeouts.read)
                     audio = await stream_audio(
                         response.content,

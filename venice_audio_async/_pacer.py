@@ -40,8 +40,8 @@ class WindowPacer:
         self._session_paused: Callable[[], bool] | None = None
         if isinstance(budget, LocalBudget):
             self._session_paused = budget.session_paused
-        if isinstance(budget, LocalBudget) and type(budget).acquire is LocalBudget.acquire:
-            self._try_now = budget.try_acquire
+            if type(budget).acquire is LocalBudget.acquire:
+                self._try_now = budget.try_acquire
 
     @property
     def grants_now(self) -> bool:

@@ -84,7 +84,7 @@ from ._policy import PollPolicy
 from ._release import MediaReleaser, ReleaseHook, ReleaseMedia
 from ._retry import Retrier
 from ._sweep import Sweep
-from ._tracked import DueHeap, TrackedJob
+from ._tracked import EPSILON, DueHeap, TrackedJob
 
 __all__ = ["Scheduler"]
 
@@ -96,7 +96,6 @@ OutcomeHook = Callable[[Outcome], Awaitable[None]]
 _HORIZON = 30.0  # seconds: how far ahead jobs are keyed, and re-keyed by a sweep
 _STALE_BATCH = 1024  # stale heap entries dropped per event-loop pass
 _MAX_WORKERS = 256  # polls in flight at once, at most (also capped by the request limiter)
-_EPSILON = 1e-9
 
 
 @attrs.frozen
@@ -338,13 +337,13 @@ class Scheduler:
         if head is None:
             return math.inf
         due = self._heap.head_due()
-        if due > now + _EPSILON:
+        if due > now + EPSILON:
             return self._pacer.wake_at(due, now, jobs_waiting=bool(self.jobs.live)) - now
         if head.deadline is not None and now >= head.deadline:
             return None
         ready = self._pacer.token_ready()
         now = self._clock.monotonic()  # read after: the budget reads the clock too
-        if ready > now + _EPSILON:
+        if ready > now + EPSILON:
             return ready - now
         if self._pacer.maybe_reprice(now, self.jobs.live, self._fits.belief_of):
             self._start_sweep()
@@ -355,7 +354,7 @@ class Scheduler:
         ):
             # Keyed at the horizon, or the price rose or the fit moved: still worth it?
             worth_at = self._due(head, now)
-            if worth_at > now + _EPSILON:
+            if worth_at > now + EPSILON:
                 self._schedule(head, worth_at)
                 return -1.0
         return self._heap.pop_head()

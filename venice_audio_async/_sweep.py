@@ -17,12 +17,11 @@ from collections.abc import Callable, Mapping
 
 from ._clock import Clock
 from ._model_fits import Reach
-from ._tracked import DueHeap, TrackedJob
+from ._tracked import EPSILON, DueHeap, TrackedJob
 
 __all__ = ["Sweep"]
 
 SLICE = 1024  # jobs a sweep re-keys per event-loop pass
-_EPSILON = 1e-9
 
 
 class Sweep:
@@ -78,6 +77,6 @@ class Sweep:
             if tracked.prompt or tracked.failures or tracked.in_flight or not tracked.waiting:
                 continue  # going out at once anyway, backing off after an error, or polled
             due = self._due(tracked, now)
-            if due < tracked.keyed_due - _EPSILON:
+            if due < tracked.keyed_due - EPSILON:
                 self._schedule(tracked, due)
         return bool(rekey)

@@ -24,6 +24,9 @@ from ._models import Job, Outcome, Processing, RetrieveRequest
 
 __all__ = ["DueHeap", "TrackedJob"]
 
+#: Seconds within which two due times count as the same (keys are float sums of times).
+EPSILON = 1e-9
+
 
 @attrs.define(eq=False)
 class TrackedJob:
