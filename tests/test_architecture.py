@@ -117,3 +117,42 @@ def test_there_is_no_import_cycle() -> None:
 
     for name in sorted(graph):
         visit(name, ())
+
+
+#: The modules of each dependency the package may import: their documented, public API.
+#: (``aiohttp.client_proto``, for one, is not: its attributes change between releases.)
+PUBLIC_MODULES = {
+    "aiohttp": {"aiohttp", "aiohttp.web"},
+    "anyio": {"anyio", "anyio.abc", "anyio.lowlevel", "anyio.streams.memory", "anyio.to_thread"},
+    "attrs": {"attrs"},
+    "cattrs": {"cattrs", "cattrs.gen"},
+    "multidict": {"multidict"},
+    "redis": {"redis.asyncio", "redis.asyncio.retry", "redis.backoff", "redis.exceptions"},
+    "rich": {"rich.progress"},
+    "sniffio": {"sniffio"},
+    "typing_extensions": {"typing_extensions"},
+    "yarl": {"yarl"},
+}
+
+
+def _dependency_modules(path: Path) -> set[str]:
+    """Every module of a third-party package that ``path`` imports, by its full name."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name.split(".")[0] in PUBLIC_MODULES}
+
+
+def test_only_public_modules_of_dependencies_are_imported() -> None:
+    """Every dependency is used through its public modules, listed in ``PUBLIC_MODULES``
+    (the whole package, the fake server and the CLI included)."""
+    used = {
+        f"{path.relative_to(PACKAGE)}: {module}"
+        for path in PACKAGE.rglob("*.py")
+        for module in _dependency_modules(path)
+        if module not in PUBLIC_MODULES[module.split(".")[0]]
+    }
+    assert not used, sorted(used)

@@ -30,7 +30,6 @@ from typing import Any
 
 import aiohttp
 import attrs
-from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
 from ._audio import AudioSink
@@ -58,16 +57,6 @@ ResponseObserver = Callable[[str, int, Mapping[str, str]], Awaitable[None]]
 
 #: A caller's own aiohttp session, for the layers above to name without importing aiohttp.
 HttpSession = aiohttp.ClientSession
-
-
-#: While a poll waits for its status (headers and a JSON body), ``Timeouts.status`` is the
-#: stricter bound, so aiohttp's read timeout is left off then: it costs timer handles on
-#: every chunk read, the hottest path there is. It is armed when audio starts coming, on
-#: the response's connection (``ResponseHandler.read_timeout`` and ``start_timeout``: not
-#: documented API, so checked here once; without them the read timeout stays on all along).
-_REARM_READ = isinstance(getattr(ResponseHandler, "read_timeout", None), property) and callable(
-    getattr(ResponseHandler, "start_timeout", None)
-)
 
 
 @attrs.frozen
@@ -171,14 +160,6 @@ class HttpTransport:
         # Per-request constants, built once (a poll is sent many times a second).
         self._header_cache: dict[bool, tuple[str, dict[str, str]]] = {}
         self._timeout_of = {d: self._timeout(download=d) for d in (False, True)}
-        # A retrieve, until audio comes: without the read timer where the status bound is
-        # the stricter one (armed when audio starts, see _REARM_READ).
-        self._read_armed_on_audio = (
-            _REARM_READ and timeouts.status is not None and timeouts.status <= timeouts.read
-        )
-        self._status_timeout = self._timeout_of[True]
-        if self._read_armed_on_audio:
-            self._status_timeout = attrs.evolve(self._status_timeout, sock_read=None)
         self._urls: dict[str, URL] = {}
 
     def __repr__(self) -> str:
@@ -334,20 +315,14 @@ class HttpTransport:
         # starts it is lifted, and the download rules (cap, pace, ``download``) apply.
         deadline = None if limit is None else asyncio.get_running_loop().time() + limit
         status_scope = status_deadline(deadline)
+        exchange = self._exchange(outcome, "POST", "audio/retrieve", body=body, download=True)
         try:
-            async with (
-                status_scope,
-                self._exchange(
-                    outcome, "POST", "audio/retrieve", body=body, timeout=self._status_timeout
-                ) as (response, headers),
-            ):
+            async with status_scope, exchange as (response, headers):
                 media_type = response.content_type.lower()
                 if media_type == "application/json":
                     answer = await self._json_answer(endpoint, response, headers)
                 else:
                     status_scope.reschedule(None)
-                    if self._read_armed_on_audio:
-                        _arm_read_timeout(response, self._timeouts.read)
                     audio = await stream_audio(
                         response.content,
                         media_type=media_type,
@@ -375,16 +350,6 @@ class HttpTransport:
 
 
 _FAILURES = (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError)
-
-
-def _arm_read_timeout(response: aiohttp.ClientResponse, seconds: float) -> None:
-    """From now on, fail ``response``'s reads after ``seconds`` of silence (see
-    :data:`_REARM_READ`)."""
-    connection = response.connection
-    protocol = None if connection is None else connection.protocol
-    if protocol is not None:
-        protocol.read_timeout = seconds
-        protocol.start_timeout()  # the silence counts from now, not from the next chunk
 
 
 class _Exchange:
