@@ -70,6 +70,14 @@ class _Feed(Generic[T]):
         if not self._scheduler.subscribe(job, self._send):
             self.fail(ValueError(f"job {job.queue_id} is not tracked by this session; attach it"))
 
+    def take(self, item: T) -> T:
+        """``item`` is being yielded to the caller: the one hand-over rule
+        (:meth:`Scheduler.take`) applies to it, as to every outcome that leaves the session.
+        A ``Refused`` request has no job: nothing to take."""
+        if not isinstance(item, Refused):
+            self._scheduler.take(item.job.queue_id)
+        return item
+
     def add(self, item: T) -> None:
         if not self.closed:
             self.handed_in += 1
@@ -121,7 +129,9 @@ class _Reader(Generic[T]):
             if isinstance(item, _Raise):
                 raise item.error
             self._taken += 1
-            return item
+            # Taken as it is yielded, with no checkpoint before the caller has it: an
+            # outcome still unread when the caller leaves stays the session's.
+            return self._feed.take(item)
 
 
 class BatchResults(_Reader[BatchOutcome]):

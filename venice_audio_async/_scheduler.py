@@ -219,7 +219,12 @@ class Scheduler:
         return head
 
     def take(self, queue_id: str) -> None:
-        """A consumer took the job's outcome: drop it, and release in-memory media now."""
+        """The one hand-over rule, applied by every reader of outcomes (``results()`` over
+        jobs given at once or over time, ``generate_many``, and through them ``wait_for``,
+        ``generate`` and the CLI) at the moment it yields the job's outcome to its caller,
+        never when the outcome is queued for yielding: the outcome is dropped, remembered
+        as handed over, and in-memory media is released now (per ``release_media``; a
+        stored file's was released when it was stored). Taking it again does nothing."""
         release = self.jobs.take(queue_id)
         if release is not None and self._tg is not None:
             self._releaser.start(release.job, self._tg)
