@@ -283,7 +283,7 @@ async def test_leaving_early_leaves_the_rest_untaken(
             async with session.results(wanted) as results:
                 first = await results.__anext__()
         assert isinstance(first, v.Succeeded)
-        rest = [job for job in session.finished()]
+        rest = session.finished()
         assert first.job not in rest
         assert len(rest) == count - 1
         assert session.statistics().outcomes_untaken == count - 1
