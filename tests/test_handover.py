@@ -325,3 +325,67 @@ async def test_the_command_line_takes_what_it_writes(
     assert "nobody took" not in stderr
     assert len(list(out.glob("*.wav"))) == count
     assert fake_server.count("complete") == count
+
+
+# --------------------------------------------------------------------------- attached again
+
+
+async def test_attaching_a_job_handed_over_in_memory_raises_without_a_poll(
+    fake_server: FakeServer,
+) -> None:
+    """attach + wait_for of a job whose in-memory audio was handed over (and its media
+    released) is OutcomeAlreadyTaken: no poll into a 404, no failure counted."""
+    fake_server.plan(JobScript(duration=1.0))
+    async with make_session(fake_server, rate_limits=UNLIMITED) as session:
+        job = await session.submit(MODEL, "a tiny sound")
+        await session.wait_for(job)
+        await _until(lambda: fake_server.count("complete") == 1)
+        retrieves = fake_server.count("retrieve")
+        again = session.attach(MODEL, job.queue_id)
+        with pytest.raises(v.OutcomeAlreadyTaken, match=job.queue_id):
+            await session.wait_for(again)
+        assert fake_server.count("retrieve") == retrieves
+        assert session.statistics().jobs_failed == 0
+        assert session.status(again).phase == "succeeded"
+        assert session.finished() == session.unfinished() == []
+
+
+async def test_attaching_a_job_handed_over_to_a_file_returns_that_file(
+    fake_server: FakeServer, tmp_path: Path
+) -> None:
+    """attach + wait_for of a job whose audio was stored and handed over returns the same
+    file (as often as asked), without a poll; a plain second wait_for still raises."""
+    fake_server.plan(JobScript(duration=1.0))
+    async with make_session(fake_server, rate_limits=UNLIMITED, output_dir=tmp_path) as session:
+        job = await session.submit(MODEL, "a tiny sound")
+        first = await session.wait_for(job)
+        assert first.path is not None
+        retrieves = fake_server.count("retrieve")
+        for _ in range(2):
+            again = await session.wait_for(session.attach(MODEL, job.queue_id))
+            assert again.path == first.path
+            assert again.read_bytes() == fake_server.audio_for(job.queue_id)
+            assert session.finished() == []
+            with pytest.raises(v.OutcomeAlreadyTaken):
+                await session.wait_for(job)
+        assert fake_server.count("retrieve") == retrieves
+        assert session.statistics().jobs_failed == 0
+    assert fake_server.count("complete") == 1
+
+
+async def test_attaching_a_job_whose_file_is_gone_raises_without_a_poll(
+    fake_server: FakeServer, tmp_path: Path
+) -> None:
+    """The stored file was deleted since: attach + wait_for raises OutcomeAlreadyTaken
+    (the media was released once stored), never a poll into a 404."""
+    fake_server.plan(JobScript(duration=1.0))
+    async with make_session(fake_server, rate_limits=UNLIMITED, output_dir=tmp_path) as session:
+        job = await session.submit(MODEL, "a tiny sound")
+        audio = await session.wait_for(job)
+        assert audio.path is not None
+        audio.path.unlink()
+        retrieves = fake_server.count("retrieve")
+        with pytest.raises(v.OutcomeAlreadyTaken):
+            await session.wait_for(session.attach(MODEL, job.queue_id))
+        assert fake_server.count("retrieve") == retrieves
+        assert session.statistics().jobs_failed == 0

@@ -10,7 +10,9 @@ kept only in memory counts against ``Limits.max_untaken_bytes``:
   enough audio to go under the cap again.
 
 The ids of the last :data:`HANDED_RECORD` taken outcomes are remembered so that asking for
-one again can say it was handed over, naming the job.
+one again can say it was handed over, naming the job; for audio stored in a file, with the
+outcome (no bytes: the path), so that attaching the job again hands that file over instead
+of polling for media the session may have released.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 
 import anyio
 
+from ._models import Succeeded
 from ._release import ReleaseMedia
 
 __all__ = ["HeldAudio"]
@@ -36,7 +39,8 @@ class HeldAudio:
         self._release = release
         self._sizes: dict[str, int] = {}  # untaken in-memory audio, oldest first
         self.bytes = 0
-        self._handed: dict[str, None] = {}  # recently taken ids, oldest first (bounded)
+        # Recently taken ids, oldest first (bounded), with the outcome of a stored file.
+        self._handed: dict[str, Succeeded | None] = {}
         self._release_on_take: set[str] = set()
         self._room = anyio.Event()
         self._room.set()
@@ -80,13 +84,14 @@ class HeldAudio:
         """The server's copy of ``queue_id`` is released once a caller takes the audio."""
         self._release_on_take.add(queue_id)
 
-    def taken(self, queue_id: str) -> bool:
-        """A caller took ``queue_id``'s outcome. Returns whether its media is to be
-        released now."""
+    def taken(self, queue_id: str, stored: Succeeded | None = None) -> bool:
+        """A caller took ``queue_id``'s outcome (``stored``: its audio is in a file).
+        Returns whether its media is to be released now."""
         self.bytes -= self._sizes.pop(queue_id, 0)
         if self._max is not None and self.bytes <= self._max and not self._room.is_set():
             self._room.set()
-        self._handed[queue_id] = None
+        self._handed.pop(queue_id, None)  # taken again: now the newest
+        self._handed[queue_id] = stored
         if len(self._handed) > HANDED_RECORD:
             del self._handed[next(iter(self._handed))]
         if queue_id in self._release_on_take:
@@ -97,3 +102,7 @@ class HeldAudio:
     def was_taken(self, queue_id: str) -> bool:
         """Whether ``queue_id``'s outcome was handed over recently (bounded record)."""
         return queue_id in self._handed
+
+    def stored(self, queue_id: str) -> Succeeded | None:
+        """The outcome handed over recently for ``queue_id`` if its audio was in a file."""
+        return self._handed.get(queue_id)

@@ -20,7 +20,7 @@ import math
 
 from ._audio import SinkFactory
 from ._held_audio import HeldAudio
-from ._models import AudioResult, Job, Outcome, Processing
+from ._models import AudioResult, Job, Outcome, Processing, Succeeded
 from ._tracked import TrackedJob
 
 __all__ = ["JobTable"]
@@ -116,7 +116,9 @@ class JobTable:
         if tracked is None or (tracked.outcome is None and not tracked.evicted):
             return None  # (evicted: a stream still held its bytes, and handed them over)
         del self.jobs[queue_id]
-        return tracked if self.held.taken(queue_id) else None
+        outcome = tracked.outcome
+        on_disk = isinstance(outcome, Succeeded) and outcome.audio.path is not None
+        return tracked if self.held.taken(queue_id, outcome if on_disk else None) else None
 
     def forget(self, queue_id: str) -> TrackedJob | None:
         """Drop a job the caller no longer wants. Returns it if it was still running.
