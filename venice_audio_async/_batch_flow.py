@@ -3,8 +3,9 @@
 ``generate_many`` validates the whole batch first, then a task in the session's task group
 submits the requests (paced by the queue budget, first come first served) while the
 scheduler already polls the ones queued; every outcome goes into one memory stream the
-caller reads. ``results()`` of an async iterable works the same way, with the caller's
-jobs instead of submissions. The caller only reads the stream: no task group or cancel
+caller reads, and each is taken (``Scheduler.take``, the one hand-over rule) as it is
+yielded. ``results()`` of an async iterable works the same way, with the caller's jobs
+instead of submissions. The caller only reads the stream: no task group or cancel
 scope of ours is open while it iterates. Leaving the block cancels the feeding task: a
 request still waiting for its token is never sent, a ``queue`` call already on the wire
 finishes (it is shielded) and its job stays tracked, polled and listed by ``unfinished()``.

@@ -117,8 +117,8 @@ class JobTable:
             return None  # (evicted: a stream still held its bytes, and handed them over)
         del self.jobs[queue_id]
         outcome = tracked.outcome
-        on_disk = isinstance(outcome, Succeeded) and outcome.audio.path is not None
-        return tracked if self.held.taken(queue_id, outcome if on_disk else None) else None
+        stored = outcome if isinstance(outcome, Succeeded) and outcome.audio.path else None
+        return tracked if self.held.taken(queue_id, stored) else None
 
     def forget(self, queue_id: str) -> TrackedJob | None:
         """Drop a job the caller no longer wants. Returns it if it was still running.
