@@ -20,7 +20,7 @@ import math
 
 from ._audio import SinkFactory
 from ._held_audio import HeldAudio
-from ._models import AudioResult, Job, Outcome, Processing, Succeeded
+from ._models import AudioResult, Job, Outcome, Processing
 from ._tracked import TrackedJob
 
 __all__ = ["JobTable"]
@@ -116,9 +116,7 @@ class JobTable:
         if tracked is None or (tracked.outcome is None and not tracked.evicted):
             return None  # (evicted: a stream still held its bytes, and handed them over)
         del self.jobs[queue_id]
-        outcome = tracked.outcome
-        stored = outcome if isinstance(outcome, Succeeded) and outcome.audio.path else None
-        return tracked if self.held.taken(queue_id, stored) else None
+        return tracked if self.held.taken(queue_id, tracked.outcome) else None
 
     def forget(self, queue_id: str) -> TrackedJob | None:
         """Drop a job the caller no longer wants. Returns it if it was still running.

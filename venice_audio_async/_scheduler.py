@@ -175,9 +175,9 @@ class Scheduler:
         at an unknown time. A job with a history (attached, resumed) is polled at once."""
         if job.queue_id in self.jobs:
             return  # running, or finished and kept until taken: attaching again changes nothing
-        if self.jobs.was_taken(job.queue_id):
+        if self.jobs.held.took_audio(job.queue_id):
             self._track_handed_over(job, sink_factory)
-            return
+            return  # (a failure handed over is polled again: its media was never released)
         now = self._clock.monotonic()
         tracked = TrackedJob(
             job=job,
@@ -200,7 +200,7 @@ class Scheduler:
         self._schedule(tracked, self._policy.due(tracked, now))
 
     def _track_handed_over(self, job: Job, sink_factory: SinkFactory) -> None:
-        """``job``'s outcome was handed over by this session: it is never polled again (its
+        """``job``'s audio was handed over by this session: it is never polled again (its
         media may be released: the poll would end in a 404 counted as a failure). Audio
         still in its file is kept as its outcome again, to be handed over from there;
         otherwise a wait for it raises ``OutcomeAlreadyTaken``."""
