@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
+import sys
+from pathlib import Path
 
 import anyio
 import pytest
@@ -11,7 +15,7 @@ import pytest
 import venice_audio_async as v
 from venice_audio_async.testing import FakeServer, JobScript
 
-from .conftest import UNLIMITED, make_session
+from .conftest import API_KEY, UNLIMITED, make_session
 
 pytestmark = pytest.mark.anyio
 
@@ -156,3 +160,232 @@ async def test_taken_outcomes_are_dropped_and_their_record_is_bounded(
             await session.wait_for(jobs[-1])
         with pytest.raises(ValueError, match="not tracked"):
             await session.wait_for(jobs[0])  # forgotten: the record does not grow
+
+
+# --------------------------------------------------------------------------- one hand-over rule
+
+#: Every way an outcome leaves the session (the CLI is tested below, as a user runs it).
+ENTRY_POINTS = [
+    "results_list",
+    "results_iterable",
+    "results_async",
+    "generate_many",
+    "wait_for",
+    "wait_outcome",
+    "generate",
+]
+#: The entry points a consumer can leave with outcomes still unread.
+STREAMS = ["results_list", "results_iterable", "results_async", "generate_many"]
+
+
+async def _submitted(session: v.AsyncSession, count: int) -> list[v.Job]:
+    return [await session.submit(MODEL, f"a tiny sound {i}") for i in range(count)]
+
+
+async def _outcomes(
+    server: FakeServer, session: v.AsyncSession, entry: str, count: int
+) -> list[v.Outcome]:
+    """Every outcome of ``count`` new jobs, taken through ``entry``."""
+    got: list[v.Outcome] = []
+    if entry in ("results_list", "results_iterable"):
+        jobs = await _submitted(session, count)
+        wanted = jobs if entry == "results_list" else (job for job in jobs)
+        async with session.results(wanted) as results:
+            got = [outcome async for outcome in results]
+    elif entry == "results_async":
+        send, receive = anyio.create_memory_object_stream[v.Job](count)
+        with receive:
+            async with session.results(receive) as followed:
+                async with send:
+                    for job in await _submitted(session, count):
+                        await send.send(job)
+                got = [outcome async for outcome in followed]
+    elif entry == "generate_many":
+        requests = [v.QueueRequest(MODEL, f"a tiny sound {i}") for i in range(count)]
+        async with session.generate_many(requests) as batch:
+            async for item in batch:
+                assert not isinstance(item, v.Refused), item
+                got.append(item)
+    elif entry == "wait_for":
+        for job in await _submitted(session, count):
+            got.append(v.Succeeded(job, await session.wait_for(job)))
+    elif entry == "wait_outcome":
+        got = [await session.wait_outcome(job) for job in await _submitted(session, count)]
+    else:
+        assert entry == "generate"
+        for i in range(count):
+            audio = await session.generate(MODEL, f"a tiny sound {i}")
+            # generate's result does not name its job: the one the server queued last.
+            got.append(v.Succeeded(v.Job(MODEL, server.queue_ids()[-1]), audio))
+    return got
+
+
+@pytest.mark.parametrize("where", ["memory", "folder"])
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+async def test_every_way_out_takes_what_it_hands_over(
+    fake_server: FakeServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    entry: str,
+    where: str,
+) -> None:
+    """Whatever hands an outcome over takes it: nothing untaken or listed afterwards, one
+    complete per job, no "nobody took" at close, and asking again is OutcomeAlreadyTaken."""
+    count = 3
+    fake_server.plan(*[JobScript(duration=1.0 + i) for i in range(count)])
+    options = {"output_dir": tmp_path} if where == "folder" else {}
+    with caplog.at_level(logging.WARNING, logger="venice_audio_async"):
+        async with make_session(fake_server, rate_limits=UNLIMITED, **options) as session:
+            got = await _outcomes(fake_server, session, entry, count)
+            assert len({outcome.job for outcome in got}) == count
+            assert all(isinstance(o, v.Succeeded) for o in got)
+            assert session.statistics().outcomes_untaken == 0
+            assert session.finished() == session.unfinished() == []
+            await _until(lambda: fake_server.count("complete") == count)
+            for outcome in got:
+                with pytest.raises(v.OutcomeAlreadyTaken, match=outcome.job.queue_id):
+                    await session.wait_for(outcome.job)
+    assert fake_server.count("complete") == count  # once each, never twice
+    assert "nobody took" not in caplog.text
+    assert session.statistics().jobs_failed == 0
+
+
+@pytest.mark.parametrize("where", ["memory", "folder"])
+@pytest.mark.parametrize("entry", STREAMS)
+async def test_leaving_early_leaves_the_rest_untaken(
+    fake_server: FakeServer, tmp_path: Path, entry: str, where: str
+) -> None:
+    """One outcome yielded, then the consumer leaves with the others already in its stream:
+    only the yielded one is taken; the others stay listed and are delivered later."""
+    count = 4
+    fake_server.plan(*[JobScript(duration=1.0 + i) for i in range(count)])
+    options = {"output_dir": tmp_path} if where == "folder" else {}
+    async with make_session(fake_server, rate_limits=UNLIMITED, **options) as session:
+        all_finished = lambda: len(session.finished()) == count  # noqa: E731
+        if entry == "generate_many":
+            requests = [v.QueueRequest(MODEL, f"a tiny sound {i}") for i in range(count)]
+            async with session.generate_many(requests) as batch:
+                await _until(all_finished)
+                first: v.BatchOutcome = await batch.__anext__()
+        elif entry == "results_async":
+            send, receive = anyio.create_memory_object_stream[v.Job](count)
+            with receive:
+                async with session.results(receive) as followed:
+                    async with send:
+                        for job in await _submitted(session, count):
+                            await send.send(job)
+                    await _until(all_finished)
+                    first = await followed.__anext__()
+        else:
+            jobs = await _submitted(session, count)
+            await _until(all_finished)
+            wanted = jobs if entry == "results_list" else (job for job in jobs)
+            async with session.results(wanted) as results:
+                first = await results.__anext__()
+        assert isinstance(first, v.Succeeded)
+        rest = session.finished()
+        assert first.job not in rest
+        assert len(rest) == count - 1
+        assert session.statistics().outcomes_untaken == count - 1
+        # In memory only the taken one is released; stored files are released at once.
+        released = 1 if where == "memory" else count
+        await _until(lambda: fake_server.count("complete") == released)
+        with pytest.raises(v.OutcomeAlreadyTaken):
+            await session.wait_for(first.job)
+        for job in rest:
+            assert (await session.wait_for(job)).read_bytes() == fake_server.audio_for(job.queue_id)
+        assert session.finished() == []
+    assert fake_server.count("complete") == count
+
+
+@pytest.mark.parametrize("command", ["batch", "generate"])
+async def test_the_command_line_takes_what_it_writes(
+    fake_server: FakeServer, tmp_path: Path, command: str
+) -> None:
+    """The CLI, run as a user runs it: each job's file written and its media released once,
+    and no "nobody took" warning at the end."""
+    count = 3 if command == "batch" else 1
+    fake_server.plan(*[JobScript(duration=1.0 + i) for i in range(count)])
+    out = tmp_path / "out"
+    if command == "batch":
+        lines = tmp_path / "lines.jsonl"
+        rows = [{"model": MODEL, "prompt": f"soft rain {i}"} for i in range(count)]
+        lines.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        args = ["batch", str(lines), "--out", str(out)]
+    else:
+        out.mkdir()
+        args = ["generate", MODEL, "soft rain falling", "--out", str(out)]
+    argv = [sys.executable, "-m", "venice_audio_async", *args, "--plain"]
+    argv += ["--base-url", fake_server.url, "--time-scale", "0.02", "--log-level", "info"]
+    env = {**os.environ, "VENICE_API_KEY": API_KEY}
+    env.pop("VENICE_AUDIO_LOG", None)
+    result = await anyio.run_process(argv, env=env, check=False)
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr
+    assert "nobody took" not in stderr
+    assert len(list(out.glob("*.wav"))) == count
+    assert fake_server.count("complete") == count
+
+
+# --------------------------------------------------------------------------- attached again
+
+
+async def test_attaching_a_job_handed_over_in_memory_raises_without_a_poll(
+    fake_server: FakeServer,
+) -> None:
+    """attach + wait_for of a job whose in-memory audio was handed over (and its media
+    released) is OutcomeAlreadyTaken: no poll into a 404, no failure counted."""
+    fake_server.plan(JobScript(duration=1.0))
+    async with make_session(fake_server, rate_limits=UNLIMITED) as session:
+        job = await session.submit(MODEL, "a tiny sound")
+        await session.wait_for(job)
+        await _until(lambda: fake_server.count("complete") == 1)
+        retrieves = fake_server.count("retrieve")
+        again = session.attach(MODEL, job.queue_id)
+        with pytest.raises(v.OutcomeAlreadyTaken, match=job.queue_id):
+            await session.wait_for(again)
+        assert fake_server.count("retrieve") == retrieves
+        assert session.statistics().jobs_failed == 0
+        assert session.status(again).phase == "succeeded"
+        assert session.finished() == session.unfinished() == []
+
+
+async def test_attaching_a_job_handed_over_to_a_file_returns_that_file(
+    fake_server: FakeServer, tmp_path: Path
+) -> None:
+    """attach + wait_for of a job whose audio was stored and handed over returns the same
+    file (as often as asked), without a poll; a plain second wait_for still raises."""
+    fake_server.plan(JobScript(duration=1.0))
+    async with make_session(fake_server, rate_limits=UNLIMITED, output_dir=tmp_path) as session:
+        job = await session.submit(MODEL, "a tiny sound")
+        first = await session.wait_for(job)
+        assert first.path is not None
+        retrieves = fake_server.count("retrieve")
+        for _ in range(2):
+            again = await session.wait_for(session.attach(MODEL, job.queue_id))
+            assert again.path == first.path
+            assert again.read_bytes() == fake_server.audio_for(job.queue_id)
+            assert session.finished() == []
+            with pytest.raises(v.OutcomeAlreadyTaken):
+                await session.wait_for(job)
+        assert fake_server.count("retrieve") == retrieves
+        assert session.statistics().jobs_failed == 0
+    assert fake_server.count("complete") == 1
+
+
+async def test_attaching_a_job_whose_file_is_gone_raises_without_a_poll(
+    fake_server: FakeServer, tmp_path: Path
+) -> None:
+    """The stored file was deleted since: attach + wait_for raises OutcomeAlreadyTaken
+    (the media was released once stored), never a poll into a 404."""
+    fake_server.plan(JobScript(duration=1.0))
+    async with make_session(fake_server, rate_limits=UNLIMITED, output_dir=tmp_path) as session:
+        job = await session.submit(MODEL, "a tiny sound")
+        audio = await session.wait_for(job)
+        assert audio.path is not None
+        audio.path.unlink()
+        retrieves = fake_server.count("retrieve")
+        with pytest.raises(v.OutcomeAlreadyTaken):
+            await session.wait_for(session.attach(MODEL, job.queue_id))
+        assert fake_server.count("retrieve") == retrieves
+        assert session.statistics().jobs_failed == 0

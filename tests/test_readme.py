@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import re
 import textwrap
 import types
@@ -11,7 +11,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 import venice_audio_async as v
 from venice_audio_async.testing import FakeServer, JobScript
@@ -43,6 +46,8 @@ def _namespace(server: FakeServer, **extra: Any) -> dict[str, Any]:
 
 
 async def _run(code: str, names: dict[str, Any]) -> dict[str, Any]:
+    # The session's imports come from ``names`` (one line, or parenthesised over several).
+    code = re.sub(r"^from venice_audio_async import \([^)]*\)\n", "", code, flags=re.M)
     body = "\n".join(
         line for line in code.splitlines() if not line.startswith(("from venice", "import asyncio"))
     ).replace("asyncio.run(main())", "await main()")
@@ -73,46 +78,89 @@ async def test_first_generation(server: FakeServer) -> None:
     assert server.count("queue") == 1
 
 
-async def test_web_handler() -> None:
-    """The web handler example answers with the audio."""
+async def _web_app(server: FakeServer, **session_options: Any) -> tuple[web.Application, Any]:
+    """The README's web app, built as written (``session_options`` override its session's:
+    another worker on a disk of its own); the app and its session key."""
     code = next(c for c in _blocks().values() if "make_jingle" in c)
+    names = _namespace(server)
+    if session_options:
+        opened = names["AsyncSession"]
+        names["AsyncSession"] = lambda **options: opened(**{**options, **session_options})
+    local = await _run(code, names)
+    return local["app"], local["VENICE"]
+
+
+async def test_web_handler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The web handler example answers with the audio, kept in its folder."""
+    monkeypatch.chdir(tmp_path)
     # The job's 5 s against the handler's 20 s timeout: 150 ms of real time to spare at this
     # scale (15 ms at TIME_SCALE, which a loaded machine used up: a 202).
     async with FakeServer(time_scale=0.01, job_script=JobScript(duration=5.0)) as server:
-        names = _namespace(server)
-        async with names["AsyncSession"]() as session:
-            local = await _run(code, names)
-            request = types.SimpleNamespace(app={"venice": session})
-            response = await local["make_jingle"](request)
-    assert response.status == 200
-    assert response.body
+        app, _ = await _web_app(server)
+        async with TestClient(TestServer(app)) as client:
+            response = await client.post("/jingles")
+            assert response.status == 200
+            body = await response.read()
+    (queue_id,) = server.queue_ids()
+    assert body == server.audio_for(queue_id)
+    assert [p.read_bytes() for p in (tmp_path / "jingles").iterdir()] == [body]
 
 
-async def test_web_handler_come_back_later(server: FakeServer) -> None:
-    """A job outliving the handler's timeout is a 202, and fetched when the client returns."""
-    code = next(c for c in _blocks().values() if "make_jingle" in c)
+async def test_web_handler_come_back_later_and_fetch_twice(
+    server: FakeServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A job outliving the handler's timeout is a 202, fetched when the client returns; a
+    client that fetches again gets the same bytes, from this worker (its file) and from
+    another worker (its own session and disk, the server's kept copy), never a 404."""
+    monkeypatch.chdir(tmp_path)
     server.plan(JobScript(duration=60.0))
-    names = _namespace(server)
-    async with names["AsyncSession"]() as session:
-        local = await _run(code, names)
-        app = {"venice": session}
-        first = await local["make_jingle"](types.SimpleNamespace(app=app))
-        assert first.status == 202
-        queue_id = json.loads(first.body)["queue_id"]
-        back = types.SimpleNamespace(app=app, match_info={"queue_id": queue_id})
-        early = await local["fetch_jingle"](back)
-        assert early.status == 202
-        assert json.loads(early.body)["state"] == "running"
-        # The client comes back after the job's 60 s (again later if it is still running:
-        # on a loaded machine scaled time can run ahead of the polls).
-        for _ in range(4):
-            await session._parts.clock.sleep(40.0)
-            done = await local["fetch_jingle"](back)
-            if done.status == 200:
-                break
-    assert done.status == 200
-    assert done.body == server.audio_for(queue_id)
+    scale = server.clock.scale if isinstance(server.clock, v.ScaledClock) else TIME_SCALE
+    app, key = await _web_app(server)
+    other, other_key = await _web_app(server, output_dir=tmp_path / "other-worker")
+    with caplog.at_level(logging.WARNING, logger="venice_audio_async"):
+        async with TestClient(TestServer(app)) as client:
+            first = await client.post("/jingles")
+            assert first.status == 202
+            queue_id = (await first.json())["queue_id"]
+            path = f"/jingles/{queue_id}"
+            early = await client.get(path)
+            assert early.status == 202
+            assert (await early.json())["state"] == "running"
+            # The client comes back after the job's 60 s (again later if it is still
+            # running: on a loaded machine scaled time can run ahead of the polls).
+            for _ in range(4):
+                await anyio.sleep(40.0 * scale)
+                done = await client.get(path)
+                if done.status == 200:
+                    break
+            assert done.status == 200
+            audio = server.audio_for(queue_id)
+            assert await done.read() == audio
+            retrieves = server.count("retrieve")
+            again = await client.get(path)  # the first answer was lost: the same worker
+            assert again.status == 200
+            assert await again.read() == audio
+            assert server.count("retrieve") == retrieves  # its file, no request
+            async with TestClient(TestServer(other)) as elsewhere:
+                # Another worker, which never saw the job: it attaches and downloads it (a
+                # 202 while that takes longer than the handler's 5 s of scaled time).
+                for _ in range(20):
+                    fetched = await elsewhere.get(path)
+                    if fetched.status != 202:
+                        break
+                assert fetched.status == 200
+                assert await fetched.read() == audio
+                fetched = await elsewhere.get(path)  # and again there: its own file
+                assert fetched.status == 200
+                assert await fetched.read() == audio
+                assert other[other_key].statistics().jobs_failed == 0
+            assert app[key].statistics().jobs_failed == 0
+            assert app[key].statistics().outcomes_untaken == 0
     assert server.count("queue") == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 async def test_batch_to_a_folder(

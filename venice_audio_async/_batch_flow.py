@@ -3,8 +3,9 @@
 ``generate_many`` validates the whole batch first, then a task in the session's task group
 submits the requests (paced by the queue budget, first come first served) while the
 scheduler already polls the ones queued; every outcome goes into one memory stream the
-caller reads. ``results()`` of an async iterable works the same way, with the caller's
-jobs instead of submissions. The caller only reads the stream: no task group or cancel
+caller reads, and each is taken (``Scheduler.take``, the one hand-over rule) as it is
+yielded. ``results()`` of an async iterable works the same way, with the caller's jobs
+instead of submissions. The caller only reads the stream: no task group or cancel
 scope of ours is open while it iterates. Leaving the block cancels the feeding task: a
 request still waiting for its token is never sent, a ``queue`` call already on the wire
 finishes (it is shielded) and its job stays tracked, polled and listed by ``unfinished()``.
@@ -70,6 +71,14 @@ class _Feed(Generic[T]):
         if not self._scheduler.subscribe(job, self._send):
             self.fail(ValueError(f"job {job.queue_id} is not tracked by this session; attach it"))
 
+    def take(self, item: T) -> T:
+        """``item`` is being yielded to the caller: the one hand-over rule
+        (:meth:`Scheduler.take`) applies to it, as to every outcome that leaves the session.
+        A ``Refused`` request has no job: nothing to take."""
+        if not isinstance(item, Refused):
+            self._scheduler.take(item.job.queue_id)
+        return item
+
     def add(self, item: T) -> None:
         if not self.closed:
             self.handed_in += 1
@@ -121,7 +130,9 @@ class _Reader(Generic[T]):
             if isinstance(item, _Raise):
                 raise item.error
             self._taken += 1
-            return item
+            # Taken as it is yielded, with no checkpoint before the caller has it: an
+            # outcome still unread when the caller leaves stays the session's.
+            return self._feed.take(item)
 
 
 class BatchResults(_Reader[BatchOutcome]):

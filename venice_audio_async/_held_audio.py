@@ -10,15 +10,20 @@ kept only in memory counts against ``Limits.max_untaken_bytes``:
   enough audio to go under the cap again.
 
 The ids of the last :data:`HANDED_RECORD` taken outcomes are remembered so that asking for
-one again can say it was handed over, naming the job.
+one again can say it was handed over, naming the job; for audio stored in a file, with the
+outcome (no bytes: the path), so that attaching the job again hands that file over instead
+of polling for media the session may have released; for a failure, as such (its media, if
+any, was never released: attaching the job again polls it again).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import anyio
 
+from ._models import Failed, Outcome, Succeeded
 from ._release import ReleaseMedia
 
 __all__ = ["HeldAudio"]
@@ -26,6 +31,10 @@ __all__ = ["HeldAudio"]
 log = logging.getLogger("venice_audio_async")
 
 HANDED_RECORD = 10_000  # ids of recently taken outcomes remembered (for a clear error)
+
+#: What is remembered of a taken outcome: a stored file's outcome, or audio taken from
+#: memory, or a failure.
+_Handed = Succeeded | Literal["audio", "failed"]
 
 
 class HeldAudio:
@@ -36,7 +45,7 @@ class HeldAudio:
         self._release = release
         self._sizes: dict[str, int] = {}  # untaken in-memory audio, oldest first
         self.bytes = 0
-        self._handed: dict[str, None] = {}  # recently taken ids, oldest first (bounded)
+        self._handed: dict[str, _Handed] = {}  # recently taken ids, oldest first (bounded)
         self._release_on_take: set[str] = set()
         self._room = anyio.Event()
         self._room.set()
@@ -80,13 +89,17 @@ class HeldAudio:
         """The server's copy of ``queue_id`` is released once a caller takes the audio."""
         self._release_on_take.add(queue_id)
 
-    def taken(self, queue_id: str) -> bool:
-        """A caller took ``queue_id``'s outcome. Returns whether its media is to be
+    def taken(self, queue_id: str, outcome: Outcome | None = None) -> bool:
+        """A caller took ``queue_id``'s ``outcome``. Returns whether its media is to be
         released now."""
         self.bytes -= self._sizes.pop(queue_id, 0)
         if self._max is not None and self.bytes <= self._max and not self._room.is_set():
             self._room.set()
-        self._handed[queue_id] = None
+        self._handed.pop(queue_id, None)  # taken again: now the newest
+        handed: _Handed = "failed" if isinstance(outcome, Failed) else "audio"
+        if isinstance(outcome, Succeeded) and outcome.audio.path is not None:
+            handed = outcome  # no bytes: the file's path
+        self._handed[queue_id] = handed
         if len(self._handed) > HANDED_RECORD:
             del self._handed[next(iter(self._handed))]
         if queue_id in self._release_on_take:
@@ -97,3 +110,12 @@ class HeldAudio:
     def was_taken(self, queue_id: str) -> bool:
         """Whether ``queue_id``'s outcome was handed over recently (bounded record)."""
         return queue_id in self._handed
+
+    def stored(self, queue_id: str) -> Succeeded | None:
+        """The outcome handed over recently for ``queue_id`` if its audio was in a file."""
+        handed = self._handed.get(queue_id)
+        return handed if isinstance(handed, Succeeded) else None
+
+    def took_audio(self, queue_id: str) -> bool:
+        """Whether ``queue_id``'s audio was handed over recently (not a failure)."""
+        return self._handed.get(queue_id, "failed") != "failed"

@@ -116,7 +116,7 @@ class JobTable:
         if tracked is None or (tracked.outcome is None and not tracked.evicted):
             return None  # (evicted: a stream still held its bytes, and handed them over)
         del self.jobs[queue_id]
-        return tracked if self.held.taken(queue_id) else None
+        return tracked if self.held.taken(queue_id, tracked.outcome) else None
 
     def forget(self, queue_id: str) -> TrackedJob | None:
         """Drop a job the caller no longer wants. Returns it if it was still running.

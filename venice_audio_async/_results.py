@@ -57,7 +57,7 @@ class ResultStream:
         self,
         receive: MemoryObjectReceiveStream[Outcome],
         total: int,
-        take: Callable[[str], None] = lambda queue_id: None,
+        take: Callable[[str], None],
     ) -> None:
         self._receive = receive
         self._remaining = total
@@ -78,7 +78,8 @@ class ResultStream:
             outcome = await self._receive.receive()
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
-        # Taken here, with no checkpoint before the caller has it: nothing is lost between.
+        # Taken as it is yielded (the one hand-over rule, Scheduler.take), with no
+        # checkpoint before the caller has it: nothing is lost between.
         self._take(outcome.job.queue_id)
         self._remaining -= 1
         return outcome

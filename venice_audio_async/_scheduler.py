@@ -51,6 +51,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import anyio
 import anyio.abc
@@ -174,6 +175,9 @@ class Scheduler:
         at an unknown time. A job with a history (attached, resumed) is polled at once."""
         if job.queue_id in self.jobs:
             return  # running, or finished and kept until taken: attaching again changes nothing
+        if self.jobs.held.took_audio(job.queue_id):
+            self._track_handed_over(job, sink_factory)
+            return  # (a failure handed over is polled again: its media was never released)
         now = self._clock.monotonic()
         tracked = TrackedJob(
             job=job,
@@ -194,6 +198,31 @@ class Scheduler:
             self._schedule(tracked, now + self._bounds.max_interval)
             return
         self._schedule(tracked, self._policy.due(tracked, now))
+
+    def _track_handed_over(self, job: Job, sink_factory: SinkFactory) -> None:
+        """``job``'s audio was handed over by this session: it is never polled again (its
+        media may be released: the poll would end in a 404 counted as a failure). Audio
+        still in its file is kept as its outcome again, to be handed over from there;
+        otherwise a wait for it raises ``OutcomeAlreadyTaken``."""
+        stored = self.jobs.held.stored(job.queue_id)
+        path = None if stored is None else stored.audio.path
+        # One stat, from a synchronous call (attach): cheap, and it must answer now.
+        if stored is None or path is None or not _holds(path, stored.audio.size):
+            log.info(
+                "job %s was handed over already by this session and its audio is not in a "
+                "file here: it is not polled again",
+                job.queue_id,
+                extra={"queue_id": job.queue_id, "model": job.model},
+            )
+            return
+        log.info(
+            "job %s was handed over already; its audio is still in %s: handed over again "
+            "from there",
+            job.queue_id,
+            path,
+            extra={"queue_id": job.queue_id, "model": job.model},
+        )
+        self.jobs.keep(stored, sink_factory, self._clock.monotonic())
 
     def _schedule(self, tracked: TrackedJob, due: float, *, wake: bool = True) -> bool:
         """Key ``tracked`` at ``due``; whether it is now the head (``wake``: tell the loop)."""
@@ -219,7 +248,12 @@ class Scheduler:
         return head
 
     def take(self, queue_id: str) -> None:
-        """A consumer took the job's outcome: drop it, and release in-memory media now."""
+        """The one hand-over rule, applied by every reader of outcomes (``results()`` over
+        jobs given at once or over time, ``generate_many``, and through them ``wait_for``,
+        ``generate`` and the CLI) at the moment it yields the job's outcome to its caller,
+        never when the outcome is queued for yielding: the outcome is dropped, remembered
+        as handed over, and in-memory media is released now (per ``release_media``; a
+        stored file's was released when it was stored). Taking it again does nothing."""
         release = self.jobs.take(queue_id)
         if release is not None and self._tg is not None:
             self._releaser.start(release.job, self._tg)
@@ -506,3 +540,11 @@ class Scheduler:
             except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 log.debug("consumer of job %s went away", tracked.job.queue_id)
         tracked.subscribers.clear()
+
+
+def _holds(path: Path, size: int) -> bool:
+    """Whether ``path`` is still a file of ``size`` bytes (the audio once stored there)."""
+    try:
+        return path.is_file() and path.stat().st_size == size
+    except OSError:
+        return False

@@ -307,6 +307,12 @@ class AsyncSession(SessionResultsAPI):
     ) -> Job:
         """Adopt a job queued elsewhere (another process, an earlier run) and poll it.
 
+        A job whose audio this session already handed over is not polled again (its media
+        may be released): if the audio was stored in a file that is still there, the next
+        :meth:`wait_for` hands that file over again (wherever ``destination`` points);
+        otherwise it raises :class:`OutcomeAlreadyTaken`. A job handed over as failed is
+        polled again (for example to a file, after audio too large for memory).
+
         Raises:
             ValueError: ``model`` or ``queue_id`` is empty.
             SessionStateError: the session is not open.

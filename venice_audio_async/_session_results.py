@@ -103,8 +103,9 @@ class SessionResultsAPI:
         time (402, ``max_spend_usd``, the server's validation, no token before
         ``deadline``) yields :class:`Refused`, which has no ``queue_id``. Leaving the block
         early sends none of the requests not queued yet; the queued ones stay tracked
-        (:meth:`unfinished`). ``destination``, ``deadline`` and ``validate`` are as for
-        :meth:`submit`.
+        (:meth:`unfinished`); outcomes not yielded yet stay with the session
+        (:meth:`finished`). Each outcome is taken as it is yielded, as by :meth:`results`.
+        ``destination``, ``deadline`` and ``validate`` are as for :meth:`submit`.
 
         Raises:
             RequestValidationError: some requests are invalid (problems prefixed by index).
