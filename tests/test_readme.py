@@ -36,13 +36,50 @@ def _blocks() -> dict[str, str]:
     return found
 
 
+#: Sessions the examples opened, by namespace: what the user looks at afterwards.
+OPENED = "__sessions_opened__"
+
+
 def _namespace(server: FakeServer, **extra: Any) -> dict[str, Any]:
+    """The package's names, with ``AsyncSession`` given the fake's key and URL.
+
+    Only the key, the URL and the fake's time scale are injected (a user's session reads the
+    key from the environment); every session opened is kept for :func:`_user_view`.
+    """
     scale = server.clock.scale if isinstance(server.clock, v.ScaledClock) else TIME_SCALE
-    session = partial(v.AsyncSession, api_key="k", base_url=server.url, clock=v.ScaledClock(scale))
+    opened: list[v.AsyncSession] = []
+
+    def session(*args: Any, **options: Any) -> v.AsyncSession:
+        options.setdefault("api_key", "k")
+        options.setdefault("base_url", server.url)
+        options.setdefault("clock", v.ScaledClock(scale))
+        made = v.AsyncSession(*args, **options)
+        opened.append(made)
+        return made
+
     names: dict[str, Any] = {name: getattr(v, name) for name in v.__all__}
     names["AsyncSession"] = session
+    names[OPENED] = opened
     names.update(extra)
     return names
+
+
+def _user_view(names: dict[str, Any], caplog: pytest.LogCaptureFixture) -> list[v.AsyncSession]:
+    """What a user sees after an example ran: no warning logged, nothing left untaken.
+
+    Returns the sessions the example opened.
+    """
+    warnings = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name.startswith("venice_audio_async") and record.levelno >= logging.WARNING
+    ]
+    assert not warnings, warnings
+    opened: list[v.AsyncSession] = names[OPENED]
+    for session in opened:
+        assert session.statistics().outcomes_untaken == 0
+        assert session.finished() == []
+    return opened
 
 
 async def _run(code: str, names: dict[str, Any]) -> dict[str, Any]:
@@ -64,18 +101,41 @@ async def server() -> AsyncIterator[FakeServer]:
         yield fake
 
 
-def test_examples_are_found() -> None:
-    """The examples this module runs are still in the README."""
-    keys = " ".join(_blocks())
-    for words in ("first generation", "web handler", "batch of many tracks", "bot", "Testing"):
-        assert words.lower() in keys.lower() or words in README.read_text(), words
+#: What identifies each README example, and the test that runs it.
+EXAMPLES = {
+    "asyncio.run(main())": "test_first_generation",
+    "make_jingle": "test_web_handler",
+    "generate_many": "test_batch_to_a_folder",
+    "send_audio": "test_bot",
+    "PollingBounds(delay_per_poll": "test_polling_bounds_example",
+    "RedisBudget.from_url": "test_many_processes_examples",
+    "server.inject": "test_testing_example",
+    "pooled_rate_limit=60": "test_fake_server_limits_example",
+}
 
 
-async def test_first_generation(server: FakeServer) -> None:
-    """The first example generates one track."""
+def test_every_example_is_run() -> None:
+    """Every Python block of the README is run by a test of this module (a new block without
+    one fails here), and each marker still finds its block."""
+    text = README.read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == len(_blocks())  # every block has prose before it
+    for block in blocks:
+        markers = [marker for marker in EXAMPLES if marker in block]
+        assert markers, f"no test runs this README example:\n{block}"
+    for marker, test in EXAMPLES.items():
+        assert any(marker in block for block in blocks), marker
+        assert test in globals(), test
+
+
+async def test_first_generation(server: FakeServer, caplog: pytest.LogCaptureFixture) -> None:
+    """The first example generates one track and releases its media."""
     code = next(c for k, c in _blocks().items() if "asyncio.run(main())" in c)
-    await _run(code, _namespace(server))
+    names = _namespace(server)
+    await _run(code, names)
     assert server.count("queue") == 1
+    assert server.count("complete") == 1
+    _user_view(names, caplog)
 
 
 async def _web_app(server: FakeServer, **session_options: Any) -> tuple[web.Application, Any]:
@@ -164,17 +224,27 @@ async def test_web_handler_come_back_later_and_fetch_twice(
 
 
 async def test_batch_to_a_folder(
-    server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: FakeServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The batch example writes 200 tracks into its folder, within its spending limit."""
+    """The batch example writes 200 tracks into its folder, within its spending limit, and
+    takes every outcome it printed."""
     monkeypatch.chdir(tmp_path)
     code = next(c for c in _blocks().values() if "generate_many" in c)
-    await _run(code, _namespace(server, print=lambda *a: None))
+    printed: list[tuple[Any, ...]] = []
+    names = _namespace(server, print=lambda *a: printed.append(a))
+    await _run(code, names)
     assert len(list((tmp_path / "tracks").glob("*.flac"))) == 200
     assert server.count("queue") == 200
+    assert len(printed) == 200
+    assert server.count("complete") == 200
+    (session,) = _user_view(names, caplog)
+    assert session.statistics().jobs_succeeded == 200
 
 
-async def test_bot(server: FakeServer) -> None:
+async def test_bot(server: FakeServer, caplog: pytest.LogCaptureFixture) -> None:
     """The bot example reacts to its result."""
     sent: list[Any] = []
 
@@ -186,19 +256,62 @@ async def test_bot(server: FakeServer) -> None:
             sent.append(text)
 
     code = next(c for c in _blocks().values() if "send_audio" in c)
-    await _run(code, _namespace(server, chat=Chat()))
+    names = _namespace(server, chat=Chat())
+    await _run(code, names)
     assert len(sent) == 2
     assert isinstance(sent[0], str)
     assert isinstance(sent[-1], bytes)
+    assert server.count("complete") == 1
+    _user_view(names, caplog)
 
 
-async def test_testing_example() -> None:
-    """The FakeServer example in "Testing your code" passes."""
+async def test_testing_example(caplog: pytest.LogCaptureFixture) -> None:
+    """The FakeServer example in "Testing your code" passes as written (it names its own
+    key and URL), retrying the injected 503 without a warning."""
     code = next(c for c in _blocks().values() if "server.inject" in c)
-    names = {name: getattr(v, name) for name in v.__all__}
+    names: dict[str, Any] = {name: getattr(v, name) for name in v.__all__}
     names.update({"FakeServer": FakeServer, "JobScript": JobScript})
     names["Fault"] = __import__("venice_audio_async.testing", fromlist=["Fault"]).Fault
-    await _run(code, names)
+    opened: list[v.AsyncSession] = []
+
+    def session(*args: Any, **options: Any) -> v.AsyncSession:
+        made = v.AsyncSession(*args, **options)
+        opened.append(made)
+        return made
+
+    names["AsyncSession"] = session
+    names[OPENED] = opened
+    local = await _run(code, names)
+    assert local["server"].count("retrieve") >= 2  # the 503, then the audio
+    assert len(_user_view(names, caplog)) == 1
+
+
+async def test_polling_bounds_example(server: FakeServer, caplog: pytest.LogCaptureFixture) -> None:
+    """The "Polling" example's session, used as the web app it is for."""
+    code = next(c for c in _blocks().values() if "PollingBounds(delay_per_poll" in c)
+    names = _namespace(server)
+    local = await _run(code, names)
+    session: v.AsyncSession = local["session"]
+    async with session:
+        audio = await session.generate("stable-audio-25", "a quick one")
+    (queue_id,) = server.queue_ids()
+    assert audio.data == server.audio_for(queue_id)
+    _user_view(names, caplog)
+
+
+async def test_fake_server_limits_example(caplog: pytest.LogCaptureFixture) -> None:
+    """The fake with an unstated pooled limit and the lockout: a session given that limit
+    generates through it without a 429."""
+    code = next(c for c in _blocks().values() if "pooled_rate_limit=60" in c)
+    names: dict[str, Any] = {"FakeServer": FakeServer}
+    local = await _run("fake = " + code.lstrip(), names)
+    async with local["fake"] as server:
+        names = _namespace(server)
+        async with names["AsyncSession"](rate_limits=v.RateLimits(pooled_per_minute=60)) as session:
+            await session.generate("stable-audio-25", "under the pooled limit")
+        assert session.statistics().rate_limited == 0
+        assert server.count("queue") == 1
+    _user_view(names, caplog)
 
 
 async def test_many_processes_examples(redis_server: RedisServer) -> None:
