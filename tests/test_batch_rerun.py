@@ -55,18 +55,20 @@ async def _run(
 ) -> list[v.BatchOutcome]:
     """The README's batch as a script: journal and output folder, every outcome read."""
     outcomes: list[v.BatchOutcome] = []
-    async with make_session(
-        server,
-        rate_limits=UNLIMITED,
-        output_dir=folder,
-        journal=folder / "journal.sqlite3",
-        max_spend_usd=20,
-    ) as session:
-        async with session.generate_many(requests, **options) as results:
-            async for outcome in results:
-                outcomes.append(outcome)
-                if len(outcomes) == stop_after:
-                    break  # interrupted: the script is stopped here
+    async with (
+        make_session(
+            server,
+            rate_limits=UNLIMITED,
+            output_dir=folder,
+            journal=folder / "journal.sqlite3",
+            max_spend_usd=20,
+        ) as session,
+        session.generate_many(requests, **options) as results,
+    ):
+        async for outcome in results:
+            outcomes.append(outcome)
+            if len(outcomes) == stop_after:
+                break  # interrupted: the script is stopped here
     return outcomes
 
 
@@ -101,7 +103,8 @@ async def test_a_rerun_after_an_interruption_queues_each_request_once(
         assert isinstance(early, v.Succeeded)
         assert by_id[early.job.queue_id].audio.path == early.audio.path
     said = [r.getMessage() for r in caplog.records if "already in the journal" in r.getMessage()]
-    assert said and said[0].startswith("12 of 12 request(s)"), said
+    assert said, caplog.text
+    assert said[0].startswith("12 of 12 request(s)"), said
 
 
 async def test_reordered_and_inserted_requests_are_not_paid_again(
@@ -144,8 +147,10 @@ async def test_failed_refused_and_unknown_are_reported_from_the_journal(
     [refused] = await _run(server, tmp_path, _beats(["refused"]))
     server.inject("queue", Fault.drop())
     [lost] = await _run(server, tmp_path, _beats(["lost"]))
-    assert isinstance(refused, v.Refused) and isinstance(refused.error, v.PaymentRequiredError)
-    assert isinstance(lost, v.Refused) and isinstance(lost.error, v.QueueOutcomeUnknown)
+    assert isinstance(refused, v.Refused)
+    assert isinstance(refused.error, v.PaymentRequiredError)
+    assert isinstance(lost, v.Refused)
+    assert isinstance(lost.error, v.QueueOutcomeUnknown)
     sent = server.count("queue")
     assert sent == 4  # the dropped answer's job was created
 
@@ -222,8 +227,11 @@ def test_derived_keys_depend_on_content_place_and_occurrence_only(tmp_path: Path
     a, b = _beats(["a", "b"])
     keys = derive_keys([a, b, a], targets=[tmp_path] * 3, names=[None] * 3, take=None)
     moved = derive_keys([b, a, a], targets=[tmp_path] * 3, names=[None] * 3, take=None)
-    assert keys[0] == moved[1] and keys[1] == moved[0] and keys[2] == moved[2]
-    assert keys[0] != keys[2] and re.fullmatch(r"auto-[0-9a-f]{32}-2", keys[2])
+    assert keys[0] == moved[1]
+    assert keys[1] == moved[0]
+    assert keys[2] == moved[2]
+    assert keys[0] != keys[2]
+    assert re.fullmatch(r"auto-[0-9a-f]{32}-2", keys[2])
     elsewhere = derive_keys([a], targets=[tmp_path / "x"], names=[None], take=None)
     named = derive_keys([a], targets=[tmp_path], names=["intro"], take=None)
     assert len({keys[0], elsewhere[0], named[0]}) == 3
