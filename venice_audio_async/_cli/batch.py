@@ -105,16 +105,16 @@ async def _run_batch(
             )
 
     # Every line is journaled before the first is sent, so a crash at any point leaves a
-    # journal that `resume` can finish: nothing is queued twice, nothing is forgotten. New
-    # lines over --max-spend are refused whole (nothing recorded); earlier lines still
-    # waiting are queued as far as the limit allows.
+    # journal that `resume` can finish: nothing is queued twice, nothing is forgotten. A
+    # new batch over --max-spend is refused whole; into a used folder, lines are queued
+    # while the limit allows (then it stops and says so).
     try:
         estimate = await session.journal_requests(
             [line.request for line in fresh],
             keys=[key for _, key in plan.fresh],
             names=[line.name for line in fresh],
             destination=out,
-            all_or_nothing=bool(fresh),
+            all_or_nothing=not recorded,
         )
     except SpendLimitExceeded as refused:
         tell(refused.estimate_usd)
