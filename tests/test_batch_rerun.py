@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -237,3 +238,42 @@ def test_derived_keys_depend_on_content_place_and_occurrence_only(tmp_path: Path
     assert len({keys[0], elsewhere[0], named[0]}) == 3
     keyed = v.QueueRequest(model=MODEL, prompt="a", key="mine")
     assert derive_keys([keyed], targets=[None], names=[None], take=None) == ["mine"]
+
+
+class _Stopped(Exception):
+    """Stands for the user's Ctrl-C in the middle of the README's batch."""
+
+
+async def test_the_readmes_batch_run_again_after_an_interruption(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The README's batch example, stopped after 50 results and run again as it is: 200
+    queue calls and 200 files in all, and the second run prints all 200 tracks."""
+    from .test_readme import _blocks, _namespace
+    from .test_readme import _run as run_snippet
+
+    monkeypatch.chdir(tmp_path)
+    code = next(c for c in _blocks().values() if "generate_many" in c)
+    printed: list[tuple[Any, ...]] = []
+
+    def stop_after_50(*args: Any) -> None:
+        printed.append(args)
+        if len(printed) == 50:
+            raise _Stopped
+
+    async with FakeServer(time_scale=TIME_SCALE, job_script=JobScript(duration=90.0)) as fake:
+        with pytest.raises(_Stopped):
+            await run_snippet(code, _namespace(fake, print=stop_after_50))
+        first = fake.count("queue")
+        assert 50 <= first <= 200, first  # (how many were queued by then depends on load)
+        with sqlite3.connect(tmp_path / "tracks" / "journal.sqlite3") as db:
+            (rows,) = db.execute("SELECT COUNT(*) FROM jobs").fetchone()
+        db.close()
+        again: list[tuple[Any, ...]] = []
+        with caplog.at_level(logging.INFO, logger="venice_audio_async"):
+            await run_snippet(code, _namespace(fake, print=lambda *a: again.append(a)))
+        assert fake.count("queue") == 200
+    assert len(list((tmp_path / "tracks").glob("*.flac"))) == 200
+    assert len(again) == 200
+    assert all(line[1] == "ok" for line in again)
+    assert f"{rows} of 200 request(s) of the batch already in the journal" in caplog.text
