@@ -95,9 +95,9 @@ async def test_unkeyed_refusals_are_journaled_and_resumed_once(
         assert all(isinstance(e, v.SpendLimitExceeded) for e in caught.value.errors.values())
         assert session.journal is not None
         entries = await session.journal.entries()
-        assert [(e.state, e.refused, e.key) for e in entries] == [
-            (v.JobState.INTENT, True, None)
-        ] * 2
+        assert [(e.state, e.refused) for e in entries] == [(v.JobState.INTENT, True)] * 2
+        # A batch's unkeyed requests get keys from their content and occurrence.
+        assert [e.key[-2:] for e in entries if e.key and e.key.startswith("auto-")] == ["-1", "-2"]
         assert entries[0].error_type == "SpendLimitExceeded"
     assert fake_server.count("queue") == 0
     for _ in range(2):  # the second resume finds them finished: nothing is queued again

@@ -16,7 +16,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,19 @@ import attrs
 from ._audio import safe_stem
 from ._journal import JournalEntry
 from ._models import AudioModel, QueueRequest
+from ._replay import content_digest
 from ._validation import queue_problems
 
-__all__ = ["BatchLine", "check_batch", "manifest_rows", "read_batch", "sorted_problems"]
+__all__ = [
+    "BatchLine",
+    "check_batch",
+    "manifest_rows",
+    "plan_batch",
+    "read_batch",
+    "sorted_problems",
+]
 
-# ``key`` is not a line field: the CLI keys each job by its line (BatchLine.key).
+# ``key`` is not a line field: the CLI keys each job by its content (:func:`plan_batch`).
 _FIELDS = {a.name: a for a in attrs.fields(QueueRequest) if a.name != "key"}
 _INTS = {"duration_seconds"}
 _FLOATS = {"speed"}
@@ -43,18 +51,86 @@ class BatchLine:
     """One request of a batch, with its line number (1-based) and output name.
 
     ``unchecked`` names fields the line lacks (reported already by :func:`read_batch`),
-    so that :func:`check_batch` does not report them a second time.
+    so that :func:`check_batch` does not report them a second time. ``given_name`` is the
+    ``name`` the line itself gives (``None``: ``name`` was made from its number and prompt).
     """
 
     number: int
     request: QueueRequest
     name: str
     unchecked: frozenset[str] = frozenset()
+    given_name: str | None = None
 
     @property
-    def key(self) -> str:
-        """Its key in the journal."""
-        return f"line-{self.number}"
+    def digest(self) -> str:
+        """What identifies the line in a folder's journal: what is sent, and the name it
+        gives its file (never its number, so moved lines are recognised)."""
+        return content_digest(self.request, destination=None, name=self.given_name, take=None)
+
+
+@attrs.frozen
+class BatchPlan:
+    """A batch file against the journal of its folder (see :func:`plan_batch`)."""
+
+    #: Lines the journal already holds (queued, finished or waiting to be sent).
+    known: tuple[BatchLine, ...]
+    #: New lines, each with its journal key.
+    fresh: tuple[tuple[BatchLine, str], ...]
+    #: Lines of the folder's journal (from other inputs) that no line of this file matches.
+    others: int
+
+
+def _default_name(number: int, request: QueueRequest) -> str:
+    return safe_stem(f"{number:04d}-{safe_stem(str(request.prompt), max_length=40)}")
+
+
+def _line_number(key: str) -> int | None:
+    """The line number of a batch key (``line-7``, or ``line-7-<digest>-<n>``)."""
+    if not key.startswith("line-"):
+        return None
+    number = key.removeprefix("line-").split("-", 1)[0]
+    return int(number) if number.isdigit() else None
+
+
+def _entry_digest(entry: JournalEntry, number: int) -> str:
+    """The digest of a batch line the journal holds (earlier versions keyed it by number)."""
+    assert entry.key is not None
+    parts = entry.key.split("-")
+    if len(parts) == 4:  # line-N-<digest>-<occurrence>
+        return parts[2]
+    given = None if entry.name == _default_name(number, entry.request) else entry.name
+    return content_digest(entry.request, destination=None, name=given, take=None)
+
+
+def plan_batch(lines: Sequence[BatchLine], entries: Iterable[JournalEntry]) -> BatchPlan:
+    """Which lines of a batch file its folder's journal holds already, and keys for the rest.
+
+    A line is recognised by its content and given name (:attr:`BatchLine.digest`), never by
+    its number, plus its occurrence among identical lines: with two identical lines in the
+    journal, a file with three of them has one new line. So lines moved, inserted or taken
+    from another file are not paid again, and identical lines are separate jobs. A new
+    line's key is ``line-<number>-<digest>-<occurrence>`` (the manifest reads its number).
+    """
+    recorded: dict[str, int] = {}
+    for entry in entries:
+        number = _line_number(entry.key or "")
+        if number is not None:
+            digest = _entry_digest(entry, number)
+            recorded[digest] = recorded.get(digest, 0) + 1
+    seen: dict[str, int] = {}
+    known: list[BatchLine] = []
+    fresh: list[tuple[BatchLine, str]] = []
+    for line in lines:
+        digest = line.digest
+        seen[digest] = occurrence = seen.get(digest, 0) + 1
+        if occurrence <= recorded.get(digest, 0):
+            known.append(line)
+        else:
+            fresh.append((line, f"line-{line.number}-{digest}-{occurrence}"))
+    matched = sum(min(n, seen.get(digest, 0)) for digest, n in recorded.items())
+    return BatchPlan(
+        known=tuple(known), fresh=tuple(fresh), others=sum(recorded.values()) - matched
+    )
 
 
 def _convert(field: str, value: Any, *, from_csv: bool) -> Any:
@@ -105,8 +181,14 @@ def _line_to_request(
     if values["prompt"] is None:
         values["prompt"] = ""
     request = QueueRequest(**values)
-    name = record.get("name") or f"{number:04d}-{safe_stem(str(request.prompt), max_length=40)}"
-    line = BatchLine(number=number, request=request, name=safe_stem(str(name)), unchecked=missing)
+    given = safe_stem(str(record["name"])) if record.get("name") else None
+    line = BatchLine(
+        number=number,
+        request=request,
+        name=given or _default_name(number, request),
+        unchecked=missing,
+        given_name=given,
+    )
     return line, problems
 
 
@@ -202,14 +284,15 @@ def manifest_rows(entries: Iterable[JournalEntry]) -> list[dict[str, Any]]:
     """One manifest record per batch line, from the journal (the source of truth)."""
     rows = []
     for entry in entries:
-        if entry.key is None or not entry.key.startswith("line-"):
+        number = _line_number(entry.key or "")
+        if number is None:
             continue
         seconds = None
         if entry.finished_at is not None and entry.queued_at is not None:
             seconds = round(entry.finished_at - entry.queued_at, 3)
         rows.append(
             {
-                "line": int(entry.key.removeprefix("line-")),
+                "line": number,
                 "model": entry.model,
                 "prompt": entry.request.prompt,
                 "state": entry.state.value,
@@ -222,4 +305,4 @@ def manifest_rows(entries: Iterable[JournalEntry]) -> list[dict[str, Any]]:
                 "error": entry.error,
             }
         )
-    return sorted(rows, key=lambda row: row["line"])
+    return sorted(rows, key=lambda row: row["line"])  # stable: journal order within a line

@@ -184,20 +184,24 @@ class BatchFlows:
         destination: Destination,
         deadline: float | None,
         validate: bool | None,
+        take: str | None = None,
     ) -> AsyncIterator[BatchResults]:
         """See ``AsyncSession.generate_many``.
 
         Raises:
             RequestValidationError: some requests are invalid; nothing was sent.
+            JournalError: the journal could not be read; nothing was sent.
         """
         batch = await self._submitter.check_all(requests, validate)
+        # Keys derived from each request's content: a re-run queues nothing twice.
+        keys = await self._submitter.batch_keys(batch, destination=destination, take=take)
         feed: _Feed[BatchOutcome] = _Feed(self._scheduler)
         submitter = self._submitter
 
-        async def one(request: QueueRequest) -> None:
+        async def one(request: QueueRequest, key: str | None) -> None:
             try:
                 job = await submitter.submit(
-                    request, destination=destination, deadline=deadline, validate=False
+                    request, destination=destination, deadline=deadline, validate=False, key=key
                 )
             except VeniceError as error:
                 feed.add(Refused(request, error))
@@ -210,8 +214,8 @@ class BatchFlows:
         async def submit_all() -> None:
             # Submits wait for their tokens in request order (the budget is FIFO).
             async with anyio.create_task_group() as tg:
-                for request in batch:
-                    tg.start_soon(one, request)
+                for request, key in zip(batch, keys, strict=True):
+                    tg.start_soon(one, request, key)
             feed.end()
 
         async with self._fed(feed, submit_all):

@@ -469,7 +469,10 @@ class Failed:
 class Refused:
     """A request of ``generate_many`` that was never queued: there is no job and no
     ``queue_id``, and nothing was billed. ``error`` says why (a 402, the spending limit,
-    the server's validation, no queue token before the deadline).
+    the server's validation, no queue token before the deadline). One exception: a
+    :class:`QueueOutcomeUnknown` error means the request was sent and its answer lost, so
+    a job may exist and be billed; it is not sent again. A batch run again on its journal
+    yields these as the first run did, from the journal.
 
     .. versionadded:: 0.1.0
     """

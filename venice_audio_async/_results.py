@@ -259,6 +259,7 @@ class Results:
         destination: Destination,
         deadline: float | None,
         validate: bool | None,
+        take: str | None = None,
     ) -> AsyncIterator[BatchResults]:
         """Queue a batch and hand over each outcome as it finishes.
 
@@ -270,7 +271,7 @@ class Results:
         if deadline is not None:
             check_number("deadline (seconds)", deadline)
         async with self._flows.generate_many(
-            requests, destination=destination, deadline=deadline, validate=validate
+            requests, destination=destination, deadline=deadline, validate=validate, take=take
         ) as results:
             yield results
 

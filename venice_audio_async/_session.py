@@ -276,12 +276,16 @@ class AsyncSession(SessionResultsAPI):
         destination: Destination = None,
         deadline: float | None = None,
         validate: bool | None = None,
+        take: str | None = None,
     ) -> list[Job]:
         """Validate every request first, then queue them concurrently within the rate limit.
 
         Nothing is sent if any request is invalid. Jobs come back in the order of
         ``requests``. A failing request never cancels the others: every queue call runs to
-        its end first.
+        its end first. With a journal, requests without a ``key`` get keys derived from
+        their content, so the same batch submitted again queues nothing twice (see
+        :meth:`generate_many`; a job that failed earlier is returned with its ``Failed``
+        outcome from the journal); ``take`` names a deliberate second take.
 
         Raises:
             RequestValidationError: some requests are invalid (problems prefixed by index).
@@ -294,7 +298,7 @@ class AsyncSession(SessionResultsAPI):
         """
         self._life.check_open(paid=True)
         return await self._parts.submitter.submit_many(
-            requests, destination=destination, deadline=deadline, validate=validate
+            requests, destination=destination, deadline=deadline, validate=validate, take=take
         )
 
     def attach(
@@ -332,6 +336,7 @@ class AsyncSession(SessionResultsAPI):
         names: Sequence[str | None] | None = None,
         destination: Destination = None,
         all_or_nothing: bool = True,
+        take: str | None = None,
     ) -> float:
         """Record ``requests`` in the journal as jobs to send, sending none; returns their
         estimated cost in USD. :meth:`resume` then queues them, oldest first.
@@ -339,6 +344,11 @@ class AsyncSession(SessionResultsAPI):
         Recording a whole batch before the first job is sent means a crash at any point
         leaves a journal that ``resume`` finishes: nothing is queued twice, nothing is
         forgotten. ``keys`` identify the jobs in the journal (a repeated key is refused);
+        a request with no key (``None`` in ``keys``, and none of its own) gets one derived
+        from its content, its destination and name, and its occurrence (see
+        :meth:`generate_many`), and is not recorded again if the journal holds that key
+        already: recording the same batch twice records it once (the cost returned is
+        that of what was recorded now). ``take`` names a deliberate second take.
         ``names`` are their file name stems.
 
         Raises:
@@ -350,7 +360,12 @@ class AsyncSession(SessionResultsAPI):
         """
         self._life.check_open()
         return await self._parts.submitter.journal_requests(
-            requests, keys=keys, names=names, destination=destination, all_or_nothing=all_or_nothing
+            requests,
+            keys=keys,
+            names=names,
+            destination=destination,
+            all_or_nothing=all_or_nothing,
+            take=take,
         )
 
     async def resume(

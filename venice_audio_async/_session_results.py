@@ -86,6 +86,7 @@ class SessionResultsAPI:
         destination: Destination = None,
         deadline: float | None = None,
         validate: bool | None = None,
+        take: str | None = None,
     ) -> AsyncIterator[BatchResults]:
         """Queue a batch and hand over each outcome as it finishes, while the rest is still
         being queued::
@@ -107,15 +108,30 @@ class SessionResultsAPI:
         (:meth:`finished`). Each outcome is taken as it is yielded, as by :meth:`results`.
         ``destination``, ``deadline`` and ``validate`` are as for :meth:`submit`.
 
+        With a journal the batch is idempotent: a request without a ``key`` gets one
+        derived from what is sent and where its audio goes, plus its occurrence among
+        identical requests of the batch (never its position). Running the same batch
+        again on the same journal finishes it and queues nothing twice: a job stored
+        earlier yields its ``Succeeded`` from the journal (its file; audio kept in memory
+        and taken earlier has neither data nor path), a queued one is fetched, a failed
+        one yields its ``Failed`` with the journaled error; one refused by the API, or
+        whose queue answer was lost (``QueueOutcomeUnknown``: it may be billed), yields
+        ``Refused`` as in the first run; none of these is sent again. An INFO log line
+        says how many requests the journal already holds. ``take`` (any label) is the
+        deliberate opt-out: its keys differ from those of the default take, so the
+        requests are queued (and paid) again, once; running the same ``take`` again
+        finishes that take.
+
         Raises:
             RequestValidationError: some requests are invalid (problems prefixed by index).
+            JournalError: the journal could not be read; nothing was sent.
             SessionStateError: the session is not open.
             MissingAPIKeyError: no API key was given.
 
         .. versionadded:: 0.1.0
         """
         async with self._parts.results.generate_many(
-            requests, destination=destination, deadline=deadline, validate=validate
+            requests, destination=destination, deadline=deadline, validate=validate, take=take
         ) as results:
             yield results
 

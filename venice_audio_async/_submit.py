@@ -17,11 +17,13 @@ the request may have left becomes :class:`~venice_audio_async.QueueOutcomeUnknow
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import anyio
+import attrs
 
 from ._audio import Destinations
 from ._catalogue import Catalogue
@@ -29,8 +31,8 @@ from ._client import VeniceClient
 from ._clock import Clock
 from ._config import check_number
 from ._errors import (
+    AudioStorageError,
     BatchSubmitError,
-    JournalError,
     MalformedResponse,
     QueueDeadlineExceeded,
     QueueOutcomeUnknown,
@@ -44,17 +46,21 @@ from ._ledger import Intent, Ledger, Ticket
 from ._limiter import RequestLimiter
 from ._models import (
     AudioResult,
+    Failed,
     FieldProblem,
     Job,
     QueueRequest,
     Succeeded,
     format_for_media_type,
 )
+from ._replay import derive_keys, journaled_error
 from ._retry import Retrier, TokenTooLate, queue_answer_lost, queue_not_created
 from ._scheduler import Scheduler
 from ._validation import check_queue
 
 __all__ = ["Destination", "Submitter"]
+
+log = logging.getLogger("venice_audio_async")
 
 #: A file or folder for a job's audio (``None``: the session's ``output_dir``, else memory).
 Destination = str | os.PathLike[str] | None
@@ -143,8 +149,12 @@ class Submitter:
         destination: Destination = None,
         deadline: float | None = None,
         validate: bool | None = None,
+        take: str | None = None,
     ) -> list[Job]:
         """Validate every request, then submit them concurrently; see ``AsyncSession``.
+
+        With a journal, each request without a key gets one derived from its content
+        (:mod:`._replay`), so the same batch run again queues nothing twice.
 
         Raises:
             RequestValidationError: some requests are invalid (problems prefixed by index).
@@ -154,6 +164,7 @@ class Submitter:
         if deadline is not None:
             check_number("deadline (seconds)", deadline)
         batch = await self.check_all(requests, validate)
+        keys = await self.batch_keys(batch, destination=destination, take=take)
         jobs: list[Job | None] = [None] * len(batch)
         errors: dict[int, VeniceError] = {}
         unexpected: list[Exception] = []
@@ -163,7 +174,11 @@ class Submitter:
             # calls in flight (a cancelled queue call could lose a billed job's id).
             try:
                 jobs[index] = await self.submit(
-                    request, destination=destination, deadline=deadline, validate=False
+                    request,
+                    destination=destination,
+                    deadline=deadline,
+                    validate=False,
+                    key=keys[index],
                 )
             except VeniceError as error:
                 errors[index] = error
@@ -200,6 +215,44 @@ class Submitter:
             raise RequestValidationError(tuple(problems))
         return batch
 
+    async def batch_keys(
+        self,
+        batch: Sequence[QueueRequest],
+        *,
+        destination: Destination,
+        take: str | None,
+        names: Sequence[str | None] | None = None,
+    ) -> list[str | None]:
+        """The journal key of each request of a batch (derived where it has none; see
+        :mod:`._replay`), and an INFO line saying how many the journal already holds.
+
+        Without a journal, the requests' own keys (nothing is deduplicated).
+
+        Raises:
+            JournalError: the journal could not be read; nothing was sent.
+        """
+        journal = self._ledger.journal
+        if journal is None:
+            return [request.key for request in batch]
+        target = self._destinations.target(destination)
+        keys = derive_keys(
+            batch,
+            targets=[target] * len(batch),
+            names=list(names) if names is not None else [None] * len(batch),
+            take=take,
+        )
+        if keys:
+            recorded = {entry.key for entry in await journal.entries()}
+            known = sum(1 for key in keys if key in recorded)
+            log.info(
+                "%d of %d request(s) of the batch already in the journal %s: those are not "
+                "queued again (their recorded outcome is reported, or they are fetched)",
+                known,
+                len(keys),
+                journal.path,
+            )
+        return list(keys)
+
     async def journal_requests(
         self,
         requests: Sequence[QueueRequest],
@@ -208,8 +261,13 @@ class Submitter:
         names: Sequence[str | None] | None,
         destination: Destination,
         all_or_nothing: bool,
+        take: str | None = None,
     ) -> float:
         """Price every request and record it as a job to send; returns the total.
+
+        A request without a key (in ``keys`` or its own) gets one derived from its content
+        (:mod:`._replay`); one whose derived key the journal holds already is not recorded
+        again (nor priced).
 
         Raises:
             ValueError: ``keys`` or ``names`` are not as many as ``requests``.
@@ -223,9 +281,29 @@ class Submitter:
         if not len(keys) == len(names) == len(requests):
             raise ValueError("keys and names must be as many as the requests")
         target = self._destinations.target(destination)
+        given = [
+            key if key is not None else request.key
+            for request, key in zip(requests, keys, strict=True)
+        ]
+        journal = self._ledger.journal
+        recorded_already: set[int] = set()
+        unkeyed = [i for i, key in enumerate(given) if key is None]
+        if journal is not None and unkeyed:
+            derived = await self.batch_keys(
+                [requests[i] for i in unkeyed],
+                destination=destination,
+                take=take,
+                names=[names[i] for i in unkeyed],
+            )
+            recorded = {entry.key for entry in await journal.entries()}
+            for i, key in zip(unkeyed, derived, strict=True):
+                given[i] = key
+                if key in recorded:
+                    recorded_already.add(i)
         intents = [
             _intent(request, await self._catalogue.estimate_cost(request), target, key, name)
-            for request, key, name in zip(requests, keys, names, strict=True)
+            for i, (request, key, name) in enumerate(zip(requests, given, names, strict=True))
+            if i not in recorded_already
         ]
         return await self._ledger.intend_all(intents, all_or_nothing=all_or_nothing)
 
@@ -279,21 +357,37 @@ class Submitter:
     ) -> Job:
         """A keyed request the journal already records: never queued a second time.
 
-        Queued: attached (polled). Stored: its outcome comes from the journal. Never sent
-        (refused by the spending limit, or the process died first): that row is sent now.
+        What the journal recorded is reported as the first run reported it:
+
+        - never sent (an intent: refused by the spending limit, interrupted before it was
+          sent, or "rejected" for want of a queue token in time, which never left): sent now;
+        - queued: attached (polled); failed only in storing its audio (its media kept on
+          the server): attached and fetched again;
+        - stored: its ``Succeeded`` comes from the journal (the file, or for audio kept in
+          memory and taken earlier, neither data nor path);
+        - failed: its ``Failed`` comes from the journal, with the error rebuilt
+          (:func:`journaled_error`); the job is returned, its outcome kept for a caller;
+        - refused by the API before a job existed: that error is raised again;
+        - sent with its answer lost: :class:`QueueOutcomeUnknown`, as the first time.
 
         Raises:
             SpendLimitExceeded: a recorded, unsent job would still pass the limit.
             QueueOutcomeUnknown: it was sent before and its answer lost (maybe billed).
-            JournalError: it ended earlier with an error; it is not sent again.
+            APIStatusError: the API refused it before (rebuilt from the journal).
         """
         target = Path(entry.destination) if entry.destination else None
+        # Refused here, before anything left (no queue token in time): nothing to pay twice.
+        never_left = entry.error_type == QueueDeadlineExceeded.__name__
+        if entry.state is JobState.REJECTED and never_left and await self._ledger.requeue(entry):
+            entry = attrs.evolve(entry, state=JobState.INTENT)
         if entry.state is JobState.INTENT:
             ticket = self._ledger.hold_recorded(entry)
             deadline_at = None if deadline is None else self._clock.monotonic() + deadline
             return await self.send(
                 entry.request, ticket, target=target, name=entry.name, deadline_at=deadline_at
             )
+        if entry.state is JobState.REJECTED:
+            raise journaled_error(entry)
         if entry.queue_id is None or entry.state in (JobState.SENDING, JobState.UNKNOWN):
             raise QueueOutcomeUnknown(
                 request,
@@ -306,7 +400,12 @@ class Submitter:
         job = Job(model=entry.model, queue_id=entry.queue_id, request=entry.request)
         stem = Destinations.stem(entry.request.prompt, job.queue_id, entry.name)
         sinks = self._destinations.sinks(target, stem)
-        if entry.state is JobState.QUEUED:
+        storage_only = (
+            entry.state is JobState.FAILED
+            and entry.error_type == AudioStorageError.__name__
+            and not entry.released
+        )
+        if entry.state is JobState.QUEUED or storage_only:
             self._scheduler.track(job, sinks, deadline=deadline, elapsed=None)
             self._ledger.charged(entry)
             return job
@@ -320,11 +419,8 @@ class Submitter:
             )
             self._scheduler.keep_outcome(Succeeded(job, audio, released=entry.released), sinks)
             return job
-        raise JournalError(
-            f"the journal records key {entry.key!r} (queue_id {entry.queue_id}) as "
-            f"{entry.state.value}: {entry.error}; it is not sent again (use a new key)",
-            path=None,
-        )
+        self._scheduler.keep_outcome(Failed(job, journaled_error(entry)), sinks)
+        return job
 
     async def _queue(
         self,

@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from .._batch import BatchLine, check_batch, manifest_rows, read_batch, sorted_problems
+from .._batch import (
+    BatchLine,
+    check_batch,
+    manifest_rows,
+    plan_batch,
+    read_batch,
+    sorted_problems,
+)
 from .._errors import SpendLimitExceeded
 from .connect import endpoint, folder_session, need_key
 from .console import say
@@ -72,33 +79,51 @@ async def _run_batch(
         return 2
     # Before new lines are added: a journal that lost rows would otherwise re-queue them.
     await anyio.to_thread.run_sync(check_manifest, out, len(manifest_rows(recorded)))
-    known = {entry.key for entry in recorded}
-    fresh = [line for line in lines if line.key not in known]
+    # Lines are known by what they send (and the name they give), never by their number:
+    # a line moved, inserted or taken from another file is not paid for twice.
+    plan = plan_batch(lines, recorded)
+    fresh = [line for line, _ in plan.fresh]
     spent = session.spending()[0]
 
-    def plan(estimate: float) -> None:
-        say(
-            f"{len(lines)} request(s); {len(fresh)} to queue, estimated ${estimate:.2f}"
-            + (f" (${spent:.2f} already spent in {out})" if known else "")
+    def tell(estimate: float) -> None:
+        if not recorded:
+            say(f"{len(lines)} line(s) to queue, estimated ${estimate:.2f}")
+            return
+        new = (
+            f"{len(fresh)} new line(s) to queue, estimated ${estimate:.2f}"
+            if fresh
+            else "no new line to queue"
         )
+        say(
+            f"{len(plan.known)} of {len(lines)} line(s) already in this folder's journal; "
+            f"{new} (${spent:.2f} already spent in {out})"
+        )
+        if plan.others:
+            say(
+                f"{out} also holds {plan.others} line(s) of an earlier batch file that this "
+                "file does not have; this run finishes them too, if they are not finished"
+            )
 
     # Every line is journaled before the first is sent, so a crash at any point leaves a
     # journal that `resume` can finish: nothing is queued twice, nothing is forgotten. A
-    # new batch over --max-spend is refused whole; a resumed one queues what still fits.
+    # new batch over --max-spend is refused whole; into a used folder, lines are queued
+    # while the limit allows (then it stops and says so).
     try:
         estimate = await session.journal_requests(
             [line.request for line in fresh],
-            keys=[line.key for line in fresh],
+            keys=[key for _, key in plan.fresh],
             names=[line.name for line in fresh],
             destination=out,
-            all_or_nothing=not known,
+            all_or_nothing=not recorded,
         )
     except SpendLimitExceeded as refused:
-        plan(refused.estimate_usd)
+        tell(refused.estimate_usd)
         say(
             f"the estimate ${refused.estimate_usd:.2f} exceeds --max-spend "
             f"${refused.limit_usd:.2f}; nothing was spent"
         )
         return 3
-    plan(estimate)
-    return await drive(args, session, out, total=len(lines))
+    tell(estimate)
+    # The run follows every line of the folder: this file's and any earlier file's.
+    total = len(manifest_rows(await journal.entries()))
+    return await drive(args, session, out, total=total)

@@ -142,6 +142,12 @@ def _add_fetch(commands: _Commands, common: argparse.ArgumentParser) -> None:
         default=".",
         help="an existing folder to write into, or a file path (default: .)",
     )
+    fetch.add_argument(
+        "--folder",
+        metavar="DIR",
+        help="with --fake: the --fake batch folder whose jobs the built-in fake server "
+        "knows (default: --out, when it is one)",
+    )
 
 
 def _add_batch(

@@ -14,6 +14,7 @@ from typing import Any
 from .._models import AudioResult, Job
 from .connect import endpoint, need_key, open_session
 from .console import on_interrupt, say
+from .folder import FAKE_STATE_NAME
 
 __all__ = ["cmd_fetch", "cmd_generate"]
 
@@ -105,11 +106,40 @@ async def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fake_folder_state(args: argparse.Namespace, target: Path) -> Path | None:
+    """The job file of the ``--fake`` batch folder that knows the job, if any.
+
+    ``--folder DIR`` names it; without it, ``--out`` is used when it is such a folder.
+
+    Raises:
+        ValueError: ``--folder`` without ``--fake``, or a folder that holds no fake batch.
+    """
+    if args.folder is None:
+        state = target / FAKE_STATE_NAME
+        return state if args.fake and target.is_dir() and state.exists() else None
+    if not args.fake:
+        raise ValueError(
+            "--folder is for --fake: it names the --fake batch folder whose built-in fake "
+            "server queued the job (the real API knows its jobs without it)"
+        )
+    state = Path(args.folder) / FAKE_STATE_NAME
+    if not state.exists():
+        raise ValueError(
+            f"--folder {args.folder}: no --fake batch was run there (it has no {FAKE_STATE_NAME})"
+        )
+    return state
+
+
 async def cmd_fetch(args: argparse.Namespace) -> int:
-    """``fetch``: wait for a job queued earlier and print the path of its audio."""
+    """``fetch``: wait for a job queued earlier and print the path of its audio.
+
+    With ``--fake``, the built-in fake server knows the jobs of a ``--fake`` batch folder
+    (``--folder``, or ``--out`` when it is one): they are kept in its job file.
+    """
     target = _audio_target(args.out)
+    fake_state = _fake_folder_state(args, target)
     on_interrupt("interrupted; the job is still at Venice: run the same fetch again")
-    async with endpoint(args) as (url, key, clock):
+    async with endpoint(args, fake_state=fake_state) as (url, key, clock):
         if not need_key(key):
             return 2
         async with open_session(args, url, key, clock) as session:
