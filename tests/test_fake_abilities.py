@@ -275,6 +275,32 @@ async def test_drip_sends_headers_then_the_json_body_a_byte_at_a_time(
     assert api.server.requests[-1].fault == "drip:10"
 
 
+async def test_drip_on_a_time_scaled_server(http: aiohttp.ClientSession) -> None:
+    """At time_scale 0.001 a 50 s drip spreads the body over at least 50 virtual seconds."""
+    async with FakeServer(time_scale=0.001) as server:
+        api = Api(http, server)
+        server.inject("quote", Fault.drip(50))
+        started = server.clock.monotonic()
+        reply = await api.quote()
+        assert server.clock.monotonic() - started >= 50
+    assert reply.status == 200
+    assert reply.json()["quote"] > 0
+
+
+async def test_a_drip_is_cut_short_when_the_server_closes(serve: Serve, clock: ManualClock) -> None:
+    """Closing mid-drip closes the connection: the client sees a short body, not a hang."""
+    api = await serve()
+    api.server.inject("quote", Fault.drip(100))
+    call = asyncio.ensure_future(api.quote())
+    await until(lambda: clock.pending == 1)
+    clock.advance_to_next()  # one byte out
+    await until(lambda: clock.pending == 1)
+    await api.server.close()
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await call
+    assert [(r.status, r.fault) for r in api.server.requests] == [(200, "drip:100")]
+
+
 async def test_drip_waits_for_a_json_answer(serve: Serve, clock: ManualClock) -> None:
     """An audio answer does not use up a drip; the next JSON answer does."""
     api = await serve(job_script=JobScript(duration=5))

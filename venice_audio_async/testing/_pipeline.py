@@ -222,18 +222,20 @@ class RequestPipeline:
         stream.content_length = len(body)
         try:
             await stream.prepare(ctx.request)
-            if fault.kind == "drop":
+            if fault.kind == "drip":
+                step = fault.seconds / max(1, len(body))
+                for index in range(len(body)):
+                    if not await self._sleep(step):
+                        break  # shutting down: cut the answer short
+                    await stream.write(body[index : index + 1])
+                else:
+                    await stream.write_eof()
+                    return stream
+            else:
                 await stream.write(body[: len(body) // 2])
-                transport = ctx.request.transport
-                if transport is not None:
-                    transport.close()  # flushes what was written, then closes
-                return stream
-            step = fault.seconds / max(1, len(body))
-            for index in range(len(body)):
-                if not await self._sleep(step):
-                    return drop(ctx)  # shutting down
-                await stream.write(body[index : index + 1])
-            await stream.write_eof()
+            transport = ctx.request.transport
+            if transport is not None:
+                transport.close()  # flushes what was written, then closes
         except ConnectionError:
             pass  # the client gave up; aiohttp notices and stays quiet
         return stream
