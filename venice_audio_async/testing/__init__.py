@@ -3,8 +3,9 @@
 :class:`FakeServer` is a real aiohttp server (so a client talks to it over HTTP exactly as it
 would to ``https://api.venice.ai/api/v1``) that serves the bundled model catalogue, validates
 requests strictly and per model, runs scripted job timelines in scaled virtual time, streams
-valid audio files, and can inject faults (error statuses, delays, dropped connections,
-truncated downloads, wrong content types), rate limits, an error budget and a balance.
+valid audio files, and can inject faults (error statuses, delays, hangs, slow drips, dropped
+connections, truncated downloads, wrong content types), overloaded models, rate limits, an
+outside client spending the same limits, an error budget and a balance.
 
 Run it standalone with ``python -m venice_audio_async.testing --port 8000``.
 """

@@ -6,7 +6,9 @@ Usage::
         [--job-mix elevenlabs-music=60:0.2 --job-mix stable-audio-25=30 --seed 1]
         [--audio-size BYTES] [--record FILE]
         [--rate-limit queue=40 --rate-limit retrieve=120] [--pooled-rate-limit 60]
-        [--no-state-limits] [--error-budget 20:30 [--error-budget-counts-429]]
+        [--no-state-limits | --state-limits-on queue] [--error-budget 20:30
+        [--error-budget-counts-429]] [--overload elevenlabs-music=30@60-180]
+        [--outside-load retrieve=30]
 
 The first line printed on stdout is the base URL (for example
 ``http://127.0.0.1:8000/api/v1``), flushed at once so a parent process can read it; the server
@@ -58,6 +60,44 @@ def _error_budget(text: str) -> tuple[int, float]:
     return parsed
 
 
+def _overload(text: str) -> tuple[str, float, tuple[float, float] | None]:
+    spec, _, window = text.partition("@")
+    model, _, retry_after = spec.partition("=")
+    start, dash, end = window.partition("-")
+    try:
+        seconds = float(retry_after) if retry_after else 30.0
+        span = (float(start), float(end)) if window else None
+    except ValueError:
+        seconds, span = -1.0, None
+    if (
+        not model
+        or not seconds >= 0
+        or (window and (not dash or span is None or not 0 <= span[0] < span[1]))
+    ):
+        raise argparse.ArgumentTypeError(
+            "expected MODEL[=RETRY_AFTER][@FROM-UNTIL] (virtual seconds), "
+            "e.g. elevenlabs-music=30@60-180"
+        )
+    return model, seconds, span
+
+
+def _outside_load(text: str) -> tuple[str, float]:
+    endpoint, _, rate = text.partition("=")
+    try:
+        per_minute = float(rate)
+    except ValueError:
+        per_minute = 0.0
+    if endpoint not in ENDPOINTS or not per_minute > 0:
+        raise argparse.ArgumentTypeError(f"expected ENDPOINT=N (N > 0), ENDPOINT in {ENDPOINTS}")
+    return endpoint, per_minute
+
+
+def _endpoint(text: str) -> str:
+    if text not in ENDPOINTS:
+        raise argparse.ArgumentTypeError(f"expected one of {ENDPOINTS}")
+    return text
+
+
 def _job_mix(text: str) -> tuple[str, ModelTiming]:
     model, _, timing = text.partition("=")
     mean, _, sigma = timing.partition(":")
@@ -76,7 +116,8 @@ def record(server: FakeServer) -> dict[str, Any]:
 
     ``jobs``: ``queue_id``, ``model``, ``queued_at``, ``duration``, ``estimate``,
     ``finishes_at``, ``retrieve_count``, ``complete_count``, ``downloads``; ``requests``:
-    ``endpoint``, ``time``, ``status``, ``queue_id``, ``fault``.
+    ``endpoint``, ``time``, ``status``, ``queue_id``, ``fault``; ``outside``: the requests an
+    outside client spent (``--outside-load``), ``{endpoint: {"admitted": n, "refused": n}}``.
     """
     jobs = [
         {
@@ -92,6 +133,7 @@ def record(server: FakeServer) -> dict[str, Any]:
         }
         for job in server.jobs.values()
     ]
+    outside = {endpoint: dict(tally) for endpoint, tally in server.outside_spent.items()}
     requests = [
         {
             "endpoint": r.endpoint,
@@ -102,7 +144,7 @@ def record(server: FakeServer) -> dict[str, Any]:
         }
         for r in server.requests
     ]
-    return {"jobs": jobs, "requests": requests}
+    return {"jobs": jobs, "requests": requests, "outside": outside}
 
 
 def _write_record(server: FakeServer, path: Path) -> None:
@@ -183,6 +225,38 @@ def _parser() -> argparse.ArgumentParser:
         help="never state the --rate-limit limits in x-ratelimit-*-requests headers",
     )
     parser.add_argument(
+        "--state-limits-on",
+        dest="state_limits_on",
+        action="append",
+        type=_endpoint,
+        default=[],
+        metavar="ENDPOINT",
+        help="state the --rate-limit limits in headers on this endpoint only (repeatable)",
+    )
+    parser.add_argument(
+        "--overload",
+        action="append",
+        type=_overload,
+        default=[],
+        metavar="MODEL[=RETRY_AFTER][@FROM-UNTIL]",
+        help=(
+            "queue calls for MODEL answer the 'model is currently overloaded' 429 with this "
+            "Retry-After (default 30), from FROM to UNTIL virtual seconds after the start "
+            "(default: always); repeatable"
+        ),
+    )
+    parser.add_argument(
+        "--outside-load",
+        action="append",
+        type=_outside_load,
+        default=[],
+        metavar="ENDPOINT=N",
+        help=(
+            "an outside client on the same key spends N requests per virtual minute of "
+            "ENDPOINT, evenly spaced, in the same windows (repeatable)"
+        ),
+    )
+    parser.add_argument(
         "--error-budget",
         type=_error_budget,
         default=None,
@@ -222,13 +296,19 @@ def _build_server(args: argparse.Namespace) -> FakeServer:
         script = JobMix(
             dict(args.job_mix), seed=args.seed, default=default, audio_size=args.audio_size
         )
-    return FakeServer(
+    state_limits: bool | list[str] = args.state_limits
+    if args.state_limits_on:
+        if not args.state_limits:
+            raise ValueError("--state-limits-on and --no-state-limits exclude each other")
+        state_limits = args.state_limits_on
+    always = {model: seconds for model, seconds, span in args.overload if span is None}
+    server = FakeServer(
         api_keys=args.api_keys,
         time_scale=args.time_scale,
         job_script=script,
         rate_limits=dict(args.rate_limit) or None,
         pooled_rate_limit=args.pooled_rate_limit,
-        state_limits=args.state_limits,
+        state_limits=state_limits,
         error_budget=args.error_budget,
         error_budget_counts_429=args.error_budget_counts_429,
         balance_usd=args.balance_usd,
@@ -236,7 +316,14 @@ def _build_server(args: argparse.Namespace) -> FakeServer:
         port=args.port,
         audio=args.audio,
         state_path=args.state,
+        overloaded_models=always or None,
+        outside_load=dict(args.outside_load) or None,
     )
+    for model, seconds, span in args.overload:
+        if span is not None:  # from the server's construction, which its start follows
+            start, end = span
+            server.overload(model, retry_after=seconds, for_seconds=end - start, starting_in=start)
+    return server
 
 
 async def _serve(server: FakeServer, record_path: Path | None) -> None:

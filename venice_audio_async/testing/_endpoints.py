@@ -24,13 +24,14 @@ from venice_audio_async._clock import Clock
 
 from ._audio import CONTENT_TYPES
 from ._faults import FaultBook
-from ._limits import Balance, KeyRateLimits
+from ._limits import Balance, KeyRateLimits, Overloads
 from ._messages import (
     DEFAULT_SUGGESTED_PROMPT,
     MSG_INSUFFICIENT,
     MSG_INVALID_ID,
     MSG_MEDIA_GONE,
     MSG_MODEL_NOT_FOUND,
+    MSG_MODEL_OVERLOADED,
     detailed_error,
     job_failure_message,
     seconds_text,
@@ -99,6 +100,7 @@ class ApiEndpoints:
         clock: Clock,
         tones: bool = False,
         store: JobStore | None = None,
+        overloads: Overloads | None = None,
     ) -> None:
         self.catalogue = catalogue
         self.rows: dict[str, dict[str, Any]] = {str(row["id"]): row for row in catalogue}
@@ -111,6 +113,7 @@ class ApiEndpoints:
         self._clock = clock
         self._tones = tones
         self._store = store
+        self._overloads = overloads if overloads is not None else Overloads()
 
     def models(self, ctx: Context) -> web.Response:
         """``GET /models?type=...``: the catalogue rows of one type."""
@@ -149,6 +152,13 @@ class ApiEndpoints:
         if row is None:
             assert error is not None
             return error
+        # [UNK] where the API checks for overload; here a valid request is refused before it
+        # is billed, so the 400s of a bad body still come first.
+        overloaded = self._overloads.retry_after(str(row["id"]), self._clock.monotonic())
+        if overloaded is not None:
+            ctx.faults.append("overloaded")
+            ctx.headers["Retry-After"] = str(math.ceil(overloaded))
+            return ctx.json(429, {"error": MSG_MODEL_OVERLOADED})
         price = queue_price(body, row)
         if not self._balance.debit(price):
             return ctx.json(402, {"error": MSG_INSUFFICIENT})

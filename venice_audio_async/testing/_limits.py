@@ -8,6 +8,7 @@ it for a verdict and turns the verdict into headers and statuses.
 * :class:`KeyRateLimits`: the per-model limits ``GET /api_keys/rate_limits`` lists.
 * :class:`ErrorBudget`: more than N failed answers within a window lock every endpoint for
   that window.
+* :class:`Overloads`: models whose ``queue`` answers "overloaded" 429s, for a while.
 * :class:`Balance`: ``queue`` debits a job's price, a failed job is refunded when it fails.
 """
 
@@ -17,7 +18,7 @@ import heapq
 import itertools
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -30,6 +31,7 @@ __all__ = [
     "LIMIT_TYPES",
     "ErrorBudget",
     "KeyRateLimits",
+    "Overloads",
     "RateVerdict",
     "RequestLimits",
     "SlidingWindow",
@@ -115,7 +117,7 @@ class RequestLimits:
         per_endpoint: Mapping[str, int] | None,
         *,
         pooled: int | None = None,
-        state: bool = True,
+        state: bool | Collection[str] = True,
     ) -> None:
         self.per_endpoint: dict[str, int] = {}
         for endpoint, limit in (per_endpoint or {}).items():
@@ -127,7 +129,15 @@ class RequestLimits:
         if pooled is not None and pooled < 1:
             raise ValueError(f"pooled_rate_limit must be >= 1, got {pooled!r}")
         self.pooled = pooled
-        self.state = state
+        if isinstance(state, bool):
+            self.stating: frozenset[str] = frozenset(ENDPOINTS) if state else frozenset()
+        else:
+            unknown = sorted(set(state) - set(ENDPOINTS))
+            if isinstance(state, str) or unknown:
+                raise ValueError(
+                    f"state_limits must be a bool or endpoint names from {ENDPOINTS}, got {state!r}"
+                )
+            self.stating = frozenset(state)
         self._windows = {
             endpoint: SlidingWindow(limit) for endpoint, limit in self.per_endpoint.items()
         }
@@ -144,7 +154,7 @@ class RequestLimits:
                 ("pooled_rate_limit",) if pool_wait > 0 else ()
             )
             stated = None
-            if own is not None and own_wait > 0 and self.state:
+            if own is not None and own_wait > 0 and self.states(endpoint):
                 stated = StatedLimit(own.limit, 0, own_wait)
             return RateVerdict(refused_by, max(own_wait, pool_wait), stated)
         if pool is not None:
@@ -152,13 +162,17 @@ class RequestLimits:
         if own is None:
             return RateVerdict()
         own.admit(now)
-        if not self.state:
+        if not self.states(endpoint):
             return RateVerdict()
         return RateVerdict(stated=StatedLimit(own.limit, own.remaining, own.reset_in(now)))
 
+    def states(self, endpoint: str) -> bool:
+        """Whether answers of ``endpoint`` may carry ``x-ratelimit-*-requests`` headers."""
+        return endpoint in self.stating
+
     def stated_limit(self, endpoint: str) -> int | None:
         """The limit an answer of ``endpoint`` may state (``None``: state none)."""
-        return self.per_endpoint.get(endpoint) if self.state else None
+        return self.per_endpoint.get(endpoint) if self.states(endpoint) else None
 
 
 #: The limit types ``GET /api_keys/rate_limits`` lists: requests per minute and per day,
@@ -217,6 +231,42 @@ class KeyRateLimits:
             }
             for model, limits in self.per_model.items()
         ]
+
+
+class Overloads:
+    """Models that are "currently overloaded": their ``queue`` calls answer 429 for a while.
+
+    Each overload is a window of virtual monotonic time with the ``Retry-After`` its 429s
+    carry; other models and other endpoints are unaffected.
+    """
+
+    def __init__(self) -> None:
+        self._windows: dict[str, list[tuple[float, float, float]]] = {}
+
+    def add(self, model: str, *, start: float, end: float, retry_after: float) -> None:
+        """Overload ``model`` from ``start`` until ``end`` (virtual monotonic seconds).
+
+        Raises:
+            ValueError: ``retry_after`` negative or not finite, or ``end`` not after ``start``.
+        """
+        if not (math.isfinite(retry_after) and retry_after >= 0):
+            raise ValueError(f"retry_after must be a finite number >= 0, got {retry_after!r}")
+        if not end > start:
+            raise ValueError(f"an overload must last more than 0 s, got {end - start!r}")
+        self._windows.setdefault(model, []).append((start, end, retry_after))
+
+    def clear(self, model: str) -> None:
+        """End every overload of ``model`` now (scheduled ones are dropped too)."""
+        self._windows.pop(model, None)
+
+    def retry_after(self, model: str, now: float) -> float | None:
+        """The ``Retry-After`` of ``model``'s overload at ``now``, or ``None`` if it is not."""
+        windows = self._windows.get(model, [])
+        windows[:] = [window for window in windows if now < window[1]]
+        for start, _, retry_after in windows:
+            if start <= now:
+                return retry_after
+        return None
 
 
 class ErrorBudget:

@@ -25,6 +25,7 @@ __all__ = [
     "MSG_INVALID_ID",
     "MSG_MEDIA_GONE",
     "MSG_MODEL_NOT_FOUND",
+    "MSG_MODEL_OVERLOADED",
     "MSG_RATE_LIMITED",
     "STATUS_MESSAGES",
     "default_message",
@@ -43,7 +44,11 @@ MSG_INVALID_ID = "Request ID is invalid."
 MSG_MEDIA_GONE = "Media could not be found. Request may be invalid, expired, or deleted."
 MSG_MODEL_NOT_FOUND = "Specified model not found"
 MSG_CONTENT_POLICY = "Your prompt violates the content policy of Venice.ai or the model provider"
+#: The three 429s a client meets carry no ``code`` (section 8): only their texts tell them
+#: apart. A rate limit: ``MSG_RATE_LIMITED``; an overloaded model: ``MSG_MODEL_OVERLOADED``
+#: (with ``Retry-After``); the error-budget lockout: :func:`lockout_message`.
 MSG_RATE_LIMITED = "Rate limit exceeded"
+MSG_MODEL_OVERLOADED = "The model is currently overloaded. Please try again later."
 MSG_INSUFFICIENT = (
     "Insufficient USD or Diem balance to complete request. "
     "Visit https://venice.ai/settings/api to add credits."

@@ -1,7 +1,7 @@
 """The fake server's request pipeline: every request passes these stages, first answer wins.
 
 1. route and method (unknown route: 404 JSON, wrong method: 405 JSON);
-2. an injected request-stage :class:`~._types.Fault` (status / delay / drop);
+2. an injected request-stage :class:`~._types.Fault` (status / delay / drop / hang);
 3. the error-budget lockout (429);
 4. credentials on ``queue``/``retrieve``/``complete`` (none: 402 x402 discovery, bad: 401)
    and on ``GET /api_keys/rate_limits`` (none or bad: 401);
@@ -9,7 +9,9 @@
    ``x-ratelimit-*-requests`` unless the server hides its limits, and the pooled one over
    every audio endpoint, never stated;
 6. body checks for POSTs: size (413), ``Content-Type`` (400), JSON syntax (400);
-7. schema + per-model validation (400, or 404 for an unknown model), then the endpoint.
+7. schema + per-model validation (400, or 404 for an unknown model), then the endpoint
+   (``queue`` of an overloaded model: 429);
+8. an injected answer-stage fault on a JSON answer (``drip``, ``drop(mid_body=True)``).
 
 Every request is recorded (:class:`~._types.RecordedRequest`) with the status it got, and
 every answer is fed to the error budget.
@@ -142,6 +144,12 @@ class RequestPipeline:
             if fault.kind == "delay":
                 if not await self._sleep(fault.seconds):
                     return drop(ctx)  # shutting down
+            elif fault.kind == "hang":
+                if fault.forever:
+                    await self.closing.wait()
+                else:
+                    await self._sleep(fault.seconds)
+                return drop(ctx)
             elif endpoint == "queue":
                 ctx.drop_after = True  # the job is created, only the answer is lost
             else:
@@ -150,6 +158,11 @@ class RequestPipeline:
         response = await self._serve(ctx, endpoint)
         if ctx.drop_after:
             return drop(ctx)
+        if isinstance(response, web.Response) and not response.prepared:
+            fault = self._faults.take(endpoint, "answer", queue_id_of(ctx.body))
+            if fault is not None:
+                ctx.faults.append(fault.label)
+                return await self._send_slowly(ctx, response, fault)
         return response
 
     async def _serve(self, ctx: Context, endpoint: Endpoint) -> web.StreamResponse:
@@ -194,8 +207,55 @@ class RequestPipeline:
             fault,
             ctx.endpoint,
             limit=self._limits.stated_limit(ctx.endpoint),
-            reset_epoch_ms=self._epoch_ms(wait) if self._limits.state else None,
+            reset_epoch_ms=self._epoch_ms(wait) if self._limits.states(ctx.endpoint) else None,
         )
+
+    async def _send_slowly(
+        self, ctx: Context, response: web.Response, fault: Fault
+    ) -> web.StreamResponse:
+        """Send a JSON answer's status and headers at once, then its body badly: one byte at
+        a time over ``fault.seconds`` (``drip``), or half of it and a closed connection
+        (``drop(mid_body=True)``). The full ``Content-Length`` is announced either way."""
+        body = response.body
+        assert isinstance(body, bytes)  # every JSON answer is built from bytes
+        stream = web.StreamResponse(status=response.status, headers=response.headers)
+        stream.content_length = len(body)
+        try:
+            await stream.prepare(ctx.request)
+            if fault.kind == "drip":
+                step = fault.seconds / max(1, len(body))
+                for index in range(len(body)):
+                    if not await self._sleep(step):
+                        break  # shutting down: cut the answer short
+                    await stream.write(body[index : index + 1])
+                else:
+                    await stream.write_eof()
+                    return stream
+            else:
+                await stream.write(body[: len(body) // 2])
+            transport = ctx.request.transport
+            if transport is not None:
+                transport.close()  # flushes what was written, then closes
+        except ConnectionError:
+            pass  # the client gave up; aiohttp notices and stays quiet
+        return stream
+
+    def spend(self, endpoint: str, count: int) -> int:
+        """Spend ``count`` requests of ``endpoint`` from outside: they fill the same windows
+        as a client's requests, and a refused one is a 429 for the error budget. Returns how
+        many were admitted (none while the key is locked out)."""
+        admitted = 0
+        for _ in range(count):
+            now = self._clock.monotonic()
+            if self._error_budget is not None and self._error_budget.locked(now):
+                continue
+            verdict = self._limits.check(endpoint, now)
+            if verdict.refused_by:
+                if self._error_budget is not None:
+                    self._error_budget.record(429, now)
+                continue
+            admitted += 1
+        return admitted
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep on the server clock; ``False`` if the server started closing meanwhile."""

@@ -29,16 +29,24 @@ Assumptions where the reference is silent ([UNK]/[INF] in AUDIO_API.md), all del
 * Rate limits are for the whole server (not per key), sliding windows of 60 virtual
   seconds; rejected requests do not use up any window. A per-endpoint limit is stated in
   ``x-ratelimit-{limit,remaining,reset}-requests`` (reset: virtual epoch ms) on its answers
-  unless ``state_limits=False``; the pooled limit (the "Audio: 60 requests/min" reading of
-  the docs) counts ``quote``, ``queue``, ``retrieve`` and ``complete`` together (not
-  ``models`` nor ``api_keys/rate_limits``: they are not audio routes) and is never stated:
-  its 429 carries only ``Retry-After``.
+  unless ``state_limits`` leaves its endpoint out; the pooled limit (the "Audio: 60
+  requests/min" reading of the docs) counts ``quote``, ``queue``, ``retrieve`` and
+  ``complete`` together (not ``models`` nor ``api_keys/rate_limits``: they are not audio
+  routes) and is never stated: its 429 carries only ``Retry-After``.
 * The error budget counts answers that are not 2xx, except dropped connections, the
   lockout's own 429s (counting them would extend the lockout forever) and, unless
   ``error_budget_counts_429``, every other 429 too ([SKILL] leaves 429s out, [DOCS] counts
   every non-success status); the budget and the lockout are server wide. Lockout answers
   carry ``x-ratelimit-remaining: 0`` and ``x-ratelimit-resets`` (virtual epoch ms) and no
   ``Retry-After``, as [SKILL] describes.
+* The three 429s differ only by their ``error`` text, as on the API (its bodies carry no
+  ``code``): "Rate limit exceeded" (a rate limit, also the default of an injected 429), "The
+  model is currently overloaded. Please try again later." (with ``Retry-After``) and "Too
+  many failed attempts (> N) ..." (the lockout). An overloaded model's 429 answers a valid
+  ``queue`` for it before it is billed; the request still counted in the rate windows.
+* Requests an outside client spends (:meth:`FakeServer.spend`, ``outside_load``) fill the
+  same windows as the client's own but are not recorded in :attr:`FakeServer.requests`; one
+  refused is a 429 for the error budget (counted only with ``error_budget_counts_429``).
 * ``GET /api_keys/rate_limits`` without credentials answers 401 (the spec lists 401, and
   x402 discovery is for paid routes); it lists the limits per model it was given (or, by
   default, every catalogue model at the pooled limit as RPM), served but not enforced.
@@ -52,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -65,7 +74,7 @@ from venice_audio_async._clock import Clock, ScaledClock, SystemClock
 from ._catalogue import load_default_catalogue
 from ._endpoints import ApiEndpoints, JobScripts
 from ._faults import FaultBook
-from ._limits import Balance, ErrorBudget, KeyRateLimits, RequestLimits
+from ._limits import Balance, ErrorBudget, KeyRateLimits, Overloads, RequestLimits
 from ._pipeline import API_PREFIX, RequestPipeline
 from ._state import JobStore
 from ._types import ENDPOINTS, MIN_AUDIO_SIZE, FakeJob, Fault, JobScript, RecordedRequest
@@ -112,7 +121,8 @@ class FakeServer:
         state_limits: whether answers state the per-endpoint limits in
             ``x-ratelimit-limit-requests`` / ``-remaining-requests`` / ``-reset-requests``
             (also the defaults an injected 429 carries); ``False`` hides them, leaving a
-            limited client only ``Retry-After``.
+            limited client only ``Retry-After``; a collection of endpoint names (e.g.
+            ``{"queue"}``) states them on those endpoints only.
         error_budget: ``(failures, window)``: more than ``failures`` non-2xx answers within
             ``window`` virtual seconds locks every endpoint into 429 for ``window`` seconds.
         error_budget_counts_429: whether rate-limit and injected 429s count as failures of
@@ -121,6 +131,13 @@ class FakeServer:
             (``RPM``, ``RPD``, ``TPM``), e.g. ``{"elevenlabs-music": {"RPM": 60, "RPD": 500}}``;
             ``None`` lists every catalogue model at ``pooled_rate_limit`` RPM (nothing
             without one). Listed only, never enforced.
+        overloaded_models: models whose ``queue`` answers the "model is currently
+            overloaded" 429 for the server's whole life, each with the ``Retry-After`` its
+            429s carry (virtual seconds, e.g. ``{"elevenlabs-music": 30.0}``); see
+            :meth:`overload` for a while only.
+        outside_load: requests per 60 virtual seconds an outside client on the same key
+            spends, by endpoint (e.g. ``{"retrieve": 30}``), evenly spaced from the start;
+            see :meth:`spend`.
         balance_usd: starting balance; ``queue`` debits the job's price and answers 402 when
             short; ``None`` means unlimited.
         host: interface to bind.
@@ -137,12 +154,17 @@ class FakeServer:
             was killed) knows those jobs. ``None``: jobs live only as long as the server.
 
     Raises:
-        ValueError: invalid rate limits, key rate limits, error budget, balance, time scale
-            or ``audio``.
+        ValueError: invalid rate limits, key rate limits, error budget, balance, time scale,
+            ``audio``, ``state_limits``, ``overloaded_models`` or ``outside_load``.
 
     .. versionadded:: 0.1.0
        ``pooled_rate_limit``, ``state_limits``, ``error_budget_counts_429``,
        ``key_rate_limits`` and ``GET /api_keys/rate_limits``; ``audio`` and ``state_path``.
+
+    .. versionadded:: 0.1.0
+       ``overloaded_models`` and :meth:`overload`, ``outside_load`` and :meth:`spend`,
+       ``state_limits`` by endpoint, ``inject(..., during=...)``, :meth:`Fault.hang`,
+       :meth:`Fault.drip` and ``Fault.drop(mid_body=True)``.
     """
 
     __test__ = False  # not a pytest test class, despite the name
@@ -156,10 +178,12 @@ class FakeServer:
         job_script: JobScript | Callable[[Mapping[str, Any]], JobScript] | None = None,
         rate_limits: Mapping[str, int] | None = None,
         pooled_rate_limit: int | None = None,
-        state_limits: bool = True,
+        state_limits: bool | Collection[str] = True,
         error_budget: tuple[int, float] | None = None,
         error_budget_counts_429: bool = False,
         key_rate_limits: Mapping[str, Mapping[str, int]] | None = None,
+        overloaded_models: Mapping[str, float] | None = None,
+        outside_load: Mapping[str, float] | None = None,
         balance_usd: float | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -184,6 +208,25 @@ class FakeServer:
             key_limits = KeyRateLimits.derived((str(row["id"]) for row in rows), pooled_rate_limit)
         else:
             key_limits = KeyRateLimits(key_rate_limits)
+        self._overloads = Overloads()
+        known = {str(row["id"]) for row in rows}
+        for model, retry_after in (overloaded_models or {}).items():
+            if model not in known:
+                raise ValueError(f"overloaded_models: {model!r} is not in the catalogue")
+            self._overloads.add(model, start=-math.inf, end=math.inf, retry_after=retry_after)
+        self._outside_load = dict(outside_load or {})
+        for endpoint, per_minute in self._outside_load.items():
+            if endpoint not in ENDPOINTS:
+                raise ValueError(f"unknown endpoint {endpoint!r} in outside_load")
+            if not (math.isfinite(per_minute) and per_minute > 0):
+                raise ValueError(
+                    f"outside_load for {endpoint!r} must be a number > 0, got {per_minute!r}"
+                )
+        self._outside_tasks: list[asyncio.Task[None]] = []
+        #: Requests an outside client spent (:meth:`spend`, ``outside_load``) by endpoint:
+        #: ``admitted`` / ``refused`` counts, e.g. ``{"retrieve": {"admitted": 30,
+        #: "refused": 0}}``.
+        self.outside_spent: dict[str, dict[str, int]] = {}
         self._balance = Balance(balance_usd)
         self._host = host
         self._port = port
@@ -193,7 +236,7 @@ class FakeServer:
         #: Every job ever queued, by queue id (in queue order).
         self.jobs: dict[str, FakeJob] = {}
         self._scripts = JobScripts(job_script)
-        self._faults = FaultBook()
+        self._faults = FaultBook(self.clock)
         self._counts: Counter[str] = Counter()
         keys = frozenset(api_keys) if api_keys is not None else None
         self._store = JobStore(state_path, self.clock) if state_path is not None else None
@@ -208,6 +251,7 @@ class FakeServer:
             clock=self.clock,
             tones=audio == "tones",
             store=self._store,
+            overloads=self._overloads,
         )
         self._pipeline = RequestPipeline(
             endpoints=self._endpoints,
@@ -258,6 +302,9 @@ class FakeServer:
             raise
         self._runner = runner
         self._bound_port = int(runner.addresses[0][1])
+        for endpoint, per_minute in self._outside_load.items():
+            task = asyncio.ensure_future(self._spend_steadily(endpoint, 60.0 / per_minute))
+            self._outside_tasks.append(task)
 
     async def close(self) -> None:
         """Stop serving and release the socket (idempotent).
@@ -268,6 +315,10 @@ class FakeServer:
         runner, self._runner = self._runner, None
         if runner is None:
             return
+        tasks, self._outside_tasks = self._outside_tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._pipeline.closing.set()
         await runner.cleanup()
         if self._store is not None:
@@ -313,18 +364,97 @@ class FakeServer:
         self._scripts.planned.extend(scripts)
 
     def inject(
-        self, endpoint: str, fault: Fault, *, times: int = 1, queue_id: str | None = None
+        self,
+        endpoint: str,
+        fault: Fault,
+        *,
+        times: int | None = 1,
+        queue_id: str | None = None,
+        during: tuple[float, float] | None = None,
     ) -> None:
         """Make the next ``times`` requests to ``endpoint`` misbehave with ``fault``.
 
-        With ``queue_id``, only requests whose body names that queue id count. Injections for
-        one endpoint are used in the order they were made.
+        With ``queue_id``, only requests whose body names that queue id count. With
+        ``during=(start, end)`` (virtual seconds from now), only requests arriving in that
+        window count, and ``times=None`` makes every one of them misbehave: for example
+        ``inject("retrieve", Fault.drop(), times=None, queue_id=qid, during=(0, 120))`` drops
+        every poll of one job for two minutes. Injections for one endpoint are used in the
+        order they were made.
 
         Raises:
-            ValueError: unknown endpoint, ``times < 1``, or an audio fault (``truncate``,
-                ``content_type``) on an endpoint other than ``retrieve``.
+            ValueError: unknown endpoint, ``times < 1``, ``times=None`` without ``during``,
+                ``during`` not ``(start >= 0, end > start)``, or an audio fault
+                (``truncate``, ``content_type``) on an endpoint other than ``retrieve``.
         """
-        self._faults.add(endpoint, fault, times=times, queue_id=queue_id)
+        self._faults.add(endpoint, fault, times=times, queue_id=queue_id, during=during)
+
+    def overload(
+        self,
+        model: str,
+        *,
+        retry_after: float = 30.0,
+        for_seconds: float | None = None,
+        starting_in: float = 0.0,
+    ) -> None:
+        """Make ``model`` "currently overloaded": its ``queue`` calls answer 429
+        ``{"error": "The model is currently overloaded. Please try again later."}`` with
+        ``Retry-After: <retry_after>`` (30 s is typical, AUDIO_API.md section 9).
+
+        Only ``queue`` of that model is refused (other models, and polls of its running jobs,
+        are served); whether these 429s count toward the error budget follows
+        ``error_budget_counts_429``. Times are virtual seconds: from ``starting_in`` from now,
+        for ``for_seconds`` (``None``: until :meth:`recover`).
+
+        Raises:
+            ValueError: the model is not in the catalogue, ``retry_after`` is negative, or
+                ``for_seconds`` / ``starting_in`` is not a number > 0 / >= 0.
+        """
+        if model not in self._endpoints.rows:
+            raise ValueError(f"overload: {model!r} is not in the catalogue")
+        if not (math.isfinite(starting_in) and starting_in >= 0):
+            raise ValueError(f"starting_in must be >= 0, got {starting_in!r}")
+        if for_seconds is not None and not (math.isfinite(for_seconds) and for_seconds > 0):
+            raise ValueError(f"for_seconds must be > 0, got {for_seconds!r}")
+        start = self.clock.monotonic() + starting_in
+        end = math.inf if for_seconds is None else start + for_seconds
+        self._overloads.add(model, start=start, end=end, retry_after=retry_after)
+
+    def recover(self, model: str) -> None:
+        """End every overload of ``model`` (scheduled ones too)."""
+        self._overloads.clear(model)
+
+    def spend(self, endpoint: str, count: int = 1) -> int:
+        """Spend ``count`` requests of ``endpoint`` now, as an outside client on the same key.
+
+        They fill the endpoint's window and the pooled one exactly like requests the client
+        sends, but are not recorded in :attr:`requests`; a request the limits refuse is a
+        429 to that outside client (a failure of the error budget with
+        ``error_budget_counts_429``), and none is admitted during a lockout. For a steady
+        outside client use ``outside_load``.
+
+        Returns:
+            How many of the ``count`` requests were admitted.
+
+        Raises:
+            ValueError: unknown endpoint or ``count < 0``.
+        """
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {endpoint!r}; expected one of {ENDPOINTS}")
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count!r}")
+        admitted = self._pipeline.spend(endpoint, count)
+        tally = self.outside_spent.setdefault(endpoint, {"admitted": 0, "refused": 0})
+        tally["admitted"] += admitted
+        tally["refused"] += count - admitted
+        return admitted
+
+    async def _spend_steadily(self, endpoint: str, interval: float) -> None:
+        """The ``outside_load`` client of one endpoint: one request every ``interval``."""
+        due = self.clock.monotonic()
+        while True:
+            due += interval  # by the schedule, so that late wake-ups do not lower the rate
+            await self.clock.sleep(due - self.clock.monotonic())
+            self.spend(endpoint)
 
     def pending_faults(self, endpoint: str | None = None) -> int:
         """How many injected fault uses are left (for one endpoint or all)."""

@@ -116,15 +116,17 @@ class JobScript:
         return self.duration * 1.2
 
 
-FaultKind = Literal["status", "delay", "drop", "truncate", "content_type"]
+FaultKind = Literal["status", "delay", "drop", "hang", "drip", "truncate", "content_type"]
 
 
 @attrs.frozen
 class Fault:
     """A misbehaviour to inject with :meth:`FakeServer.inject`; build one with a classmethod.
 
-    ``status``, ``delay`` and ``drop`` act when the request arrives, before normal handling;
-    ``truncate`` and ``content_type`` alter an audio answer of ``retrieve``.
+    ``status``, ``delay``, ``drop`` and ``hang`` act when the request arrives, before normal
+    handling; ``drip`` and ``drop(mid_body=True)`` alter a JSON answer (any answer but
+    ``retrieve``'s audio); ``truncate`` and ``content_type`` alter an audio answer of
+    ``retrieve``. A fault is used up only by an answer it can alter.
     """
 
     kind: FaultKind
@@ -134,6 +136,8 @@ class Fault:
     headers: tuple[tuple[str, str], ...] = ()
     retry_after: float | None = None
     seconds: float = 0.0
+    mid_body: bool = False
+    forever: bool = False
 
     @classmethod
     def status(
@@ -193,13 +197,45 @@ class Fault:
         return cls(kind="delay", seconds=seconds)
 
     @classmethod
-    def drop(cls) -> Fault:
+    def drop(cls, *, mid_body: bool = False) -> Fault:
         """Read the request, then close the connection without answering.
 
         On ``queue`` the request is handled first (the job is created and billed) and only the
-        answer is lost.
+        answer is lost. With ``mid_body``, the request is handled and its JSON answer is cut:
+        the status, the headers and a full ``Content-Length`` are sent, then half the body,
+        then the connection closes (for ``retrieve``'s audio answer use :meth:`truncate`).
         """
-        return cls(kind="drop")
+        return cls(kind="drop", mid_body=mid_body)
+
+    @classmethod
+    def hang(cls, seconds: float | None = None) -> Fault:
+        """Read the request and never answer: hold the connection until the client gives up.
+
+        The request is not handled (a ``queue`` creates no job). With ``seconds`` (virtual),
+        the server closes the connection, still without an answer, after that long; without,
+        it holds it until the server closes.
+
+        Raises:
+            ValueError: ``seconds`` is negative or not finite.
+        """
+        if seconds is not None and not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"hang must be >= 0 seconds, got {seconds!r}")
+        return cls(kind="hang", seconds=seconds or 0.0, forever=seconds is None)
+
+    @classmethod
+    def drip(cls, seconds: float) -> Fault:
+        """Handle the request, send the status and headers at once, then the JSON body one
+        byte at a time spread over ``seconds`` (virtual): a slow or congested network.
+
+        Used up by the next JSON answer of the endpoint (a ``retrieve`` that answers audio
+        leaves it for a later request).
+
+        Raises:
+            ValueError: ``seconds`` is negative or not finite.
+        """
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"drip must be >= 0 seconds, got {seconds!r}")
+        return cls(kind="drip", seconds=seconds)
 
     @classmethod
     def truncate(cls) -> Fault:
@@ -212,17 +248,26 @@ class Fault:
         return cls(kind="content_type", media_type=value)
 
     @property
-    def stage(self) -> Literal["request", "audio"]:
-        """``"audio"`` for faults that alter an audio answer, else ``"request"``."""
-        return "audio" if self.kind in ("truncate", "content_type") else "request"
+    def stage(self) -> Literal["request", "answer", "audio"]:
+        """``"audio"`` for faults that alter an audio answer, ``"answer"`` for those that
+        alter a JSON answer, else ``"request"``."""
+        if self.kind in ("truncate", "content_type"):
+            return "audio"
+        if self.kind == "drip" or (self.kind == "drop" and self.mid_body):
+            return "answer"
+        return "request"
 
     @property
     def label(self) -> str:
         """Short description recorded in :attr:`RecordedRequest.fault`."""
         if self.kind == "status":
             return f"status:{self.http_status}"
-        if self.kind == "delay":
-            return f"delay:{seconds_text(self.seconds)}"
+        if self.kind in ("delay", "drip"):
+            return f"{self.kind}:{seconds_text(self.seconds)}"
+        if self.kind == "hang":
+            return "hang" if self.forever else f"hang:{seconds_text(self.seconds)}"
+        if self.kind == "drop" and self.mid_body:
+            return "drop:mid_body"
         if self.kind == "content_type":
             return f"content_type:{self.media_type}"
         return self.kind
@@ -244,8 +289,8 @@ class RecordedRequest:
         status: the status answered, or 0 when no answer was sent (dropped).
         peer: the client's ``(host, port)``; distinct ports mean distinct connections.
         fault: what was injected or enforced: a :attr:`Fault.label`, ``"rate_limit"`` (the
-            endpoint's own limit), ``"pooled_rate_limit"`` or ``"error_budget"`` (joined with
-            ``+`` if several), else ``None``.
+            endpoint's own limit), ``"pooled_rate_limit"``, ``"overloaded"`` (an overloaded
+            model's 429) or ``"error_budget"`` (joined with ``+`` if several), else ``None``.
     """
 
     endpoint: str
