@@ -212,6 +212,8 @@ class Submitter:
         """Price every request and record it as a job to send; returns the total.
 
         Raises:
+            RequestValidationError: some requests break their model's rules (checked as
+                ``submit`` does, so ``resume`` never sends one the API would refuse).
             ValueError: ``keys`` or ``names`` are not as many as ``requests``.
             SpendLimitExceeded: ``all_or_nothing`` and the batch would pass the limit.
             SessionStateError: no journal is kept.
@@ -222,6 +224,7 @@ class Submitter:
         names = nothing if names is None else names
         if not len(keys) == len(names) == len(requests):
             raise ValueError("keys and names must be as many as the requests")
+        await self.check_all(requests, None)
         target = self._destinations.target(destination)
         intents = [
             _intent(request, await self._catalogue.estimate_cost(request), target, key, name)
