@@ -94,8 +94,7 @@ class Catalogue:
             elif (
                 model_id not in self._models
                 and model_id not in self._refreshed_for
-                and isinstance(model_id, str)
-                and model_id.strip()  # a blank id is refused by its shape alone
+                and str(model_id).strip()  # a blank id is refused by its shape alone
             ):
                 log.info("model %r is not in the catalogue; reading the catalogue again", model_id)
                 await self._fetch()

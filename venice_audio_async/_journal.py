@@ -17,7 +17,10 @@ during that wait leaves a job ``resume`` sends. A job refused by the spending li
 "intent" whose error is the refusal (:attr:`JournalEntry.refused`).
 
 Storage is SQLite from the standard library in WAL mode (one writer, crash-safe commits),
-driven from a worker thread so the event loop never blocks on disk.
+driven from a worker thread so the event loop never blocks on disk. The claim, and every
+write made after a request left, is checkpointed into the database file, so losing the
+``-wal`` file after a crash loses none of them; a high-water mark beside the journal
+(:mod:`._journal_mark`) refuses a journal that lost rows anyway, at open.
 
 The guarantees around it:
 
@@ -41,6 +44,7 @@ The guarantees around it:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -303,6 +307,13 @@ class Journal:
                 "(another owner claimed it, or it was sent already); it was not sent again",
                 path=str(self.path),
             )
+        try:
+            await self._store.secure_claim(row_id)
+        except JournalError:
+            # Not sent: back to "intent", so resume sends it rather than calling it unknown.
+            with contextlib.suppress(JournalError):
+                await self.unclaim(row_id)
+            raise
 
     async def unclaim(self, row_id: int) -> bool:
         """Give a claimed job back: ``queue`` answered that it created no job (a 429, a
