@@ -172,20 +172,25 @@ async def test_a_journal_that_lost_rows_is_refused_everywhere(
 
 
 @pytest.mark.anyio
-async def test_a_journal_whose_claimed_job_reverted_is_refused(
-    server: FakeServer, tmp_path: Path
-) -> None:
-    """Job rows all there, but the last one claimed back to "never sent" (an older copy of
-    the same rows): refused, since resume would send a job that may be billed."""
+async def test_a_claim_given_back_is_not_a_lost_row(tmp_path: Path) -> None:
+    """A job claimed, then given back (its queue created no job: a 429, a 503), is "intent"
+    again: the journal is whole and opens."""
     path = tmp_path / "jobs.sqlite3"
     async with await v.Journal.open(path) as journal:
         row = await journal.add_intent(REQUEST, key="line-1")
-    older = tmp_path / "older.sqlite3"
-    shutil.copyfile(path, older)
-    async with await v.Journal.open(path) as journal:
         await journal.mark_sending(row)
-    older.replace(path)
-    with pytest.raises(v.JournalError, match="it has job 1 as never sent"):
+        assert await journal.unclaim(row)
+    assert [e.state for e in await _entries(path)] == [v.JobState.INTENT]
+
+
+@pytest.mark.anyio
+async def test_a_journal_without_its_last_claimed_job_is_refused(tmp_path: Path) -> None:
+    """As many rows as the mark says, but not the last one claimed: refused."""
+    path = tmp_path / "jobs.sqlite3"
+    async with await v.Journal.open(path) as journal:
+        await journal.mark_sending(await journal.add_intent(REQUEST, key="line-1"))
+    mark_path_for(path).write_text(json.dumps({"rows": 1, "last_claimed": 2}))
+    with pytest.raises(v.JournalError, match="it has no job 2"):
         await v.Journal.open(path)
 
 

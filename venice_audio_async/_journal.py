@@ -289,7 +289,9 @@ class Journal:
         """Claim a job waiting to be sent: from now on it may be billed.
 
         The claim and the move to "sending" are one ``UPDATE ... WHERE state = 'intent'``,
-        so of two owners racing for a row, one wins and the other sends nothing.
+        so of two owners racing for a row, one wins and the other sends nothing. It is then
+        checkpointed into the database file and the high-water mark updated (see
+        :mod:`._journal_mark`), so a lost ``-wal`` file cannot make it look unsent.
 
         Raises:
             JournalError: the job is no longer waiting (claimed by another owner, or sent
@@ -307,13 +309,15 @@ class Journal:
                 "(another owner claimed it, or it was sent already); it was not sent again",
                 path=str(self.path),
             )
-        try:
-            await self._store.secure_claim(row_id)
-        except JournalError:
-            # Not sent: back to "intent", so resume sends it rather than calling it unknown.
-            with contextlib.suppress(JournalError):
-                await self.unclaim(row_id)
-            raise
+        # Shielded: a claim left half-way would stay "sending" though nothing was sent.
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._store.secure_claim(row_id)
+            except JournalError:
+                # Not sent: back to "intent", so resume sends it instead of calling it unknown.
+                with contextlib.suppress(JournalError):
+                    await self.unclaim(row_id)
+                raise
 
     async def unclaim(self, row_id: int) -> bool:
         """Give a claimed job back: ``queue`` answered that it created no job (a 429, a
