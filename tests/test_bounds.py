@@ -26,8 +26,9 @@ import pytest
 from aiohttp import web
 
 import venice_audio_async as v
+from venice_audio_async._converters import structure_catalogue
 from venice_audio_async._retry import is_transient
-from venice_audio_async.testing import audio_bytes
+from venice_audio_async.testing import audio_bytes, load_default_catalogue
 
 from .conftest import API_KEY, TIME_SCALE
 
@@ -217,6 +218,8 @@ def _session(server: _Server, **kwargs: Any) -> v.AsyncSession:
         "rate_limits": UNLIMITED,
         "retry": FAST_RETRY,
         "validate": False,
+        # Given, as this server has no catalogue: even unvalidated, a model must be known.
+        "catalogue": structure_catalogue({"data": load_default_catalogue()}),
     }
     options.update(kwargs)
     return v.AsyncSession(**options)

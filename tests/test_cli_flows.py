@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import io
 import json
 import os
@@ -10,21 +12,21 @@ import signal
 import subprocess
 import sys
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from venice_audio_async import QueueRequest
+from venice_audio_async import Journal, QueueRequest
 from venice_audio_async._cli import main
-from venice_audio_async._cli.folder import FAKE_STATE_NAME
+from venice_audio_async._cli.folder import FAKE_STATE_NAME, JOURNAL_NAME
 from venice_audio_async._cli.parser import build_parser
 from venice_audio_async.testing import FakeServer, JobScript
 from venice_audio_async.testing._tones import iter_tone
 
-from .conftest import API_KEY, make_client
+from .conftest import API_KEY, make_client, make_session
 
 FAKE = "using the built-in fake server"
 CLI_SCALE = 0.02
@@ -311,6 +313,105 @@ def test_fake_and_real_batches_are_not_mixed(
         assert main([*command, "--fake"]) == 2
         assert "the built-in fake server does not know its jobs" in capsys.readouterr().err
     assert not (out / FAKE_STATE_NAME).exists()  # the refused fake left nothing behind
+
+
+# --------------------------------------------------------------------------- unwritable folders
+
+
+@contextlib.contextmanager
+def _unwritable(folder: Path) -> Iterator[None]:
+    """Files cannot be created in ``folder`` (as in a read-only folder; chmod does not stop
+    root, so the refusal is made where files are opened). SQLite is not affected."""
+    real_open = Path.open
+
+    def refusing(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if self.parent == folder and any(flag in mode for flag in "wax+"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_open(self, mode, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "open", refusing)
+        yield
+
+
+def _journal_lines(out: Path, count: int) -> None:
+    """A batch folder whose journal holds ``count`` lines recorded but never sent."""
+
+    async def record() -> None:
+        async with (
+            FakeServer() as server,
+            make_session(server, journal=out / JOURNAL_NAME, output_dir=out) as session,
+        ):
+            requests = [
+                QueueRequest("stable-audio-25", f"soft rain number {i:02d}", duration_seconds=5)
+                for i in range(count)
+            ]
+            await session.journal_requests(
+                requests, keys=[f"line-{i + 1}" for i in range(count)], destination=out
+            )
+
+    out.mkdir()
+    anyio.run(record)
+
+
+def _states(out: Path) -> list[str]:
+    async def read() -> list[str]:
+        async with await Journal.open(out / JOURNAL_NAME, create=False) as journal:
+            return [entry.state.value for entry in await journal.entries()]
+
+    return anyio.run(read)
+
+
+def test_resume_into_an_unwritable_folder_pays_for_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """resume of a folder the manifest cannot be written to is refused (exit 2) before any
+    line is queued: found out after, the lines would be paid for and the run would crash."""
+    out = tmp_path / "out"
+    _journal_lines(out, 2)
+    capsys.readouterr()
+    with _unwritable(out):
+        assert main(["resume", str(out), "--fake", "--plain"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write into {out} (Permission denied)" in err
+    assert "Nothing was sent" in err
+    assert "Traceback" not in err
+    assert _states(out) == ["intent", "intent"]
+    assert _fake_queued(out) == []
+    assert main(["resume", str(out), "--fake", "--plain"]) == 0  # writable again: it runs
+    assert [row["state"] for row in _manifest(out)] == ["succeeded", "succeeded"]
+
+
+def test_batch_into_an_unwritable_folder_is_refused_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """batch into a folder it cannot write to is refused before any server starts."""
+    out = tmp_path / "out"
+    out.mkdir()
+    batch = _tracks(tmp_path / "b.jsonl", 2)
+    with _unwritable(out):
+        assert main(["batch", str(batch), "--out", str(out), "--fake", "--plain"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write into {out}" in err
+    assert FAKE not in err
+    assert not (out / JOURNAL_NAME).exists()
+
+
+def test_a_file_error_is_a_message_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file the command needs and cannot write, wherever it is met, ends the command with
+    a message and exit 2, never a raw OSError traceback (here: resume of a finished batch,
+    which only rewrites the manifest)."""
+    out = tmp_path / "out"
+    batch = _tracks(tmp_path / "b.jsonl", 1)
+    assert main(["batch", str(batch), "--out", str(out), "--fake", "--plain"]) == 0
+    capsys.readouterr()
+    with _unwritable(out):
+        assert main(["resume", str(out), "--fake", "--plain"]) == 2
+    err = capsys.readouterr().err
+    assert "error: Permission denied: " in err
+    assert f"venice-audio resume {out} --fake finishes it" in err
 
 
 # --------------------------------------------------------------------------- --fake end to end

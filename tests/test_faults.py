@@ -33,6 +33,7 @@ import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 import venice_audio_async as v
+from venice_audio_async._converters import structure_catalogue
 from venice_audio_async.testing import FakeServer, Fault, JobScript, RecordedRequest
 
 from .conftest import API_KEY, TIME_SCALE, UNLIMITED, make_client, make_session
@@ -94,7 +95,9 @@ async def test_connection_refused_is_typed_and_queue_retried() -> None:
     """A refused connection is a ConnectError naming the host; queue, never sent, is retried."""
     async with FakeServer(time_scale=TIME_SCALE) as gone:
         url = gone.url  # the port is closed once the server is
-    async with _session(url, validate=False) as session:
+    # The catalogue is given: with none, the refused connection would be met reading it.
+    catalogue = structure_catalogue({"data": gone.catalogue})
+    async with _session(url, validate=False, catalogue=catalogue) as session:
         with pytest.raises(v.ConnectError) as caught:
             await session.submit("stable-audio-25", "rain on a tin roof")
         stats = session.statistics()

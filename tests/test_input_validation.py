@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -244,7 +245,68 @@ async def test_unknown_model_is_refused_with_the_known_ones(fake_server: FakeSer
             (problem,) = caught.value.problems
             assert problem.field == "model"
             assert "stable-audio-25" in problem.message
-    assert [r.endpoint for r in fake_server.requests] == ["models"]  # the catalogue, once
+    # The catalogue (read for the first model), then once more for the third: a model met
+    # after the catalogue was read may be newer than it. A blank id is refused as it is.
+    assert [r.endpoint for r in fake_server.requests] == ["models"] * 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("validate", [True, False], ids=["validate", "no-catalogue-check"])
+async def test_unknown_model_is_refused_even_without_validation(
+    fake_server: FakeServer, validate: bool
+) -> None:
+    """validate=False still refuses an unknown model locally: sent, it would be a 404 that
+    counts toward the key's failed-request lockout."""
+    async with make_session(fake_server, validate=validate) as session:
+        with pytest.raises(v.RequestValidationError, match="unknown model 'no-such-model'"):
+            await session.submit("no-such-model", PROMPT)
+        with pytest.raises(v.RequestValidationError, match="unknown model"):
+            await session.submit_many([v.QueueRequest("no-such-model", PROMPT)])
+    assert fake_server.count("queue") == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("validate", [True, False], ids=["validate", "no-catalogue-check"])
+async def test_a_model_added_after_the_catalogue_was_read_is_sent(
+    fake_server: FakeServer, validate: bool
+) -> None:
+    """A model released after the session read the catalogue is found by one more read, and
+    sent; an unknown one costs one more read, not one per request."""
+    new = {**fake_server.model("stable-audio-25"), "id": "stable-audio-99"}
+    async with make_session(fake_server, validate=validate) as session:
+        assert "stable-audio-99" not in {m.id for m in await session.models()}
+        fake_server.add_model(new)
+        job = await session.submit("stable-audio-99", PROMPT)
+        assert job.model == "stable-audio-99"
+        for _ in range(3):
+            with pytest.raises(v.RequestValidationError, match="unknown model"):
+                await session.submit("stable-audio-100", PROMPT)
+    assert fake_server.count("queue") == 1
+    assert fake_server.count("models") == 3  # the first read, one for each new id
+
+
+@pytest.mark.anyio
+async def test_journal_requests_checks_the_rules_as_submit_does(
+    fake_server: FakeServer, tmp_path: Path
+) -> None:
+    """journal_requests refuses (records nothing) a request breaking its model's rules, so
+    resume never sends one the API would refuse."""
+    requests = [
+        v.QueueRequest("stable-audio-25", PROMPT),
+        v.QueueRequest("stable-audio-25", PROMPT, duration_seconds=999),
+        v.QueueRequest("no-such-model", PROMPT),
+    ]
+    path = tmp_path / "jobs.sqlite3"
+    async with _session(fake_server, journal=path) as session:
+        with pytest.raises(v.RequestValidationError) as caught:
+            await session.journal_requests(requests)
+        fields = [p.field for p in caught.value.problems]
+        assert fields == ["[1].duration_seconds", "[2].model"]
+        report = await session.resume()
+    assert (report.queued, report.jobs) == (0, ())
+    async with await v.Journal.open(path) as journal:
+        assert await journal.entries() == []
+    assert fake_server.count("queue") == 0
 
 
 @pytest.mark.anyio

@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 import venice_audio_async as v
-from venice_audio_async.testing import FakeServer, JobScript
+from venice_audio_async.testing import FakeServer, JobScript, load_default_catalogue
 
 from .conftest import API_KEY, TIME_SCALE
 
@@ -375,7 +375,11 @@ async def _repeating_server() -> TestServer:
             {"status": "PROCESSING", "average_execution_time": 600_000, "execution_duration": 1}
         )
 
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": load_default_catalogue()})
+
     app = web.Application()
+    app.router.add_get("/api/v1/models", models)
     app.router.add_post("/api/v1/audio/queue", queue)
     app.router.add_post("/api/v1/audio/retrieve", retrieve)
     server = TestServer(app, host="127.0.0.1")

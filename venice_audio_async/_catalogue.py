@@ -52,6 +52,8 @@ class Catalogue:
         self._lock = anyio.Lock()
         self._quotes: dict[QuoteRequest, QuoteResult] = {}
         self._validate = validate
+        #: Unknown models the catalogue was read again for since its last read.
+        self._refreshed_for: set[str] = set()
 
     def should_validate(self, override: bool | None) -> bool:
         """Whether to validate a request (the call's ``validate=``, else the session's)."""
@@ -65,22 +67,39 @@ class Catalogue:
         """
         async with self._lock:
             if self._models is None or refresh:
-                rows = await self._retrier.call(
-                    "models", self._client.models, limiter=self._limiter
-                )
-                self._models = {m.id: m for m in rows}
+                await self._fetch()
+            assert self._models is not None
             return tuple(self._models.values())
+
+    async def _fetch(self) -> None:
+        """Read the catalogue (the caller holds the lock)."""
+        rows = await self._retrier.call("models", self._client.models, limiter=self._limiter)
+        self._models = {m.id: m for m in rows}
+        self._refreshed_for.clear()
 
     async def model_for(self, model_id: str) -> AudioModel:
         """The catalogue row of ``model_id``.
+
+        A model the catalogue does not list is looked for once more in a fresh read (it
+        may have been added since the catalogue was read), then refused; that fresh read
+        happens once per unknown model until the catalogue is read again.
 
         Raises:
             RequestValidationError: the catalogue has no such model.
             APIStatusError, TransportError: the catalogue could not be fetched.
         """
-        if self._models is None:
-            await self.models()
-        catalogue = self._models
+        async with self._lock:
+            if self._models is None:
+                await self._fetch()
+            elif (
+                model_id not in self._models
+                and model_id not in self._refreshed_for
+                and str(model_id).strip()  # a blank id is refused by its shape alone
+            ):
+                log.info("model %r is not in the catalogue; reading the catalogue again", model_id)
+                await self._fetch()
+                self._refreshed_for.add(model_id)
+            catalogue = self._models
         assert catalogue is not None
         if model_id not in catalogue:
             known = ", ".join(sorted(catalogue)) or "none"
@@ -91,8 +110,17 @@ class Catalogue:
         return catalogue[model_id]
 
     async def rules_for(self, model_id: str, validate: bool | None) -> AudioModel | None:
-        """The row to validate a request against, or ``None`` when validation is off."""
-        return await self.model_for(model_id) if self.should_validate(validate) else None
+        """The row to validate a request against, or ``None`` when validation is off.
+
+        The model must be in the catalogue either way: a request for an unknown model would
+        only earn a 404 that counts toward the key's failed-request lockout.
+
+        Raises:
+            RequestValidationError: the catalogue has no such model.
+            APIStatusError, TransportError: the catalogue could not be fetched.
+        """
+        row = await self.model_for(model_id)
+        return row if self.should_validate(validate) else None
 
     async def quote(self, request: QuoteRequest, *, validate: bool | None = None) -> QuoteResult:
         """The price of ``request`` in USD, asked once per session.

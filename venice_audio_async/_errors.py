@@ -113,8 +113,17 @@ _SUPPORT_HEADERS = (
 class VeniceError(Exception):
     """Base class of every exception raised by this library.
 
+    Every one pickles with its fields (for process pools and task queues): it is rebuilt
+    from its message and attributes, without calling ``__init__`` (whose keyword-only
+    arguments the default exception pickling cannot pass).
+
     .. versionadded:: 0.1.0
     """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # ``__cause__``, ``__context__`` and the traceback are not pickled (as for any
+        # exception); fields that hold data (``cause``, ``job``, ``errors``) are.
+        return (_rebuild, (type(self), self.args), self.__dict__ or None)
 
 
 class RequestValidationError(VeniceError, ValueError):
@@ -536,6 +545,13 @@ def error_from_response(
             retry_after=retry_after,
         )
     return cls(message, status_code=status, body=body, headers=kept, endpoint=endpoint)
+
+
+def _rebuild(cls: type[VeniceError], args: tuple[Any, ...]) -> VeniceError:
+    """An unpickled error: its class and message; the pickle then restores its fields."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    return error
 
 
 def drop_tracebacks(error: BaseException) -> None:

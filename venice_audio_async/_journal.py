@@ -17,7 +17,10 @@ during that wait leaves a job ``resume`` sends. A job refused by the spending li
 "intent" whose error is the refusal (:attr:`JournalEntry.refused`).
 
 Storage is SQLite from the standard library in WAL mode (one writer, crash-safe commits),
-driven from a worker thread so the event loop never blocks on disk.
+driven from a worker thread so the event loop never blocks on disk. The claim, and every
+write made after a request left, is checkpointed into the database file, so losing the
+``-wal`` file after a crash loses none of them; a high-water mark beside the journal
+(:mod:`._journal_mark`) refuses a journal that lost rows anyway, at open.
 
 The guarantees around it:
 
@@ -41,6 +44,7 @@ The guarantees around it:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -285,7 +289,9 @@ class Journal:
         """Claim a job waiting to be sent: from now on it may be billed.
 
         The claim and the move to "sending" are one ``UPDATE ... WHERE state = 'intent'``,
-        so of two owners racing for a row, one wins and the other sends nothing.
+        so of two owners racing for a row, one wins and the other sends nothing. It is then
+        checkpointed into the database file and the high-water mark updated (see
+        :mod:`._journal_mark`), so a lost ``-wal`` file cannot make it look unsent.
 
         Raises:
             JournalError: the job is no longer waiting (claimed by another owner, or sent
@@ -303,6 +309,15 @@ class Journal:
                 "(another owner claimed it, or it was sent already); it was not sent again",
                 path=str(self.path),
             )
+        # Shielded: a claim left half-way would stay "sending" though nothing was sent.
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._store.secure_claim(row_id)
+            except JournalError:
+                # Not sent: back to "intent", so resume sends it instead of calling it unknown.
+                with contextlib.suppress(JournalError):
+                    await self.unclaim(row_id)
+                raise
 
     async def unclaim(self, row_id: int) -> bool:
         """Give a claimed job back: ``queue`` answered that it created no job (a 429, a

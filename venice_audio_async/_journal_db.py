@@ -6,7 +6,9 @@ message saying what to do (:func:`advice`), before anything is sent. :class:`Jou
 runs every statement in one worker thread (so the event loop never blocks on disk), turns
 each ``sqlite3`` error into a :class:`JournalError`, and keeps the writes made after a paid
 request that the database refused (:class:`DelayedWrite`), in order, retrying them until
-they land. The rows and their meaning are :mod:`._journal`'s.
+they land. Claims and the writes after a send are checkpointed into the database file, and
+the high-water mark (:mod:`._journal_mark`) is checked at open and kept after each claim.
+The rows and their meaning are :mod:`._journal`'s.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import anyio.to_thread
 import attrs
 
 from ._errors import JournalError
+from ._journal_mark import HighWater, lost_rows, mark_path_for, read_mark, write_mark
 from ._owner_lock import OwnerLock, lock_path_for
 
 __all__ = ["DelayedWrite", "JournalStore", "advice", "connect"]
@@ -110,18 +113,60 @@ def _open_error(target: Path, error: sqlite3.Error) -> JournalError:
     )
 
 
+def _checkpoint(db: sqlite3.Connection) -> bool:
+    """Copy the committed writes from the ``-wal`` file into the database file. Blocking.
+
+    In WAL mode a commit is written to the ``-wal`` file only; the database file gets it
+    at a checkpoint, which (with ``synchronous=NORMAL``) syncs the ``-wal`` file first and
+    the database file after. Once done, losing the ``-wal`` file loses none of it. Returns
+    whether every write made it (a reader holding an old snapshot can hold some back).
+    """
+    busy, logged, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return not busy and copied >= logged
+
+
+def _high_water(db: sqlite3.Connection) -> HighWater:
+    """How far the database got: its job count, its highest claimed job. Blocking."""
+    rows, last = db.execute(
+        "SELECT COUNT(*), COALESCE(MAX(CASE WHEN state != 'intent' THEN id END), 0) FROM jobs"
+    ).fetchone()
+    return HighWater(rows, last)
+
+
+def _check_mark(target: Path, db: sqlite3.Connection, mark: HighWater | None) -> HighWater:
+    """Refuse a journal holding less than its mark says; the mark to keep. Blocking.
+
+    Rows are never deleted and ids only grow, so a journal with fewer rows, or without the
+    last job claimed, lost some. (A claimed job may rightly be back to "intent": a ``queue``
+    that created no job gives its claim back.)
+    """
+    if mark is not None:
+        rows, top = db.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM jobs").fetchone()
+        if rows < mark.rows:
+            raise lost_rows(target, mark, f"it holds {rows} job(s)")
+        if top < mark.last_claimed:
+            raise lost_rows(target, mark, f"it has no job {mark.last_claimed}")
+    found = _high_water(db)
+    return found if mark is None else found.joined(mark)
+
+
 def _open_database(
     target: Path, *, create: bool, used: bool, busy_timeout: float
 ) -> sqlite3.Connection:
-    """Connect and check the schema; the caller holds the owner lock. Blocking.
+    """Connect and check the schema and the high-water mark; the caller holds the owner
+    lock. Blocking.
 
     ``used``: the journal was opened before (its lock file existed), so an empty file is
-    one that lost its contents, not one just made with ``touch`` or ``mkstemp``.
+    one that lost its contents, not one just made with ``touch`` or ``mkstemp``. So is a
+    file with no tables, or none, when the journal has a mark.
     """
     where = str(target)
     existed = target.exists()
-    if existed and target.stat().st_size == 0 and (used or not create):
+    mark = read_mark(target)
+    if existed and target.stat().st_size == 0 and (used or not create or mark is not None):
         raise _empty_journal(target)
+    if not existed and mark is not None:
+        raise lost_rows(target, mark, "the file is missing")
     try:
         db = sqlite3.connect(
             target, check_same_thread=False, isolation_level=None, timeout=busy_timeout
@@ -133,14 +178,18 @@ def _open_database(
         tables = {
             row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }
-        # An empty database may become a journal when asked to create one; anything else
-        # without a jobs table is someone else's file, or nothing to resume.
-        if existed and "jobs" not in tables and (tables or not create):
-            raise JournalError(
-                f"{target} is not a venice-audio journal (it has no jobs table), so there "
-                "is nothing to resume from it. Nothing was sent; check the path",
-                path=where,
-            )
+        # An empty database may become a journal when asked to create one, unless it was a
+        # journal already (lost -wal): anything else without a jobs table is someone else's
+        # file, or nothing to resume.
+        if existed and "jobs" not in tables:
+            if not tables and (used or mark is not None):
+                raise lost_rows(target, mark, "it has no jobs table")
+            if tables or not create:
+                raise JournalError(
+                    f"{target} is not a venice-audio journal (it has no jobs table), so there "
+                    "is nothing to resume from it. Nothing was sent; check the path",
+                    path=where,
+                )
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
@@ -150,9 +199,22 @@ def _open_database(
                 db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
         version = db.execute("PRAGMA user_version").fetchone()[0]
         db.execute(f"PRAGMA user_version = {max(version, _SCHEMA_VERSION)}")
+        keep = _check_mark(target, db, mark)
+        # The tables reach the database file now, and the mark says the file was used: a
+        # lost -wal can no longer make this journal look new.
+        _checkpoint(db)
+        if keep != mark:
+            write_mark(target, keep)
     except sqlite3.Error as error:
         db.close()
         raise _open_error(target, error) from error
+    except OSError as error:
+        db.close()
+        raise JournalError(
+            f"cannot write the journal's mark {mark_path_for(target)}: {error.strerror}. "
+            "Nothing was sent; the folder must be writable",
+            path=where,
+        ) from error
     except BaseException:
         db.close()
         raise
@@ -197,6 +259,8 @@ class DelayedWrite:
     column: str  # "id" or "queue_id": where to note that the row's record came late
     key: Any
     on_conflict: tuple[str, tuple[Any, ...]] | None = None
+    #: Checkpointed once committed, so a lost ``-wal`` file cannot lose it.
+    durable: bool = True
 
 
 class JournalStore:
@@ -213,6 +277,7 @@ class JournalStore:
         self._pending_event: anyio.Event | None = None
         #: Writes that could not be made when asked (each logged as a warning).
         self.write_failures = 0
+        self._mark: HighWater | None = None  # read from its file at the first claim
 
     async def aclose(self) -> None:
         """Try the delayed writes once more, close the connection and drop the lock.
@@ -292,6 +357,62 @@ class JournalStore:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
             raise
+        if write.durable:
+            self._checkpoint_landed(write.what)
+
+    def _checkpoint_landed(self, what: str) -> None:
+        """Checkpoint a committed write; a failure only costs its lost-``-wal`` safety."""
+        try:
+            done = _checkpoint(self._db)
+        except sqlite3.Error as error:
+            done = False
+            log.debug("journal %s: checkpoint failed: %s", self.path, error)
+        if not done:
+            log.warning(
+                "journal %s: the %s is committed but not yet in the database file (another "
+                "program reading the journal holds it back): keep the journal's -wal file",
+                self.path,
+                what,
+            )
+
+    async def secure_claim(self, row_id: int) -> None:
+        """Make the claim of ``row_id`` durable before its request leaves.
+
+        The claim (and every write before it) is checkpointed into the database file, then
+        the high-water mark beside it says so (see :mod:`._journal_mark`).
+
+        Raises:
+            JournalError: either could not be written; the request must not be sent.
+        """
+
+        def secure() -> None:
+            if not _checkpoint(self._db):
+                log.warning(
+                    "journal %s: the claim of job %d is not yet in the database file "
+                    "(another program reading the journal holds it back): keep the "
+                    "journal's -wal file",
+                    self.path,
+                    row_id,
+                )
+            known = self._mark if self._mark is not None else read_mark(self.path)
+            mark = _high_water(self._db).joined(known or HighWater())
+            if mark != known:
+                write_mark(self.path, mark)
+            self._mark = mark
+
+        try:
+            await self.run_raw(secure)
+        except (sqlite3.Error, OSError) as error:
+            reason = (
+                advice(error)
+                if isinstance(error, sqlite3.Error)
+                else f"{error.strerror or error}; check the folder's permissions and free space"
+            )
+            raise JournalError(
+                f"journal {self.path}: could not make the claim of job {row_id} durable "
+                f"({error}), so it was not sent; {reason}",
+                path=str(self.path),
+            ) from error
 
     async def write_after_send(self, write: DelayedWrite) -> bool:
         """Write now if possible; else keep it, in order, for :meth:`flush`. Never raises."""

@@ -352,6 +352,8 @@ class AsyncSession(SessionResultsAPI):
         ``names`` are their file name stems.
 
         Raises:
+            RequestValidationError: some requests break their model's rules (checked as
+                :meth:`submit` checks them, by index); nothing was recorded.
             SpendLimitExceeded: ``all_or_nothing`` and their estimated cost would take the
                 session past ``max_spend_usd``; nothing was recorded.
             SessionStateError: the session is not open, or keeps no journal.

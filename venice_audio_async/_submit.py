@@ -270,6 +270,8 @@ class Submitter:
         again (nor priced).
 
         Raises:
+            RequestValidationError: some requests break their model's rules (checked as
+                ``submit`` does, so ``resume`` never sends one the API would refuse).
             ValueError: ``keys`` or ``names`` are not as many as ``requests``.
             SpendLimitExceeded: ``all_or_nothing`` and the batch would pass the limit.
             SessionStateError: no journal is kept.
@@ -280,6 +282,7 @@ class Submitter:
         names = nothing if names is None else names
         if not len(keys) == len(names) == len(requests):
             raise ValueError("keys and names must be as many as the requests")
+        await self.check_all(requests, None)
         target = self._destinations.target(destination)
         given = [
             key if key is not None else request.key

@@ -88,3 +88,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         # do. Standard output is pointed at /dev/null so the flush at exit cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return _BROKEN_PIPE
+    except OSError as error:  # a file or folder the command needed: a message, no traceback
+        say(f"error: {_describe(error)}{_journal_note(args)}")
+        return 2
+
+
+def _describe(error: OSError) -> str:
+    reason = error.strerror or str(error)
+    return f"{reason}: {error.filename}" if error.filename else reason
+
+
+def _journal_note(args: argparse.Namespace) -> str:
+    """Where a batch that stopped on a file error stands (its jobs are in the journal)."""
+    folder = getattr(args, "out", None) or getattr(args, "dir", None)
+    if args.command not in ("batch", "resume") or folder is None:
+        return ""
+    return (
+        f". Every job already queued is recorded in the folder's journal: once the cause is "
+        f"fixed, venice-audio resume {folder}" + (" --fake" if args.fake else "") + " finishes it"
+    )

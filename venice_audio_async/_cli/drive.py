@@ -18,7 +18,7 @@ from .._batch import manifest_rows
 from .._journal import JournalEntry
 from .._models import Failed, Job, Succeeded
 from .console import on_interrupt, say
-from .folder import MANIFEST_NAME
+from .folder import MANIFEST_NAME, unwritable_folder
 from .manifest import check_manifest, finish_manifest, state_parts
 from .progress import BatchProgress
 
@@ -114,6 +114,10 @@ async def drive(args: argparse.Namespace, session: AsyncSession, out: Path, *, t
     assert journal is not None
     lines = len(manifest_rows(await journal.entries()))
     await anyio.to_thread.run_sync(check_manifest, out, lines)  # before anything is sent
+    problem = await anyio.to_thread.run_sync(unwritable_folder, out)
+    if problem is not None:  # found now, not when the manifest is written after paying
+        say(problem)
+        return 2
     again = f"venice-audio resume {out}" + (" --fake" if args.fake else "")
     on_interrupt(
         f"interrupted. Every queued job is recorded in the journal; finish it with: {again}"

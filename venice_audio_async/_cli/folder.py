@@ -19,6 +19,7 @@ __all__ = [
     "MANIFEST_NAME",
     "check_batch_folder",
     "fake_mismatch",
+    "unwritable_folder",
 ]
 
 JOURNAL_NAME = ".venice-journal.sqlite3"
@@ -49,6 +50,28 @@ def fake_mismatch(args: argparse.Namespace, out: Path, entries: Sequence[Journal
     return False
 
 
+def unwritable_folder(out: Path) -> str | None:
+    """Why the audio and the manifest cannot be written into ``out`` (``None``: they can).
+
+    Checked before anything is paid for: a folder that refuses them would otherwise be
+    found out only after the jobs were queued. It writes and removes the manifest's own
+    temporary file (see :func:`.manifest.write_manifest`). Blocking I/O.
+    """
+    probe = out / f".{MANIFEST_NAME}.part"
+    try:
+        with probe.open("w", encoding="utf-8") as handle:
+            handle.write("\n")
+        probe.unlink()
+    except OSError as error:
+        reason = error.strerror or str(error)
+        return (
+            f"cannot write into {out} ({reason}): the audio files and {MANIFEST_NAME} go "
+            "there. Nothing was sent; make the folder writable (and check the free space), "
+            "then try again"
+        )
+    return None
+
+
 def check_batch_folder(out: Path) -> bool:
     """Check ``--out`` of a batch before any server starts (False: refused, said why)."""
     if out.exists() and not out.is_dir():
@@ -65,5 +88,9 @@ def check_batch_folder(out: Path) -> bool:
             "would queue (and pay for) its jobs again. Use a new --out folder, or move the "
             "manifest away if you mean to start over"
         )
+        return False
+    problem = unwritable_folder(out)
+    if problem is not None:
+        say(problem)
         return False
     return True

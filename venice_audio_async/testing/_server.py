@@ -514,6 +514,20 @@ class FakeServer:
         """The model rows served by ``GET /models``."""
         return self._endpoints.catalogue
 
+    def add_model(self, row: Mapping[str, Any]) -> None:
+        """Serve one more catalogue row from now on and accept requests for its model, as
+        when Venice releases a model while clients run (their catalogue read is older).
+
+        Raises:
+            ValueError: the catalogue already lists a model with this ``id``.
+        """
+        model_id = str(row["id"])
+        if model_id in self._endpoints.rows:
+            raise ValueError(f"the catalogue already lists {model_id!r}")
+        added = copy.deepcopy(dict(row))
+        self._endpoints.catalogue.append(added)
+        self._endpoints.rows[model_id] = added
+
 
 async def _add_version_header(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["x-venice-version"] = SERVER_VERSION
