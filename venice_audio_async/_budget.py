@@ -45,7 +45,7 @@ import attrs
 from ._budget_statistics import BudgetStatistics, EndpointFigures, budget_statistics
 from ._clock import Clock
 from ._config import AUDIO_ENDPOINTS, RateLimit, check_number
-from ._endpoint_rate import EndpointRate, Waiter, reached
+from ._endpoint_rate import EndpointRate, Waiter, reached, token_eta
 from ._lessons import read_lesson, teaches_nothing
 from ._logging import log
 
@@ -288,8 +288,10 @@ class LocalBudget:
 
         Waiters are served first come, first served. Cancelling a waiter takes no token and
         lets the next one move up. With ``deadline`` (a ``clock.monotonic()`` reading), give
-        up and return ``False`` as soon as the token would come later than that, or when
-        the deadline passes while others are served first.
+        up and return ``False`` as soon as the token would come later than that: at once
+        when the caller's place in line already says so (counting ahead of it only the
+        waiters that can make their own deadlines), or as soon as a pause or a lowered
+        limit pushes it past (every waiter with a deadline looks again then).
         """
         state = self._endpoint(endpoint)
         clock = self._clock
@@ -302,20 +304,27 @@ class LocalBudget:
                 return True
             if deadline is not None and not reached(ready, deadline):
                 return False
-        elif deadline is not None and reached(deadline, now):
+        elif deadline is not None and not reached(self._eta(state, now, deadline), deadline):
             return False
-        waiter = Waiter()
+        waiter = Waiter(deadline)
         state.waiters.append(waiter)
         state.waiting += 1
         granted = False
         try:
-            if state.waiters[0] is not waiter:
+            while state.waiters[0] is not waiter:
                 if deadline is None:
                     await waiter.event.wait()
-                else:
-                    await clock.wait(waiter.event, deadline - now)
-                    if state.waiters[0] is not waiter:
-                        return False  # the deadline passed before the others were served
+                    continue
+                await clock.wait(waiter.event, deadline - now)
+                if state.waiters[0] is waiter:
+                    break
+                # Woken by the deadline, or to look again after a pause or a lowered limit.
+                now = clock.monotonic()
+                if reached(deadline, now):
+                    return False  # the deadline passed before the others were served
+                if not reached(self._eta(state, now, deadline, upto=waiter), deadline):
+                    return False
+                waiter.event = anyio.Event()
             while True:
                 now = clock.monotonic()
                 ready = self._ready_at(state, now)
@@ -323,7 +332,11 @@ class LocalBudget:
                     break
                 if deadline is not None and not reached(ready, deadline):
                     return False
-                await clock.sleep(ready - now)
+                if deadline is None:
+                    await clock.sleep(ready - now)
+                else:  # woken early to look again (see _look_again)
+                    waiter.event = anyio.Event()
+                    await clock.wait(waiter.event, ready - now)
             self._grant(state, now)
             granted = True
             return True
@@ -334,6 +347,43 @@ class LocalBudget:
                 self._promote(state)
             elif not granted:
                 waiter.cancelled = True
+
+    def _eta(
+        self, state: EndpointRate, now: float, stop_at: float, *, upto: Waiter | None = None
+    ) -> float:
+        """When the token of a caller joining ``state``'s line (or of ``upto``, already in
+        it) would come: the rules played forward over the waiters ahead of it, skipping
+        those that will give up (:func:`~._endpoint_rate.token_eta`); ``math.inf`` once it
+        is known to lie past ``stop_at``."""
+        floor = max(now, self._paused_until, self._failure_paused_until, state.paused_until)
+        pool = self._pool_of(state)
+        rates = [state.what_if()] if pool is None else [state.what_if(), pool.what_if()]
+        ahead: list[float | None] = []
+        for waiter in state.waiters:
+            if waiter is upto:
+                break
+            if not waiter.cancelled:
+                ahead.append(waiter.deadline)
+        return token_eta(rates, floor, ahead, stop_at)
+
+    def _look_again(self) -> None:
+        """Wake every waiter with a deadline to check its place again (the rules got
+        stricter: a pause, a lowered limit); one that can no longer make it gives up."""
+        for state in self._endpoints.values():
+            for waiter in state.waiters:
+                if waiter.deadline is not None and not waiter.cancelled:
+                    waiter.event.set()
+
+    def _strictness(self, state: EndpointRate) -> tuple[object, ...]:
+        """What, when it changes, may push the waiters' tokens later."""
+        pool = self._pool_of(state)
+        return (
+            self._paused_until,
+            self._failure_paused_until,
+            state.paused_until,
+            state.limit,
+            pool.limit if pool is not None else None,
+        )
 
     def try_acquire(self, endpoint: str) -> bool:
         """Take a token for ``endpoint`` if one is free now and nobody is waiting for one.
@@ -418,6 +468,7 @@ class LocalBudget:
             self._consecutive_429 = 0
             return
         now = self._clock.monotonic()
+        before = self._strictness(state)
         if 200 <= status < 300:
             self._consecutive_429 = 0
         if status == 429:
@@ -472,6 +523,8 @@ class LocalBudget:
                 )
         if lesson.failure:
             self._add_failure(now)
+        if self._strictness(state) != before:
+            self._look_again()
 
     def _prune_failures(self, now: float) -> None:
         failures, window = self._failures, self._failure_window
@@ -512,7 +565,8 @@ class LocalBudget:
         if seconds <= 0:
             return
         now = self._clock.monotonic()
-        self._pause_session_until(now + seconds, now, reason)
+        if self._pause_session_until(now + seconds, now, reason):
+            self._look_again()
 
     # ------------------------------------------------------------------ statistics
 

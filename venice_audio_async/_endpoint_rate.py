@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable, Sequence
 
 import anyio
 
 from ._config import MINUTE, RateLimit
 
-__all__ = ["EndpointRate", "Waiter", "reached"]
+__all__ = ["EndpointRate", "Waiter", "reached", "token_eta"]
 
 #: After a 429 an endpoint's limit drops to this share of what its last window granted.
 _DECREASE = 0.8
@@ -58,13 +59,53 @@ def reached(deadline: float, now: float) -> bool:
 
 
 class Waiter:
-    """One task waiting for a token (FIFO; only the head sleeps on the clock)."""
+    """One task waiting for a token (FIFO; only the head sleeps on the clock).
 
-    __slots__ = ("cancelled", "event")
+    ``deadline`` (a ``clock.monotonic()`` reading, ``None``: none) is when it gives up; a
+    waiter whose token cannot come by then is not counted ahead of those behind it.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("cancelled", "deadline", "event")
+
+    def __init__(self, deadline: float | None = None) -> None:
         self.event = anyio.Event()
         self.cancelled = False
+        self.deadline = deadline
+
+
+def token_eta(
+    rates: Sequence[EndpointRate],
+    floor: float,
+    ahead: Iterable[float | None],
+    stop_at: float,
+) -> float:
+    """When the token of a caller behind ``ahead`` would come, if nobody else took any.
+
+    ``rates`` are what-if copies (:meth:`EndpointRate.what_if`, changed here) of every rule
+    the endpoint follows; ``floor`` the earliest time anything may be granted (pauses);
+    ``ahead`` the deadlines of the callers in line before it, first first (``None``: waits
+    as long as it takes). A caller ahead whose own token would come after its deadline gives
+    up and takes none, so it pushes nobody back. Returns ``math.inf`` as soon as the answer
+    is known to lie past ``stop_at`` (tokens only come later down the line), which bounds
+    the work by the grants that fit before ``stop_at``.
+    """
+
+    def ready(t: float) -> float:
+        for _ in range(2):  # each rule only gets easier with time: two passes settle them
+            for rate in rates:
+                t = rate.rate_ready(t)
+        return t
+
+    for deadline in ahead:
+        t = ready(floor)
+        if not reached(t, stop_at):
+            return math.inf
+        if deadline is not None and not reached(t, deadline):
+            continue  # it will give up: no token for it
+        for rate in rates:
+            rate.grant(t)
+        floor = t
+    return ready(floor)
 
 
 class EndpointRate:
@@ -122,6 +163,35 @@ class EndpointRate:
         self.rate_limited = 0
         self.paused_seconds = 0.0
         self._set_limit(self.configured)
+
+    def what_if(self) -> EndpointRate:
+        """A copy to play grants forward on (:func:`token_eta`); no waiters."""
+        copy = EndpointRate.__new__(EndpointRate)
+        for name in EndpointRate.__slots__:
+            setattr(copy, name, getattr(self, name))
+        copy.log = deque(self.log)
+        copy.waiters = deque()
+        return copy
+
+    @classmethod
+    def seeded(
+        cls,
+        name: str,
+        *,
+        limit: int | None,
+        window: float,
+        burst: int,
+        grants: Iterable[float],
+    ) -> EndpointRate:
+        """A rule known only from outside (a shared store's last reply): its effective
+        ``limit`` (``None``: none), ``window``, ``burst`` and the grants in its window."""
+        rate = cls(name, None)
+        rate.configured = limit
+        rate.window = window
+        rate.burst_setting = burst
+        rate._set_limit(limit)
+        rate.log = deque(grants)
+        return rate
 
     def _set_limit(self, limit: int | None) -> None:
         self.limit = limit
