@@ -226,8 +226,10 @@ async def test_a_hopeless_caller_does_not_delay_those_behind_it() -> None:
             assert clock.advance_to_next()
             await anyio.wait_all_tasks_blocked()
     assert list(got) == ["A", "H", "B", "C"]
-    assert got["B"][0] and got["B"][1] == pytest.approx(3.5)
-    assert got["C"][0] and got["C"][1] == pytest.approx(3.5 + 57.0 / 34, abs=1e-6)
+    assert got["B"][0]
+    assert got["B"][1] == pytest.approx(3.5)
+    assert got["C"][0]
+    assert got["C"][1] == pytest.approx(3.5 + 57.0 / 34, abs=1e-6)
 
 
 async def test_callers_without_deadlines_count_ahead_and_keep_the_order() -> None:
