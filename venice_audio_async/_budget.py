@@ -45,7 +45,7 @@ import attrs
 from ._budget_statistics import BudgetStatistics, EndpointFigures, budget_statistics
 from ._clock import Clock
 from ._config import AUDIO_ENDPOINTS, RateLimit, check_number
-from ._endpoint_rate import EndpointRate, Waiter, reached, token_eta
+from ._endpoint_rate import EndpointRate, LinePlan, Waiter, reached, token_eta
 from ._lessons import read_lesson, teaches_nothing
 from ._logging import log
 
@@ -181,6 +181,16 @@ def _rate_window(state: EndpointRate, now: float) -> RateWindow | None:
 # --------------------------------------------------------------------------- local budget
 
 
+@attrs.define
+class _Line:
+    """An endpoint's line played forward (``plan``) over its first ``length`` waiters, as
+    of ``version`` (see ``LocalBudget._line``)."""
+
+    version: tuple[int, int]
+    length: int
+    plan: LinePlan
+
+
 class LocalBudget:
     """The in-process :class:`RequestBudget`: per-endpoint rate limits, pauses, failure window.
 
@@ -244,6 +254,11 @@ class LocalBudget:
         self._granted = 0
         self._rate_limited = 0
         self._consecutive_429 = 0
+        # Each endpoint's line played forward (see _line), and what makes it stale: any
+        # change of the rules (_changes) or of that endpoint's line (_line_changes).
+        self._lines: dict[str, _Line] = {}
+        self._changes = 0
+        self._line_changes: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"LocalBudget(endpoints={sorted(self._endpoints)!r})"
@@ -271,6 +286,9 @@ class LocalBudget:
         pool = self._pool_of(state)
         if pool is not None:
             pool.grant(now)
+            self._changes += 1  # every pooled endpoint's line moves
+        else:
+            self._line_changes[state.name] = self._line_changes.get(state.name, 0) + 1
         self._granted += 1
 
     @staticmethod
@@ -304,8 +322,13 @@ class LocalBudget:
                 return True
             if deadline is not None and not reached(ready, deadline):
                 return False
-        elif deadline is not None and not reached(self._eta(state, now, deadline), deadline):
-            return False
+        elif deadline is not None:
+            line = self._line(state, now)
+            eta = line.plan.ready()
+            if not reached(eta, deadline):
+                return False
+            line.plan.take(eta)  # its place, for the next caller to join
+            line.length += 1
         waiter = Waiter(deadline)
         state.waiters.append(waiter)
         state.waiting += 1
@@ -342,22 +365,50 @@ class LocalBudget:
             return True
         finally:
             state.waiting -= 1
+            if not granted:  # it leaves the line: the places behind it move up
+                self._line_changes[state.name] = self._line_changes.get(state.name, 0) + 1
             if state.waiters and state.waiters[0] is waiter:
                 state.waiters.popleft()
                 self._promote(state)
             elif not granted:
                 waiter.cancelled = True
 
-    def _eta(
-        self, state: EndpointRate, now: float, stop_at: float, *, upto: Waiter | None = None
-    ) -> float:
-        """When the token of a caller joining ``state``'s line (or of ``upto``, already in
-        it) would come: the rules played forward over the waiters ahead of it, skipping
-        those that will give up (:func:`~._endpoint_rate.token_eta`); ``math.inf`` once it
-        is known to lie past ``stop_at``."""
+    def _what_if(self, state: EndpointRate, now: float) -> LinePlan:
+        """A plan of ``state``'s rules from now on, nobody in line yet."""
         floor = max(now, self._paused_until, self._failure_paused_until, state.paused_until)
         pool = self._pool_of(state)
         rates = [state.what_if()] if pool is None else [state.what_if(), pool.what_if()]
+        return LinePlan(rates, floor)
+
+    def _line(self, state: EndpointRate, now: float) -> _Line:
+        """``state``'s line played forward, for a caller joining its back.
+
+        Kept between callers: one joining a line nothing changed in since (no grant, no
+        answer learnt, nobody left, the first token still ahead) costs O(1), so a burst of
+        N callers costs O(N), not O(N^2). Otherwise it is played again, O(line).
+        """
+        version = (self._changes, self._line_changes.get(state.name, 0))
+        line = self._lines.get(state.name)
+        if (
+            line is not None
+            and line.version == version
+            and line.length == len(state.waiters)
+            and now <= line.plan.first
+        ):
+            return line
+        plan = self._what_if(state, now)
+        for waiter in state.waiters:
+            if not waiter.cancelled:
+                plan.play(waiter.deadline)
+        line = self._lines[state.name] = _Line(version, len(state.waiters), plan)
+        return line
+
+    def _eta(self, state: EndpointRate, now: float, stop_at: float, *, upto: Waiter) -> float:
+        """When the token of ``upto``, a waiter in ``state``'s line, would come: the rules
+        played forward over the waiters ahead of it, skipping those that will give up;
+        ``math.inf`` once it is known to lie past ``stop_at``."""
+        plan = self._what_if(state, now)
+        rates, floor = plan.rates, plan.floor
         ahead: list[float | None] = []
         for waiter in state.waiters:
             if waiter is upto:
@@ -468,6 +519,7 @@ class LocalBudget:
             self._consecutive_429 = 0
             return
         now = self._clock.monotonic()
+        self._changes += 1
         before = self._strictness(state)
         if 200 <= status < 300:
             self._consecutive_429 = 0
@@ -566,6 +618,7 @@ class LocalBudget:
             return
         now = self._clock.monotonic()
         if self._pause_session_until(now + seconds, now, reason):
+            self._changes += 1
             self._look_again()
 
     # ------------------------------------------------------------------ statistics

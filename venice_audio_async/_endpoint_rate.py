@@ -43,7 +43,7 @@ import anyio
 
 from ._config import MINUTE, RateLimit
 
-__all__ = ["EndpointRate", "Waiter", "reached", "token_eta"]
+__all__ = ["EndpointRate", "LinePlan", "Waiter", "reached", "token_eta"]
 
 #: After a 429 an endpoint's limit drops to this share of what its last window granted.
 _DECREASE = 0.8
@@ -73,39 +73,67 @@ class Waiter:
         self.deadline = deadline
 
 
+class LinePlan:
+    """A line of token waiters played forward on copies of the rules, as if nobody else
+    took a token: when each would get one.
+
+    ``rates`` are what-if copies (:meth:`EndpointRate.what_if`, changed here) of every rule
+    the endpoint follows; ``floor`` the earliest time anything may be granted (pauses). A
+    waiter whose token would come after its own deadline gives up and takes none, so it
+    pushes nobody back. ``first`` is the first token time the plan was built from: the plan
+    holds while the clock has not passed it and nothing was granted or learnt meanwhile.
+    """
+
+    __slots__ = ("first", "floor", "rates")
+
+    def __init__(self, rates: Sequence[EndpointRate], floor: float) -> None:
+        self.rates = rates
+        self.floor = floor
+        self.first = self.ready()
+
+    def ready(self) -> float:
+        """When the next token would come."""
+        t = self.floor
+        for _ in range(2):  # each rule only gets easier with time: two passes settle them
+            for rate in self.rates:
+                t = rate.rate_ready(t)
+        return t
+
+    def take(self, t: float) -> None:
+        """A waiter gets the token at ``t`` (``ready()``)."""
+        for rate in self.rates:
+            rate.grant(t)
+        self.floor = t
+
+    def play(self, deadline: float | None) -> float:
+        """The next waiter in line, giving up at ``deadline``: its token time, or
+        ``math.inf`` when it gives up (it takes none)."""
+        t = self.ready()
+        if deadline is not None and not reached(t, deadline):
+            return math.inf
+        self.take(t)
+        return t
+
+
 def token_eta(
     rates: Sequence[EndpointRate],
     floor: float,
     ahead: Iterable[float | None],
     stop_at: float,
 ) -> float:
-    """When the token of a caller behind ``ahead`` would come, if nobody else took any.
+    """When the token of a caller behind ``ahead`` would come (see :class:`LinePlan`).
 
-    ``rates`` are what-if copies (:meth:`EndpointRate.what_if`, changed here) of every rule
-    the endpoint follows; ``floor`` the earliest time anything may be granted (pauses);
-    ``ahead`` the deadlines of the callers in line before it, first first (``None``: waits
-    as long as it takes). A caller ahead whose own token would come after its deadline gives
-    up and takes none, so it pushes nobody back. Returns ``math.inf`` as soon as the answer
-    is known to lie past ``stop_at`` (tokens only come later down the line), which bounds
-    the work by the grants that fit before ``stop_at``.
+    ``ahead`` holds the deadlines of the callers in line before it, first first (``None``:
+    waits as long as it takes). Returns ``math.inf`` as soon as the answer is known to lie
+    past ``stop_at`` (tokens only come later down the line), which bounds the work by the
+    grants that fit before ``stop_at``.
     """
-
-    def ready(t: float) -> float:
-        for _ in range(2):  # each rule only gets easier with time: two passes settle them
-            for rate in rates:
-                t = rate.rate_ready(t)
-        return t
-
+    plan = LinePlan(rates, floor)
     for deadline in ahead:
-        t = ready(floor)
-        if not reached(t, stop_at):
+        if not reached(plan.ready(), stop_at):
             return math.inf
-        if deadline is not None and not reached(t, deadline):
-            continue  # it will give up: no token for it
-        for rate in rates:
-            rate.grant(t)
-        floor = t
-    return ready(floor)
+        plan.play(deadline)
+    return plan.ready()
 
 
 class EndpointRate:
