@@ -55,6 +55,7 @@ __all__ = [
     "RateWindow",
     "RequestBudget",
     "ResponseRecorder",
+    "log_too_late",
     "tighter_window",
 ]
 
@@ -160,6 +161,19 @@ def tighter_window(
     if own is None or pooled is None:
         return own if pooled is None else pooled
     return pooled if pooled.free_after(0.0, now) < own.free_after(0.0, now) else own
+
+
+def log_too_late(endpoint: str, expected: float, allowed: float, ahead: int) -> None:
+    """The one DEBUG record of a caller refused at once for its place in line."""
+    log.debug(
+        "%s token expected in %.2f s, after the caller's deadline in %.2f s (%d waiting "
+        "ahead): refused at once",
+        endpoint,
+        expected,
+        allowed,
+        ahead,
+        extra={"endpoint": endpoint, "expected_wait": expected, "deadline_in": allowed},
+    )
 
 
 def _rate_window(state: EndpointRate, now: float) -> RateWindow | None:
@@ -321,11 +335,13 @@ class LocalBudget:
                 self._grant(state, now)
                 return True
             if deadline is not None and not reached(ready, deadline):
+                log_too_late(endpoint, ready - now, deadline - now, 0)
                 return False
         elif deadline is not None:
             line = self._line(state, now)
             eta = line.plan.ready()
             if not reached(eta, deadline):
+                log_too_late(endpoint, eta - now, deadline - now, len(state.waiters))
                 return False
             line.plan.take(eta)  # its place, for the next caller to join
             line.length += 1

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
-from ._budget import RateWindow
+from ._budget import RateWindow, log_too_late
 from ._budget_statistics import BudgetStatistics
 from ._clock import Clock, ManualClock, SystemClock
 from ._config import RateLimits, endpoint_rates, pooled_rate
@@ -282,11 +282,15 @@ class RedisBudget:
         """Whether a caller joining ``line`` can expect a token by ``deadline``."""
         now, away = self._clock.monotonic(), self._link.away
         floor = self._mirror.next_available(endpoint, now, away=away)
-        if floor > deadline + EPS:
-            return False
-        rates = self._mirror.what_if(endpoint, now, away=away)
-        ahead = [waiter.deadline for waiter in line]
-        return token_eta(rates, floor, ahead, deadline + EPS) <= deadline + EPS
+        expected = floor
+        if floor <= deadline + EPS:
+            rates = self._mirror.what_if(endpoint, now, away=away)
+            ahead = [waiter.deadline for waiter in line]
+            expected = token_eta(rates, floor, ahead, deadline + EPS)
+            if expected <= deadline + EPS:
+                return True
+        log_too_late(endpoint, expected - now, deadline - now, len(line))
+        return False
 
     async def _take(self, endpoint: str, deadline: float | None) -> bool:
         clock, link = self._clock, self._link
