@@ -112,8 +112,10 @@ class RequestBudget(Protocol):
 
         Waiters of this process are served first come, first served. ``deadline`` is a
         ``clock.monotonic()`` reading: when no token can be had by then, return ``False``
-        (at once, or when the deadline passes while waiting) without taking one. Returns
-        ``True`` when a token was taken. Cancelling a waiter takes no token.
+        without taking one: at once when the caller's place in line already says so
+        (counting ahead of it only the waiters that can make their own deadlines), else
+        when the deadline passes while waiting. Returns ``True`` when a token was taken.
+        Cancelling a waiter takes no token.
         """
         ...
 
