@@ -86,6 +86,9 @@ class JobStatus:
     * ``"prior"``: nothing is known of the model yet: :data:`PRIOR_RUN_SECONDS` (60 s,
       the API's typical job) less the time since queueing. A placeholder, not a measure.
 
+    (For a job attached or resumed here, "since queueing" counts from when this session
+    took it up, until its first answer says how long it has run.)
+
     .. versionadded:: 0.1.0
     """
 
