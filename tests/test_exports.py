@@ -122,6 +122,7 @@ def test_private_modules_public_names_are_exported() -> None:
         "JsonAnswer",
         "Ledger",
         "Lifecycle",
+        "LinePlan",
         "MediaReleaser",
         "ModelDurationStats",
         "ModelFits",

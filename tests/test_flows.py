@@ -160,7 +160,8 @@ async def test_results_accepts_jobs_as_they_are_submitted(limited: FakeServer) -
 
 
 async def test_generate_timeout_covers_the_wait_for_a_queue_token(slow: FakeServer) -> None:
-    """Behind 20 submits at 40/min, generate(timeout=5) gives up within ~5 s, unsent."""
+    """Behind 20 submits at 40/min, generate(timeout=5) gives up at once (its place in
+    line says its token would come too late), unsent."""
     async with make_session(slow, clock=v.ScaledClock(SLOW_SCALE)) as session:
         clock = session._parts.clock
         backlog = _requests(20)
@@ -175,7 +176,7 @@ async def test_generate_timeout_covers_the_wait_for_a_queue_token(slow: FakeServ
                 await session.generate("stable-audio-25", "one more, quickly", timeout=5)
             took = clock.monotonic() - started
         assert stats.expected_queue_wait > 5
-    assert 4.0 <= took <= 7.0
+    assert took < 2.0  # virtual seconds (20 ms real at this scale); it used to wait ~5 s
     assert isinstance(caught.value, TimeoutError)
     assert caught.value.request.prompt == "one more, quickly"
     assert slow.count("queue") == 20

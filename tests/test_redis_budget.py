@@ -402,3 +402,43 @@ async def test_redis_going_away_and_coming_back(
     assert logged == len(during)
     assert failures == 1
     await budget.aclose()
+
+
+@pytest.mark.anyio
+async def test_waiters_that_cannot_make_it_hear_it_at_once(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """20 callers with 25 s at 6/min on a shared window: refused at once when their place
+    in line (the shared window as of the last reply, then this process's waiters ahead)
+    says too late, not at their deadline nor when they reach the front.
+
+    Another process took a token; this one's came a pacing interval (10.08 s) later. The
+    next ones come 10.08 and 20.17 s after that, the third at 30.25: two callers get theirs
+    in time, 18 are refused within 0.1 s of real time (10 clock seconds here).
+    """
+    scale = 0.01
+    clock = v.ScaledClock(scale)
+    limits = v.RateLimits(queue_per_minute=6)
+    # No retry jitter: the grants come when the rule says, so the figures above hold.
+    other = make(redis_server, namespace, rate_limits=limits, clock=clock, retry_jitter=0.0)
+    budget = make(redis_server, namespace, rate_limits=limits, clock=clock, retry_jitter=0.0)
+    assert await other.acquire("queue") is True
+    assert await budget.acquire("queue") is True
+    began = clock.monotonic()
+    deadline = began + 25.0
+    got: list[tuple[bool, float]] = []
+
+    async def ask() -> None:
+        granted = await budget.acquire("queue", deadline=deadline)
+        got.append((granted, clock.monotonic() - began))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(20):
+            tg.start_soon(ask)
+    refused = [at for ok, at in got if not ok]
+    granted = [at for ok, at in got if ok]
+    assert len(granted) == 2
+    assert all(at <= 25.0 for at in granted)
+    assert len(refused) == 18
+    assert max(refused) < 10.0, refused
+    assert budget.statistics().endpoints["queue"].granted == 3

@@ -92,7 +92,7 @@ from ._results import ResultStream
 from ._resume import ResumeReport
 from ._session import AsyncSession
 from ._statistics import SessionStatistics
-from ._status import JobPhase, JobStatus
+from ._status import PRIOR_RUN_SECONDS, EstimateSource, JobPhase, JobStatus
 
 try:
     __version__ = _metadata.version("venice-audio-async")
@@ -125,6 +125,7 @@ __all__ = [
     "DurationTier",
     "DurationsPricing",
     "EndpointStatistics",
+    "EstimateSource",
     "Failed",
     "FieldProblem",
     "FileSink",
@@ -153,6 +154,7 @@ __all__ = [
     "NotFoundError",
     "Outcome",
     "OutcomeAlreadyTaken",
+    "PRIOR_RUN_SECONDS",
     "PayloadTooLargeError",
     "PaymentRequiredError",
     "PerSecondPricing",

@@ -45,7 +45,7 @@ import attrs
 from ._budget_statistics import BudgetStatistics, EndpointFigures, budget_statistics
 from ._clock import Clock
 from ._config import AUDIO_ENDPOINTS, RateLimit, check_number
-from ._endpoint_rate import EndpointRate, Waiter, reached
+from ._endpoint_rate import EndpointRate, LinePlan, Waiter, reached, token_eta
 from ._lessons import read_lesson, teaches_nothing
 from ._logging import log
 
@@ -55,6 +55,7 @@ __all__ = [
     "RateWindow",
     "RequestBudget",
     "ResponseRecorder",
+    "log_too_late",
     "tighter_window",
 ]
 
@@ -111,8 +112,10 @@ class RequestBudget(Protocol):
 
         Waiters of this process are served first come, first served. ``deadline`` is a
         ``clock.monotonic()`` reading: when no token can be had by then, return ``False``
-        (at once, or when the deadline passes while waiting) without taking one. Returns
-        ``True`` when a token was taken. Cancelling a waiter takes no token.
+        without taking one: at once when the caller's place in line already says so
+        (counting ahead of it only the waiters that can make their own deadlines), else
+        when the deadline passes while waiting. Returns ``True`` when a token was taken.
+        Cancelling a waiter takes no token.
         """
         ...
 
@@ -162,6 +165,19 @@ def tighter_window(
     return pooled if pooled.free_after(0.0, now) < own.free_after(0.0, now) else own
 
 
+def log_too_late(endpoint: str, expected: float, allowed: float, ahead: int) -> None:
+    """The one DEBUG record of a caller refused at once for its place in line."""
+    log.debug(
+        "%s token expected in %.2f s, after the caller's deadline in %.2f s (%d waiting "
+        "ahead): refused at once",
+        endpoint,
+        expected,
+        allowed,
+        ahead,
+        extra={"endpoint": endpoint, "expected_wait": expected, "deadline_in": allowed},
+    )
+
+
 def _rate_window(state: EndpointRate, now: float) -> RateWindow | None:
     """``state``'s window now (``None`` without a limit)."""
     state.recover(now)
@@ -179,6 +195,16 @@ def _rate_window(state: EndpointRate, now: float) -> RateWindow | None:
 
 
 # --------------------------------------------------------------------------- local budget
+
+
+@attrs.define
+class _Line:
+    """An endpoint's line played forward (``plan``) over its first ``length`` waiters, as
+    of ``version`` (see ``LocalBudget._line``)."""
+
+    version: tuple[int, int]
+    length: int
+    plan: LinePlan
 
 
 class LocalBudget:
@@ -244,6 +270,11 @@ class LocalBudget:
         self._granted = 0
         self._rate_limited = 0
         self._consecutive_429 = 0
+        # Each endpoint's line played forward (see _line), and what makes it stale: any
+        # change of the rules (_changes) or of that endpoint's line (_line_changes).
+        self._lines: dict[str, _Line] = {}
+        self._changes = 0
+        self._line_changes: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"LocalBudget(endpoints={sorted(self._endpoints)!r})"
@@ -271,6 +302,9 @@ class LocalBudget:
         pool = self._pool_of(state)
         if pool is not None:
             pool.grant(now)
+            self._changes += 1  # every pooled endpoint's line moves
+        else:
+            self._line_changes[state.name] = self._line_changes.get(state.name, 0) + 1
         self._granted += 1
 
     @staticmethod
@@ -288,8 +322,10 @@ class LocalBudget:
 
         Waiters are served first come, first served. Cancelling a waiter takes no token and
         lets the next one move up. With ``deadline`` (a ``clock.monotonic()`` reading), give
-        up and return ``False`` as soon as the token would come later than that, or when
-        the deadline passes while others are served first.
+        up and return ``False`` as soon as the token would come later than that: at once
+        when the caller's place in line already says so (counting ahead of it only the
+        waiters that can make their own deadlines), or as soon as a pause or a lowered
+        limit pushes it past (every waiter with a deadline looks again then).
         """
         state = self._endpoint(endpoint)
         clock = self._clock
@@ -301,21 +337,35 @@ class LocalBudget:
                 self._grant(state, now)
                 return True
             if deadline is not None and not reached(ready, deadline):
+                log_too_late(endpoint, ready - now, deadline - now, 0)
                 return False
-        elif deadline is not None and reached(deadline, now):
-            return False
-        waiter = Waiter()
+        elif deadline is not None:
+            line = self._line(state, now)
+            eta = line.plan.ready()
+            if not reached(eta, deadline):
+                log_too_late(endpoint, eta - now, deadline - now, len(state.waiters))
+                return False
+            line.plan.take(eta)  # its place, for the next caller to join
+            line.length += 1
+        waiter = Waiter(deadline)
         state.waiters.append(waiter)
         state.waiting += 1
         granted = False
         try:
-            if state.waiters[0] is not waiter:
+            while state.waiters[0] is not waiter:
                 if deadline is None:
                     await waiter.event.wait()
-                else:
-                    await clock.wait(waiter.event, deadline - now)
-                    if state.waiters[0] is not waiter:
-                        return False  # the deadline passed before the others were served
+                    continue
+                await clock.wait(waiter.event, deadline - now)
+                if state.waiters[0] is waiter:
+                    break
+                # Woken by the deadline, or to look again after a pause or a lowered limit.
+                now = clock.monotonic()
+                if reached(deadline, now):
+                    return False  # the deadline passed before the others were served
+                if not reached(self._eta(state, now, deadline, upto=waiter), deadline):
+                    return False
+                waiter.event = anyio.Event()
             while True:
                 now = clock.monotonic()
                 ready = self._ready_at(state, now)
@@ -323,17 +373,86 @@ class LocalBudget:
                     break
                 if deadline is not None and not reached(ready, deadline):
                     return False
-                await clock.sleep(ready - now)
+                if deadline is None:
+                    await clock.sleep(ready - now)
+                else:  # woken early to look again (see _look_again)
+                    waiter.event = anyio.Event()
+                    await clock.wait(waiter.event, ready - now)
             self._grant(state, now)
             granted = True
             return True
         finally:
             state.waiting -= 1
+            if not granted:  # it leaves the line: the places behind it move up
+                self._line_changes[state.name] = self._line_changes.get(state.name, 0) + 1
             if state.waiters and state.waiters[0] is waiter:
                 state.waiters.popleft()
                 self._promote(state)
             elif not granted:
                 waiter.cancelled = True
+
+    def _what_if(self, state: EndpointRate, now: float) -> LinePlan:
+        """A plan of ``state``'s rules from now on, nobody in line yet."""
+        floor = max(now, self._paused_until, self._failure_paused_until, state.paused_until)
+        pool = self._pool_of(state)
+        rates = [state.what_if()] if pool is None else [state.what_if(), pool.what_if()]
+        return LinePlan(rates, floor)
+
+    def _line(self, state: EndpointRate, now: float) -> _Line:
+        """``state``'s line played forward, for a caller joining its back.
+
+        Kept between callers: one joining a line nothing changed in since (no grant, no
+        answer learnt, nobody left, the first token still ahead) costs O(1), so a burst of
+        N callers costs O(N), not O(N^2). Otherwise it is played again, O(line).
+        """
+        version = (self._changes, self._line_changes.get(state.name, 0))
+        line = self._lines.get(state.name)
+        if (
+            line is not None
+            and line.version == version
+            and line.length == len(state.waiters)
+            and now <= line.plan.first
+        ):
+            return line
+        plan = self._what_if(state, now)
+        for waiter in state.waiters:
+            if not waiter.cancelled:
+                plan.play(waiter.deadline)
+        line = self._lines[state.name] = _Line(version, len(state.waiters), plan)
+        return line
+
+    def _eta(self, state: EndpointRate, now: float, stop_at: float, *, upto: Waiter) -> float:
+        """When the token of ``upto``, a waiter in ``state``'s line, would come: the rules
+        played forward over the waiters ahead of it, skipping those that will give up;
+        ``math.inf`` once it is known to lie past ``stop_at``."""
+        plan = self._what_if(state, now)
+        rates, floor = plan.rates, plan.floor
+        ahead: list[float | None] = []
+        for waiter in state.waiters:
+            if waiter is upto:
+                break
+            if not waiter.cancelled:
+                ahead.append(waiter.deadline)
+        return token_eta(rates, floor, ahead, stop_at)
+
+    def _look_again(self) -> None:
+        """Wake every waiter with a deadline to check its place again (the rules got
+        stricter: a pause, a lowered limit); one that can no longer make it gives up."""
+        for state in self._endpoints.values():
+            for waiter in state.waiters:
+                if waiter.deadline is not None and not waiter.cancelled:
+                    waiter.event.set()
+
+    def _strictness(self, state: EndpointRate) -> tuple[object, ...]:
+        """What, when it changes, may push the waiters' tokens later."""
+        pool = self._pool_of(state)
+        return (
+            self._paused_until,
+            self._failure_paused_until,
+            state.paused_until,
+            state.limit,
+            pool.limit if pool is not None else None,
+        )
 
     def try_acquire(self, endpoint: str) -> bool:
         """Take a token for ``endpoint`` if one is free now and nobody is waiting for one.
@@ -418,6 +537,8 @@ class LocalBudget:
             self._consecutive_429 = 0
             return
         now = self._clock.monotonic()
+        self._changes += 1
+        before = self._strictness(state)
         if 200 <= status < 300:
             self._consecutive_429 = 0
         if status == 429:
@@ -472,6 +593,8 @@ class LocalBudget:
                 )
         if lesson.failure:
             self._add_failure(now)
+        if self._strictness(state) != before:
+            self._look_again()
 
     def _prune_failures(self, now: float) -> None:
         failures, window = self._failures, self._failure_window
@@ -512,7 +635,9 @@ class LocalBudget:
         if seconds <= 0:
             return
         now = self._clock.monotonic()
-        self._pause_session_until(now + seconds, now, reason)
+        if self._pause_session_until(now + seconds, now, reason):
+            self._changes += 1
+            self._look_again()
 
     # ------------------------------------------------------------------ statistics
 

@@ -139,6 +139,15 @@ class Catalogue:
         self._quotes[request] = result
         return result
 
+    def catalogue_price(self, request: QueueRequest, model: AudioModel | None) -> float | None:
+        """The price of ``request`` in USD from the catalogue's pricing alone: ``model``'s
+        row, else the cached one. Sends nothing; ``None`` when the catalogue cannot tell
+        (no pricing, or no catalogue fetched yet because validation is off)."""
+        row = model
+        if row is None and self._models is not None:
+            row = self._models.get(request.model)
+        return estimate_cost_usd(request, row) if row is not None else None
+
     async def estimate_cost(
         self, request: QueueRequest, *, model: AudioModel | None = None
     ) -> float | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import types
 
+import attrs
+
 from ._audio import AudioSink, MemorySink
 from ._config import DEFAULT_BASE_URL, Limits, Timeouts
 from ._converters import (
@@ -189,7 +191,7 @@ class VeniceClient:
         answer = await self._transport.retrieve(unstructure_request(request), sink=target)
         if isinstance(answer, JsonAnswer):
             return structure_processing(answer.body)
-        return answer
+        return attrs.evolve(answer, queue_id=request.queue_id, model=request.model)
 
     async def complete(self, request: CompleteRequest) -> CompleteResult:
         """``POST /audio/complete``: release the stored media.

@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable, Sequence
 
 import anyio
 
 from ._config import MINUTE, RateLimit
 
-__all__ = ["EndpointRate", "Waiter", "reached"]
+__all__ = ["EndpointRate", "LinePlan", "Waiter", "reached", "token_eta"]
 
 #: After a 429 an endpoint's limit drops to this share of what its last window granted.
 _DECREASE = 0.8
@@ -58,13 +59,81 @@ def reached(deadline: float, now: float) -> bool:
 
 
 class Waiter:
-    """One task waiting for a token (FIFO; only the head sleeps on the clock)."""
+    """One task waiting for a token (FIFO; only the head sleeps on the clock).
 
-    __slots__ = ("cancelled", "event")
+    ``deadline`` (a ``clock.monotonic()`` reading, ``None``: none) is when it gives up; a
+    waiter whose token cannot come by then is not counted ahead of those behind it.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("cancelled", "deadline", "event")
+
+    def __init__(self, deadline: float | None = None) -> None:
         self.event = anyio.Event()
         self.cancelled = False
+        self.deadline = deadline
+
+
+class LinePlan:
+    """A line of token waiters played forward on copies of the rules, as if nobody else
+    took a token: when each would get one.
+
+    ``rates`` are what-if copies (:meth:`EndpointRate.what_if`, changed here) of every rule
+    the endpoint follows; ``floor`` the earliest time anything may be granted (pauses). A
+    waiter whose token would come after its own deadline gives up and takes none, so it
+    pushes nobody back. ``first`` is the first token time the plan was built from: the plan
+    holds while the clock has not passed it and nothing was granted or learnt meanwhile.
+    """
+
+    __slots__ = ("first", "floor", "rates")
+
+    def __init__(self, rates: Sequence[EndpointRate], floor: float) -> None:
+        self.rates = rates
+        self.floor = floor
+        self.first = self.ready()
+
+    def ready(self) -> float:
+        """When the next token would come."""
+        t = self.floor
+        for _ in range(2):  # each rule only gets easier with time: two passes settle them
+            for rate in self.rates:
+                t = rate.rate_ready(t)
+        return t
+
+    def take(self, t: float) -> None:
+        """A waiter gets the token at ``t`` (``ready()``)."""
+        for rate in self.rates:
+            rate.grant(t)
+        self.floor = t
+
+    def play(self, deadline: float | None) -> float:
+        """The next waiter in line, giving up at ``deadline``: its token time, or
+        ``math.inf`` when it gives up (it takes none)."""
+        t = self.ready()
+        if deadline is not None and not reached(t, deadline):
+            return math.inf
+        self.take(t)
+        return t
+
+
+def token_eta(
+    rates: Sequence[EndpointRate],
+    floor: float,
+    ahead: Iterable[float | None],
+    stop_at: float,
+) -> float:
+    """When the token of a caller behind ``ahead`` would come (see :class:`LinePlan`).
+
+    ``ahead`` holds the deadlines of the callers in line before it, first first (``None``:
+    waits as long as it takes). Returns ``math.inf`` as soon as the answer is known to lie
+    past ``stop_at`` (tokens only come later down the line), which bounds the work by the
+    grants that fit before ``stop_at``.
+    """
+    plan = LinePlan(rates, floor)
+    for deadline in ahead:
+        if not reached(plan.ready(), stop_at):
+            return math.inf
+        plan.play(deadline)
+    return plan.ready()
 
 
 class EndpointRate:
@@ -122,6 +191,35 @@ class EndpointRate:
         self.rate_limited = 0
         self.paused_seconds = 0.0
         self._set_limit(self.configured)
+
+    def what_if(self) -> EndpointRate:
+        """A copy to play grants forward on (:func:`token_eta`); no waiters."""
+        copy = EndpointRate.__new__(EndpointRate)
+        for name in EndpointRate.__slots__:
+            setattr(copy, name, getattr(self, name))
+        copy.log = deque(self.log)
+        copy.waiters = deque()
+        return copy
+
+    @classmethod
+    def seeded(
+        cls,
+        name: str,
+        *,
+        limit: int | None,
+        window: float,
+        burst: int,
+        grants: Iterable[float],
+    ) -> EndpointRate:
+        """A rule known only from outside (a shared store's last reply): its effective
+        ``limit`` (``None``: none), ``window``, ``burst`` and the grants in its window."""
+        rate = cls(name, None)
+        rate.configured = limit
+        rate.window = window
+        rate.burst_setting = burst
+        rate._set_limit(limit)
+        rate.log = deque(grants)
+        return rate
 
     def _set_limit(self, limit: int | None) -> None:
         self.limit = limit

@@ -386,6 +386,8 @@ class AudioResult:
     """Finished audio: in memory (``data``) or stored in a file (``path``).
 
     ``size`` is the number of bytes received and checked against ``Content-Length``.
+    ``queue_id`` and ``model`` name the job it is the audio of (to log, or to give to
+    support); ``None`` only for a result built by hand.
 
     .. versionadded:: 0.1.0
     """
@@ -396,6 +398,8 @@ class AudioResult:
     data: bytes | None = attrs.field(default=None, repr=False)
     path: Path | None = None
     venice: VeniceHeaders = attrs.field(factory=VeniceHeaders)
+    queue_id: str | None = None
+    model: str | None = None
 
     def read_bytes(self) -> bytes:
         """The audio bytes, from memory or from the file."""

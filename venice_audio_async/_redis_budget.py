@@ -26,16 +26,17 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
 
-from ._budget import RateWindow
+from ._budget import RateWindow, log_too_late
 from ._budget_statistics import BudgetStatistics
 from ._clock import Clock, ManualClock, SystemClock
 from ._config import RateLimits, endpoint_rates, pooled_rate
+from ._endpoint_rate import Waiter, token_eta
 from ._redis_learning import ResponseLearner
 from ._redis_link import RedisLink
 from ._redis_mirror import EPS, SharedMirror
@@ -250,15 +251,20 @@ class RedisBudget:
 
         This process's waiters go first come, first served (one at a time asks Redis).
         ``deadline`` is a ``clock.monotonic()`` reading: when no token can be had by then,
-        returns False (at once when the last reply already says so) without taking one.
+        returns False without taking one: at once when the caller's place in line says so
+        (the shared window as of the last round trip, played forward over this process's
+        waiters ahead of it that can make their own deadlines; other processes' grants
+        still to come cannot be foreseen), else when the deadline passes while waiting.
         Cancelling a waiter takes no token (a grant Redis made as it was cancelled is
         given back).
         """
         await anyio.lowlevel.checkpoint_if_cancelled()
         clock = self._clock
-        if deadline is not None and self.next_available(endpoint) > deadline + EPS:
-            return False
         view = self._mirror.endpoint(endpoint)
+        if deadline is not None and not self._in_time(endpoint, view.line, deadline):
+            return False
+        waiter = Waiter(deadline)
+        view.line.append(waiter)
         view.waiting += 1
         try:
             if deadline is None:
@@ -270,6 +276,21 @@ class RedisBudget:
             return False
         finally:
             view.waiting -= 1
+            view.line.remove(waiter)
+
+    def _in_time(self, endpoint: str, line: Sequence[Waiter], deadline: float) -> bool:
+        """Whether a caller joining ``line`` can expect a token by ``deadline``."""
+        now, away = self._clock.monotonic(), self._link.away
+        floor = self._mirror.next_available(endpoint, now, away=away)
+        expected = floor
+        if floor <= deadline + EPS:
+            rates = self._mirror.what_if(endpoint, now, away=away)
+            ahead = [waiter.deadline for waiter in line]
+            expected = token_eta(rates, floor, ahead, deadline + EPS)
+            if expected <= deadline + EPS:
+                return True
+        log_too_late(endpoint, expected - now, deadline - now, len(line))
+        return False
 
     async def _take(self, endpoint: str, deadline: float | None) -> bool:
         clock, link = self._clock, self._link

@@ -21,6 +21,7 @@ import attrs
 from ._budget import RateWindow, tighter_window
 from ._budget_statistics import BudgetStatistics, EndpointFigures, budget_statistics
 from ._config import RateLimit
+from ._endpoint_rate import EndpointRate, Waiter
 
 __all__ = [
     "EPS",
@@ -104,6 +105,8 @@ class EndpointView:
     granted: int = 0
     waiting: int = 0
     rate_limited: int = 0
+    #: This process's callers waiting for a token, first first (their deadlines).
+    line: deque[Waiter] = attrs.field(factory=deque)
 
 
 class SharedMirror:
@@ -305,6 +308,27 @@ class SharedMirror:
             )
         pooled = windows[1] if len(windows) > 1 else None
         return tighter_window(windows[0], pooled, now)
+
+    def what_if(self, endpoint: str, now: float, *, away: bool) -> list[EndpointRate]:
+        """Copies of the rules ``endpoint`` follows, as of the last round trip (every
+        process's grants; while away: this process's share), to play grants forward on."""
+        rates: list[EndpointRate] = []
+        for rule in self.entities_of(endpoint):
+            view = self.entity_view(rule)
+            view.prune(now)
+            limit = self.share_limit(view) if away else view.limit
+            if limit is None:
+                continue
+            grants = [t for t, _ in view.own] if away else view.grants
+            # Away, this process spaces its share evenly (no burst); in Redis a rule with
+            # no configured burst gets a sixth of its limit (the Lua scripts' rule).
+            burst = 1 if away else (rule.burst or max(1, limit // 6))
+            rates.append(
+                EndpointRate.seeded(
+                    rule.name, limit=limit, window=view.window, burst=burst, grants=grants
+                )
+            )
+        return rates
 
     def retry_jitter(self, endpoint: str, now: float, jitter: float) -> float:
         """How late to come back for a slot while other processes compete for it.

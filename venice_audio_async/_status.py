@@ -19,15 +19,19 @@ import attrs
 
 from ._budget import RequestBudget
 from ._clock import Clock
+from ._estimator import DurationEstimator
 from ._models import Job, Outcome, Processing, QueueRequest, Succeeded
 from ._scheduler import Scheduler
 
 __all__ = [
+    "PRIOR_RUN_SECONDS",
+    "EstimateSource",
     "JobPhase",
     "JobStatus",
     "JobWatch",
     "StatusBook",
     "expected_token_wait",
+    "run_time_left",
     "running_status",
 ]
 
@@ -38,8 +42,17 @@ JobPhase = Literal[
     "waiting_for_token", "queued", "running", "succeeded", "failed", "forgotten", "unknown"
 ]
 
+#: Where ``JobStatus.estimated_seconds_left`` came from; see :class:`JobStatus`.
+EstimateSource = Literal["job", "learned", "model_hint", "prior"]
+
 #: How many ended jobs the book remembers (oldest forgotten first).
 _REMEMBERED = 10_000
+
+#: The run time assumed for a job of a model nothing is known of yet: the API's "typical
+#: job time is about a minute". A placeholder, marked ``estimate_source="prior"``.
+PRIOR_RUN_SECONDS = 60.0
+#: Below this survival probability the mean time left is taken from the hazard rate.
+_TINY_SURVIVAL = 1e-9
 
 
 @attrs.frozen(kw_only=True)
@@ -59,8 +72,22 @@ class JobStatus:
 
     While running, ``average_execution_time`` is the server's estimate of the whole run
     (its P80) and ``execution_duration`` the time it had run at the last poll,
-    ``polled_seconds_ago`` seconds ago; ``estimated_seconds_left`` is the estimate less
-    the time run since queueing, never below 0.
+    ``polled_seconds_ago`` seconds ago.
+
+    ``estimated_seconds_left`` (never below 0) is there for every queued or running job,
+    from the best source known, which ``estimate_source`` names:
+
+    * ``"job"``: this job's own last ``retrieve`` answer: ``average_execution_time`` less
+      the time run since queueing;
+    * ``"learned"``: the run times of this model's jobs that finished in this session (once
+      enough did for a fit): the mean time left of a job that has run this long;
+    * ``"model_hint"``: the server's latest ``average_execution_time`` for this model
+      (another job's answer), less the time since this one was queued;
+    * ``"prior"``: nothing is known of the model yet: :data:`PRIOR_RUN_SECONDS` (60 s,
+      the API's typical job) less the time since queueing. A placeholder, not a measure.
+
+    (For a job attached or resumed here, "since queueing" counts from when this session
+    took it up, until its first answer says how long it has run.)
 
     .. versionadded:: 0.1.0
     """
@@ -73,6 +100,7 @@ class JobStatus:
     polled_seconds_ago: float | None = None
     estimated_seconds_left: float | None = None
     token_wait: float | None = None
+    estimate_source: EstimateSource | None = None
 
 
 def running_status(job: Job, processing: Processing, polled_seconds_ago: float) -> JobStatus:
@@ -89,7 +117,28 @@ def running_status(job: Job, processing: Processing, polled_seconds_ago: float) 
         execution_duration=ran,
         polled_seconds_ago=polled_seconds_ago,
         estimated_seconds_left=left,
+        estimate_source="job" if left is not None else None,
     )
+
+
+def run_time_left(
+    estimator: DurationEstimator, model: str, age: float
+) -> tuple[float, EstimateSource]:
+    """Seconds a job of ``model`` that has run ``age`` seconds has probably left, without
+    an answer of its own: learned run times, else the model's last server estimate, else
+    the prior (see :class:`JobStatus`)."""
+    stats = estimator.model_stats(model)
+    belief = estimator.belief(model) if stats.median is not None else None
+    if belief is not None:
+        tail = belief.survival(age)
+        if tail > _TINY_SURVIVAL:
+            left = (belief.mean - belief.integrated_survival(age)) / tail
+        else:  # far past every run seen: the hazard rate's mean wait
+            left = 1.0 / belief.hazard(age)
+        return max(0.0, left), "learned"
+    if stats.hint is not None:
+        return max(0.0, stats.hint - age), "model_hint"
+    return max(0.0, PRIOR_RUN_SECONDS - age), "prior"
 
 
 def expected_token_wait(budget: RequestBudget, endpoint: str, waiting: int, now: float) -> float:
@@ -153,7 +202,9 @@ class JobWatch:
         clock: Clock,
         submits_waiting: Mapping[int, QueueRequest],
         token_waiters: Mapping[str, int],
+        estimator: DurationEstimator,
     ) -> None:
+        self._estimator = estimator
         self._scheduler = scheduler
         self._book = book
         self._budget = budget
@@ -179,8 +230,15 @@ class JobWatch:
             ended: JobPhase = "succeeded" if isinstance(outcome, Succeeded) else "failed"
             return JobStatus(phase=ended, job=job, request=job.request)
         if running is None:
-            return JobStatus(phase="queued", job=job, request=job.request)
-        return running_status(job, running, now - polled_at)
+            status = JobStatus(phase="queued", job=job, request=job.request)
+        else:
+            status = running_status(job, running, now - polled_at)
+        if status.estimated_seconds_left is not None:
+            return status
+        tracked = self._scheduler.jobs.get(job.queue_id)
+        age = now - tracked.started if tracked is not None else 0.0
+        left, source = run_time_left(self._estimator, job.model, age)
+        return attrs.evolve(status, estimated_seconds_left=left, estimate_source=source)
 
     def forget(self, job: Job) -> None:
         """Stop tracking ``job``, noting and logging it; see ``AsyncSession.forget``.

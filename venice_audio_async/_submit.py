@@ -1,8 +1,9 @@
 """Paid submission: from a request to a polled job, without ever billing twice.
 
-One submit is: validate against the catalogue, estimate the price (when a spending limit or
-a journal needs it), hold the money and record the intent in the ledger, then ``queue``
-within the budget, then hand the job to the scheduler::
+One submit is: validate against the catalogue, estimate the price (from the catalogue's
+pricing; with a spending limit or a journal, ``quote`` when the catalogue cannot tell), hold
+the money and record the intent in the ledger, then ``queue`` within the budget, then hand
+the job to the scheduler::
 
     validate ─► estimate ─► ledger.intend ─► claim ─► queue ─► ledger.queued ─► track
                                                ▲        │ 429, 503, never sent: no job
@@ -127,10 +128,12 @@ class Submitter:
             entry = await self._ledger.by_key(key)
             if entry is not None:
                 return await self._known(entry, request, deadline=deadline)
-        # Estimates cost requests (catalogue, quote): only when a limit or journal needs them.
-        estimate = None
-        if self._ledger.needs_estimates:
+        if self._ledger.needs_estimates:  # may ask quote when the catalogue cannot tell
             estimate = await self._catalogue.estimate_cost(request, model=model)
+        else:
+            # Reported as spent all the same (statistics().spent_usd), from the catalogue's
+            # prices only: no request is added to the paid path for it.
+            estimate = self._catalogue.catalogue_price(request, model)
         target = self._destinations.target(destination)
         ticket = await self._ledger.intend(_intent(request, estimate, target, key, name))
         return await self.send(
@@ -419,6 +422,8 @@ class Submitter:
                 format=format_for_media_type(content_type) or "mp3",
                 size=entry.size or 0,
                 path=Path(entry.path) if entry.path else None,
+                queue_id=job.queue_id,
+                model=job.model,
             )
             self._scheduler.keep_outcome(Succeeded(job, audio, released=entry.released), sinks)
             return job

@@ -122,10 +122,11 @@ def build_parts(
     limiter = RequestLimiter(limits.max_concurrent_requests)
     ledger = Ledger(limit_usd=max_spend_usd, clock=clock, journal=journal)
     book = StatusBook()
+    estimator = DurationEstimator(bounds=polling or PollingBounds())
     scheduler = Scheduler(
         client=client,
         budget=budget,
-        estimator=DurationEstimator(bounds=polling or PollingBounds()),
+        estimator=estimator,
         clock=clock,
         retry=retry,
         # Polls hold only their share of the slots: the rest stay free for other calls.
@@ -191,6 +192,7 @@ def build_parts(
             clock=clock,
             submits_waiting=submitter.waiting,
             token_waiters=retrier.waiting,
+            estimator=estimator,
         ),
         statistics=StatisticsCollector(
             scheduler=scheduler,
