@@ -39,15 +39,16 @@ async def test_spent_usd_is_estimated_with_or_without_a_limit(
     assert fake_server.count("quote") == 0
 
 
-async def test_a_model_the_catalogue_cannot_price_counts_nothing_and_asks_nothing(
+async def test_without_validation_the_price_comes_from_the_catalogue_read_for_the_model(
     fake_server: FakeServer,
 ) -> None:
-    """validate=False before any catalogue was fetched: no price is known, none is asked."""
+    """validate=False still reads the catalogue once (unknown models are refused whatever
+    validate says), so the job is priced from it: no quote is asked."""
     fake_server.plan(JobScript(duration=1.0))
     async with make_session(fake_server, rate_limits=UNLIMITED) as session:
         await session.generate(MODEL, PROMPT, validate=False)
-        assert session.statistics().spent_usd == 0.0
-    assert fake_server.count("models") == 0
+        assert session.statistics().spent_usd == pytest.approx(0.24)
+    assert fake_server.count("models") == 1
     assert fake_server.count("quote") == 0
 
 

@@ -142,7 +142,7 @@ class Catalogue:
     def catalogue_price(self, request: QueueRequest, model: AudioModel | None) -> float | None:
         """The price of ``request`` in USD from the catalogue's pricing alone: ``model``'s
         row, else the cached one. Sends nothing; ``None`` when the catalogue cannot tell
-        (no pricing, or no catalogue fetched yet because validation is off)."""
+        (the model has no pricing, or no catalogue was read yet)."""
         row = model
         if row is None and self._models is not None:
             row = self._models.get(request.model)
