@@ -98,6 +98,18 @@ class RetryPolicy:
     ``Retry-After`` is honoured up to ``max_retry_after``. ``attempts`` counts the first
     try. :meth:`testing` gives a policy that never waits, for tests.
 
+    Polls are not given up after ``attempts``: a poll that fails in transit (dropped,
+    timed out, a gateway's 502 / 504, an HTML or empty body) is not the API's word on the
+    job, so the job is polled again with backoff (up to ``max_backoff`` apart) until it has
+    had no answer from the API for ``unreachable_after`` seconds; it then ends as
+    :class:`~venice_audio_async.JobUnreachable`, still paid for and resumable. The default,
+    15 minutes, outlasts the network blips and gateway restarts seen in practice (seconds
+    to minutes) while a real outage still ends ``results()`` in bounded time; how long
+    Venice keeps finished media is not documented, and nothing is lost by giving up, since
+    the job can be fetched later (``resume``, ``attach``). Only the API's own verdicts
+    end a job as failed: a JSON error body with 400, 404 or 422 at once, and 500 / 503
+    after ``attempts`` identical answers in a row.
+
     .. versionadded:: 0.1.0
     """
 
@@ -108,6 +120,7 @@ class RetryPolicy:
     jitter: float = attrs.field(default=0.5, validator=_non_negative)
     max_retry_after: float = attrs.field(default=60.0, validator=_non_negative)
     retry_queue_on_ambiguous_failure: bool = False
+    unreachable_after: float = attrs.field(default=900.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.attempts < 1:
