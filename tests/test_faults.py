@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+import attrs
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
@@ -107,24 +108,29 @@ async def test_connection_refused_is_typed_and_queue_retried() -> None:
 
 
 async def test_dns_failure_is_connect_error_and_retrieve_retried() -> None:
-    """A name that does not resolve is a ConnectError; safe calls are retried, then fail."""
+    """A name that does not resolve is a ConnectError; safe calls are retried, then fail;
+    a job's polls go on until it has been unreachable for ``unreachable_after``."""
     resolver = _FailingResolver()
     connector = aiohttp.TCPConnector(resolver=resolver)
     url = "https://api.venice.invalid/api/v1"
+    policy = attrs.evolve(FAST_RETRY, unreachable_after=60.0)
     async with (
         aiohttp.ClientSession(connector=connector) as http,
-        _session(url, http_session=http) as session,
+        _session(url, http_session=http, retry=policy) as session,
     ):
         with pytest.raises(v.ConnectError) as caught:
             await session.models()
+        assert resolver.calls == FAST_RETRY.attempts
         job = session.attach("stable-audio-25", "00000000-0000-4000-8000-000000000001")
         outcome = await session.wait_outcome(job)
     assert "api.venice.invalid" in str(caught.value)
     assert caught.value.request_sent is False
     assert isinstance(outcome, v.Failed)
-    assert isinstance(outcome.error, v.ConnectError)
-    # models and the poll are both safe to repeat: every attempt looked the name up again
-    assert resolver.calls == 2 * FAST_RETRY.attempts
+    assert isinstance(outcome.error, v.JobUnreachable)
+    assert isinstance(outcome.error.last_error, v.ConnectError)
+    assert outcome.error.waited >= 60.0
+    # the poll is safe to repeat: every attempt looked the name up again, past `attempts`
+    assert resolver.calls - FAST_RETRY.attempts > FAST_RETRY.attempts
 
 
 # --------------------------------------------------------------------------- queue

@@ -176,9 +176,9 @@ async def test_retrieves_never_exceed_the_budget(harness: Harness) -> None:
 
 
 async def test_failures_back_off_then_fail(harness: Harness) -> None:
-    """Server errors are retried with backoff, then the job fails with the error."""
+    """The API's 503 is retried with backoff, then the job fails with the error."""
     job = harness.client.add("doomed", 0.0)
-    error = v.ServiceUnavailableError("busy", status_code=503)
+    error = v.ServiceUnavailableError("busy", status_code=503, body={"error": "busy"})
     harness.client.fail["doomed"] = [error] * 10
     harness.scheduler.track(job, _memory_sink, elapsed=0.0)
     await harness.run_until(lambda: harness.scheduler.counts().failed == 1)
@@ -195,7 +195,9 @@ async def test_failures_back_off_then_fail(harness: Harness) -> None:
 async def test_job_errors_do_not_retry(harness: Harness) -> None:
     """A content-policy failure ends the job at the first answer."""
     job = harness.client.add("refused", 0.0)
-    harness.client.fail["refused"] = [v.ContentPolicyError("no", status_code=422)]
+    harness.client.fail["refused"] = [
+        v.ContentPolicyError("no", status_code=422, body={"error": "no"})
+    ]
     harness.scheduler.track(job, _memory_sink, elapsed=0.0)
     await harness.run_until(lambda: harness.scheduler.counts().failed == 1)
     assert len(harness.client.retrieves) == 1

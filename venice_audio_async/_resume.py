@@ -51,7 +51,6 @@ from ._errors import (
     PermissionDeniedError,
     QueueOutcomeUnknown,
     RequestTimeout,
-    ResponseTooLarge,
     SpendLimitExceeded,
     TransportError,
     TruncatedResponse,
@@ -62,14 +61,15 @@ from ._models import Job
 from ._scheduler import Scheduler
 from ._submit import Destination, Submitter
 
-__all__ = ["ResumeReport", "Resumer", "Step", "has_work", "may_fetch_again", "step_for"]
+__all__ = ["ResumeReport", "Resumer", "has_work", "may_fetch_again", "step_for"]
 
 log = logging.getLogger("venice_audio_async")
 
 
 #: Errors a job was marked failed with although the API never judged it: storing the
 #: audio failed, or a poll failed in transit (earlier versions ended a job after a few
-#: such polls), or the key was refused. The media may still wait on the server.
+#: such polls), or the key was refused. The media may still wait on the server. (Not
+#: ResponseTooLarge: the same answer would be as large again.)
 _NO_VERDICT = frozenset(
     cls.__name__
     for cls in (
@@ -80,7 +80,6 @@ _NO_VERDICT = frozenset(
         ConnectionDropped,
         TruncatedResponse,
         MalformedResponse,
-        ResponseTooLarge,  # fetchable to a file, or under a larger cap
         JobUnreachable,
         AuthenticationError,
         PaymentRequiredError,
