@@ -494,7 +494,6 @@ async def test_502_with_html_or_empty_body_is_a_typed_error(
 
 async def test_502_bursts_on_polls_are_retried(fake_server: FakeServer) -> None:
     """HTML 502s from a proxy in front of retrieve are retried; the job arrives."""
-    fake_server.plan(JobScript(duration=0.0))
     html, content_type = _BODIES["html"]
     async with _session(fake_server) as session:
         job = await session.submit("stable-audio-25", "behind a flaky proxy")
@@ -507,6 +506,153 @@ async def test_502_bursts_on_polls_are_retried(fake_server: FakeServer) -> None:
         audio = await session.wait_for(job)
     assert audio.data == fake_server.audio_for(job.queue_id)
     assert [r.status for r in _for_job(fake_server, "retrieve", job.queue_id)] == [502, 502, 200]
+
+
+# --------------------------------------------------------------------------- failed polls
+
+#: Waits capped low enough that a long run of failed polls costs little real time, and
+#: high enough above the real-time noise (1 ms of it is a virtual second) to be told.
+POLL_RETRY = v.RetryPolicy(initial_backoff=10.0, max_backoff=20.0, jitter=0.0)
+
+
+async def test_polls_dropped_past_the_attempts_do_not_fail_the_job(
+    fake_server: FakeServer, tmp_path: Path
+) -> None:
+    """Eight dropped polls in a row (more than ``attempts``) are no verdict on the job: it
+    is polled on, with waits capped at max_backoff, and delivered and journaled."""
+    journal = tmp_path / "j.sqlite3"
+    async with make_client(fake_server) as client:  # queued first: no poll before the faults
+        fake_server.plan(JobScript(duration=0.0))
+        queued = await client.queue(v.QueueRequest("stable-audio-25", "a blip on the network"))
+    fake_server.inject("retrieve", Fault.drop(), times=8, queue_id=queued.queue_id)
+    async with _session(fake_server, retry=POLL_RETRY, journal=journal) as session:
+        job = session.attach(queued.model, queued.queue_id)
+        audio = await session.wait_for(job)
+    assert audio.data == fake_server.audio_for(job.queue_id)
+    polls = _for_job(fake_server, "retrieve", job.queue_id)
+    assert [r.status for r in polls] == [0] * 8 + [200]
+    # Waits of 10, 20, 20, ... s: capped at max_backoff (uncapped they would add up to
+    # 1270 s); the scheduler's tests check the cap exactly, in virtual time.
+    assert polls[-1].time - polls[0].time < 600.0
+
+
+async def test_status_answers_that_never_come_do_not_fail_the_job(fake_server: FakeServer) -> None:
+    """Six polls cut at ``Timeouts.status`` (a server that never answers them) do not end
+    the job: it is polled again and delivered once the answers come."""
+    async with make_client(fake_server) as client:
+        fake_server.plan(JobScript(duration=0.0))
+        queued = await client.queue(v.QueueRequest("stable-audio-25", "a server that drips"))
+    fake_server.inject("retrieve", Fault.delay(120.0), times=6, queue_id=queued.queue_id)
+    timeouts = v.Timeouts(status=0.01)  # real seconds: 10 virtual seconds
+    async with _session(fake_server, retry=POLL_RETRY, timeouts=timeouts) as session:
+        job = session.attach(queued.model, queued.queue_id)
+        audio = await session.wait_for(job)
+    assert audio.data == fake_server.audio_for(job.queue_id)
+    statuses = [r.status for r in _for_job(fake_server, "retrieve", job.queue_id)]
+    assert statuses[-1] == 200
+    assert len(statuses) == 7
+
+
+async def test_gateway_and_proxy_answers_do_not_fail_the_job(fake_server: FakeServer) -> None:
+    """502 / 504 from a gateway and a 500 / 404 with a proxy's HTML body are not the API's
+    word on the job: more of them than ``attempts`` leave it to be delivered."""
+    html, content_type = _BODIES["html"]
+    faults = [
+        Fault.status(502, body=html, content_type=content_type),
+        Fault.status(504, body=b"", content_type="text/plain"),
+        Fault.status(502),  # even with a JSON body: a gateway's, not the origin's
+        Fault.status(500, body=html, content_type=content_type),
+        Fault.status(404, body=html, content_type=content_type),
+        Fault.status(503, body=b"", content_type="text/plain"),
+    ]
+    async with make_client(fake_server) as client:
+        fake_server.plan(JobScript(duration=0.0))
+        queued = await client.queue(v.QueueRequest("stable-audio-25", "behind a gateway"))
+    for fault in faults:
+        fake_server.inject("retrieve", fault, queue_id=queued.queue_id)
+    async with _session(fake_server, retry=POLL_RETRY) as session:
+        job = session.attach(queued.model, queued.queue_id)
+        audio = await session.wait_for(job)
+    assert audio.data == fake_server.audio_for(job.queue_id)
+    statuses = [r.status for r in _for_job(fake_server, "retrieve", job.queue_id)]
+    assert statuses == [502, 504, 502, 500, 404, 503, 200]
+
+
+async def _drain_retrieve_faults(server: FakeServer, job: v.Job) -> None:
+    """Use up the faults still waiting for ``job``'s polls (a fault cannot be withdrawn)."""
+    async with make_client(server) as client:
+        while server.pending_faults("retrieve"):
+            with pytest.raises(v.TransportError):
+                await client.retrieve(v.RetrieveRequest(job.model, job.queue_id))
+
+
+async def test_a_job_unreachable_for_too_long_ends_unreachable_and_resumable(
+    fake_server: FakeServer, tmp_path: Path
+) -> None:
+    """Polls failing for ``unreachable_after`` end the job as JobUnreachable (results()
+    ends); the journal keeps it queued, and resume delivers it once the network is back."""
+    fake_server.plan(JobScript(duration=30.0), JobScript(duration=0.0))
+    journal = tmp_path / "j.sqlite3"
+    policy = v.RetryPolicy(initial_backoff=1.0, max_backoff=4.0, unreachable_after=60.0)
+    options: dict[str, Any] = {"retry": policy, "journal": journal, "output_dir": tmp_path}
+    async with _session(fake_server, **options) as session:
+        # Queued through the session (journaled), running long enough for the faults
+        # to meet its polls.
+        cut = await session.submit("stable-audio-25", "a job behind a cut cable")
+        fake_server.inject("retrieve", Fault.drop(), times=500, queue_id=cut.queue_id)
+        fine = await session.submit("stable-audio-25", "a job that arrives")
+        async with session.results([cut, fine]) as results:
+            outcomes = {o.job.queue_id: o async for o in results}
+        assert session.journal is not None
+        rows = {e.queue_id: e for e in await session.journal.entries()}
+    assert isinstance(outcomes[fine.queue_id], v.Succeeded)
+    unreachable = outcomes[cut.queue_id]
+    match unreachable:
+        case v.Failed(error=v.JobUnreachable() as error):
+            assert error.job == cut
+            assert error.waited >= 60.0
+            assert isinstance(error.last_error, v.ConnectionDropped)
+            assert error.__cause__ is error.last_error
+        case _:
+            pytest.fail(f"not unreachable: {unreachable!r}")
+    assert rows[cut.queue_id].state is v.JobState.QUEUED  # resumable
+    assert rows[fine.queue_id].state is v.JobState.SUCCEEDED
+    assert _for_job(fake_server, "complete", cut.queue_id) == []
+    polls = _for_job(fake_server, "retrieve", cut.queue_id)
+    assert len(polls) > policy.attempts
+
+    await _drain_retrieve_faults(fake_server, cut)
+    async with _session(fake_server, **options) as session:
+        report = await session.resume()
+        assert report.attached == 1
+        audio = await session.wait_for(report.jobs[0])
+    assert audio.path is not None
+    assert audio.path.read_bytes() == fake_server.audio_for(cut.queue_id)
+    assert fake_server.count("queue") == 2
+
+
+async def test_a_refused_key_on_a_poll_stops_polling_and_keeps_the_job(
+    fake_server: FakeServer, tmp_path: Path
+) -> None:
+    """A 401 on a poll raises to the caller at once, is not retried (no failures piled up
+    in the API's window), and leaves the job queued in the journal for resume."""
+    fake_server.plan(JobScript(duration=5.0))
+    journal = tmp_path / "j.sqlite3"
+    options: dict[str, Any] = {"journal": journal, "output_dir": tmp_path}
+    async with _session(fake_server, **options) as session:
+        job = await session.submit("stable-audio-25", "a key revoked mid-job")
+        fake_server.inject("retrieve", Fault.status(401), queue_id=job.queue_id)
+        with pytest.raises(v.AuthenticationError):
+            await session.wait_for(job)
+        assert session.journal is not None
+        (entry,) = await session.journal.entries()
+    assert entry.state is v.JobState.QUEUED
+    assert [r.status for r in _for_job(fake_server, "retrieve", job.queue_id)][-1] == 401
+    async with _session(fake_server, **options) as session:
+        report = await session.resume()
+        audio = await session.wait_for(report.jobs[0])
+    assert audio.path is not None
+    assert audio.path.read_bytes() == fake_server.audio_for(job.queue_id)
 
 
 # --------------------------------------------------------------------------- size cap

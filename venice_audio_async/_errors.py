@@ -326,10 +326,11 @@ class JobDeadlineExceeded(VeniceError, TimeoutError):
 
 
 class JobUnreachable(VeniceError):
-    """The API said nothing about a paid job for ``RetryPolicy.unreachable_after`` seconds.
+    """The API gave no verdict on a paid job for ``RetryPolicy.unreachable_after`` seconds.
 
     Every poll of that stretch failed in transit (dropped connections, timeouts, a
-    gateway's 502 / 504, answers that were not the API's JSON), so the job was not judged:
+    gateway's 502 / 504, answers that were not the API's JSON) or met a 500 / 503 that
+    never settled into the same answer repeated, so the job was not judged:
     it may well be finished, its media waiting on the server. Keep ``job.queue_id``. With a
     journal the job stays "queued" and ``resume`` fetches it; without one, pick it up with
     ``AsyncSession.attach(job.model, job.queue_id)``. ``waited`` is the seconds without an
@@ -343,7 +344,7 @@ class JobUnreachable(VeniceError):
         self.waited = waited
         self.last_error = last_error
         super().__init__(
-            f"job {job.queue_id} ({job.model}): no answer from the API for {waited:.1f}s "
+            f"job {job.queue_id} ({job.model}): no verdict from the API for {waited:.1f}s "
             f"(last: {type(last_error).__name__}: {last_error}); it was paid for and may be "
             "finished: fetch it later (resume, or attach with its queue_id)"
         )

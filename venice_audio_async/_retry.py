@@ -251,9 +251,9 @@ class Retrier:
     ) -> float:
         """For the poller, after ``failures`` earlier failed polls of job ``queue_id`` (that
         :func:`judge_poll` did not end): seconds until the next poll. A 429 waits 0 s (the
-        budget holds the pause). ``unreached``: seconds the job has had no word from the
-        API, if none. Logs the retry as :meth:`call` does, naming the job; past
-        ``attempts`` only at DEBUG, as a job may be retried for long."""
+        budget holds the pause). ``unreached``: seconds the job has gone without a verdict
+        from the API. Logs the retry as :meth:`call` does, naming the job; past
+        ``attempts`` once as a warning, then at DEBUG, as a job may be retried for long."""
         if isinstance(error, RateLimitError):
             return 0.0
         delay = self.backoff(failures + 1)
@@ -262,29 +262,19 @@ class Retrier:
         what = f"retrieve of job {queue_id}"
         if failures + 1 < self.policy.attempts:
             _log_retry(what, error, failures + 1, self.policy.attempts, delay, fields)
-        elif unreached is not None:
-            level = logging.WARNING if failures + 1 == self.policy.attempts else logging.DEBUG
-            log.log(
-                level,
-                "%s failed (%s) %d times, no answer from the API for %.1f s; polling it again "
-                "in %.2f s, until %.0f s without one",
-                what,
-                type(error).__name__,
-                failures + 1,
-                unreached,
-                delay,
-                self.policy.unreachable_after,
-                extra=fields,
-            )
-        else:
-            log.info(
-                "%s answered %s again (%d); asking again in %.2f s",
-                what,
-                type(error).__name__,
-                failures + 1,
-                delay,
-                extra=fields,
-            )
+            return delay
+        log.log(
+            logging.WARNING if failures + 1 == self.policy.attempts else logging.DEBUG,
+            "%s failed (%s) %d times, no verdict from the API for %.1f s; polling it again "
+            "in %.2f s, until %.0f s without one",
+            what,
+            type(error).__name__,
+            failures + 1,
+            unreached or 0.0,
+            delay,
+            self.policy.unreachable_after,
+            extra=fields,
+        )
         return delay
 
     async def call(

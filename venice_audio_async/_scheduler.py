@@ -500,20 +500,20 @@ class Scheduler:
         unreached: float | None = None
         if verdict is PollVerdict.REPEAT:
             assert isinstance(error, APIStatusError)
-            tracked.unreached_since = None  # the API answered
             answer = (error.status_code, error.message)
             tracked.repeats = tracked.repeats + 1 if answer == tracked.answer else 1
             tracked.answer = answer
             if tracked.repeats >= self._retry.attempts:
                 await self._finish(tracked, Failed(tracked.job, error))
                 return
-        elif verdict is PollVerdict.UNREACHED:
+        if verdict is not PollVerdict.WAIT:
+            # Errors that never settle into a verdict (varying 5xx, transit) end it too.
             if tracked.unreached_since is None:
                 tracked.unreached_since = sent
             unreached = now - tracked.unreached_since
             if unreached >= self._retry.unreachable_after:
                 log.warning(
-                    "job %s: no answer from the API for %.0f s (last: %s); it is kept to be "
+                    "job %s: no verdict from the API for %.0f s (last: %s); it is kept to be "
                     "fetched later",
                     tracked.job.queue_id,
                     unreached,
