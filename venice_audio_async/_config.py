@@ -101,14 +101,14 @@ class RetryPolicy:
     Polls are not given up after ``attempts``: a poll that fails in transit (dropped,
     timed out, a gateway's 502 / 504, an HTML or empty body) is not the API's word on the
     job, so the job is polled again with backoff (up to ``max_backoff`` apart) until it has
-    had no answer from the API for ``unreachable_after`` seconds; it then ends as
-    :class:`~venice_audio_async.JobUnreachable`, still paid for and resumable. The default,
-    15 minutes, outlasts the network blips and gateway restarts seen in practice (seconds
-    to minutes) while a real outage still ends ``results()`` in bounded time; how long
-    Venice keeps finished media is not documented, and nothing is lost by giving up, since
-    the job can be fetched later (``resume``, ``attach``). Only the API's own verdicts
-    end a job as failed: a JSON error body with 400, 404 or 422 at once, and 500 / 503
-    after ``attempts`` identical answers in a row.
+    had no verdict from the API for ``unreachable_after`` seconds (and ``attempts`` polls
+    at least); it then ends as :class:`~venice_audio_async.JobUnreachable`, still paid for
+    and resumable. The default, 15 minutes, outlasts the network blips and gateway restarts
+    seen in practice (seconds to minutes) while a real outage still ends ``results()`` in
+    bounded time; how long Venice keeps finished media is not documented, and nothing is
+    lost by giving up, since the job can be fetched later (``resume``, ``attach``). Only
+    the API's own verdicts end a job as failed: a JSON error body with 400, 404 or 422 at
+    once, and 500 / 503 after ``attempts`` identical answers in a row.
 
     .. versionadded:: 0.1.0
     """

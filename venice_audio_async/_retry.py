@@ -252,8 +252,9 @@ class Retrier:
         """For the poller, after ``failures`` earlier failed polls of job ``queue_id`` (that
         :func:`judge_poll` did not end): seconds until the next poll. A 429 waits 0 s (the
         budget holds the pause). ``unreached``: seconds the job has gone without a verdict
-        from the API. Logs the retry as :meth:`call` does, naming the job; past
-        ``attempts`` once as a warning, then at DEBUG, as a job may be retried for long."""
+        from the API. Logs the retry as :meth:`call` does (INFO), naming the job; past
+        ``attempts`` at DEBUG, as a job may be retried for long (a warning comes only if it
+        is given up on)."""
         if isinstance(error, RateLimitError):
             return 0.0
         delay = self.backoff(failures + 1)
@@ -264,7 +265,7 @@ class Retrier:
             _log_retry(what, error, failures + 1, self.policy.attempts, delay, fields)
             return delay
         log.log(
-            logging.WARNING if failures + 1 == self.policy.attempts else logging.DEBUG,
+            logging.INFO if failures + 1 == self.policy.attempts else logging.DEBUG,
             "%s failed (%s) %d times, no verdict from the API for %.1f s; polling it again "
             "in %.2f s, until %.0f s without one",
             what,

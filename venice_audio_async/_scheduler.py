@@ -416,7 +416,7 @@ class Scheduler:
     async def _poll(self, tracked: TrackedJob) -> TrackedJob | None:  # and the next, if any
         request = tracked.request(delete=self._release == "delete_on_retrieve")
         answer: Processing | AudioResult | VeniceError
-        sent = self._clock.monotonic()
+        sent = math.inf
         try:
             with attempt_context(tracked.failures + 1):  # for the request's log record
                 async with self._limiter:
@@ -427,6 +427,7 @@ class Scheduler:
                         self._schedule(tracked, self._clock.monotonic())
                         return None
                     self._counts["polls"] += 1
+                    sent = self._clock.monotonic()  # (the wait for a slot is ours, not the API's)
                     answer = await self._client.retrieve(request, sink=tracked.sink_factory())
         except VeniceError as error:
             answer = error
@@ -509,9 +510,11 @@ class Scheduler:
         if verdict is not PollVerdict.WAIT:
             # Errors that never settle into a verdict (varying 5xx, transit) end it too.
             if tracked.unreached_since is None:
-                tracked.unreached_since = sent
+                tracked.unreached_since = min(sent, now)
             unreached = now - tracked.unreached_since
-            if unreached >= self._retry.unreachable_after:
+            # Given up on only with evidence: the time, and at least `attempts` polls.
+            tried = tracked.failures + 1 >= self._retry.attempts
+            if tried and unreached >= self._retry.unreachable_after:
                 log.warning(
                     "job %s: no verdict from the API for %.0f s (last: %s); it is kept to be "
                     "fetched later",
