@@ -252,7 +252,7 @@ class Retrier:
         """For the poller, after ``failures`` earlier failed polls of job ``queue_id`` (that
         :func:`judge_poll` did not end): seconds until the next poll. A 429 waits 0 s (the
         budget holds the pause). ``unreached``: seconds the job has gone without a verdict
-        from the API. Logs the retry as :meth:`call` does (INFO), naming the job; past
+        from the API. Logs the retry at INFO, naming the job; past
         ``attempts`` at DEBUG, as a job may be retried for long (a warning comes only if it
         is given up on)."""
         if isinstance(error, RateLimitError):
@@ -262,7 +262,15 @@ class Retrier:
         fields["queue_id"] = queue_id
         what = f"retrieve of job {queue_id}"
         if failures + 1 < self.policy.attempts:
-            _log_retry(what, error, failures + 1, self.policy.attempts, delay, fields)
+            # No "of N": polls go on past ``attempts`` while the API gives no verdict.
+            log.info(
+                "%s failed (%s); polling again (%d) in %.2f s",
+                what,
+                type(error).__name__,
+                failures + 1,
+                delay,
+                extra=fields,
+            )
             return delay
         log.log(
             logging.INFO if failures + 1 == self.policy.attempts else logging.DEBUG,
@@ -361,7 +369,7 @@ def _log_retry(
     delay: float,
     fields: dict[str, object],
 ) -> None:
-    """The one INFO record of a retry, whichever loop retries."""
+    """The one INFO record of a retry of :meth:`Retrier.call`."""
     log.info(
         "%s failed (%s); retry %d of %d in %.2f s",
         what,
