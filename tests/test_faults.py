@@ -495,6 +495,7 @@ async def test_502_with_html_or_empty_body_is_a_typed_error(
 
 async def test_502_bursts_on_polls_are_retried(fake_server: FakeServer) -> None:
     """HTML 502s from a proxy in front of retrieve are retried; the job arrives."""
+    fake_server.plan(JobScript(duration=0.0))
     html, content_type = _BODIES["html"]
     async with _session(fake_server) as session:
         job = await session.submit("stable-audio-25", "behind a flaky proxy")
