@@ -355,3 +355,33 @@ async def test_a_poll_waiting_for_a_slot_is_not_sent_during_a_pause() -> None:
         await harness.run_until(lambda: len(client.retrieves) >= 2)
         assert client.retrieves[1][0] >= 10.0
         tg.cancel_scope.cancel()
+
+
+async def test_the_testing_policy_gives_up_after_its_attempts_without_waiting() -> None:
+    """RetryPolicy.testing() never waits, so its polls could never reach a time limit on a
+    clock that only moves when told: a job whose polls fail ``attempts`` times in a row
+    ends unreachable there and then."""
+    clock = v.ManualClock()
+    client = StubClient(clock, hint=60.0)
+    budget = LocalBudget(clock=clock, rates={"retrieve": RateLimit(per_minute=120, burst=120)})
+    scheduler = Scheduler(
+        client=cast(VeniceClient, client),
+        budget=budget,
+        estimator=DurationEstimator(bounds=PollingBounds()),
+        clock=clock,
+        retry=v.RetryPolicy.testing(attempts=3),
+        limiter=RequestLimiter(4),
+    )
+    job = client.add("gone", 0.0)
+    client.fail["gone"] = [v.ConnectionDropped("dropped", endpoint="retrieve")] * 100
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        harness = Harness(clock, client, scheduler)
+        scheduler.track(job, _memory_sink, elapsed=None)
+        await harness.settle()
+        tg.cancel_scope.cancel()
+    assert clock.monotonic() == 0.0
+    assert len(client.retrieves) == 3
+    outcome = scheduler.jobs.outcome_of("gone")
+    assert isinstance(outcome, v.Failed)
+    assert isinstance(outcome.error, v.JobUnreachable)
