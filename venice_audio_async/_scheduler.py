@@ -27,8 +27,8 @@ timed out, a gateway's 502 / 504) is polled on until ``RetryPolicy.unreachable_a
 without an answer, then ends as :class:`~venice_audio_async.JobUnreachable`. A 401 / 402 /
 403 stops every job's polling at once (a refused key would only fill the API's
 failed-request window): each waiting job ends with that error. Both leave the journal's
-row "queued", for ``resume``. Consumers only read
-streams, so breaking out of a loop or being cancelled cannot corrupt the scheduler.
+row "queued", for ``resume``. Consumers only read streams, so breaking out of a loop or
+being cancelled cannot corrupt the scheduler.
 
 When a finished job moves its model's fit, or the price falls, due times may come earlier.
 A re-key only ever moves a job earlier, and a job keyed too early is put back when popped, so
@@ -42,7 +42,8 @@ job.
 
 Guarantee: a tracked ``queue_id`` is never dropped, and every tracked job is polled until it
 ends, whether or not a consumer waits on it right now (it is paid for). It ends delivered,
-failed with its error, or handed back as unfinished (the session closed while it was still
+failed with the API's verdict, kept to be fetched later (unreachable, a refused key, its
+deadline passed), or handed back as unfinished (the session closed while it was still
 running). A finished outcome belongs to the scheduler's :class:`~._job_table.JobTable` until
 a consumer *takes* it (:meth:`Scheduler.take`, called when a stream yields it): an outcome
 pushed into a stream whose consumer left stays there, listed as finished. In-memory audio
