@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import pytest
 
-from venice_audio_async import Journal, QueueRequest
+from venice_audio_async import FileSink, Journal, QueueRequest
 from venice_audio_async._cli import main
 from venice_audio_async._cli.folder import FAKE_STATE_NAME, JOURNAL_NAME
 from venice_audio_async._cli.parser import build_parser
@@ -295,6 +295,32 @@ def test_resume_of_a_finished_batch_says_so(
     assert "nothing to resume: every line of the batch" in err
     assert "(2 succeeded)" in err
     assert FAKE not in err
+
+
+def test_resume_fetches_lines_whose_audio_could_not_be_stored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines that failed only because the disk was full are fetched again by resume once
+    space is freed (the library's resume would: the CLI asks the same rule)."""
+    out = tmp_path / "out"
+    batch = _tracks(tmp_path / "b.jsonl", 3)
+
+    async def disk_full(self: FileSink, size: int) -> tuple[bytes | None, Path | None]:
+        await self.abort()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FileSink, "finish", disk_full)
+        assert main(["batch", str(batch), "--out", str(out), "--fake", "--plain"]) == 1
+    assert [row["state"] for row in _manifest(out)] == ["failed"] * 3
+    capsys.readouterr()
+    assert main(["resume", str(out), "--fake", "--plain"]) == 0
+    err = capsys.readouterr().err
+    assert "nothing to resume" not in err
+    rows = _manifest(out)
+    assert [row["state"] for row in rows] == ["succeeded"] * 3
+    assert all((out / row["file"]).stat().st_size > 0 for row in rows)
+    assert len(_fake_queued(out)) == 3  # fetched, not queued again
 
 
 def test_fake_and_real_batches_are_not_mixed(

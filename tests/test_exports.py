@@ -160,6 +160,7 @@ def test_private_modules_public_names_are_exported() -> None:
         "TokenTooLate",
         "TrackedJob",
         "Verdict",
+        "PollVerdict",
         "WindowPacer",
         "Waiter",
         "error_from_response",

@@ -14,7 +14,14 @@ from tests.conftest import make_session
 from venice_audio_async._budget import LocalBudget
 from venice_audio_async._config import RateLimit
 from venice_audio_async._limiter import RequestLimiter
-from venice_audio_async._retry import Retrier, Verdict, decide, queue_answer_lost
+from venice_audio_async._retry import (
+    PollVerdict,
+    Retrier,
+    Verdict,
+    decide,
+    judge_poll,
+    queue_answer_lost,
+)
 from venice_audio_async.testing import FakeServer, Fault
 
 pytestmark = pytest.mark.anyio
@@ -196,20 +203,64 @@ async def test_a_quote_429_costs_no_attempt(fake_server: FakeServer) -> None:
     assert fake_server.count("quote") == 2
 
 
-def test_retry_in_applies_the_same_rule_for_a_rescheduling_caller() -> None:
-    """The poller's retries follow the one rule: a 429 waits without costing an attempt,
-    a dropped connection backs off and counts, the last attempt gives up, and a failed
-    job (a 400) gives up at once."""
+def _json(cls: type[v.APIStatusError], status: int) -> v.APIStatusError:
+    return cls("x", status_code=status, body={"error": "x"})
+
+
+_HTML = "<html><body>502 Bad Gateway</body></html>"
+
+
+@pytest.mark.parametrize(
+    ("error", "verdict"),
+    [
+        (_limited(), PollVerdict.WAIT),
+        (_json(v.BadRequestError, 400), PollVerdict.FINAL),
+        (_json(v.InvalidQueueIdError, 400), PollVerdict.FINAL),
+        (_json(v.MediaNotFoundError, 404), PollVerdict.FINAL),
+        (_json(v.ContentPolicyError, 422), PollVerdict.FINAL),
+        (v.ResponseTooLarge("big"), PollVerdict.FINAL),
+        (_json(v.InferenceFailedError, 500), PollVerdict.REPEAT),
+        (_json(v.ServiceUnavailableError, 503), PollVerdict.REPEAT),
+        (_json(v.ServerError, 502), PollVerdict.UNREACHED),
+        (_json(v.ServerError, 504), PollVerdict.UNREACHED),
+        (_json(v.APIStatusError, 408), PollVerdict.UNREACHED),
+        (v.ServerError("x", status_code=502, body=_HTML), PollVerdict.UNREACHED),
+        (v.InferenceFailedError("x", status_code=500, body=_HTML), PollVerdict.UNREACHED),
+        (v.ServiceUnavailableError("x", status_code=503), PollVerdict.UNREACHED),  # empty body
+        (v.NotFoundError("x", status_code=404, body=_HTML), PollVerdict.UNREACHED),
+        (v.ConnectionDropped("x", endpoint="retrieve"), PollVerdict.UNREACHED),
+        (v.RequestTimeout("x", endpoint="retrieve"), PollVerdict.UNREACHED),
+        (v.TruncatedResponse("x", endpoint="retrieve"), PollVerdict.UNREACHED),
+        (v.MalformedResponse("x", endpoint="retrieve"), PollVerdict.UNREACHED),
+        (v.ConnectError("x", endpoint="retrieve"), PollVerdict.UNREACHED),
+        (_json(v.AuthenticationError, 401), PollVerdict.KEY_REFUSED),
+        (_json(v.PaymentRequiredError, 402), PollVerdict.KEY_REFUSED),
+        (v.PermissionDeniedError("x", status_code=403, body=_HTML), PollVerdict.KEY_REFUSED),
+    ],
+    ids=lambda x: (
+        f"{type(x).__name__}-{getattr(x, 'body', None) is not None}"
+        if isinstance(x, Exception)
+        else x.value
+    ),
+)
+def test_only_the_apis_verdict_ends_a_polled_job(
+    error: v.VeniceError, verdict: PollVerdict
+) -> None:
+    """A poll's failure ends its job only when the API's JSON says so; transport trouble,
+    a proxy's HTML or empty body and a gateway's 502 / 504 are no verdict."""
+    assert judge_poll(error) is verdict
+
+
+def test_a_poll_backs_off_up_to_max_backoff() -> None:
+    """The poller's waits grow with the failures in a row and stop at max_backoff; a 429
+    waits 0 s (the budget holds the pause)."""
     retrier = _retrier(v.ManualClock(), [])
-    assert retrier.retry_in("retrieve", _limited(), 2) == (0.0, 2)
     dropped = v.ConnectError("refused", endpoint="retrieve")
-    retry = retrier.retry_in("retrieve", dropped, 0)
-    assert retry is not None
-    delay, failures = retry
-    assert failures == 1
-    assert POLICY.initial_backoff * (1 - POLICY.jitter) <= delay <= POLICY.initial_backoff * 1.5
-    assert retrier.retry_in("retrieve", dropped, POLICY.attempts - 1) is None
-    assert retrier.retry_in("retrieve", _status(v.BadRequestError, 400), 0) is None
+    assert retrier.poll_again_in(_limited(), 2, queue_id="q", unreached=None) == 0.0
+    first = retrier.poll_again_in(dropped, 0, queue_id="q", unreached=0.0)
+    assert POLICY.initial_backoff * (1 - POLICY.jitter) <= first <= POLICY.initial_backoff * 1.5
+    late = retrier.poll_again_in(dropped, 50, queue_id="q", unreached=600.0)
+    assert late <= POLICY.max_backoff * (1 + POLICY.jitter / 2)
 
 
 async def _settle() -> None:

@@ -176,9 +176,9 @@ async def test_retrieves_never_exceed_the_budget(harness: Harness) -> None:
 
 
 async def test_failures_back_off_then_fail(harness: Harness) -> None:
-    """Server errors are retried with backoff, then the job fails with the error."""
+    """The API's 503 is retried with backoff, then the job fails with the error."""
     job = harness.client.add("doomed", 0.0)
-    error = v.ServiceUnavailableError("busy", status_code=503)
+    error = v.ServiceUnavailableError("busy", status_code=503, body={"error": "busy"})
     harness.client.fail["doomed"] = [error] * 10
     harness.scheduler.track(job, _memory_sink, elapsed=0.0)
     await harness.run_until(lambda: harness.scheduler.counts().failed == 1)
@@ -192,10 +192,94 @@ async def test_failures_back_off_then_fail(harness: Harness) -> None:
     assert outcome.error is error
 
 
+async def test_failed_polls_back_off_to_the_cap_then_end_unreachable(harness: Harness) -> None:
+    """Polls failing in transit are no verdict: the job is polled past ``attempts``, the
+    waits grow to max_backoff and stay there, and after ``unreachable_after`` without an
+    answer it ends as JobUnreachable (carrying the last error) and is polled no more."""
+    job = harness.client.add("cut", 0.0)
+    dropped = v.ConnectionDropped("dropped", endpoint="retrieve")
+    harness.client.fail["cut"] = [dropped] * 1000
+    harness.scheduler.track(job, _memory_sink, elapsed=0.0)
+    await harness.run_until(lambda: harness.scheduler.counts().failed == 1)
+    policy = v.RetryPolicy()
+    times = [t for t, _ in harness.client.retrieves]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps[:4] == pytest.approx([2.0, 4.0, 8.0, 16.0])  # initial_backoff 2, jitter 0
+    assert all(gap == pytest.approx(policy.max_backoff) for gap in gaps[4:])
+    assert times[-1] - times[0] >= policy.unreachable_after
+    assert times[-2] - times[0] < policy.unreachable_after
+    outcome = harness.scheduler.jobs.outcome_of("cut")
+    assert isinstance(outcome, v.Failed)
+    assert isinstance(outcome.error, v.JobUnreachable)
+    assert outcome.error.last_error is dropped
+    polls = len(harness.client.retrieves)
+    harness.clock.advance(10_000.0)
+    await harness.settle()
+    assert len(harness.client.retrieves) == polls
+
+
+async def test_an_answer_ends_a_run_of_failed_polls(harness: Harness) -> None:
+    """A job whose polls fail for most of ``unreachable_after``, answer once, then fail
+    again, is judged from the answer on: it is delivered, not given up on."""
+    job = harness.client.add("flaky", 3000.0, hint=3000.0)
+    dropped = v.RequestTimeout("slow", endpoint="retrieve")
+    harness.client.fail["flaky"] = [dropped] * 25  # about 660 s of failed polls
+    harness.scheduler.track(job, _memory_sink, elapsed=0.0)
+    await harness.run_until(lambda: len(harness.client.retrieves) == 26)  # one answer
+    harness.client.fail["flaky"] = [dropped] * 25  # as long again: 1320 s in all
+    await harness.run_until(lambda: harness.scheduler.counts().succeeded == 1)
+    assert harness.scheduler.counts().failed == 0
+    times = [t for t, _ in harness.client.retrieves]
+    assert times[50] - times[0] > v.RetryPolicy().unreachable_after
+
+
+async def test_api_5xx_ends_a_job_only_when_repeated_identically(harness: Harness) -> None:
+    """The API's 500 / 503 is its verdict only once the same answer came ``attempts``
+    times in a row; answers that keep changing end the job unreachable, resumable."""
+    job = harness.client.add("mixed", 0.0)
+    busy = v.ServiceUnavailableError("busy", status_code=503, body={"error": "busy"})
+    failed = v.InferenceFailedError("failed", status_code=500, body={"error": "failed"})
+    harness.client.fail["mixed"] = [busy, failed] * 500
+    harness.scheduler.track(job, _memory_sink, elapsed=0.0)
+    await harness.run_until(lambda: harness.scheduler.counts().failed == 1)
+    outcome = harness.scheduler.jobs.outcome_of("mixed")
+    assert isinstance(outcome, v.Failed)
+    assert isinstance(outcome.error, v.JobUnreachable)
+    assert len(harness.client.retrieves) > v.RetryPolicy().attempts
+
+
+async def test_a_refused_key_stops_polling_every_job(harness: Harness) -> None:
+    """A 401 on one job's poll ends every waiting job with that error at once (a revoked
+    key would fail every poll, filling the API's failed-request window): none is polled
+    again."""
+    jobs = [harness.client.add(f"long-{i}", 5000.0) for i in range(3)]
+    refused = v.AuthenticationError(
+        "Authentication failed", status_code=401, body={"error": "Authentication failed"}
+    )
+    for job in jobs:
+        harness.scheduler.track(job, _memory_sink, elapsed=0.0)
+    await harness.run_until(lambda: len(harness.client.retrieves) >= 3)
+    harness.client.fail["long-1"] = [refused]
+    await harness.run_until(lambda: harness.scheduler.counts().failed == 3)
+    polls = len(harness.client.retrieves)
+    assert sum(1 for _, qid in harness.client.retrieves if qid == "long-1") >= 2
+    for job in jobs:
+        outcome = harness.scheduler.jobs.outcome_of(job.queue_id)
+        assert isinstance(outcome, v.Failed)
+        assert type(outcome.error) is v.AuthenticationError
+        assert outcome.error.status_code == 401
+    harness.clock.advance(10_000.0)
+    await harness.settle()
+    assert len(harness.client.retrieves) == polls
+    assert harness.scheduler.counts().in_flight == 0
+
+
 async def test_job_errors_do_not_retry(harness: Harness) -> None:
     """A content-policy failure ends the job at the first answer."""
     job = harness.client.add("refused", 0.0)
-    harness.client.fail["refused"] = [v.ContentPolicyError("no", status_code=422)]
+    harness.client.fail["refused"] = [
+        v.ContentPolicyError("no", status_code=422, body={"error": "no"})
+    ]
     harness.scheduler.track(job, _memory_sink, elapsed=0.0)
     await harness.run_until(lambda: harness.scheduler.counts().failed == 1)
     assert len(harness.client.retrieves) == 1
@@ -271,3 +355,33 @@ async def test_a_poll_waiting_for_a_slot_is_not_sent_during_a_pause() -> None:
         await harness.run_until(lambda: len(client.retrieves) >= 2)
         assert client.retrieves[1][0] >= 10.0
         tg.cancel_scope.cancel()
+
+
+async def test_the_testing_policy_gives_up_after_its_attempts_without_waiting() -> None:
+    """RetryPolicy.testing() never waits, so its polls could never reach a time limit on a
+    clock that only moves when told: a job whose polls fail ``attempts`` times in a row
+    ends unreachable there and then."""
+    clock = v.ManualClock()
+    client = StubClient(clock, hint=60.0)
+    budget = LocalBudget(clock=clock, rates={"retrieve": RateLimit(per_minute=120, burst=120)})
+    scheduler = Scheduler(
+        client=cast(VeniceClient, client),
+        budget=budget,
+        estimator=DurationEstimator(bounds=PollingBounds()),
+        clock=clock,
+        retry=v.RetryPolicy.testing(attempts=3),
+        limiter=RequestLimiter(4),
+    )
+    job = client.add("gone", 0.0)
+    client.fail["gone"] = [v.ConnectionDropped("dropped", endpoint="retrieve")] * 100
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        harness = Harness(clock, client, scheduler)
+        scheduler.track(job, _memory_sink, elapsed=None)
+        await harness.settle()
+        tg.cancel_scope.cancel()
+    assert clock.monotonic() == 0.0
+    assert len(client.retrieves) == 3
+    outcome = scheduler.jobs.outcome_of("gone")
+    assert isinstance(outcome, v.Failed)
+    assert isinstance(outcome.error, v.JobUnreachable)

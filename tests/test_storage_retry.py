@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import errno
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import venice_audio_async as v
+from venice_audio_async._resume import has_work, step_for
 from venice_audio_async.testing import FakeServer, Fault, JobScript
 
-from .conftest import UNLIMITED, make_session
+from .conftest import UNLIMITED, make_client, make_session
 
 pytestmark = pytest.mark.anyio
 
@@ -123,3 +125,123 @@ async def test_an_expired_or_unknown_job_still_counts_as_spent(
     assert spent == pytest.approx(total)
     async with make_session(fake_server, **options) as session:
         assert session.spending()[0] == pytest.approx(total)
+
+
+# --------------------------------------------------------------------------- no verdict
+
+#: Errors an earlier version marked jobs failed with, although the API never judged them.
+_NO_VERDICTS: list[v.VeniceError] = [
+    v.ConnectionDropped("retrieve request: the connection was dropped", endpoint="retrieve"),
+    v.RequestTimeout("retrieve request: no answer in time", endpoint="retrieve"),
+    v.TruncatedResponse("retrieve request: the body was cut short", endpoint="retrieve"),
+    v.ConnectError("retrieve request: cannot connect", endpoint="retrieve"),
+    v.MalformedResponse("retrieve request: unreadable answer", endpoint="retrieve"),
+    v.ServerError("<html>502 Bad Gateway</html>", status_code=502, endpoint="retrieve"),
+    v.ServerError("HTTP 504 with no error message", status_code=504, endpoint="retrieve"),
+    v.AuthenticationError("Authentication failed", status_code=401, endpoint="retrieve"),
+]
+
+
+async def _journal_with_failed_rows(
+    server: FakeServer, path: Path, errors: list[v.VeniceError]
+) -> list[str]:
+    """A journal whose jobs (really queued on ``server``) are marked failed with
+    ``errors``, as an earlier version recorded polls that failed; their queue ids."""
+    server.plan(*[JobScript(duration=0.0) for _ in errors])
+    queue_ids = []
+    async with make_client(server) as client, await v.Journal.open(path) as journal:
+        for i, error in enumerate(errors):
+            request = v.QueueRequest(MODEL, f"a job whose poll met {type(error).__name__} {i}")
+            row = await journal.add_intent(request, estimate_usd=0.01)
+            await journal.mark_sending(row)
+            job = await client.queue(request)
+            await journal.mark_queued(row, job.queue_id)
+            await journal.mark_failed(job.queue_id, error)
+            queue_ids.append(job.queue_id)
+    return queue_ids
+
+
+async def test_resume_fetches_jobs_failed_without_a_verdict(
+    fake_server: FakeServer, tmp_path: Path
+) -> None:
+    """Rows an earlier version marked failed after polls failed in transit (or a refused
+    key) are fetched by resume while the media is kept; the API's own verdict (a 422)
+    stays reported."""
+    journal = tmp_path / "j.sqlite3"
+    verdict = v.ContentPolicyError(
+        "policy", status_code=422, body={"error": "policy"}, endpoint="retrieve"
+    )
+    ids = await _journal_with_failed_rows(fake_server, journal, [*_NO_VERDICTS, verdict])
+    options = {"rate_limits": UNLIMITED, "journal": journal}
+    async with make_session(fake_server, **options) as session:
+        assert session.journal is not None
+        entries = await session.journal.entries()
+        assert has_work(entries, requeue_unknown=False)
+        report = await session.resume()
+        assert (report.attached, report.fetched_again) == (len(_NO_VERDICTS),) * 2
+        assert [e.queue_id for e in report.failed] == [ids[-1]]
+        async with session.results(report.jobs) as results:
+            outcomes = [o async for o in results]
+        rows = await session.journal.entries()
+    assert all(isinstance(o, v.Succeeded) for o in outcomes)
+    for outcome in outcomes:
+        assert isinstance(outcome, v.Succeeded)
+        assert outcome.audio.data == fake_server.audio_for(outcome.job.queue_id)
+    assert [r.state for r in rows] == [v.JobState.SUCCEEDED] * len(_NO_VERDICTS) + [
+        v.JobState.FAILED
+    ]
+    assert not has_work(rows, requeue_unknown=False)
+    assert fake_server.count("queue") == len(ids)  # nothing queued again
+
+
+def test_one_rule_says_what_resume_does_with_each_row() -> None:
+    """step_for is the rule both the library's resume and the CLI's "is there work" use."""
+
+    def row(state: v.JobState, **fields: Any) -> v.JournalEntry:
+        values: dict[str, Any] = {
+            "id": 1,
+            "key": None,
+            "request": v.QueueRequest(MODEL, "p"),
+            "state": state,
+            "queue_id": "q",
+            "destination": None,
+            "name": None,
+            "estimate_usd": None,
+            "path": None,
+            "size": None,
+            "content_type": None,
+            "error": None,
+            "error_type": None,
+            "error_status": None,
+            "released": False,
+            "created_at": 0.0,
+            "queued_at": None,
+            "finished_at": None,
+        }
+        values.update(fields)
+        return v.JournalEntry(**values)
+
+    failed = v.JobState.FAILED
+    cases = [
+        (row(v.JobState.INTENT), "send", "send"),
+        (row(v.JobState.UNKNOWN), "report lost", "send again"),
+        (row(v.JobState.SENDING), "report lost", "send again"),
+        (row(v.JobState.QUEUED), "attach", "attach"),
+        (row(v.JobState.SUCCEEDED), "skip", "skip"),
+        (row(v.JobState.REJECTED, error_status=400), "report failed", "report failed"),
+        (row(failed, error_type="AudioStorageError"), "fetch again", "fetch again"),
+        (row(failed, error_type="ConnectionDropped"), "fetch again", "fetch again"),
+        (row(failed, error_type="ServerError", error_status=502), "fetch again", "fetch again"),
+        (row(failed, error_type="ServerError", error_status=520), "fetch again", "fetch again"),
+        (row(failed, error_type="AudioStorageError", released=True), "report failed", None),
+        (row(failed, error_type="ConnectionDropped", queue_id=None), "report failed", None),
+        (row(failed, error_type="ContentPolicyError", error_status=422), "report failed", None),
+        (row(failed, error_type="InferenceFailedError", error_status=500), "report failed", None),
+        (row(failed, error_type="MediaNotFoundError", error_status=404), "report failed", None),
+        (row(failed, error_type="ResponseTooLarge"), "report failed", None),
+    ]
+    for entry, plain, requeue in cases:
+        assert step_for(entry, requeue_unknown=False).value == plain, entry
+        assert step_for(entry, requeue_unknown=True).value == (requeue or plain), entry
+        work = plain in ("send", "attach", "fetch again")
+        assert has_work([entry], requeue_unknown=False) is work, entry

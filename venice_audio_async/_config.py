@@ -98,6 +98,19 @@ class RetryPolicy:
     ``Retry-After`` is honoured up to ``max_retry_after``. ``attempts`` counts the first
     try. :meth:`testing` gives a policy that never waits, for tests.
 
+    Polls are not given up after ``attempts``: a poll that fails in transit (dropped,
+    timed out, a gateway's 502 / 504, an HTML or empty body) is not the API's word on the
+    job, so the job is polled again with backoff (up to ``max_backoff`` apart) until it has
+    had no verdict from the API for ``unreachable_after`` seconds (and ``attempts`` polls
+    at least); it then ends as :class:`~venice_audio_async.JobUnreachable`, still paid for
+    and resumable. The default, 15 minutes, outlasts the network blips and gateway restarts
+    seen in practice (seconds to minutes) while a real outage still ends ``results()`` in
+    bounded time; how long Venice keeps finished media is not documented, and nothing is
+    lost by giving up, since the job can be fetched later (``resume``, ``attach``). Only
+    the API's own verdicts end a job as failed: a JSON error body with 400, 404 or 422 at
+    once, and 500 / 503 after ``attempts`` identical answers in a row. ``unreachable_after=0``
+    gives a job up as soon as ``attempts`` polls in a row failed (as :meth:`testing` does).
+
     .. versionadded:: 0.1.0
     """
 
@@ -108,6 +121,7 @@ class RetryPolicy:
     jitter: float = attrs.field(default=0.5, validator=_non_negative)
     max_retry_after: float = attrs.field(default=60.0, validator=_non_negative)
     retry_queue_on_ambiguous_failure: bool = False
+    unreachable_after: float = attrs.field(default=900.0, validator=_non_negative)
 
     def __attrs_post_init__(self) -> None:
         if self.attempts < 1:
@@ -115,13 +129,17 @@ class RetryPolicy:
 
     @classmethod
     def testing(cls, *, attempts: int = 5) -> RetryPolicy:
-        """A policy with the same decisions but no waits (for tests)."""
+        """A policy with the same decisions but no waits (for tests): a job whose polls
+        fail ``attempts`` times in a row is unreachable at once (polls that never wait
+        would otherwise go on for as long as ``unreachable_after``, or forever on a clock
+        that only moves when told)."""
         return cls(
             attempts=attempts,
             initial_backoff=0.0,
             max_backoff=0.0,
             jitter=0.0,
             max_retry_after=0.0,
+            unreachable_after=0.0,
         )
 
     def backoff(self, retry: int, random_fraction: float) -> float:

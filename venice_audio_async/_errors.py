@@ -36,7 +36,9 @@
      │         ├── InferenceFailedError  500
      │         └── ServiceUnavailableError 503
      ├── QueueDeadlineExceeded (TimeoutError)     no queue token before the deadline; unsent
-     └── JobDeadlineExceeded (TimeoutError)       a job outlived its deadline; queue_id kept
+     ├── JobDeadlineExceeded (TimeoutError)       a job outlived its deadline; queue_id kept
+     └── JobUnreachable                           no word from the API on a job for
+                                                  RetryPolicy.unreachable_after; kept
 
 A failed generation on ``retrieve`` is an :class:`APIStatusError` (the API reports job
 failures as HTTP errors, never as a JSON status).
@@ -67,6 +69,7 @@ __all__ = [
     "InferenceFailedError",
     "InvalidQueueIdError",
     "JobDeadlineExceeded",
+    "JobUnreachable",
     "drop_tracebacks",
     "JournalError",
     "MalformedResponse",
@@ -329,6 +332,35 @@ class JobDeadlineExceeded(VeniceError, TimeoutError):
             f"job {job.queue_id} ({job.model}) not finished after {waited:.1f}s; "
             "it is still running on the server and can be attached later"
         )
+
+
+class JobUnreachable(VeniceError):
+    """The API gave no verdict on a paid job for ``RetryPolicy.unreachable_after`` seconds.
+
+    Every poll of that stretch failed in transit (dropped connections, timeouts, a
+    gateway's 502 / 504, answers that were not the API's JSON) or met a 500 / 503 that
+    never settled into the same answer repeated, so the job was not judged:
+    it may well be finished, its media waiting on the server. Keep ``job.queue_id``. With a
+    journal the job stays "queued" and ``resume`` fetches it; without one, pick it up with
+    ``AsyncSession.attach(job.model, job.queue_id)``. ``waited`` is the seconds without an
+    answer; ``last_error`` (also ``__cause__``) the last poll's failure.
+
+    .. versionadded:: 0.2.0
+    """
+
+    def __init__(self, job: Job, waited: float, last_error: VeniceError) -> None:
+        self.job = job
+        self.waited = waited
+        self.last_error = last_error
+        super().__init__(
+            f"job {job.queue_id} ({job.model}): no verdict from the API for {waited:.1f}s "
+            f"(last: {type(last_error).__name__}: {last_error}); it was paid for and may be "
+            "finished: fetch it later (resume, or attach with its queue_id)"
+        )
+        self.__cause__ = last_error
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.job, self.waited, self.last_error))
 
 
 class QueueDeadlineExceeded(VeniceError, TimeoutError):

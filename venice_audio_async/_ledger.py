@@ -35,7 +35,6 @@ from ._clock import Clock
 from ._config import check_number
 from ._errors import (
     APIStatusError,
-    JobDeadlineExceeded,
     JournalError,
     QueueDeadlineExceeded,
     QueueOutcomeUnknown,
@@ -45,6 +44,7 @@ from ._errors import (
 )
 from ._journal import Journal, JournalEntry, is_refunded
 from ._models import Failed, Job, Outcome, QueueRequest, Succeeded
+from ._retry import leaves_job_resumable
 
 __all__ = ["Intent", "JournalSource", "Ledger", "SpendBook", "Ticket"]
 
@@ -520,8 +520,9 @@ class Ledger:
             )
             if outcome.released:
                 await journal.mark_released(queue_id)
-        elif not isinstance(outcome.error, JobDeadlineExceeded):
-            # A deadline is ours, not the job's: it still runs and stays "queued" for resume.
+        elif not leaves_job_resumable(outcome.error):
+            # A deadline, an unreachable API or a refused key is no verdict on the job: it
+            # stays "queued", for resume.
             await journal.mark_failed(queue_id, outcome.error)
 
     async def record_released(self, job: Job) -> None:

@@ -6,13 +6,20 @@ state       what resume does
 intent      queue it (oldest first), each within the spending limit then
 sending     report it as unknown: the process died mid-request, it may be billed
 unknown     report it (its answer was lost); with ``requeue_unknown``, send again
-queued      attach it and poll it (unless this session tracks it already)
+queued      attach it and poll it (unless this session tracks it already); this
+            includes jobs that ended unreachable, past their deadline or with the
+            key refused, which the journal keeps "queued"
 succeeded   skip it: its audio is stored
-failed      report it with its error; but if only storing its audio failed (disk full,
-            permissions: AudioStorageError) and its media was not released, attach it
-            again, so its audio is fetched once more while the server still has it
+failed      report it with its error; but if the API never judged the job (storing
+            its audio failed, or its polls failed in transit: a dropped connection, a
+            timeout, a gateway's 502 / 504, a refused key, as earlier versions
+            recorded) and its media was not released, attach it again, so its audio
+            is fetched while the server still has it (:func:`may_fetch_again`)
 rejected    report it with the API's refusal
 =========== ==================================================================
+
+:func:`step_for` says which of these a row gets, and :func:`has_work` whether any row
+gets one that sends or polls: the CLI asks it before it connects, so both agree.
 
 Running it twice does nothing the second time: what the first run queued or attached is
 "queued" (tracked) or finished by then. Before anything else, the temporary files of
@@ -21,6 +28,7 @@ downloads an earlier run was killed in are removed from the journal's output fol
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -34,8 +42,18 @@ from ._clock import Clock
 from ._errors import (
     APIStatusError,
     AudioStorageError,
+    AuthenticationError,
+    ConnectError,
+    ConnectionDropped,
+    JobUnreachable,
+    MalformedResponse,
+    PaymentRequiredError,
+    PermissionDeniedError,
     QueueOutcomeUnknown,
+    RequestTimeout,
     SpendLimitExceeded,
+    TransportError,
+    TruncatedResponse,
 )
 from ._journal import JobState, JournalEntry
 from ._ledger import Ledger
@@ -43,9 +61,87 @@ from ._models import Job
 from ._scheduler import Scheduler
 from ._submit import Destination, Submitter
 
-__all__ = ["ResumeReport", "Resumer"]
+__all__ = ["ResumeReport", "Resumer", "has_work", "may_fetch_again", "step_for"]
 
 log = logging.getLogger("venice_audio_async")
+
+
+#: Errors a job was marked failed with although the API never judged it: storing the
+#: audio failed, or a poll failed in transit (earlier versions ended a job after a few
+#: such polls), or the key was refused. The media may still wait on the server. (Not
+#: ResponseTooLarge: the same answer would be as large again.)
+_NO_VERDICT = frozenset(
+    cls.__name__
+    for cls in (
+        AudioStorageError,
+        TransportError,
+        ConnectError,
+        RequestTimeout,
+        ConnectionDropped,
+        TruncatedResponse,
+        MalformedResponse,
+        JobUnreachable,
+        AuthenticationError,
+        PaymentRequiredError,
+        PermissionDeniedError,
+    )
+)
+#: Statuses that are no verdict on the job either: a gateway's (any 5xx but the API's own
+#: 500 / 503) and those inviting a poll again.
+_NO_VERDICT_STATUSES = (408, 425)
+_VERDICT_5XX = (500, 503)
+
+
+def may_fetch_again(entry: JournalEntry) -> bool:
+    """Whether a failed job was never judged by the API and its media may still be fetched.
+
+    A 500 / 503 recorded by an earlier version with a proxy's HTML body cannot be told from
+    the API's own and stays failed.
+    """
+    if entry.state is not JobState.FAILED or entry.queue_id is None or entry.released:
+        return False
+    if entry.error_type in _NO_VERDICT:
+        return True
+    status = entry.error_status
+    if status is None:
+        return False
+    return status in _NO_VERDICT_STATUSES or (status >= 500 and status not in _VERDICT_5XX)
+
+
+class Step(enum.Enum):
+    """What ``resume`` does with one journal row (see the module docstring)."""
+
+    SEND = "send"  # an intent: queue it
+    SEND_AGAIN = "send again"  # sending / unknown, and the caller said to send those again
+    ATTACH = "attach"  # queued: poll it
+    FETCH_AGAIN = "fetch again"  # failed without the API's verdict: poll it again
+    REPORT_LOST = "report lost"  # sending / unknown: may be billed, not sent again
+    REPORT_FAILED = "report failed"  # failed or rejected by the API
+    SKIP = "skip"  # succeeded
+
+    @property
+    def is_work(self) -> bool:
+        """Whether the step sends or polls something."""
+        return self in (Step.SEND, Step.SEND_AGAIN, Step.ATTACH, Step.FETCH_AGAIN)
+
+
+def step_for(entry: JournalEntry, *, requeue_unknown: bool) -> Step:
+    """The one rule for what ``resume`` does with ``entry``."""
+    state = entry.state
+    if state is JobState.INTENT:
+        return Step.SEND
+    if state in (JobState.SENDING, JobState.UNKNOWN):
+        return Step.SEND_AGAIN if requeue_unknown else Step.REPORT_LOST
+    if state is JobState.QUEUED:
+        return Step.ATTACH
+    if state is JobState.SUCCEEDED:
+        return Step.SKIP
+    return Step.FETCH_AGAIN if may_fetch_again(entry) else Step.REPORT_FAILED
+
+
+def has_work(entries: Iterable[JournalEntry], *, requeue_unknown: bool) -> bool:
+    """Whether ``resume`` would send or poll anything for these journal rows."""
+    return any(step_for(e, requeue_unknown=requeue_unknown).is_work for e in entries)
 
 
 @attrs.frozen
@@ -73,6 +169,9 @@ class ResumeReport:
     partial_files_removed: int = 0
     #: Of ``attached``, the jobs whose audio could not be stored earlier, fetched again.
     storage_retried: int = 0
+    #: Of ``attached``, the jobs recorded as failed without the API's verdict (storage
+    #: failures included, a poll's transport failure, a refused key), fetched again.
+    fetched_again: int = 0
 
 
 @attrs.define
@@ -90,6 +189,7 @@ class _Run:
     failed: list[JournalEntry] = attrs.field(factory=list)
     spend_limit: SpendLimitExceeded | None = None
     storage_retried: int = 0
+    fetched_again: int = 0
 
     def found(self, job: Job) -> None:
         self.jobs.append(job)
@@ -130,16 +230,16 @@ class Resumer:
             log.info("removed %d partial download(s) left by an earlier run", len(removed))
         run = _Run(on_job=on_job, requeue_unknown=requeue_unknown)
         handlers = {
-            JobState.INTENT: self._queue,
-            JobState.SENDING: self._lost,
-            JobState.UNKNOWN: self._lost,
-            JobState.QUEUED: self._attach,
-            JobState.SUCCEEDED: self._stored,
-            JobState.FAILED: self._ended,
-            JobState.REJECTED: self._ended,
+            Step.SEND: self._queue,
+            Step.SEND_AGAIN: self._send_again,
+            Step.REPORT_LOST: self._report_lost,
+            Step.ATTACH: self._attach,
+            Step.SKIP: self._stored,
+            Step.FETCH_AGAIN: self._fetch_again,
+            Step.REPORT_FAILED: self._report_failed,
         }
         for entry in entries:
-            await handlers[entry.state](entry, run)
+            await handlers[step_for(entry, requeue_unknown=requeue_unknown)](entry, run)
         return ResumeReport(
             jobs=tuple(run.jobs),
             attached=run.attached,
@@ -151,6 +251,7 @@ class Resumer:
             spend_limit=run.spend_limit,
             partial_files_removed=len(removed),
             storage_retried=run.storage_retried,
+            fetched_again=run.fetched_again,
         )
 
     def attach(
@@ -169,11 +270,12 @@ class Resumer:
         self._scheduler.track(job, sinks, deadline=deadline, elapsed=None)
         return job
 
-    async def _lost(self, entry: JournalEntry, run: _Run) -> None:
-        """Sending or unknown: reported, or (``requeue_unknown``) sent again."""
-        if not run.requeue_unknown:
-            run.unknown.append(entry)
-            return
+    async def _report_lost(self, entry: JournalEntry, run: _Run) -> None:
+        """Sending or unknown: reported, not sent again."""
+        run.unknown.append(entry)
+
+    async def _send_again(self, entry: JournalEntry, run: _Run) -> None:
+        """Sending or unknown, and ``requeue_unknown``: sent again."""
         if not await self._ledger.requeue(entry):
             run.skipped += 1  # changed since it was read: not ours to send again
             return
@@ -184,24 +286,26 @@ class Resumer:
         """Succeeded: nothing to do."""
         run.skipped += 1
 
-    async def _ended(self, entry: JournalEntry, run: _Run) -> None:
-        """Failed or rejected: reported with its error, unless only its storage failed."""
-        if (
-            entry.state is JobState.FAILED
-            and entry.error_type == AudioStorageError.__name__
-            and entry.queue_id is not None
-            and not entry.released
-        ):
-            # The job itself succeeded; the disk (or a permission) failed us. The media is
-            # still on the server unless it expired: fetch it again (a MediaNotFoundError
-            # then fails it for good).
-            log.info("fetching job %s again: storing its audio failed earlier", entry.queue_id)
-            attached = run.attached
-            await self._attach(entry, run)
-            if run.attached > attached:
-                run.storage_retried += 1
-            return
+    async def _report_failed(self, entry: JournalEntry, run: _Run) -> None:
+        """Failed or rejected by the API: reported with its error."""
         run.failed.append(entry)
+
+    async def _fetch_again(self, entry: JournalEntry, run: _Run) -> None:
+        """Failed without the API's verdict, media kept: polled again."""
+        # The disk, the network or the key failed us, not the job. The media is still on
+        # the server unless it expired: fetch it again (a MediaNotFoundError then fails it
+        # for good).
+        log.info(
+            "fetching job %s again: it failed earlier without the API's verdict (%s)",
+            entry.queue_id,
+            entry.error_type,
+        )
+        attached = run.attached
+        await self._attach(entry, run)
+        if run.attached > attached:
+            run.fetched_again += 1
+            if entry.error_type == AudioStorageError.__name__:
+                run.storage_retried += 1
 
     async def _queue(self, entry: JournalEntry, run: _Run) -> None:
         """An intent: queue it, unless the spending limit was reached."""

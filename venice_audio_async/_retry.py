@@ -16,16 +16,22 @@ Every failed request goes through :func:`decide`, which gives one of three verdi
 * ``RAISE``: anything else (the request was refused, or repeating it cannot help).
 
 :class:`Retrier` runs that loop for one request (``models``, ``quote``, ``complete``,
-``queue``); the scheduler applies the same verdicts to polls, rescheduling the job instead
-of holding a task. The header arithmetic the budget uses to size a pause is here too
-(:func:`parse_retry_after`, :func:`parse_reset`, :func:`retry_delay_from_headers`), as pure
-functions.
+``queue``). A poll is judged by :func:`judge_poll` instead, since what matters there is
+whether the *API* spoke about the job: only its verdict ends a job (a Venice JSON error
+with 400 / 404 / 422 at once, 500 / 503 once repeated ``attempts`` times); a poll that
+failed in transit says nothing about the job, which is polled again with backoff until
+``RetryPolicy.unreachable_after``; 401 / 402 / 403 refuse the key, not the job. The
+scheduler applies these verdicts by rescheduling the job instead of holding a task.
+
+The header arithmetic the budget uses to size a pause is here too (:func:`parse_retry_after`,
+:func:`parse_reset`, :func:`retry_delay_from_headers`), as pure functions.
 """
 
 from __future__ import annotations
 
 import email.utils
 import enum
+import logging
 import math
 import random
 from collections import Counter
@@ -38,6 +44,11 @@ from ._clock import Clock
 from ._config import RetryPolicy
 from ._errors import (
     APIStatusError,
+    AuthenticationError,
+    JobDeadlineExceeded,
+    JobUnreachable,
+    PaymentRequiredError,
+    PermissionDeniedError,
     RateLimitError,
     ResponseTooLarge,
     ServerError,
@@ -49,12 +60,15 @@ from ._limiter import RequestLimiter
 from ._logging import attempt_context, log
 
 __all__ = [
+    "PollVerdict",
     "Retrier",
     "TokenTooLate",
     "Verdict",
     "decide",
     "header_int",
     "is_transient",
+    "judge_poll",
+    "leaves_job_resumable",
     "parse_reset",
     "parse_retry_after",
     "queue_answer_lost",
@@ -143,6 +157,57 @@ def decide(endpoint: str, error: VeniceError, policy: RetryPolicy) -> Verdict:
     return Verdict.RAISE
 
 
+class PollVerdict(enum.Enum):
+    """What a failed poll says about its job (see :func:`judge_poll`)."""
+
+    WAIT = "wait"  # a 429: poll again once the budget allows; costs no attempt
+    FINAL = "final"  # the API's verdict on the job: it ends failed now
+    REPEAT = "repeat"  # a 500 / 503 from the API: its verdict once repeated ``attempts`` times
+    UNREACHED = "unreached"  # no word from the API: poll again until ``unreachable_after``
+    KEY_REFUSED = "key refused"  # 401 / 402 / 403: the key is refused, not the job
+
+
+#: The refusals of the key (auth, balance, privacy or region) rather than of one job.
+_KEY_REFUSALS = (AuthenticationError, PaymentRequiredError, PermissionDeniedError)
+#: The API's own failures of a job, its verdict only once repeated (AUDIO_API.md §5, §8).
+_REPEATED_VERDICTS = (500, 503)
+
+
+def judge_poll(error: VeniceError) -> PollVerdict:
+    """What a failed ``retrieve`` says about its job.
+
+    The API's verdict comes as its JSON error body (AUDIO_API.md §8): 400 / 404 / 422
+    (and any other 4xx) end the job at once, 500 / 503 once repeated. Anything else did
+    not come from the API about this job: a transport failure or timeout, an HTML or empty
+    body (a proxy or load balancer speaking), a gateway's 502 / 504, a 408 / 425. A body
+    too large for its cap is final: fetching it again would download as much again.
+    """
+    if isinstance(error, RateLimitError):
+        return PollVerdict.WAIT
+    if isinstance(error, _KEY_REFUSALS):
+        return PollVerdict.KEY_REFUSED  # whatever its body: the job stays resumable anyway
+    if isinstance(error, ResponseTooLarge):
+        return PollVerdict.FINAL
+    if isinstance(error, TransportError):
+        return PollVerdict.UNREACHED
+    if isinstance(error, APIStatusError):
+        status = error.status_code
+        if not isinstance(error.body, Mapping):
+            return PollVerdict.UNREACHED  # [UNK] Venice's own errors are always JSON objects
+        if status in _REPEATED_VERDICTS:
+            return PollVerdict.REPEAT
+        if status >= 500 or status in _RETRY_POLL_STATUSES:
+            return PollVerdict.UNREACHED
+    return PollVerdict.FINAL
+
+
+def leaves_job_resumable(error: BaseException) -> bool:
+    """Whether a job that ended with ``error`` was not judged by the API and stays to be
+    fetched: its deadline passed, the API was unreachable, or the key was refused. The
+    journal keeps such a job "queued", so ``resume`` polls it again."""
+    return isinstance(error, (JobDeadlineExceeded, JobUnreachable, *_KEY_REFUSALS))
+
+
 class TokenTooLate(Exception):
     """No token for the request could be had before its deadline; nothing was sent.
 
@@ -181,25 +246,45 @@ class Retrier:
         """Seconds to wait before retry number ``failures`` (1-based), with jitter."""
         return self.policy.backoff(failures, self._rng.random())
 
-    def retry_in(
-        self, endpoint: str, error: VeniceError, failures: int, *, queue_id: str | None = None
-    ) -> tuple[float, int] | None:
-        """For a caller that retries by rescheduling (the poller), after ``failures``
-        earlier failed attempts: ``(seconds to wait, failed attempts now)`` before sending
-        again, or ``None`` to give up. A 429 waits 0 s (the budget holds the pause) and
-        costs no attempt. Logs the retry as :meth:`call` does, naming the job if given."""
-        verdict = decide(endpoint, error, self.policy)
-        if verdict is Verdict.WAIT:
-            return 0.0, failures
-        if verdict is Verdict.RAISE or failures + 1 >= self.policy.attempts:
-            return None
+    def poll_again_in(
+        self, error: VeniceError, failures: int, *, queue_id: str, unreached: float | None
+    ) -> float:
+        """For the poller, after ``failures`` earlier failed polls of job ``queue_id`` (that
+        :func:`judge_poll` did not end): seconds until the next poll. A 429 waits 0 s (the
+        budget holds the pause). ``unreached``: seconds the job has gone without a verdict
+        from the API. Logs the retry at INFO, naming the job; past
+        ``attempts`` at DEBUG, as a job may be retried for long (a warning comes only if it
+        is given up on)."""
+        if isinstance(error, RateLimitError):
+            return 0.0
         delay = self.backoff(failures + 1)
-        fields = _fields(endpoint, failures + 1, error, delay)
-        what = endpoint
-        if queue_id is not None:
-            what, fields["queue_id"] = f"{endpoint} of job {queue_id}", queue_id
-        _log_retry(what, error, failures + 1, self.policy.attempts, delay, fields)
-        return delay, failures + 1
+        fields = _fields("retrieve", failures + 1, error, delay)
+        fields["queue_id"] = queue_id
+        what = f"retrieve of job {queue_id}"
+        if failures + 1 < self.policy.attempts:
+            # No "of N": polls go on past ``attempts`` while the API gives no verdict.
+            log.info(
+                "%s failed (%s); polling again (%d) in %.2f s",
+                what,
+                type(error).__name__,
+                failures + 1,
+                delay,
+                extra=fields,
+            )
+            return delay
+        log.log(
+            logging.INFO if failures + 1 == self.policy.attempts else logging.DEBUG,
+            "%s failed (%s) %d times, no verdict from the API for %.1f s; polling it again "
+            "in %.2f s, until %.0f s without one",
+            what,
+            type(error).__name__,
+            failures + 1,
+            unreached or 0.0,
+            delay,
+            self.policy.unreachable_after,
+            extra=fields,
+        )
+        return delay
 
     async def call(
         self,
@@ -284,7 +369,7 @@ def _log_retry(
     delay: float,
     fields: dict[str, object],
 ) -> None:
-    """The one INFO record of a retry, whichever loop retries."""
+    """The one INFO record of a retry of :meth:`Retrier.call`."""
     log.info(
         "%s failed (%s); retry %d of %d in %.2f s",
         what,

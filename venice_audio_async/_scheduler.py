@@ -19,10 +19,16 @@ itself (the same synchronous decision, with a token taken from an in-process bud
 polls the job they pick at once: a poll then costs no pass of the loop's task.
 
 A poll either reschedules the job (still running: the server's ``average_execution_time``
-and ``execution_duration`` update its belief and age), retries it later with backoff (5xx,
-timeouts, dropped or truncated bodies), or ends it with an :data:`~._models.Outcome`, pushed
-into the memory object stream of every consumer waiting on that job. Consumers only read
-streams, so breaking out of a loop or being cancelled cannot corrupt the scheduler.
+and ``execution_duration`` update its belief and age), retries it later with backoff, or
+ends it with an :data:`~._models.Outcome`, pushed into the memory object stream of every
+consumer waiting on that job. Only the API's verdict ends a job as failed
+(:func:`~._retry.judge_poll`); a job whose polls keep failing in transit (dropped,
+timed out, a gateway's 502 / 504) is polled on until ``RetryPolicy.unreachable_after``
+without an answer, then ends as :class:`~venice_audio_async.JobUnreachable`. A 401 / 402 /
+403 stops every job's polling at once (a refused key would only fill the API's
+failed-request window): each waiting job ends with that error. Both leave the journal's
+row "queued", for ``resume``. Consumers only read streams, so breaking out of a loop or
+being cancelled cannot corrupt the scheduler.
 
 When a finished job moves its model's fit, or the price falls, due times may come earlier.
 A re-key only ever moves a job earlier, and a job keyed too early is put back when popped, so
@@ -36,7 +42,8 @@ job.
 
 Guarantee: a tracked ``queue_id`` is never dropped, and every tracked job is polled until it
 ends, whether or not a consumer waits on it right now (it is paid for). It ends delivered,
-failed with its error, or handed back as unfinished (the session closed while it was still
+failed with the API's verdict, kept to be fetched later (unreachable, a refused key, its
+deadline passed), or handed back as unfinished (the session closed while it was still
 running). A finished outcome belongs to the scheduler's :class:`~._job_table.JobTable` until
 a consumer *takes* it (:meth:`Scheduler.take`, called when a stream yields it): an outcome
 pushed into a stream whose consumer left stays there, listed as finished. In-memory audio
@@ -64,7 +71,13 @@ from ._budget import RequestBudget
 from ._client import VeniceClient
 from ._clock import Clock
 from ._config import RetryPolicy
-from ._errors import JobDeadlineExceeded, VeniceError, drop_tracebacks
+from ._errors import (
+    APIStatusError,
+    JobDeadlineExceeded,
+    JobUnreachable,
+    VeniceError,
+    drop_tracebacks,
+)
 from ._estimator import DurationEstimator
 from ._handoff import HandOff
 from ._held_audio import HeldAudio
@@ -83,7 +96,7 @@ from ._models import (
 from ._pacer import WindowPacer
 from ._policy import PollPolicy
 from ._release import MediaReleaser, ReleaseHook, ReleaseMedia
-from ._retry import Retrier
+from ._retry import PollVerdict, Retrier, judge_poll
 from ._sweep import Sweep
 from ._tracked import EPSILON, DueHeap, TrackedJob
 
@@ -140,6 +153,7 @@ class Scheduler:
         self._limiter = limiter
         self._release = release
         self._rng = rng or random.Random()
+        self._retry = retry
         self._retrier = Retrier(acquire=budget.acquire, policy=retry, clock=clock, rng=self._rng)
         self._releaser = MediaReleaser(
             client=client,
@@ -276,7 +290,7 @@ class Scheduler:
             return True
         if tracked.evicted:
             tracked.evicted = False
-            tracked.failures = 0
+            tracked.answered()
             self.jobs.add_live(tracked)
             self._counts["succeeded"] -= 1  # counted again when it arrives
             self._schedule(tracked, self._clock.monotonic())
@@ -437,6 +451,7 @@ class Scheduler:
     async def _poll(self, tracked: TrackedJob) -> TrackedJob | None:  # and the next, if any
         request = tracked.request(delete=self._release == "delete_on_retrieve")
         answer: Processing | AudioResult | VeniceError
+        sent = math.inf
         try:
             with attempt_context(tracked.failures + 1):  # for the request's log record
                 async with self._limiter:
@@ -447,6 +462,7 @@ class Scheduler:
                         self._schedule(tracked, self._clock.monotonic())
                         return None
                     self._counts["polls"] += 1
+                    sent = self._clock.monotonic()  # (the wait for a slot is ours, not the API's)
                     answer = await self._client.retrieve(request, sink=tracked.sink_factory())
         except VeniceError as error:
             answer = error
@@ -458,13 +474,13 @@ class Scheduler:
         if isinstance(answer, Processing):
             return self._on_running(tracked, answer, now)
         if isinstance(answer, VeniceError):
-            await self._on_error(tracked, answer)
+            await self._on_error(tracked, answer, sent, now)
         else:
             await self._on_audio(tracked, answer, now)
         return None
 
     def _on_running(self, tracked: TrackedJob, status: Processing, now: float) -> TrackedJob | None:
-        tracked.failures = 0
+        tracked.answered()
         self._end_probe(tracked.job.model)
         self._fits.observe_hint(tracked, status.average_execution_time)
         if status.execution_duration is not None:
@@ -505,16 +521,71 @@ class Scheduler:
         """Wait until no ``complete`` call is in flight (the session's close drains them)."""
         await self._releaser.wait()
 
-    async def _on_error(self, tracked: TrackedJob, error: VeniceError) -> None:
-        # The one retry rule, applied by rescheduling the job (retrieve is safe to repeat:
-        # the media stays until released). A 429 paused the session and costs no attempt.
-        queue_id = tracked.job.queue_id
-        retry = self._retrier.retry_in("retrieve", error, tracked.failures, queue_id=queue_id)
-        if retry is None:
+    async def _on_error(
+        self, tracked: TrackedJob, error: VeniceError, sent: float, now: float
+    ) -> None:
+        # Retrieve is safe to repeat (the media stays until released), so only the API's
+        # verdict ends a job; what a poll met in transit says nothing about the job itself.
+        verdict = judge_poll(error)
+        if verdict is PollVerdict.FINAL:
             await self._finish(tracked, Failed(tracked.job, error))
             return
-        delay, tracked.failures = retry
+        if verdict is PollVerdict.KEY_REFUSED:
+            await self._key_refused(tracked, error)
+            return
+        unreached: float | None = None
+        if verdict is PollVerdict.REPEAT:
+            assert isinstance(error, APIStatusError)
+            answer = (error.status_code, error.message)
+            tracked.repeats = tracked.repeats + 1 if answer == tracked.answer else 1
+            tracked.answer = answer
+            if tracked.repeats >= self._retry.attempts:
+                await self._finish(tracked, Failed(tracked.job, error))
+                return
+        if verdict is not PollVerdict.WAIT:
+            # Errors that never settle into a verdict (varying 5xx, transit) end it too.
+            if tracked.unreached_since is None:
+                tracked.unreached_since = min(sent, now)
+            unreached = now - tracked.unreached_since
+            # Given up on only with evidence: the time, and at least `attempts` polls.
+            tried = tracked.failures + 1 >= self._retry.attempts
+            if tried and unreached >= self._retry.unreachable_after:
+                log.warning(
+                    "job %s: no verdict from the API for %.0f s (last: %s); it is kept to be "
+                    "fetched later",
+                    tracked.job.queue_id,
+                    unreached,
+                    type(error).__name__,
+                    extra={"queue_id": tracked.job.queue_id},
+                )
+                gone = JobUnreachable(tracked.job, unreached, error)
+                await self._finish(tracked, Failed(tracked.job, gone))
+                return
+        delay = self._retrier.poll_again_in(
+            error, tracked.failures, queue_id=tracked.job.queue_id, unreached=unreached
+        )
+        if verdict is not PollVerdict.WAIT:  # a 429 paused the session: no attempt spent
+            tracked.failures += 1
         self._schedule(tracked, self._clock.monotonic() + delay)
+
+    async def _key_refused(self, tracked: TrackedJob, error: VeniceError) -> None:
+        """A poll's key was refused (401 / 402 / 403): stop polling every job, each ending
+        with that error (the journal keeps them "queued", for ``resume``). Polls already in
+        flight end by their own answers."""
+        assert isinstance(error, APIStatusError)
+        waiting = [job for job in self.jobs.live if job is not tracked and not job.in_flight]
+        log.error(
+            "retrieve of job %s was refused (%s): polling stops for it and %d other job(s), "
+            "all kept to be fetched once the key is accepted again",
+            tracked.job.queue_id,
+            error,
+            len(waiting),
+            extra={"queue_id": tracked.job.queue_id, "status": error.status_code},
+        )
+        await self._finish(tracked, Failed(tracked.job, error))
+        for other in waiting:
+            if other.waiting:  # (may have ended while an earlier one was being recorded)
+                await self._finish(other, Failed(other.job, _refusal_like(error)))
 
     async def _finish(self, tracked: TrackedJob, outcome: Outcome) -> None:
         if tracked.outcome is not None:
@@ -548,3 +619,14 @@ def _holds(path: Path, size: int) -> bool:
         return path.is_file() and path.stat().st_size == size
     except OSError:
         return False
+
+
+def _refusal_like(error: APIStatusError) -> APIStatusError:
+    """A copy of a key's refusal for another job it stopped (each outcome owns its error)."""
+    return type(error)(
+        error.message,
+        status_code=error.status_code,
+        body=error.body,
+        headers=error.headers,
+        endpoint=error.endpoint,
+    )

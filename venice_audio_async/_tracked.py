@@ -43,7 +43,10 @@ class TrackedJob:
     hint: float | None = None  # the server's latest average_execution_time for this job
     belief: RunTimeBelief | None = None
     belief_version: int = -1
-    failures: int = 0
+    failures: int = 0  # failed polls in a row (the backoff grows with them)
+    unreached_since: float | None = None  # the first poll of a run with no word from the API
+    answer: tuple[int, str] | None = None  # the API's last 500 / 503 (status, message)
+    repeats: int = 0  # how many times in a row ``answer`` came
     in_flight: bool = False
     outcome: Outcome | None = None
     finished_at: float = math.inf  # clock time its outcome was reached
@@ -71,6 +74,13 @@ class TrackedJob:
                 model=job.model, queue_id=job.queue_id, delete_media_on_completion=delete or None
             )
         return request
+
+    def answered(self) -> None:
+        """A poll got an answer from the API about the job: its run of failures ends."""
+        self.failures = 0
+        self.unreached_since = None
+        self.answer = None
+        self.repeats = 0
 
     @property
     def waiting(self) -> bool:

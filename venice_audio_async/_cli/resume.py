@@ -15,6 +15,7 @@ import anyio
 
 from .._batch import manifest_rows
 from .._journal import JobState, Journal, JournalEntry
+from .._resume import has_work
 from .connect import command_clock, endpoint, folder_session, need_key
 from .console import say
 from .drive import drive, report_resume
@@ -22,14 +23,6 @@ from .folder import FAKE_STATE_NAME, JOURNAL_NAME, MANIFEST_NAME, fake_mismatch
 from .manifest import state_counts, state_parts, write_manifest
 
 __all__ = ["cmd_resume"]
-
-
-def _has_work(entries: Sequence[JournalEntry], *, requeue_unknown: bool) -> bool:
-    """Whether ``resume`` would send or poll anything for these journal entries."""
-    to_do = {JobState.INTENT, JobState.QUEUED}
-    if requeue_unknown:
-        to_do |= {JobState.SENDING, JobState.UNKNOWN}
-    return any(entry.state in to_do for entry in entries)
 
 
 async def _nothing_to_resume(out: Path, entries: Sequence[JournalEntry]) -> int:
@@ -67,7 +60,8 @@ async def cmd_resume(args: argparse.Namespace) -> int:
         entries = await journal.entries()
         if fake_mismatch(args, out, entries):
             return 2
-        if not _has_work(entries, requeue_unknown=args.requeue_unknown):
+        # The library's own rule, so the CLI never calls a folder done that resume would finish.
+        if not has_work(entries, requeue_unknown=args.requeue_unknown):
             return await _nothing_to_resume(out, entries)
         async with endpoint(args, fake_state=out / FAKE_STATE_NAME) as (url, key, clock):
             if not need_key(key):
