@@ -192,6 +192,7 @@ _SAMPLES: dict[str, object] = {
     "holder_pid": 4242,
     "job": _JOB,
     "waited": 12.5,
+    "last_error": v.RequestTimeout("no status in 10 s", endpoint="retrieve"),
     "status_code": 418,
     "body": {"error": "no", "details": {"prompt": {"_errors": ["too short"]}}},
     # What the transport hands over: the Authorization header is dropped on the way.

@@ -359,9 +359,6 @@ class JobUnreachable(VeniceError):
         )
         self.__cause__ = last_error
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.job, self.waited, self.last_error))
-
 
 class QueueDeadlineExceeded(VeniceError, TimeoutError):
     """The deadline would pass before a ``queue`` token: the request was refused, unsent.
