@@ -93,6 +93,7 @@ from ._resume import ResumeReport
 from ._session import AsyncSession
 from ._statistics import SessionStatistics
 from ._status import JobPhase, JobStatus
+from ._sync import VeniceAudio
 
 try:
     __version__ = _metadata.version("venice-audio-async")
@@ -195,6 +196,7 @@ __all__ = [
     "TransportError",
     "TruncatedResponse",
     "UnknownPricing",
+    "VeniceAudio",
     "VeniceClient",
     "VeniceError",
     "VeniceHeaders",
