@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import pytest
 
 import venice_audio_async as v
@@ -62,7 +63,14 @@ async def server() -> AsyncIterator[FakeServer]:
 def test_examples_are_found() -> None:
     """The examples this module runs are still in the README."""
     keys = " ".join(_blocks())
-    for words in ("first generation", "web handler", "batch of many tracks", "bot", "Testing"):
+    for words in (
+        "first generation",
+        "web handler",
+        "batch of many tracks",
+        "bot",
+        "Testing",
+        "Without async",
+    ):
         assert words.lower() in keys.lower() or words in README.read_text(), words
 
 
@@ -151,6 +159,34 @@ async def test_testing_example() -> None:
     names.update({"FakeServer": FakeServer, "JobScript": JobScript})
     names["Fault"] = __import__("venice_audio_async.testing", fromlist=["Fault"]).Fault
     await _run(code, names)
+
+
+async def test_without_async_script(server: FakeServer) -> None:
+    """The "Without async" script runs as written: in a thread, as a script's main thread
+    would (it blocks, so not on the loop serving the fake); eight threads share the client."""
+    code = next(c for c in _blocks().values() if "with VeniceAudio() as client" in c)
+    body = "\n".join(line for line in code.splitlines() if not line.startswith("from venice"))
+    printed: list[tuple[object, ...]] = []
+    names = _namespace(server, print=lambda *a: printed.append(a))
+    scale = server.clock.scale if isinstance(server.clock, v.ScaledClock) else TIME_SCALE
+    names["VeniceAudio"] = partial(
+        v.VeniceAudio, api_key="k", base_url=server.url, clock=v.ScaledClock(scale)
+    )
+    await anyio.to_thread.run_sync(exec, compile(body, str(README), "exec"), names)
+    assert len(names["sizes"]) == 8
+    assert all(size > 0 for size in names["sizes"])
+    assert len(printed) == 3
+    assert server.count("queue") == 1 + 8 + 3
+
+
+async def test_notebook_session_without_async_with(server: FakeServer) -> None:
+    """The notebook lines use one session across awaits, opened by the first, then closed."""
+    code = next(c for c in _blocks().values() if "session = AsyncSession()" in c)
+    local = await _run(code, _namespace(server))
+    assert local["audio"].size > 0
+    with pytest.raises(v.SessionStateError, match="closed"):
+        await local["session"].models()
+    assert server.count("queue") == 2
 
 
 async def test_many_processes_examples(redis_server: RedisServer) -> None:

@@ -260,9 +260,10 @@ class _Loop:
                 return
             self._refuse_in_loop()
             try:
-                self._portal.call(self._aclose)
+                if not self.is_closed():  # else closing began in the loop (close_soon)
+                    self._portal.call(self._aclose)
             finally:
-                self._stop()
+                self._stop()  # waits for a close_soon under way to end
 
     def close_soon(self) -> None:
         """Close without waiting (from ``__del__``): the loop closes and stops itself."""
@@ -325,7 +326,7 @@ class VeniceAudio:
     Raises:
         ValueError: invalid configuration (for example a plain-http remote ``base_url``).
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
 
     def __init__(
