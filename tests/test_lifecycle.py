@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -139,6 +140,26 @@ async def test_a_cancelled_first_call_leaves_it_usable(fake_server: FakeServer) 
         await first
     assert len(await session.models()) > 0
     await session.aclose()
+
+
+async def test_aclose_while_the_first_call_opens_it(
+    fake_server: FakeServer, tmp_path: Path
+) -> None:
+    """aclose() during the opening waits for it, then closes all it opened; nothing stays."""
+    before = _tasks()
+    session = make_session(fake_server, rate_limits=UNLIMITED, journal=tmp_path / "j.sqlite3")
+    first = asyncio.get_running_loop().create_task(session.models())
+    while session._life._host is None:  # inside the opening
+        await asyncio.sleep(0)
+    with pytest.raises(v.SessionStateError):
+        async with session:  # the first call is opening it already
+            pass
+    await session.aclose()
+    assert session._life.state is SessionState.CLOSED
+    assert _all_closed(session)
+    with contextlib.suppress(v.SessionStateError):  # closed under it, or done before
+        await first
+    assert _tasks() == before
 
 
 async def test_a_paid_first_call_without_a_key_starts_nothing(fake_server: FakeServer) -> None:

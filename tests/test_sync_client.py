@@ -338,6 +338,9 @@ def test_the_same_exceptions_as_the_session(server: FakeServer) -> None:
     with _client(server, retry=v.RetryPolicy.testing(attempts=2)) as client:
         with pytest.raises(v.RequestValidationError):
             client.submit(MODEL, "far too long", duration_seconds=100_000)
+        too_long = v.QueueRequest(model=MODEL, prompt="far too long", duration_seconds=100_000)
+        with pytest.raises(v.RequestValidationError), client.generate_many([too_long]):
+            pass
         server.plan(JobScript(duration=0.0, fail_status=500))
         job = client.submit(MODEL, "a doomed request", duration_seconds=5)
         with pytest.raises(v.InferenceFailedError):

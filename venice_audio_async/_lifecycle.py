@@ -151,7 +151,9 @@ class Lifecycle:
             SessionStateError: already open, or closed (a session is never reopened).
             JournalError: the journal cannot be used; nothing was sent.
         """
-        if self.state is SessionState.OPEN:
+        opening = self._opening
+        starting = opening is not None and not opening.done()
+        if self.state is SessionState.OPEN or (starting and asyncio.current_task() is not opening):
             raise SessionStateError(
                 "the session is already open (a session started by its first call is "
                 "closed with aclose(), not entered with 'async with')"
@@ -214,6 +216,12 @@ class Lifecycle:
         Raises:
             Exception: a background task failed (a bug), when the body raised nothing.
         """
+        opening = self._opening
+        if opening is not None and not opening.done():
+            # A first call is opening it: let that finish (bounded, shielded), then close
+            # what it opened; closing the unopened parts under it would leave it half open.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP_SECONDS):
+                await asyncio.wait([opening])
         if self.state is SessionState.UNOPENED:
             self.state = SessionState.CLOSED
             await self._client.aclose()
