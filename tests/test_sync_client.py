@@ -381,3 +381,33 @@ def test_the_options_are_the_async_sessions() -> None:
         return [(p.name, p.kind, p.default, p.annotation) for p in parameters]
 
     assert options(v.VeniceAudio) == options(v.AsyncSession)
+
+
+def test_journal_and_resume(server: FakeServer, tmp_path: Path) -> None:
+    """A batch recorded in a journal, then resumed: on_job runs in the client's thread and
+    may read status there; the calls that wait are refused there, saying why."""
+    seen: list[str] = []
+    refused: list[BaseException] = []
+    with _client(server, journal=tmp_path / "jobs.sqlite3", output_dir=tmp_path) as client:
+
+        def on_job(job: v.Job) -> None:
+            seen.append(client.status(job).phase)
+            try:
+                client.wait_for(job)
+            except RuntimeError as error:
+                refused.append(error)
+
+        cost = client.journal_requests(_requests(3, "journaled tune"))
+        assert cost >= 0
+        report = client.resume(on_job=on_job)
+        assert report.queued == 3
+        with client.results(report.jobs) as results:
+            outcomes = list(results)
+    assert [type(o).__name__ for o in outcomes] == ["Succeeded"] * 3
+    assert len(seen) == 3
+    assert len(refused) == 3
+    assert "own event loop" in str(refused[0])
+    for outcome in outcomes:
+        assert isinstance(outcome, v.Succeeded)
+        assert outcome.audio.path is not None
+        assert Path(outcome.audio.path).parent == tmp_path
