@@ -411,3 +411,18 @@ def test_journal_and_resume(server: FakeServer, tmp_path: Path) -> None:
         assert isinstance(outcome, v.Succeeded)
         assert outcome.audio.path is not None
         assert Path(outcome.audio.path).parent == tmp_path
+
+
+def test_collected_in_its_own_loop_thread_still_closes(server: FakeServer) -> None:
+    """The last reference may drop in the loop's thread (a call's task ending there): the
+    close then starts there too, and the thread ends."""
+    client = _client(server)
+    client.models()
+    loop = client._loop
+    loop._portal.call(loop.close_soon)  # what __del__ does, run in the loop's thread
+    loop._thread.join(10)
+    assert not loop._thread.is_alive()
+    assert loop.closed
+    with pytest.raises(v.SessionStateError):
+        client.models()
+    client.close()  # harmless now

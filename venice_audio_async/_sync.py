@@ -19,6 +19,7 @@ or at exit.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import concurrent.futures
 import contextlib
@@ -121,6 +122,7 @@ class _Loop:
         self._stopped = False
         self._close_lock = threading.Lock()
         self._scopes: set[anyio.CancelScope] = set()  # the calls running; loop thread only
+        self._closing: asyncio.Task[None] | None = None  # close_soon's, when run in the loop
         try:
             self.session = self._portal.call(make_session)
         except BaseException:
@@ -276,6 +278,9 @@ class _Loop:
             finally:
                 await self._portal.stop()
 
+        if self._in_loop():  # collected in the loop's thread: its last call just ended
+            self._closing = asyncio.get_running_loop().create_task(close_and_stop())
+            return
         with contextlib.suppress(RuntimeError):  # stopped meanwhile
             self._portal.start_task_soon(close_and_stop)
 
