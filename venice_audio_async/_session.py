@@ -89,7 +89,7 @@ class AsyncSession(SessionResultsAPI):
     Errors of opening (a journal owned by another process: :class:`JournalError`) are
     raised by that first call, and the session stays unstarted. Before its first use the
     synchronous calls see an empty session: :meth:`status` says ``unknown``,
-    :meth:`statistics` is all zeros, :meth:`unfinished` and :meth:`finished` are empty,
+    :meth:`statistics` counts nothing, :meth:`unfinished` and :meth:`finished` are empty,
     :meth:`forget` does nothing, and :meth:`attach` raises :class:`SessionStateError`
     (it polls at once: await any call first). A closed session never restarts: every call
     then raises :class:`SessionStateError`.

@@ -198,7 +198,8 @@ class SessionResultsAPI:
     # ------------------------------------------------------------------ introspection
 
     def unfinished(self) -> list[Job]:
-        """Jobs queued (and paid for) that have no outcome yet: keep their ids."""
+        """Jobs queued (and paid for) that have no outcome yet: keep their ids. Empty
+        before the session's first call."""
         return self._parts.scheduler.jobs.unfinished()
 
     def forget(self, job: Job) -> None:
@@ -207,7 +208,7 @@ class SessionResultsAPI:
 
         The job may still run, and it was paid for: its ``queue_id`` is logged (INFO) and
         stays in the journal, so :meth:`attach` (here or in another session) or ``resume``
-        can still fetch it.
+        can still fetch it. Before the session's first call there is nothing to forget.
 
         Raises:
             ValueError: a :meth:`results` or :meth:`wait_for` waits on the job right now.
@@ -220,7 +221,8 @@ class SessionResultsAPI:
         """The last known state of ``job``: waiting here for a queue token, at Venice
         (queued, or running with the server's estimate and an estimated time left), or
         finished. Pass the :class:`QueueRequest` to ask about a submit still waiting for
-        its token (the same object that was submitted). Sends nothing.
+        its token (the same object that was submitted). Sends nothing. Before the
+        session's first call every job is ``unknown``.
 
         .. versionadded:: 0.1.0
         """
@@ -230,7 +232,7 @@ class SessionResultsAPI:
         """Jobs whose outcome is ready but nobody has taken yet, oldest first.
 
         Get them with :meth:`results` or :meth:`wait_for`; in-memory audio keeps its
-        media on the server until then.
+        media on the server until then. Empty before the session's first call.
 
         .. versionadded:: 0.1.0
         """
@@ -238,5 +240,6 @@ class SessionResultsAPI:
 
     def statistics(self) -> SessionStatistics:
         """A frozen snapshot of jobs, requests, 429s, pauses and spend (every field is
-        documented on :class:`SessionStatistics`)."""
+        documented on :class:`SessionStatistics`). Before the session's first call it
+        counts nothing (a journal's earlier spending is read when the session opens)."""
         return self._parts.statistics.snapshot()
