@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -111,6 +112,8 @@ EXAMPLES = {
     "RedisBudget.from_url": "test_many_processes_examples",
     "server.inject": "test_testing_example",
     "pooled_rate_limit=60": "test_fake_server_limits_example",
+    "ThreadPoolExecutor": "test_without_async_script",
+    "session = AsyncSession()  # nothing opened yet": "test_notebook_session_without_async_with",
 }
 
 
@@ -311,6 +314,40 @@ async def test_fake_server_limits_example(caplog: pytest.LogCaptureFixture) -> N
             await session.generate("stable-audio-25", "under the pooled limit")
         assert session.statistics().rate_limited == 0
         assert server.count("queue") == 1
+    _user_view(names, caplog)
+
+
+async def test_without_async_script(server: FakeServer, caplog: pytest.LogCaptureFixture) -> None:
+    """The "Without async" script runs as written: in a thread, as a script's main thread
+    would (it blocks, so not on the loop serving the fake); eight threads share the client."""
+    code = next(c for c in _blocks().values() if "with VeniceAudio() as client" in c)
+    body = "\n".join(line for line in code.splitlines() if not line.startswith("from venice"))
+    printed: list[tuple[object, ...]] = []
+    names = _namespace(server, print=lambda *a: printed.append(a))
+    scale = server.clock.scale if isinstance(server.clock, v.ScaledClock) else TIME_SCALE
+    names["VeniceAudio"] = partial(
+        v.VeniceAudio, api_key="k", base_url=server.url, clock=v.ScaledClock(scale)
+    )
+    await anyio.to_thread.run_sync(exec, compile(body, str(README), "exec"), names)
+    assert len(names["sizes"]) == 8
+    assert all(size > 0 for size in names["sizes"])
+    assert len(printed) == 3
+    assert server.count("queue") == 1 + 8 + 3
+    assert server.count("complete") == 1 + 8 + 3  # every result taken and released
+    _user_view(names, caplog)
+
+
+async def test_notebook_session_without_async_with(
+    server: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The notebook lines use one session across awaits, opened by the first, then closed."""
+    code = next(c for c in _blocks().values() if "session = AsyncSession()" in c)
+    names = _namespace(server)
+    local = await _run(code, names)
+    assert local["audio"].size > 0
+    with pytest.raises(v.SessionStateError, match="closed"):
+        await local["session"].models()
+    assert server.count("queue") == 2
     _user_view(names, caplog)
 
 

@@ -401,10 +401,8 @@ async def test_generate_passes_validate_and_deadline_to_submit(server: FakeServe
 
 
 async def test_lifecycle_is_explicit(server: FakeServer) -> None:
-    """Use before open or after close is refused; reopening is refused."""
+    """Use after close is refused; reopening is refused; entering twice is refused."""
     session = _session(server)
-    with pytest.raises(v.SessionStateError):
-        await session.submit("stable-audio-25", "too early for this")
     async with session:
         with pytest.raises(v.SessionStateError):
             await session.__aenter__()

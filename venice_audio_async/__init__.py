@@ -94,6 +94,7 @@ from ._resume import ResumeReport
 from ._session import AsyncSession
 from ._statistics import SessionStatistics
 from ._status import PRIOR_RUN_SECONDS, EstimateSource, JobPhase, JobStatus
+from ._sync import VeniceAudio
 
 try:
     __version__ = _metadata.version("venice-audio-async")
@@ -199,6 +200,7 @@ __all__ = [
     "TransportError",
     "TruncatedResponse",
     "UnknownPricing",
+    "VeniceAudio",
     "VeniceClient",
     "VeniceError",
     "VeniceHeaders",

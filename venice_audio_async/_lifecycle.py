@@ -1,10 +1,13 @@
 """Opening and closing a session's parts, in order: unopened → open → closed, never reopened.
 
-Opening takes the journal (refused before anything is sent when it cannot be used), then
-starts the session's one task group: the scheduler, and the retries of journal writes that
-failed after a payment. The task group runs inside a *host* task the session owns, not in
-the opener's task, so any task of the loop may close the session (another task than the
-opener, ``asyncio.wait_for(session.aclose(), t)``, a later notebook cell).
+A session opens with ``async with``, or on its first awaited call (:meth:`Lifecycle.start`:
+once, however many calls arrive together, shielded so a cancelled first call does not
+leave it half open). Opening takes the journal (refused before anything is sent when it
+cannot be used), then starts the session's one task group: the scheduler, and the retries
+of journal writes that failed after a payment. The task group runs inside a *host* task
+the session owns, not in the opener's task, so it outlives the call that started it and
+any task of the loop may close the session (another task than the opener,
+``asyncio.wait_for(session.aclose(), t)``, a later notebook cell).
 
 Closing lets media releases already started finish (bounded), stops the host task, closes
 the connection pool, the journal and a shared budget's connections (its ``aclose``, if it
@@ -28,6 +31,7 @@ import anyio.abc
 from ._budget import RequestBudget
 from ._client import VeniceClient
 from ._errors import MissingAPIKeyError, SessionStateError
+from ._http import require_asyncio
 from ._ledger import Ledger
 from ._scheduler import Scheduler
 
@@ -73,6 +77,7 @@ class Lifecycle:
         self._host_error: BaseException | None = None
         self._running = False  # the host's task group started
         self._tg: anyio.abc.TaskGroup | None = None
+        self._opening: asyncio.Task[None] | None = None  # concurrent first calls share it
 
     def check_open(self, *, paid: bool = False) -> None:
         """Refuse calls on a session not open; ``paid`` calls also need an API key.
@@ -82,14 +87,51 @@ class Lifecycle:
             MissingAPIKeyError: ``paid`` and no API key was given.
         """
         if self.state is SessionState.UNOPENED:
-            raise SessionStateError("the session is not open; use 'async with AsyncSession()'")
+            raise SessionStateError(
+                "the session has not started: await any of its calls first "
+                "(or use 'async with AsyncSession()')"
+            )
         if self.state is SessionState.CLOSED:
             raise SessionStateError("the session is closed")
-        if paid and not self.has_key:
+        if paid:
+            self._check_key()
+
+    def _check_key(self) -> None:
+        if not self.has_key:
             raise MissingAPIKeyError(
                 "no API key: pass AsyncSession(api_key=...) or set VENICE_API_KEY "
                 "(create one at https://venice.ai/settings/api)"
             )
+
+    async def start(self, *, paid: bool = False) -> None:
+        """Open the session on its first use, then :meth:`check_open` it.
+
+        Concurrent first calls open it once. The opening runs in a task of its own: a
+        first call cancelled meanwhile (a timeout around it) leaves the session open for
+        the next.
+
+        Raises:
+            SessionStateError: the session is closed (it never restarts).
+            MissingAPIKeyError: ``paid`` and no API key was given (nothing is opened).
+            AsyncioRequiredError: not running on asyncio.
+            JournalError: the journal cannot be used; the session stays unstarted, so
+                the next call tries again.
+        """
+        if self.state is SessionState.UNOPENED:
+            if paid:
+                self._check_key()
+            require_asyncio("AsyncSession")
+            opening = self._opening
+            if opening is None or opening.done():  # the first call, or the last opening failed
+                opening = self._opening = asyncio.get_running_loop().create_task(
+                    self.open(), name="venice-audio-session-open"
+                )
+                # Its error is raised to the callers waiting; none may be left to take it.
+                opening.add_done_callback(lambda task: task.cancelled() or task.exception())
+            # A task of its own, shielded: a caller cancelled (a timeout around the first
+            # call, even a plain asyncio cancel) does not cut the opening short.
+            await asyncio.shield(opening)
+        self.check_open(paid=paid)
 
     def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run ``fn`` in the session's task group. It must never raise: an error there
@@ -109,8 +151,13 @@ class Lifecycle:
             SessionStateError: already open, or closed (a session is never reopened).
             JournalError: the journal cannot be used; nothing was sent.
         """
-        if self.state is SessionState.OPEN:
-            raise SessionStateError("the session is already open")
+        opening = self._opening
+        starting = opening is not None and not opening.done()
+        if self.state is SessionState.OPEN or (starting and asyncio.current_task() is not opening):
+            raise SessionStateError(
+                "the session is already open (a session started by its first call is "
+                "closed with aclose(), not entered with 'async with')"
+            )
         if self.state is SessionState.CLOSED:
             raise SessionStateError("a closed session cannot be reopened; create a new one")
         await self._ledger.open()
@@ -169,6 +216,12 @@ class Lifecycle:
         Raises:
             Exception: a background task failed (a bug), when the body raised nothing.
         """
+        opening = self._opening
+        if opening is not None and not opening.done():
+            # A first call is opening it: let that finish (bounded, shielded), then close
+            # what it opened; closing the unopened parts under it would leave it half open.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP_SECONDS):
+                await asyncio.wait([opening])
         if self.state is SessionState.UNOPENED:
             self.state = SessionState.CLOSED
             await self._client.aclose()

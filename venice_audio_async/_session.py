@@ -75,6 +75,25 @@ class AsyncSession(SessionResultsAPI):
     by asking ``retrieve`` to delete the media as it answers, at the cost that a download cut
     short cannot be fetched again; ``"keep"`` leaves it on the server until it expires.
 
+    ``async with`` is optional, as for ``httpx.AsyncClient``: a session not entered starts
+    on its first awaited call (``submit``, ``generate``, ``wait_for``, ``results``,
+    ``generate_many``, ``models``, ``quote``, ``resume``, ...), once however many calls
+    arrive together, and ``await session.aclose()`` ends it (a ``ResourceWarning`` if a
+    started session is collected unclosed). So a notebook keeps one open across cells::
+
+        session = AsyncSession()
+        audio = await session.generate("stable-audio-25", "rain", duration_seconds=5)
+        ...  # later cells
+        await session.aclose()
+
+    Errors of opening (a journal owned by another process: :class:`JournalError`) are
+    raised by that first call, and the session stays unstarted. Before its first use the
+    synchronous calls see an empty session: :meth:`status` says ``unknown``,
+    :meth:`statistics` counts nothing, :meth:`unfinished` and :meth:`finished` are empty,
+    :meth:`forget` does nothing, and :meth:`attach` raises :class:`SessionStateError`
+    (it polls at once: await any call first). A closed session never restarts: every call
+    then raises :class:`SessionStateError`.
+
     Raises:
         ValueError: invalid configuration (for example a plain-http remote ``base_url``).
 
@@ -145,7 +164,8 @@ class AsyncSession(SessionResultsAPI):
         return await self._life.close(exc_type, exc, tb)
 
     async def aclose(self) -> None:
-        """Close the session: stop polling and close the pool. Closing twice is harmless.
+        """Close the session: stop polling and close the pool. Closing twice is harmless,
+        and so is closing one never started. A closed session never restarts.
 
         Jobs still running stay billed and running on the server; :meth:`unfinished` lists
         them so they can be attached later.
@@ -170,7 +190,7 @@ class AsyncSession(SessionResultsAPI):
             SessionStateError: the session is not open.
             APIStatusError, TransportError: the catalogue could not be fetched.
         """
-        self._life.check_open()
+        await self._start()
         return await self._parts.catalogue.models(refresh=refresh)
 
     async def quote(
@@ -187,7 +207,7 @@ class AsyncSession(SessionResultsAPI):
             RequestValidationError: the request breaks the model's rules (nothing sent).
             APIStatusError, TransportError: the quote failed.
         """
-        self._life.check_open()
+        await self._start()
         request = QuoteRequest(
             model=model, duration_seconds=duration_seconds, character_count=character_count
         )
@@ -200,7 +220,7 @@ class AsyncSession(SessionResultsAPI):
 
         ``None`` when neither can tell (a model without pricing that quote refuses).
         """
-        self._life.check_open()
+        await self._start()
         return await self._parts.catalogue.estimate_cost(request, model=model)
 
     # ------------------------------------------------------------------ submit
@@ -259,7 +279,7 @@ class AsyncSession(SessionResultsAPI):
         ``key`` identifies the job in the journal (e.g. a batch line); ``name`` is the file
         name stem used when the audio goes to a directory.
         """
-        self._life.check_open(paid=True)
+        await self._start(paid=True)
         return await self._parts.submitter.submit(
             request,
             destination=destination,
@@ -296,7 +316,7 @@ class AsyncSession(SessionResultsAPI):
                 itself, never inside an ``ExceptionGroup``; the jobs queued meanwhile are
                 still polled and listed by :meth:`unfinished`.
         """
-        self._life.check_open(paid=True)
+        await self._start(paid=True)
         return await self._parts.submitter.submit_many(
             requests, destination=destination, deadline=deadline, validate=validate, take=take
         )
@@ -319,7 +339,8 @@ class AsyncSession(SessionResultsAPI):
 
         Raises:
             ValueError: ``model`` or ``queue_id`` is empty.
-            SessionStateError: the session is not open.
+            SessionStateError: the session is closed, or has not started yet (an attached
+                job is polled at once: await any call first, or use ``async with``).
         """
         self._life.check_open(paid=True)
         return self._parts.resumer.attach(
@@ -360,7 +381,7 @@ class AsyncSession(SessionResultsAPI):
             JournalError: a job could not be recorded (those before it are).
             ValueError: ``keys`` or ``names`` are not as many as ``requests``.
         """
-        self._life.check_open()
+        await self._start()
         return await self._parts.submitter.journal_requests(
             requests,
             keys=keys,
@@ -403,7 +424,7 @@ class AsyncSession(SessionResultsAPI):
                 another process (nothing was sent), or a job could not be claimed before
                 sending it (another owner took it; it was not sent).
         """
-        self._life.check_open(paid=True)
+        await self._start(paid=True)
         if journal is not None:
             await self._parts.ledger.adopt(journal)
         return await self._parts.resumer.resume(requeue_unknown=requeue_unknown, on_job=on_job)

@@ -10,9 +10,9 @@ their signatures and user documentation: each delegates to a part of the session
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING, TypeVar, cast, overload
 
 from ._batch_flow import BatchResults, FollowedResults
 from ._models import AudioResult, Job, Outcome, QueueOptions, QueueRequest
@@ -31,6 +31,8 @@ else:  # Unpack for **kwargs (PEP 692) is in typing from 3.12
 
 __all__ = ["SessionResultsAPI"]
 
+T = TypeVar("T")
+
 
 class SessionResultsAPI:
     """The result half of :class:`AsyncSession`'s public API; not used on its own.
@@ -40,6 +42,18 @@ class SessionResultsAPI:
     """
 
     _parts: SessionParts
+
+    async def _start(self, *, paid: bool = False) -> None:
+        """Start the session on its first use (no ``async with`` needed); refuse it closed."""
+        await self._parts.lifecycle.start(paid=paid)
+
+    @asynccontextmanager
+    async def _started(
+        self, enter: Callable[[], AbstractAsyncContextManager[T]]
+    ) -> AsyncIterator[T]:
+        await self._start()
+        async with enter() as value:
+            yield value
 
     # ------------------------------------------------------------------ results
 
@@ -76,7 +90,17 @@ class SessionResultsAPI:
             OutcomeAlreadyTaken: a job's outcome was already handed over (a ValueError).
             ValueError: a job is not known to this session (submit or attach it first).
         """
-        return self._parts.results.results(jobs)
+        results = self._parts.results
+        # Results.results answers by the type of ``jobs``, as the overloads above say.
+        if isinstance(jobs, AsyncIterable):
+            source = jobs
+            return self._started(
+                lambda: cast(AbstractAsyncContextManager[FollowedResults], results.results(source))
+            )
+        given = jobs
+        return self._started(
+            lambda: cast(AbstractAsyncContextManager[ResultStream], results.results(given))
+        )
 
     @asynccontextmanager
     async def generate_many(
@@ -130,6 +154,7 @@ class SessionResultsAPI:
 
         .. versionadded:: 0.1.0
         """
+        await self._start(paid=True)
         async with self._parts.results.generate_many(
             requests, destination=destination, deadline=deadline, validate=validate, take=take
         ) as results:
@@ -143,10 +168,12 @@ class SessionResultsAPI:
                 wait again or attach it later).
             VeniceError: the job failed (its typed error).
         """
+        await self._start()
         return await self._parts.results.wait_for(job, timeout=timeout)
 
     async def wait_outcome(self, job: Job, *, timeout: float | None = None) -> Outcome:
         """Like :meth:`wait_for`, returning the outcome instead of raising the job's error."""
+        await self._start()
         return await self._parts.results.wait_outcome(job, timeout=timeout)
 
     async def generate(
@@ -174,6 +201,7 @@ class SessionResultsAPI:
                 (``error.job``: wait for it again, or attach it elsewhere, later).
             VeniceError: the job failed.
         """
+        await self._start(paid=True)
         return await self._parts.results.generate(
             model,
             prompt,
@@ -187,7 +215,8 @@ class SessionResultsAPI:
     # ------------------------------------------------------------------ introspection
 
     def unfinished(self) -> list[Job]:
-        """Jobs queued (and paid for) that have no outcome yet: keep their ids."""
+        """Jobs queued (and paid for) that have no outcome yet: keep their ids. Empty
+        before the session's first call."""
         return self._parts.scheduler.jobs.unfinished()
 
     def forget(self, job: Job) -> None:
@@ -196,7 +225,7 @@ class SessionResultsAPI:
 
         The job may still run, and it was paid for: its ``queue_id`` is logged (INFO) and
         stays in the journal, so :meth:`attach` (here or in another session) or ``resume``
-        can still fetch it.
+        can still fetch it. Before the session's first call there is nothing to forget.
 
         Raises:
             ValueError: a :meth:`results` or :meth:`wait_for` waits on the job right now.
@@ -209,7 +238,8 @@ class SessionResultsAPI:
         """The last known state of ``job``: waiting here for a queue token, at Venice
         (queued, or running with the server's estimate and an estimated time left), or
         finished. Pass the :class:`QueueRequest` to ask about a submit still waiting for
-        its token (the same object that was submitted). Sends nothing.
+        its token (the same object that was submitted). Sends nothing. Before the
+        session's first call every job is ``unknown``.
 
         .. versionadded:: 0.1.0
         """
@@ -219,7 +249,7 @@ class SessionResultsAPI:
         """Jobs whose outcome is ready but nobody has taken yet, oldest first.
 
         Get them with :meth:`results` or :meth:`wait_for`; in-memory audio keeps its
-        media on the server until then.
+        media on the server until then. Empty before the session's first call.
 
         .. versionadded:: 0.1.0
         """
@@ -227,5 +257,6 @@ class SessionResultsAPI:
 
     def statistics(self) -> SessionStatistics:
         """A frozen snapshot of jobs, requests, 429s, pauses and spend (every field is
-        documented on :class:`SessionStatistics`)."""
+        documented on :class:`SessionStatistics`). Before the session's first call it
+        counts nothing (a journal's earlier spending is read when the session opens)."""
         return self._parts.statistics.snapshot()

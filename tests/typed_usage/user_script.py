@@ -13,6 +13,7 @@ import venice_audio_async as v
 from venice_audio_async import (
     AsyncSession,
     AudioResult,
+    BatchOutcome,
     Failed,
     Job,
     Outcome,
@@ -21,6 +22,7 @@ from venice_audio_async import (
     RequestValidationError,
     SessionStatistics,
     Succeeded,
+    VeniceAudio,
     VeniceError,
 )
 from venice_audio_async.testing import FakeServer, JobScript
@@ -73,7 +75,37 @@ async def main() -> None:
             stats: SessionStatistics = session.statistics()
             in_flight: int = stats.jobs_in_flight
             assert in_flight == 0
+        # The synchronous client blocks its thread: off this loop, which serves the fake.
+        await asyncio.to_thread(without_async, url)
     print("user script: ok")
+
+
+def without_async(url: str) -> None:
+    """The synchronous client, as a plain script or a thread pool uses it."""
+    with VeniceAudio(
+        api_key="user-script-key", base_url=url, clock=v.ScaledClock(TIME_SCALE)
+    ) as client:
+        audio: AudioResult = client.generate(
+            "stable-audio-25", "a tune without async", duration_seconds=10, timeout=600.0
+        )
+        assert audio.size > 0
+        job: Job = client.submit("stable-audio-25", "rain without async", duration_seconds=5)
+        with client.results([job]) as outcomes:
+            for outcome in outcomes:
+                checked: Outcome = outcome
+                assert isinstance(checked, Succeeded)
+        requests = [
+            QueueRequest(model="stable-audio-25", prompt=f"bells without async {i}")
+            for i in range(2)
+        ]
+        kinds: list[str] = []
+        with client.generate_many(requests) as results:
+            for batch_outcome in results:
+                seen: BatchOutcome = batch_outcome
+                kinds.append(type(seen).__name__)
+        assert kinds == ["Succeeded", "Succeeded"]
+        stats: SessionStatistics = client.statistics()
+        assert stats.jobs_succeeded == 4
 
 
 if __name__ == "__main__":
