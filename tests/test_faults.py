@@ -129,7 +129,7 @@ async def test_dns_failure_is_connect_error_and_retrieve_retried() -> None:
         outcome = await session.wait_outcome(job)
     assert "api.venice.invalid" in str(caught.value)
     assert caught.value.request_sent is False
-    assert isinstance(outcome, v.Failed)
+    assert isinstance(outcome, v.Unreachable)
     assert isinstance(outcome.error, v.JobUnreachable)
     assert isinstance(outcome.error.last_error, v.ConnectError)
     assert outcome.error.waited >= 60.0
@@ -612,8 +612,10 @@ async def test_a_job_unreachable_for_too_long_ends_unreachable_and_resumable(
         rows = {e.queue_id: e for e in await session.journal.entries()}
     assert isinstance(outcomes[fine.queue_id], v.Succeeded)
     unreachable = outcomes[cut.queue_id]
+    # An outcome of its own kind, and still a Failed for code that only knows Failed.
+    assert isinstance(unreachable, v.Failed)
     match unreachable:
-        case v.Failed(error=v.JobUnreachable() as error):
+        case v.Unreachable(error=v.JobUnreachable() as error):
             assert error.job == cut
             assert error.waited >= 60.0
             assert isinstance(error.last_error, v.ConnectionDropped)

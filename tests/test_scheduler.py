@@ -209,7 +209,7 @@ async def test_failed_polls_back_off_to_the_cap_then_end_unreachable(harness: Ha
     assert times[-1] - times[0] >= policy.unreachable_after
     assert times[-2] - times[0] < policy.unreachable_after
     outcome = harness.scheduler.jobs.outcome_of("cut")
-    assert isinstance(outcome, v.Failed)
+    assert isinstance(outcome, v.Unreachable)
     assert isinstance(outcome.error, v.JobUnreachable)
     assert outcome.error.last_error is dropped
     polls = len(harness.client.retrieves)

@@ -86,6 +86,7 @@ from ._models import (
     Running,
     Succeeded,
     UnknownPricing,
+    Unreachable,
     VeniceHeaders,
 )
 from ._redis_budget import RedisBudget
@@ -200,6 +201,7 @@ __all__ = [
     "TransportError",
     "TruncatedResponse",
     "UnknownPricing",
+    "Unreachable",
     "VeniceAudio",
     "VeniceClient",
     "VeniceError",

@@ -50,6 +50,7 @@ __all__ = [
     "Running",
     "Succeeded",
     "UnknownPricing",
+    "Unreachable",
     "VeniceHeaders",
 ]
 
@@ -467,6 +468,21 @@ class Failed:
 
     job: Job
     error: VeniceError
+
+
+@attrs.frozen
+class Unreachable(Failed):
+    """The API gave no verdict on the job for ``RetryPolicy.unreachable_after`` seconds:
+    every poll failed in transit. It is paid for and may well be finished, its media
+    waiting on the server: the journal keeps it "queued" for ``resume``, or pick it up with
+    ``AsyncSession.attach(job.model, job.queue_id)``. ``error`` is a
+    :class:`~venice_audio_async.JobUnreachable`.
+
+    An outcome of its own kind that is still a :class:`Failed` (code matching ``Failed``
+    catches it too): match ``Unreachable(job=job)`` before ``Failed`` to tell it apart.
+
+    .. versionadded:: 0.2.0
+    """
 
 
 @attrs.frozen

@@ -92,6 +92,7 @@ from ._models import (
     Outcome,
     Processing,
     Succeeded,
+    Unreachable,
 )
 from ._pacer import WindowPacer
 from ._policy import PollPolicy
@@ -559,7 +560,7 @@ class Scheduler:
                     extra={"queue_id": tracked.job.queue_id},
                 )
                 gone = JobUnreachable(tracked.job, unreached, error)
-                await self._finish(tracked, Failed(tracked.job, gone))
+                await self._finish(tracked, Unreachable(tracked.job, gone))
                 return
         delay = self._retrier.poll_again_in(
             error, tracked.failures, queue_id=tracked.job.queue_id, unreached=unreached
