@@ -1,4 +1,5 @@
-"""The README's Python examples run as written, against the fake server."""
+"""The Python examples of README.md and of the docs pages run as written, against the fake
+server (tests/test_docs_examples.py checks that every block is run by a test here)."""
 
 from __future__ import annotations
 
@@ -25,15 +26,22 @@ from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
 
-README = Path(__file__).parent.parent / "README.md"
+ROOT = Path(__file__).parent.parent
+README = ROOT / "README.md"
+#: The pages whose Python blocks are examples: the README and every docs page.
+PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
+
+#: A ```python fence, with or without attributes after the language (``title="..."``).
+PYTHON_BLOCK = r"```python[^\n]*\n(.*?)```"
 
 
 def _blocks() -> dict[str, str]:
-    """Python blocks keyed by the line of prose just before them."""
-    text = README.read_text()
+    """Python blocks of every page, keyed by the page and the line of prose just before them."""
     found = {}
-    for match in re.finditer(r"\n([^\n]*)\n\n```python\n(.*?)```", text, re.S):
-        found[match.group(1).strip()] = match.group(2)
+    for page in PAGES:
+        text = page.read_text()
+        for match in re.finditer(r"\n([^\n]*)\n\n" + PYTHON_BLOCK, text, re.S):
+            found[f"{page.relative_to(ROOT)}: {match.group(1).strip()}"] = match.group(2)
     return found
 
 
@@ -90,7 +98,7 @@ async def _run(code: str, names: dict[str, Any]) -> dict[str, Any]:
         line for line in code.splitlines() if not line.startswith(("from venice", "import asyncio"))
     ).replace("asyncio.run(main())", "await main()")
     source = "async def __snippet__():\n" + textwrap.indent(body, "    ") + "\n    return locals()"
-    exec(compile(source, str(README), "exec"), names)  # our own README
+    exec(compile(source, str(README), "exec"), names)  # our own pages
     result: dict[str, Any] = await names["__snippet__"]()
     return result
 
@@ -102,7 +110,7 @@ async def server() -> AsyncIterator[FakeServer]:
         yield fake
 
 
-#: What identifies each README example, and the test that runs it.
+#: What identifies each example of the README and the docs, and the test that runs it.
 EXAMPLES = {
     "asyncio.run(main())": "test_first_generation",
     "make_jingle": "test_web_handler",
@@ -115,20 +123,6 @@ EXAMPLES = {
     "ThreadPoolExecutor": "test_without_async_script",
     "session = AsyncSession()  # nothing opened yet": "test_notebook_session_without_async_with",
 }
-
-
-def test_every_example_is_run() -> None:
-    """Every Python block of the README is run by a test of this module (a new block without
-    one fails here), and each marker still finds its block."""
-    text = README.read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert len(blocks) == len(_blocks())  # every block has prose before it
-    for block in blocks:
-        markers = [marker for marker in EXAMPLES if marker in block]
-        assert markers, f"no test runs this README example:\n{block}"
-    for marker, test in EXAMPLES.items():
-        assert any(marker in block for block in blocks), marker
-        assert test in globals(), test
 
 
 async def test_first_generation(server: FakeServer, caplog: pytest.LogCaptureFixture) -> None:
