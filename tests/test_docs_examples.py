@@ -7,6 +7,7 @@ each); ``mkdocs build --strict`` in .ci/run checks the site's own links and anch
 
 from __future__ import annotations
 
+import importlib.util
 import pkgutil
 import re
 from pathlib import Path
@@ -142,3 +143,34 @@ def test_readme_links_into_the_docs_land() -> None:
         assert page.exists(), path
         if anchor:
             assert anchor in _headings(page), f"{path} has no heading #{anchor}"
+
+
+def test_the_readme_is_short_and_keeps_its_set_up_commands() -> None:
+    """At most 250 lines (the rest is in the docs), with the test command CI runs verbatim."""
+    text = README.read_text()
+    assert len(text.splitlines()) <= 250
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = ci.split("keep in sync with README.md")[1].splitlines()[1]
+    assert command.startswith("python3 -m venv .venv && ")
+    set_up = text[text.index("## Set up") : text.index("## A first generation")]
+    assert f"```bash\n{command}\n```" in set_up
+
+
+def test_the_reference_reads_the_docstrings_rest_marks() -> None:
+    """The site's hook turns reST roles, a "::" before a code block and versionadded into
+    prose (the rendered HTML of a docstring that has each)."""
+    spec = importlib.util.spec_from_file_location("mkdocs_hooks", ROOT / "mkdocs_hooks.py")
+    assert spec is not None
+    assert spec.loader is not None
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    html = (
+        "<p>Use :class:<code>AsyncSession</code> and :meth:<code>wait_for</code>.</p>\n"
+        "<p>::</p>\n<pre><code>a::b\n</code></pre>\n<p>So across cells::</p>\n"
+        "<p>.. versionadded:: 0.1.0</p>"
+    )
+    assert hooks.clean(html) == (
+        "<p>Use <code>AsyncSession</code> and <code>wait_for</code>.</p>\n"
+        "<pre><code>a::b\n</code></pre>\n<p>So across cells:</p>\n"
+        "<p><em>New in version 0.1.0.</em></p>"
+    )

@@ -303,7 +303,7 @@ def test_batch_refuses_a_folder_whose_journal_lost_its_tables(
 
 
 def test_the_mark_file_is_small_and_beside_the_journal(tmp_path: Path) -> None:
-    """The mark is one JSON line next to the journal (documented in the README)."""
+    """The mark is one JSON line next to the journal (documented in docs/journal.md)."""
     out = tmp_path / "out"
     batch = _tracks(tmp_path / "b.jsonl", 1)
     assert main(["batch", str(batch), "--out", str(out), "--fake", "--plain"]) == 0
