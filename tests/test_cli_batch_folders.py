@@ -146,7 +146,9 @@ def test_fetch_fake_gets_a_job_of_a_fake_batch_folder(
     assert target.stat().st_size > 0
     capsys.readouterr()
 
-    assert main([*fetch, "--out", str(tmp_path), "--folder", str(tmp_path)]) == ExitCode.INVALID_INPUT
+    assert (
+        main([*fetch, "--out", str(tmp_path), "--folder", str(tmp_path)]) == ExitCode.INVALID_INPUT
+    )
     assert "no --fake batch was run there" in capsys.readouterr().err
     no_fake = [a for a in fetch if a != "--fake"]
     assert main([*no_fake, "--out", str(tmp_path), "--folder", str(out)]) == ExitCode.INVALID_INPUT

@@ -139,7 +139,10 @@ def test_unreadable_batch_file_is_invalid_input_before_any_server(
 ) -> None:
     """A missing batch file and a folder given as one are refused before any server."""
     for source in (tmp_path / "missing.jsonl", tmp_path):
-        assert main(["batch", str(source), "--out", str(tmp_path / "o"), "--fake"]) == ExitCode.INVALID_INPUT
+        assert (
+            main(["batch", str(source), "--out", str(tmp_path / "o"), "--fake"])
+            == ExitCode.INVALID_INPUT
+        )
         err = capsys.readouterr().err
         assert f"cannot read {source}" in err
         assert FAKE not in err
@@ -152,7 +155,10 @@ def test_batch_out_that_is_a_file_is_refused(
     """batch --out naming a file exits 4 (invalid input) and says so, before any server."""
     batch = _tracks(tmp_path / "b.jsonl", 1)
     (tmp_path / "taken").write_text("")
-    assert main(["batch", str(batch), "--out", str(tmp_path / "taken"), "--fake"]) == ExitCode.INVALID_INPUT
+    assert (
+        main(["batch", str(batch), "--out", str(tmp_path / "taken"), "--fake"])
+        == ExitCode.INVALID_INPUT
+    )
     err = capsys.readouterr().err
     assert "is a file, not a folder" in err
     assert FAKE not in err
@@ -425,7 +431,10 @@ def test_batch_into_an_unwritable_folder_is_refused_first(
     out.mkdir()
     batch = _tracks(tmp_path / "b.jsonl", 2)
     with _unwritable(out):
-        assert main(["batch", str(batch), "--out", str(out), "--fake", "--plain"]) == ExitCode.INVALID_INPUT
+        assert (
+            main(["batch", str(batch), "--out", str(out), "--fake", "--plain"])
+            == ExitCode.INVALID_INPUT
+        )
     err = capsys.readouterr().err
     assert f"cannot write into {out}" in err
     assert FAKE not in err

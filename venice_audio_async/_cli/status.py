@@ -83,7 +83,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
         return ExitCode.OK
     parts = ", ".join(f"{states[n]} {n.replace('_', ' ')}" for n in _STATES if states[n])
     print(f"{out}: {len(entries)} line(s): {parts or 'none'}; ${spent:.2f} spent (estimated)")
-    plan = ", ".join(f"{n} to {_STEP_WORDS[step]}" for step, n in steps.items() if n)
+    plan = ", ".join(f"{steps[step]} to {_STEP_WORDS[step]}" for step in Step if steps[step])
     if command is None:
         print(f"resume would send nothing ({plan or 'no lines'})")
     else:
