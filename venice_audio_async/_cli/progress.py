@@ -69,12 +69,13 @@ class BatchProgress:
                     TextColumn("[bold]generating"),
                     BarColumn(),
                     MofNCompleteColumn(),
+                    TextColumn("eta {task.fields[eta]}"),  # before the detail: never cut off
                     TextColumn("{task.fields[detail]}"),
                     TimeElapsedColumn(),
                     console=Console(stderr=True),  # stdout is for results (--json)
                     transient=False,
                 )
-                self._task = self._progress.add_task("batch", total=total, detail="")
+                self._task = self._progress.add_task("batch", total=total, detail="", eta="?")
 
     def __enter__(self) -> BatchProgress:
         if self._progress is not None:
@@ -107,19 +108,25 @@ class BatchProgress:
             guesses.append((self._clock() - self._started) / finished * left)
         return max(guesses) if guesses else None
 
-    def detail(self) -> str:
+    def eta_text(self) -> str:
+        """The ETA as shown: ``42s``, ``3m05s``, or ``?`` while unknown."""
         eta = self.eta()
+        return "?" if eta is None else _duration(eta)
+
+    def detail(self) -> str:
         return (
             f"done {self.done}  running {self.running}  failed {self.failed}  "
-            f"requests {self.requests}  spent ${self.spent_usd:.2f}  "
-            f"eta {'?' if eta is None else _duration(eta)}"
+            f"requests {self.requests}  spent ${self.spent_usd:.2f}"
         )
 
     def refresh(self, *, force: bool = False) -> None:
         """Redraw (rich) or print a line at most every 2 s (plain)."""
         if self._progress is not None:
             self._progress.update(
-                self._task, completed=self.done + self.failed, detail=self.detail()
+                self._task,
+                completed=self.done + self.failed,
+                detail=self.detail(),
+                eta=self.eta_text(),
             )
             return
         now = self._clock()
@@ -128,7 +135,8 @@ class BatchProgress:
             elapsed = now - self._started
             finished = self.done + self.failed
             print(
-                f"[{elapsed:6.1f}s] {finished}/{self.total}  {self.detail()}",
+                f"[{elapsed:6.1f}s] {finished}/{self.total}  {self.detail()}  "
+                f"eta {self.eta_text()}",
                 file=sys.stderr,
                 flush=True,
             )

@@ -45,7 +45,7 @@ _STEP_WORDS = {
     Step.FETCH_AGAIN: "fetch again",
     Step.REPORT_LOST: "report as lost",
     Step.REPORT_FAILED: "report as failed",
-    Step.SKIP: "leave (stored)",
+    Step.SKIP: "leave as stored",
 }
 
 
