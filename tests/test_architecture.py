@@ -136,7 +136,7 @@ PUBLIC_MODULES = {
     "cattrs": {"cattrs", "cattrs.gen"},
     "multidict": {"multidict"},
     "redis": {"redis.asyncio", "redis.asyncio.retry", "redis.backoff", "redis.exceptions"},
-    "rich": {"rich.progress"},
+    "rich": {"rich.console", "rich.progress"},
     "sniffio": {"sniffio"},
     "typing_extensions": {"typing_extensions"},
     "yarl": {"yarl"},

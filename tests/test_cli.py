@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 from venice_audio_async._cli import main
+from venice_audio_async._cli.exits import ExitCode
 from venice_audio_async._redis_budget import namespace_for_key
 from venice_audio_async.testing import FakeServer, Fault, JobScript
 
@@ -104,7 +105,7 @@ def test_no_key_explains_how_to_set_it(
     """Without a key and without --fake, the command says how to set VENICE_API_KEY."""
     monkeypatch.delenv("VENICE_API_KEY", raising=False)
     batch = _lines(tmp_path / "b.jsonl", [_track(1)])
-    assert main(["batch", str(batch), "--out", str(tmp_path / "out")]) == 2
+    assert main(["batch", str(batch), "--out", str(tmp_path / "out")]) == ExitCode.AUTHENTICATION
     assert "VENICE_API_KEY" in capsys.readouterr().err
 
 
@@ -153,7 +154,7 @@ async def test_invalid_batch_lists_every_problem_and_sends_nothing(
     batch.write_text("\n".join(rows) + "\n")
     result = await _run(server, "batch", str(batch), "--out", str(tmp_path / "out"))
     err = result.stderr.decode()
-    assert result.returncode == 2, err
+    assert result.returncode == ExitCode.INVALID_INPUT, err
     listed = [line.strip() for line in err.splitlines() if line.startswith("  line ")]
     assert [line.split(":")[0] for line in listed] == [
         "line 3",
@@ -326,8 +327,8 @@ async def test_ctrl_c_stops_cleanly_and_says_how_to_resume(
 
 
 def test_invalid_generate_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
-    """A request that breaks the model's rules exits 2 with the problem, no traceback."""
-    assert main(["generate", "stable-audio-25", "short", "--fake"]) == 2
+    """A request that breaks the model's rules exits 4 with the problem, no traceback."""
+    assert main(["generate", "stable-audio-25", "short", "--fake"]) == ExitCode.INVALID_INPUT
     err = capsys.readouterr().err
     assert "prompt: must be at least 10 characters" in err
     assert "Traceback" not in err

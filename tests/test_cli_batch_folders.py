@@ -13,6 +13,7 @@ import pytest
 
 from venice_audio_async import QueueRequest, VeniceClient
 from venice_audio_async._cli import main
+from venice_audio_async._cli.exits import ExitCode
 from venice_audio_async._cli.folder import FAKE_STATE_NAME, JOURNAL_NAME
 from venice_audio_async.testing import FakeServer, JobScript
 
@@ -145,8 +146,10 @@ def test_fetch_fake_gets_a_job_of_a_fake_batch_folder(
     assert target.stat().st_size > 0
     capsys.readouterr()
 
-    assert main([*fetch, "--out", str(tmp_path), "--folder", str(tmp_path)]) == 2
+    assert (
+        main([*fetch, "--out", str(tmp_path), "--folder", str(tmp_path)]) == ExitCode.INVALID_INPUT
+    )
     assert "no --fake batch was run there" in capsys.readouterr().err
     no_fake = [a for a in fetch if a != "--fake"]
-    assert main([*no_fake, "--out", str(tmp_path), "--folder", str(out)]) == 2
+    assert main([*no_fake, "--out", str(tmp_path), "--folder", str(out)]) == ExitCode.INVALID_INPUT
     assert "--folder is for --fake" in capsys.readouterr().err

@@ -21,6 +21,7 @@ import pytest
 
 from venice_audio_async import FileSink, Journal, QueueRequest
 from venice_audio_async._cli import main
+from venice_audio_async._cli.exits import ExitCode
 from venice_audio_async._cli.folder import FAKE_STATE_NAME, JOURNAL_NAME
 from venice_audio_async._cli.parser import build_parser
 from venice_audio_async.testing import FakeServer, JobScript
@@ -95,7 +96,15 @@ def test_every_option_has_help() -> None:
     """Every argument of every command explains itself in --help."""
     parser = build_parser()
     (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(commands.choices) == {"models", "quote", "generate", "fetch", "batch", "resume"}
+    assert set(commands.choices) == {
+        "models",
+        "quote",
+        "generate",
+        "fetch",
+        "batch",
+        "resume",
+        "status",
+    }
     for name, command in commands.choices.items():
         for action in command._actions:
             assert action.help, f"{name} {action.dest}"
@@ -125,12 +134,15 @@ def test_bad_arguments_exit_2_before_any_server(
     assert "error: argument" in err
 
 
-def test_unreadable_batch_file_exits_2_before_any_server(
+def test_unreadable_batch_file_is_invalid_input_before_any_server(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A missing batch file and a folder given as one are refused before any server."""
     for source in (tmp_path / "missing.jsonl", tmp_path):
-        assert main(["batch", str(source), "--out", str(tmp_path / "o"), "--fake"]) == 2
+        assert (
+            main(["batch", str(source), "--out", str(tmp_path / "o"), "--fake"])
+            == ExitCode.INVALID_INPUT
+        )
         err = capsys.readouterr().err
         assert f"cannot read {source}" in err
         assert FAKE not in err
@@ -140,10 +152,13 @@ def test_unreadable_batch_file_exits_2_before_any_server(
 def test_batch_out_that_is_a_file_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """batch --out naming a file exits 2 and says so, before any server."""
+    """batch --out naming a file exits 4 (invalid input) and says so, before any server."""
     batch = _tracks(tmp_path / "b.jsonl", 1)
     (tmp_path / "taken").write_text("")
-    assert main(["batch", str(batch), "--out", str(tmp_path / "taken"), "--fake"]) == 2
+    assert (
+        main(["batch", str(batch), "--out", str(tmp_path / "taken"), "--fake"])
+        == ExitCode.INVALID_INPUT
+    )
     err = capsys.readouterr().err
     assert "is a file, not a folder" in err
     assert FAKE not in err
@@ -152,10 +167,10 @@ def test_batch_out_that_is_a_file_is_refused(
 def test_generate_into_a_missing_folder_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """generate --out missing/x.wav exits 2 before anything is queued."""
+    """generate --out missing/x.wav exits 4 (invalid input) before anything is queued."""
     target = tmp_path / "missing" / "x.wav"
     argv = ["generate", "stable-audio-25", "rain on a tin roof", "--out", str(target), "--fake"]
-    assert main(argv) == 2
+    assert main(argv) == ExitCode.INVALID_INPUT
     err = capsys.readouterr().err
     assert "does not exist" in err
     assert FAKE not in err
@@ -274,11 +289,11 @@ def test_resume_of_an_empty_or_missing_folder_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """resume of a folder without a batch, or of no folder, says there is nothing to resume."""
-    assert main(["resume", str(tmp_path), "--fake"]) == 2
+    assert main(["resume", str(tmp_path), "--fake"]) == ExitCode.INVALID_INPUT
     err = capsys.readouterr().err
     assert "nothing to resume" in err
     assert f"venice-audio batch FILE --out {tmp_path}" in err
-    assert main(["resume", str(tmp_path / "nope"), "--fake"]) == 2
+    assert main(["resume", str(tmp_path / "nope"), "--fake"]) == ExitCode.INVALID_INPUT
     assert "is not a folder: nothing to resume" in capsys.readouterr().err
 
 
@@ -332,11 +347,11 @@ def test_fake_and_real_batches_are_not_mixed(
     assert main(["batch", str(batch), "--out", str(out), "--fake", "--plain"]) == 0
     capsys.readouterr()
     for command in (["resume", str(out)], ["batch", str(batch), "--out", str(out)]):
-        assert main(command) == 2
+        assert main(command) == ExitCode.INVALID_INPUT
         assert "add --fake to go on with it" in capsys.readouterr().err
     (out / FAKE_STATE_NAME).unlink()  # now it looks like a real batch: --fake is refused
     for command in (["resume", str(out)], ["batch", str(batch), "--out", str(out)]):
-        assert main([*command, "--fake"]) == 2
+        assert main([*command, "--fake"]) == ExitCode.INVALID_INPUT
         assert "the built-in fake server does not know its jobs" in capsys.readouterr().err
     assert not (out / FAKE_STATE_NAME).exists()  # the refused fake left nothing behind
 
@@ -391,13 +406,13 @@ def _states(out: Path) -> list[str]:
 def test_resume_into_an_unwritable_folder_pays_for_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """resume of a folder the manifest cannot be written to is refused (exit 2) before any
+    """resume of a folder the manifest cannot be written to is refused (exit 4) before any
     line is queued: found out after, the lines would be paid for and the run would crash."""
     out = tmp_path / "out"
     _journal_lines(out, 2)
     capsys.readouterr()
     with _unwritable(out):
-        assert main(["resume", str(out), "--fake", "--plain"]) == 2
+        assert main(["resume", str(out), "--fake", "--plain"]) == ExitCode.INVALID_INPUT
     err = capsys.readouterr().err
     assert f"cannot write into {out} (Permission denied)" in err
     assert "Nothing was sent" in err
@@ -416,7 +431,10 @@ def test_batch_into_an_unwritable_folder_is_refused_first(
     out.mkdir()
     batch = _tracks(tmp_path / "b.jsonl", 2)
     with _unwritable(out):
-        assert main(["batch", str(batch), "--out", str(out), "--fake", "--plain"]) == 2
+        assert (
+            main(["batch", str(batch), "--out", str(out), "--fake", "--plain"])
+            == ExitCode.INVALID_INPUT
+        )
     err = capsys.readouterr().err
     assert f"cannot write into {out}" in err
     assert FAKE not in err
@@ -427,14 +445,14 @@ def test_a_file_error_is_a_message_not_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A file the command needs and cannot write, wherever it is met, ends the command with
-    a message and exit 2, never a raw OSError traceback (here: resume of a finished batch,
+    a message and exit 4, never a raw OSError traceback (here: resume of a finished batch,
     which only rewrites the manifest)."""
     out = tmp_path / "out"
     batch = _tracks(tmp_path / "b.jsonl", 1)
     assert main(["batch", str(batch), "--out", str(out), "--fake", "--plain"]) == 0
     capsys.readouterr()
     with _unwritable(out):
-        assert main(["resume", str(out), "--fake", "--plain"]) == 2
+        assert main(["resume", str(out), "--fake", "--plain"]) == ExitCode.INVALID_INPUT
     err = capsys.readouterr().err
     assert "error: Permission denied: " in err
     assert f"venice-audio resume {out} --fake finishes it" in err

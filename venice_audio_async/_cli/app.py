@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -15,15 +16,15 @@ from .._errors import VeniceError
 from .batch import cmd_batch
 from .catalogue import cmd_models, cmd_quote
 from .console import forget_interrupt_note, interrupt_note, say
+from .exits import ExitCode, code_for_error
 from .logs import logging_to_stderr
+from .output import emit, json_mode
 from .parser import build_parser
 from .resume import cmd_resume
 from .single import cmd_fetch, cmd_generate
+from .status import cmd_status
 
 __all__ = ["main"]
-
-#: The exit code of a command whose output pipe closed: 128 + SIGPIPE, as a shell reports.
-_BROKEN_PIPE = 128 + 13
 
 _Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -34,6 +35,7 @@ _COMMANDS: dict[str, _Command] = {
     "fetch": cmd_fetch,
     "batch": cmd_batch,
     "resume": cmd_resume,
+    "status": cmd_status,
 }
 
 
@@ -71,26 +73,37 @@ async def _interruptible(command: _Command, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code (:class:`~.exits.ExitCode`)."""
     args = build_parser().parse_args(argv)
     forget_interrupt_note()
     try:
         with logging_to_stderr(args.log_level):
-            return anyio.run(_interruptible, _COMMANDS[args.command], args, backend="asyncio")
+            code = anyio.run(_interruptible, _COMMANDS[args.command], args, backend="asyncio")
+            return int(code)
     except KeyboardInterrupt:
         say("\n" + interrupt_note())
-        return 130
+        return _stopped(args, ExitCode.INTERRUPTED, "KeyboardInterrupt", interrupt_note())
     except (VeniceError, ValueError, ImportError) as error:  # ImportError: --redis, no extra
         say(f"error: {error}")
-        return 2
+        return _stopped(args, code_for_error(error), type(error).__name__, str(error))
     except BrokenPipeError:
         # The reader went away (``venice-audio models | head``): stop quietly, as Unix tools
         # do. Standard output is pointed at /dev/null so the flush at exit cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return _BROKEN_PIPE
+        return int(ExitCode.BROKEN_PIPE)
     except OSError as error:  # a file or folder the command needed: a message, no traceback
-        say(f"error: {_describe(error)}{_journal_note(args)}")
-        return 2
+        message = f"{_describe(error)}{_journal_note(args)}"
+        say(f"error: {message}")
+        return _stopped(args, ExitCode.INVALID_INPUT, type(error).__name__, message)
+
+
+def _stopped(args: argparse.Namespace, code: ExitCode, kind: str, message: str) -> int:
+    """The exit code of a command stopped by an error; with ``--json``, an ``error`` line."""
+    if json_mode(args):
+        # Nobody may read stdout any more (a closed pipe): the exit code says it all then.
+        with contextlib.suppress(BrokenPipeError):
+            emit("error", exit_code=int(code), error=kind, message=message)
+    return int(code)
 
 
 def _describe(error: OSError) -> str:

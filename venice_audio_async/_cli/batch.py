@@ -1,6 +1,7 @@
 """``batch FILE --out DIR``: check every line, journal them all, then run the folder.
 
-Nothing is sent while any line breaks a rule. Every line is journaled before the first is
+Nothing is sent while any line breaks a rule; ``--dry-run`` stops after the checks and the
+prices (:mod:`.plan`). Every line is journaled before the first is
 sent, so ``resume`` can finish whatever a crash leaves; a new batch over ``--max-spend``
 is refused whole (exit 3, nothing spent).
 """
@@ -8,7 +9,6 @@ is refused whole (exit 3, nothing spent).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,8 +26,10 @@ from .._errors import SpendLimitExceeded
 from .connect import endpoint, folder_session, need_key
 from .console import say
 from .drive import drive
+from .exits import ExitCode
 from .folder import FAKE_STATE_NAME, check_batch_folder, fake_mismatch
 from .manifest import check_manifest
+from .plan import dry_run, report_problems
 
 if TYPE_CHECKING:
     from .._session import AsyncSession
@@ -35,26 +37,22 @@ if TYPE_CHECKING:
 __all__ = ["cmd_batch"]
 
 
-def _report_problems(source: str, problems: Sequence[str]) -> None:
-    say(f"{source}: {len(problems)} problem(s); nothing was sent:")
-    for problem in problems:
-        say(f"  {problem}")
-
-
 async def cmd_batch(args: argparse.Namespace) -> int:
     """``batch``: generate every line of a file into a folder, with a journal and manifest."""
     lines, problems = await anyio.to_thread.run_sync(read_batch, args.file)
     if not lines:  # unreadable, or no line to check against the rules: no server needed
-        _report_problems(args.file, problems)
-        return 2
+        report_problems(args, problems)
+        return ExitCode.INVALID_INPUT
     out = Path(args.out)
+    if args.dry_run:
+        return await dry_run(args, lines, problems, out)
     if not await anyio.to_thread.run_sync(check_batch_folder, out):
-        return 2
+        return ExitCode.INVALID_INPUT
     if fake_mismatch(args, out, []):
-        return 2
+        return ExitCode.INVALID_INPUT
     async with endpoint(args, fake_state=out / FAKE_STATE_NAME) as (url, key, clock):
         if not need_key(key):
-            return 2
+            return ExitCode.AUTHENTICATION
         async with folder_session(args, url, key, clock, out) as session:
             return await _run_batch(args, session, lines, problems, out)
 
@@ -70,13 +68,13 @@ async def _run_batch(
     # One round: the file's own problems and every rule broken, in line order.
     problems = sorted_problems(problems, check_batch(lines, catalogue))
     if problems:
-        _report_problems(args.file, problems)
-        return 2
+        report_problems(args, problems)
+        return ExitCode.INVALID_INPUT
     journal = session.journal
     assert journal is not None
     recorded = await journal.entries()
     if fake_mismatch(args, out, recorded):
-        return 2
+        return ExitCode.INVALID_INPUT
     # Before new lines are added: a journal that lost rows would otherwise re-queue them.
     await anyio.to_thread.run_sync(check_manifest, out, len(manifest_rows(recorded)))
     # Lines are known by what they send (and the name they give), never by their number:
@@ -122,7 +120,7 @@ async def _run_batch(
             f"the estimate ${refused.estimate_usd:.2f} exceeds --max-spend "
             f"${refused.limit_usd:.2f}; nothing was spent"
         )
-        return 3
+        return ExitCode.SPEND_LIMIT
     tell(estimate)
     # The run follows every line of the folder: this file's and any earlier file's.
     total = len(manifest_rows(await journal.entries()))

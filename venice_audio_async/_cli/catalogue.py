@@ -1,4 +1,4 @@
-"""``models`` (the catalogue as a table) and ``quote`` (the price of one generation)."""
+"""``models`` (the catalogue as a table, or a model's voices) and ``quote`` (one price)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,23 @@ from .._models import (
     PerThousandCharactersPricing,
 )
 from .connect import endpoint, open_session
+from .console import say
+from .exits import ExitCode
+from .output import emit, json_mode
 
 __all__ = ["cmd_models", "cmd_quote"]
+
+
+def _pricing_kind(model: AudioModel) -> str | None:
+    """The catalogue's pricing kind, as ``--json`` names it."""
+    kinds = {
+        DurationsPricing: "durations",
+        GenerationPricing: "generation",
+        PerSecondPricing: "per_second",
+        PerThousandCharactersPricing: "per_thousand_characters",
+    }
+    pricing = model.spec.pricing
+    return None if pricing is None else kinds.get(type(pricing), "unknown")
 
 
 def _price_shape(model: AudioModel) -> str:
@@ -48,10 +63,51 @@ def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
+def _model_line(model: AudioModel) -> None:
+    spec = model.spec
+    emit(
+        "model",
+        id=model.id,
+        name=model.name,
+        type=model.type,
+        pricing=_pricing_kind(model),
+        price=_price_shape(model),
+        durations=list(spec.duration_options) if spec.duration_options else None,
+        min_duration=spec.min_duration,
+        max_duration=spec.max_duration,
+        default_duration=spec.default_duration,
+        voices=len(spec.voices) if spec.voices else None,
+    )
+
+
+def _voices(args: argparse.Namespace, models: Sequence[AudioModel]) -> int:
+    """``models --voices MODEL``: one voice per line (or a ``voice`` object each)."""
+    model = next((m for m in models if m.id == args.voices), None)
+    if model is None:
+        known = ", ".join(sorted(m.id for m in models))
+        say(f"--voices {args.voices}: no such audio model (the models are: {known})")
+        return ExitCode.INVALID_INPUT
+    if not model.spec.voices:
+        say(f"{model.id} takes no voice (it has no voices in the catalogue)")
+        return ExitCode.INVALID_INPUT
+    for voice in model.spec.voices:
+        if json_mode(args):
+            emit("voice", model=model.id, voice=voice, default=voice == model.spec.default_voice)
+        else:
+            print(voice + ("  (default)" if voice == model.spec.default_voice else ""))
+    return ExitCode.OK
+
+
 async def cmd_models(args: argparse.Namespace) -> int:
     """``models``: print the audio models with their price, durations and voices."""
     async with endpoint(args) as (url, key, clock), open_session(args, url, key, clock) as session:
         models = await session.models()
+    if args.voices is not None:
+        return _voices(args, models)
+    if json_mode(args):
+        for model in sorted(models, key=lambda m: m.id):
+            _model_line(model)
+        return ExitCode.OK
     rows = [
         [
             m.id,
@@ -63,7 +119,7 @@ async def cmd_models(args: argparse.Namespace) -> int:
         for m in sorted(models, key=lambda m: m.id)
     ]
     _print_table(["id", "name", "price", "duration", "voices"], rows)
-    return 0
+    return ExitCode.OK
 
 
 async def cmd_quote(args: argparse.Namespace) -> int:
@@ -72,5 +128,14 @@ async def cmd_quote(args: argparse.Namespace) -> int:
         result = await session.quote(
             args.model, duration_seconds=args.duration, character_count=args.characters
         )
-    print(f"${result.quote:.4f}")
-    return 0
+    if json_mode(args):
+        emit(
+            "quote",
+            model=args.model,
+            duration_seconds=args.duration,
+            character_count=args.characters,
+            usd=result.quote,
+        )
+    else:
+        print(f"${result.quote:.4f}")
+    return ExitCode.OK

@@ -21,7 +21,14 @@ from .._session import AsyncSession
 from .console import say
 from .folder import JOURNAL_NAME
 
-__all__ = ["command_clock", "endpoint", "folder_session", "need_key", "open_session"]
+__all__ = [
+    "clock_scale",
+    "command_clock",
+    "endpoint",
+    "folder_session",
+    "need_key",
+    "open_session",
+]
 
 _FAKE_KEY = "fake-key"
 
@@ -41,6 +48,11 @@ def command_clock(args: argparse.Namespace) -> Clock:
     if args.fake:
         return ScaledClock(_fake_scale(args))
     return SystemClock() if args.time_scale == 1.0 else ScaledClock(args.time_scale)
+
+
+def clock_scale(args: argparse.Namespace) -> float:
+    """Real seconds per second of the command's clock (1.0 unless time is scaled)."""
+    return _fake_scale(args) if args.fake else float(args.time_scale)
 
 
 def _fake_scale(args: argparse.Namespace) -> float:

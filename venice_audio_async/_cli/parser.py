@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 from .. import __version__
 from .._config import DEFAULT_BASE_URL
+from .exits import epilog
 
 __all__ = ["LOG_LEVELS", "build_parser"]
 
@@ -39,24 +40,46 @@ def _number(kind: type[float] | type[int], *, positive: bool) -> Callable[[str],
 def build_parser() -> argparse.ArgumentParser:
     """The ``venice-audio`` parser with every command."""
     parser = argparse.ArgumentParser(
-        prog="venice-audio", description="Generate music, sound effects and voice with Venice.ai."
+        prog="venice-audio",
+        description="Generate music, sound effects and voice with Venice.ai.",
+        epilog=epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the table's lines
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    common = _common_options()
+    output = _output_options()
+    common = _common_options(output)
     shared = _shared_budget_option()
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("models", parents=[common], help="list the audio models")
+    _add_models(commands, common)
     _add_quote(commands, common)
     _add_generate(commands, common, shared)
     _add_fetch(commands, common)
     _add_batch(commands, common, shared)
     _add_resume(commands, common, shared)
+    _add_status(commands, output)
     return parser
 
 
-def _common_options() -> argparse.ArgumentParser:
-    """Options of every command: where to connect, time scale, progress and logging."""
-    common = argparse.ArgumentParser(add_help=False)
+def _output_options() -> argparse.ArgumentParser:
+    """Options of every command, ``status`` included: ``--json`` and ``--log-level``."""
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument(
+        "--json",
+        action="store_true",
+        help="print results as JSON Lines on stdout, one object per line (keys: see the "
+        "README); messages, logs and progress go to stderr",
+    )
+    output.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="print the library's log to stderr from this level on (debug: every request)",
+    )
+    return output
+
+
+def _common_options(output: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of every command that connects: where to, time scale, progress, output."""
+    common = argparse.ArgumentParser(add_help=False, parents=[output])
     common.add_argument(
         "--fake",
         action="store_true",
@@ -75,11 +98,6 @@ def _common_options() -> argparse.ArgumentParser:
         help="real seconds per clock second, to match a time-scaled fake server (testing)",
     )
     common.add_argument("--plain", action="store_true", help="plain progress lines, no bar")
-    common.add_argument(
-        "--log-level",
-        choices=LOG_LEVELS,
-        help="print the library's log to stderr from this level on (debug: every request)",
-    )
     return common
 
 
@@ -99,6 +117,27 @@ def _shared_budget_option() -> argparse.ArgumentParser:
 if TYPE_CHECKING:
     # What ``add_subparsers()`` returns: a class argparse does not name publicly.
     _Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def _add_models(commands: _Commands, common: argparse.ArgumentParser) -> None:
+    models = commands.add_parser("models", parents=[common], help="list the audio models")
+    models.add_argument(
+        "--voices", metavar="MODEL", help="list the voices of MODEL instead (voice models)"
+    )
+
+
+def _add_status(commands: _Commands, output: argparse.ArgumentParser) -> None:
+    status = commands.add_parser(
+        "status",
+        parents=[output],
+        help="tell a batch folder's state from its journal (sends nothing)",
+    )
+    status.add_argument("dir", help="the batch's --out folder")
+    status.add_argument(
+        "--requeue-unknown",
+        action="store_true",
+        help="tell what resume --requeue-unknown would do",
+    )
 
 
 def _add_quote(commands: _Commands, common: argparse.ArgumentParser) -> None:
@@ -158,6 +197,12 @@ def _add_batch(
     )
     batch.add_argument("file", help="JSON Lines or CSV file of requests")
     batch.add_argument("--out", required=True, help="folder for the audio and manifest.jsonl")
+    batch.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check and price every line, then stop: nothing is queued or paid, the folder "
+        "is not created (prices from the catalogue; quote only where it has none)",
+    )
     _batch_arguments(batch)
 
 

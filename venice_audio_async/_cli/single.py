@@ -14,7 +14,9 @@ from typing import Any
 from .._models import AudioResult, Job
 from .connect import endpoint, need_key, open_session
 from .console import on_interrupt, say
+from .exits import ExitCode
 from .folder import FAKE_STATE_NAME
+from .output import emit, json_mode
 
 __all__ = ["cmd_fetch", "cmd_generate"]
 
@@ -68,6 +70,23 @@ def _named_by_container(audio: AudioResult, target: Path) -> Path:
     return fixed
 
 
+def _tell_audio(args: argparse.Namespace, audio: AudioResult, path: Path) -> int:
+    """Print where the audio was saved (``--json``: an ``audio`` object); exit code 0."""
+    if json_mode(args):
+        emit(
+            "audio",
+            model=audio.model,
+            queue_id=audio.queue_id,
+            path=str(path),
+            bytes=audio.size,
+            content_type=audio.content_type,
+            format=audio.format,
+        )
+    else:
+        print(path)
+    return ExitCode.OK
+
+
 def _fetch_hint(args: argparse.Namespace, jobs: Sequence[Job]) -> str:
     if not jobs:
         return "interrupted before anything was queued; nothing was spent"
@@ -89,7 +108,7 @@ async def cmd_generate(args: argparse.Namespace) -> int:
     on_interrupt(_fetch_hint(args, []))
     async with endpoint(args) as (url, key, clock):
         if not need_key(key):
-            return 2
+            return ExitCode.AUTHENTICATION
         async with open_session(args, url, key, clock) as session:
             try:
                 job = await session.submit(
@@ -102,8 +121,7 @@ async def cmd_generate(args: argparse.Namespace) -> int:
                 # generate keeps no journal: a job queued as Ctrl-C came is named here.
                 if session.unfinished():
                     on_interrupt(_fetch_hint(args, session.unfinished()))
-    print(_named_by_container(audio, target))
-    return 0
+    return _tell_audio(args, audio, _named_by_container(audio, target))
 
 
 def _fake_folder_state(args: argparse.Namespace, target: Path) -> Path | None:
@@ -141,10 +159,9 @@ async def cmd_fetch(args: argparse.Namespace) -> int:
     on_interrupt("interrupted; the job is still at Venice: run the same fetch again")
     async with endpoint(args, fake_state=fake_state) as (url, key, clock):
         if not need_key(key):
-            return 2
+            return ExitCode.AUTHENTICATION
         async with open_session(args, url, key, clock) as session:
             job = session.attach(args.model, args.queue_id, destination=target)
             say(f"fetching {job.queue_id} ({job.model}); waiting until it is done...")
             audio = await session.wait_for(job)
-    print(_named_by_container(audio, target))
-    return 0
+    return _tell_audio(args, audio, _named_by_container(audio, target))
