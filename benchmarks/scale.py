@@ -43,11 +43,11 @@ import anyio
 from _common import Stopwatch, machine, table
 
 import venice_audio_async as v
-from venice_audio_async._audio import Destinations, MemorySink
-from venice_audio_async._budget import LocalBudget
-from venice_audio_async._estimator import DurationEstimator, PollingBounds
-from venice_audio_async._limiter import RequestLimiter
-from venice_audio_async._scheduler import Scheduler
+from venice_audio_async._core.audio import Destinations, MemorySink
+from venice_audio_async._polling.estimator import DurationEstimator, PollingBounds
+from venice_audio_async._polling.scheduler import Scheduler
+from venice_audio_async._rate.budget import LocalBudget
+from venice_audio_async._rate.limiter import RequestLimiter
 
 MODEL = "elevenlabs-music"
 

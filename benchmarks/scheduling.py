@@ -65,13 +65,13 @@ import attrs
 from _common import machine, percentile, table
 
 import venice_audio_async as v
-from venice_audio_async._belief import RunTimeBelief
-from venice_audio_async._budget import LocalBudget
 from venice_audio_async._client import VeniceClient
-from venice_audio_async._config import RateLimit
-from venice_audio_async._estimator import DurationEstimator, PollingBounds
-from venice_audio_async._limiter import RequestLimiter
-from venice_audio_async._scheduler import Scheduler
+from venice_audio_async._core.config import RateLimit
+from venice_audio_async._polling.belief import RunTimeBelief
+from venice_audio_async._polling.estimator import DurationEstimator, PollingBounds
+from venice_audio_async._polling.scheduler import Scheduler
+from venice_audio_async._rate.budget import LocalBudget
+from venice_audio_async._rate.limiter import RequestLimiter
 
 LIMIT, WINDOW = 120, 60.0  # the server's retrieve limit
 QUEUE_PER_MINUTE = 40

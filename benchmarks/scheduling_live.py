@@ -40,9 +40,9 @@ import attrs
 from _common import API_KEY, AUTH, Stopwatch, fake_server, machine, percentile, table
 
 import venice_audio_async as v
-from venice_audio_async._budget import LocalBudget
-from venice_audio_async._config import RateLimit
-from venice_audio_async._converters import unstructure_request
+from venice_audio_async._core.config import RateLimit
+from venice_audio_async._core.converters import unstructure_request
+from venice_audio_async._rate.budget import LocalBudget
 from venice_audio_async.testing import JobMix, ModelTiming
 
 #: The job mix: per-model mean run time (virtual s) and log-sd. Music models are slower and

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async._audio import safe_stem, sniff_format, sniff_needs
+from venice_audio_async._core.audio import safe_stem, sniff_format, sniff_needs
 
 WAV = b"RIFF\x24\x00\x00\x00WAVEfmt "
 FLAC = b"fLaC\x00\x00\x00\x22" + b"\x00" * 8

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async._replay import derive_keys
+from venice_audio_async._ledger.replay import derive_keys
 from venice_audio_async.testing import FakeServer, Fault, JobScript
 
 from .conftest import API_KEY, TIME_SCALE, UNLIMITED, make_session

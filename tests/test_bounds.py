@@ -26,8 +26,8 @@ import pytest
 from aiohttp import web
 
 import venice_audio_async as v
-from venice_audio_async._converters import structure_catalogue
-from venice_audio_async._retry import is_transient
+from venice_audio_async._core.converters import structure_catalogue
+from venice_audio_async._rate.retry import is_transient
 from venice_audio_async.testing import audio_bytes, load_default_catalogue
 
 from .conftest import API_KEY, TIME_SCALE

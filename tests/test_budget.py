@@ -13,17 +13,17 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from venice_audio_async._budget import (
+from venice_audio_async._core.clock import ManualClock, ScaledClock
+from venice_audio_async._core.config import RateLimit
+from venice_audio_async._rate.budget import (
     BudgetStatistics,
     LocalBudget,
     RateWindow,
     RequestBudget,
 )
-from venice_audio_async._budget_statistics import EndpointFigures, budget_statistics
-from venice_audio_async._clock import ManualClock, ScaledClock
-from venice_audio_async._config import RateLimit
-from venice_audio_async._lessons import teaches_nothing
-from venice_audio_async._retry import parse_reset, retry_delay_from_headers
+from venice_audio_async._rate.lessons import teaches_nothing
+from venice_audio_async._rate.retry import parse_reset, retry_delay_from_headers
+from venice_audio_async._rate.statistics import EndpointFigures, budget_statistics
 from venice_audio_async.testing import FakeServer, JobScript
 
 from .conftest import TIME_SCALE, make_session, max_in_window

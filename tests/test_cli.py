@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from venice_audio_async._cli import main
-from venice_audio_async._redis_budget import namespace_for_key
+from venice_audio_async._rate.redis_budget import namespace_for_key
 from venice_audio_async.testing import FakeServer, Fault, JobScript
 
 from .conftest import API_KEY

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import venice_audio_async as v
-from venice_audio_async._converters import (
+from venice_audio_async._core.converters import (
     structure_catalogue,
     structure_complete,
     structure_processing,

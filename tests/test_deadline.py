@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from venice_audio_async._deadline import AnyioDeadline, status_deadline
+from venice_audio_async._http.deadline import AnyioDeadline, status_deadline
 
 pytestmark = pytest.mark.anyio
 

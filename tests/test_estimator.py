@@ -9,8 +9,12 @@ import time
 
 import pytest
 
-from venice_audio_async._belief import RunTimeBelief
-from venice_audio_async._estimator import DurationEstimator, ModelDurationStats, PollingBounds
+from venice_audio_async._polling.belief import RunTimeBelief
+from venice_audio_async._polling.estimator import (
+    DurationEstimator,
+    ModelDurationStats,
+    PollingBounds,
+)
 
 Z80 = statistics.NormalDist().inv_cdf(0.8)
 
@@ -196,9 +200,9 @@ def test_fluid_polls_match_the_integral() -> None:
 def test_running_jobs_are_censored_where_a_poll_last_saw_them() -> None:
     """A running job is known to run only up to the age its last poll saw: a fit that
     censored it at its age now would claim more than is known and be dragged long."""
-    from venice_audio_async._model_fits import ModelFits
-    from venice_audio_async._models import Job
-    from venice_audio_async._tracked import TrackedJob
+    from venice_audio_async._core.models import Job
+    from venice_audio_async._polling.model_fits import ModelFits
+    from venice_audio_async._polling.tracked import TrackedJob
 
     fits = ModelFits(DurationEstimator())
     fits.estimator.observe_hint("m", 24.0)

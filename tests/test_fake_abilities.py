@@ -15,7 +15,7 @@ import anyio
 import pytest
 from multidict import CIMultiDict
 
-from venice_audio_async._clock import ManualClock
+from venice_audio_async._core.clock import ManualClock
 from venice_audio_async.testing import FakeServer, Fault, JobScript
 from venice_audio_async.testing.__main__ import _build_server, _parser, main, record
 

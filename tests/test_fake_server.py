@@ -20,7 +20,7 @@ import pytest
 from multidict import CIMultiDict
 
 import venice_audio_async.testing as testing
-from venice_audio_async._clock import ManualClock
+from venice_audio_async._core.clock import ManualClock
 from venice_audio_async.testing import (
     FakeServer,
     Fault,

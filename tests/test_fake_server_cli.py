@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 import venice_audio_async.testing as testing
-from venice_audio_async._clock import ManualClock
+from venice_audio_async._core.clock import ManualClock
 from venice_audio_async.testing import FakeServer, JobMix, JobScript, ModelTiming
 from venice_audio_async.testing.__main__ import main
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async._clock import ManualClock
+from venice_audio_async._core.clock import ManualClock
 from venice_audio_async.testing import FakeServer, JobScript
 from venice_audio_async.testing._tones import iter_tone, tone_size
 

@@ -35,7 +35,7 @@ import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 import venice_audio_async as v
-from venice_audio_async._converters import structure_catalogue
+from venice_audio_async._core.converters import structure_catalogue
 from venice_audio_async.testing import FakeServer, Fault, JobScript, RecordedRequest
 
 from .conftest import API_KEY, TIME_SCALE, UNLIMITED, make_client, make_session
@@ -708,7 +708,7 @@ def gated_sink(monkeypatch: pytest.MonkeyPatch) -> type[_GatedSink]:
     """Make the session download through _GatedSink."""
     _GatedSink.started = anyio.Event()
     _GatedSink.gate = anyio.Event()
-    monkeypatch.setattr("venice_audio_async._audio.FileSink", _GatedSink)
+    monkeypatch.setattr("venice_audio_async._core.audio.FileSink", _GatedSink)
     return _GatedSink
 
 

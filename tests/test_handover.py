@@ -145,7 +145,7 @@ async def test_taken_outcomes_are_dropped_and_their_record_is_bounded(
     fake_server: FakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Taken outcomes leave the session; only the last few taken ids are remembered."""
-    from venice_audio_async import _held_audio
+    from venice_audio_async._polling import held_audio as _held_audio
 
     monkeypatch.setattr(_held_audio, "HANDED_RECORD", 3)
     fake_server.plan(*[JobScript(duration=1.0) for _ in range(6)])

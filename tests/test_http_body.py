@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async._http_body import read_json, stream_audio
+from venice_audio_async._http.body import read_json, stream_audio
 from venice_audio_async.testing import audio_bytes
 
 

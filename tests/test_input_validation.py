@@ -29,8 +29,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import venice_audio_async as v
-from venice_audio_async._converters import structure_catalogue, unstructure_request
-from venice_audio_async._validation import queue_problems
+from venice_audio_async._core.converters import structure_catalogue, unstructure_request
+from venice_audio_async._core.validation import queue_problems
 from venice_audio_async.testing import (
     FakeServer,
     JobScript,

@@ -629,7 +629,7 @@ async def test_resume_removes_partial_downloads_of_a_killed_run(
 
 async def test_a_download_in_progress_is_not_taken_for_a_leftover(tmp_path: Path) -> None:
     """A FileSink writing now keeps its temporary file while leftovers are cleaned."""
-    from venice_audio_async._audio import remove_partial_downloads
+    from venice_audio_async._core.audio import remove_partial_downloads
 
     sink = v.FileSink(tmp_path, stem="in-progress", directory=True)
     await sink.begin(audio_format="wav", content_type="audio/wav", content_length=None)

@@ -25,7 +25,7 @@ import pytest
 import venice_audio_async as v
 from venice_audio_async._cli import main
 from venice_audio_async._cli.folder import FAKE_STATE_NAME, JOURNAL_NAME, MANIFEST_NAME
-from venice_audio_async._journal_mark import mark_path_for
+from venice_audio_async._ledger.journal_mark import mark_path_for
 from venice_audio_async.testing import FakeServer, JobScript
 
 from .conftest import API_KEY, TIME_SCALE, make_session
@@ -246,7 +246,7 @@ async def test_a_claim_is_not_sent_unless_its_mark_is_written(
 ) -> None:
     """If the mark cannot be written at a claim, the request is not sent and the job is
     left to be sent (not "unknown"): the journal would otherwise run ahead of its mark."""
-    import venice_audio_async._journal_db as journal_db
+    import venice_audio_async._ledger.journal_db as journal_db
 
     path = tmp_path / "jobs.sqlite3"
     async with make_session(server, journal=path) as session:

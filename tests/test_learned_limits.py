@@ -7,7 +7,7 @@ import logging
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async._converters import structure_key_rate_limits
+from venice_audio_async._core.converters import structure_key_rate_limits
 from venice_audio_async.testing import FakeServer
 
 from .conftest import API_KEY, make_client

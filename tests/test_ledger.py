@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async._ledger import Intent, Ledger
+from venice_audio_async._ledger.ledger import Intent, Ledger
 from venice_audio_async.testing import FakeServer
 
 from .conftest import make_session

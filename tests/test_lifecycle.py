@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async._lifecycle import SessionState
+from venice_audio_async._session.lifecycle import SessionState
 from venice_audio_async.testing import FakeServer, Fault, JobScript
 
 from .conftest import UNLIMITED, make_session

@@ -8,7 +8,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from venice_audio_async._limiter import RequestLimiter
+from venice_audio_async._rate.limiter import RequestLimiter
 
 pytestmark = pytest.mark.anyio
 

@@ -14,9 +14,9 @@ import anyio.lowlevel
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async._clock import ManualClock
-from venice_audio_async._limiter import RequestLimiter
-from venice_audio_async._retry import Retrier
+from venice_audio_async._core.clock import ManualClock
+from venice_audio_async._rate.limiter import RequestLimiter
+from venice_audio_async._rate.retry import Retrier
 from venice_audio_async.testing import FakeServer, Fault, JobScript
 
 from .conftest import API_KEY, UNLIMITED, make_session

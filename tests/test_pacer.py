@@ -5,11 +5,11 @@ from __future__ import annotations
 import anyio
 
 import venice_audio_async as v
-from venice_audio_async._budget import LocalBudget
-from venice_audio_async._config import RateLimit
-from venice_audio_async._estimator import PollingBounds
-from venice_audio_async._pacer import WindowPacer
-from venice_audio_async._policy import PollPolicy
+from venice_audio_async._core.config import RateLimit
+from venice_audio_async._polling.estimator import PollingBounds
+from venice_audio_async._polling.pacer import WindowPacer
+from venice_audio_async._polling.policy import PollPolicy
+from venice_audio_async._rate.budget import LocalBudget
 
 
 class TickingClock(v.ManualClock):

@@ -15,14 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import venice_audio_async as v
-from venice_audio_async._belief import RunTimeBelief
-from venice_audio_async._budget import LocalBudget, RateWindow
 from venice_audio_async._client import VeniceClient
-from venice_audio_async._config import RateLimit
-from venice_audio_async._estimator import DurationEstimator, PollingBounds
-from venice_audio_async._limiter import RequestLimiter
-from venice_audio_async._policy import PollPolicy
-from venice_audio_async._scheduler import Scheduler
+from venice_audio_async._core.config import RateLimit
+from venice_audio_async._polling.belief import RunTimeBelief
+from venice_audio_async._polling.estimator import DurationEstimator, PollingBounds
+from venice_audio_async._polling.policy import PollPolicy
+from venice_audio_async._polling.scheduler import Scheduler
+from venice_audio_async._rate.budget import LocalBudget, RateWindow
+from venice_audio_async._rate.limiter import RequestLimiter
 
 from .conftest import busiest_window
 from .test_scheduler import Harness, StubClient, _memory_sink

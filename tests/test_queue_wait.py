@@ -16,10 +16,10 @@ import anyio
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async._budget import LocalBudget
-from venice_audio_async._clock import ManualClock
-from venice_audio_async._config import RateLimit, endpoint_rates, pooled_rate
-from venice_audio_async._endpoint_rate import EndpointRate, LinePlan
+from venice_audio_async._core.clock import ManualClock
+from venice_audio_async._core.config import RateLimit, endpoint_rates, pooled_rate
+from venice_audio_async._rate.budget import LocalBudget
+from venice_audio_async._rate.endpoint_rate import EndpointRate, LinePlan
 from venice_audio_async.testing import FakeServer, Fault, JobScript
 
 from .conftest import API_KEY, TIME_SCALE, UNLIMITED, make_session

@@ -29,7 +29,7 @@ def _exists(name: str) -> bool:
         return True
     if (ROOT / name).exists() or (ROOT / "docs" / name).exists():
         return True
-    # A bare module name (``_errors.py``) names a file of the package.
+    # A bare module name (``_core/errors.py``) names a file of the package.
     return "/" not in name and any(ROOT.glob(f"venice_audio_async/**/{name}"))
 
 

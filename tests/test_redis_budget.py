@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async._redis_budget import namespace_for_key
+from venice_audio_async._rate.redis_budget import namespace_for_key
 
 from .conftest import max_in_window
 from .redis_server import RedisServer

@@ -11,10 +11,10 @@ import pytest
 
 import venice_audio_async as v
 from tests.conftest import make_session
-from venice_audio_async._budget import LocalBudget
-from venice_audio_async._config import RateLimit
-from venice_audio_async._limiter import RequestLimiter
-from venice_audio_async._retry import (
+from venice_audio_async._core.config import RateLimit
+from venice_audio_async._rate.budget import LocalBudget
+from venice_audio_async._rate.limiter import RequestLimiter
+from venice_audio_async._rate.retry import (
     PollVerdict,
     Retrier,
     Verdict,

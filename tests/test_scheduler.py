@@ -13,12 +13,12 @@ import anyio.lowlevel
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async._budget import LocalBudget
 from venice_audio_async._client import VeniceClient
-from venice_audio_async._config import RateLimit
-from venice_audio_async._estimator import DurationEstimator, PollingBounds
-from venice_audio_async._limiter import RequestLimiter
-from venice_audio_async._scheduler import Scheduler
+from venice_audio_async._core.config import RateLimit
+from venice_audio_async._polling.estimator import DurationEstimator, PollingBounds
+from venice_audio_async._polling.scheduler import Scheduler
+from venice_audio_async._rate.budget import LocalBudget
+from venice_audio_async._rate.limiter import RequestLimiter
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async._converters import structure_catalogue
+from venice_audio_async._core.converters import structure_catalogue
 from venice_audio_async.testing import FakeServer, Fault, JobScript
 
 from .conftest import API_KEY, TIME_SCALE, busiest_window, make_session

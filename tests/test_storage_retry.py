@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async._resume import has_work, step_for
+from venice_audio_async._session.resume import has_work, step_for
 from venice_audio_async.testing import FakeServer, Fault, JobScript
 
 from .conftest import UNLIMITED, make_client, make_session

@@ -1,4 +1,4 @@
-"""Tests of the client-side request checks in ``venice_audio_async._validation``."""
+"""Tests of the client-side request checks in ``venice_audio_async._core.validation``."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import venice_audio_async
-from venice_audio_async._converters import structure_catalogue
-from venice_audio_async._errors import RequestValidationError
-from venice_audio_async._models import AudioModel, FieldProblem, QueueRequest, QuoteRequest
-from venice_audio_async._validation import (
+from venice_audio_async._core.converters import structure_catalogue
+from venice_audio_async._core.errors import RequestValidationError
+from venice_audio_async._core.models import AudioModel, FieldProblem, QueueRequest, QuoteRequest
+from venice_audio_async._core.validation import (
     check_queue,
     check_quote,
     estimate_cost_usd,

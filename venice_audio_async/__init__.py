@@ -8,14 +8,11 @@ within the rate limits, and receive each result as it finishes.
 # package's public names (tests/test_exports.py compares them with __all__).
 import importlib.metadata as _metadata
 
-from ._audio import AudioSink, FileSink, MemorySink
-from ._batch_flow import BatchResults, FollowedResults
-from ._budget import LocalBudget, RateWindow, RequestBudget
-from ._budget_statistics import BudgetStatistics, EndpointStatistics
 from ._client import VeniceClient
-from ._clock import Clock, ManualClock, ScaledClock, SystemClock
-from ._config import DEFAULT_BASE_URL, Limits, RateLimit, RateLimits, RetryPolicy, Timeouts
-from ._errors import (
+from ._core.audio import AudioSink, FileSink, MemorySink
+from ._core.clock import Clock, ManualClock, ScaledClock, SystemClock
+from ._core.config import DEFAULT_BASE_URL, Limits, RateLimit, RateLimits, RetryPolicy, Timeouts
+from ._core.errors import (
     APIStatusError,
     AsyncioRequiredError,
     AudioStorageError,
@@ -52,10 +49,8 @@ from ._errors import (
     TruncatedResponse,
     VeniceError,
 )
-from ._estimator import PollingBounds
-from ._journal import JobState, Journal, JournalEntry
-from ._learned_limits import LearnedRateLimits
-from ._models import (
+from ._core.learned_limits import LearnedRateLimits
+from ._core.models import (
     ApiKeyRateLimits,
     AudioFormat,
     AudioModel,
@@ -89,12 +84,17 @@ from ._models import (
     Unreachable,
     VeniceHeaders,
 )
-from ._redis_budget import RedisBudget
-from ._results import ResultStream
-from ._resume import ResumeReport
-from ._session import AsyncSession
-from ._statistics import SessionStatistics
-from ._status import PRIOR_RUN_SECONDS, EstimateSource, JobPhase, JobStatus
+from ._ledger.journal import JobState, Journal, JournalEntry
+from ._polling.estimator import PollingBounds
+from ._rate.budget import LocalBudget, RateWindow, RequestBudget
+from ._rate.redis_budget import RedisBudget
+from ._rate.statistics import BudgetStatistics, EndpointStatistics
+from ._session.batch_flow import BatchResults, FollowedResults
+from ._session.results import ResultStream
+from ._session.resume import ResumeReport
+from ._session.session import AsyncSession
+from ._session.statistics import SessionStatistics
+from ._session.status import PRIOR_RUN_SECONDS, EstimateSource, JobPhase, JobStatus
 from ._sync import VeniceAudio
 
 try:

@@ -44,14 +44,10 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from ._budget import RequestBudget
-from ._clock import Clock
-from ._config import DEFAULT_BASE_URL, Limits, RateLimits, RetryPolicy, Timeouts
-from ._errors import SessionStateError
-from ._estimator import PollingBounds
-from ._http import HttpSession
-from ._ledger import JournalSource
-from ._models import (
+from ._core.clock import Clock
+from ._core.config import DEFAULT_BASE_URL, Limits, RateLimits, RetryPolicy, Timeouts
+from ._core.errors import SessionStateError
+from ._core.models import (
     AudioModel,
     AudioResult,
     BatchOutcome,
@@ -61,12 +57,16 @@ from ._models import (
     QueueRequest,
     QuoteResult,
 )
-from ._release import ReleaseMedia
-from ._resume import ResumeReport
-from ._session import AsyncSession
-from ._statistics import SessionStatistics
-from ._status import JobStatus
-from ._submit import Destination
+from ._http.transport import HttpSession
+from ._ledger.ledger import JournalSource
+from ._polling.estimator import PollingBounds
+from ._polling.release import ReleaseMedia
+from ._rate.budget import RequestBudget
+from ._session.resume import ResumeReport
+from ._session.session import AsyncSession
+from ._session.statistics import SessionStatistics
+from ._session.status import JobStatus
+from ._session.submit import Destination
 
 if sys.version_info >= (3, 12):
     from typing import Unpack

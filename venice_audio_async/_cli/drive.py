@@ -14,17 +14,17 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from .._batch import manifest_rows
-from .._journal import JournalEntry
-from .._models import Failed, Job, Succeeded
+from .._core.models import Failed, Job, Succeeded
+from .._ledger.journal import JournalEntry
+from .batch_file import manifest_rows
 from .console import on_interrupt, say
 from .folder import MANIFEST_NAME, unwritable_folder
 from .manifest import check_manifest, finish_manifest, state_parts
 from .progress import BatchProgress
 
 if TYPE_CHECKING:
-    from .._resume import ResumeReport
-    from .._session import AsyncSession
+    from .._session.resume import ResumeReport
+    from .._session.session import AsyncSession
 
 __all__ = ["drive", "report_resume"]
 

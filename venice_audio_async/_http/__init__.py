@@ -1,0 +1,4 @@
+"""Layer 2, HTTP: the aiohttp transport, bodies, failures, headers, deadlines.
+
+Imports only ``_core``.
+"""

@@ -1,0 +1,633 @@
+"""The polling scheduler: which job to ask ``retrieve`` about, and when, within the budget.
+
+One scheduler per session multiplexes every in-flight ``queue_id`` over the session's one
+connection pool. Which job to poll is the :class:`~._policy.PollPolicy`'s call: each job has a
+due time (when the delay it has probably accrued since its last poll reaches the price), kept
+in a heap. The loop:
+
+1. looks at the heap's head (O(log n): no scan of all jobs per decision); if it is not due,
+   sleeps until it is, the next submit, or (while the price is raised) a re-price;
+2. if no ``retrieve`` token is free (the :class:`~._budget.RequestBudget` also holds the
+   whole session during ``Retry-After`` pauses and near the error budget), sleeps until one
+   is, without taking it;
+3. re-prices the window every few grants or half second, checks the head against the
+   current price (a price that rose makes it due later: it goes back into the heap), takes
+   the token and hands the poll to one of a fixed set of worker tasks.
+
+While the loop sleeps, a worker that has just rescheduled a running job takes these steps
+itself (the same synchronous decision, with a token taken from an in-process budget) and
+polls the job they pick at once: a poll then costs no pass of the loop's task.
+
+A poll either reschedules the job (still running: the server's ``average_execution_time``
+and ``execution_duration`` update its belief and age), retries it later with backoff, or
+ends it with an :data:`~._models.Outcome`, pushed into the memory object stream of every
+consumer waiting on that job. Only the API's verdict ends a job as failed
+(:func:`~._retry.judge_poll`); a job whose polls keep failing in transit (dropped,
+timed out, a gateway's 502 / 504) is polled on until ``RetryPolicy.unreachable_after``
+without an answer, then ends as :class:`~venice_audio_async.JobUnreachable`. A 401 / 402 /
+403 stops every job's polling at once (a refused key would only fill the API's
+failed-request window): each waiting job ends with that error. Both leave the journal's
+row "queued", for ``resume``. Consumers only read streams, so breaking out of a loop or
+being cancelled cannot corrupt the scheduler.
+
+When a finished job moves its model's fit, or the price falls, due times may come earlier.
+A re-key only ever moves a job earlier, and a job keyed too early is put back when popped, so
+keys may err early but never late. Jobs due within :data:`_HORIZON` are keyed at their due
+time and re-keyed by a pruned walk of the heap (only those); jobs due further out are keyed
+early enough that a price fall (no later than their due time at the floor price) or a small
+fit move cannot make them late, and half-way at most, so a far job is looked at a few times
+before it is due; a large fit move (:class:`~._model_fits.Reach`) re-keys every running job
+of that model, which learning makes rare. So neither a completion nor a decision scans every
+job.
+
+Guarantee: a tracked ``queue_id`` is never dropped, and every tracked job is polled until it
+ends, whether or not a consumer waits on it right now (it is paid for). It ends delivered,
+failed with the API's verdict, kept to be fetched later (unreachable, a refused key, its
+deadline passed), or handed back as unfinished (the session closed while it was still
+running). A finished outcome belongs to the scheduler's :class:`~._job_table.JobTable` until
+a consumer *takes* it (:meth:`Scheduler.take`, called when a stream yields it): an outcome
+pushed into a stream whose consumer left stays there, listed as finished. In-memory audio
+has its media released only once taken (stored files at once), and is capped in total by
+:class:`~._held_audio.HeldAudio`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import attrs
+from anyio.streams.memory import MemoryObjectSendStream
+
+from .._client import VeniceClient
+from .._core.audio import SinkFactory
+from .._core.clock import Clock
+from .._core.config import RetryPolicy
+from .._core.errors import (
+    APIStatusError,
+    JobDeadlineExceeded,
+    JobUnreachable,
+    VeniceError,
+    drop_tracebacks,
+)
+from .._core.logging import attempt_context
+from .._core.models import (
+    AudioResult,
+    Failed,
+    Job,
+    Outcome,
+    Processing,
+    Succeeded,
+    Unreachable,
+)
+from .._rate.budget import RequestBudget
+from .._rate.limiter import RequestLimiter
+from .._rate.retry import PollVerdict, Retrier, judge_poll
+from .estimator import DurationEstimator
+from .handoff import HandOff
+from .held_audio import HeldAudio
+from .job_table import JobTable
+from .model_fits import LARGE_DROP, ModelFits, Reach
+from .pacer import WindowPacer
+from .policy import PollPolicy
+from .release import MediaReleaser, ReleaseHook, ReleaseMedia
+from .sweep import Sweep
+from .tracked import EPSILON, DueHeap, TrackedJob
+
+__all__ = ["Scheduler"]
+
+log = logging.getLogger("venice_audio_async")
+
+#: Awaited with each outcome before it is delivered (the journal records it there).
+OutcomeHook = Callable[[Outcome], Awaitable[None]]
+
+_HORIZON = 30.0  # seconds: how far ahead jobs are keyed, and re-keyed by a sweep
+_STALE_BATCH = 1024  # stale heap entries dropped per event-loop pass
+_MAX_WORKERS = 256  # polls in flight at once, at most (also capped by the request limiter)
+
+
+@attrs.frozen
+class SchedulerCounts:
+    """Counters the session folds into its statistics."""
+
+    in_flight: int
+    succeeded: int
+    failed: int
+    untaken: int
+    polls: int
+    released: int
+
+
+class Scheduler:
+    """Owns the heap of jobs to poll and the tasks that poll them. Internal."""
+
+    def __init__(
+        self,
+        *,
+        client: VeniceClient,
+        budget: RequestBudget,
+        estimator: DurationEstimator,
+        clock: Clock,
+        retry: RetryPolicy,
+        limiter: RequestLimiter,
+        release_limiter: RequestLimiter | None = None,
+        release: ReleaseMedia = "complete",
+        max_untaken_bytes: int | None = None,
+        rng: random.Random | None = None,
+        on_outcome: OutcomeHook | None = None,
+        on_released: ReleaseHook | None = None,
+    ) -> None:
+        self._workers = max(1, min(limiter.total, _MAX_WORKERS))
+        self._on_outcome = on_outcome
+        self._client = client
+        self._budget = budget
+        self._fits = ModelFits(estimator)
+        self._bounds = estimator.bounds
+        self._clock = clock
+        self._limiter = limiter
+        self._release = release
+        self._rng = rng or random.Random()
+        self._retry = retry
+        self._retrier = Retrier(acquire=budget.acquire, policy=retry, clock=clock, rng=self._rng)
+        self._releaser = MediaReleaser(
+            client=client,
+            retrier=self._retrier,
+            limiter=release_limiter or limiter,  # complete must not queue behind polls
+            on_released=on_released,
+        )
+        self._policy = PollPolicy(estimator.bounds, rng=self._rng)
+        #: Every job known: running, or finished and not taken (queries read it directly).
+        self.jobs = JobTable(HeldAudio(max_bytes=max_untaken_bytes, release=release))
+        self._heap = DueHeap()
+        self._wake = anyio.Event()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._counts: Counter[str] = Counter()
+        self._pacer = WindowPacer(self._policy, budget)
+        self._sweep = Sweep(
+            self._heap, self.jobs.by_model, clock, _HORIZON, self._due, self._schedule
+        )
+        self._parked = False  # the loop sleeps in _sleep_or_wake
+
+    # ------------------------------------------------------------------ tracking
+
+    def track(
+        self,
+        job: Job,
+        sink_factory: SinkFactory,
+        *,
+        deadline: float | None = None,
+        elapsed: float | None = None,
+    ) -> None:
+        """Start polling ``job``. ``deadline`` is seconds from now; ``elapsed`` what is known
+        of its run time so far: 0 for a job just queued, ``None`` for one queued elsewhere
+        at an unknown time. A job with a history (attached, resumed) is polled at once."""
+        if job.queue_id in self.jobs:
+            return  # running, or finished and kept until taken: attaching again changes nothing
+        if self.jobs.held.took_audio(job.queue_id):
+            self._track_handed_over(job, sink_factory)
+            return  # (a failure handed over is polled again: its media was never released)
+        now = self._clock.monotonic()
+        tracked = TrackedJob(
+            job=job,
+            sink_factory=sink_factory,
+            tracked_at=now,
+            started=now - (elapsed or 0.0),
+            deadline=None if deadline is None else now + deadline,
+            prompt=elapsed is None or elapsed > 0,
+        )
+        self.jobs.add_live(tracked)
+        self._counts["tracked"] += 1
+        belief = self._fits.belief_of(tracked)
+        if not tracked.prompt:
+            self._policy.note_arrival(now, belief)
+        if belief is None and not tracked.prompt and not self._fits.probe(job.model):
+            # One job per unknown model asks for the server's estimate; the others wait
+            # for it (its answer re-keys them).
+            self._schedule(tracked, now + self._bounds.max_interval)
+            return
+        self._schedule(tracked, self._policy.due(tracked, now))
+
+    def _track_handed_over(self, job: Job, sink_factory: SinkFactory) -> None:
+        """``job``'s audio was handed over by this session: it is never polled again (its
+        media may be released: the poll would end in a 404 counted as a failure). Audio
+        still in its file is kept as its outcome again, to be handed over from there;
+        otherwise a wait for it raises ``OutcomeAlreadyTaken``."""
+        stored = self.jobs.held.stored(job.queue_id)
+        path = None if stored is None else stored.audio.path
+        # One stat, from a synchronous call (attach): cheap, and it must answer now.
+        if stored is None or path is None or not _holds(path, stored.audio.size):
+            log.info(
+                "job %s was handed over already by this session and its audio is not in a "
+                "file here: it is not polled again",
+                job.queue_id,
+                extra={"queue_id": job.queue_id, "model": job.model},
+            )
+            return
+        log.info(
+            "job %s was handed over already; its audio is still in %s: handed over again "
+            "from there",
+            job.queue_id,
+            path,
+            extra={"queue_id": job.queue_id, "model": job.model},
+        )
+        self.jobs.keep(stored, sink_factory, self._clock.monotonic())
+
+    def _schedule(self, tracked: TrackedJob, due: float, *, wake: bool = True) -> bool:
+        """Key ``tracked`` at ``due``; whether it is now the head (``wake``: tell the loop)."""
+        if tracked.deadline is not None:
+            due = min(due, tracked.deadline)
+        now = self._clock.monotonic()
+        horizon = now + _HORIZON
+        key = due
+        if due > horizon:
+            # Keyed early and checked when popped, so that what may bring it sooner is
+            # caught without a look at every job: a price fall (keyed no later than it is
+            # due at the floor price), a small fit move (keyed where a fall of LARGE_DROP
+            # would put it; larger moves re-key the model's jobs), a long wait (half-way).
+            at_floor = self._policy.due(tracked, now, price=self._bounds.delay_per_poll)
+            slack = math.exp(-LARGE_DROP) * (due - tracked.started)
+            key = max(horizon, min(now + 0.5 * (due - now), tracked.started + slack, at_floor))
+        tracked.capped = key < due
+        tracked.keyed_price = self._policy.price
+        tracked.keyed_version = self._fits.version(tracked.job.model)
+        head = self._heap.push(tracked, key)
+        if head and wake:
+            self._wake.set()  # the loop may be sleeping towards a later job
+        return head
+
+    def take(self, queue_id: str) -> None:
+        """The one hand-over rule, applied by every reader of outcomes (``results()`` over
+        jobs given at once or over time, ``generate_many``, and through them ``wait_for``,
+        ``generate`` and the CLI) at the moment it yields the job's outcome to its caller,
+        never when the outcome is queued for yielding: the outcome is dropped, remembered
+        as handed over, and in-memory media is released now (per ``release_media``; a
+        stored file's was released when it was stored). Taking it again does nothing."""
+        release = self.jobs.take(queue_id)
+        if release is not None and self._tg is not None:
+            self._releaser.start(release.job, self._tg)
+
+    def keep_outcome(self, outcome: Outcome, sink_factory: SinkFactory) -> None:
+        """Hold an outcome known from elsewhere (the journal) for a consumer to take."""
+        self.jobs.keep(outcome, sink_factory, self._clock.monotonic())
+
+    def subscribe(self, job: Job, stream: MemoryObjectSendStream[Outcome]) -> bool:
+        """Deliver ``job``'s outcome into ``stream``. Returns False if the job is unknown.
+
+        A job already finished is delivered at once; one whose audio was dropped (over
+        the untaken-audio cap) is polled again at once.
+        """
+        tracked = self.jobs.get(job.queue_id)
+        if tracked is None:
+            return False
+        if tracked.outcome is not None:
+            stream.send_nowait(tracked.outcome)  # kept until the consumer takes it
+            return True
+        if tracked.evicted:
+            tracked.evicted = False
+            tracked.answered()
+            self.jobs.add_live(tracked)
+            self._counts["succeeded"] -= 1  # counted again when it arrives
+            self._schedule(tracked, self._clock.monotonic())
+        tracked.subscribers.append(stream)
+        return True
+
+    def unsubscribe(self, job: Job, stream: MemoryObjectSendStream[Outcome]) -> None:
+        """Stop delivering to ``stream``. The job is still polled: it is paid for."""
+        tracked = self.jobs.get(job.queue_id)
+        if tracked is not None and stream in tracked.subscribers:
+            tracked.subscribers.remove(stream)
+
+    def forget(self, job: Job) -> bool:
+        """Stop tracking ``job``: never poll it again, keep no outcome of it. Returns
+        False if it was not tracked.
+
+        Raises:
+            ValueError: a consumer waits on the job right now.
+        """
+        if job.queue_id not in self.jobs:
+            return False
+        if self.jobs.forget(job.queue_id) is not None:
+            self._end_probe(job.model)
+            self._counts["forgotten"] += 1
+        return True
+
+    def counts(self) -> SchedulerCounts:
+        counts = self._counts
+        # Kept as counters, not counted over every job: progress displays call this often.
+        finished = counts["succeeded"] + counts["failed"]
+        return SchedulerCounts(
+            in_flight=counts["tracked"] - finished - counts["forgotten"],
+            succeeded=counts["succeeded"],
+            failed=counts["failed"],
+            untaken=self.jobs.untaken,
+            polls=counts["polls"],
+            released=self._releaser.released,
+        )
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Poll jobs as they become worth it until cancelled. Started with ``tg.start``."""
+        # Polls run on long-lived workers fed through a hand-off queue: cheaper than a new
+        # task per poll (benchmarks/overhead.py), and bounded like the request limiter.
+        queue = HandOff[TrackedJob]()
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            for _ in range(self._workers):
+                tg.start_soon(self._work, queue)
+            task_status.started()
+            while True:
+                tracked = await self._next_worth_polling()
+                if self.jobs.held.full:
+                    # delete_on_retrieve with the untaken-audio cap reached: a download now
+                    # would have to be kept or lost. Polls wait until callers take results.
+                    self._schedule(tracked, self._clock.monotonic())
+                    await self.jobs.held.wait_for_room()
+                    continue
+                await self._pacer.take_token()
+                if tracked.outcome is not None or tracked.forgotten:
+                    continue
+                tracked.in_flight = True
+                queue.put(tracked)
+
+    async def _work(self, queue: HandOff[TrackedJob]) -> None:
+        while True:
+            tracked: TrackedJob | None = await queue.get()
+            while tracked is not None:  # a worker may take its next job itself
+                tracked = await self._poll(tracked)
+
+    async def _next_worth_polling(self) -> TrackedJob:
+        while True:
+            if self._sweep.run() or (len(self._heap) > _STALE_BATCH and self._heap.stale_head()):
+                await anyio.lowlevel.checkpoint()  # a mass re-key must not stall the loop
+            step = self._step()
+            if isinstance(step, TrackedJob):
+                return step
+            if step is None:  # the head's deadline passed
+                head, now = self._heap.pop_head(), self._clock.monotonic()
+                error = JobDeadlineExceeded(head.job, now - head.tracked_at)
+                await self._finish(head, Failed(head.job, error))
+            elif step >= 0:
+                await self._sleep_or_wake(step)
+
+    def _step(self) -> TrackedJob | float | None:
+        """One decision, without waiting: the job to poll now (popped from the heap; its
+        token is still to be taken), else seconds to wait (negative: decide again at once),
+        or ``None`` when the head's deadline has passed."""
+        head = self._heap.head()
+        now = self._clock.monotonic()
+        if head is None:
+            return math.inf
+        due = self._heap.head_due()
+        if due > now + EPSILON:
+            return self._pacer.wake_at(due, now, jobs_waiting=bool(self.jobs.live)) - now
+        if head.deadline is not None and now >= head.deadline:
+            return None
+        ready = self._pacer.token_ready()
+        now = self._clock.monotonic()  # read after: the budget reads the clock too
+        if ready > now + EPSILON:
+            return ready - now
+        if self._pacer.maybe_reprice(now, self.jobs.live, self._fits.belief_of):
+            self._start_sweep()
+        if (
+            head.capped
+            or self._policy.price > head.keyed_price
+            or self._fits.version(head.job.model) != head.keyed_version
+        ):
+            # Keyed at the horizon, or the price rose or the fit moved: still worth it?
+            worth_at = self._due(head, now)
+            if worth_at > now + EPSILON:
+                self._schedule(head, worth_at)
+                return -1.0
+        return self._heap.pop_head()
+
+    def _take_now(self, keyed_head: TrackedJob | None) -> TrackedJob | None:
+        """The next job for the worker that just keyed ``keyed_head`` at the heap's head
+        (``None``: it did not), decided here while the loop sleeps: a poll then costs no
+        pass of the loop's task. The loop is woken for whatever is left to it."""
+        free = self._parked and self._pacer.grants_now and not self._sweep.pending
+        job = self._step() if free and not self.jobs.held.full else -1.0
+        if not isinstance(job, TrackedJob):
+            if keyed_head is not None or job is None:
+                self._wake.set()
+            return None
+        if not self._pacer.take_token_now():
+            self._schedule(job, self._clock.monotonic())
+            return None
+        if keyed_head is not None and keyed_head is not job:
+            self._wake.set()
+        job.in_flight = job.waiting
+        return job if job.waiting else None
+
+    def _due(self, tracked: TrackedJob, now: float) -> float:
+        """When ``tracked`` is next worth a poll, with its belief brought up to date (the
+        deadline is applied where jobs are keyed, in :meth:`_schedule`)."""
+        self._fits.belief_of(tracked)
+        return self._policy.due(tracked, now)
+
+    def _start_sweep(self, reach: Reach = Reach.NEAR, model: str = "") -> None:
+        if self._sweep.start(reach, model):
+            self._wake.set()
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        if self._wake.is_set():
+            self._wake = anyio.Event()  # a fresh one only when the last was used
+        if self._sweep.pending:
+            return  # re-key first: a job may now be due sooner than the one slept for
+        self._parked = True  # workers may take due jobs themselves meanwhile (_take_now)
+        try:
+            await self._clock.wait(self._wake, seconds)
+        finally:
+            self._parked = False
+
+    # ------------------------------------------------------------------ one poll
+
+    async def _poll(self, tracked: TrackedJob) -> TrackedJob | None:  # and the next, if any
+        request = tracked.request(delete=self._release == "delete_on_retrieve")
+        answer: Processing | AudioResult | VeniceError
+        sent = math.inf
+        try:
+            with attempt_context(tracked.failures + 1):  # for the request's log record
+                async with self._limiter:
+                    if self._pacer.paused(self._clock):
+                        # A 429 paused the session while this poll waited for a request
+                        # slot: its token is spent, but sending now would break the pause.
+                        tracked.in_flight = False
+                        self._schedule(tracked, self._clock.monotonic())
+                        return None
+                    self._counts["polls"] += 1
+                    sent = self._clock.monotonic()  # (the wait for a slot is ours, not the API's)
+                    answer = await self._client.retrieve(request, sink=tracked.sink_factory())
+        except VeniceError as error:
+            answer = error
+        finally:
+            tracked.in_flight = False
+        if tracked.forgotten:
+            return None  # forgotten while this poll was in flight
+        now = self._clock.monotonic()
+        if isinstance(answer, Processing):
+            return self._on_running(tracked, answer, now)
+        if isinstance(answer, VeniceError):
+            await self._on_error(tracked, answer, sent, now)
+        else:
+            await self._on_audio(tracked, answer, now)
+        return None
+
+    def _on_running(self, tracked: TrackedJob, status: Processing, now: float) -> TrackedJob | None:
+        tracked.answered()
+        self._end_probe(tracked.job.model)
+        self._fits.observe_hint(tracked, status.average_execution_time)
+        if status.execution_duration is not None:
+            tracked.started = now - status.execution_duration
+        tracked.last_poll = now
+        tracked.last_status = status
+        tracked.seen_running_at_age = max(0.0, now - tracked.started)
+        tracked.prompt = False
+        head = self._schedule(tracked, self._due(tracked, now), wake=False)
+        return self._take_now(tracked if head else None)
+
+    def _end_probe(self, model: str) -> None:
+        """A job of a model being probed answered: the jobs waiting on it are re-keyed."""
+        if self._fits.probing:  # rarely: only while a model's first estimate is awaited
+            self._start_sweep(self._fits.end_probe(model), model)
+
+    async def _on_audio(self, tracked: TrackedJob, audio: AudioResult, now: float) -> None:
+        model = tracked.job.model
+        self._end_probe(model)
+        duration = audio.venice.inference_time
+        if duration is None:
+            duration = now - tracked.started
+        released = self._release == "delete_on_retrieve"
+        await self._finish(tracked, Succeeded(tracked.job, audio, released=released))
+        if tracked.job.queue_id in self.jobs:
+            self.jobs.hold_audio(tracked, audio)
+        running = self.jobs.by_model.get(model, {}).values()
+        self._start_sweep(self._fits.observe_finished(tracked, duration, running), model)
+        if self._release == "complete":
+            if audio.path is None and tracked.job.queue_id in self.jobs:
+                # Only in memory: the server's copy stays until a caller takes the audio.
+                self.jobs.held.release_when_taken(tracked.job.queue_id)
+            else:
+                assert self._tg is not None
+                self._releaser.start(tracked.job, self._tg)
+
+    async def wait_releases(self) -> None:
+        """Wait until no ``complete`` call is in flight (the session's close drains them)."""
+        await self._releaser.wait()
+
+    async def _on_error(
+        self, tracked: TrackedJob, error: VeniceError, sent: float, now: float
+    ) -> None:
+        # Retrieve is safe to repeat (the media stays until released), so only the API's
+        # verdict ends a job; what a poll met in transit says nothing about the job itself.
+        verdict = judge_poll(error)
+        if verdict is PollVerdict.FINAL:
+            await self._finish(tracked, Failed(tracked.job, error))
+            return
+        if verdict is PollVerdict.KEY_REFUSED:
+            await self._key_refused(tracked, error)
+            return
+        unreached: float | None = None
+        if verdict is PollVerdict.REPEAT:
+            assert isinstance(error, APIStatusError)
+            answer = (error.status_code, error.message)
+            tracked.repeats = tracked.repeats + 1 if answer == tracked.answer else 1
+            tracked.answer = answer
+            if tracked.repeats >= self._retry.attempts:
+                await self._finish(tracked, Failed(tracked.job, error))
+                return
+        if verdict is not PollVerdict.WAIT:
+            # Errors that never settle into a verdict (varying 5xx, transit) end it too.
+            if tracked.unreached_since is None:
+                tracked.unreached_since = min(sent, now)
+            unreached = now - tracked.unreached_since
+            # Given up on only with evidence: the time, and at least `attempts` polls.
+            tried = tracked.failures + 1 >= self._retry.attempts
+            if tried and unreached >= self._retry.unreachable_after:
+                log.warning(
+                    "job %s: no verdict from the API for %.0f s (last: %s); it is kept to be "
+                    "fetched later",
+                    tracked.job.queue_id,
+                    unreached,
+                    type(error).__name__,
+                    extra={"queue_id": tracked.job.queue_id},
+                )
+                gone = JobUnreachable(tracked.job, unreached, error)
+                await self._finish(tracked, Unreachable(tracked.job, gone))
+                return
+        delay = self._retrier.poll_again_in(
+            error, tracked.failures, queue_id=tracked.job.queue_id, unreached=unreached
+        )
+        if verdict is not PollVerdict.WAIT:  # a 429 paused the session: no attempt spent
+            tracked.failures += 1
+        self._schedule(tracked, self._clock.monotonic() + delay)
+
+    async def _key_refused(self, tracked: TrackedJob, error: VeniceError) -> None:
+        """A poll's key was refused (401 / 402 / 403): stop polling every job, each ending
+        with that error (the journal keeps them "queued", for ``resume``). Polls already in
+        flight end by their own answers."""
+        assert isinstance(error, APIStatusError)
+        waiting = [job for job in self.jobs.live if job is not tracked and not job.in_flight]
+        log.error(
+            "retrieve of job %s was refused (%s): polling stops for it and %d other job(s), "
+            "all kept to be fetched once the key is accepted again",
+            tracked.job.queue_id,
+            error,
+            len(waiting),
+            extra={"queue_id": tracked.job.queue_id, "status": error.status_code},
+        )
+        await self._finish(tracked, Failed(tracked.job, error))
+        for other in waiting:
+            if other.waiting:  # (may have ended while an earlier one was being recorded)
+                await self._finish(other, Failed(other.job, _refusal_like(error)))
+
+    async def _finish(self, tracked: TrackedJob, outcome: Outcome) -> None:
+        if tracked.outcome is not None:
+            return
+        self._end_probe(tracked.job.model)
+        if isinstance(outcome, Failed):
+            drop_tracebacks(outcome.error)
+        tracked.outcome = outcome
+        tracked.finished_at = self._clock.monotonic()
+        tracked.entry = -1
+        if self._on_outcome is not None:
+            # Recorded (journal) before anyone is told, so a crash right after delivery
+            # cannot forget that the audio is stored.
+            with anyio.CancelScope(shield=True):
+                await self._on_outcome(outcome)
+        self.jobs.end_live(tracked)
+        self._counts["succeeded" if isinstance(outcome, Succeeded) else "failed"] += 1
+        # Pushed to every consumer waiting, but kept until one of them takes it: a
+        # consumer may leave with it still unread in its stream.
+        for stream in tracked.subscribers:
+            try:
+                stream.send_nowait(outcome)
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                log.debug("consumer of job %s went away", tracked.job.queue_id)
+        tracked.subscribers.clear()
+
+
+def _holds(path: Path, size: int) -> bool:
+    """Whether ``path`` is still a file of ``size`` bytes (the audio once stored there)."""
+    try:
+        return path.is_file() and path.stat().st_size == size
+    except OSError:
+        return False
+
+
+def _refusal_like(error: APIStatusError) -> APIStatusError:
+    """A copy of a key's refusal for another job it stopped (each outcome owns its error)."""
+    return type(error)(
+        error.message,
+        status_code=error.status_code,
+        body=error.body,
+        headers=error.headers,
+        endpoint=error.endpoint,
+    )
