@@ -15,6 +15,7 @@ import pytest
 
 from venice_audio_async._core.clock import ManualClock, ScaledClock
 from venice_audio_async._core.config import RateLimit
+from venice_audio_async._http.headers import parse_reset, retry_delay_from_headers
 from venice_audio_async._rate.budget import (
     BudgetStatistics,
     LocalBudget,
@@ -22,7 +23,6 @@ from venice_audio_async._rate.budget import (
     RequestBudget,
 )
 from venice_audio_async._rate.lessons import teaches_nothing
-from venice_audio_async._rate.retry import parse_reset, retry_delay_from_headers
 from venice_audio_async._rate.statistics import EndpointFigures, budget_statistics
 from venice_audio_async.testing import FakeServer, JobScript
 

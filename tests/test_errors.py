@@ -8,7 +8,7 @@ import pytest
 
 import venice_audio_async as v
 from venice_audio_async._core.errors import error_from_response
-from venice_audio_async._rate.retry import parse_retry_after
+from venice_audio_async._http.headers import parse_retry_after
 
 
 def _body(obj: object) -> bytes:

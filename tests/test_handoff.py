@@ -8,7 +8,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from venice_audio_async._polling.handoff import HandOff
+from venice_audio_async._polling.scheduler import HandOff
 
 pytestmark = pytest.mark.anyio
 

@@ -7,8 +7,8 @@ import anyio
 import venice_audio_async as v
 from venice_audio_async._core.config import RateLimit
 from venice_audio_async._polling.estimator import PollingBounds
-from venice_audio_async._polling.pacer import WindowPacer
 from venice_audio_async._polling.policy import PollPolicy
+from venice_audio_async._polling.scheduler import WindowPacer
 from venice_audio_async._rate.budget import LocalBudget
 
 

@@ -6,12 +6,19 @@ within the rate limits, and receive each result as it finishes.
 
 # No ``from __future__ import annotations`` here: it would add ``annotations`` to the
 # package's public names (tests/test_exports.py compares them with __all__).
-import importlib.metadata as _metadata
 
 from ._client import VeniceClient
 from ._core.audio import AudioSink, FileSink, MemorySink
 from ._core.clock import Clock, ManualClock, ScaledClock, SystemClock
-from ._core.config import DEFAULT_BASE_URL, Limits, RateLimit, RateLimits, RetryPolicy, Timeouts
+from ._core.config import (
+    DEFAULT_BASE_URL,
+    LearnedRateLimits,
+    Limits,
+    RateLimit,
+    RateLimits,
+    RetryPolicy,
+    Timeouts,
+)
 from ._core.errors import (
     APIStatusError,
     AsyncioRequiredError,
@@ -49,41 +56,34 @@ from ._core.errors import (
     TruncatedResponse,
     VeniceError,
 )
-from ._core.learned_limits import LearnedRateLimits
 from ._core.models import (
     ApiKeyRateLimits,
     AudioFormat,
     AudioModel,
     AudioResult,
-    BatchOutcome,
     CompleteRequest,
     CompleteResult,
     DurationsPricing,
     DurationTier,
-    Failed,
     FieldProblem,
     GenerationPricing,
     Job,
     ModelRateLimits,
     ModelSpec,
-    Outcome,
     PerSecondPricing,
     PerThousandCharactersPricing,
     Pricing,
     Processing,
-    Queued,
     QueueOptions,
     QueueRequest,
     QuoteRequest,
     QuoteResult,
-    Refused,
     RetrieveRequest,
-    Running,
-    Succeeded,
     UnknownPricing,
-    Unreachable,
     VeniceHeaders,
 )
+from ._core.outcomes import BatchOutcome, Failed, Outcome, Refused, Succeeded, Unreachable
+from ._core.version import __version__
 from ._ledger.journal import JobState, Journal, JournalEntry
 from ._polling.estimator import PollingBounds
 from ._rate.budget import LocalBudget, RateWindow, RequestBudget
@@ -96,11 +96,6 @@ from ._session.session import AsyncSession
 from ._session.statistics import SessionStatistics
 from ._session.status import PRIOR_RUN_SECONDS, EstimateSource, JobPhase, JobStatus
 from ._sync import VeniceAudio
-
-try:
-    __version__ = _metadata.version("venice-audio-async")
-except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
 
 __all__ = [
     "APIStatusError",
@@ -171,7 +166,6 @@ __all__ = [
     "QueueOptions",
     "QueueOutcomeUnknown",
     "QueueRequest",
-    "Queued",
     "QuoteRequest",
     "QuoteResult",
     "RateLimit",
@@ -188,7 +182,6 @@ __all__ = [
     "ResumeReport",
     "RetrieveRequest",
     "RetryPolicy",
-    "Running",
     "ScaledClock",
     "ServerError",
     "ServiceUnavailableError",

@@ -1,6 +1,6 @@
 """``VeniceAudio``: the synchronous client, as openai's ``OpenAI`` is to ``AsyncOpenAI``.
 
-It runs one :class:`~._session.AsyncSession` on an event loop in a daemon thread of its own
+It runs one :class:`~._session.session.AsyncSession` on an event loop in a daemon thread of its own
 (an anyio blocking portal) and blocks the calling thread until each call is done. So it
 works in a plain script, from many threads at once (one session, one connection pool and
 one request budget for them all), and from a thread that already runs an event loop
@@ -47,16 +47,8 @@ from anyio.from_thread import BlockingPortal
 from ._core.clock import Clock
 from ._core.config import DEFAULT_BASE_URL, Limits, RateLimits, RetryPolicy, Timeouts
 from ._core.errors import SessionStateError
-from ._core.models import (
-    AudioModel,
-    AudioResult,
-    BatchOutcome,
-    Job,
-    Outcome,
-    QueueOptions,
-    QueueRequest,
-    QuoteResult,
-)
+from ._core.models import AudioModel, AudioResult, Job, QueueOptions, QueueRequest, QuoteResult
+from ._core.outcomes import BatchOutcome, Outcome
 from ._http.transport import HttpSession
 from ._ledger.ledger import JournalSource
 from ._polling.estimator import PollingBounds

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from .._core.models import Failed, Job, Succeeded
+from .._core.models import Job
+from .._core.outcomes import Failed, Succeeded
 from .._ledger.journal import JournalEntry
 from .batch_file import manifest_rows
 from .console import on_interrupt, say

@@ -1,7 +1,7 @@
 """Plain frozen data: the catalogue, requests, responses, jobs and their outcomes.
 
 No class here knows the wire format; field renames, omission of unset fields and tolerance
-of unknown keys live in :mod:`venice_audio_async._core.converters`.
+of unknown keys live in :mod:`._core.converters`.
 
 Unknown is not False: a ``model_spec`` key the catalogue did not send is ``None`` here, and
 validation treats it as "let the server decide" (booleans) or "unsupported" (duration
@@ -12,45 +12,34 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, Union
+from typing import Any, Literal, TypedDict, Union
 
 import attrs
-
-if TYPE_CHECKING:
-    from .errors import VeniceError
 
 __all__ = [
     "ApiKeyRateLimits",
     "AudioFormat",
     "AudioModel",
     "AudioResult",
-    "BatchOutcome",
     "CompleteRequest",
     "CompleteResult",
     "DurationTier",
     "DurationsPricing",
-    "Failed",
     "FieldProblem",
     "GenerationPricing",
     "Job",
     "ModelRateLimits",
     "ModelSpec",
-    "Outcome",
     "PerSecondPricing",
     "PerThousandCharactersPricing",
     "Pricing",
     "Processing",
-    "Queued",
     "QueueOptions",
     "QueueRequest",
     "QuoteRequest",
     "QuoteResult",
-    "Refused",
     "RetrieveRequest",
-    "Running",
-    "Succeeded",
     "UnknownPricing",
-    "Unreachable",
     "VeniceHeaders",
 ]
 
@@ -427,80 +416,3 @@ class FieldProblem:
 
     field: str
     message: str
-
-
-# --------------------------------------------------------------------------- job status
-
-
-@attrs.frozen
-class Queued:
-    """The job was accepted by ``queue`` and not polled yet."""
-
-    job: Job
-
-
-@attrs.frozen
-class Running:
-    """The job is running; the last ``retrieve`` said so."""
-
-    job: Job
-    processing: Processing
-
-
-@attrs.frozen
-class Succeeded:
-    """The job finished and its audio is stored (``audio``).
-
-    .. versionadded:: 0.1.0
-    """
-
-    job: Job
-    audio: AudioResult
-    released: bool = False
-
-
-@attrs.frozen
-class Failed:
-    """The job ended with an error (``error``); the others carry on.
-
-    .. versionadded:: 0.1.0
-    """
-
-    job: Job
-    error: VeniceError
-
-
-@attrs.frozen
-class Unreachable(Failed):
-    """The API gave no verdict on the job for ``RetryPolicy.unreachable_after`` seconds:
-    every poll failed in transit. It is paid for and may well be finished, its media
-    waiting on the server: the journal keeps it "queued" for ``resume``, or pick it up with
-    ``AsyncSession.attach(job.model, job.queue_id)``. ``error`` is a
-    :class:`~venice_audio_async.JobUnreachable`.
-
-    An outcome of its own kind that is still a :class:`Failed` (code matching ``Failed``
-    catches it too): match ``Unreachable(job=job)`` before ``Failed`` to tell it apart.
-
-    .. versionadded:: 0.2.0
-    """
-
-
-@attrs.frozen
-class Refused:
-    """A request of ``generate_many`` that was never queued: there is no job and no
-    ``queue_id``, and nothing was billed. ``error`` says why (a 402, the spending limit,
-    the server's validation, no queue token before the deadline). One exception: a
-    :class:`QueueOutcomeUnknown` error means the request was sent and its answer lost, so
-    a job may exist and be billed; it is not sent again. A batch run again on its journal
-    yields these as the first run did, from the journal.
-
-    .. versionadded:: 0.1.0
-    """
-
-    request: QueueRequest
-    error: VeniceError
-
-
-Outcome = Union[Succeeded, Failed]  # noqa: UP007 (a runtime alias usable on 3.10)
-#: What ``generate_many`` yields: a job's outcome, or a request refused before queueing.
-BatchOutcome = Union[Succeeded, Failed, Refused]  # noqa: UP007

@@ -4,11 +4,11 @@ A JSON body is read up to ``Limits.max_json_bytes`` and an audio body up to
 ``Limits.max_audio_file_bytes``: never a byte more than the cap plus one, and a
 ``Content-Length`` over the cap is refused before reading. Audio must also keep
 ``Timeouts.min_download_rate`` over each ``Timeouts.stall_window`` (:class:`AudioBody`), and
-goes into an :class:`~venice_audio_async._core.audio.AudioSink` chunk by chunk, the sink aborted
+goes into an :class:`~._core.audio.AudioSink` chunk by chunk, the sink aborted
 on any failure so nothing partial remains.
 
 This module does not import aiohttp: it reads any :class:`BodyReader` (aiohttp's
-``StreamReader`` is one), which ``_http`` hands it.
+``StreamReader`` is one), which ``_http.transport`` hands it.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ deadline is lifted (the download rules take over). On Python 3.11+ this is async
 asyncio only); Python 3.10 has none, so an anyio cancel scope stands in, with the same three
 calls: ``async with``, :meth:`~AnyioDeadline.reschedule` and :meth:`~AnyioDeadline.expired`.
 Either raises :class:`TimeoutError` at the end of the block when the deadline cut it short.
+This module does not import aiohttp.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ An error status becomes the most specific :class:`~venice_audio_async.APIStatusE
 :class:`~venice_audio_async.TransportError` (:func:`transport_error`), after our
 ``Authorization`` header is blanked in the aiohttp exceptions it chains to.
 
-With ``_http`` this is one of the two modules that import aiohttp: telling its exception
-classes apart and rebuilding its ``RequestInfo`` need it.
+With ``_http.transport`` this is one of the two modules that import aiohttp: telling its
+exception classes apart and rebuilding its ``RequestInfo`` need it.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from .._core.errors import (
     error_from_response,
     support_headers,
 )
-from .._rate.retry import parse_retry_after
 from .body import BodyReader, read_up_to
+from .headers import parse_retry_after
 
 __all__ = ["status_error", "transport_error"]
 

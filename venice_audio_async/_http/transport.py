@@ -3,19 +3,19 @@
 :class:`HttpTransport` owns one :class:`aiohttp.ClientSession` with one connector (or borrows
 the caller's, which it then never closes), sends JSON requests with bearer auth, turns an
 error status and every aiohttp/asyncio failure into this library's errors
-(``raise ... from exc``, via ``_http_failures``), and reports each answer to an observer.
+(``raise ... from exc``, via ``_http.failures``), and reports each answer to an observer.
 
 ``retrieve`` is special: the same endpoint answers JSON while the job runs and the raw audio
 when it is done, so the answer is branched on its media type, never parsed blindly, and
-audio is streamed into an :class:`~venice_audio_async._core.audio.AudioSink` (``_http_body``).
+audio is streamed into an :class:`~._core.audio.AudioSink` (``_http.body``).
 
 Every answer is bounded by ``Limits`` and ``Timeouts``: bodies by their size caps and the
-download pace (``_http_body``); a status answer must arrive whole within ``Timeouts.status``.
+download pace (``_http.body``); a status answer must arrive whole within ``Timeouts.status``.
 
 Redirects are never followed: a 3xx would otherwise carry the ``Authorization`` header to
 wherever it points.
 
-Only this module and ``_http_failures`` import aiohttp (``tests/test_architecture.py``);
+Only this module and ``_http.failures`` import aiohttp (``tests/test_architecture.py``);
 the layers above name a caller's session as :data:`HttpSession`.
 """
 
@@ -43,6 +43,7 @@ from .._core.errors import (
 )
 from .._core.logging import configure_from_environment
 from .._core.models import AudioResult
+from .._core.version import __version__
 from .body import read_json, stream_audio
 from .deadline import status_deadline
 from .failures import status_error, transport_error
@@ -69,8 +70,6 @@ class JsonAnswer:
 
 
 def _version() -> str:
-    from .. import __version__
-
     return __version__
 
 

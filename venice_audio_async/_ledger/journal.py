@@ -20,12 +20,12 @@ Storage is SQLite from the standard library in WAL mode (one writer, crash-safe 
 driven from a worker thread so the event loop never blocks on disk. The claim, and every
 write made after a request left, is checkpointed into the database file, so losing the
 ``-wal`` file after a crash loses none of them; a high-water mark beside the journal
-(:mod:`._journal_mark`) refuses a journal that lost rows anyway, at open.
+(:mod:`._ledger.journal_mark`) refuses a journal that lost rows anyway, at open.
 
 The guarantees around it:
 
 * **One owner.** Opening a journal takes its lock file (``<journal>.lock``, see
-  :mod:`._owner_lock`); a second opener, in this process or another, gets a
+  :mod:`._ledger.owner_lock`); a second opener, in this process or another, gets a
   :class:`JournalError` naming the holder's pid. A row is claimed by the same single
   ``UPDATE`` that marks it "sending" (``WHERE state = 'intent'``), so even two owners that
   got past the lock could not both send it.
@@ -291,7 +291,7 @@ class Journal:
         The claim and the move to "sending" are one ``UPDATE ... WHERE state = 'intent'``,
         so of two owners racing for a row, one wins and the other sends nothing. It is then
         checkpointed into the database file and the high-water mark updated (see
-        :mod:`._journal_mark`), so a lost ``-wal`` file cannot make it look unsent.
+        :mod:`._ledger.journal_mark`), so a lost ``-wal`` file cannot make it look unsent.
 
         Raises:
             JournalError: the job is no longer waiting (claimed by another owner, or sent

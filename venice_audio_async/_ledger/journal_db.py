@@ -1,14 +1,14 @@
 """The journal's SQLite file: opened safely, driven from a worker thread, written reliably.
 
-:func:`connect` takes the owner lock (:mod:`._owner_lock`) and opens the database: a file
+:func:`connect` takes the owner lock (:mod:`._ledger.owner_lock`) and opens the database: a file
 that is empty, damaged, not a journal or read-only raises :class:`JournalError` with a
 message saying what to do (:func:`advice`), before anything is sent. :class:`JournalStore`
 runs every statement in one worker thread (so the event loop never blocks on disk), turns
 each ``sqlite3`` error into a :class:`JournalError`, and keeps the writes made after a paid
 request that the database refused (:class:`DelayedWrite`), in order, retrying them until
 they land. Claims and the writes after a send are checkpointed into the database file, and
-the high-water mark (:mod:`._journal_mark`) is checked at open and kept after each claim.
-The rows and their meaning are :mod:`._journal`'s.
+the high-water mark (:mod:`._ledger.journal_mark`) is checked at open and kept after each claim.
+The rows and their meaning are :mod:`._ledger.journal`'s.
 """
 
 from __future__ import annotations
@@ -379,7 +379,7 @@ class JournalStore:
         """Make the claim of ``row_id`` durable before its request leaves.
 
         The claim (and every write before it) is checkpointed into the database file, then
-        the high-water mark beside it says so (see :mod:`._journal_mark`).
+        the high-water mark beside it says so (see :mod:`._ledger.journal_mark`).
 
         Raises:
             JournalError: either could not be written; the request must not be sent.

@@ -42,7 +42,8 @@ from .._core.errors import (
     SpendLimitExceeded,
     VeniceError,
 )
-from .._core.models import Failed, Job, Outcome, QueueRequest, Succeeded
+from .._core.models import Job, QueueRequest
+from .._core.outcomes import Failed, Outcome, Succeeded
 from .._rate.retry import leaves_job_resumable
 from .journal import Journal, JournalEntry, is_refunded
 

@@ -1,8 +1,8 @@
 """What a job's run time is believed to be, and what a poll of it is worth now.
 
 A job's run time ``T`` is believed lognormal, ``ln T ~ Normal(mu, sigma)`` (see
-:mod:`._estimator` for where ``mu`` and ``sigma`` come from). This module holds the maths the
-poll policy needs from that belief, all in closed form or from small cached tables:
+:mod:`._polling.estimator` for where ``mu`` and ``sigma`` come from). This module holds
+the maths the poll policy needs from that belief, all in closed form or from small cached tables:
 
 * ``S(t) = P(T > t)`` and ``Q(t) = integral_0^t S`` (closed form for the lognormal);
 * the **worth** of polling a job now: the delay it has accrued in expectation since its last

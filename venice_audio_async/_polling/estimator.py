@@ -2,7 +2,7 @@
 
 A job's run time ``T`` is taken to be lognormal, ``ln T ~ Normal(mu, sigma)``: positive,
 right-skewed, and cheap to fit. :meth:`DurationEstimator.belief` turns what is known into a
-:class:`~._belief.RunTimeBelief`, from the best source available:
+:class:`~._polling.belief.RunTimeBelief`, from the best source available:
 
 1. **A fit of learned ratios to the server's estimate.** A finished job's ``ln(T / h)`` (``h``
    the server's ``average_execution_time`` in force for it) is logged; with ``min_samples``

@@ -23,7 +23,7 @@ from typing import Literal
 
 import anyio
 
-from .._core.models import Failed, Outcome, Succeeded
+from .._core.outcomes import Failed, Outcome, Succeeded
 from .release import ReleaseMedia
 
 __all__ = ["HeldAudio"]

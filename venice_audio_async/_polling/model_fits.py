@@ -1,7 +1,7 @@
 """What the scheduler has learned of each model's run times, and how far a lesson reaches.
 
-Each tracked job is priced with a :class:`~._belief.RunTimeBelief` from the
-:class:`~._estimator.DurationEstimator`. When a model's fit moves (a finished job, the first
+Each tracked job is priced with a :class:`~._polling.belief.RunTimeBelief` from the
+:class:`~._polling.estimator.DurationEstimator`. When a model's fit moves (a finished job, the first
 estimate of an unknown model) the jobs' beliefs are refreshed lazily (a version number per
 model) and jobs whose poll may now be due sooner must be re-keyed. How many depends on the
 size of the move (:class:`Reach`):

@@ -4,11 +4,11 @@ Retrieves cost nothing but rate-limit room, so room left unused is latency waste
 (../shared/POLLING.md, within 0-15% of the lower bound there):
 
 * A job's **worth** now is the delay it has accrued in expectation since its last poll,
-  given its run-time belief (:class:`~._belief.RunTimeBelief`) and its age. Worth grows with
+  given its run-time belief (:class:`~._polling.belief.RunTimeBelief`) and its age. Worth grows with
   time, so at a given price each job has one **due time** at which it becomes worth a poll;
   the scheduler keeps jobs in a heap by due time and polls the head when a token is free.
 * The **price** (seconds of delay one poll must save) starts at
-  :attr:`~._estimator.PollingBounds.delay_per_poll` and rises as the rate window fills:
+  :attr:`~._polling.estimator.PollingBounds.delay_per_poll` and rises as the rate window fills:
   for each look-ahead ``x`` the fluid-limit demand ``D_x`` (polls the jobs in flight, and
   jobs arriving at the recent rate, would want over ``x`` at price 1) is set against ``F_x``,
   the grants the window will allow by then; ``price = max(floor, max_x (D_x / (0.95 F_x))^2)``.

@@ -2,7 +2,7 @@
 
 Each release runs in its own task (a poll worker must not sit through ``complete``'s
 retries), on the request slots the polls do not use, and is retried as every idempotent
-request is (:class:`~._retry.Retrier`). A release that still fails is logged, never raised:
+request is (:class:`~._rate.retry.Retrier`). A release that still fails is logged, never raised:
 the audio is safe, and the server expires the media on its own. The session's close waits
 (bounded) for releases in flight, so stored audio does not leave its copy behind just
 because the session ended right after it.

@@ -1,13 +1,13 @@
 """The polling scheduler: which job to ask ``retrieve`` about, and when, within the budget.
 
 One scheduler per session multiplexes every in-flight ``queue_id`` over the session's one
-connection pool. Which job to poll is the :class:`~._policy.PollPolicy`'s call: each job has a
-due time (when the delay it has probably accrued since its last poll reaches the price), kept
-in a heap. The loop:
+connection pool. Which job to poll is the :class:`~._polling.policy.PollPolicy`'s call: each
+job has a due time (when the delay it has probably accrued since its last poll reaches the
+price), kept in a heap. The loop:
 
 1. looks at the heap's head (O(log n): no scan of all jobs per decision); if it is not due,
    sleeps until it is, the next submit, or (while the price is raised) a re-price;
-2. if no ``retrieve`` token is free (the :class:`~._budget.RequestBudget` also holds the
+2. if no ``retrieve`` token is free (the :class:`~._rate.budget.RequestBudget` also holds the
    whole session during ``Retry-After`` pauses and near the error budget), sleeps until one
    is, without taking it;
 3. re-prices the window every few grants or half second, checks the head against the
@@ -20,9 +20,9 @@ polls the job they pick at once: a poll then costs no pass of the loop's task.
 
 A poll either reschedules the job (still running: the server's ``average_execution_time``
 and ``execution_duration`` update its belief and age), retries it later with backoff, or
-ends it with an :data:`~._models.Outcome`, pushed into the memory object stream of every
+ends it with an :data:`~._core.models.Outcome`, pushed into the memory object stream of every
 consumer waiting on that job. Only the API's verdict ends a job as failed
-(:func:`~._retry.judge_poll`); a job whose polls keep failing in transit (dropped,
+(:func:`~._rate.retry.judge_poll`); a job whose polls keep failing in transit (dropped,
 timed out, a gateway's 502 / 504) is polled on until ``RetryPolicy.unreachable_after``
 without an answer, then ends as :class:`~venice_audio_async.JobUnreachable`. A 401 / 402 /
 403 stops every job's polling at once (a refused key would only fill the API's
@@ -36,7 +36,7 @@ keys may err early but never late. Jobs due within :data:`_HORIZON` are keyed at
 time and re-keyed by a pruned walk of the heap (only those); jobs due further out are keyed
 early enough that a price fall (no later than their due time at the floor price) or a small
 fit move cannot make them late, and half-way at most, so a far job is looked at a few times
-before it is due; a large fit move (:class:`~._model_fits.Reach`) re-keys every running job
+before it is due; a large fit move (:class:`~._polling.model_fits.Reach`) re-keys every running job
 of that model, which learning makes rare. So neither a completion nor a decision scans every
 job.
 
@@ -44,21 +44,23 @@ Guarantee: a tracked ``queue_id`` is never dropped, and every tracked job is pol
 ends, whether or not a consumer waits on it right now (it is paid for). It ends delivered,
 failed with the API's verdict, kept to be fetched later (unreachable, a refused key, its
 deadline passed), or handed back as unfinished (the session closed while it was still
-running). A finished outcome belongs to the scheduler's :class:`~._job_table.JobTable` until
+running). A finished outcome belongs to the scheduler's :class:`~._polling.scheduler.JobTable` until
 a consumer *takes* it (:meth:`Scheduler.take`, called when a stream yields it): an outcome
 pushed into a stream whose consumer left stays there, listed as finished. In-memory audio
 has its media released only once taken (stored files at once), and is capped in total by
-:class:`~._held_audio.HeldAudio`.
+:class:`~._polling.held_audio.HeldAudio`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import random
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import anyio
 import anyio.abc
@@ -78,30 +80,19 @@ from .._core.errors import (
     drop_tracebacks,
 )
 from .._core.logging import attempt_context
-from .._core.models import (
-    AudioResult,
-    Failed,
-    Job,
-    Outcome,
-    Processing,
-    Succeeded,
-    Unreachable,
-)
-from .._rate.budget import RequestBudget
+from .._core.models import AudioResult, Job, Processing
+from .._core.outcomes import Failed, Outcome, Succeeded, Unreachable
+from .._rate.budget import LocalBudget, RequestBudget
 from .._rate.limiter import RequestLimiter
 from .._rate.retry import PollVerdict, Retrier, judge_poll
 from .estimator import DurationEstimator
-from .handoff import HandOff
 from .held_audio import HeldAudio
-from .job_table import JobTable
 from .model_fits import LARGE_DROP, ModelFits, Reach
-from .pacer import WindowPacer
 from .policy import PollPolicy
 from .release import MediaReleaser, ReleaseHook, ReleaseMedia
-from .sweep import Sweep
 from .tracked import EPSILON, DueHeap, TrackedJob
 
-__all__ = ["Scheduler"]
+__all__ = ["HandOff", "JobTable", "Scheduler", "Sweep", "WindowPacer"]
 
 log = logging.getLogger("venice_audio_async")
 
@@ -111,6 +102,370 @@ OutcomeHook = Callable[[Outcome], Awaitable[None]]
 _HORIZON = 30.0  # seconds: how far ahead jobs are keyed, and re-keyed by a sweep
 _STALE_BATCH = 1024  # stale heap entries dropped per event-loop pass
 _MAX_WORKERS = 256  # polls in flight at once, at most (also capped by the request limiter)
+
+
+# --------------------------------------------------------------------------- handoff
+# Handing items from one producer task to a set of worker tasks, without a loop pass.
+#
+# anyio's memory object stream passes through the event loop once more on every receive, even
+# when an item is waiting; the scheduler hands every poll to a worker, so that pass is paid per
+# poll. This queue gives an item to a waiting worker's future directly, or keeps it for the
+# next worker that asks. The package runs on asyncio only (``require_asyncio``), and anyio's
+# cancellation of a worker is an asyncio task cancellation, which a future wait honours.
+
+T = TypeVar("T")
+
+
+class HandOff(Generic[T]):
+    """A first-in first-out hand-off to worker tasks. Internal."""
+
+    def __init__(self) -> None:
+        self._items: deque[T] = deque()
+        self._idle: deque[asyncio.Future[T]] = deque()
+
+    def put(self, item: T) -> None:
+        """Give ``item`` to a waiting worker, or keep it for the next one (never waits)."""
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(item)
+                return
+        self._items.append(item)
+
+    async def get(self) -> T:
+        """The next item, waiting for one if none is kept."""
+        if self._items:
+            return self._items.popleft()
+        waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._idle.append(waiter)
+        try:
+            return await waiter
+        except BaseException:
+            # Cancelled: an item handed over meanwhile goes to the next worker, not lost.
+            if waiter.done() and not waiter.cancelled():
+                self._items.appendleft(waiter.result())
+            else:
+                waiter.cancel()
+            raise
+
+
+# --------------------------------------------------------------------------- sweep
+# Re-keying the jobs whose next poll may have come earlier: the scheduler's sweep.
+#
+# When the price falls or a model's fit moves, due times may come earlier; keys may err early
+# but never late (see :mod:`._polling.scheduler`), so those jobs must be re-keyed. The jobs keyed
+# within the scheduler's horizon are found by walking the heap from its root and pruning at
+# the horizon (a heap's children are never due before their parent), so the work grows with
+# the jobs due soon, not with all jobs; jobs keyed further out are looked at only when their
+# model's fit moved a lot (:class:`~._polling.model_fits.Reach`). Those near go first, and a large
+# re-key is spread over loop passes (:data:`SLICE` jobs each) so that it never stalls other
+# tasks.
+
+SLICE = 1024  # jobs a sweep re-keys per event-loop pass
+
+
+class Sweep:
+    """The jobs still to re-key, and the rule for re-keying them. Internal; one per
+    scheduler, which hands it how to price a job (``due``) and key it (``schedule``)."""
+
+    def __init__(
+        self,
+        heap: DueHeap,
+        by_model: Mapping[str, Mapping[str, TrackedJob]],
+        clock: Clock,
+        horizon: float,
+        due: Callable[[TrackedJob, float], float],
+        schedule: Callable[[TrackedJob, float], object],
+    ) -> None:
+        self._heap = heap
+        self._by_model = by_model
+        self._clock = clock
+        self._horizon = horizon
+        self._due = due  # when a job is next worth a poll
+        self._schedule = schedule  # key a job at a due time
+        self._started = False  # the price fell or a fit moved: re-key jobs due soon
+        self._models: set[str] = set()  # fits that moved a lot: re-key all their jobs
+        self._rekey: deque[TrackedJob] = deque()  # jobs still to look at
+
+    @property
+    def pending(self) -> bool:
+        """Whether jobs may wait to be re-keyed (the loop sweeps before it sleeps)."""
+        return self._started or bool(self._rekey)
+
+    def start(self, reach: Reach, model: str) -> bool:
+        """A change reaching ``reach`` (of ``model``'s jobs); returns whether a sweep is due."""
+        if reach is Reach.NONE:
+            return False
+        if reach is Reach.ALL:
+            self._models.add(model)
+        self._started = True
+        return True
+
+    def run(self) -> bool:
+        """Re-key up to :data:`SLICE` jobs; returns whether some are left to look at."""
+        if self._started:
+            self._started = False
+            horizon = self._clock.monotonic() + self._horizon
+            self._rekey.extendleft(self._heap.keyed_before(horizon))
+            for model in self._models:
+                self._rekey.extend(self._by_model.get(model, {}).values())
+            self._models.clear()
+        now = self._clock.monotonic()
+        rekey = self._rekey
+        for _ in range(min(len(rekey), SLICE)):
+            tracked = rekey.popleft()
+            if tracked.prompt or tracked.failures or tracked.in_flight or not tracked.waiting:
+                continue  # going out at once anyway, backing off after an error, or polled
+            due = self._due(tracked, now)
+            if due < tracked.keyed_due - EPSILON:
+                self._schedule(tracked, due)
+        return bool(rekey)
+
+
+# --------------------------------------------------------------------------- pacer
+# Pacing the poller against the retrieve window: when a token may be taken, when to re-price.
+#
+# The :class:`~._polling.policy.PollPolicy` says what a poll must be worth (the price); this module
+# decides when that price is recomputed from the window (every :data:`REPRICE_SECONDS` while
+# jobs wait, or after :data:`REPRICE_GRANTS` grants, whichever comes first) and keeps the
+# poller inside its share of the retrieve limit (``PollingBounds.retrieve_share``), reading
+# only the budget's synchronous views: it never takes a token itself.
+
+REPRICE_SECONDS = 0.5  # the window is re-priced at least this often while jobs wait ...
+REPRICE_GRANTS = 4  # ... and after this many grants
+#: A price below this share of the one jobs were keyed at makes them due sooner: re-key.
+PRICE_DROP = 0.9
+
+
+class WindowPacer:
+    """Re-prices the policy from the budget's retrieve window. Internal; one per scheduler."""
+
+    def __init__(self, policy: PollPolicy, budget: RequestBudget) -> None:
+        self._policy = policy
+        self._budget = budget
+        self._repriced_at = -math.inf
+        self._grants = 0
+        self._keyed_price = policy.price
+        # An in-process budget (whose acquire is LocalBudget's) hands a free token over
+        # synchronously: the same grant as acquire's, without its cancellation checkpoint.
+        self._try_now: Callable[[str], bool] | None = None
+        self._session_paused: Callable[[], bool] | None = None
+        if isinstance(budget, LocalBudget):
+            self._session_paused = budget.session_paused
+            if type(budget).acquire is LocalBudget.acquire:
+                self._try_now = budget.try_acquire
+
+    @property
+    def grants_now(self) -> bool:
+        """Whether :meth:`take_token_now` can ever succeed (an in-process budget)."""
+        return self._try_now is not None
+
+    def take_token_now(self) -> bool:
+        """Take a retrieve token if one is free now from an in-process budget."""
+        if self._try_now is None or not self._try_now("retrieve"):
+            return False
+        self._grants += 1
+        return True
+
+    async def take_token(self) -> None:
+        """Take a retrieve token for the poller (waiting, FIFO, if none is free)."""
+        if not self.take_token_now():
+            await self._budget.acquire("retrieve")
+            self._grants += 1
+
+    def token_ready(self) -> float:
+        """When the poller may take a retrieve token (its share of the window included)."""
+        ready = self._budget.next_available("retrieve")
+        share = self._policy.bounds.retrieve_share
+        if share < 1:
+            window = self._budget.window("retrieve")
+            if window is not None:
+                allowed = max(1, math.floor(share * window.limit))
+                inside = len(window.grants)
+                if inside >= allowed:
+                    ready = max(ready, window.grants[inside - allowed] + window.window)
+        return ready
+
+    def paused(self, clock: Clock) -> bool:
+        """Whether the whole session is paused right now (a 429, the error budget)."""
+        if self._session_paused is not None:
+            return self._session_paused()  # an in-process budget's pauses, read directly
+        # The clock is read after the budget's own reading: read before, a free budget
+        # would look a few microseconds ahead and every poll would take a full snapshot.
+        if self._budget.next_available("retrieve") <= clock.monotonic():
+            return False  # the common case: no snapshot taken
+        stats = self._budget.statistics()
+        return stats.paused_until is not None or stats.failure_paused_until is not None
+
+    def wake_at(self, due: float, now: float, *, jobs_waiting: bool) -> float:
+        """Sleep towards ``due``, but wake to re-price while the price is raised (it falls
+        as grants leave the window, which can make jobs due sooner)."""
+        if jobs_waiting and self._policy.price > self._policy.bounds.delay_per_poll:
+            return min(due, max(now, self._repriced_at) + REPRICE_SECONDS)
+        return due
+
+    def maybe_reprice(
+        self, now: float, live: Sequence[TrackedJob], refresh: Callable[[TrackedJob], object]
+    ) -> bool:
+        """Re-price if it is time; ``refresh`` brings a sampled job's belief up to date.
+        Returns whether the price fell enough that jobs keyed earlier should be re-keyed."""
+        if now - self._repriced_at < REPRICE_SECONDS and self._grants < REPRICE_GRANTS:
+            return False
+        self._repriced_at = now
+        self._grants = 0
+        window = self._budget.window("retrieve")
+        sample = self._policy.sample(live) if window is not None else ()
+        for tracked in sample:
+            refresh(tracked)
+        price = self._policy.reprice(now, sample, len(live), window)
+        fell = price < PRICE_DROP * self._keyed_price
+        self._keyed_price = price
+        return fell
+
+
+# --------------------------------------------------------------------------- job table
+# Every job a scheduler knows: in flight (still to be polled), or finished and not taken.
+#
+# The table is the bookkeeping half of the scheduler (the other half decides when to poll):
+#
+# * ``jobs``: every tracked ``queue_id``, running or holding an outcome nobody took yet;
+# * ``live``: the jobs still running, in a list the poll policy samples (O(1) removal by
+#   swapping with the last);
+# * ``by_model``: the running jobs of each model, oldest first (a refit reads the oldest as
+#   right-censored).
+#
+# Outcomes stay here until a caller takes them (:meth:`JobTable.take`); in-memory audio is
+# counted against the cap by :class:`~._polling.held_audio.HeldAudio`, which may drop the bytes of
+# the oldest (the job is then *evicted*: finished, downloaded again when wanted).
+
+
+class JobTable:
+    """The scheduler's jobs, by id, by model and in flight. Internal."""
+
+    def __init__(self, held: HeldAudio) -> None:
+        self.held = held
+        self.jobs: dict[str, TrackedJob] = {}
+        self.live: list[TrackedJob] = []
+        self.by_model: dict[str, dict[str, TrackedJob]] = {}
+
+    def get(self, queue_id: str) -> TrackedJob | None:
+        return self.jobs.get(queue_id)
+
+    def __contains__(self, queue_id: str) -> bool:
+        return queue_id in self.jobs
+
+    def outcome_of(self, queue_id: str) -> Outcome | None:
+        """The outcome of a job not handed over yet (``None``: running, or unknown)."""
+        tracked = self.jobs.get(queue_id)
+        return tracked.outcome if tracked else None
+
+    def finished_at(self, queue_id: str) -> float:
+        """When the job's outcome was reached (``inf``: not yet, or unknown)."""
+        tracked = self.jobs.get(queue_id)
+        return tracked.finished_at if tracked is not None and tracked.outcome else math.inf
+
+    def was_taken(self, queue_id: str) -> bool:
+        """Whether ``queue_id``'s outcome was handed over recently (bounded record)."""
+        return self.held.was_taken(queue_id)
+
+    def add_live(self, tracked: TrackedJob) -> None:
+        """Track a running job (new, or evicted and to be downloaded again)."""
+        queue_id = tracked.job.queue_id
+        self.jobs[queue_id] = tracked
+        tracked.slot = len(self.live)
+        self.live.append(tracked)
+        self.by_model.setdefault(tracked.job.model, {})[queue_id] = tracked
+
+    def end_live(self, tracked: TrackedJob) -> None:
+        """Remove a finished or forgotten job from the running views."""
+        slot = tracked.slot
+        if slot < 0:
+            return
+        last = self.live.pop()
+        if last is not tracked:
+            self.live[slot] = last
+            last.slot = slot
+        tracked.slot = -1
+        self.by_model.get(tracked.job.model, {}).pop(tracked.job.queue_id, None)
+
+    def keep(self, outcome: Outcome, sink_factory: SinkFactory, now: float) -> None:
+        """Hold an outcome known from elsewhere (the journal) for a caller to take."""
+        queue_id = outcome.job.queue_id
+        if queue_id in self.jobs:
+            return
+        self.jobs[queue_id] = TrackedJob(
+            job=outcome.job,
+            sink_factory=sink_factory,
+            tracked_at=now,
+            started=now,
+            deadline=None,
+            prompt=False,
+            outcome=outcome,
+            finished_at=now,
+        )
+
+    def hold_audio(self, tracked: TrackedJob, audio: AudioResult) -> None:
+        """Count untaken in-memory audio; over the cap, evict the oldest (kept on the server)."""
+        if audio.data is None:
+            return
+        for queue_id in self.held.hold(tracked.job.queue_id, len(audio.data)):
+            victim = self.jobs.get(queue_id)
+            if victim is None or victim.outcome is None:
+                continue
+            log.info(
+                "dropped the untaken audio of job %s (over max_untaken_bytes); it is "
+                "downloaded again when taken",
+                queue_id,
+            )
+            victim.outcome = None
+            victim.evicted = True
+
+    def take(self, queue_id: str) -> TrackedJob | None:
+        """A caller took the job's outcome: drop it. Returns the job when its media is to
+        be released now (in-memory audio, released once taken)."""
+        tracked = self.jobs.get(queue_id)
+        if tracked is None or (tracked.outcome is None and not tracked.evicted):
+            return None  # (evicted: a stream still held its bytes, and handed them over)
+        del self.jobs[queue_id]
+        return tracked if self.held.taken(queue_id, tracked.outcome) else None
+
+    def forget(self, queue_id: str) -> TrackedJob | None:
+        """Drop a job the caller no longer wants. Returns it if it was still running.
+
+        Raises:
+            ValueError: a consumer waits on the job right now.
+        """
+        tracked = self.jobs[queue_id]
+        if tracked.subscribers:
+            raise ValueError(f"job {queue_id} is being waited on; leave that wait first")
+        del self.jobs[queue_id]
+        if tracked.outcome is not None:
+            return None
+        tracked.forgotten = True
+        tracked.entry = -1  # its heap entries are stale now
+        self.end_live(tracked)
+        return tracked
+
+    def progress(self, queue_id: str) -> tuple[Outcome | None, Processing | None, float] | None:
+        """What is known of a tracked job: its outcome (finished, not handed over yet),
+        the last "still running" answer, and when it was polled (``clock`` time)."""
+        tracked = self.jobs.get(queue_id)
+        if tracked is None:
+            return None
+        return tracked.outcome, tracked.last_status, tracked.last_poll
+
+    def finished(self) -> list[Job]:
+        """Jobs with an outcome nobody has taken yet, oldest first."""
+        return [t.job for t in self.jobs.values() if t.outcome is not None or t.evicted]
+
+    def unfinished(self) -> list[Job]:
+        """Jobs queued (paid for) whose outcome was never reached: keep their ids."""
+        return [t.job for t in self.jobs.values() if t.outcome is None and not t.evicted]
+
+    @property
+    def untaken(self) -> int:
+        """How many finished outcomes wait to be taken."""
+        return len(self.jobs) - len(self.live)
 
 
 @attrs.frozen

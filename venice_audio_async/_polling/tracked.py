@@ -19,7 +19,8 @@ import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
 from .._core.audio import SinkFactory
-from .._core.models import Job, Outcome, Processing, RetrieveRequest
+from .._core.models import Job, Processing, RetrieveRequest
+from .._core.outcomes import Outcome
 from .belief import RunTimeBelief
 
 __all__ = ["DueHeap", "TrackedJob"]

@@ -22,9 +22,9 @@ A request to ``endpoint`` may be sent when all of these hold:
    instead of tripping the lockout.
 
 The rate limit itself (a sliding-window log, plus pacing, with a limit that adapts to 429s
-and to limits the API states) is kept per endpoint by :class:`~._endpoint_rate.EndpointRate`.
+and to limits the API states) is kept per endpoint by :class:`~._rate.endpoint_rate.EndpointRate`.
 
-All waiting goes through the injected :class:`~venice_audio_async._core.clock.Clock`. Waiters on an
+All waiting goes through the injected :class:`~._core.clock.Clock`. Waiters on an
 endpoint form a FIFO queue; only its head sleeps on the clock, the rest wait on an event until
 promoted, so each grant costs O(1) amortised whatever the number of waiters. A cancelled waiter
 leaves the queue without taking a token and hands the head position on.

@@ -29,7 +29,7 @@ enough that the slower pace after it stays close to the full rate.
 The effective limit adapts (AUDIO_API.md section 9: the real limits are uncertain): a limit
 the API states caps the configured one at once; a 429 lowers it below what was granted in
 the last window (multiplicative decrease); after a quiet window it climbs back a tenth of
-the ceiling per window (ten quiet minutes to recover fully). :class:`~._budget.LocalBudget`
+the ceiling per window (ten quiet minutes to recover fully). :class:`~._rate.budget.LocalBudget`
 keeps one :class:`EndpointRate` per endpoint and adds the session-wide rules (pauses, failures).
 """
 

@@ -1,6 +1,6 @@
 """What one answer teaches a budget, read from its status and headers.
 
-One reading for every budget, as data: :class:`~._budget.LocalBudget` applies it to its own
+One reading for every budget, as data: :class:`~._rate.budget.LocalBudget` applies it to its own
 state, ``RedisBudget`` sends it to Redis (or applies it locally while Redis is away), so
 both follow the same rules (see ``LocalBudget.record_response``).
 """
@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from .retry import header_int, parse_reset, retry_delay_from_headers
+from .._http.headers import header_int, parse_reset, retry_delay_from_headers
 
 __all__ = ["Lesson", "read_lesson", "teaches_nothing"]
 

@@ -2,8 +2,8 @@
 
 Venice's limits are per key, and a web app under gunicorn or a batch split over machines
 runs many processes on one key. :class:`RedisBudget` keeps one budget for all of them in
-Redis: each ``acquire`` runs one Lua script (:mod:`._redis_scripts`) that applies the rules of
-:class:`~._budget.LocalBudget` to shared state (each endpoint's sliding log in a sorted set
+Redis: each ``acquire`` runs one Lua script (:mod:`._rate.redis_scripts`) that applies the rules of
+:class:`~._rate.budget.LocalBudget` to shared state (each endpoint's sliding log in a sorted set
 scored by the Redis server's own clock, the session-wide pause, the failed-request window)
 and answers "granted" or "wait N ms" with the window's occupancy. The synchronous views
 (:meth:`~RedisBudget.window`, :meth:`~RedisBudget.next_available`) answer from that reply,
@@ -14,8 +14,8 @@ runs on a conservative local share of each limit (``local_share``), logs a warni
 reconnects with backoff and, once back, logs the grants and failures it made meanwhile so
 the shared window does not burst.
 
-The parts: :mod:`._redis_link` (the wire and Redis away), :mod:`._redis_mirror` (what the
-synchronous views read), :mod:`._redis_learning` (learning from answers); this module
+The parts: :mod:`._rate.redis_link` (the wire and Redis away), :mod:`._rate.redis_mirror` (what the
+synchronous views read), :mod:`._rate.redis_learning` (learning from answers); this module
 takes tokens and puts the parts together.
 
 Install with ``pip install 'venice-audio-async[redis]'``; the package imports without it.

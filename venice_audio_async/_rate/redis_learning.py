@@ -1,6 +1,6 @@
-"""How a :class:`~._redis_budget.RedisBudget` learns from an answer.
+"""How a :class:`~._rate.redis_budget.RedisBudget` learns from an answer.
 
-The answer is read as :func:`~._lessons.read_lesson` reads it for every budget. What other
+The answer is read as :func:`~._rate.lessons.read_lesson` reads it for every budget. What other
 processes need to hear of (a 429, a failure, a pause, a newly stated limit, an allowance
 below the window's room) goes to Redis in one LEARN round trip, whose reply updates the
 mirror; anything else costs no round trip. While Redis is away the lesson is applied to the

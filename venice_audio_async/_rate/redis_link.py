@@ -1,7 +1,7 @@
-"""A :class:`~._redis_budget.RedisBudget`'s connection to Redis: the wire, and Redis away.
+"""A :class:`~._rate.redis_budget.RedisBudget`'s connection to Redis: the wire, and Redis away.
 
 Everything that knows the wire lives here: the keys of a namespace, the arguments each Lua
-script of :mod:`._redis_scripts` takes (real milliseconds) and the replies it gives (real
+script of :mod:`._rate.redis_scripts` takes (real milliseconds) and the replies it gives (real
 microseconds, turned into clock seconds). A round trip that fails or times out marks Redis
 away (one warning); attempts to come back are spaced by a doubling, jittered backoff, and
 the one that succeeds first logs in Redis what this process did meanwhile (BACKFILL).

@@ -1,4 +1,4 @@
-"""What one process of a :class:`~._redis_budget.RedisBudget` knows of the shared state.
+"""What one process of a :class:`~._rate.redis_budget.RedisBudget` knows of the shared state.
 
 The synchronous views of a budget (``next_available``, ``window``, ``statistics``) must not
 wait or do I/O, so they read :class:`SharedMirror`: the pauses, limits and grants the last

@@ -1,4 +1,4 @@
-"""The Lua scripts of :class:`~._redis_budget.RedisBudget`: every rule runs inside Redis.
+"""The Lua scripts of :class:`~._rate.redis_budget.RedisBudget`: every rule runs inside Redis.
 
 Each script is atomic (Redis runs one at a time), reads the time from the server's own
 ``TIME`` (one clock for every machine), and works in microseconds of that clock. Windows and

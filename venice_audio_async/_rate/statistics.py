@@ -1,6 +1,6 @@
-"""The snapshot a request budget gives of itself (:meth:`~._budget.RequestBudget.statistics`).
+"""The snapshot a request budget gives of itself (:meth:`~._rate.budget.RequestBudget.statistics`).
 
-Both budgets (:class:`~._budget.LocalBudget`, :class:`~._redis_budget.RedisBudget`) keep
+Both budgets (:class:`~._rate.budget.LocalBudget`, :class:`~._rate.redis_budget.RedisBudget`) keep
 their own figures per endpoint; :func:`budget_statistics` turns them into the frozen
 snapshot by one set of rules, so the two cannot drift apart.
 """

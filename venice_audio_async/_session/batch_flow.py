@@ -30,7 +30,8 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._core.errors import VeniceError
-from .._core.models import BatchOutcome, Job, Outcome, QueueRequest, Refused
+from .._core.models import Job, QueueRequest
+from .._core.outcomes import BatchOutcome, Outcome, Refused
 from .._polling.scheduler import Scheduler
 from .submit import Destination, Submitter
 

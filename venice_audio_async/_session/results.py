@@ -9,7 +9,7 @@ its consumer left stay with the scheduler, for a later ``results()`` or ``wait_f
 
 :class:`Delivery` subscribes consumers to the scheduler; :class:`Results` is the session's
 side of it: each call checks the session is open, then submits (``generate``), delivers,
-or hands the stream to :class:`~._batch_flow.BatchFlows` (jobs arriving over time,
+or hands the stream to :class:`~._session.batch_flow.BatchFlows` (jobs arriving over time,
 ``generate_many``).
 """
 
@@ -26,7 +26,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .._core.clock import Clock
 from .._core.config import check_number
 from .._core.errors import JobDeadlineExceeded, OutcomeAlreadyTaken
-from .._core.models import AudioResult, Job, Outcome, QueueOptions, QueueRequest, Succeeded
+from .._core.models import AudioResult, Job, QueueOptions, QueueRequest
+from .._core.outcomes import Outcome, Succeeded
 from .._polling.scheduler import Scheduler
 from .batch_flow import BatchFlows, BatchResults, FollowedResults
 from .submit import Destination, Submitter

@@ -18,7 +18,8 @@ from typing import Literal
 import attrs
 
 from .._core.clock import Clock
-from .._core.models import Job, Outcome, Processing, QueueRequest, Succeeded
+from .._core.models import Job, Processing, QueueRequest
+from .._core.outcomes import Outcome, Succeeded
 from .._polling.estimator import DurationEstimator
 from .._polling.scheduler import Scheduler
 from .._rate.budget import RequestBudget

@@ -41,15 +41,8 @@ from .._core.errors import (
     TransportError,
     VeniceError,
 )
-from .._core.models import (
-    AudioResult,
-    Failed,
-    FieldProblem,
-    Job,
-    QueueRequest,
-    Succeeded,
-    format_for_media_type,
-)
+from .._core.models import AudioResult, FieldProblem, Job, QueueRequest, format_for_media_type
+from .._core.outcomes import Failed, Succeeded
 from .._core.validation import check_queue
 from .._ledger.journal import JobState, JournalEntry
 from .._ledger.ledger import Intent, Ledger, Ticket
@@ -157,7 +150,7 @@ class Submitter:
         """Validate every request, then submit them concurrently; see ``AsyncSession``.
 
         With a journal, each request without a key gets one derived from its content
-        (:mod:`._replay`), so the same batch run again queues nothing twice.
+        (:mod:`._ledger.replay`), so the same batch run again queues nothing twice.
 
         Raises:
             RequestValidationError: some requests are invalid (problems prefixed by index).
@@ -227,7 +220,7 @@ class Submitter:
         names: Sequence[str | None] | None = None,
     ) -> list[str | None]:
         """The journal key of each request of a batch (derived where it has none; see
-        :mod:`._replay`), and an INFO line saying how many the journal already holds.
+        :mod:`._ledger.replay`), and an INFO line saying how many the journal already holds.
 
         Without a journal, the requests' own keys (nothing is deduplicated).
 
@@ -269,7 +262,7 @@ class Submitter:
         """Price every request and record it as a job to send; returns the total.
 
         A request without a key (in ``keys`` or its own) gets one derived from its content
-        (:mod:`._replay`); one whose derived key the journal holds already is not recorded
+        (:mod:`._ledger.replay`); one whose derived key the journal holds already is not recorded
         again (nor priced).
 
         Raises:
