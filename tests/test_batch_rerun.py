@@ -13,6 +13,7 @@ import pytest
 
 import venice_audio_async as v
 from venice_audio_async._ledger.replay import derive_keys
+from venice_audio_async.journal import Journal
 from venice_audio_async.testing import FakeServer, Fault, JobScript
 
 from .conftest import API_KEY, TIME_SCALE, UNLIMITED, make_session
@@ -213,7 +214,7 @@ async def test_a_request_refused_for_want_of_a_token_is_sent_on_a_rerun(
     """A row "rejected" here for want of a queue token in time never left: a re-run sends it."""
     request = _beats(["late"])[0]
     [key] = derive_keys([request], targets=[tmp_path], names=[None], take=None)
-    journal = await v.Journal.open(tmp_path / "journal.sqlite3")
+    journal = await Journal.open(tmp_path / "journal.sqlite3")
     async with journal:
         row = await journal.add_intent(request, key=key, destination=str(tmp_path))
         await journal.mark_sending(row)

@@ -28,7 +28,7 @@ from aiohttp import web
 import venice_audio_async as v
 from venice_audio_async._core.converters import structure_catalogue
 from venice_audio_async._rate.retry import is_transient
-from venice_audio_async.testing import audio_bytes, load_default_catalogue
+from venice_audio_async.testing import ScaledClock, audio_bytes, load_default_catalogue
 
 from .conftest import API_KEY, TIME_SCALE
 
@@ -214,7 +214,7 @@ def _session(server: _Server, **kwargs: Any) -> v.AsyncSession:
     options: dict[str, Any] = {
         "api_key": API_KEY,
         "base_url": server.url,
-        "clock": v.ScaledClock(TIME_SCALE),
+        "clock": ScaledClock(TIME_SCALE),
         "rate_limits": UNLIMITED,
         "retry": FAST_RETRY,
         "validate": False,

@@ -19,10 +19,11 @@ from typing import Any
 import anyio
 import pytest
 
-from venice_audio_async import FileSink, Journal, QueueRequest
+from venice_audio_async import FileSink, QueueRequest
 from venice_audio_async._cli import main
 from venice_audio_async._cli.folder import FAKE_STATE_NAME, JOURNAL_NAME
 from venice_audio_async._cli.parser import build_parser
+from venice_audio_async.journal import Journal
 from venice_audio_async.testing import FakeServer, JobScript
 from venice_audio_async.testing._tones import iter_tone
 

@@ -36,6 +36,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 import venice_audio_async as v
 from venice_audio_async._core.converters import structure_catalogue
+from venice_audio_async.journal import JobState
 from venice_audio_async.testing import FakeServer, Fault, JobScript, RecordedRequest
 
 from .conftest import API_KEY, TIME_SCALE, UNLIMITED, make_client, make_session
@@ -622,8 +623,8 @@ async def test_a_job_unreachable_for_too_long_ends_unreachable_and_resumable(
             assert error.__cause__ is error.last_error
         case _:
             pytest.fail(f"not unreachable: {unreachable!r}")
-    assert rows[cut.queue_id].state is v.JobState.QUEUED  # resumable
-    assert rows[fine.queue_id].state is v.JobState.SUCCEEDED
+    assert rows[cut.queue_id].state is JobState.QUEUED  # resumable
+    assert rows[fine.queue_id].state is JobState.SUCCEEDED
     assert _for_job(fake_server, "complete", cut.queue_id) == []
     polls = _for_job(fake_server, "retrieve", cut.queue_id)
     assert len(polls) > policy.attempts
@@ -653,7 +654,7 @@ async def test_a_refused_key_on_a_poll_stops_polling_and_keeps_the_job(
             await session.wait_for(job)
         assert session.journal is not None
         (entry,) = await session.journal.entries()
-    assert entry.state is v.JobState.QUEUED
+    assert entry.state is JobState.QUEUED
     assert [r.status for r in _for_job(fake_server, "retrieve", job.queue_id)][-1] == 401
     async with _session(fake_server, **options) as session:
         report = await session.resume()

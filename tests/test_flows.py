@@ -12,7 +12,8 @@ import anyio.lowlevel
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async.testing import FakeServer, Fault, JobScript
+from venice_audio_async.journal import JobState
+from venice_audio_async.testing import FakeServer, Fault, JobScript, ScaledClock
 
 from .conftest import API_KEY, TIME_SCALE, make_session
 
@@ -73,7 +74,7 @@ async def test_generate_many_hands_over_results_while_still_queueing(limited: Fa
 async def test_generate_many_early_exit_sends_no_further_queue(slow: FakeServer) -> None:
     """Leaving the block after the first outcome sends nothing more; queued jobs stay tracked."""
     limited = slow
-    async with make_session(slow, clock=v.ScaledClock(SLOW_SCALE)) as session:
+    async with make_session(slow, clock=ScaledClock(SLOW_SCALE)) as session:
         budget = session._parts.budget
         async with session.generate_many(_requests(100)) as results:
             async for _ in results:
@@ -162,7 +163,7 @@ async def test_results_accepts_jobs_as_they_are_submitted(limited: FakeServer) -
 async def test_generate_timeout_covers_the_wait_for_a_queue_token(slow: FakeServer) -> None:
     """Behind 20 submits at 40/min, generate(timeout=5) gives up at once (its place in
     line says its token would come too late), unsent."""
-    async with make_session(slow, clock=v.ScaledClock(SLOW_SCALE)) as session:
+    async with make_session(slow, clock=ScaledClock(SLOW_SCALE)) as session:
         clock = session._parts.clock
         backlog = _requests(20)
         async with anyio.create_task_group() as tg:
@@ -185,7 +186,7 @@ async def test_generate_timeout_covers_the_wait_for_a_queue_token(slow: FakeServ
 
 async def test_submit_deadline_covers_the_token_wait_too(slow: FakeServer) -> None:
     """submit(deadline=) refuses before sending when no token comes in time."""
-    session = make_session(slow, clock=v.ScaledClock(SLOW_SCALE))
+    session = make_session(slow, clock=ScaledClock(SLOW_SCALE))
     async with session, anyio.create_task_group() as tg:
         for request in _requests(12):
             tg.start_soon(session.submit_request, request)
@@ -199,7 +200,7 @@ async def test_submit_deadline_covers_the_token_wait_too(slow: FakeServer) -> No
 async def test_queue_in_flight_is_kept_and_handed_back_with_the_timeout(slow: FakeServer) -> None:
     """A queue answer arriving after the timeout is kept: the error carries the job."""
     slow.inject("queue", Fault.delay(8.0))
-    async with make_session(slow, clock=v.ScaledClock(SLOW_SCALE)) as session:
+    async with make_session(slow, clock=ScaledClock(SLOW_SCALE)) as session:
         with pytest.raises(v.JobDeadlineExceeded) as caught:
             await session.generate("stable-audio-25", "slow to queue", timeout=3)
         job = caught.value.job
@@ -294,7 +295,7 @@ async def test_status_follows_a_job(limited: FakeServer) -> None:
 async def test_status_of_a_request_waiting_for_its_token(slow: FakeServer) -> None:
     """status(request) says a submit waits here for a queue token, and how long."""
     requests = _requests(20)
-    session = make_session(slow, clock=v.ScaledClock(SLOW_SCALE))
+    session = make_session(slow, clock=ScaledClock(SLOW_SCALE))
     async with session, anyio.create_task_group() as tg:
         for request in requests:
             tg.start_soon(session.submit_request, request)
@@ -315,11 +316,11 @@ async def test_cancelled_while_queue_is_on_the_wire_keeps_the_job(
     """A submit cancelled mid-queue still gets its job tracked and journaled as queued."""
     slow.inject("queue", Fault.delay(5.0))
     journal = tmp_path / "journal.sqlite3"
-    async with make_session(slow, clock=v.ScaledClock(SLOW_SCALE), journal=journal) as session:
+    async with make_session(slow, clock=ScaledClock(SLOW_SCALE), journal=journal) as session:
         with anyio.move_on_after(2.0 * SLOW_SCALE):  # cancelled while the answer is awaited
             await session.submit("stable-audio-25", "cancelled half way through")
         assert slow.count("queue") == 1
         assert len(session.unfinished()) == 1
         assert session.journal is not None
         entries = await session.journal.entries()
-    assert [entry.state for entry in entries] == [v.JobState.QUEUED]
+    assert [entry.state for entry in entries] == [JobState.QUEUED]

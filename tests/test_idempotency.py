@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import venice_audio_async as v
+from venice_audio_async.journal import JobState
 from venice_audio_async.testing import FakeServer, JobScript
 
 from .conftest import UNLIMITED, make_session
@@ -95,7 +96,7 @@ async def test_unkeyed_refusals_are_journaled_and_resumed_once(
         assert all(isinstance(e, v.SpendLimitExceeded) for e in caught.value.errors.values())
         assert session.journal is not None
         entries = await session.journal.entries()
-        assert [(e.state, e.refused) for e in entries] == [(v.JobState.INTENT, True)] * 2
+        assert [(e.state, e.refused) for e in entries] == [(JobState.INTENT, True)] * 2
         # A batch's unkeyed requests get keys from their content and occurrence.
         assert [e.key[-2:] for e in entries if e.key and e.key.startswith("auto-")] == ["-1", "-2"]
         assert entries[0].error_type == "SpendLimitExceeded"
@@ -108,7 +109,7 @@ async def test_unkeyed_refusals_are_journaled_and_resumed_once(
             assert session.journal is not None
             entries = await session.journal.entries()
             assert [(e.state, e.refused, e.error) for e in entries] == [
-                (v.JobState.SUCCEEDED, False, None)
+                (JobState.SUCCEEDED, False, None)
             ] * 2
         assert fake_server.count("queue") == 2
 

@@ -31,9 +31,11 @@ from hypothesis import strategies as st
 import venice_audio_async as v
 from venice_audio_async._core.converters import structure_catalogue, unstructure_request
 from venice_audio_async._core.validation import queue_problems
+from venice_audio_async.journal import Journal
 from venice_audio_async.testing import (
     FakeServer,
     JobScript,
+    ScaledClock,
     check_queue_body,
     load_default_catalogue,
 )
@@ -237,7 +239,7 @@ async def test_wrong_types_and_blank_prompts_are_refused(
 async def test_unknown_model_is_refused_with_the_known_ones(fake_server: FakeServer) -> None:
     """An unknown model is refused, naming the models that exist; no queue is sent."""
     async with v.AsyncSession(
-        api_key=API_KEY, base_url=fake_server.url, clock=v.ScaledClock(TIME_SCALE)
+        api_key=API_KEY, base_url=fake_server.url, clock=ScaledClock(TIME_SCALE)
     ) as session:
         for model in ("no-such-model", "", "ELEVENLABS-MUSIC"):
             with pytest.raises(v.RequestValidationError) as caught:
@@ -304,7 +306,7 @@ async def test_journal_requests_checks_the_rules_as_submit_does(
         assert fields == ["[1].duration_seconds", "[2].model"]
         report = await session.resume()
     assert (report.queued, report.jobs) == (0, ())
-    async with await v.Journal.open(path) as journal:
+    async with await Journal.open(path) as journal:
         assert await journal.entries() == []
     assert fake_server.count("queue") == 0
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import venice_audio_async as v
+from venice_audio_async.journal import JobState, Journal
 from venice_audio_async.testing import FakeServer, Fault, JobScript
 
 from .conftest import API_KEY, make_session
@@ -17,12 +18,12 @@ pytestmark = pytest.mark.anyio
 async def test_journal_records_each_step(tmp_path: Path) -> None:
     """Intent, sending, queued, succeeded and released are each committed and reread."""
     path = tmp_path / "jobs.sqlite3"
-    journal = await v.Journal.open(path)
+    journal = await Journal.open(path)
     request = v.QueueRequest(model="stable-audio-25", prompt="rain on leaves", duration_seconds=10)
     row = await journal.add_intent(
         request, key="line-1", destination=str(tmp_path), estimate_usd=0.2
     )
-    assert (await journal.get(row)).state is v.JobState.INTENT  # type: ignore[union-attr]
+    assert (await journal.get(row)).state is JobState.INTENT  # type: ignore[union-attr]
     await journal.mark_sending(row)
     assert await journal.estimated_spend_usd() == pytest.approx(0.2)
     await journal.mark_queued(row, "q-1")
@@ -33,13 +34,13 @@ async def test_journal_records_each_step(tmp_path: Path) -> None:
     await journal.aclose()
     await journal.aclose()
 
-    reopened = await v.Journal.open(path)
+    reopened = await Journal.open(path)
     (entry,) = await reopened.entries()
-    assert entry.state is v.JobState.SUCCEEDED
+    assert entry.state is JobState.SUCCEEDED
     assert entry.request == request
     assert (entry.key, entry.queue_id, entry.size, entry.released) == ("line-1", "q-1", 10, True)
     assert (await reopened.by_key("line-1")) == entry
-    assert await reopened.entries(v.JobState.QUEUED) == []
+    assert await reopened.entries(JobState.QUEUED) == []
     await reopened.aclose()
 
 
@@ -48,7 +49,7 @@ async def test_failed_jobs_count_as_spent_rejected_and_refunded_ones_do_not(
 ) -> None:
     """A job that failed was queued, so it may be billed (expired media, a failed store);
     a failed generation was refunded, and a request the API rejected never created a job."""
-    journal = await v.Journal.open(tmp_path / "j.sqlite3")
+    journal = await Journal.open(tmp_path / "j.sqlite3")
     request = v.QueueRequest(model="m", prompt="p")
     a = await journal.add_intent(request, estimate_usd=1.0)
     b = await journal.add_intent(request, estimate_usd=2.0)
@@ -61,7 +62,7 @@ async def test_failed_jobs_count_as_spent_rejected_and_refunded_ones_do_not(
     await journal.mark_queued(d, "qd")
     await journal.mark_failed("qd", v.MediaNotFoundError("expired", status_code=404))
     assert await journal.estimated_spend_usd() == pytest.approx(12.0)
-    failed = await journal.entries(v.JobState.FAILED, v.JobState.REJECTED)
+    failed = await journal.entries(JobState.FAILED, JobState.REJECTED)
     assert [(e.error_type, e.error_status) for e in failed] == [
         ("InferenceFailedError", 500),
         ("BadRequestError", 400),
@@ -77,10 +78,10 @@ async def test_session_journals_a_job_to_the_end(fake_server: FakeServer, tmp_pa
     async with make_session(fake_server, journal=journal_path, output_dir=tmp_path) as session:
         job = await session.submit("stable-audio-25", "rain on leaves in spring")
         audio = await session.wait_for(job)
-    journal = await v.Journal.open(journal_path)
+    journal = await Journal.open(journal_path)
     (entry,) = await journal.entries()
     await journal.aclose()
-    assert entry.state is v.JobState.SUCCEEDED
+    assert entry.state is JobState.SUCCEEDED
     assert entry.queue_id == job.queue_id
     assert entry.path == str(audio.path)
     assert entry.size == audio.size
@@ -99,7 +100,7 @@ async def test_lost_queue_answer_is_unknown_and_never_requeued_silently(
             await session.submit("stable-audio-25", "a request whose answer is lost")
     async with make_session(fake_server, journal=journal_path) as session:
         report = await session.resume()
-    assert [e.state for e in report.unknown] == [v.JobState.UNKNOWN]
+    assert [e.state for e in report.unknown] == [JobState.UNKNOWN]
     assert report.jobs == ()
     assert fake_server.count("queue") == 1
 
@@ -145,7 +146,7 @@ async def test_resume_queues_jobs_never_sent(fake_server: FakeServer, tmp_path: 
     """An intent that never left (the process died first) is queued by resume."""
     fake_server.plan(JobScript(duration=1.0))
     journal_path = tmp_path / "journal.sqlite3"
-    journal = await v.Journal.open(journal_path)
+    journal = await Journal.open(journal_path)
     await journal.add_intent(v.QueueRequest(model="stable-audio-25", prompt="never sent before"))
     await journal.aclose()
     async with make_session(fake_server, journal=journal_path) as session:
@@ -170,10 +171,10 @@ async def test_expired_media_is_reported_on_resume(fake_server: FakeServer, tmp_
         outcome = await session.wait_outcome(report.jobs[0])
     assert isinstance(outcome, v.Failed)
     assert isinstance(outcome.error, v.MediaNotFoundError)
-    journal = await v.Journal.open(journal_path)
+    journal = await Journal.open(journal_path)
     (entry,) = await journal.entries()
     await journal.aclose()
-    assert entry.state is v.JobState.FAILED
+    assert entry.state is JobState.FAILED
     assert entry.error_type == "MediaNotFoundError"
 
 
@@ -244,6 +245,6 @@ async def test_resume_takes_a_journal_path(fake_server: FakeServer, tmp_path: Pa
         await session.wait_for(report.jobs[0])
         with pytest.raises(ValueError, match="already keeps"):
             await session.resume(tmp_path / "other.sqlite3")
-    journal = await v.Journal.open(journal_path)
-    assert [e.state for e in await journal.entries()] == [v.JobState.SUCCEEDED]
+    journal = await Journal.open(journal_path)
+    assert [e.state for e in await journal.entries()] == [JobState.SUCCEEDED]
     await journal.aclose()

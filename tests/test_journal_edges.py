@@ -24,7 +24,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 import venice_audio_async as v
-from venice_audio_async.testing import FakeServer, JobScript, load_default_catalogue
+from venice_audio_async.journal import JobState, Journal, JournalEntry
+from venice_audio_async.testing import FakeServer, JobScript, ScaledClock, load_default_catalogue
 
 from .conftest import API_KEY, TIME_SCALE
 
@@ -36,7 +37,7 @@ CLI_SCALE = 0.02  # the CLI subprocess and the fake must agree on the clock
 HOLDER = """
 import sys, anyio, venice_audio_async as v
 async def main():
-    journal = await v.Journal.open(sys.argv[1])
+    journal = await Journal.open(sys.argv[1])
     print("ready", flush=True)
     await anyio.to_thread.run_sync(sys.stdin.read)
     await journal.aclose()
@@ -66,7 +67,7 @@ def _session(server: FakeServer | str, **kwargs: Any) -> v.AsyncSession:
     options: dict[str, Any] = {
         "api_key": API_KEY,
         "base_url": server if isinstance(server, str) else server.url,
-        "clock": v.ScaledClock(TIME_SCALE),
+        "clock": ScaledClock(TIME_SCALE),
     }
     options.update(kwargs)
     return v.AsyncSession(**options)
@@ -107,7 +108,7 @@ async def _batch_journal(out: Path, lines: int) -> Path:
     """A batch folder whose journal has ``lines`` lines recorded and none sent."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / ".venice-journal.sqlite3"
-    async with await v.Journal.open(path) as journal:
+    async with await Journal.open(path) as journal:
         for i in range(1, lines + 1):
             await journal.add_intent(
                 _request(i), key=f"line-{i}", destination=str(out), name=f"{i:04d}-track"
@@ -229,28 +230,28 @@ async def test_two_resumes_at_once_pay_each_line_once(
 async def test_a_second_open_in_the_same_process_is_refused(tmp_path: Path) -> None:
     """Two Journal.open of one file in one process: the second is refused until the first closes."""
     path = tmp_path / "jobs.sqlite3"
-    first = await v.Journal.open(path)
+    first = await Journal.open(path)
     with pytest.raises(v.JournalError, match="already open in this process") as caught:
-        await v.Journal.open(tmp_path / "." / "jobs.sqlite3")
+        await Journal.open(tmp_path / "." / "jobs.sqlite3")
     assert caught.value.holder_pid == os.getpid()
     with pytest.raises(v.JournalError, match="already open"):
         async with _session("http://127.0.0.1:9", journal=path):
             pass
     await first.aclose()
-    async with await v.Journal.open(path) as again:
+    async with await Journal.open(path) as again:
         assert await again.entries() == []
 
 
 async def test_a_row_is_claimed_once(tmp_path: Path) -> None:
     """Marking a job "sending" claims it: a second claim (another owner) is refused."""
-    async with await v.Journal.open(tmp_path / "jobs.sqlite3") as journal:
+    async with await Journal.open(tmp_path / "jobs.sqlite3") as journal:
         row = await journal.add_intent(_request())
         await journal.mark_sending(row)
         with pytest.raises(v.JournalError, match="no longer waiting to be sent"):
             await journal.mark_sending(row)
         entry = await journal.get(row)
     assert entry is not None
-    assert entry.state is v.JobState.SENDING
+    assert entry.state is JobState.SENDING
 
 
 # --------------------------------------------------------------------------- failed writes
@@ -277,7 +278,7 @@ async def test_a_locked_journal_after_queue_keeps_the_job_and_records_it_later(
     """The queue_id write fails (locked): submit returns the job, warns, records it later."""
     server.plan(JobScript(duration=5.0))
     path = tmp_path / "jobs.sqlite3"
-    journal = await v.Journal.open(path, busy_timeout=0.05)
+    journal = await Journal.open(path, busy_timeout=0.05)
     with _locked(path) as other:
         claim = journal.mark_sending
 
@@ -305,12 +306,12 @@ async def test_a_locked_journal_after_queue_keeps_the_job_and_records_it_later(
                     await anyio.sleep(0.01)  # the session's retry task lands it
             (entry,) = await journal.entries()
             assert entry.queue_id == job.queue_id
-            assert entry.state in (v.JobState.QUEUED, v.JobState.SUCCEEDED)
+            assert entry.state in (JobState.QUEUED, JobState.SUCCEEDED)
             assert entry.delayed_writes >= 1
             await session.wait_for(job)
     (entry,) = await journal.entries()
     await journal.aclose()
-    assert entry.state is v.JobState.SUCCEEDED
+    assert entry.state is JobState.SUCCEEDED
     assert server.count("queue") == 1
 
 
@@ -322,7 +323,7 @@ async def test_ids_still_unwritten_at_close_are_logged(
 ) -> None:
     """A journal locked until the end: closing tries once more, then logs the queue_id."""
     path = tmp_path / "jobs.sqlite3"
-    journal = await v.Journal.open(path, busy_timeout=0.02)
+    journal = await Journal.open(path, busy_timeout=0.02)
     with _locked(path) as other:
         claim = journal.mark_sending
 
@@ -344,7 +345,7 @@ async def test_a_locked_journal_before_sending_raises_and_sends_nothing(
 ) -> None:
     """When the intent cannot be written, submit raises JournalError and queues nothing."""
     path = tmp_path / "jobs.sqlite3"
-    journal = await v.Journal.open(path, busy_timeout=0.02)
+    journal = await Journal.open(path, busy_timeout=0.02)
     async with _session(server, journal=journal, max_spend_usd=5.0) as session:
         with _locked(path) as other:
             other.execute("BEGIN EXCLUSIVE")
@@ -420,14 +421,14 @@ async def test_a_repeated_queue_id_is_an_unknown_outcome_not_a_crash(
                     await session.submit("stable-audio-25", "a third job", validate=False)
         finally:
             await repeating.close()
-        async with await v.Journal.open(path) as reread:
+        async with await Journal.open(path) as reread:
             entries = await reread.entries()
         assert [(e.state, e.queue_id) for e in entries] == [
-            (v.JobState.QUEUED, "the-same-id"),
-            (v.JobState.UNKNOWN, None),
-            (v.JobState.UNKNOWN, None),
-            (v.JobState.UNKNOWN, None),
-            (v.JobState.UNKNOWN, None),
+            (JobState.QUEUED, "the-same-id"),
+            (JobState.UNKNOWN, None),
+            (JobState.UNKNOWN, None),
+            (JobState.UNKNOWN, None),
+            (JobState.UNKNOWN, None),
         ]
         assert all("the-same-id" in (e.error or "") for e in entries[1:])
 
@@ -436,7 +437,7 @@ async def test_a_repeated_queue_id_written_by_a_racing_owner_keeps_both_rows(
     tmp_path: Path,
 ) -> None:
     """mark_queued with an id another row holds marks this row unknown instead of raising."""
-    async with await v.Journal.open(tmp_path / "jobs.sqlite3") as journal:
+    async with await Journal.open(tmp_path / "jobs.sqlite3") as journal:
         first = await journal.add_intent(_request(1))
         second = await journal.add_intent(_request(2))
         for row in (first, second):
@@ -444,14 +445,14 @@ async def test_a_repeated_queue_id_written_by_a_racing_owner_keeps_both_rows(
             await journal.mark_queued(row, "q-1")
         entries = await journal.entries()
     assert [(e.state, e.queue_id) for e in entries] == [
-        (v.JobState.QUEUED, "q-1"),
-        (v.JobState.UNKNOWN, None),
+        (JobState.QUEUED, "q-1"),
+        (JobState.UNKNOWN, None),
     ]
     assert "q-1" in (entries[1].error or "")
     assert await_spend_counts_both(entries)
 
 
-def await_spend_counts_both(entries: list[v.JournalEntry]) -> bool:
+def await_spend_counts_both(entries: list[JournalEntry]) -> bool:
     """Both rows count as maybe billed."""
     return all(e.state.maybe_billed for e in entries)
 
@@ -462,13 +463,13 @@ def await_spend_counts_both(entries: list[v.JournalEntry]) -> bool:
 async def test_an_empty_journal_file_is_refused_at_open(server: FakeServer, tmp_path: Path) -> None:
     """A used journal truncated to 0 bytes is refused by open, session and resume(path)."""
     path = tmp_path / "jobs.sqlite3"
-    async with await v.Journal.open(path) as journal:
+    async with await Journal.open(path) as journal:
         await journal.add_intent(_request())
     for leftover in tmp_path.glob("jobs.sqlite3-*"):
         leftover.unlink()
     path.write_bytes(b"")
     with pytest.raises(v.JournalError, match="empty"):
-        await v.Journal.open(path)
+        await Journal.open(path)
     with pytest.raises(v.JournalError, match="empty"):
         async with _session(server, journal=path):
             pass
@@ -486,10 +487,10 @@ async def test_a_new_empty_file_may_become_a_journal(tmp_path: Path) -> None:
     path = tmp_path / "fresh.sqlite3"
     path.touch()
     with pytest.raises(v.JournalError, match="empty"):
-        await v.Journal.open(path, create=False)
-    async with await v.Journal.open(path) as journal:
+        await Journal.open(path, create=False)
+    async with await Journal.open(path) as journal:
         await journal.add_intent(_request())
-    async with await v.Journal.open(path, create=False) as journal:
+    async with await Journal.open(path, create=False) as journal:
         assert len(await journal.entries()) == 1
 
 
@@ -516,15 +517,15 @@ async def test_a_corrupt_or_foreign_file_is_refused_at_open(tmp_path: Path) -> N
     corrupt = tmp_path / "corrupt.sqlite3"
     corrupt.write_bytes(b"this is not a database at all " * 200)
     with pytest.raises(v.JournalError, match="damaged"):
-        await v.Journal.open(corrupt)
+        await Journal.open(corrupt)
     foreign = tmp_path / "foreign.sqlite3"
     with sqlite3.connect(foreign) as db:
         db.execute("CREATE TABLE photos (id INTEGER)")
     with pytest.raises(v.JournalError, match="not a venice-audio journal"):
-        await v.Journal.open(foreign)
+        await Journal.open(foreign)
     # Refused opens leave the lock free.
     corrupt.unlink()
-    async with await v.Journal.open(corrupt) as fresh:
+    async with await Journal.open(corrupt) as fresh:
         assert await fresh.entries() == []
 
 
@@ -598,7 +599,7 @@ async def test_a_batch_over_the_cap_is_refused_whole_and_journals_nothing(
         cli_server, "batch", str(batch), "--out", str(out), "--max-spend", "0.3"
     )
     assert result.returncode == 3, result.stderr.decode()
-    async with await v.Journal.open(out / ".venice-journal.sqlite3") as journal:
+    async with await Journal.open(out / ".venice-journal.sqlite3") as journal:
         assert await journal.entries() == []
     result = await _run_cli(cli_server, "batch", str(batch), "--out", str(out), "--max-spend", "5")
     assert result.returncode == 0, result.stderr.decode()

@@ -26,6 +26,7 @@ import venice_audio_async as v
 from venice_audio_async._cli import main
 from venice_audio_async._cli.folder import FAKE_STATE_NAME, JOURNAL_NAME, MANIFEST_NAME
 from venice_audio_async._ledger.journal_mark import mark_path_for
+from venice_audio_async.journal import JobState, Journal, JournalEntry
 from venice_audio_async.testing import FakeServer, JobScript
 
 from .conftest import API_KEY, TIME_SCALE, make_session
@@ -56,8 +57,8 @@ def _tables(path: Path) -> set[str]:
         return {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
 
 
-async def _entries(path: Path) -> list[v.JournalEntry]:
-    async with await v.Journal.open(path, create=False) as journal:
+async def _entries(path: Path) -> list[JournalEntry]:
+    async with await Journal.open(path, create=False) as journal:
         return await journal.entries()
 
 
@@ -86,14 +87,14 @@ async def test_a_lost_wal_loses_no_claim_and_no_queue_id(
         _copy_without_wal(path, copy)
     entries = await _entries(copy)
     assert [(e.state, e.queue_id) for e in entries] == [
-        (v.JobState.QUEUED, job.queue_id) for job in jobs
+        (JobState.QUEUED, job.queue_id) for job in jobs
     ]
 
 
 KILLED = """
 import os, signal, sys, anyio, venice_audio_async as v
 async def main():
-    journal = await v.Journal.open(sys.argv[1])
+    journal = await Journal.open(sys.argv[1])
     request = v.QueueRequest("stable-audio-25", "soft rain on a tin roof")
     first = await journal.add_intent(request, key="line-1")
     await journal.mark_sending(first)
@@ -116,8 +117,8 @@ async def test_kill_9_then_a_lost_wal_keeps_every_claim(tmp_path: Path) -> None:
         side.unlink(missing_ok=True)
     entries = await _entries(path)
     assert [(e.key, e.state, e.queue_id) for e in entries] == [
-        ("line-1", v.JobState.QUEUED, "q-paid"),
-        ("line-2", v.JobState.SENDING, None),
+        ("line-1", JobState.QUEUED, "q-paid"),
+        ("line-2", JobState.SENDING, None),
     ]
 
 
@@ -147,7 +148,7 @@ async def test_a_journal_that_lost_rows_is_refused_everywhere(
     assert json.loads(mark_path_for(path).read_text()) == {"rows": 3, "last_claimed": 3}
 
     with pytest.raises(v.JournalError) as caught:
-        await v.Journal.open(path)
+        await Journal.open(path)
     message = str(caught.value)
     assert "lost jobs it had recorded: it holds 1 job(s)" in message
     assert "says it held 3 job(s) and job 3 was sent" in message
@@ -167,7 +168,7 @@ async def test_a_journal_that_lost_rows_is_refused_everywhere(
     # Moving the journal and its mark away starts a new one, as the message says.
     path.rename(tmp_path / "kept.sqlite3")
     mark_path_for(path).rename(tmp_path / "kept.sqlite3.mark")
-    async with await v.Journal.open(path) as fresh:
+    async with await Journal.open(path) as fresh:
         assert await fresh.entries() == []
 
 
@@ -176,22 +177,22 @@ async def test_a_claim_given_back_is_not_a_lost_row(tmp_path: Path) -> None:
     """A job claimed, then given back (its queue created no job: a 429, a 503), is "intent"
     again: the journal is whole and opens."""
     path = tmp_path / "jobs.sqlite3"
-    async with await v.Journal.open(path) as journal:
+    async with await Journal.open(path) as journal:
         row = await journal.add_intent(REQUEST, key="line-1")
         await journal.mark_sending(row)
         assert await journal.unclaim(row)
-    assert [e.state for e in await _entries(path)] == [v.JobState.INTENT]
+    assert [e.state for e in await _entries(path)] == [JobState.INTENT]
 
 
 @pytest.mark.anyio
 async def test_a_journal_without_its_last_claimed_job_is_refused(tmp_path: Path) -> None:
     """As many rows as the mark says, but not the last one claimed: refused."""
     path = tmp_path / "jobs.sqlite3"
-    async with await v.Journal.open(path) as journal:
+    async with await Journal.open(path) as journal:
         await journal.mark_sending(await journal.add_intent(REQUEST, key="line-1"))
     mark_path_for(path).write_text(json.dumps({"rows": 1, "last_claimed": 2}))
     with pytest.raises(v.JournalError, match="it has no job 2"):
-        await v.Journal.open(path)
+        await Journal.open(path)
 
 
 @pytest.mark.anyio
@@ -203,7 +204,7 @@ async def test_a_used_journal_without_tables_is_not_taken_as_new(
     is refused, not made into a new journal: its lines would be queued again. The lock file
     alone (a journal of an earlier version, without a mark) shows it was used."""
     path = tmp_path / "jobs.sqlite3"
-    async with await v.Journal.open(path) as journal:
+    async with await Journal.open(path) as journal:
         await journal.mark_sending(await journal.add_intent(REQUEST))
     path.unlink()
     with sqlite3.connect(path) as db:
@@ -212,7 +213,7 @@ async def test_a_used_journal_without_tables_is_not_taken_as_new(
         mark_path_for(path).unlink()
     for create in (True, False):
         with pytest.raises(v.JournalError, match="it has no jobs table") as caught:
-            await v.Journal.open(path, create=create)
+            await Journal.open(path, create=create)
         assert "lost jobs it had recorded" in str(caught.value)
     assert _tables(path) == set()  # left as it was
 
@@ -221,11 +222,11 @@ async def test_a_used_journal_without_tables_is_not_taken_as_new(
 async def test_a_missing_journal_with_a_mark_is_not_started_again(tmp_path: Path) -> None:
     """A journal file gone while its mark says jobs were sent is refused, not recreated."""
     path = tmp_path / "jobs.sqlite3"
-    async with await v.Journal.open(path) as journal:
+    async with await Journal.open(path) as journal:
         await journal.mark_sending(await journal.add_intent(REQUEST))
     path.unlink()
     with pytest.raises(v.JournalError, match="the file is missing"):
-        await v.Journal.open(path)
+        await Journal.open(path)
     assert not path.exists()
 
 
@@ -233,11 +234,11 @@ async def test_a_missing_journal_with_a_mark_is_not_started_again(tmp_path: Path
 async def test_a_damaged_mark_is_refused_with_advice(tmp_path: Path) -> None:
     """A mark that is not one is refused (nothing sent), saying how to go on."""
     path = tmp_path / "jobs.sqlite3"
-    async with await v.Journal.open(path):
+    async with await Journal.open(path):
         pass
     mark_path_for(path).write_text("{not json")
     with pytest.raises(v.JournalError, match=r"mark .* is damaged"):
-        await v.Journal.open(path)
+        await Journal.open(path)
 
 
 @pytest.mark.anyio
@@ -259,7 +260,7 @@ async def test_a_claim_is_not_sent_unless_its_mark_is_written(
             await session.submit(REQUEST.model, REQUEST.prompt)
         monkeypatch.undo()
     assert server.count("queue") == 0
-    assert [e.state for e in await _entries(path)] == [v.JobState.INTENT]
+    assert [e.state for e in await _entries(path)] == [JobState.INTENT]
 
 
 # --------------------------------------------------------------------------- the CLI

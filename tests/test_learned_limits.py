@@ -8,7 +8,7 @@ import pytest
 
 import venice_audio_async as v
 from venice_audio_async._core.converters import structure_key_rate_limits
-from venice_audio_async.testing import FakeServer
+from venice_audio_async.testing import FakeServer, ScaledClock
 
 from .conftest import API_KEY, make_client
 
@@ -113,7 +113,7 @@ async def test_learned_pool_keeps_a_session_under_the_server_pool() -> None:
         async with v.AsyncSession(
             api_key=API_KEY,
             base_url=server.url,
-            clock=v.ScaledClock(scale),
+            clock=ScaledClock(scale),
             rate_limits=learned.rate_limits,
         ) as session:
             jobs = await session.submit_many(

@@ -8,7 +8,8 @@ import pytest
 
 import venice_audio_async as v
 from venice_audio_async._ledger.ledger import Intent, Ledger
-from venice_audio_async.testing import FakeServer
+from venice_audio_async.journal import JobState, Journal
+from venice_audio_async.testing import FakeServer, ManualClock
 
 from .conftest import make_session
 
@@ -19,7 +20,7 @@ REQUEST = v.QueueRequest(model="stable-audio-25", prompt="a ledger's test piece"
 
 async def _journal_with_spend(path: Path, *amounts: float) -> None:
     """A journal recording paid jobs of these estimated prices (then closed)."""
-    async with await v.Journal.open(path) as journal:
+    async with await Journal.open(path) as journal:
         for i, amount in enumerate(amounts):
             row = await journal.add_intent(REQUEST, estimate_usd=amount)
             await journal.mark_sending(row)
@@ -39,7 +40,7 @@ async def test_resume_of_a_callers_journal_leaves_it_open(
     """resume(journal) on a session without one never closes the caller's journal."""
     path = tmp_path / "jobs.sqlite3"
     await _journal_with_spend(path, 0.87)
-    journal = await v.Journal.open(path)
+    journal = await Journal.open(path)
     async with make_session(fake_server) as session:
         await session.resume(journal)
         assert session.journal is journal
@@ -54,7 +55,7 @@ async def test_resume_counts_the_spend_already_recorded(
     path = tmp_path / "jobs.sqlite3"
     await _journal_with_spend(path, 0.5, 0.37)
     async with (
-        await v.Journal.open(path) as journal,
+        await Journal.open(path) as journal,
         make_session(fake_server, max_spend_usd=1.0) as session,
     ):
         await session.resume(journal)
@@ -88,8 +89,8 @@ async def test_a_journal_opened_by_resume_is_closed_with_the_session(
     async with make_session(fake_server) as session:
         await session.resume(path)
         with pytest.raises(v.JournalError):
-            await v.Journal.open(path)  # owned by the session meanwhile
-    async with await v.Journal.open(path) as journal:  # free again
+            await Journal.open(path)  # owned by the session meanwhile
+    async with await Journal.open(path) as journal:  # free again
         assert len(await journal.entries()) == 1
 
 
@@ -98,8 +99,8 @@ async def test_a_journal_opened_by_resume_is_closed_with_the_session(
 
 async def test_a_ledger_closes_only_the_journal_it_opened(tmp_path: Path) -> None:
     """A Journal object stays open after the ledger closes; a path is closed with it."""
-    clock = v.ManualClock()
-    given = await v.Journal.open(tmp_path / "given.sqlite3")
+    clock = ManualClock()
+    given = await Journal.open(tmp_path / "given.sqlite3")
     borrowed = Ledger(limit_usd=None, clock=clock, journal=given)
     await borrowed.open()
     await borrowed.aclose()
@@ -116,7 +117,7 @@ async def test_a_ledger_closes_only_the_journal_it_opened(tmp_path: Path) -> Non
 
 async def test_money_is_held_while_queueing_and_settled_by_the_answer(tmp_path: Path) -> None:
     """Held amounts count against the limit; queued spends, rejected gives back."""
-    ledger = Ledger(limit_usd=1.0, clock=v.ManualClock())
+    ledger = Ledger(limit_usd=1.0, clock=ManualClock())
     first = await ledger.intend(_intent(0.4))
     second = await ledger.intend(_intent(0.4))
     with pytest.raises(v.SpendLimitExceeded, match="being queued"):
@@ -134,23 +135,23 @@ async def test_money_is_held_while_queueing_and_settled_by_the_answer(tmp_path: 
 @pytest.mark.parametrize(
     ("claimed", "error", "state", "spent"),
     [
-        (True, v.BadRequestError("refused", status_code=400), v.JobState.REJECTED, 0.0),
-        (True, v.ConnectionDropped("lost"), v.JobState.UNKNOWN, 0.3),
+        (True, v.BadRequestError("refused", status_code=400), JobState.REJECTED, 0.0),
+        (True, v.ConnectionDropped("lost"), JobState.UNKNOWN, 0.3),
         (
             True,
             v.QueueOutcomeUnknown(REQUEST, v.ConnectionDropped("lost")),
-            v.JobState.UNKNOWN,
+            JobState.UNKNOWN,
             0.3,
         ),
-        (False, v.JournalError("could not claim"), v.JobState.INTENT, 0.0),
+        (False, v.JournalError("could not claim"), JobState.INTENT, 0.0),
     ],
     ids=["rejected", "lost-after-claim", "outcome-unknown", "never-claimed"],
 )
 async def test_a_failed_queue_is_recorded_by_what_it_may_have_cost(
-    tmp_path: Path, claimed: bool, error: BaseException, state: v.JobState, spent: float
+    tmp_path: Path, claimed: bool, error: BaseException, state: JobState, spent: float
 ) -> None:
     """unknown counts as spent; rejected and never-sent give the money back."""
-    ledger = Ledger(limit_usd=None, clock=v.ManualClock(), journal=tmp_path / "j.sqlite3")
+    ledger = Ledger(limit_usd=None, clock=ManualClock(), journal=tmp_path / "j.sqlite3")
     await ledger.open()
     ticket = await ledger.intend(_intent(0.3, key="line-1"))
     if claimed:
@@ -165,7 +166,7 @@ async def test_a_failed_queue_is_recorded_by_what_it_may_have_cost(
 
 async def test_a_whole_batch_over_the_limit_records_nothing(tmp_path: Path) -> None:
     """intend_all(all_or_nothing=True) refuses the batch before writing a row."""
-    ledger = Ledger(limit_usd=1.0, clock=v.ManualClock(), journal=tmp_path / "j.sqlite3")
+    ledger = Ledger(limit_usd=1.0, clock=ManualClock(), journal=tmp_path / "j.sqlite3")
     await ledger.open()
     batch = [_intent(0.3, key=f"line-{i}") for i in range(4)]
     with pytest.raises(v.SpendLimitExceeded, match="nothing was spent") as caught:
@@ -181,7 +182,7 @@ async def test_a_whole_batch_over_the_limit_records_nothing(tmp_path: Path) -> N
 
 async def test_outcomes_and_releases_are_recorded(tmp_path: Path) -> None:
     """A stored job is "succeeded" and then released; a deadline is not the job's failure."""
-    ledger = Ledger(limit_usd=None, clock=v.ManualClock(), journal=tmp_path / "j.sqlite3")
+    ledger = Ledger(limit_usd=None, clock=ManualClock(), journal=tmp_path / "j.sqlite3")
     await ledger.open()
     for key, queue_id in (("done", "q-done"), ("late", "q-late")):
         ticket = await ledger.intend(_intent(0.1, key=key))
@@ -195,15 +196,15 @@ async def test_outcomes_and_releases_are_recorded(tmp_path: Path) -> None:
     await ledger.record_outcome(v.Failed(late, v.JobDeadlineExceeded(late, 5.0)))
     entries = {e.key: e for e in await ledger.entries()}
     await ledger.aclose()
-    assert (entries["done"].state, entries["done"].released) == (v.JobState.SUCCEEDED, True)
-    assert entries["late"].state is v.JobState.QUEUED  # still running: resume attaches it
+    assert (entries["done"].state, entries["done"].released) == (JobState.SUCCEEDED, True)
+    assert entries["late"].state is JobState.QUEUED  # still running: resume attaches it
 
 
 async def test_a_failed_job_counts_as_spent(tmp_path: Path) -> None:
     """Every job that was queued may be billed, failed ones too (unless refunded); rejected
     ones are not."""
     path = tmp_path / "jobs.sqlite3"
-    async with await v.Journal.open(path) as journal:
+    async with await Journal.open(path) as journal:
         for i, end in enumerate(("failed", "rejected", "queued")):
             row = await journal.add_intent(REQUEST, estimate_usd=0.25)
             await journal.mark_sending(row)

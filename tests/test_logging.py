@@ -17,6 +17,7 @@ import venice_audio_async as v
 from venice_audio_async._core.clock import ManualClock
 from venice_audio_async._rate.limiter import RequestLimiter
 from venice_audio_async._rate.retry import Retrier
+from venice_audio_async.budget import LocalBudget
 from venice_audio_async.testing import FakeServer, Fault, JobScript
 
 from .conftest import API_KEY, UNLIMITED, make_session
@@ -110,7 +111,7 @@ async def test_lockout_and_failure_window_pauses_are_warnings(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The failed-request lockout and the failure window's hold are logged as warnings."""
-    budget = v.LocalBudget(clock=ManualClock(), rates={}, failure_window=(20, 30.0))
+    budget = LocalBudget(clock=ManualClock(), rates={}, failure_window=(20, 30.0))
     with caplog.at_level(logging.DEBUG, logger=LOGGER):
         await budget.record_response("queue", 429, {"x-ratelimit-remaining": "0"})
         for _ in range(15):
@@ -141,7 +142,7 @@ async def test_retries_that_run_out_are_a_warning(caplog: pytest.LogCaptureFixtu
         async with anyio.create_task_group() as tg:
             tg.start_soon(advance_time)
             retrier = Retrier(
-                acquire=v.LocalBudget(clock=clock, rates={}).acquire,
+                acquire=LocalBudget(clock=clock, rates={}).acquire,
                 policy=v.RetryPolicy(attempts=3),
                 clock=clock,
             )

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import anyio
 
-import venice_audio_async as v
 from venice_audio_async._core.config import RateLimit
 from venice_audio_async._polling.estimator import PollingBounds
 from venice_audio_async._polling.policy import PollPolicy
 from venice_audio_async._polling.scheduler import WindowPacer
 from venice_audio_async._rate.budget import LocalBudget
+from venice_audio_async.budget import BudgetStatistics
+from venice_audio_async.testing import ManualClock
 
 
-class TickingClock(v.ManualClock):
+class TickingClock(ManualClock):
     """A manual clock that moves a microsecond at every reading, as a real one does."""
 
     def monotonic(self) -> float:
@@ -25,7 +26,7 @@ class CountingBudget(LocalBudget):
 
     snapshots = 0
 
-    def statistics(self) -> v.BudgetStatistics:
+    def statistics(self) -> BudgetStatistics:
         self.snapshots += 1
         return super().statistics()
 

@@ -23,6 +23,7 @@ from venice_audio_async._polling.policy import PollPolicy
 from venice_audio_async._polling.scheduler import Scheduler
 from venice_audio_async._rate.budget import LocalBudget, RateWindow
 from venice_audio_async._rate.limiter import RequestLimiter
+from venice_audio_async.testing import ManualClock
 
 from .conftest import busiest_window
 from .test_scheduler import Harness, StubClient, _memory_sink
@@ -35,7 +36,7 @@ HINT = MEAN + 0.8416 * SD
 
 
 def _scheduler(
-    clock: v.ManualClock,
+    clock: ManualClock,
     client: StubClient,
     *,
     per_minute: float = 120.0,
@@ -64,7 +65,7 @@ async def _race(
     """Run jobs with these run times to the end; (detection delays, retrieve times).
 
     ``models``: each job's model and server estimate (default: one model, :data:`HINT`)."""
-    clock = v.ManualClock()
+    clock = ManualClock()
     client = StubClient(clock, hint=HINT)
     scheduler = _scheduler(clock, client, per_minute=per_minute, bounds=bounds)
     starts = arrivals or [0.0] * len(durations)
@@ -88,7 +89,7 @@ async def _race(
 
 def _queue_paced(n: int, per_minute: float = 40.0) -> list[float]:
     """When n submits made at once get their queue tokens (the session's queue pacing)."""
-    clock = v.ManualClock()
+    clock = ManualClock()
     budget = LocalBudget(clock=clock, rates={"queue": RateLimit(per_minute=per_minute)})
     times: list[float] = []
     while len(times) < n:
@@ -170,7 +171,7 @@ async def test_two_hundred_mixed_jobs_spend_the_window_and_are_seen_promptly() -
 
 async def _one_at_a_time(durations: Sequence[float], bounds: PollingBounds) -> tuple[float, float]:
     """Jobs one after another on one scheduler (a web handler); (polls per job, p50 delay)."""
-    clock = v.ManualClock()
+    clock = ManualClock()
     client = StubClient(clock, hint=HINT)
     scheduler = _scheduler(clock, client, bounds=bounds)
     async with anyio.create_task_group() as tg:
@@ -200,7 +201,7 @@ async def test_one_job_at_a_time_trades_polls_for_delay() -> None:
 async def test_attached_and_resumed_jobs_are_polled_at_once() -> None:
     """A job attached (age unknown) or resumed (queued 65 s ago) is polled right away; its
     age then comes from the server's execution_duration."""
-    clock = v.ManualClock()
+    clock = ManualClock()
     client = StubClient(clock, hint=HINT)
     scheduler = _scheduler(clock, client)
     async with anyio.create_task_group() as tg:
@@ -226,7 +227,7 @@ async def test_attached_and_resumed_jobs_are_polled_at_once() -> None:
 
 async def test_overdue_jobs_are_not_pushed_out() -> None:
     """A job far past its expected end is polled at gaps of at most 10 s."""
-    clock = v.ManualClock()
+    clock = ManualClock()
     client = StubClient(clock, hint=HINT)
     scheduler = _scheduler(clock, client)
     async with anyio.create_task_group() as tg:

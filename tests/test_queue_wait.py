@@ -34,7 +34,7 @@ import sys, anyio, venice_audio_async as v
 async def main():
     async with v.AsyncSession(
         api_key={API_KEY!r}, base_url=sys.argv[1], journal=sys.argv[2],
-        clock=v.ScaledClock({TIME_SCALE}),
+        clock=ScaledClock({TIME_SCALE}),
         rate_limits=v.RateLimits(queue_per_minute=None, retrieve_per_minute=None),
         retry=v.RetryPolicy(max_retry_after=1e9),
     ) as session:

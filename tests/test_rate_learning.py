@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async.testing import FakeServer, JobScript
+from venice_audio_async.testing import FakeServer, JobScript, ScaledClock
 
 from .conftest import API_KEY, make_session
 
@@ -31,7 +31,7 @@ async def test_a_pooled_unstated_limit_draws_a_handful_of_429s_and_no_lockout() 
             JobScript(duration=90.0 + 2.0 * i, average_execution_time=20.0) for i in range(12)
         ]
         server.plan(*scripts)
-        async with make_session(server, clock=v.ScaledClock(scale)) as session:
+        async with make_session(server, clock=ScaledClock(scale)) as session:
             requests = [
                 v.QueueRequest(model="stable-audio-25", prompt=f"pooled limit track {i}")
                 for i in range(12)
@@ -61,7 +61,7 @@ async def test_a_stated_limit_is_obeyed_from_the_first_answer() -> None:
         time_scale=scale, api_keys=[API_KEY], rate_limits={"retrieve": 20}
     ) as server:
         server.plan(*[JobScript(duration=20.0 + i) for i in range(12)])
-        async with make_session(server, clock=v.ScaledClock(scale)) as session:
+        async with make_session(server, clock=ScaledClock(scale)) as session:
             jobs = [await session.submit("stable-audio-25", f"stated limit {i}") for i in range(12)]
             async with session.results(jobs) as results:
                 outcomes = [outcome async for outcome in results]

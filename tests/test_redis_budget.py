@@ -15,6 +15,8 @@ import pytest
 
 import venice_audio_async as v
 from venice_audio_async._rate.redis_budget import namespace_for_key
+from venice_audio_async.budget import RateWindow, RedisBudget
+from venice_audio_async.testing import ScaledClock
 
 from .conftest import max_in_window
 from .redis_server import RedisServer
@@ -27,13 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Budgets ``make`` opened in the running test, closed after it even if it failed (a
 #: connection left open is reported later, as an unrelated test's error).
-_opened: list[v.RedisBudget] = []
+_opened: list[RedisBudget] = []
 
 
-def make(server: RedisServer | str, namespace: str, **options: object) -> v.RedisBudget:
+def make(server: RedisServer | str, namespace: str, **options: object) -> RedisBudget:
     url = server if isinstance(server, str) else server.url
-    options.setdefault("clock", v.ScaledClock(SCALE))
-    budget = v.RedisBudget.from_url(url, namespace=namespace, **options)  # type: ignore[arg-type]
+    options.setdefault("clock", ScaledClock(SCALE))
+    budget = RedisBudget.from_url(url, namespace=namespace, **options)  # type: ignore[arg-type]
     _opened.append(budget)
     return budget
 
@@ -66,10 +68,10 @@ WINDOW_SCALE = 0.02
 
 
 async def take_for(
-    budget: v.RedisBudget, endpoint: str, seconds: float, out: list[float], scale: float = SCALE
+    budget: RedisBudget, endpoint: str, seconds: float, out: list[float], scale: float = SCALE
 ) -> None:
     """Acquire on ``endpoint`` as fast as granted for ``seconds`` of the budget's clock."""
-    clock = v.ScaledClock(scale)
+    clock = ScaledClock(scale)
     with anyio.move_on_after(seconds * scale):
         while True:
             await budget.acquire(endpoint)
@@ -85,7 +87,7 @@ async def test_never_more_than_n_in_any_window_across_clients(
 ) -> None:
     """Three clients sharing a key never get more than N grants in any 60 s window."""
     limits = v.RateLimits(queue_per_minute=12, retrieve_per_minute=None)
-    clock = v.ScaledClock(WINDOW_SCALE)
+    clock = ScaledClock(WINDOW_SCALE)
     budgets = [make(redis_server, namespace, rate_limits=limits, clock=clock) for _ in range(3)]
     grants: list[float] = []
     async with anyio.create_task_group() as tg:
@@ -139,7 +141,7 @@ async def test_one_processs_429_pauses_the_others(
     """A 429 seen by one client pauses every client on the key for its Retry-After."""
     # A slower clock than the others': the second learns of the pause a round trip after
     # it began, which under load was most of a virtual second at SCALE.
-    clock = v.ScaledClock(0.05)
+    clock = ScaledClock(0.05)
     first = make(redis_server, namespace, clock=clock)
     second = make(redis_server, namespace, clock=clock)
     await second.acquire("retrieve")
@@ -164,8 +166,8 @@ async def test_failures_of_all_processes_share_one_window(
         await second.record_response("retrieve", 503, {})
     stats = second.statistics()
     assert stats.failure_paused_until is not None
-    assert stats.failure_paused_until - v.ScaledClock(SCALE).monotonic() > 15
-    assert await first.acquire("retrieve", deadline=v.ScaledClock(SCALE).monotonic() + 5) is False
+    assert stats.failure_paused_until - ScaledClock(SCALE).monotonic() > 15
+    assert await first.acquire("retrieve", deadline=ScaledClock(SCALE).monotonic() + 5) is False
     await first.aclose()
     await second.aclose()
 
@@ -189,7 +191,7 @@ async def test_429_lowers_the_shared_limit_below_the_last_window(
 ) -> None:
     """After a 429 the limit drops to 80% of what the window granted, for every client."""
     limits = v.RateLimits(queue_per_minute=None, retrieve_per_minute=40)
-    clock = v.ScaledClock(0.05)  # no recovery before the second client looks, however slow
+    clock = ScaledClock(0.05)  # no recovery before the second client looks, however slow
     first = make(redis_server, namespace, rate_limits=limits, max_retry_after=0.0, clock=clock)
     second = make(redis_server, namespace, rate_limits=limits, clock=clock)
     for _ in range(20):
@@ -210,7 +212,7 @@ async def test_pooled_limit_covers_endpoints_together(
 ) -> None:
     """With a pooled limit, queue and retrieve of all clients share one window."""
     limits = v.RateLimits(queue_per_minute=40, retrieve_per_minute=120, pooled_per_minute=10)
-    clock = v.ScaledClock(WINDOW_SCALE)
+    clock = ScaledClock(WINDOW_SCALE)
     budgets = [make(redis_server, namespace, rate_limits=limits, clock=clock) for _ in range(2)]
     grants: list[float] = []
     async with anyio.create_task_group() as tg:
@@ -232,7 +234,7 @@ async def test_window_shows_every_process_grants(redis_server: RedisServer, name
     first, second = make(redis_server, namespace), make(redis_server, namespace)
     for _ in range(5):
         await first.acquire("retrieve")
-    assert second.window("retrieve") == v.RateWindow(limit=120, window=60.5, grants=())
+    assert second.window("retrieve") == RateWindow(limit=120, window=60.5, grants=())
     await second.acquire("retrieve")
     window = second.window("retrieve")
     assert window is not None
@@ -252,7 +254,7 @@ async def test_deadline_that_cannot_be_met_returns_false_without_a_token(
     """acquire(deadline=...) returns False once the window is full, taking nothing."""
     limits = v.RateLimits(queue_per_minute=2, retrieve_per_minute=None)
     budget = make(redis_server, namespace, rate_limits=limits)
-    clock = v.ScaledClock(SCALE)
+    clock = ScaledClock(SCALE)
     assert await budget.acquire("queue") is True
     began = clock.monotonic()
     assert await budget.acquire("queue", deadline=began + 1.0) is False
@@ -286,7 +288,7 @@ async def test_keys_are_namespaced_by_a_hash_of_the_api_key(
 ) -> None:
     """The API key never appears in a Redis key, the repr or the namespace."""
     key = f"secret-{uuid.uuid4().hex}"
-    budget = v.RedisBudget.from_url(redis_server.url, api_key=key, clock=v.ScaledClock(SCALE))
+    budget = RedisBudget.from_url(redis_server.url, api_key=key, clock=ScaledClock(SCALE))
     await budget.acquire("queue")
     await budget.record_response("queue", 429, {"Retry-After": "0"})
     keys = await redis_client.keys("*")  # type: ignore[attr-defined]
@@ -295,7 +297,7 @@ async def test_keys_are_namespaced_by_a_hash_of_the_api_key(
     assert not any(key in k for k in ours)
     assert key not in repr(budget)
     assert key not in budget.namespace
-    other = v.RedisBudget.from_url(redis_server.url, api_key=key + "x")
+    other = RedisBudget.from_url(redis_server.url, api_key=key + "x")
     assert other.namespace != budget.namespace
     await budget.aclose()
     await other.aclose()
@@ -306,7 +308,7 @@ def test_from_url_needs_a_key_or_a_namespace(monkeypatch: pytest.MonkeyPatch) ->
     pytest.importorskip("redis")
     monkeypatch.delenv("VENICE_API_KEY", raising=False)
     with pytest.raises(ValueError, match="namespace"):
-        v.RedisBudget.from_url("redis://127.0.0.1:1/0")
+        RedisBudget.from_url("redis://127.0.0.1:1/0")
 
 
 def test_package_imports_without_redis() -> None:
@@ -315,7 +317,7 @@ def test_package_imports_without_redis() -> None:
         "import sys; sys.modules['redis'] = None\n"
         "import venice_audio_async as v\n"
         "try:\n"
-        "    v.RedisBudget.from_url('redis://localhost', namespace='x')\n"
+        "    RedisBudget.from_url('redis://localhost', namespace='x')\n"
         "except ImportError as e:\n"
         "    print(e)\n"
     )
@@ -340,7 +342,7 @@ async def test_unreachable_redis_runs_on_the_local_share(
         "away",
         rate_limits=limits,
         local_share=0.25,
-        clock=v.ScaledClock(WINDOW_SCALE),
+        clock=ScaledClock(WINDOW_SCALE),
     )
     grants: list[float] = []
     with caplog.at_level(logging.WARNING, logger="venice_audio_async"):
@@ -372,7 +374,7 @@ async def test_redis_going_away_and_coming_back(
         reconnect_backoff=(0.05, 0.1),
         round_trip_timeout=0.5,
     )
-    clock = v.ScaledClock(SCALE)
+    clock = ScaledClock(SCALE)
     for _ in range(4):
         await budget.acquire("retrieve")
     own_redis_server.stop()
@@ -417,7 +419,7 @@ async def test_waiters_that_cannot_make_it_hear_it_at_once(
     in time, 18 are refused within 0.1 s of real time (10 clock seconds here).
     """
     scale = 0.01
-    clock = v.ScaledClock(scale)
+    clock = ScaledClock(scale)
     limits = v.RateLimits(queue_per_minute=6)
     # No retry jitter: the grants come when the rule says, so the figures above hold.
     other = make(redis_server, namespace, rate_limits=limits, clock=clock, retry_jitter=0.0)

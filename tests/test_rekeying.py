@@ -15,6 +15,7 @@ from venice_audio_async._polling.estimator import DurationEstimator, PollingBoun
 from venice_audio_async._polling.scheduler import Scheduler
 from venice_audio_async._rate.budget import LocalBudget
 from venice_audio_async._rate.limiter import RequestLimiter
+from venice_audio_async.testing import ManualClock
 
 from .test_scheduler import Harness, StubClient, _memory_sink
 
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.anyio
 class HintedClient(StubClient):
     """A stub whose jobs each report their own server estimate."""
 
-    def __init__(self, clock: v.ManualClock) -> None:
+    def __init__(self, clock: ManualClock) -> None:
         super().__init__(clock, hint=0.0)
         self.data = b"abc"
 
@@ -47,7 +48,7 @@ class HintedClient(StubClient):
 async def _harness(
     bounds: PollingBounds | None = None, **scheduler_options: Any
 ) -> AsyncIterator[Harness]:
-    clock = v.ManualClock()
+    clock = ManualClock()
     client = HintedClient(clock)
     scheduler = Scheduler(
         client=cast(VeniceClient, client),

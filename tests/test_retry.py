@@ -22,7 +22,7 @@ from venice_audio_async._rate.retry import (
     judge_poll,
     queue_answer_lost,
 )
-from venice_audio_async.testing import FakeServer, Fault
+from venice_audio_async.testing import FakeServer, Fault, ManualClock
 
 pytestmark = pytest.mark.anyio
 
@@ -109,7 +109,7 @@ class _Script:
         return "ok"
 
 
-def _retrier(clock: v.ManualClock, acquired: list[str], **options: object) -> Retrier:
+def _retrier(clock: ManualClock, acquired: list[str], **options: object) -> Retrier:
     async def acquire(endpoint: str) -> bool:
         acquired.append(endpoint)
         return True
@@ -119,7 +119,7 @@ def _retrier(clock: v.ManualClock, acquired: list[str], **options: object) -> Re
     return Retrier(acquire=acquire, policy=POLICY, clock=clock, rng=rng)
 
 
-async def _run(retrier: Retrier, clock: v.ManualClock, send: Callable[[], Awaitable[str]]) -> str:
+async def _run(retrier: Retrier, clock: ManualClock, send: Callable[[], Awaitable[str]]) -> str:
     """Run one call, advancing the virtual clock through its backoff sleeps."""
     result: list[str] = []
     failure: list[v.VeniceError] = []
@@ -142,7 +142,7 @@ async def _run(retrier: Retrier, clock: v.ManualClock, send: Callable[[], Awaita
 
 async def test_429s_cost_no_attempt_and_take_a_token_each() -> None:
     """Five 429s then an answer: with 3 attempts it still succeeds, never sleeping itself."""
-    clock, acquired = v.ManualClock(), list[str]()
+    clock, acquired = ManualClock(), list[str]()
     send = _Script(*[_limited() for _ in range(5)])
     assert await _run(_retrier(clock, acquired), clock, send) == "ok"
     assert send.calls == 6
@@ -152,7 +152,7 @@ async def test_429s_cost_no_attempt_and_take_a_token_each() -> None:
 
 async def test_a_429_storm_ends_in_the_error() -> None:
     """Twenty 429s in a row raise the RateLimitError."""
-    clock, acquired = v.ManualClock(), list[str]()
+    clock, acquired = ManualClock(), list[str]()
     send = _Script(*[_limited() for _ in range(25)])
     with pytest.raises(v.RateLimitError):
         await _run(_retrier(clock, acquired), clock, send)
@@ -161,7 +161,7 @@ async def test_a_429_storm_ends_in_the_error() -> None:
 
 async def test_transient_failures_cost_attempts_and_back_off() -> None:
     """Three 503s with 3 attempts: two backoffs, then the third error is raised."""
-    clock, acquired = v.ManualClock(), list[str]()
+    clock, acquired = ManualClock(), list[str]()
     send = _Script(*[_status(v.ServiceUnavailableError, 503) for _ in range(3)])
     with pytest.raises(v.ServiceUnavailableError):
         await _run(_retrier(clock, acquired), clock, send)
@@ -173,7 +173,7 @@ async def test_backoff_jitter_comes_from_the_injected_generator() -> None:
     """Two retriers with equal seeds wait exactly as long; the draws are not global."""
     waits = []
     for _ in range(2):
-        clock, acquired = v.ManualClock(), list[str]()
+        clock, acquired = ManualClock(), list[str]()
         send = _Script(_status(v.ServerError, 500), _status(v.ServerError, 500))
         random.seed(0)  # must not matter
         await _run(_retrier(clock, acquired, rng=random.Random(42)), clock, send)
@@ -254,7 +254,7 @@ def test_only_the_apis_verdict_ends_a_polled_job(
 def test_a_poll_backs_off_up_to_max_backoff() -> None:
     """The poller's waits grow with the failures in a row and stop at max_backoff; a 429
     waits 0 s (the budget holds the pause)."""
-    retrier = _retrier(v.ManualClock(), [])
+    retrier = _retrier(ManualClock(), [])
     dropped = v.ConnectError("refused", endpoint="retrieve")
     assert retrier.poll_again_in(_limited(), 2, queue_id="q", unreached=None) == 0.0
     first = retrier.poll_again_in(dropped, 0, queue_id="q", unreached=0.0)
@@ -272,7 +272,7 @@ async def test_a_cancel_that_races_the_token_sends_nothing() -> None:
     """A caller cancelled in the loop pass its token arrives in (a ``generate_many`` block
     left meanwhile) sends nothing: the send is shielded once it starts, so the check for
     the cancel must come first. Without it that request went out after the exit."""
-    clock = v.ManualClock()
+    clock = ManualClock()
     budget = LocalBudget(clock=clock, rates={"queue": RateLimit(per_minute=60.0, burst=1)})
     assert budget.try_acquire("queue")  # the burst is spent: the next token is 1 s away
     retrier = Retrier(acquire=budget.acquire, policy=POLICY, clock=clock, rng=random.Random(0))

@@ -19,6 +19,7 @@ from venice_audio_async._polling.estimator import DurationEstimator, PollingBoun
 from venice_audio_async._polling.scheduler import Scheduler
 from venice_audio_async._rate.budget import LocalBudget
 from venice_audio_async._rate.limiter import RequestLimiter
+from venice_audio_async.testing import ManualClock
 
 pytestmark = pytest.mark.anyio
 
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.anyio
 class StubClient:
     """Answers retrieve from a table of finish times on the ManualClock."""
 
-    def __init__(self, clock: v.ManualClock, hint: float) -> None:
+    def __init__(self, clock: ManualClock, hint: float) -> None:
         self.clock = clock
         self.hint = hint
         self.finish: dict[str, float] = {}
@@ -74,7 +75,7 @@ class StubClient:
 class Harness:
     """A running scheduler plus helpers to move virtual time."""
 
-    def __init__(self, clock: v.ManualClock, client: StubClient, scheduler: Scheduler) -> None:
+    def __init__(self, clock: ManualClock, client: StubClient, scheduler: Scheduler) -> None:
         self.clock = clock
         self.client = client
         self.scheduler = scheduler
@@ -108,7 +109,7 @@ def retrieve_rate() -> float:
 @pytest.fixture
 async def harness(retrieve_rate: float) -> AsyncIterator[Harness]:
     """A scheduler over a stub client on a ManualClock, retrieve limited per minute."""
-    clock = v.ManualClock()
+    clock = ManualClock()
     client = StubClient(clock, hint=60.0)
     # Unpaced, as the session configures retrieves: the poll policy's price paces them.
     rate = RateLimit(per_minute=retrieve_rate, burst=int(retrieve_rate))
@@ -320,7 +321,7 @@ async def test_decision_cost_does_not_grow_with_jobs(harness: Harness) -> None:
 async def test_a_poll_waiting_for_a_slot_is_not_sent_during_a_pause() -> None:
     """A poll that got its token, then waited for a request slot while a 429 paused the
     session, waits for the pause to end instead of going out inside it."""
-    clock = v.ManualClock()
+    clock = ManualClock()
     client = StubClient(clock, hint=60.0)
     budget = LocalBudget(clock=clock, rates={"retrieve": RateLimit(per_minute=120, burst=120)})
     scheduler = Scheduler(
@@ -361,7 +362,7 @@ async def test_the_testing_policy_gives_up_after_its_attempts_without_waiting() 
     """RetryPolicy.testing() never waits, so its polls could never reach a time limit on a
     clock that only moves when told: a job whose polls fail ``attempts`` times in a row
     ends unreachable there and then."""
-    clock = v.ManualClock()
+    clock = ManualClock()
     client = StubClient(clock, hint=60.0)
     budget = LocalBudget(clock=clock, rates={"retrieve": RateLimit(per_minute=120, burst=120)})
     scheduler = Scheduler(

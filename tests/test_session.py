@@ -15,7 +15,7 @@ import pytest
 
 import venice_audio_async as v
 from venice_audio_async._core.converters import structure_catalogue
-from venice_audio_async.testing import FakeServer, Fault, JobScript
+from venice_audio_async.testing import FakeServer, Fault, JobScript, ScaledClock
 
 from .conftest import API_KEY, TIME_SCALE, busiest_window, make_session
 
@@ -199,7 +199,7 @@ async def test_429_storm_pauses_and_loses_nothing() -> None:
 
 async def _storm(server: FakeServer, scale: float) -> None:
     server.plan(*[JobScript(duration=2.0) for _ in range(5)])
-    async with _session(server, clock=v.ScaledClock(scale)) as session:
+    async with _session(server, clock=ScaledClock(scale)) as session:
         jobs = [await session.submit("stable-audio-25", f"wind over hills {i}") for i in range(5)]
         server.inject("retrieve", Fault.status(429, retry_after=10), times=3)
         async with session.results(jobs) as results:
@@ -488,7 +488,7 @@ async def test_connect_refused_on_queue_is_retried_then_raised() -> None:
     session = v.AsyncSession(
         api_key=API_KEY,
         base_url=url,
-        clock=v.ScaledClock(TIME_SCALE),
+        clock=ScaledClock(TIME_SCALE),
         retry=v.RetryPolicy(attempts=3, initial_backoff=0.1),
         catalogue=structure_catalogue({"data": gone.catalogue}),
         validate=False,
@@ -564,7 +564,7 @@ async def test_missing_key_is_refused_before_sending(
 ) -> None:
     """Without a key, submit/attach/submit_many fail at once with a clear error."""
     monkeypatch.delenv("VENICE_API_KEY", raising=False)
-    session = v.AsyncSession(base_url=server.url, clock=v.ScaledClock(TIME_SCALE))
+    session = v.AsyncSession(base_url=server.url, clock=ScaledClock(TIME_SCALE))
     async with session:
         with pytest.raises(v.MissingAPIKeyError, match="VENICE_API_KEY"):
             await session.submit("stable-audio-25", "no key for this one")
@@ -596,7 +596,7 @@ async def test_result_calls_check_the_session(
         async with session.generate_many([request]):
             pass
     monkeypatch.delenv("VENICE_API_KEY", raising=False)
-    keyless = v.AsyncSession(base_url=server.url, clock=v.ScaledClock(TIME_SCALE))
+    keyless = v.AsyncSession(base_url=server.url, clock=ScaledClock(TIME_SCALE))
     assert "api_key=missing" in repr(keyless)
     async with keyless:
         with pytest.raises(v.MissingAPIKeyError):

@@ -11,6 +11,7 @@ import pytest
 
 import venice_audio_async as v
 from venice_audio_async._session.resume import has_work, step_for
+from venice_audio_async.journal import JobState, Journal, JournalEntry
 from venice_audio_async.testing import FakeServer, Fault, JobScript
 
 from .conftest import UNLIMITED, make_client, make_session
@@ -149,7 +150,7 @@ async def _journal_with_failed_rows(
     ``errors``, as an earlier version recorded polls that failed; their queue ids."""
     server.plan(*[JobScript(duration=0.0) for _ in errors])
     queue_ids = []
-    async with make_client(server) as client, await v.Journal.open(path) as journal:
+    async with make_client(server) as client, await Journal.open(path) as journal:
         for i, error in enumerate(errors):
             request = v.QueueRequest(MODEL, f"a job whose poll met {type(error).__name__} {i}")
             row = await journal.add_intent(request, estimate_usd=0.01)
@@ -187,9 +188,7 @@ async def test_resume_fetches_jobs_failed_without_a_verdict(
     for outcome in outcomes:
         assert isinstance(outcome, v.Succeeded)
         assert outcome.audio.data == fake_server.audio_for(outcome.job.queue_id)
-    assert [r.state for r in rows] == [v.JobState.SUCCEEDED] * len(_NO_VERDICTS) + [
-        v.JobState.FAILED
-    ]
+    assert [r.state for r in rows] == [JobState.SUCCEEDED] * len(_NO_VERDICTS) + [JobState.FAILED]
     assert not has_work(rows, requeue_unknown=False)
     assert fake_server.count("queue") == len(ids)  # nothing queued again
 
@@ -197,7 +196,7 @@ async def test_resume_fetches_jobs_failed_without_a_verdict(
 def test_one_rule_says_what_resume_does_with_each_row() -> None:
     """step_for is the rule both the library's resume and the CLI's "is there work" use."""
 
-    def row(state: v.JobState, **fields: Any) -> v.JournalEntry:
+    def row(state: JobState, **fields: Any) -> JournalEntry:
         values: dict[str, Any] = {
             "id": 1,
             "key": None,
@@ -219,16 +218,16 @@ def test_one_rule_says_what_resume_does_with_each_row() -> None:
             "finished_at": None,
         }
         values.update(fields)
-        return v.JournalEntry(**values)
+        return JournalEntry(**values)
 
-    failed = v.JobState.FAILED
+    failed = JobState.FAILED
     cases = [
-        (row(v.JobState.INTENT), "send", "send"),
-        (row(v.JobState.UNKNOWN), "report lost", "send again"),
-        (row(v.JobState.SENDING), "report lost", "send again"),
-        (row(v.JobState.QUEUED), "attach", "attach"),
-        (row(v.JobState.SUCCEEDED), "skip", "skip"),
-        (row(v.JobState.REJECTED, error_status=400), "report failed", "report failed"),
+        (row(JobState.INTENT), "send", "send"),
+        (row(JobState.UNKNOWN), "report lost", "send again"),
+        (row(JobState.SENDING), "report lost", "send again"),
+        (row(JobState.QUEUED), "attach", "attach"),
+        (row(JobState.SUCCEEDED), "skip", "skip"),
+        (row(JobState.REJECTED, error_status=400), "report failed", "report failed"),
         (row(failed, error_type="AudioStorageError"), "fetch again", "fetch again"),
         (row(failed, error_type="ConnectionDropped"), "fetch again", "fetch again"),
         (row(failed, error_type="ServerError", error_status=502), "fetch again", "fetch again"),

@@ -26,7 +26,7 @@ import pytest
 from anyio.from_thread import start_blocking_portal
 
 import venice_audio_async as v
-from venice_audio_async.testing import FakeServer, JobScript
+from venice_audio_async.testing import FakeServer, JobScript, ScaledClock
 
 from .conftest import API_KEY, TIME_SCALE, UNLIMITED, max_in_window
 
@@ -56,7 +56,7 @@ def _client(
     options: dict[str, Any] = {
         "api_key": API_KEY,
         "base_url": server.url,
-        "clock": v.ScaledClock(time_scale),
+        "clock": ScaledClock(time_scale),
         "rate_limits": UNLIMITED,
     }
     options.update(overrides)

@@ -9,10 +9,8 @@ within the rate limits, and receive each result as it finishes.
 
 from ._client import VeniceClient
 from ._core.audio import AudioSink, FileSink, MemorySink
-from ._core.clock import Clock, ManualClock, ScaledClock, SystemClock
 from ._core.config import (
     DEFAULT_BASE_URL,
-    LearnedRateLimits,
     Limits,
     RateLimit,
     RateLimits,
@@ -84,14 +82,9 @@ from ._core.models import (
 )
 from ._core.outcomes import BatchOutcome, Failed, Outcome, Refused, Succeeded, Unreachable
 from ._core.version import __version__
-from ._ledger.journal import JobState, Journal, JournalEntry
 from ._polling.estimator import PollingBounds
-from ._rate.budget import LocalBudget, RateWindow, RequestBudget
-from ._rate.redis_budget import RedisBudget
-from ._rate.statistics import BudgetStatistics, EndpointStatistics
 from ._session.batch_flow import BatchResults, FollowedResults
 from ._session.results import ResultStream
-from ._session.resume import ResumeReport
 from ._session.session import AsyncSession
 from ._session.statistics import SessionStatistics
 from ._session.status import PRIOR_RUN_SECONDS, EstimateSource, JobPhase, JobStatus
@@ -112,8 +105,6 @@ __all__ = [
     "BatchOutcome",
     "BatchResults",
     "BatchSubmitError",
-    "BudgetStatistics",
-    "Clock",
     "CompleteRequest",
     "CompleteResult",
     "ConnectError",
@@ -122,7 +113,6 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "DurationTier",
     "DurationsPricing",
-    "EndpointStatistics",
     "EstimateSource",
     "Failed",
     "FieldProblem",
@@ -134,17 +124,11 @@ __all__ = [
     "Job",
     "JobDeadlineExceeded",
     "JobPhase",
-    "JobState",
     "JobStatus",
     "JobUnreachable",
-    "Journal",
-    "JournalEntry",
     "JournalError",
-    "LearnedRateLimits",
     "Limits",
-    "LocalBudget",
     "MalformedResponse",
-    "ManualClock",
     "MediaNotFoundError",
     "MemorySink",
     "MissingAPIKeyError",
@@ -171,25 +155,19 @@ __all__ = [
     "RateLimit",
     "RateLimitError",
     "RateLimits",
-    "RateWindow",
-    "RedisBudget",
     "Refused",
-    "RequestBudget",
     "RequestTimeout",
     "RequestValidationError",
     "ResponseTooLarge",
     "ResultStream",
-    "ResumeReport",
     "RetrieveRequest",
     "RetryPolicy",
-    "ScaledClock",
     "ServerError",
     "ServiceUnavailableError",
     "SessionStateError",
     "SessionStatistics",
     "SpendLimitExceeded",
     "Succeeded",
-    "SystemClock",
     "Timeouts",
     "TransportError",
     "TruncatedResponse",

@@ -67,7 +67,7 @@ def namespace_for_key(api_key: str) -> str:
 
 
 class RedisBudget:
-    """A :class:`~venice_audio_async.RequestBudget` shared through Redis by many processes.
+    """A :class:`~venice_audio_async.budget.RequestBudget` shared through Redis by many processes.
 
     Open it once per process, with the same API key (or ``namespace``) everywhere::
 
@@ -75,7 +75,7 @@ class RedisBudget:
         async with AsyncSession(budget=budget) as session:
             ...
 
-    The rules are :class:`~venice_audio_async.LocalBudget`'s, applied to every process at
+    The rules are :class:`~venice_audio_async.budget.LocalBudget`'s, applied to every process at
     once: at most N grants in any window per endpoint (and per pool), paced after a burst;
     a 429 pauses every process as its headers say and lowers that endpoint's limit below
     what its last window granted (not below an eighth; it recovers slowly); a limit the API

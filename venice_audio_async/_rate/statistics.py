@@ -37,11 +37,11 @@ class EndpointStatistics:
 
 @attrs.frozen
 class BudgetStatistics:
-    """A snapshot of a request budget (:meth:`~venice_audio_async.RequestBudget.statistics`).
+    """A snapshot of a request budget (:meth:`~venice_audio_async.budget.RequestBudget.statistics`).
 
     Times are ``clock.monotonic()`` readings. ``rate_limited`` counts 429 answers;
     ``paused_seconds`` is the total length of session-wide pauses (429s, exhausted error
-    budget, :meth:`~venice_audio_async.LocalBudget.pause`), overlapping pauses counted once;
+    budget, :meth:`~venice_audio_async.budget.LocalBudget.pause`), overlapping pauses counted once;
     ``failure_paused_seconds`` the same for pauses imposed by the failure window.
 
     .. versionadded:: 0.1.0
