@@ -44,7 +44,7 @@ SAMPLE = 256
 #: Demand is planned for this share of the free grants: a little below 1 keeps a few
 #: tokens for jobs the belief expects to finish sooner than they do (swept 0.6-1.2 over
 #: POLLING.md's workloads: 0.95 keeps every job within 15 s there, and in the 200 races
-#: of tests/test_polling.py, where 1.0 lets one job be 15.2 s late; see benchmarks/).
+#: of tests/polling/test_polling.py, where 1.0 lets one job be 15.2 s late; see benchmarks/).
 _SLACK = 0.95
 #: Past a belief's 99th percentile, a poll gap is at least this share of the overrun ...
 _OVERRUN_SHARE = 0.1
