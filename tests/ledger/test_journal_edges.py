@@ -35,7 +35,8 @@ CLI_SCALE = 0.02  # the CLI subprocess and the fake must agree on the clock
 
 #: A second process that opens a journal, says so, and holds it until its stdin closes.
 HOLDER = """
-import sys, anyio, venice_audio_async as v
+import sys, anyio
+from venice_audio_async.journal import Journal
 async def main():
     journal = await Journal.open(sys.argv[1])
     print("ready", flush=True)

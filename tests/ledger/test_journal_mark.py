@@ -93,6 +93,7 @@ async def test_a_lost_wal_loses_no_claim_and_no_queue_id(
 
 KILLED = """
 import os, signal, sys, anyio, venice_audio_async as v
+from venice_audio_async.journal import Journal
 async def main():
     journal = await Journal.open(sys.argv[1])
     request = v.QueueRequest("stable-audio-25", "soft rain on a tin roof")

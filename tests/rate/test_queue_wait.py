@@ -31,6 +31,7 @@ MODEL = "stable-audio-25"
 #: A second process that submits one unkeyed job into a journal, then waits (to be killed).
 SUBMITTER = f"""
 import sys, anyio, venice_audio_async as v
+from venice_audio_async.testing import ScaledClock
 async def main():
     async with v.AsyncSession(
         api_key={API_KEY!r}, base_url=sys.argv[1], journal=sys.argv[2],

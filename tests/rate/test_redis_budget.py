@@ -316,6 +316,7 @@ def test_package_imports_without_redis() -> None:
     code = (
         "import sys; sys.modules['redis'] = None\n"
         "import venice_audio_async as v\n"
+        "from venice_audio_async.budget import RedisBudget\n"
         "try:\n"
         "    RedisBudget.from_url('redis://localhost', namespace='x')\n"
         "except ImportError as e:\n"

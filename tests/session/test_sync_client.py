@@ -77,7 +77,8 @@ def _prompts(server: FakeServer) -> list[str]:
 
 SCRIPT = """
 import json, sys
-from venice_audio_async import QueueRequest, ScaledClock, Succeeded, VeniceAudio
+from venice_audio_async import QueueRequest, Succeeded, VeniceAudio
+from venice_audio_async.testing import ScaledClock
 
 with VeniceAudio(base_url=sys.argv[1], clock=ScaledClock({scale})) as client:
     audio = client.generate("stable-audio-25", "a tune from a script", duration_seconds=5)
@@ -102,7 +103,8 @@ with VeniceAudio(base_url=sys.argv[1], clock=ScaledClock({scale})) as client:
 #: client is closed at exit, logging the job it leaves running).
 UNCLOSED = """
 import logging, sys
-from venice_audio_async import ScaledClock, VeniceAudio
+from venice_audio_async import VeniceAudio
+from venice_audio_async.testing import ScaledClock
 
 logging.basicConfig(level=logging.WARNING)
 client = VeniceAudio(base_url=sys.argv[1], clock=ScaledClock({scale}))
