@@ -43,11 +43,12 @@ import anyio
 from _common import Stopwatch, machine, table
 
 import venice_audio_async as v
-from venice_audio_async._audio import Destinations, MemorySink
-from venice_audio_async._budget import LocalBudget
-from venice_audio_async._estimator import DurationEstimator, PollingBounds
-from venice_audio_async._limiter import RequestLimiter
-from venice_audio_async._scheduler import Scheduler
+from venice_audio_async._core.audio import Destinations, MemorySink
+from venice_audio_async._polling.estimator import DurationEstimator, PollingBounds
+from venice_audio_async._polling.scheduler import Scheduler
+from venice_audio_async._rate.budget import LocalBudget
+from venice_audio_async._rate.limiter import RequestLimiter
+from venice_audio_async.testing import ManualClock
 
 MODEL = "elevenlabs-music"
 
@@ -79,7 +80,7 @@ async def _track(session: v.AsyncSession, n: int, path: str) -> None:
 
 async def memory_per_job(n: int, path: str, *, traced: bool) -> float:
     """Bytes per tracked job: traced Python memory, or RSS."""
-    clock = v.ManualClock()
+    clock = ManualClock()
     session = v.AsyncSession(
         api_key="bench", base_url="http://127.0.0.1:9/api/v1", clock=clock, validate=False
     )
@@ -129,7 +130,7 @@ async def settle() -> None:
 class StubClient:
     """Answers ``retrieve`` at once from a table of run times on the manual clock."""
 
-    def __init__(self, clock: v.ManualClock) -> None:
+    def __init__(self, clock: ManualClock) -> None:
         self.clock = clock
         self.queued_at: dict[str, float] = {}
         self.duration: dict[str, float] = {}
@@ -163,7 +164,7 @@ class StubClient:
         return v.CompleteResult(success=True)
 
 
-def make_scheduler(clock: v.ManualClock, client: StubClient) -> Scheduler:
+def make_scheduler(clock: ManualClock, client: StubClient) -> Scheduler:
     return Scheduler(
         client=client,  # type: ignore[arg-type]
         budget=LocalBudget(clock=clock, rates={}),
@@ -185,7 +186,7 @@ async def decision_cost(n: int, short: int) -> tuple[float, float, float, int, i
 
     ``short`` jobs with spread run times finish while the N long ones wait.
     """
-    clock = v.ManualClock()
+    clock = ManualClock()
     client = StubClient(clock)
     scheduler = make_scheduler(clock, client)
     # The model's estimate is known (as after its first answer), so no job waits on a probe.

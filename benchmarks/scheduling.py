@@ -65,13 +65,14 @@ import attrs
 from _common import machine, percentile, table
 
 import venice_audio_async as v
-from venice_audio_async._belief import RunTimeBelief
-from venice_audio_async._budget import LocalBudget
 from venice_audio_async._client import VeniceClient
-from venice_audio_async._config import RateLimit
-from venice_audio_async._estimator import DurationEstimator, PollingBounds
-from venice_audio_async._limiter import RequestLimiter
-from venice_audio_async._scheduler import Scheduler
+from venice_audio_async._core.config import RateLimit
+from venice_audio_async._polling.belief import RunTimeBelief
+from venice_audio_async._polling.estimator import DurationEstimator, PollingBounds
+from venice_audio_async._polling.scheduler import Scheduler
+from venice_audio_async._rate.budget import LocalBudget
+from venice_audio_async._rate.limiter import RequestLimiter
+from venice_audio_async.testing import ManualClock
 
 LIMIT, WINDOW = 120, 60.0  # the server's retrieve limit
 QUEUE_PER_MINUTE = 40
@@ -119,7 +120,7 @@ class Result:
 
 def queue_paced(n: int, start: float = 0.0) -> list[float]:
     """When ``n`` submits made at once get their queue tokens (the session's pacing)."""
-    clock = v.ManualClock(start)
+    clock = ManualClock(start)
     budget = LocalBudget(clock=clock, rates={"queue": RateLimit(per_minute=QUEUE_PER_MINUTE)})
     times: list[float] = []
     while len(times) < n:
@@ -353,7 +354,7 @@ def finish(
 class StubClient:
     """Answers retrieve like the API, through the Server's window."""
 
-    def __init__(self, clock: v.ManualClock, server: Server) -> None:
+    def __init__(self, clock: ManualClock, server: Server) -> None:
         self.clock = clock
         self.server = server
         self.jobs: dict[str, tuple[float, Job]] = {}
@@ -397,7 +398,7 @@ async def settle() -> None:
 async def simulate_session(workload: Workload, variant: str, bounds: PollingBounds) -> Result:
     result = Result(variant)
     server = Server(result)
-    clock = v.ManualClock()
+    clock = ManualClock()
     client = StubClient(clock, server)
     # What AsyncSession builds by default: retrieves unpaced by the budget, 120/min.
     budget = LocalBudget(clock=clock, rates={"retrieve": RateLimit(per_minute=120, burst=120)})

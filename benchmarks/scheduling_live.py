@@ -40,10 +40,10 @@ import attrs
 from _common import API_KEY, AUTH, Stopwatch, fake_server, machine, percentile, table
 
 import venice_audio_async as v
-from venice_audio_async._budget import LocalBudget
-from venice_audio_async._config import RateLimit
-from venice_audio_async._converters import unstructure_request
-from venice_audio_async.testing import JobMix, ModelTiming
+from venice_audio_async._core.config import RateLimit
+from venice_audio_async._core.converters import unstructure_request
+from venice_audio_async._rate.budget import LocalBudget
+from venice_audio_async.testing import JobMix, ModelTiming, ScaledClock
 
 #: The job mix: per-model mean run time (virtual s) and log-sd. Music models are slower and
 #: spread more than sound effects.
@@ -89,7 +89,7 @@ def build_requests(n: int) -> list[v.QueueRequest]:
 
 
 async def run_session(url: str, requests: Sequence[v.QueueRequest], scale: float, run: Run) -> None:
-    clock = v.ScaledClock(scale)
+    clock = ScaledClock(scale)
     limits = v.RateLimits(
         queue_per_minute=QUEUE_PER_MINUTE, retrieve_per_minute=RETRIEVE_PER_MINUTE
     )
@@ -118,7 +118,7 @@ class Baseline:
 
     def __init__(self, url: str, scale: float, run: Run) -> None:
         self.url = url
-        self.clock = v.ScaledClock(scale)
+        self.clock = ScaledClock(scale)
         self.run = run
         self.queue_budget = LocalBudget(
             clock=self.clock, rates={"queue": RateLimit(per_minute=QUEUE_PER_MINUTE)}

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async.testing import FakeServer
+from venice_audio_async.testing import FakeServer, ScaledClock
 
 from .redis_server import RedisServer, missing_redis, require_redis_env
 
@@ -76,7 +76,7 @@ def make_session(server: FakeServer | str, **overrides: Any) -> v.AsyncSession:
     options: dict[str, Any] = {
         "api_key": API_KEY,
         "base_url": server if isinstance(server, str) else server.url,
-        "clock": v.ScaledClock(TIME_SCALE),
+        "clock": ScaledClock(TIME_SCALE),
     }
     options.update(overrides)
     return v.AsyncSession(**options)

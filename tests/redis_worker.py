@@ -27,6 +27,8 @@ from typing import Any
 import anyio
 
 import venice_audio_async as v
+from venice_audio_async.budget import RedisBudget
+from venice_audio_async.testing import ScaledClock
 
 MODEL = "stable-audio-25"
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,13 +93,13 @@ async def run_workers(
 
 
 async def _acquire(args: argparse.Namespace) -> dict[str, Any]:
-    clock = v.ScaledClock(args.scale)
+    clock = ScaledClock(args.scale)
     limits = v.RateLimits(
         queue_per_minute=args.limit,
         retrieve_per_minute=None,
         pooled_per_minute=args.pooled,
     )
-    budget = v.RedisBudget.from_url(
+    budget = RedisBudget.from_url(
         args.redis, namespace=args.namespace, clock=clock, rate_limits=limits
     )
     await budget.acquire("warm-up")  # connected, scripts loaded: then ready
@@ -112,13 +114,13 @@ async def _acquire(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _jobs(args: argparse.Namespace) -> dict[str, Any]:
-    clock = v.ScaledClock(args.scale)
+    clock = ScaledClock(args.scale)
     limits = v.RateLimits(
         queue_per_minute=args.queue_limit, retrieve_per_minute=args.retrieve_limit
     )
-    budget: v.RedisBudget | None = None
+    budget: RedisBudget | None = None
     if args.redis:
-        budget = v.RedisBudget.from_url(
+        budget = RedisBudget.from_url(
             args.redis,
             api_key=args.api_key,
             clock=clock,

@@ -1,4 +1,10 @@
-"""The layering docs/architecture.md describes holds: who may import what."""
+"""The layering docs/architecture.md describes holds: who may import what.
+
+The package is a stack of layers, each a subpackage or one module, bottom to top. A module
+imports only its own layer and the layers below it, counting imports under
+``if TYPE_CHECKING:`` too (a cycle the type checker sees is still a cycle), and following
+imports never leads back to where they started, within a layer or between layers.
+"""
 
 from __future__ import annotations
 
@@ -9,72 +15,155 @@ import venice_audio_async
 
 PACKAGE = Path(venice_audio_async.__file__).parent
 
-
-#: The modules the rules are about: the package's own and the CLI's (``_cli.batch``, ...).
-#: A package's ``__init__`` is named by the package (``_cli``), the top one ``__init__``.
-FILES = {
-    ".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__"): path
-    for path in (*PACKAGE.glob("*.py"), *PACKAGE.glob("_cli/*.py"))
-}
-
-
-def _imported_modules(name: str, node: ast.ImportFrom) -> set[str]:
-    """The modules of ours a relative ``from ... import ...`` in module ``name`` loads.
-
-    Within a subpackage that is the submodule (``_cli.drive``), else the top-level module.
-    A name that is no module (``from .. import __version__``) names no module of ours.
-    """
-    package = ["_cli"] if name == "_cli" else name.split(".")[:-1]
-    base = package[: len(package) - (node.level - 1)]
-    targets = [node.module] if node.module else [alias.name for alias in node.names]
-    found = set()
-    for target in targets:
-        parts = [*base, *target.split(".")]
-        submodule = ".".join(parts[:2])
-        found.add(submodule if submodule in FILES else parts[0])
-    return found
+#: The layers, bottom to top. A module's layer is named by the first part of its dotted name
+#: (``_rate.budget`` is in ``_rate``); ``__init__`` is the package itself.
+LAYERS: list[set[str]] = [
+    {"_core"},  # errors, models, outcomes, settings, clocks, audio sinks
+    {"_http"},  # the aiohttp transport, bodies, failures, rate-limit headers, deadlines
+    {"_client"},  # VeniceClient: one method per endpoint
+    {"_rate"},  # request budgets (local, Redis), the retry rule, request limiter
+    {"_ledger"},  # spend, the journal and its database, owner lock, replay
+    {"_polling"},  # the scheduler, the poll policy, the run-time model, media release
+    {"_session"},  # AsyncSession and its parts
+    {"_sync"},  # VeniceAudio, which runs an AsyncSession
+    {"__init__", "budget", "journal"},  # the public modules
+    {"testing"},  # the fake server, and the clocks for tests
+    {"_cli", "__main__"},  # the command line, on top of everything
+]
+LAYER_OF = {name: index for index, names in enumerate(LAYERS) for name in names}
 
 
-def _runtime_imports(name: str, path: Path) -> tuple[set[str], set[str]]:
-    """(package modules, third-party top-level packages) imported when ``path`` runs.
+def _module_name(path: Path) -> str:
+    """``_rate/budget.py`` -> ``_rate.budget``; a package's ``__init__`` is the package."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts) or "__init__"
 
-    Imports under ``if TYPE_CHECKING:`` only exist for the type checker and are left out.
-    """
+
+FILES = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def _is_package(name: str) -> bool:
+    return name == "__init__" or FILES[name].name == "__init__.py"
+
+
+def _ours(parts: list[str]) -> str:
+    """The module of ours that ``parts`` (a dotted target, or a name within one) names."""
+    for end in range(len(parts), 0, -1):
+        name = ".".join(parts[:end])
+        if name in FILES:
+            return name
+    return "__init__"
+
+
+def _imports(name: str, path: Path) -> tuple[set[str], set[str], set[str]]:
+    """(our modules imported at run time, ours imported only for the type checker,
+    third-party top-level packages imported at run time) by module ``name``."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
-            node.body = []
-    ours: set[str] = set()
+            typing_only.update(id(inner) for inner in ast.walk(node))
+    package = [] if name == "__init__" else name.split(".")
+    if not _is_package(name):
+        package = package[:-1]
+    runtime: set[str] = set()
+    checking: set[str] = set()
     theirs: set[str] = set()
     for node in ast.walk(tree):
+        found: set[str] = set()
         if isinstance(node, ast.ImportFrom) and node.level >= 1:
-            ours |= _imported_modules(name, node)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            theirs.add(node.module.split(".")[0])
+            base = package[: len(package) - (node.level - 1)]
+            module = node.module.split(".") if node.module else []
+            # ``from . import x`` names a module x, or a name of the package itself
+            found = {_ours([*base, *module, alias.name]) for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            top, *rest = node.module.split(".")
+            if top == "venice_audio_async":
+                found = {_ours([*rest, alias.name]) for alias in node.names}
+            elif id(node) not in typing_only:
+                theirs.add(top)
         elif isinstance(node, ast.Import):
-            theirs.update(alias.name.split(".")[0] for alias in node.names)
-    return ours, theirs
+            for alias in node.names:
+                top, *rest = alias.name.split(".")
+                if top == "venice_audio_async":
+                    found.add(_ours(rest))
+                elif id(node) not in typing_only:
+                    theirs.add(top)
+        found.discard(name)
+        (checking if id(node) in typing_only else runtime).update(found)
+    return runtime, checking, theirs
 
 
-MODULES = {name: _runtime_imports(name, path) for name, path in FILES.items()}
+MODULES = {name: _imports(name, path) for name, path in FILES.items()}
+#: Every import of ours, those for the type checker included.
+GRAPH = {name: runtime | checking for name, (runtime, checking, _) in MODULES.items()}
 
 
-#: The transport layer: ``_http`` (the pool and each request) and its ``_http_*`` parts.
-TRANSPORT = sorted(name for name in MODULES if name == "_http" or name.startswith("_http_"))
+def _layer(name: str) -> int:
+    return LAYER_OF[name.split(".")[0]]
+
+
+def test_every_module_has_a_layer() -> None:
+    """The table covers the package: a new subpackage or top-level module gets a place."""
+    assert not sorted(name for name in FILES if name.split(".")[0] not in LAYER_OF)
+
+
+def test_each_layer_imports_only_itself_and_layers_below() -> None:
+    """The order between layers is strict, ``TYPE_CHECKING`` imports included."""
+    upward = sorted(
+        f"{name} -> {target}"
+        for name, targets in GRAPH.items()
+        for target in targets
+        if _layer(target) > _layer(name)
+    )
+    assert not upward
+
+
+def test_there_is_no_import_cycle() -> None:
+    """Following imports (``TYPE_CHECKING`` ones too) never leads back to where it started,
+    within a subpackage or between subpackages."""
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, " -> ".join((*path, name))
+        if name in done:
+            return
+        for dependency in sorted(GRAPH[name]):
+            visit(dependency, (*path, name))
+        done.add(name)
+
+    for name in sorted(GRAPH):
+        visit(name, ())
+
+
+def test_the_layers_know_nothing_of_the_subpackages_they_sit_on() -> None:
+    """The subpackages' ``__init__`` modules re-export nothing: each module is imported
+    by its own name, so a layer never loads a whole subpackage for one name."""
+    for name in FILES:
+        if _is_package(name) and name.startswith("_") and name not in ("__init__", "_cli"):
+            assert not GRAPH[name], name
+
+
+#: The library: every module but the fake server's (which serves aiohttp.web).
+LIBRARY = sorted(name for name in MODULES if name.split(".")[0] != "testing")
+#: The transport layer, where aiohttp is allowed.
+TRANSPORT = sorted(name for name in MODULES if name.split(".")[0] == "_http")
 
 
 def test_only_the_transport_imports_aiohttp() -> None:
-    """aiohttp stays in the transport (_http, _http_*): no other module of the client imports it."""
-    users = sorted(name for name, (_, theirs) in MODULES.items() if "aiohttp" in theirs)
-    assert "_http" in users
+    """aiohttp stays in ``_http``: no other module of the client imports it."""
+    users = sorted(name for name in LIBRARY if "aiohttp" in MODULES[name][2])
+    assert "_http.transport" in users
     assert set(users) <= set(TRANSPORT), sorted(set(users) - set(TRANSPORT))
 
 
 def test_transport_docstrings_name_the_aiohttp_modules() -> None:
     """Each transport module's docstring says truly whether it imports aiohttp."""
-    users = [name for name in TRANSPORT if "aiohttp" in MODULES[name][1]]
+    users = [name for name in TRANSPORT if "aiohttp" in MODULES[name][2]]
     for name in TRANSPORT:
-        doc = ast.get_docstring(ast.parse((PACKAGE / f"{name}.py").read_text(encoding="utf-8")))
+        doc = ast.get_docstring(ast.parse(FILES[name].read_text(encoding="utf-8")))
         assert doc is not None, name
         if name in users:
             assert all(f"``{other}``" in doc for other in users if other != name), name
@@ -83,41 +172,25 @@ def test_transport_docstrings_name_the_aiohttp_modules() -> None:
 
 
 def test_no_part_reaches_back_into_the_session() -> None:
-    """The session's parts never import it; only the package, the CLI's connect and the
-    synchronous client (which runs one) do."""
-    importers = sorted(name for name, (ours, _) in MODULES.items() if "_session" in ours)
-    assert importers == ["__init__", "_cli.connect", "_sync"]
+    """The session's parts never import the session facade (``_session.session``); the
+    package, the synchronous client (which runs one) and the CLI do."""
+    importers = sorted(name for name, targets in GRAPH.items() if "_session.session" in targets)
+    assert not [name for name in importers if _layer(name) <= _layer("_session")]
+    assert {"__init__", "_sync"} <= set(importers)
 
 
 def test_the_library_never_imports_the_command_line() -> None:
     """The CLI sits on top: only ``__main__`` and the CLI's own modules import from it."""
 
     def in_cli(module: str) -> bool:
-        return module == "_cli" or module.startswith("_cli.")
+        return module.split(".")[0] == "_cli"
 
     importers = sorted(
         name
-        for name, (ours, _) in MODULES.items()
-        if any(in_cli(module) for module in ours) and not in_cli(name)
+        for name, targets in GRAPH.items()
+        if any(in_cli(module) for module in targets) and not in_cli(name)
     )
     assert importers == ["__main__"]
-
-
-def test_there_is_no_import_cycle() -> None:
-    """The modules form layers: following imports never leads back to where it started."""
-    graph = {name: ours & MODULES.keys() for name, (ours, _) in MODULES.items()}
-    done: set[str] = set()
-
-    def visit(name: str, path: tuple[str, ...]) -> None:
-        assert name not in path, " -> ".join((*path, name))
-        if name in done:
-            return
-        for dependency in sorted(graph[name]):
-            visit(dependency, (*path, name))
-        done.add(name)
-
-    for name in sorted(graph):
-        visit(name, ())
 
 
 #: The modules of each dependency the package may import: their documented, public API.

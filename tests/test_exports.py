@@ -14,9 +14,18 @@ from collections.abc import Iterator
 import pytest
 
 import venice_audio_async as v
+import venice_audio_async.budget
+import venice_audio_async.journal
 import venice_audio_async.testing
 
-PACKAGES = [v, venice_audio_async.testing]
+#: The public modules: the session's names, the budgets, the journal's types, the fake
+#: server and the clocks. Each public name has exactly one of them as its home.
+PACKAGES = [
+    v,
+    venice_audio_async.budget,
+    venice_audio_async.journal,
+    venice_audio_async.testing,
+]
 
 #: Public classes a user can reach that are deliberately not exported, and why.
 REACHABLE_NOT_EXPORTED = {
@@ -24,6 +33,9 @@ REACHABLE_NOT_EXPORTED = {
     "HttpTransport",
     # Journal's constructor takes what Journal.open builds (a connection and the owner lock).
     "OwnerLock",
+    # RateLimits.from_api's client: the two VeniceClient calls it makes, named so the
+    # settings need not import the client.
+    "RateLimitSource",
 }
 
 
@@ -40,10 +52,13 @@ def _public_names(package: types.ModuleType) -> set[str]:
     }
 
 
-def _private_modules(package: types.ModuleType) -> Iterator[types.ModuleType]:
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name.startswith("_") and info.name != "__main__":
-            yield importlib.import_module(f"{package.__name__}.{info.name}")
+def _private_modules(package: types.ModuleType = v) -> Iterator[types.ModuleType]:
+    """The package's private modules, those of its private layer subpackages included
+    (``_core.models``); the command line (``_cli``) is an application, not a library layer."""
+    for info in pkgutil.walk_packages(package.__path__, prefix=f"{package.__name__}."):
+        parts = info.name.removeprefix(f"{package.__name__}.").split(".")
+        if parts[0].startswith("_") and parts[0] != "__main__" and parts[:1] != ["_cli"]:
+            yield importlib.import_module(info.name)
 
 
 @pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
@@ -54,14 +69,7 @@ def test_all_is_sorted_and_unique(package: types.ModuleType) -> None:
     assert len(names) == len(set(names))
 
 
-@pytest.mark.parametrize(
-    "package",
-    [
-        v,
-        venice_audio_async.testing,
-    ],
-    ids=lambda p: p.__name__,
-)
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
 def test_all_is_exactly_the_public_names(package: types.ModuleType) -> None:
     """__all__ lists every public name of the package and nothing else: no leaked imports."""
     assert set(package.__all__) - {"__version__"} == _public_names(package)
@@ -72,7 +80,7 @@ def test_every_export_is_exported_by_the_module_that_defines_it(package: types.M
     """Each name in __all__ is in the __all__ of a private module, as the same object."""
     defined = {
         name: getattr(module, name)
-        for module in _private_modules(package)
+        for module in (*_private_modules(v), *_private_modules(venice_audio_async.testing))
         for name in getattr(module, "__all__", [])
     }
     for name in set(package.__all__) - {"__version__"}:
@@ -100,7 +108,6 @@ def test_private_modules_public_names_are_exported() -> None:
         "RELEASE",
         "AnyioDeadline",
         "BatchFlows",
-        "BatchLine",
         "Catalogue",
         "DelayedWrite",
         "Delivery",
@@ -131,6 +138,7 @@ def test_private_modules_public_names_are_exported() -> None:
         "PollPolicy",
         "RedisLink",
         "RELEASE_MODES",
+        "RateLimitSource",
         "ReleaseHook",
         "ReleaseMedia",
         "RequestAttempt",
@@ -167,7 +175,7 @@ def test_private_modules_public_names_are_exported() -> None:
         "safe_stem",
         "sniff_format",
     }
-    exported = set(v.__all__)
+    exported = {name for package in PACKAGES for name in package.__all__}
     listed = set()
     for module in _private_modules(v):
         for name in getattr(module, "__all__", []):
@@ -263,9 +271,59 @@ def test_version_is_a_string() -> None:
 def test_library_does_not_import_rich() -> None:
     """Importing the package (and its session) never pulls in the optional CLI extra."""
     code = (
-        "import sys, venice_audio_async, venice_audio_async._session; print('rich' in sys.modules)"
+        "import sys, venice_audio_async, venice_audio_async._session.session; "
+        "print('rich' in sys.modules)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_each_public_name_has_one_home() -> None:
+    """No name is exported by two public modules (a clock is ``testing``'s, a budget
+    ``budget``'s, a journal row ``journal``'s)."""
+    homes: dict[str, list[str]] = {}
+    for package in PACKAGES:
+        for name in set(package.__all__) - {"__version__"}:
+            homes.setdefault(name, []).append(package.__name__)
+    assert not {name: where for name, where in homes.items() if len(where) > 1}
+
+
+def test_names_that_moved_are_gone_from_the_top() -> None:
+    """0.2 moved the budgets, the journal's types and the clocks out of the top-level
+    package, and dropped ``Queued`` and ``Running`` (nothing built them): no shims."""
+    moved = {
+        "BudgetStatistics",
+        "Clock",
+        "EndpointStatistics",
+        "JobState",
+        "Journal",
+        "JournalEntry",
+        "LearnedRateLimits",
+        "LocalBudget",
+        "ManualClock",
+        "RateWindow",
+        "RedisBudget",
+        "RequestBudget",
+        "ResumeReport",
+        "ScaledClock",
+        "SystemClock",
+    }
+    for name in (*moved, "Queued", "Running"):
+        assert not hasattr(v, name), name
+    assert moved <= {name for package in PACKAGES[1:] for name in package.__all__}
+
+
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
+def test_every_public_name_has_a_docstring(package: types.ModuleType) -> None:
+    """Each public module says what it holds, and each class or function it exports says
+    what it is (constants and type aliases are documented where they are defined)."""
+    assert package.__doc__
+    missing = [
+        name
+        for name in package.__all__
+        if (inspect.isclass(getattr(package, name)) or inspect.isfunction(getattr(package, name)))
+        and not inspect.getdoc(getattr(package, name))
+    ]
+    assert not missing

@@ -19,7 +19,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 import venice_audio_async as v
-from venice_audio_async.testing import FakeServer, JobScript
+from venice_audio_async.budget import RedisBudget
+from venice_audio_async.testing import FakeServer, JobScript, ScaledClock
 
 from .conftest import TIME_SCALE
 from .redis_server import RedisServer
@@ -55,13 +56,13 @@ def _namespace(server: FakeServer, **extra: Any) -> dict[str, Any]:
     Only the key, the URL and the fake's time scale are injected (a user's session reads the
     key from the environment); every session opened is kept for :func:`_user_view`.
     """
-    scale = server.clock.scale if isinstance(server.clock, v.ScaledClock) else TIME_SCALE
+    scale = server.clock.scale if isinstance(server.clock, ScaledClock) else TIME_SCALE
     opened: list[v.AsyncSession] = []
 
     def session(*args: Any, **options: Any) -> v.AsyncSession:
         options.setdefault("api_key", "k")
         options.setdefault("base_url", server.url)
-        options.setdefault("clock", v.ScaledClock(scale))
+        options.setdefault("clock", ScaledClock(scale))
         made = v.AsyncSession(*args, **options)
         opened.append(made)
         return made
@@ -174,7 +175,7 @@ async def test_web_handler_come_back_later_and_fetch_twice(
     another worker (its own session and disk, the server's kept copy), never a 404."""
     monkeypatch.chdir(tmp_path)
     server.plan(JobScript(duration=60.0))
-    scale = server.clock.scale if isinstance(server.clock, v.ScaledClock) else TIME_SCALE
+    scale = server.clock.scale if isinstance(server.clock, ScaledClock) else TIME_SCALE
     app, key = await _web_app(server)
     other, other_key = await _web_app(server, output_dir=tmp_path / "other-worker")
     with caplog.at_level(logging.WARNING, logger="venice_audio_async"):
@@ -267,7 +268,7 @@ async def test_testing_example(caplog: pytest.LogCaptureFixture) -> None:
     key and URL), retrying the injected 503 without a warning."""
     code = next(c for c in _blocks().values() if "server.inject" in c)
     names: dict[str, Any] = {name: getattr(v, name) for name in v.__all__}
-    names.update({"FakeServer": FakeServer, "JobScript": JobScript})
+    names.update({"FakeServer": FakeServer, "JobScript": JobScript, "ScaledClock": ScaledClock})
     names["Fault"] = __import__("venice_audio_async.testing", fromlist=["Fault"]).Fault
     opened: list[v.AsyncSession] = []
 
@@ -318,9 +319,9 @@ async def test_without_async_script(server: FakeServer, caplog: pytest.LogCaptur
     body = "\n".join(line for line in code.splitlines() if not line.startswith("from venice"))
     printed: list[tuple[object, ...]] = []
     names = _namespace(server, print=lambda *a: printed.append(a))
-    scale = server.clock.scale if isinstance(server.clock, v.ScaledClock) else TIME_SCALE
+    scale = server.clock.scale if isinstance(server.clock, ScaledClock) else TIME_SCALE
     names["VeniceAudio"] = partial(
-        v.VeniceAudio, api_key="k", base_url=server.url, clock=v.ScaledClock(scale)
+        v.VeniceAudio, api_key="k", base_url=server.url, clock=ScaledClock(scale)
     )
     await anyio.to_thread.run_sync(exec, compile(body, str(README), "exec"), names)
     assert len(names["sizes"]) == 8
@@ -358,11 +359,11 @@ async def test_many_processes_examples(redis_server: RedisServer) -> None:
 async def _many_processes(server: FakeServer, redis_server: RedisServer, blocks: list[str]) -> None:
     names = _namespace(server)
     names["VeniceClient"] = partial(v.VeniceClient, api_key="k", base_url=server.url)
-    clock = v.ScaledClock(TIME_SCALE)
+    clock = ScaledClock(TIME_SCALE)
 
-    def from_url(url: str, **options: Any) -> v.RedisBudget:
+    def from_url(url: str, **options: Any) -> RedisBudget:
         assert url == "redis://localhost:6379/0"
-        return v.RedisBudget.from_url(redis_server.url, api_key="k", clock=clock, **options)
+        return RedisBudget.from_url(redis_server.url, api_key="k", clock=clock, **options)
 
     names["RedisBudget"] = types.SimpleNamespace(from_url=from_url)
     names["print"] = lambda *a: None

@@ -31,7 +31,9 @@ def _exists(name: str) -> bool:
         return True
     if (ROOT / name).exists() or (ROOT / "docs" / name).exists():
         return True
-    # A bare module name (``_errors.py``) names a file of the package.
+    # A path in the package (``_core/errors.py``), or a bare module name, names a file of it.
+    if (ROOT / "venice_audio_async" / name).exists():
+        return True
     return "/" not in name and any(ROOT.glob(f"venice_audio_async/**/{name}"))
 
 

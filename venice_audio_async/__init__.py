@@ -6,16 +6,18 @@ within the rate limits, and receive each result as it finishes.
 
 # No ``from __future__ import annotations`` here: it would add ``annotations`` to the
 # package's public names (tests/test_exports.py compares them with __all__).
-import importlib.metadata as _metadata
 
-from ._audio import AudioSink, FileSink, MemorySink
-from ._batch_flow import BatchResults, FollowedResults
-from ._budget import LocalBudget, RateWindow, RequestBudget
-from ._budget_statistics import BudgetStatistics, EndpointStatistics
 from ._client import VeniceClient
-from ._clock import Clock, ManualClock, ScaledClock, SystemClock
-from ._config import DEFAULT_BASE_URL, Limits, RateLimit, RateLimits, RetryPolicy, Timeouts
-from ._errors import (
+from ._core.audio import AudioSink, FileSink, MemorySink
+from ._core.config import (
+    DEFAULT_BASE_URL,
+    Limits,
+    RateLimit,
+    RateLimits,
+    RetryPolicy,
+    Timeouts,
+)
+from ._core.errors import (
     APIStatusError,
     AsyncioRequiredError,
     AudioStorageError,
@@ -52,55 +54,41 @@ from ._errors import (
     TruncatedResponse,
     VeniceError,
 )
-from ._estimator import PollingBounds
-from ._journal import JobState, Journal, JournalEntry
-from ._learned_limits import LearnedRateLimits
-from ._models import (
+from ._core.models import (
     ApiKeyRateLimits,
     AudioFormat,
     AudioModel,
     AudioResult,
-    BatchOutcome,
     CompleteRequest,
     CompleteResult,
     DurationsPricing,
     DurationTier,
-    Failed,
     FieldProblem,
     GenerationPricing,
     Job,
     ModelRateLimits,
     ModelSpec,
-    Outcome,
     PerSecondPricing,
     PerThousandCharactersPricing,
     Pricing,
     Processing,
-    Queued,
     QueueOptions,
     QueueRequest,
     QuoteRequest,
     QuoteResult,
-    Refused,
     RetrieveRequest,
-    Running,
-    Succeeded,
     UnknownPricing,
-    Unreachable,
     VeniceHeaders,
 )
-from ._redis_budget import RedisBudget
-from ._results import ResultStream
-from ._resume import ResumeReport
-from ._session import AsyncSession
-from ._statistics import SessionStatistics
-from ._status import PRIOR_RUN_SECONDS, EstimateSource, JobPhase, JobStatus
+from ._core.outcomes import BatchOutcome, Failed, Outcome, Refused, Succeeded, Unreachable
+from ._core.version import __version__
+from ._polling.estimator import PollingBounds
+from ._session.batch_flow import BatchResults, FollowedResults
+from ._session.results import ResultStream
+from ._session.session import AsyncSession
+from ._session.statistics import SessionStatistics
+from ._session.status import PRIOR_RUN_SECONDS, EstimateSource, JobPhase, JobStatus
 from ._sync import VeniceAudio
-
-try:
-    __version__ = _metadata.version("venice-audio-async")
-except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
 
 __all__ = [
     "APIStatusError",
@@ -117,8 +105,6 @@ __all__ = [
     "BatchOutcome",
     "BatchResults",
     "BatchSubmitError",
-    "BudgetStatistics",
-    "Clock",
     "CompleteRequest",
     "CompleteResult",
     "ConnectError",
@@ -127,7 +113,6 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "DurationTier",
     "DurationsPricing",
-    "EndpointStatistics",
     "EstimateSource",
     "Failed",
     "FieldProblem",
@@ -139,17 +124,11 @@ __all__ = [
     "Job",
     "JobDeadlineExceeded",
     "JobPhase",
-    "JobState",
     "JobStatus",
     "JobUnreachable",
-    "Journal",
-    "JournalEntry",
     "JournalError",
-    "LearnedRateLimits",
     "Limits",
-    "LocalBudget",
     "MalformedResponse",
-    "ManualClock",
     "MediaNotFoundError",
     "MemorySink",
     "MissingAPIKeyError",
@@ -171,32 +150,24 @@ __all__ = [
     "QueueOptions",
     "QueueOutcomeUnknown",
     "QueueRequest",
-    "Queued",
     "QuoteRequest",
     "QuoteResult",
     "RateLimit",
     "RateLimitError",
     "RateLimits",
-    "RateWindow",
-    "RedisBudget",
     "Refused",
-    "RequestBudget",
     "RequestTimeout",
     "RequestValidationError",
     "ResponseTooLarge",
     "ResultStream",
-    "ResumeReport",
     "RetrieveRequest",
     "RetryPolicy",
-    "Running",
-    "ScaledClock",
     "ServerError",
     "ServiceUnavailableError",
     "SessionStateError",
     "SessionStatistics",
     "SpendLimitExceeded",
     "Succeeded",
-    "SystemClock",
     "Timeouts",
     "TransportError",
     "TruncatedResponse",

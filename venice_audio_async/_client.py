@@ -11,9 +11,9 @@ import types
 
 import attrs
 
-from ._audio import AudioSink, MemorySink
-from ._config import DEFAULT_BASE_URL, Limits, Timeouts
-from ._converters import (
+from ._core.audio import AudioSink, MemorySink
+from ._core.config import DEFAULT_BASE_URL, Limits, Timeouts
+from ._core.converters import (
     structure_catalogue,
     structure_complete,
     structure_key_rate_limits,
@@ -22,8 +22,7 @@ from ._converters import (
     structure_quote,
     unstructure_request,
 )
-from ._http import HttpSession, HttpTransport, JsonAnswer, require_asyncio
-from ._models import (
+from ._core.models import (
     ApiKeyRateLimits,
     AudioModel,
     AudioResult,
@@ -36,6 +35,7 @@ from ._models import (
     QuoteResult,
     RetrieveRequest,
 )
+from ._http.transport import HttpSession, HttpTransport, JsonAnswer, require_asyncio
 
 __all__ = ["VeniceClient"]
 

@@ -1,6 +1,6 @@
 """``VeniceAudio``: the synchronous client, as openai's ``OpenAI`` is to ``AsyncOpenAI``.
 
-It runs one :class:`~._session.AsyncSession` on an event loop in a daemon thread of its own
+It runs one :class:`~._session.session.AsyncSession` on an event loop in a daemon thread of its own
 (an anyio blocking portal) and blocks the calling thread until each call is done. So it
 works in a plain script, from many threads at once (one session, one connection pool and
 one request budget for them all), and from a thread that already runs an event loop
@@ -44,29 +44,21 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from ._budget import RequestBudget
-from ._clock import Clock
-from ._config import DEFAULT_BASE_URL, Limits, RateLimits, RetryPolicy, Timeouts
-from ._errors import SessionStateError
-from ._estimator import PollingBounds
-from ._http import HttpSession
-from ._ledger import JournalSource
-from ._models import (
-    AudioModel,
-    AudioResult,
-    BatchOutcome,
-    Job,
-    Outcome,
-    QueueOptions,
-    QueueRequest,
-    QuoteResult,
-)
-from ._release import ReleaseMedia
-from ._resume import ResumeReport
-from ._session import AsyncSession
-from ._statistics import SessionStatistics
-from ._status import JobStatus
-from ._submit import Destination
+from ._core.clock import Clock
+from ._core.config import DEFAULT_BASE_URL, Limits, RateLimits, RetryPolicy, Timeouts
+from ._core.errors import SessionStateError
+from ._core.models import AudioModel, AudioResult, Job, QueueOptions, QueueRequest, QuoteResult
+from ._core.outcomes import BatchOutcome, Outcome
+from ._http.transport import HttpSession
+from ._ledger.ledger import JournalSource
+from ._polling.estimator import PollingBounds
+from ._polling.release import ReleaseMedia
+from ._rate.budget import RequestBudget
+from ._session.resume import ResumeReport
+from ._session.session import AsyncSession
+from ._session.statistics import SessionStatistics
+from ._session.status import JobStatus
+from ._session.submit import Destination
 
 if sys.version_info >= (3, 12):
     from typing import Unpack

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 
-import venice_audio_async as v
 from venice_audio_async import (
     AsyncSession,
     AudioResult,
@@ -25,7 +24,7 @@ from venice_audio_async import (
     VeniceAudio,
     VeniceError,
 )
-from venice_audio_async.testing import FakeServer, JobScript
+from venice_audio_async.testing import FakeServer, JobScript, ScaledClock
 
 TIME_SCALE = 0.001  # one virtual second lasts a real millisecond
 
@@ -35,7 +34,7 @@ async def main() -> None:
     async with FakeServer(time_scale=TIME_SCALE, job_script=JobScript(duration=5.0)) as server:
         url: str = server.url
         async with AsyncSession(
-            api_key="user-script-key", base_url=url, clock=v.ScaledClock(TIME_SCALE)
+            api_key="user-script-key", base_url=url, clock=ScaledClock(TIME_SCALE)
         ) as session:
             audio: AudioResult = await session.generate(
                 "stable-audio-25", "a short test tune", duration_seconds=10, timeout=600.0
@@ -83,7 +82,7 @@ async def main() -> None:
 def without_async(url: str) -> None:
     """The synchronous client, as a plain script or a thread pool uses it."""
     with VeniceAudio(
-        api_key="user-script-key", base_url=url, clock=v.ScaledClock(TIME_SCALE)
+        api_key="user-script-key", base_url=url, clock=ScaledClock(TIME_SCALE)
     ) as client:
         audio: AudioResult = client.generate(
             "stable-audio-25", "a tune without async", duration_seconds=10, timeout=600.0

@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 
-from .._errors import VeniceError
+from .._core.errors import VeniceError
 from .batch import cmd_batch
 from .catalogue import cmd_models, cmd_quote
 from .console import forget_interrupt_note, interrupt_note, say

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from .._batch import (
+from .._core.errors import SpendLimitExceeded
+from .batch_file import (
     BatchLine,
     check_batch,
     manifest_rows,
@@ -22,7 +23,6 @@ from .._batch import (
     read_batch,
     sorted_problems,
 )
-from .._errors import SpendLimitExceeded
 from .connect import endpoint, folder_session, need_key
 from .console import say
 from .drive import drive
@@ -32,7 +32,7 @@ from .manifest import check_manifest
 from .plan import dry_run, report_problems
 
 if TYPE_CHECKING:
-    from .._session import AsyncSession
+    from .._session.session import AsyncSession
 
 __all__ = ["cmd_batch"]
 

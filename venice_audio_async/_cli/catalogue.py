@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from .._models import (
+from .._core.models import (
     AudioModel,
     DurationsPricing,
     GenerationPricing,

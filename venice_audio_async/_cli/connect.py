@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .._clock import Clock, ScaledClock, SystemClock
-from .._journal import Journal
-from .._redis_budget import RedisBudget
-from .._session import AsyncSession
+from .._core.clock import Clock, ScaledClock, SystemClock
+from .._ledger.journal import Journal
+from .._rate.redis_budget import RedisBudget
+from .._session.session import AsyncSession
 from .console import say
 from .folder import JOURNAL_NAME
 

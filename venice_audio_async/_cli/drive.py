@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from .._batch import manifest_rows
-from .._journal import Journal, JournalEntry
-from .._models import Failed, Job, Succeeded
+from .._core.models import Job
+from .._core.outcomes import Failed, Succeeded
+from .._ledger.journal import Journal, JournalEntry
+from .batch_file import manifest_rows
 from .connect import clock_scale
 from .console import on_interrupt, say
 from .exits import ExitCode, code_for_failures
@@ -30,8 +31,8 @@ from .output import emit, json_mode
 from .progress import BatchProgress
 
 if TYPE_CHECKING:
-    from .._resume import ResumeReport
-    from .._session import AsyncSession
+    from .._session.resume import ResumeReport
+    from .._session.session import AsyncSession
 
 __all__ = ["drive", "emit_lines", "report_resume"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 
-from .. import _errors
-from .._errors import (
+from .._core import errors as _errors
+from .._core.errors import (
     AuthenticationError,
     BadRequestError,
     JobUnreachable,

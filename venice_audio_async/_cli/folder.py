@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from .._journal import JournalEntry
+from .._ledger.journal import JournalEntry
 from .console import say
 
 __all__ = [

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._batch import manifest_rows
-from .._errors import JournalError
+from .._core.errors import JournalError
+from .batch_file import manifest_rows
 from .folder import JOURNAL_NAME, MANIFEST_NAME
 
 if TYPE_CHECKING:
-    from .._session import AsyncSession
+    from .._session.session import AsyncSession
 
 __all__ = ["check_manifest", "finish_manifest", "state_counts", "state_parts", "write_manifest"]
 

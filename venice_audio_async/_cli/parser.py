@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeAlias
 
 from .. import __version__
-from .._config import DEFAULT_BASE_URL
+from .._core.config import DEFAULT_BASE_URL
 from .exits import epilog
 
 __all__ = ["LOG_LEVELS", "build_parser"]

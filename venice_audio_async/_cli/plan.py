@@ -15,8 +15,8 @@ from pathlib import Path
 
 import anyio
 
-from .._batch import BatchLine, check_batch, plan_batch, sorted_problems
-from .._journal import Journal, JournalEntry
+from .._ledger.journal import Journal, JournalEntry
+from .batch_file import BatchLine, check_batch, plan_batch, sorted_problems
 from .connect import command_clock, endpoint, need_key, open_session
 from .console import say
 from .exits import ExitCode

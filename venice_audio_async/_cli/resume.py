@@ -13,9 +13,9 @@ from pathlib import Path
 
 import anyio
 
-from .._batch import manifest_rows
-from .._journal import JobState, Journal, JournalEntry
-from .._resume import has_work
+from .._ledger.journal import JobState, Journal, JournalEntry
+from .._session.resume import has_work
+from .batch_file import manifest_rows
 from .connect import command_clock, endpoint, folder_session, need_key
 from .console import say
 from .drive import drive, emit_lines, report_resume

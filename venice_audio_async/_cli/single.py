@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .._models import AudioResult, Job
+from .._core.models import AudioResult, Job
 from .connect import endpoint, need_key, open_session
 from .console import on_interrupt, say
 from .exits import ExitCode

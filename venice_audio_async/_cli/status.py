@@ -15,9 +15,9 @@ from pathlib import Path
 
 import anyio
 
-from .._clock import SystemClock
-from .._journal import JobState, Journal
-from .._resume import Step, has_work, step_for
+from .._core.clock import SystemClock
+from .._ledger.journal import JobState, Journal
+from .._session.resume import Step, has_work, step_for
 from .console import say
 from .exits import ExitCode
 from .folder import FAKE_STATE_NAME, JOURNAL_NAME, MANIFEST_NAME

@@ -8,7 +8,13 @@ connections, truncated downloads, wrong content types), overloaded models, rate 
 outside client spending the same limits, an error budget and a balance.
 
 Run it standalone with ``python -m venice_audio_async.testing --port 8000``.
+
+The clocks are here too: a session reads time through a :class:`Clock`
+(:class:`SystemClock` by default); :class:`ScaledClock` runs it faster (pair it with the
+fake's ``time_scale``) and :class:`ManualClock` only moves when a test advances it.
 """
+
+from venice_audio_async._core.clock import Clock, ManualClock, ScaledClock, SystemClock
 
 from ._audio import audio_bytes, sniff_audio_format
 from ._catalogue import load_default_catalogue
@@ -19,14 +25,18 @@ from ._server import FakeServer
 from ._types import ENDPOINTS, FakeJob, Fault, JobScript, RecordedRequest
 
 __all__ = [
+    "Clock",
     "ENDPOINTS",
     "FakeJob",
     "FakeServer",
     "Fault",
     "JobMix",
     "JobScript",
+    "ManualClock",
     "ModelTiming",
     "RecordedRequest",
+    "ScaledClock",
+    "SystemClock",
     "audio_bytes",
     "check_queue_body",
     "check_quote_body",

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from venice_audio_async._clock import Clock
+from venice_audio_async._core.clock import Clock
 
 from ._audio import CONTENT_TYPES
 from ._faults import FaultBook

@@ -10,7 +10,7 @@ import attrs
 from aiohttp import web
 from multidict import CIMultiDict
 
-from venice_audio_async._clock import Clock
+from venice_audio_async._core.clock import Clock
 
 from ._messages import DEFAULT_SUGGESTED_PROMPT, default_message
 from ._types import ENDPOINTS, Fault

@@ -28,7 +28,7 @@ import attrs
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from venice_audio_async._clock import Clock
+from venice_audio_async._core.clock import Clock
 
 from ._endpoints import ApiEndpoints
 from ._faults import FaultBook, fault_response

@@ -4,7 +4,7 @@
 and ``GET /api_keys/rate_limits`` under ``/api/v1`` following AUDIO_API.md (section 11 is its
 checklist), keeps every job's state, records every request, and lets a test script job
 timelines (:class:`JobScript`) and inject faults (:class:`Fault`). All times are *virtual*
-seconds of :attr:`FakeServer.clock` (a :class:`~venice_audio_async._clock.ScaledClock`), and
+seconds of :attr:`FakeServer.clock` (a :class:`~._core.clock.ScaledClock`), and
 every number on the wire is virtual too: a "60 s" job at ``time_scale=0.001`` finishes after
 60 real milliseconds but still reports ``average_execution_time`` in the tens of thousands of
 milliseconds.
@@ -69,7 +69,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from venice_audio_async._clock import Clock, ScaledClock, SystemClock
+from venice_audio_async._core.clock import Clock, ScaledClock, SystemClock
 
 from ._catalogue import load_default_catalogue
 from ._endpoints import ApiEndpoints, JobScripts
@@ -143,7 +143,7 @@ class FakeServer:
         host: interface to bind.
         port: TCP port (0 picks a free one).
         clock: use this clock instead of one derived from ``time_scale`` (for example a
-            :class:`~venice_audio_async._clock.ManualClock` to step job timelines by hand).
+            :class:`~._core.clock.ManualClock` to step job timelines by hand).
         audio: ``"bytes"`` (the default, for tests): each model's container, exactly
             ``JobScript.audio_size`` bytes of seeded filler behind valid headers.
             ``"tones"``: a playable 16-bit mono 16 kHz WAV sine tone as long as the request's

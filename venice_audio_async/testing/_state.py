@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import attrs
 
-from venice_audio_async._clock import Clock
+from venice_audio_async._core.clock import Clock
 
 from ._types import FakeJob, JobScript
 

@@ -1,0 +1,1 @@
+"""Tests of errors, models, settings, converters, validation, audio sinks."""

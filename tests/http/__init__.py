@@ -1,0 +1,1 @@
+"""Tests of the transport, bodies, deadlines, the low-level client, security, asyncio only."""

@@ -1,0 +1,1 @@
+"""Tests of AsyncSession and VeniceAudio end to end: flows, faults, closing, statistics."""

@@ -1,0 +1,344 @@
+"""One endpoint's rate limit: a sliding-window log, plus pacing, with an adaptive limit.
+
+Venice states limits as "N requests per minute" without saying how its window is aligned.
+A plain token bucket with capacity ``B`` and rate ``N/60`` can grant ``B + N`` requests within
+60 s (a full bucket, then a minute of refills), which a server counting a fixed or sliding
+60 s window rejects. So the hard rule here is exact: **at most N grants in any window of
+60 s + margin**, enforced by keeping the last N grant times in a deque (a grant is allowed when
+fewer than N grants are younger than the window). A sliding window is the strictest
+alignment, so this also satisfies a fixed-window or token-bucket server with the same N.
+``margin`` (0.5 s by default) covers network jitter between our grant and the server's count.
+
+The log alone is bursty: N requests at once, then nothing for a whole minute, and under
+saturation that pattern repeats forever (each grant frees its slot exactly one window
+later). A 60 s stall would wreck the scheduler's "completion noticed within a second". So
+grants are also **paced**: while fewer than ``burst`` grants lie in the window they go out
+back to back; from then on each grant sets the earliest time of the next one, spreading the
+window's free slots evenly over the time until its oldest grant expires (which frees one
+more), and never closer than ``window / N``. A quiet session can therefore fire a short
+burst (a handful of polls that come due together); a saturating one slides from the burst
+into a slightly slower pace (``window / (N - burst + 1)``) without ever stalling, and once the
+burst has left the window it settles into even spacing at the full rate, ``window / N``. In a
+virtual-time run of 500 waiters on 120/min the longest gap between grants is 0.60 s (40/min:
+1.73 s), where the bare log stalls for 60.5 s, and the 500th grant comes at the same time.
+
+The default ``burst`` is ``max(1, N // 6)``, ten seconds' worth of requests (6 queue / 20
+retrieve at 40 / 120 per minute): enough for a batch of polls that come due together, small
+enough that the slower pace after it stays close to the full rate.
+
+The effective limit adapts (AUDIO_API.md section 9: the real limits are uncertain): a limit
+the API states caps the configured one at once; a 429 lowers it below what was granted in
+the last window (multiplicative decrease); after a quiet window it climbs back a tenth of
+the ceiling per window (ten quiet minutes to recover fully). :class:`~._rate.budget.LocalBudget`
+keeps one :class:`EndpointRate` per endpoint and adds the session-wide rules (pauses, failures).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+import anyio
+
+from .._core.config import MINUTE, RateLimit
+
+__all__ = ["EndpointRate", "LinePlan", "Waiter", "reached", "token_eta"]
+
+#: After a 429 an endpoint's limit drops to this share of what its last window granted.
+_DECREASE = 0.8
+#: 429s within window / this of the last one belong to the same burst: one decrease.
+_DECREASE_SPACING = 12
+#: Relative tolerance when comparing clock readings (float rounding in sleeps and sums).
+_REL_EPS = 1e-12
+
+
+def reached(deadline: float, now: float) -> bool:
+    """``deadline <= now`` up to float rounding."""
+    return deadline <= now + _REL_EPS * max(1.0, abs(now))
+
+
+class Waiter:
+    """One task waiting for a token (FIFO; only the head sleeps on the clock).
+
+    ``deadline`` (a ``clock.monotonic()`` reading, ``None``: none) is when it gives up; a
+    waiter whose token cannot come by then is not counted ahead of those behind it.
+    """
+
+    __slots__ = ("cancelled", "deadline", "event")
+
+    def __init__(self, deadline: float | None = None) -> None:
+        self.event = anyio.Event()
+        self.cancelled = False
+        self.deadline = deadline
+
+
+class LinePlan:
+    """A line of token waiters played forward on copies of the rules, as if nobody else
+    took a token: when each would get one.
+
+    ``rates`` are what-if copies (:meth:`EndpointRate.what_if`, changed here) of every rule
+    the endpoint follows; ``floor`` the earliest time anything may be granted (pauses). A
+    waiter whose token would come after its own deadline gives up and takes none, so it
+    pushes nobody back. ``first`` is the first token time the plan was built from: the plan
+    holds while the clock has not passed it and nothing was granted or learnt meanwhile.
+    """
+
+    __slots__ = ("first", "floor", "rates")
+
+    def __init__(self, rates: Sequence[EndpointRate], floor: float) -> None:
+        self.rates = rates
+        self.floor = floor
+        self.first = self.ready()
+
+    def ready(self) -> float:
+        """When the next token would come."""
+        t = self.floor
+        for _ in range(2):  # each rule only gets easier with time: two passes settle them
+            for rate in self.rates:
+                t = rate.rate_ready(t)
+        return t
+
+    def take(self, t: float) -> None:
+        """A waiter gets the token at ``t`` (``ready()``)."""
+        for rate in self.rates:
+            rate.grant(t)
+        self.floor = t
+
+    def play(self, deadline: float | None) -> float:
+        """The next waiter in line, giving up at ``deadline``: its token time, or
+        ``math.inf`` when it gives up (it takes none)."""
+        t = self.ready()
+        if deadline is not None and not reached(t, deadline):
+            return math.inf
+        self.take(t)
+        return t
+
+
+def token_eta(
+    rates: Sequence[EndpointRate],
+    floor: float,
+    ahead: Iterable[float | None],
+    stop_at: float,
+) -> float:
+    """When the token of a caller behind ``ahead`` would come (see :class:`LinePlan`).
+
+    ``ahead`` holds the deadlines of the callers in line before it, first first (``None``:
+    waits as long as it takes). Returns ``math.inf`` as soon as the answer is known to lie
+    past ``stop_at`` (tokens only come later down the line), which bounds the work by the
+    grants that fit before ``stop_at``.
+    """
+    plan = LinePlan(rates, floor)
+    for deadline in ahead:
+        if not reached(plan.ready(), stop_at):
+            return math.inf
+        plan.play(deadline)
+    return plan.ready()
+
+
+class EndpointRate:
+    """Per-endpoint state: the grant log, the pacing point, the pause and the FIFO queue.
+
+    The effective ``limit`` adapts (AUDIO_API.md section 9: the real limits are uncertain):
+    a limit the API states caps the configured one at once; a 429 lowers it below what was
+    granted in the last window (multiplicative decrease); after a quiet window it climbs
+    back a tenth of the ceiling per window (ten quiet minutes to recover fully).
+    """
+
+    __slots__ = (
+        "allowance",
+        "allowance_until",
+        "burst",
+        "burst_setting",
+        "configured",
+        "granted",
+        "interval",
+        "last_429",
+        "limit",
+        "log",
+        "name",
+        "next_paced",
+        "next_recovery",
+        "paused_seconds",
+        "paused_until",
+        "rate_limited",
+        "stated",
+        "waiters",
+        "waiting",
+        "window",
+    )
+
+    def __init__(self, name: str, rate: RateLimit | None) -> None:
+        self.name = name
+        self.configured = rate.limit if rate is not None else None
+        self.stated: int | None = None
+        self.window = rate.window if rate is not None else MINUTE
+        # A limit learned for an endpoint configured without one is a bare sliding log.
+        self.burst_setting = rate.effective_burst if rate is not None else None
+        self.limit: int | None = None
+        self.burst = 0
+        self.interval = 0.0
+        self.allowance: int | None = None
+        self.allowance_until = -math.inf
+        self.last_429 = -math.inf
+        self.next_recovery = math.inf
+        self.log: deque[float] = deque()
+        self.next_paced = -math.inf
+        self.paused_until = -math.inf
+        self.waiters: deque[Waiter] = deque()
+        self.waiting = 0
+        self.granted = 0
+        self.rate_limited = 0
+        self.paused_seconds = 0.0
+        self._set_limit(self.configured)
+
+    def what_if(self) -> EndpointRate:
+        """A copy to play grants forward on (:func:`token_eta`); no waiters."""
+        copy = EndpointRate.__new__(EndpointRate)
+        for name in EndpointRate.__slots__:
+            setattr(copy, name, getattr(self, name))
+        copy.log = deque(self.log)
+        copy.waiters = deque()
+        return copy
+
+    @classmethod
+    def seeded(
+        cls,
+        name: str,
+        *,
+        limit: int | None,
+        window: float,
+        burst: int,
+        grants: Iterable[float],
+    ) -> EndpointRate:
+        """A rule known only from outside (a shared store's last reply): its effective
+        ``limit`` (``None``: none), ``window``, ``burst`` and the grants in its window."""
+        rate = cls(name, None)
+        rate.configured = limit
+        rate.window = window
+        rate.burst_setting = burst
+        rate._set_limit(limit)
+        rate.log = deque(grants)
+        return rate
+
+    def _set_limit(self, limit: int | None) -> None:
+        self.limit = limit
+        if limit is None:
+            self.burst, self.interval = 0, 0.0
+        else:
+            self.burst = min(self.burst_setting or limit, limit)
+            self.interval = self.window / limit
+
+    @property
+    def ceiling(self) -> int | None:
+        """The configured limit, capped by the one the API stated."""
+        if self.stated is None:
+            return self.configured
+        if self.configured is None:
+            return self.stated
+        return min(self.configured, self.stated)
+
+    def state_limit(self, stated: int) -> None:
+        """The API stated this endpoint's limit: the lower of it and ours holds at once."""
+        if stated < 1 or stated == self.stated:
+            return
+        self.stated = stated
+        ceiling = self.ceiling
+        if self.limit is None or (ceiling is not None and ceiling < self.limit):
+            self._set_limit(ceiling)
+
+    def rate_limited_at(self, now: float) -> None:
+        """A 429: go below what the last window granted (by a fifth, then by one per further
+        429 of the same burst; not below an eighth of the ceiling: a 429 caused by another
+        client on the key must not stall this one for minutes)."""
+        self.prune(now)
+        recent = now - self.last_429 < self.window / _DECREASE_SPACING
+        self.last_429 = now
+        self.next_recovery = now + self.window
+        ceiling = self.ceiling
+        floor = max(1, ceiling // 8) if ceiling is not None else 1
+        if recent:
+            # The same burst: each further refusal shows one more grant the server did not
+            # count, so the limit goes down by one more.
+            if self.limit is not None and self.limit > floor:
+                self._set_limit(self.limit - 1)
+            return
+        granted = int(len(self.log) * _DECREASE)
+        if self.limit is None:
+            if granted:
+                self._set_limit(max(floor, granted))
+        else:
+            self._set_limit(max(1, min(self.limit - 1, max(floor, granted))))
+
+    def recover(self, now: float) -> None:
+        ceiling = self.ceiling
+        if self.limit is None or now < self.next_recovery:
+            return
+        if ceiling is None:
+            # Nothing configured or stated: a learned limit is dropped after a quiet window.
+            self._set_limit(None)
+            self.next_recovery = math.inf
+            return
+        if self.limit >= ceiling:
+            self.next_recovery = math.inf
+            return
+        self._set_limit(min(ceiling, self.limit + max(1, ceiling // 10)))
+        self.next_recovery = now + self.window
+
+    def allow(self, remaining: int, until: float) -> None:
+        """The API said ``remaining`` requests are left until ``until``."""
+        self.allowance = max(0, remaining)
+        self.allowance_until = until
+
+    def allowance_left(self, now: float) -> int | None:
+        """What the API said remains, while its reset lies ahead (else ``None``)."""
+        if self.allowance is None or self.allowance_until <= now:
+            return None
+        return self.allowance
+
+    def prune(self, now: float) -> None:
+        log, window = self.log, self.window
+        while log and reached(log[0] + window, now):
+            log.popleft()
+
+    def rate_ready(self, t: float) -> float:
+        """Earliest time >= ``t`` at which the rate limit allows a grant."""
+        self.recover(t)
+        if self.allowance_left(t) == 0:
+            t = max(t, self.allowance_until)
+        if self.limit is None:
+            return t
+        log, count = self.log, len(self.log)
+        # Paced path: the window has room and the pacing point has passed.
+        paced = max(t, self.next_paced)
+        if count >= self.limit:
+            paced = max(paced, log[count - self.limit] + self.window)
+        if count < self.burst:
+            return t
+        # Burst path: enough grants have left the window that pacing no longer applies.
+        unpaced = max(t, log[count - self.burst] + self.window)
+        return min(paced, unpaced)
+
+    def tokens(self, now: float) -> int | None:
+        if self.limit is None:
+            return None
+        count = len(self.log)
+        if count >= self.limit or self.allowance_left(now) == 0:
+            return 0
+        if count < self.burst:
+            return self.burst - count
+        return 1 if reached(self.next_paced, now) else 0
+
+    def grant(self, now: float) -> None:
+        self.granted += 1
+        if self.allowance is not None and self.allowance > 0:
+            self.allowance -= 1
+        if self.limit is None:
+            return
+        self.prune(now)
+        log = self.log
+        log.append(now)
+        # Spread the free slots evenly until the oldest grant leaves the window (which frees
+        # one more); with the window evenly filled this is the plain interval.
+        free = max(0, self.limit - len(log))
+        self.next_paced = now + max(self.interval, (log[0] + self.window - now) / (free + 1))

@@ -1,0 +1,372 @@
+"""The Lua scripts of :class:`~._rate.redis_budget.RedisBudget`: every rule runs inside Redis.
+
+Each script is atomic (Redis runs one at a time), reads the time from the server's own
+``TIME`` (one clock for every machine), and works in microseconds of that clock. Windows and
+pauses come in as milliseconds of real time, so a time-scaled test shrinks them.
+
+Keys (``P`` is the namespace prefix, with a hash tag so all of them share one cluster slot):
+
+* ``P:session`` (hash): ``paused_until``, ``reason``, ``paused_us``, ``failure_paused_until``,
+  ``failure_paused_us``, ``failures``, ``rate_limited``, ``granted``;
+* ``P:failures`` (sorted set): the failed requests of every process, scored by time;
+* ``P:ep:E`` (hash): endpoint ``E``'s pause (``paused_until``, ``paused_us``), allowance
+  (``allowance``, ``allowance_until``) and its rate state: ``stated`` (a limit the API
+  stated), ``limit`` (the effective limit, absent: the ceiling), ``next_paced``,
+  ``last_429``, ``next_recovery``;
+* ``P:log:E`` (sorted set): the grants of ``E`` inside its window, scored by time.
+
+A pooled limit is one more entity ``pool`` (``P:ep:pool``, ``P:log:pool``) with the same
+rate state; an endpoint it covers counts against both.
+
+**ACQUIRE** ``KEYS = session, ep hash, ep log[, pool hash, pool log]``, ``ARGV = member,
+client, ttl_ms, own (configured, window_ms, burst)[, pool (configured, window_ms, burst)]``
+(``configured`` 0: no limit). If a request may go now (no pause, no full failure window,
+the allowance not spent, each entity's sliding log and pacing have room), the grant is
+logged under ``member`` in every entity's log and the reply starts ``1, us``, where ``us`` is
+how long until the *next* grant could go; otherwise nothing is written but state upkeep
+(pruning, recovery) and the reply starts ``0, us`` with the wait. The third field counts the
+*other* clients that asked for this endpoint within the last few pacing intervals (kept in
+``P:ep:E:clients``). Then, always:
+``now_us, session_paused_us, reason, failure_paused_us, endpoint_paused_us, allowance
+(-1: none), allowance_us``, and per entity ``{limit (0: none), age_us...}``: the ages of the
+grants inside its window, oldest first. Every ``*_us`` after ``now_us`` is relative to it
+(0: not paused).
+
+**LEARN** ``KEYS = session, failures, ep hash, ep log[, pool hash, pool log]``, ``ARGV =
+member, ttl_ms, own (configured, window_ms, burst), pool (configured, window_ms, burst) or
+three zeros, is_429, pause_ms (-1: none), reason, stated (0: none), allowance (-1: none),
+allowance_ms, endpoint_pause_ms (-1: none), failure (0/1), failure_threshold,
+failure_window_ms``: what one answer taught, with the rules of ``LocalBudget``; replies like
+ACQUIRE without its first two fields.
+
+**BACKFILL** ``KEYS = session, failures, log...``, ``ARGV = member_prefix, ttl_ms, pause_ms,
+reason, failure_threshold, failure_window_ms, n_failures, failure_age_us..., then per log:
+n, age_us...``: after an outage, log the grants and failures a process made meanwhile.
+
+**RELEASE** ``KEYS = logs``, ``ARGV = member``: give back a grant whose waiter was cancelled.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ACQUIRE", "BACKFILL", "LEARN", "RELEASE"]
+
+_PRELUDE = r"""
+local INF = math.huge
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+
+local function num(value, default)
+  local n = tonumber(value)
+  if n == nil then return default end
+  return n
+end
+
+local function set_or_clear(key, field, value)
+  if value == nil or value == INF or value == -INF then
+    redis.call('HDEL', key, field)
+  else
+    redis.call('HSET', key, field, string.format('%.0f', value))
+  end
+end
+
+local function rel(t)
+  if t == nil or t <= now then return 0 end
+  return math.ceil(t - now)
+end
+
+-- After a 429 the limit climbs back a tenth of the ceiling per quarter window.
+local function recover(e, t)
+  if e.limit == nil or t < e.next_recovery then return end
+  if e.ceiling == nil or e.limit >= e.ceiling then
+    e.next_recovery = INF
+    return
+  end
+  e.limit = math.min(e.ceiling, e.limit + math.max(1, math.floor(e.ceiling / 10)))
+  e.next_recovery = t + e.window / 4
+end
+
+-- One rate entity: a sliding log plus its rate state (LocalBudget's _Endpoint).
+local function load(hkey, lkey, configured, window_ms, burst_setting)
+  local e = {h = hkey, l = lkey, window = window_ms * 1000, burst_setting = burst_setting}
+  local f = redis.call('HMGET', hkey, 'stated', 'limit', 'next_paced', 'last_429',
+                       'next_recovery')
+  local stated = tonumber(f[1])
+  local ceiling = nil
+  if configured > 0 then ceiling = configured end
+  if stated ~= nil and (ceiling == nil or stated < ceiling) then ceiling = stated end
+  e.stated, e.ceiling = stated, ceiling
+  local limit = tonumber(f[2])
+  if limit == nil or (ceiling ~= nil and limit > ceiling) then limit = ceiling end
+  e.limit = limit
+  e.next_paced = num(f[3], -INF)
+  e.last_429 = num(f[4], -INF)
+  e.next_recovery = num(f[5], INF)
+  redis.call('ZREMRANGEBYSCORE', lkey, '-inf', now - e.window)
+  local flat = redis.call('ZRANGE', lkey, 0, -1, 'WITHSCORES')
+  local scores = {}
+  for i = 2, #flat, 2 do scores[#scores + 1] = tonumber(flat[i]) end
+  e.scores = scores
+  recover(e, now)
+  return e
+end
+
+local function save(e, ttl)
+  if e.limit == nil or (e.ceiling ~= nil and e.limit >= e.ceiling) then
+    redis.call('HDEL', e.h, 'limit')
+  else
+    redis.call('HSET', e.h, 'limit', e.limit)
+  end
+  set_or_clear(e.h, 'next_paced', e.next_paced)
+  set_or_clear(e.h, 'last_429', e.last_429)
+  set_or_clear(e.h, 'next_recovery', e.next_recovery)
+  redis.call('PEXPIRE', e.h, ttl)
+  if #e.scores > 0 then redis.call('PEXPIRE', e.l, ttl) end
+end
+
+-- Earliest time >= t at which this entity's log and pacing allow a grant (no writes).
+local function ready(e, t)
+  local limit = e.limit
+  if limit == nil then return t end
+  local scores, count = e.scores, #e.scores
+  local setting = e.burst_setting
+  if setting < 1 then setting = math.max(1, math.floor(limit / 6)) end  -- no configured rate
+  local burst = math.min(setting, limit)
+  local paced = math.max(t, e.next_paced)
+  if count >= limit then paced = math.max(paced, scores[count - limit + 1] + e.window) end
+  if count < burst then return t end
+  local unpaced = math.max(t, scores[count - burst + 1] + e.window)
+  return math.min(paced, unpaced)
+end
+
+local function grant(e, member)
+  if e.limit == nil then return end
+  redis.call('ZADD', e.l, now, member)
+  local scores = e.scores
+  scores[#scores + 1] = now
+  -- Spread the free slots evenly until the oldest grant leaves the window.
+  local free = math.max(0, e.limit - #scores)
+  e.next_paced = now + math.max(e.window / e.limit, (scores[1] + e.window - now) / (free + 1))
+end
+
+-- A 429: go below what the last window granted (once per burst of 429s; not below an
+-- eighth of the ceiling, so another client's 429 cannot stall this budget for minutes).
+local function rate_limited(e)
+  local recent = now - e.last_429 < e.window / 12
+  e.last_429 = now
+  e.next_recovery = now + e.window
+  if recent then return end
+  local granted = math.floor(#e.scores * 0.8)
+  local floor = 1
+  if e.ceiling ~= nil then floor = math.max(1, math.floor(e.ceiling / 8)) end
+  if e.limit == nil then
+    if granted > 0 then e.limit = math.max(floor, granted) end
+  else
+    e.limit = math.max(1, math.min(e.limit - 1, math.max(floor, granted)))
+  end
+end
+
+local function entities(first_key, first_arg)
+  local list = {}
+  for k = 0, 1 do
+    local hkey = KEYS[first_key + 2 * k]
+    if hkey ~= nil and hkey ~= '' then
+      local a = first_arg + 3 * k
+      local configured = tonumber(ARGV[a])
+      if configured ~= nil then
+        list[#list + 1] = load(hkey, KEYS[first_key + 2 * k + 1], configured,
+                               tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]))
+      end
+    end
+  end
+  return list
+end
+
+local function pause(skey, field, total, until_t, reason)
+  local current = num(redis.call('HGET', skey, field), -INF)
+  if until_t <= current then return end
+  redis.call('HINCRBY', skey, total, math.floor(until_t - math.max(current, now)))
+  redis.call('HSET', skey, field, string.format('%.0f', until_t))
+  if reason ~= nil then redis.call('HSET', skey, 'reason', reason) end
+end
+
+-- The failure window: once `threshold` failures lie in it, wait until the oldest leaves.
+local function failure_pause(skey, fkey, threshold, window)
+  redis.call('ZREMRANGEBYSCORE', fkey, '-inf', now - window)
+  local count = redis.call('ZCARD', fkey)
+  if count >= threshold then
+    local oldest = redis.call('ZRANGE', fkey, count - threshold, count - threshold,
+                              'WITHSCORES')
+    pause(skey, 'failure_paused_until', 'failure_paused_us', tonumber(oldest[2]) + window, nil)
+  end
+end
+
+local function snapshot(skey, ehkey, list)
+  local s = redis.call('HMGET', skey, 'paused_until', 'reason', 'failure_paused_until')
+  local p = redis.call('HMGET', ehkey, 'paused_until', 'allowance', 'allowance_until')
+  local allowance, allowance_until = tonumber(p[2]), tonumber(p[3])
+  if allowance == nil or allowance_until == nil or allowance_until <= now then
+    allowance, allowance_until = -1, nil
+  end
+  local reply = {now, rel(tonumber(s[1])), s[2] or '', rel(tonumber(s[3])),
+                 rel(tonumber(p[1])), allowance, rel(allowance_until)}
+  for _, e in ipairs(list) do
+    local row = {e.limit or 0}
+    for _, score in ipairs(e.scores) do row[#row + 1] = math.floor(now - score) end
+    reply[#reply + 1] = row
+  end
+  return reply
+end
+
+local function prepend(a, b, rest)
+  local out = {a, b}
+  for _, v in ipairs(rest) do out[#out + 1] = v end
+  return out
+end
+"""
+
+ACQUIRE = (
+    _PRELUDE
+    + r"""
+local skey, ehkey = KEYS[1], KEYS[2]
+local member, client, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local list = entities(2, 4)
+local s = redis.call('HMGET', skey, 'paused_until', 'failure_paused_until')
+local p = redis.call('HMGET', ehkey, 'paused_until', 'allowance', 'allowance_until')
+local allowance, allowance_until = tonumber(p[2]), num(p[3], -INF)
+
+local function overall(t)
+  if allowance ~= nil and allowance_until > t and allowance <= 0 then
+    t = math.max(t, allowance_until)
+  end
+  for _ = 1, 2 do  -- each rule only gets easier with time: two passes settle them all
+    for _, e in ipairs(list) do t = ready(e, t) end
+  end
+  return t
+end
+
+local t = overall(math.max(now, num(s[1], -INF), num(s[2], -INF), num(p[1], -INF)))
+local granted, wait = 0, t - now
+if t <= now then
+  granted = 1
+  for _, e in ipairs(list) do grant(e, member) end
+  if allowance ~= nil and allowance > 0 and allowance_until > now then
+    allowance = allowance - 1
+    redis.call('HSET', ehkey, 'allowance', allowance)
+  end
+  redis.call('HINCRBY', skey, 'granted', 1)
+  redis.call('PEXPIRE', skey, ttl)
+  wait = overall(now) - now
+end
+for _, e in ipairs(list) do save(e, ttl) end
+if wait == INF then wait = -1 else wait = math.ceil(wait) end
+
+-- Who else asks for this endpoint: a client counts while it asked within a few pacing
+-- intervals. Competing clients add jitter to their retries, so none always wins.
+local horizon = 0
+for _, e in ipairs(list) do
+  if e.limit ~= nil then horizon = math.max(horizon, math.min(e.window, 3 * e.window / e.limit)) end
+end
+local others = 0
+if horizon > 0 then
+  local ckey = ehkey .. ':clients'
+  redis.call('ZREMRANGEBYSCORE', ckey, '-inf', now - horizon)
+  redis.call('ZADD', ckey, now, client)
+  redis.call('PEXPIRE', ckey, ttl)
+  others = redis.call('ZCARD', ckey) - 1
+end
+local reply = prepend(granted, wait, snapshot(skey, ehkey, list))
+table.insert(reply, 3, others)
+return reply
+"""
+)
+
+LEARN = (
+    _PRELUDE
+    + r"""
+local skey, fkey, ehkey = KEYS[1], KEYS[2], KEYS[3]
+local member, ttl = ARGV[1], tonumber(ARGV[2])
+local list = entities(3, 3)
+local is_429 = ARGV[9] == '1'
+local pause_ms, reason = tonumber(ARGV[10]), ARGV[11]
+local stated = tonumber(ARGV[12])
+local allowance, allowance_ms = tonumber(ARGV[13]), tonumber(ARGV[14])
+local endpoint_pause_ms = tonumber(ARGV[15])
+local failure = ARGV[16] == '1'
+local threshold, failure_window = tonumber(ARGV[17]), tonumber(ARGV[18]) * 1000
+
+if is_429 then
+  redis.call('HINCRBY', skey, 'rate_limited', 1)
+  for _, e in ipairs(list) do rate_limited(e) end
+end
+if pause_ms >= 0 then
+  pause(skey, 'paused_until', 'paused_us', now + pause_ms * 1000, reason)
+end
+local own = list[1]  -- the endpoint's own entity comes first (configured 0: no limit)
+if stated > 0 and stated ~= own.stated then
+  -- The API stated this endpoint's limit: the lower of it and ours holds at once.
+  redis.call('HSET', ehkey, 'stated', stated)
+  own.stated = stated
+  if own.ceiling == nil or stated < own.ceiling then own.ceiling = stated end
+  if own.limit == nil or own.ceiling < own.limit then own.limit = own.ceiling end
+end
+if allowance >= 0 then
+  redis.call('HSET', ehkey, 'allowance', allowance,
+             'allowance_until', string.format('%.0f', now + allowance_ms * 1000))
+end
+if endpoint_pause_ms >= 0 then
+  pause(ehkey, 'paused_until', 'paused_us', now + endpoint_pause_ms * 1000, nil)
+end
+if failure then
+  redis.call('HINCRBY', skey, 'failures', 1)
+  redis.call('ZADD', fkey, now, member)
+  failure_pause(skey, fkey, threshold, failure_window)
+  redis.call('PEXPIRE', fkey, ttl)
+end
+for _, e in ipairs(list) do save(e, ttl) end
+redis.call('PEXPIRE', skey, ttl)
+redis.call('PEXPIRE', ehkey, ttl)
+return snapshot(skey, ehkey, list)
+"""
+)
+
+BACKFILL = (
+    _PRELUDE
+    + r"""
+local skey, fkey = KEYS[1], KEYS[2]
+local prefix, ttl = ARGV[1], tonumber(ARGV[2])
+local pause_ms, reason = tonumber(ARGV[3]), ARGV[4]
+local threshold, failure_window = tonumber(ARGV[5]), tonumber(ARGV[6]) * 1000
+local a = 7
+local n = tonumber(ARGV[a])
+for i = 1, n do
+  redis.call('ZADD', fkey, now - tonumber(ARGV[a + i]), prefix .. ':f' .. i)
+end
+if n > 0 then
+  redis.call('HINCRBY', skey, 'failures', n)
+  failure_pause(skey, fkey, threshold, failure_window)
+  redis.call('PEXPIRE', fkey, ttl)
+end
+a = a + n + 1
+local added = 0
+for k = 3, #KEYS do
+  local count = tonumber(ARGV[a])
+  for i = 1, count do
+    redis.call('ZADD', KEYS[k], now - tonumber(ARGV[a + i]), prefix .. ':g' .. i)
+  end
+  if count > 0 then redis.call('PEXPIRE', KEYS[k], ttl) end
+  added = added + count
+  a = a + count + 1
+end
+if pause_ms >= 0 then
+  pause(skey, 'paused_until', 'paused_us', now + pause_ms * 1000, reason)
+end
+redis.call('PEXPIRE', skey, ttl)
+return {now, added, n}
+"""
+)
+
+RELEASE = r"""
+local removed = 0
+for _, key in ipairs(KEYS) do removed = removed + redis.call('ZREM', key, ARGV[1]) end
+return removed
+"""

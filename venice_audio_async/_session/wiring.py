@@ -1,0 +1,206 @@
+"""How a session's parts are built and connected: the object graph in one place.
+
+Each part is handed what it needs and nothing else; none of them knows the session. The
+client is shared by all; the budget by the retrier (every request but polls) and the
+scheduler (polls); the ledger by the submitter, the resumer and the scheduler (outcomes
+and releases); the submitter by the resumer (it queues a journal's unsent jobs) and by
+the result calls (``generate``). The session's options arrive here as given: the defaults
+(``VENICE_API_KEY``, a system clock, default settings) are filled in here too.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+
+from .._client import VeniceClient
+from .._core.audio import Destinations
+from .._core.clock import Clock, SystemClock
+from .._core.config import Limits, RateLimits, RetryPolicy, Timeouts, endpoint_rates, pooled_rate
+from .._core.models import AudioModel
+from .._http.transport import HttpSession
+from .._ledger.ledger import JournalSource, Ledger
+from .._polling.estimator import DurationEstimator, PollingBounds
+from .._polling.release import RELEASE_MODES, ReleaseMedia
+from .._polling.scheduler import Scheduler
+from .._rate.budget import LocalBudget, RequestBudget, ResponseRecorder
+from .._rate.limiter import RequestLimiter
+from .._rate.retry import Retrier
+from .batch_flow import BatchFlows
+from .catalogue import Catalogue
+from .lifecycle import Lifecycle
+from .results import Delivery, Results
+from .resume import Resumer
+from .statistics import StatisticsCollector
+from .status import JobWatch, StatusBook
+from .submit import Submitter
+
+__all__ = ["SessionParts", "build_parts"]
+
+
+@attrs.frozen(kw_only=True)
+class SessionParts:
+    """Everything a session is made of."""
+
+    client: VeniceClient
+    clock: Clock
+    budget: RequestBudget
+    retrier: Retrier
+    recorder: ResponseRecorder
+    ledger: Ledger
+    scheduler: Scheduler
+    catalogue: Catalogue
+    destinations: Destinations
+    submitter: Submitter
+    resumer: Resumer
+    results: Results
+    watch: JobWatch
+    statistics: StatisticsCollector
+    lifecycle: Lifecycle
+
+
+def build_parts(
+    *,
+    api_key: str | None,
+    base_url: str,
+    timeouts: Timeouts | None,
+    http_session: HttpSession | None,
+    allow_insecure_http: bool,
+    clock: Clock | None,
+    retry: RetryPolicy | None,
+    limits: Limits | None,
+    rate_limits: RateLimits | None,
+    polling: PollingBounds | None,
+    budget: RequestBudget | None,
+    journal: JournalSource | None,
+    max_spend_usd: float | None,
+    output_dir: str | os.PathLike[str] | None,
+    release_media: ReleaseMedia,
+    catalogue: Sequence[AudioModel] | None,
+    validate: bool,
+) -> SessionParts:
+    """Build and connect the parts of one session (``AsyncSession``'s options, as given).
+
+    Raises:
+        ValueError: invalid configuration (a plain-http remote ``base_url``, a negative
+            spending limit, an unknown ``release_media``).
+    """
+    if release_media not in RELEASE_MODES:
+        raise ValueError(
+            f"release_media must be complete/delete_on_retrieve/keep, got {release_media!r}"
+        )
+    if api_key is None:
+        api_key = os.environ.get("VENICE_API_KEY")
+    clock = clock or SystemClock()
+    retry = retry or RetryPolicy()
+    limits = limits or Limits()
+    rate_limits = rate_limits or RateLimits()
+    client = VeniceClient(
+        api_key=api_key,
+        base_url=base_url,
+        timeouts=timeouts,
+        limits=limits,
+        http_session=http_session,
+        allow_insecure_http=allow_insecure_http,
+    )
+    budget = budget or LocalBudget(
+        clock=clock,
+        rates=endpoint_rates(rate_limits),
+        pool=pooled_rate(rate_limits),
+        pooled_endpoints=rate_limits.pooled_endpoints,
+        max_retry_after=retry.max_retry_after,
+        failure_window=(rate_limits.failures_per_window, rate_limits.failure_window),
+    )
+    recorder = ResponseRecorder(budget)
+    client.transport.set_observer(recorder)
+    rng = random.Random()  # backoff jitter and the poll policy's draws
+    retrier = Retrier(acquire=budget.acquire, policy=retry, clock=clock, rng=rng)
+    limiter = RequestLimiter(limits.max_concurrent_requests)
+    ledger = Ledger(limit_usd=max_spend_usd, clock=clock, journal=journal)
+    book = StatusBook()
+    estimator = DurationEstimator(bounds=polling or PollingBounds())
+    scheduler = Scheduler(
+        client=client,
+        budget=budget,
+        estimator=estimator,
+        clock=clock,
+        retry=retry,
+        # Polls hold only their share of the slots: the rest stay free for other calls.
+        limiter=RequestLimiter(limits.concurrent_polls, parent=limiter),
+        release_limiter=limiter,
+        release=release_media,
+        max_untaken_bytes=limits.max_untaken_bytes,
+        rng=rng,
+        on_outcome=book.recording(ledger.record_outcome),
+        on_released=ledger.record_released,
+    )
+    models = Catalogue(
+        client=client, retrier=retrier, limiter=limiter, models=catalogue, validate=validate
+    )
+    destinations = Destinations(
+        output_dir=Path(output_dir) if output_dir is not None else None,
+        memory_limit=limits.max_audio_bytes_in_memory,
+    )
+    submitter = Submitter(
+        client=client,
+        catalogue=models,
+        ledger=ledger,
+        scheduler=scheduler,
+        retrier=retrier,
+        limiter=limiter,
+        destinations=destinations,
+        clock=clock,
+    )
+    resumer = Resumer(
+        ledger=ledger,
+        submitter=submitter,
+        scheduler=scheduler,
+        destinations=destinations,
+        clock=clock,
+    )
+    lifecycle = Lifecycle(
+        client=client, budget=budget, ledger=ledger, scheduler=scheduler, has_key=bool(api_key)
+    )
+    flows = BatchFlows(submitter=submitter, scheduler=scheduler, spawn=lifecycle.spawn)
+    return SessionParts(
+        client=client,
+        clock=clock,
+        budget=budget,
+        retrier=retrier,
+        recorder=recorder,
+        ledger=ledger,
+        scheduler=scheduler,
+        catalogue=models,
+        destinations=destinations,
+        submitter=submitter,
+        resumer=resumer,
+        results=Results(
+            delivery=Delivery(scheduler=scheduler, clock=clock),
+            flows=flows,
+            submitter=submitter,
+            clock=clock,
+            check_open=lifecycle.check_open,
+        ),
+        watch=JobWatch(
+            scheduler=scheduler,
+            book=book,
+            budget=budget,
+            clock=clock,
+            submits_waiting=submitter.waiting,
+            token_waiters=retrier.waiting,
+            estimator=estimator,
+        ),
+        statistics=StatisticsCollector(
+            scheduler=scheduler,
+            budget=budget,
+            recorder=recorder,
+            ledger=ledger,
+            retrier=retrier,
+            clock=clock,
+        ),
+        lifecycle=lifecycle,
+    )

@@ -1,0 +1,26 @@
+"""Request budgets: the rate limits one session or many processes share.
+
+:class:`LocalBudget` is a session's own (the default); :class:`RedisBudget` shares one
+budget between processes on one key (``pip install 'venice-audio-async[redis]'``); any
+object with :class:`RequestBudget`'s methods can be passed as ``AsyncSession(budget=...)``.
+:class:`RateWindow`, :class:`BudgetStatistics` and :class:`EndpointStatistics` are what a
+budget says of itself; :class:`LearnedRateLimits` is what
+:meth:`RateLimits.from_api <venice_audio_async.RateLimits.from_api>` found.
+"""
+
+# No ``from __future__ import annotations``: it would add ``annotations`` to the module's
+# public names (tests/test_exports.py compares them with __all__).
+from ._core.config import LearnedRateLimits
+from ._rate.budget import LocalBudget, RateWindow, RequestBudget
+from ._rate.redis_budget import RedisBudget
+from ._rate.statistics import BudgetStatistics, EndpointStatistics
+
+__all__ = [
+    "BudgetStatistics",
+    "EndpointStatistics",
+    "LearnedRateLimits",
+    "LocalBudget",
+    "RateWindow",
+    "RedisBudget",
+    "RequestBudget",
+]
