@@ -5,7 +5,10 @@ The fake server runs in its own process, time-scaled, with the real per-minute l
 ``average_execution_time`` = the model's P80, see ``venice_audio_async.testing.JobMix``). For
 each N, every variant gets a fresh server and the same N requests (hence the same run times):
 
-* ``session``: this library's ``AsyncSession`` (default settings, limits 40/120 per minute);
+* ``session``: this library's ``AsyncSession`` on its default settings (no limits given);
+  the fake states its limits in ``x-ratelimit-*`` headers. With ``--hidden-limits`` it runs
+  again against a fake that states none (``--no-state-limits``: whether the real audio
+  routes send those headers is not known), in the rows ``session, limits hidden``;
 * ``naive 2s``: one loop per job, retrieve every 2 s, on 429 sleep ``Retry-After`` (what
   typical clients do; no client-side retrieve limit);
 * ``fair RR``: one round-robin loop over the jobs in flight, one retrieve every 60.5/120 s:
@@ -90,12 +93,9 @@ def build_requests(n: int) -> list[v.QueueRequest]:
 
 async def run_session(url: str, requests: Sequence[v.QueueRequest], scale: float, run: Run) -> None:
     clock = ScaledClock(scale)
-    limits = v.RateLimits(
-        queue_per_minute=QUEUE_PER_MINUTE, retrieve_per_minute=RETRIEVE_PER_MINUTE
-    )
-    async with v.AsyncSession(
-        api_key=API_KEY, base_url=url, clock=clock, rate_limits=limits, limits=POOL
-    ) as session:
+    # The session's own default limits: limits given explicitly would not be the defaults
+    # a user meets (and a session may treat them as the user's word over the server's).
+    async with v.AsyncSession(api_key=API_KEY, base_url=url, clock=clock, limits=POOL) as session:
         await session.models()
         run.t0 = clock.monotonic()
 
@@ -370,6 +370,8 @@ async def main_async(args: argparse.Namespace) -> int:
         f"time scale {args.scale} (1 virtual s = {args.scale * 1000:g} real ms), "
         f"limits queue {QUEUE_PER_MINUTE}/min retrieve {RETRIEVE_PER_MINUTE}/min, seed {args.seed}"
     )
+    hidden_rows = " (rows 'session, limits hidden': stated nowhere)" if args.hidden_limits else ""
+    print(f"the fake states its limits in x-ratelimit-* headers{hidden_rows}")
     print(
         "job mix (mean s / log-sd / reported P80 s): "
         + ", ".join(f"{m} {t.mean:g}/{t.sigma:g}/{t.p80:.1f}" for m, t in mix_timings.items())
@@ -386,8 +388,12 @@ async def main_async(args: argparse.Namespace) -> int:
     }
     for n in args.sizes:
         requests = build_requests(n)
-        for name in args.variants:
-            run, record = await measure(name, variants[name](requests), server_options)
+        runs = [(name, name, server_options) for name in args.variants]
+        if args.hidden_limits:
+            hidden = [*server_options, "--no-state-limits"]
+            runs.append(("session", "session, limits hidden", hidden))
+        for kind, name, options in runs:
+            run, record = await measure(name, variants[kind](requests), options)
             durations = {j["queue_id"]: j["duration"] for j in record["jobs"]}
             expected = sorted(mix.duration_for(unstructure_request(r)) for r in requests)
             if sorted(durations.values()) != expected:
@@ -414,6 +420,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=["session", "naive 2s", "fair RR", "oracle"],
         choices=["session", "naive 2s", "fair RR", "oracle"],
+    )
+    parser.add_argument(
+        "--hidden-limits",
+        action="store_true",
+        help="also run the session against a fake that hides its limits (--no-state-limits)",
     )
     args = parser.parse_args(argv)
     if args.quick:

@@ -115,9 +115,11 @@ async def _acquire(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _jobs(args: argparse.Namespace) -> dict[str, Any]:
     clock = ScaledClock(args.scale)
-    limits = v.RateLimits(
-        queue_per_minute=args.queue_limit, retrieve_per_minute=args.retrieve_limit
-    )
+    limits: v.RateLimits | None = None  # --default-limits: whatever the session assumes
+    if not args.default_limits:
+        limits = v.RateLimits(
+            queue_per_minute=args.queue_limit, retrieve_per_minute=args.retrieve_limit
+        )
     budget: RedisBudget | None = None
     if args.redis:
         budget = RedisBudget.from_url(
@@ -199,6 +201,11 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("--queue-limit", type=float, default=40.0)
     jobs.add_argument("--retrieve-limit", type=float, default=120.0)
     jobs.add_argument("--label", default="worker")
+    jobs.add_argument(
+        "--default-limits",
+        action="store_true",
+        help="give the session and budget no RateLimits (ignores --queue-/--retrieve-limit)",
+    )
     for mode in (acquire, jobs):
         mode.add_argument("--scale", type=float, required=True)
     return parser

@@ -288,6 +288,20 @@ async def test_counted_429s_lock_the_server(serve: Any, clock: ManualClock) -> N
     assert (await api.quote()).status == 200
 
 
+async def test_lockouts_and_retry_after_are_recorded(serve: Any, clock: ManualClock) -> None:
+    """Each lockout is listed (start, until); each answer records its Retry-After, if any."""
+    api = await serve(pooled_rate_limit=1, error_budget=(1, 30.0), error_budget_counts_429=True)
+    assert api.server.lockouts == []
+    assert (await api.quote()).status == 200
+    clock.advance(5)
+    assert (await api.quote()).status == 429
+    assert (await api.quote()).status == 429  # the second failure is one too many: locked
+    assert [r.retry_after for r in api.server.requests] == [None, 55.0, 55.0]
+    clock.advance(10)
+    await api.models()  # the lockout's own answer: no new lockout
+    assert api.server.lockouts == [(5.0, 35.0)]
+
+
 async def test_injected_429s_count_when_429s_count(serve: Any) -> None:
     """error_budget_counts_429 also counts injected 429s; other failures count either way."""
     api = await serve(error_budget=(1, 30.0), error_budget_counts_429=True)

@@ -155,4 +155,7 @@ async def test_cli_mix_and_record(http_session: aiohttp.ClientSession, tmp_path:
         (429, queue_id),
     ]
     assert retrieves[1]["fault"] == "rate_limit"
+    assert retrieves[0]["retry_after"] is None
+    assert 0 < retrieves[1]["retry_after"] <= 60  # what frees the slot, whole seconds
+    assert data["lockouts"] == []
     assert not list(tmp_path.glob(".*.part"))

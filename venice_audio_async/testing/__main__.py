@@ -116,8 +116,10 @@ def record(server: FakeServer) -> dict[str, Any]:
 
     ``jobs``: ``queue_id``, ``model``, ``queued_at``, ``duration``, ``estimate``,
     ``finishes_at``, ``retrieve_count``, ``complete_count``, ``downloads``; ``requests``:
-    ``endpoint``, ``time``, ``status``, ``queue_id``, ``fault``; ``outside``: the requests an
-    outside client spent (``--outside-load``), ``{endpoint: {"admitted": n, "refused": n}}``.
+    ``endpoint``, ``time``, ``status``, ``queue_id``, ``fault``, ``retry_after``; ``outside``:
+    the requests an outside client spent (``--outside-load``),
+    ``{endpoint: {"admitted": n, "refused": n}}``; ``lockouts``: every error-budget lockout,
+    ``[start, until]``.
     """
     jobs = [
         {
@@ -141,10 +143,12 @@ def record(server: FakeServer) -> dict[str, Any]:
             "status": r.status,
             "queue_id": r.body.get("queue_id") if isinstance(r.body, dict) else None,
             "fault": r.fault,
+            "retry_after": r.retry_after,
         }
         for r in server.requests
     ]
-    return {"jobs": jobs, "requests": requests, "outside": outside}
+    lockouts = [list(lockout) for lockout in server.lockouts]
+    return {"jobs": jobs, "requests": requests, "outside": outside, "lockouts": lockouts}
 
 
 def _write_record(server: FakeServer, path: Path) -> None:

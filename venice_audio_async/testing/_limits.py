@@ -290,6 +290,8 @@ class ErrorBudget:
         self.window = window
         self.counts_429 = counts_429
         self.locked_until = -math.inf
+        #: Every lockout so far, ``(start, until)`` in virtual seconds (for benchmarks).
+        self.lockouts: list[tuple[float, float]] = []
         self._times: deque[float] = deque()
 
     def locked(self, now: float) -> bool:
@@ -305,6 +307,7 @@ class ErrorBudget:
             self._times.popleft()
         if len(self._times) > self.failures:
             self.locked_until = now + self.window
+            self.lockouts.append((now, self.locked_until))
             self._times.clear()
 
     def counts(self, status: int) -> bool:

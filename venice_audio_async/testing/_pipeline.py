@@ -20,6 +20,7 @@ every answer is fed to the error budget.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections import Counter
 from collections.abc import Collection
@@ -114,13 +115,20 @@ class RequestPipeline:
         self._counts[endpoint] += 1
         ctx = Context(request, endpoint, raw, body, too_large)
         status = 0
+        retry_after: float | None = None
         try:
             response = await self._process(ctx, route)
             status = 0 if ctx.dropped else response.status
+            if status and "Retry-After" in response.headers:
+                with contextlib.suppress(ValueError):
+                    retry_after = float(response.headers["Retry-After"])
             return response
         finally:
             self._requests[index] = attrs.evolve(
-                record, status=status, fault="+".join(ctx.faults) or None
+                record,
+                status=status,
+                fault="+".join(ctx.faults) or None,
+                retry_after=retry_after,
             )
             if self._error_budget is not None:
                 lockout = "error_budget" in ctx.faults

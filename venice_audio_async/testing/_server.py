@@ -204,6 +204,7 @@ class FakeServer:
         budget = None
         if error_budget is not None:
             budget = ErrorBudget(*error_budget, counts_429=error_budget_counts_429)
+        self._error_budget = budget
         if key_rate_limits is None:
             key_limits = KeyRateLimits.derived((str(row["id"]) for row in rows), pooled_rate_limit)
         else:
@@ -461,6 +462,11 @@ class FakeServer:
         return self._faults.pending(endpoint)
 
     # -- inspection --------------------------------------------------------------------
+
+    @property
+    def lockouts(self) -> list[tuple[float, float]]:
+        """Every error-budget lockout so far, ``(start, until)`` in virtual seconds."""
+        return list(self._error_budget.lockouts) if self._error_budget is not None else []
 
     def count(self, endpoint: str) -> int:
         """Number of requests received by ``endpoint`` (``unknown`` for unrouted paths)."""

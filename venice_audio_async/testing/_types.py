@@ -291,6 +291,7 @@ class RecordedRequest:
         fault: what was injected or enforced: a :attr:`Fault.label`, ``"rate_limit"`` (the
             endpoint's own limit), ``"pooled_rate_limit"``, ``"overloaded"`` (an overloaded
             model's 429) or ``"error_budget"`` (joined with ``+`` if several), else ``None``.
+        retry_after: the ``Retry-After`` the answer carried (seconds), else ``None``.
     """
 
     endpoint: str
@@ -304,6 +305,7 @@ class RecordedRequest:
     status: int
     peer: tuple[str, int] | None
     fault: str | None
+    retry_after: float | None = None
 
 
 @attrs.define(eq=False)
