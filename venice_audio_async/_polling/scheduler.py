@@ -71,7 +71,6 @@ from anyio.streams.memory import MemoryObjectSendStream
 from .._client import VeniceClient
 from .._core.audio import SinkFactory
 from .._core.clock import Clock
-from .._core.config import RetryPolicy
 from .._core.errors import (
     APIStatusError,
     JobDeadlineExceeded,
@@ -490,7 +489,7 @@ class Scheduler:
         budget: RequestBudget,
         estimator: DurationEstimator,
         clock: Clock,
-        retry: RetryPolicy,
+        retrier: Retrier,
         limiter: RequestLimiter,
         release_limiter: RequestLimiter | None = None,
         release: ReleaseMedia = "complete",
@@ -509,8 +508,8 @@ class Scheduler:
         self._limiter = limiter
         self._release = release
         self._rng = rng or random.Random()
-        self._retry = retry
-        self._retrier = Retrier(acquire=budget.acquire, policy=retry, clock=clock, rng=self._rng)
+        self._retry = retrier.policy
+        self._retrier = retrier  # the session's one: its backoff, jitter and waiter counts
         self._releaser = MediaReleaser(
             client=client,
             retrier=self._retrier,

@@ -128,7 +128,7 @@ def build_parts(
         budget=budget,
         estimator=estimator,
         clock=clock,
-        retry=retry,
+        retrier=retrier,
         # Polls hold only their share of the slots: the rest stay free for other calls.
         limiter=RequestLimiter(limits.concurrent_polls, parent=limiter),
         release_limiter=limiter,
