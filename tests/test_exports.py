@@ -115,7 +115,6 @@ def test_private_modules_public_names_are_exported() -> None:
         "Destinations",
         "DueHeap",
         "DurationEstimator",
-        "HandOff",
         "HeldAudio",
         "JobTable",
         "EndpointRate",

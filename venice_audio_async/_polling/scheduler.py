@@ -60,7 +60,6 @@ import random
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Generic, TypeVar
 
 import anyio
 import anyio.abc
@@ -91,7 +90,7 @@ from .policy import PollPolicy
 from .release import MediaReleaser, ReleaseHook, ReleaseMedia
 from .tracked import EPSILON, DueHeap, TrackedJob
 
-__all__ = ["HandOff", "JobTable", "Scheduler", "Sweep", "WindowPacer"]
+__all__ = ["JobTable", "Scheduler", "Sweep", "WindowPacer"]
 
 log = logging.getLogger("venice_audio_async")
 
@@ -101,51 +100,6 @@ OutcomeHook = Callable[[Outcome], Awaitable[None]]
 _HORIZON = 30.0  # seconds: how far ahead jobs are keyed, and re-keyed by a sweep
 _STALE_BATCH = 1024  # stale heap entries dropped per event-loop pass
 _MAX_WORKERS = 256  # polls in flight at once, at most (also capped by the request limiter)
-
-
-# --------------------------------------------------------------------------- handoff
-# Handing items from one producer task to a set of worker tasks, without a loop pass.
-#
-# anyio's memory object stream passes through the event loop once more on every receive, even
-# when an item is waiting; the scheduler hands every poll to a worker, so that pass is paid per
-# poll. This queue gives an item to a waiting worker's future directly, or keeps it for the
-# next worker that asks. The package runs on asyncio only (``require_asyncio``), and anyio's
-# cancellation of a worker is an asyncio task cancellation, which a future wait honours.
-
-T = TypeVar("T")
-
-
-class HandOff(Generic[T]):
-    """A first-in first-out hand-off to worker tasks. Internal."""
-
-    def __init__(self) -> None:
-        self._items: deque[T] = deque()
-        self._idle: deque[asyncio.Future[T]] = deque()
-
-    def put(self, item: T) -> None:
-        """Give ``item`` to a waiting worker, or keep it for the next one (never waits)."""
-        while self._idle:
-            waiter = self._idle.popleft()
-            if not waiter.done():
-                waiter.set_result(item)
-                return
-        self._items.append(item)
-
-    async def get(self) -> T:
-        """The next item, waiting for one if none is kept."""
-        if self._items:
-            return self._items.popleft()
-        waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._idle.append(waiter)
-        try:
-            return await waiter
-        except BaseException:
-            # Cancelled: an item handed over meanwhile goes to the next worker, not lost.
-            if waiter.done() and not waiter.cancelled():
-                self._items.appendleft(waiter.result())
-            else:
-                waiter.cancel()
-            raise
 
 
 # --------------------------------------------------------------------------- sweep
@@ -689,9 +643,10 @@ class Scheduler:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Poll jobs as they become worth it until cancelled. Started with ``tg.start``."""
-        # Polls run on long-lived workers fed through a hand-off queue: cheaper than a new
-        # task per poll (benchmarks/overhead.py), and bounded like the request limiter.
-        queue = HandOff[TrackedJob]()
+        # Polls run on long-lived workers fed through a queue: cheaper than a new task per
+        # poll, and bounded like the request limiter. asyncio's queue, not anyio's memory
+        # stream: its get() takes a waiting item without a pass through the event loop.
+        queue: asyncio.Queue[TrackedJob] = asyncio.Queue()
         async with anyio.create_task_group() as tg:
             self._tg = tg
             for _ in range(self._workers):
@@ -709,9 +664,9 @@ class Scheduler:
                 if tracked.outcome is not None or tracked.forgotten:
                     continue
                 tracked.in_flight = True
-                queue.put(tracked)
+                queue.put_nowait(tracked)
 
-    async def _work(self, queue: HandOff[TrackedJob]) -> None:
+    async def _work(self, queue: asyncio.Queue[TrackedJob]) -> None:
         while True:
             tracked: TrackedJob | None = await queue.get()
             while tracked is not None:  # a worker may take its next job itself
