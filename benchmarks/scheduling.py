@@ -67,8 +67,8 @@ from _common import machine, percentile, table
 import venice_audio_async as v
 from venice_audio_async._client import VeniceClient
 from venice_audio_async._core.config import RateLimit
-from venice_audio_async._polling.belief import RunTimeBelief
 from venice_audio_async._polling.estimator import DurationEstimator, PollingBounds
+from venice_audio_async._polling.run_time_belief import RunTimeBelief
 from venice_audio_async._polling.scheduler import Scheduler
 from venice_audio_async._rate.budget import LocalBudget
 from venice_audio_async._rate.limiter import RequestLimiter

@@ -1,54 +1,10 @@
 """The polling scheduler: which job to ask ``retrieve`` about, and when, within the budget.
 
-One scheduler per session multiplexes every in-flight ``queue_id`` over the session's one
-connection pool. Which job to poll is the :class:`~._polling.policy.PollPolicy`'s call: each
-job has a due time (when the delay it has probably accrued since its last poll reaches the
-price), kept in a heap. The loop:
-
-1. looks at the heap's head (O(log n): no scan of all jobs per decision); if it is not due,
-   sleeps until it is, the next submit, or (while the price is raised) a re-price;
-2. if no ``retrieve`` token is free (the :class:`~._rate.budget.RequestBudget` also holds the
-   whole session during ``Retry-After`` pauses and near the error budget), sleeps until one
-   is, without taking it;
-3. re-prices the window every few grants or half second, checks the head against the
-   current price (a price that rose makes it due later: it goes back into the heap), takes
-   the token and hands the poll to one of a fixed set of worker tasks.
-
-While the loop sleeps, a worker that has just rescheduled a running job takes these steps
-itself (the same synchronous decision, with a token taken from an in-process budget) and
-polls the job they pick at once: a poll then costs no pass of the loop's task.
-
-A poll either reschedules the job (still running: the server's ``average_execution_time``
-and ``execution_duration`` update its belief and age), retries it later with backoff, or
-ends it with an :data:`~._core.models.Outcome`, pushed into the memory object stream of every
-consumer waiting on that job. Only the API's verdict ends a job as failed
-(:func:`~._rate.retry.judge_poll`); a job whose polls keep failing in transit (dropped,
-timed out, a gateway's 502 / 504) is polled on until ``RetryPolicy.unreachable_after``
-without an answer, then ends as :class:`~venice_audio_async.JobUnreachable`. A 401 / 402 /
-403 stops every job's polling at once (a refused key would only fill the API's
-failed-request window): each waiting job ends with that error. Both leave the journal's
-row "queued", for ``resume``. Consumers only read streams, so breaking out of a loop or
-being cancelled cannot corrupt the scheduler.
-
-When a finished job moves its model's fit, or the price falls, due times may come earlier.
-A re-key only ever moves a job earlier, and a job keyed too early is put back when popped, so
-keys may err early but never late. Jobs due within :data:`_HORIZON` are keyed at their due
-time and re-keyed by a pruned walk of the heap (only those); jobs due further out are keyed
-early enough that a price fall (no later than their due time at the floor price) or a small
-fit move cannot make them late, and half-way at most, so a far job is looked at a few times
-before it is due; a large fit move (:class:`~._polling.model_fits.Reach`) re-keys every running job
-of that model, which learning makes rare. So neither a completion nor a decision scans every
-job.
-
-Guarantee: a tracked ``queue_id`` is never dropped, and every tracked job is polled until it
-ends, whether or not a consumer waits on it right now (it is paid for). It ends delivered,
-failed with the API's verdict, kept to be fetched later (unreachable, a refused key, its
-deadline passed), or handed back as unfinished (the session closed while it was still
-running). A finished outcome belongs to the scheduler's :class:`~._polling.scheduler.JobTable` until
-a consumer *takes* it (:meth:`Scheduler.take`, called when a stream yields it): an outcome
-pushed into a stream whose consumer left stays there, listed as finished. In-memory audio
-has its media released only once taken (stored files at once), and is capped in total by
-:class:`~._polling.held_audio.HeldAudio`.
+It owns every tracked job (:class:`JobTable`), the heap of due times, the loop that takes
+the head when it is due and a ``retrieve`` token is free, the poll workers, and what each
+answer does to its job (reschedule, back off, finish). :class:`PendingRekeys` re-keys jobs
+after a price or fit move; :class:`WindowPacer` paces polls against the retrieve window.
+How it decides and what it guarantees: docs/polling.md, "How the scheduler works".
 """
 
 from __future__ import annotations
@@ -85,12 +41,12 @@ from .._rate.limiter import RequestLimiter
 from .._rate.retry import PollVerdict, Retrier, judge_poll
 from .estimator import DurationEstimator
 from .held_audio import HeldAudio
-from .model_fits import LARGE_DROP, ModelFits, Reach
+from .model_fits import LARGE_DROP, ModelFits, RekeyScope
 from .policy import PollPolicy
 from .release import MediaReleaser, ReleaseHook, ReleaseMedia
 from .tracked import EPSILON, DueHeap, TrackedJob
 
-__all__ = ["JobTable", "Scheduler", "Sweep", "WindowPacer"]
+__all__ = ["JobTable", "PendingRekeys", "Scheduler", "WindowPacer"]
 
 log = logging.getLogger("venice_audio_async")
 
@@ -110,14 +66,14 @@ _MAX_WORKERS = 256  # polls in flight at once, at most (also capped by the reque
 # within the scheduler's horizon are found by walking the heap from its root and pruning at
 # the horizon (a heap's children are never due before their parent), so the work grows with
 # the jobs due soon, not with all jobs; jobs keyed further out are looked at only when their
-# model's fit moved a lot (:class:`~._polling.model_fits.Reach`). Those near go first, and a large
-# re-key is spread over loop passes (:data:`SLICE` jobs each) so that it never stalls other
-# tasks.
+# model's fit moved a lot (:class:`~._polling.model_fits.RekeyScope`). Those near go first,
+# and a large re-key is spread over loop passes (:data:`SLICE` jobs each) so that it never
+# stalls other tasks.
 
 SLICE = 1024  # jobs a sweep re-keys per event-loop pass
 
 
-class Sweep:
+class PendingRekeys:
     """The jobs still to re-key, and the rule for re-keying them. Internal; one per
     scheduler, which hands it how to price a job (``due``) and key it (``schedule``)."""
 
@@ -145,11 +101,11 @@ class Sweep:
         """Whether jobs may wait to be re-keyed (the loop sweeps before it sleeps)."""
         return self._started or bool(self._rekey)
 
-    def start(self, reach: Reach, model: str) -> bool:
+    def start(self, reach: RekeyScope, model: str) -> bool:
         """A change reaching ``reach`` (of ``model``'s jobs); returns whether a sweep is due."""
-        if reach is Reach.NONE:
+        if reach is RekeyScope.NONE:
             return False
-        if reach is Reach.ALL:
+        if reach is RekeyScope.ALL:
             self._models.add(model)
         self._started = True
         return True
@@ -351,7 +307,7 @@ class JobTable:
             sink_factory=sink_factory,
             tracked_at=now,
             started=now,
-            deadline=None,
+            deadline_at=None,
             prompt=False,
             outcome=outcome,
             finished_at=now,
@@ -478,7 +434,7 @@ class Scheduler:
         self._tg: anyio.abc.TaskGroup | None = None
         self._counts: Counter[str] = Counter()
         self._pacer = WindowPacer(self._policy, budget)
-        self._sweep = Sweep(
+        self._sweep = PendingRekeys(
             self._heap, self.jobs.by_model, clock, _HORIZON, self._due, self._schedule
         )
         self._parked = False  # the loop sleeps in _sleep_or_wake
@@ -507,7 +463,7 @@ class Scheduler:
             sink_factory=sink_factory,
             tracked_at=now,
             started=now - (elapsed or 0.0),
-            deadline=None if deadline is None else now + deadline,
+            deadline_at=None if deadline is None else now + deadline,
             prompt=elapsed is None or elapsed > 0,
         )
         self.jobs.add_live(tracked)
@@ -549,8 +505,8 @@ class Scheduler:
 
     def _schedule(self, tracked: TrackedJob, due: float, *, wake: bool = True) -> bool:
         """Key ``tracked`` at ``due``; whether it is now the head (``wake``: tell the loop)."""
-        if tracked.deadline is not None:
-            due = min(due, tracked.deadline)
+        if tracked.deadline_at is not None:
+            due = min(due, tracked.deadline_at)
         now = self._clock.monotonic()
         horizon = now + _HORIZON
         key = due
@@ -697,7 +653,7 @@ class Scheduler:
         due = self._heap.head_due()
         if due > now + EPSILON:
             return self._pacer.wake_at(due, now, jobs_waiting=bool(self.jobs.live)) - now
-        if head.deadline is not None and now >= head.deadline:
+        if head.deadline_at is not None and now >= head.deadline_at:
             return None
         ready = self._pacer.token_ready()
         now = self._clock.monotonic()  # read after: the budget reads the clock too
@@ -741,7 +697,7 @@ class Scheduler:
         self._fits.belief_of(tracked)
         return self._policy.due(tracked, now)
 
-    def _start_sweep(self, reach: Reach = Reach.NEAR, model: str = "") -> None:
+    def _start_sweep(self, reach: RekeyScope = RekeyScope.NEAR, model: str = "") -> None:
         if self._sweep.start(reach, model):
             self._wake.set()
 
