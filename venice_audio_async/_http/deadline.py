@@ -3,7 +3,7 @@
 ``status_deadline(when)`` is asyncio's own :func:`asyncio.timeout_at` on Python 3.11+; on
 3.10, which has none, :class:`AnyioDeadline` gives an anyio cancel scope the same three calls
 (``async with``, ``reschedule``, ``expired``). Either raises :class:`TimeoutError` at the end
-of the block when the deadline cut it short.
+of the block when the deadline cut it short. This module does not import aiohttp.
 """
 
 from __future__ import annotations
