@@ -37,8 +37,8 @@ from scheduling import (
     workload_b,
 )
 
-from venice_audio_async._polling.belief import RunTimeBelief
 from venice_audio_async._polling.estimator import PollingBounds
+from venice_audio_async._polling.run_time_belief import RunTimeBelief
 
 LIMIT, CLIENT_WINDOW = 120, WINDOW + 0.5
 LOOK_AHEAD = (2.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.5)

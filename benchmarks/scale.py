@@ -48,6 +48,7 @@ from venice_audio_async._polling.estimator import DurationEstimator, PollingBoun
 from venice_audio_async._polling.scheduler import Scheduler
 from venice_audio_async._rate.budget import LocalBudget
 from venice_audio_async._rate.limiter import RequestLimiter
+from venice_audio_async._rate.retry import Retrier
 from venice_audio_async.testing import ManualClock
 
 MODEL = "elevenlabs-music"
@@ -165,12 +166,13 @@ class StubClient:
 
 
 def make_scheduler(clock: ManualClock, client: StubClient) -> Scheduler:
+    budget = LocalBudget(clock=clock, rates={})
     return Scheduler(
         client=client,  # type: ignore[arg-type]
-        budget=LocalBudget(clock=clock, rates={}),
+        budget=budget,
         estimator=DurationEstimator(bounds=PollingBounds()),
         clock=clock,
-        retry=v.RetryPolicy(),
+        retrier=Retrier(acquire=budget.acquire, policy=v.RetryPolicy(), clock=clock),
         limiter=RequestLimiter(1_000_000),
         release="keep",
     )

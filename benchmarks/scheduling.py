@@ -67,11 +67,12 @@ from _common import machine, percentile, table
 import venice_audio_async as v
 from venice_audio_async._client import VeniceClient
 from venice_audio_async._core.config import RateLimit
-from venice_audio_async._polling.belief import RunTimeBelief
 from venice_audio_async._polling.estimator import DurationEstimator, PollingBounds
+from venice_audio_async._polling.run_time_belief import RunTimeBelief
 from venice_audio_async._polling.scheduler import Scheduler
 from venice_audio_async._rate.budget import LocalBudget
 from venice_audio_async._rate.limiter import RequestLimiter
+from venice_audio_async._rate.retry import Retrier
 from venice_audio_async.testing import ManualClock
 
 LIMIT, WINDOW = 120, 60.0  # the server's retrieve limit
@@ -407,7 +408,7 @@ async def simulate_session(workload: Workload, variant: str, bounds: PollingBoun
         budget=budget,
         estimator=DurationEstimator(bounds=bounds),
         clock=clock,
-        retry=v.RetryPolicy(),
+        retrier=Retrier(acquire=budget.acquire, policy=v.RetryPolicy(), clock=clock),
         limiter=RequestLimiter(16),
         release="keep",
     )

@@ -153,10 +153,10 @@ async def test_a_failed_queue_is_recorded_by_what_it_may_have_cost(
     """unknown counts as spent; rejected and never-sent give the money back."""
     ledger = Ledger(limit_usd=None, clock=ManualClock(), journal=tmp_path / "j.sqlite3")
     await ledger.open()
-    ticket = await ledger.intend(_intent(0.3, key="line-1"))
+    hold = await ledger.intend(_intent(0.3, key="line-1"))
     if claimed:
-        await ledger.claim(ticket)
-    await ledger.failed(ticket, error)
+        await ledger.claim(hold)
+    await ledger.failed(hold, error)
     entry = await ledger.by_key("line-1")
     await ledger.aclose()
     assert entry is not None
@@ -185,9 +185,9 @@ async def test_outcomes_and_releases_are_recorded(tmp_path: Path) -> None:
     ledger = Ledger(limit_usd=None, clock=ManualClock(), journal=tmp_path / "j.sqlite3")
     await ledger.open()
     for key, queue_id in (("done", "q-done"), ("late", "q-late")):
-        ticket = await ledger.intend(_intent(0.1, key=key))
-        await ledger.claim(ticket)
-        await ledger.queued(ticket, queue_id)
+        hold = await ledger.intend(_intent(0.1, key=key))
+        await ledger.claim(hold)
+        await ledger.queued(hold, queue_id)
     done = v.Job(model=REQUEST.model, queue_id="q-done")
     audio = v.AudioResult(content_type="audio/mpeg", format="mp3", size=3, data=b"abc")
     await ledger.record_outcome(v.Succeeded(done, audio))

@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from venice_audio_async._polling.belief import RunTimeBelief
 from venice_audio_async._polling.estimator import (
     DurationEstimator,
     ModelDurationStats,
     PollingBounds,
 )
+from venice_audio_async._polling.run_time_belief import RunTimeBelief
 
 Z80 = statistics.NormalDist().inv_cdf(0.8)
 
@@ -215,7 +215,7 @@ def test_running_jobs_are_censored_where_a_poll_last_saw_them() -> None:
             sink_factory=lambda: None,  # type: ignore[arg-type, return-value]
             tracked_at=0.0,
             started=0.0,
-            deadline=None,
+            deadline_at=None,
             prompt=False,
             seen_running_at_age=15.0,
         )
@@ -226,7 +226,7 @@ def test_running_jobs_are_censored_where_a_poll_last_saw_them() -> None:
         sink_factory=lambda: None,  # type: ignore[arg-type, return-value]
         tracked_at=0.0,
         started=0.0,
-        deadline=None,
+        deadline_at=None,
         prompt=False,
     )
     fits.observe_finished(tenth, 20.0, running)

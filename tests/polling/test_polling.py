@@ -17,12 +17,13 @@ from hypothesis import strategies as st
 import venice_audio_async as v
 from venice_audio_async._client import VeniceClient
 from venice_audio_async._core.config import RateLimit
-from venice_audio_async._polling.belief import RunTimeBelief
 from venice_audio_async._polling.estimator import DurationEstimator, PollingBounds
 from venice_audio_async._polling.policy import PollPolicy
+from venice_audio_async._polling.run_time_belief import RunTimeBelief
 from venice_audio_async._polling.scheduler import Scheduler
 from venice_audio_async._rate.budget import LocalBudget, RateWindow
 from venice_audio_async._rate.limiter import RequestLimiter
+from venice_audio_async._rate.retry import Retrier
 from venice_audio_async.testing import ManualClock
 
 from ..conftest import busiest_window
@@ -43,12 +44,14 @@ def _scheduler(
     bounds: PollingBounds | None = None,
 ) -> Scheduler:
     rate = RateLimit(per_minute=per_minute, burst=int(per_minute))
+    budget = LocalBudget(clock=clock, rates={"retrieve": rate})
+    policy = v.RetryPolicy(initial_backoff=2.0, jitter=0.0)
     return Scheduler(
         client=cast(VeniceClient, client),
-        budget=LocalBudget(clock=clock, rates={"retrieve": rate}),
+        budget=budget,
         estimator=DurationEstimator(bounds=bounds or PollingBounds()),
         clock=clock,
-        retry=v.RetryPolicy(initial_backoff=2.0, jitter=0.0),
+        retrier=Retrier(acquire=budget.acquire, policy=policy, clock=clock),
         limiter=RequestLimiter(16),
         release="keep",
     )

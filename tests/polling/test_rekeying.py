@@ -15,6 +15,7 @@ from venice_audio_async._polling.estimator import DurationEstimator, PollingBoun
 from venice_audio_async._polling.scheduler import Scheduler
 from venice_audio_async._rate.budget import LocalBudget
 from venice_audio_async._rate.limiter import RequestLimiter
+from venice_audio_async._rate.retry import Retrier
 from venice_audio_async.testing import ManualClock
 
 from .test_scheduler import Harness, StubClient, _memory_sink
@@ -50,12 +51,14 @@ async def _harness(
 ) -> AsyncIterator[Harness]:
     clock = ManualClock()
     client = HintedClient(clock)
+    budget = LocalBudget(clock=clock, rates={})  # no window: the price stays at its floor
+    policy = v.RetryPolicy(jitter=0.0)
     scheduler = Scheduler(
         client=cast(VeniceClient, client),
-        budget=LocalBudget(clock=clock, rates={}),  # no window: the price stays at its floor
+        budget=budget,
         estimator=DurationEstimator(bounds=bounds or PollingBounds(max_interval=300.0)),
         clock=clock,
-        retry=v.RetryPolicy(jitter=0.0),
+        retrier=Retrier(acquire=budget.acquire, policy=policy, clock=clock),
         limiter=RequestLimiter(64),
         **scheduler_options,
     )

@@ -19,6 +19,7 @@ from venice_audio_async._polling.estimator import DurationEstimator, PollingBoun
 from venice_audio_async._polling.scheduler import Scheduler
 from venice_audio_async._rate.budget import LocalBudget
 from venice_audio_async._rate.limiter import RequestLimiter
+from venice_audio_async._rate.retry import Retrier
 from venice_audio_async.testing import ManualClock
 
 pytestmark = pytest.mark.anyio
@@ -72,6 +73,11 @@ class StubClient:
         return v.CompleteResult(success=True)
 
 
+def _retrier(budget: LocalBudget, clock: ManualClock, policy: v.RetryPolicy) -> Retrier:
+    """The retrier a session hands its scheduler: the one it sends every other request with."""
+    return Retrier(acquire=budget.acquire, policy=policy, clock=clock)
+
+
 class Harness:
     """A running scheduler plus helpers to move virtual time."""
 
@@ -119,7 +125,7 @@ async def harness(retrieve_rate: float) -> AsyncIterator[Harness]:
         budget=budget,
         estimator=DurationEstimator(bounds=PollingBounds(max_interval=300.0)),
         clock=clock,
-        retry=v.RetryPolicy(initial_backoff=2.0, jitter=0.0),
+        retrier=_retrier(budget, clock, v.RetryPolicy(initial_backoff=2.0, jitter=0.0)),
         limiter=RequestLimiter(8),
     )
     async with anyio.create_task_group() as tg:
@@ -329,7 +335,7 @@ async def test_a_poll_waiting_for_a_slot_is_not_sent_during_a_pause() -> None:
         budget=budget,
         estimator=DurationEstimator(bounds=PollingBounds()),
         clock=clock,
-        retry=v.RetryPolicy(),
+        retrier=_retrier(budget, clock, v.RetryPolicy()),
         limiter=RequestLimiter(1),  # one request at a time: the second poll waits for it
         release="keep",
     )
@@ -370,7 +376,7 @@ async def test_the_testing_policy_gives_up_after_its_attempts_without_waiting() 
         budget=budget,
         estimator=DurationEstimator(bounds=PollingBounds()),
         clock=clock,
-        retry=v.RetryPolicy.testing(attempts=3),
+        retrier=_retrier(budget, clock, v.RetryPolicy.testing(attempts=3)),
         limiter=RequestLimiter(4),
     )
     job = client.add("gone", 0.0)

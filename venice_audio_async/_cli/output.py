@@ -2,7 +2,7 @@
 
 Every object has an ``event`` key saying what it is (``model``, ``voice``, ``quote``,
 ``audio``, ``line``, ``summary``, ``plan``, ``estimate``, ``status``, ``problem``,
-``error``); the README's "Command line" section lists the keys of each. Nothing else is
+``error``); docs/cli.md lists the keys of each. Nothing else is
 written to stdout in ``--json`` mode: messages, logs and progress go to stderr.
 """
 

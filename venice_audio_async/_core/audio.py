@@ -14,7 +14,7 @@ A sink receives a download in chunks and either commits it whole or leaves nothi
   loop free without a thread hop per network chunk.
 
 :func:`sniff_format` recognises MP3, WAV and FLAC from magic bytes, including FLAC preceded
-by an ID3 tag (seen in some Venice output, AUDIO_API.md section 10).
+by an ID3 tag (seen in some Venice output).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Configuration: frozen, keyword-only objects with safe defaults.
 
-Defaults follow AUDIO_API.md section 9: ``queue`` about 40 and ``retrieve`` about 120 requests
-per minute per key, and a lockout after more than 20 failed requests in 30 s. Where the
+Defaults follow the API reference's rate limits: ``queue`` about 40 and ``retrieve`` about
+120 requests per minute per key, and a lockout after more than 20 failed requests in 30 s. Where the
 sources disagree (the docs page says 60/min for "Audio"), the lower figure is the default:
 being a little slow costs less than being locked out.
 """
@@ -358,7 +358,7 @@ def pooled_rate(limits: RateLimits) -> RateLimit | None:
 # ------------------------------------------------------------------ limits learned from the API
 # Limits learned from the API: ``GET /api_keys/rate_limits`` read as a pooled audio limit.
 #
-# Venice's documented limits disagree (AUDIO_API.md section 9: "Audio 60/min" on one page,
+# Venice's documented limits disagree ("Audio 60/min" on one page of the API reference,
 # 40 queue / 120 retrieve elsewhere). The key's own answer lists limits per model; the
 # smallest requests-per-minute figure among the audio models becomes one pooled limit over
 # the audio endpoints, the safe reading whichever way Venice counts. Per-day figures are

@@ -288,8 +288,8 @@ class JournalError(VeniceError):
     Raised when the journal is held by another owner (``holder_pid`` names that process),
     is damaged, empty, read-only or not a journal at all, or when a write that must come
     before a paid request (the job's intent, its claim) fails. A write that fails *after*
-    ``queue`` answered is never raised: the job is returned and the write retried (see the
-    README's journal section). ``path`` is the journal file.
+    ``queue`` answered is never raised: the job is returned and the write retried (see
+    docs/journal.md). ``path`` is the journal file.
 
     .. versionadded:: 0.1.0
     """

@@ -5,7 +5,7 @@ of unknown keys live in :mod:`._core.converters`.
 
 Unknown is not False: a ``model_spec`` key the catalogue did not send is ``None`` here, and
 validation treats it as "let the server decide" (booleans) or "unsupported" (duration
-metadata), following AUDIO_API.md section 7.
+metadata), as the API reference describes the model catalogue.
 """
 
 from __future__ import annotations

@@ -5,12 +5,12 @@ Everything here is pure: no I/O, no clock, no state. Two layers of checks run:
 * **Shape checks** always run, whatever the catalogue says: types (strict: ``bool`` is not an
   ``int``, a digit string is not a duration), non-blank prompt, positive durations, the SPEC
   bound on ``speed`` (0.25 to 4) and the ISO 639-1 form of ``language_code``.
-* **Per-model rules** (AUDIO_API.md sections 3 and 4) run only when the caller passes the
-  model's catalogue row. ``model=None`` means "the catalogue does not describe this model":
-  the per-model rules are skipped and the server decides.
+* **Per-model rules** (the API reference's ``quote`` and ``queue`` requests) run only when the
+  caller passes the model's catalogue row. ``model=None`` means "the catalogue does not describe
+  this model": the per-model rules are skipped and the server decides.
 
 Unknown is not False. The catalogue omits keys that do not apply, and older rows omit
-booleans that newer rows send explicitly (AUDIO_API.md section 7), so:
+booleans that newer rows send explicitly (the API reference's model catalogue), so:
 
 * an **absent** boolean support flag (``supports_loop`` is ``None``) means "unknown": the
   option is *not* rejected here, the server decides;
@@ -94,7 +94,8 @@ class _ModelExtra(NamedTuple):
     no_duration: bool = False
 
 
-# Model-specific extras from AUDIO_API.md section 4 [SKILL]; the catalogue does not carry them.
+# Model-specific extras of the queue request (from Venice's own usage notes, not the spec);
+# the catalogue does not carry them.
 _MODEL_EXTRAS: dict[str, _ModelExtra] = {
     "minimax-music-v25": _ModelExtra(
         lyrics_min_length=10, lyrics_waived_by=("force_instrumental", "lyrics_optimizer")

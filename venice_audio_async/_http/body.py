@@ -215,7 +215,7 @@ async def stream_audio(
         AudioStorageError: the sink could not store the audio.
     """
     # The media type decides "audio"; the magic bytes decide which container, because
-    # labels have been seen wrong (AUDIO_API.md section 10) and octet-stream says nothing.
+    # labels have been seen wrong in third-party reports and octet-stream says nothing.
     declared = format_for_media_type(media_type)
     length = content_length
     if length is not None and length > cap:

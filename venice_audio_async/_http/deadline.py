@@ -1,12 +1,9 @@
 """The status deadline of a ``retrieve``: a timeout that can be lifted half-way.
 
-A status answer must arrive whole within ``Timeouts.status``; once audio starts coming the
-deadline is lifted (the download rules take over). On Python 3.11+ this is asyncio's own
-:func:`asyncio.timeout_at`, a single timer handle on the running loop (the package runs on
-asyncio only); Python 3.10 has none, so an anyio cancel scope stands in, with the same three
-calls: ``async with``, :meth:`~AnyioDeadline.reschedule` and :meth:`~AnyioDeadline.expired`.
-Either raises :class:`TimeoutError` at the end of the block when the deadline cut it short.
-This module does not import aiohttp.
+``status_deadline(when)`` is asyncio's own :func:`asyncio.timeout_at` on Python 3.11+; on
+3.10, which has none, :class:`AnyioDeadline` gives an anyio cancel scope the same three calls
+(``async with``, ``reschedule``, ``expired``). Either raises :class:`TimeoutError` at the end
+of the block when the deadline cut it short. This module does not import aiohttp.
 """
 
 from __future__ import annotations

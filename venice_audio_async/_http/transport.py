@@ -312,8 +312,8 @@ class HttpTransport:
         limit = self._timeouts.status
         # The status deadline covers the wait for headers and a JSON body; once audio
         # starts it is lifted, and the download rules (cap, pace, ``download``) apply.
-        deadline = None if limit is None else asyncio.get_running_loop().time() + limit
-        status_scope = status_deadline(deadline)
+        deadline_at = None if limit is None else asyncio.get_running_loop().time() + limit
+        status_scope = status_deadline(deadline_at)
         exchange = self._exchange(outcome, "POST", "audio/retrieve", body=body, download=True)
         try:
             async with status_scope, exchange as (response, headers):

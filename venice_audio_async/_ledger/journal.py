@@ -65,9 +65,9 @@ from .owner_lock import OwnerLock
 
 __all__ = ["JobState", "Journal", "JournalEntry", "is_refunded"]
 
-#: Statuses with which ``retrieve`` reports a failed generation, whose charge Venice gives
-#: back (AUDIO_API.md: provider validation 400, content policy 422, inference 500, capacity
-#: 503). Such a job was queued but is not counted as spent.
+#: Statuses with which ``retrieve`` reports a failed generation, whose charge Venice gives back
+#: (the API reference's error codes: provider validation 400, content policy 422, inference 500,
+#: capacity 503). Such a job was queued but is not counted as spent.
 _REFUNDED_STATUSES = (400, 422, 500, 503)
 #: A 400 that says the queue id is unknown: no failed generation, so no refund to count on.
 _NOT_A_REFUND = "InvalidQueueIdError"

@@ -27,7 +27,7 @@ import anyio.to_thread
 import attrs
 
 from .._core.errors import JournalError
-from .journal_mark import HighWater, lost_rows, mark_path_for, read_mark, write_mark
+from .journal_mark import HighWaterMark, lost_rows, mark_path_for, read_mark, write_mark
 from .owner_lock import OwnerLock, lock_path_for
 
 __all__ = ["DelayedWrite", "JournalStore", "advice", "connect"]
@@ -125,15 +125,15 @@ def _checkpoint(db: sqlite3.Connection) -> bool:
     return not busy and copied >= logged
 
 
-def _high_water(db: sqlite3.Connection) -> HighWater:
+def _high_water(db: sqlite3.Connection) -> HighWaterMark:
     """How far the database got: its job count, its highest claimed job. Blocking."""
     rows, last = db.execute(
         "SELECT COUNT(*), COALESCE(MAX(CASE WHEN state != 'intent' THEN id END), 0) FROM jobs"
     ).fetchone()
-    return HighWater(rows, last)
+    return HighWaterMark(rows, last)
 
 
-def _check_mark(target: Path, db: sqlite3.Connection, mark: HighWater | None) -> HighWater:
+def _check_mark(target: Path, db: sqlite3.Connection, mark: HighWaterMark | None) -> HighWaterMark:
     """Refuse a journal holding less than its mark says; the mark to keep. Blocking.
 
     Rows are never deleted and ids only grow, so a journal with fewer rows, or without the
@@ -277,7 +277,7 @@ class JournalStore:
         self._pending_event: anyio.Event | None = None
         #: Writes that could not be made when asked (each logged as a warning).
         self.write_failures = 0
-        self._mark: HighWater | None = None  # read from its file at the first claim
+        self._mark: HighWaterMark | None = None  # read from its file at the first claim
 
     async def aclose(self) -> None:
         """Try the delayed writes once more, close the connection and drop the lock.
@@ -395,7 +395,7 @@ class JournalStore:
                     row_id,
                 )
             known = self._mark if self._mark is not None else read_mark(self.path)
-            mark = _high_water(self._db).joined(known or HighWater())
+            mark = _high_water(self._db).joined(known or HighWaterMark())
             if mark != known:
                 write_mark(self.path, mark)
             self._mark = mark

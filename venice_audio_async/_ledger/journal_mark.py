@@ -23,24 +23,24 @@ import attrs
 
 from .._core.errors import JournalError
 
-# HighWater is internal (not exported by the package); the functions are this module's API.
+# HighWaterMark is internal (not exported by the package); the functions are this module's API.
 __all__ = ["lost_rows", "mark_path_for", "read_mark", "write_mark"]
 
 
 @attrs.frozen
-class HighWater:
+class HighWaterMark:
     """How far a journal got: at least ``rows`` jobs, job ``last_claimed`` claimed."""
 
     rows: int = 0
     last_claimed: int = 0
 
-    def covers(self, other: HighWater) -> bool:
+    def covers(self, other: HighWaterMark) -> bool:
         """Whether this mark is at or past ``other`` on both counts."""
         return self.rows >= other.rows and self.last_claimed >= other.last_claimed
 
-    def joined(self, other: HighWater) -> HighWater:
+    def joined(self, other: HighWaterMark) -> HighWaterMark:
         """The higher of the two marks, count by count."""
-        return HighWater(max(self.rows, other.rows), max(self.last_claimed, other.last_claimed))
+        return HighWaterMark(max(self.rows, other.rows), max(self.last_claimed, other.last_claimed))
 
 
 def mark_path_for(journal: Path) -> Path:
@@ -48,7 +48,7 @@ def mark_path_for(journal: Path) -> Path:
     return journal.with_name(journal.name + ".mark")
 
 
-def read_mark(journal: Path) -> HighWater | None:
+def read_mark(journal: Path) -> HighWaterMark | None:
     """The journal's mark, or ``None`` when it has none. Blocking.
 
     Raises:
@@ -77,10 +77,10 @@ def read_mark(journal: Path) -> HighWater | None:
             "the journal is complete, move the mark away and try again",
             path=str(journal),
         ) from error
-    return HighWater(rows, last)
+    return HighWaterMark(rows, last)
 
 
-def write_mark(journal: Path, mark: HighWater) -> None:
+def write_mark(journal: Path, mark: HighWaterMark) -> None:
     """Replace the journal's mark with ``mark``, durably. Blocking.
 
     Raises:
@@ -110,7 +110,7 @@ def _sync_folder(folder: Path) -> None:
     os.close(fd)
 
 
-def lost_rows(journal: Path, mark: HighWater | None, found: str) -> JournalError:
+def lost_rows(journal: Path, mark: HighWaterMark | None, found: str) -> JournalError:
     """The refusal of a journal that lost rows or tables: what was found, what to restore.
 
     ``found`` says what the file holds (``"it has no jobs table"``, ``"it holds 2 jobs"``).

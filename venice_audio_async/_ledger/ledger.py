@@ -12,10 +12,10 @@ journal, when there is one, and nothing else writes either. A paid job's record:
 
 Money is *held* when a job is intended, so two concurrent submits that each fit under the
 limit but not together cannot both pass, and is settled when ``queue`` has answered: spent
-(queued, unknown) or given back (rejected, or nothing was sent), and given back again if
-the job's generation fails and is refunded (a 400 / 422 / 500 / 503 job failure, see
-AUDIO_API.md). Spending recorded in a journal by earlier runs counts from the moment the
-journal is opened or adopted.
+(queued, unknown) or given back (rejected, or nothing was sent), and given back again if the
+job's generation fails and is refunded (a 400 / 422 / 500 / 503 job failure, per the API
+reference's error codes). Spending recorded in a journal by earlier runs counts from the moment
+the journal is opened or adopted.
 
 The ledger closes only a journal it opened itself (from a path); a :class:`Journal` handed
 to it is brought up to date when the ledger closes, and left open.
@@ -47,7 +47,7 @@ from .._core.outcomes import Failed, Outcome, Succeeded
 from .._rate.retry import leaves_job_resumable
 from .journal import Journal, JournalEntry, is_refunded
 
-__all__ = ["Intent", "JournalSource", "Ledger", "SpendBook", "Ticket"]
+__all__ = ["Intent", "JobHold", "JournalSource", "Ledger", "SpendBook"]
 
 log = logging.getLogger("venice_audio_async")
 
@@ -72,7 +72,7 @@ class Intent:
 
 
 @attrs.define(eq=False)
-class Ticket:
+class JobHold:
     """The money held for one job on its way to ``queue``, and its journal row."""
 
     held_usd: float
@@ -137,14 +137,14 @@ class SpendBook:
                 limit_usd=limit,
             )
 
-    def settle(self, ticket: Ticket, *, billed: bool) -> None:
-        """Turn what ``ticket`` holds into spending (``billed``) or give it back; once."""
-        if ticket.settled:
+    def settle(self, hold: JobHold, *, billed: bool) -> None:
+        """Turn what ``hold`` holds into spending (``billed``) or give it back; once."""
+        if hold.settled:
             return
-        ticket.settled = True
-        self.held_usd = max(0.0, self.held_usd - ticket.held_usd)
+        hold.settled = True
+        self.held_usd = max(0.0, self.held_usd - hold.held_usd)
         if billed:
-            self.spent_usd += ticket.held_usd
+            self.spent_usd += hold.held_usd
 
     def charge(self, queue_id: str, amount_usd: float) -> None:
         """``queue_id``'s job is counted as ``amount_usd`` spent (given back if refunded)."""
@@ -318,7 +318,7 @@ class Ledger:
 
     # ------------------------------------------------------------------ one paid job
 
-    async def intend(self, intent: Intent) -> Ticket:
+    async def intend(self, intent: Intent) -> JobHold:
         """Hold the job's price and record it in the journal, before anything is sent.
 
         A job refused by the limit is still recorded, as refused (an "intent" whose error
@@ -338,10 +338,10 @@ class Ledger:
                 await self._keep_refused(intent, refusal)
             raise
 
-        ticket = Ticket(held_usd=held, row=None)
+        hold = JobHold(held_usd=held, row=None)
         if self._journal is not None:
             try:
-                ticket.row = await self._journal.add_intent(
+                hold.row = await self._journal.add_intent(
                     request,
                     key=intent.key,
                     destination=intent.destination,
@@ -349,9 +349,9 @@ class Ledger:
                     estimate_usd=intent.estimate_usd,
                 )
             except BaseException:
-                self._money.settle(ticket, billed=False)  # nothing was sent
+                self._money.settle(hold, billed=False)  # nothing was sent
                 raise
-        return ticket
+        return hold
 
     async def _keep_refused(self, intent: Intent, refusal: SpendLimitExceeded) -> None:
         """Journal a job the limit refused, for ``resume``; a failed write is only logged
@@ -376,51 +376,51 @@ class Ledger:
             row,
         )
 
-    def hold_recorded(self, entry: JournalEntry) -> Ticket:
+    def hold_recorded(self, entry: JournalEntry) -> JobHold:
         """Hold the price of a job the journal already records as to be sent (resume).
 
         Raises:
             SpendLimitExceeded: it would pass the limit; nothing was held.
         """
         held = self._money.hold(entry.estimate_usd, what=f"a {entry.model} job")
-        return Ticket(held_usd=held, row=entry.id)
+        return JobHold(held_usd=held, row=entry.id)
 
-    async def claim(self, ticket: Ticket) -> None:
+    async def claim(self, hold: JobHold) -> None:
         """Mark the job as leaving, right before its request is sent (once).
 
         Raises:
             JournalError: the journal row could not be claimed (another owner has it, or the
                 write failed); it must not be sent.
         """
-        if ticket.claimed:
+        if hold.claimed:
             return
-        if self._journal is not None and ticket.row is not None:
-            await self._journal.mark_sending(ticket.row)
-        ticket.claimed = True
+        if self._journal is not None and hold.row is not None:
+            await self._journal.mark_sending(hold.row)
+        hold.claimed = True
 
-    async def unclaim(self, ticket: Ticket) -> None:
+    async def unclaim(self, hold: JobHold) -> None:
         """``queue`` answered that no job was created (429, 503, never sent) and the request
         will be sent again after a wait: give its journal row back ("intent"), so a crash
         during the wait leaves a job ``resume`` sends rather than one it calls unknown. The
         next attempt claims it again. Never raises: if the write fails the row stays
         "sending" and the job stays claimed (the safe side: never re-sent silently).
         """
-        if not ticket.claimed:
+        if not hold.claimed:
             return
-        with anyio.CancelScope(shield=True):  # the row and the ticket must agree
-            if self._journal is not None and ticket.row is not None:
+        with anyio.CancelScope(shield=True):  # the row and the hold must agree
+            if self._journal is not None and hold.row is not None:
                 try:
-                    given_back = await self._journal.unclaim(ticket.row)
+                    given_back = await self._journal.unclaim(hold.row)
                 except JournalError as error:
                     log.warning(
                         "job %d stays 'sending' while it waits to be sent again: %s",
-                        ticket.row,
+                        hold.row,
                         error,
                     )
                     return
                 if not given_back:
                     return
-            ticket.claimed = False
+            hold.claimed = False
 
     async def holds_queue_id(self, queue_id: str) -> bool:
         """Whether the journal already has ``queue_id`` for some job (never raises)."""
@@ -432,13 +432,13 @@ class Ledger:
             log.warning("could not check queue_id %s in the journal: %s", queue_id, error)
             return False
 
-    async def queued(self, ticket: Ticket, queue_id: str) -> None:
+    async def queued(self, hold: JobHold, queue_id: str) -> None:
         """``queue`` answered with ``queue_id``: the job is paid for. Never raises (a failed
         journal write is kept and retried)."""
-        self._money.settle(ticket, billed=True)
-        self._money.charge(queue_id, ticket.held_usd)
-        if self._journal is not None and ticket.row is not None:
-            await self._journal.mark_queued(ticket.row, queue_id)
+        self._money.settle(hold, billed=True)
+        self._money.charge(queue_id, hold.held_usd)
+        if self._journal is not None and hold.row is not None:
+            await self._journal.mark_queued(hold.row, queue_id)
 
     def charged(self, entry: JournalEntry) -> None:
         """A journaled job is polled again (its cost was counted when the journal was
@@ -446,7 +446,7 @@ class Ledger:
         if entry.queue_id is not None:
             self._money.charge(entry.queue_id, entry.estimate_usd or 0.0)
 
-    async def failed(self, ticket: Ticket, error: BaseException) -> None:
+    async def failed(self, hold: JobHold, error: BaseException) -> None:
         """``queue`` did not answer with a job: record what that may have cost.
 
         A lost answer (:class:`QueueOutcomeUnknown`), or anything else once the request
@@ -454,21 +454,21 @@ class Ledger:
         may exist. A refusal by the API is "rejected" and given back, as is a failure
         before the request left.
         """
-        journal, row = self._journal, ticket.row
+        journal, row = self._journal, hold.row
         if isinstance(error, QueueOutcomeUnknown) or (
-            ticket.claimed and not isinstance(error, APIStatusError)
+            hold.claimed and not isinstance(error, APIStatusError)
         ):
-            self._money.settle(ticket, billed=True)  # assume the worst: it may have been billed
+            self._money.settle(hold, billed=True)  # assume the worst: it may have been billed
             if journal is not None and row is not None:
                 cause = error.cause if isinstance(error, QueueOutcomeUnknown) else error
                 await journal.mark_unknown(row, cause)
         elif isinstance(error, (APIStatusError, QueueDeadlineExceeded)):
             # Refused (by the API, or here for want of a token in time): never re-sent.
-            self._money.settle(ticket, billed=False)
+            self._money.settle(hold, billed=False)
             if journal is not None and row is not None:
                 await journal.mark_rejected(row, error)
         else:
-            self._money.settle(ticket, billed=False)
+            self._money.settle(hold, billed=False)
 
     async def intend_all(self, intents: Sequence[Intent], *, all_or_nothing: bool) -> float:
         """Record every job of a batch as to be sent, sending nothing; returns their cost.

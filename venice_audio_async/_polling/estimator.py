@@ -2,7 +2,7 @@
 
 A job's run time ``T`` is taken to be lognormal, ``ln T ~ Normal(mu, sigma)``: positive,
 right-skewed, and cheap to fit. :meth:`DurationEstimator.belief` turns what is known into a
-:class:`~._polling.belief.RunTimeBelief`, from the best source available:
+:class:`~._polling.run_time_belief.RunTimeBelief`, from the best source available:
 
 1. **A fit of learned ratios to the server's estimate.** A finished job's ``ln(T / h)`` (``h``
    the server's ``average_execution_time`` in force for it) is logged; with ``min_samples``
@@ -34,7 +34,7 @@ from statistics import NormalDist
 import attrs
 
 from .._core.config import check_number
-from .belief import RunTimeBelief
+from .run_time_belief import RunTimeBelief
 
 __all__ = ["DurationEstimator", "ModelDurationStats", "PollingBounds"]
 
@@ -56,7 +56,7 @@ class PollingBounds:
     The scheduler polls the running job whose poll is worth most (the delay it has probably
     accrued since its last poll), once that worth exceeds a price. The price starts at
     ``delay_per_poll`` and rises as the rate limit's window fills, so a burst of jobs
-    never starves the rest of the window (see the README's "Polling" section).
+    never starves the rest of the window (see docs/polling.md).
 
     Args:
         min_interval: never poll one job sooner than this after its previous poll.

@@ -1,10 +1,10 @@
 """What the scheduler has learned of each model's run times, and how far a lesson reaches.
 
-Each tracked job is priced with a :class:`~._polling.belief.RunTimeBelief` from the
+Each tracked job is priced with a :class:`~._polling.run_time_belief.RunTimeBelief` from the
 :class:`~._polling.estimator.DurationEstimator`. When a model's fit moves (a finished job, the first
 estimate of an unknown model) the jobs' beliefs are refreshed lazily (a version number per
 model) and jobs whose poll may now be due sooner must be re-keyed. How many depends on the
-size of the move (:class:`Reach`):
+size of the move (:class:`RekeyScope`):
 
 * a small move can only bring due times a little earlier, so only the jobs keyed within
   the scheduler's sweep horizon need a look: those keyed further out were keyed with
@@ -26,11 +26,11 @@ import math
 from collections import Counter
 from collections.abc import Iterable
 
-from .belief import RunTimeBelief
 from .estimator import DurationEstimator
+from .run_time_belief import RunTimeBelief
 from .tracked import TrackedJob
 
-__all__ = ["ModelFits", "Reach"]
+__all__ = ["ModelFits", "RekeyScope"]
 
 #: A fall of the fit's log-median or log-P1 by more than this re-keys every job of the
 #: model; jobs keyed beyond the sweep horizon are keyed early enough to absorb less.
@@ -40,7 +40,7 @@ _Z01 = 2.326  # standard normal quantile of 0.99: P1 = exp(mu - 2.326 sigma)
 _Location = tuple[str, float, float]  # (which fit, log-median, log-P1)
 
 
-class Reach(enum.Enum):
+class RekeyScope(enum.Enum):
     """Which jobs a change of a model's fit may make due sooner."""
 
     NONE = "none"
@@ -85,15 +85,15 @@ class ModelFits:
         self._probing.add(model)
         return True
 
-    def end_probe(self, model: str) -> Reach:
+    def end_probe(self, model: str) -> RekeyScope:
         """A job of ``model`` answered (or ended): the jobs waiting on a probe go now."""
         if model not in self._probing:
-            return Reach.NONE
+            return RekeyScope.NONE
         self._probing.discard(model)
         self._versions[model] += 1
         self._reference.pop(model, None)
         self._reference_of(model)
-        return Reach.ALL
+        return RekeyScope.ALL
 
     def observe_hint(self, tracked: TrackedJob, average_execution_time: float | None) -> None:
         """The server's estimate for a running job (``average_execution_time``)."""
@@ -106,7 +106,7 @@ class ModelFits:
 
     def observe_finished(
         self, tracked: TrackedJob, duration: float, running: Iterable[TrackedJob]
-    ) -> Reach:
+    ) -> RekeyScope:
         """A job ran ``duration`` seconds; refit its model from its finished jobs and the
         oldest ``running`` ones (right-censored at the age a poll last saw them running)."""
         model = tracked.job.model
@@ -116,14 +116,14 @@ class ModelFits:
         # runs, and a job unpolled for a while may have finished (a fit biased long).
         ages = [(t.seen_running_at_age, t.hint) for t in itertools.islice(running, _CENSORED)]
         if not self.estimator.refit(model, ages):
-            return Reach.NONE
+            return RekeyScope.NONE
         self._versions[model] += 1
         kind, median, p01 = self._location(model)
         if kind != ref_kind or median < ref_median - LARGE_DROP or p01 < ref_p01 - LARGE_DROP:
             self._reference[model] = (kind, median, p01)
-            return Reach.ALL
+            return RekeyScope.ALL
         self._reference[model] = (kind, max(median, ref_median), max(p01, ref_p01))
-        return Reach.NEAR
+        return RekeyScope.NEAR
 
     def _location(self, model: str) -> _Location:
         """Where the fit every job's belief derives from sits (log-median, log-P1).

@@ -1,12 +1,12 @@
 """When a running job is worth a poll: the expected-delay index with a window price.
 
 Retrieves cost nothing but rate-limit room, so room left unused is latency wasted. The policy
-(../shared/POLLING.md, within 0-15% of the lower bound there):
+(measured against a lower bound in docs/performance.md):
 
-* A job's **worth** now is the delay it has accrued in expectation since its last poll,
-  given its run-time belief (:class:`~._polling.belief.RunTimeBelief`) and its age. Worth grows with
-  time, so at a given price each job has one **due time** at which it becomes worth a poll;
-  the scheduler keeps jobs in a heap by due time and polls the head when a token is free.
+* A job's **worth** now is the delay it has accrued in expectation since its last poll, given
+  its run-time belief (:class:`~._polling.run_time_belief.RunTimeBelief`) and its age. Worth
+  grows with time, so at a given price each job has one **due time** at which it becomes worth a
+  poll; the scheduler keeps jobs in a heap by due time and polls the head when a token is free.
 * The **price** (seconds of delay one poll must save) starts at
   :attr:`~._polling.estimator.PollingBounds.delay_per_poll` and rises as the rate window fills:
   for each look-ahead ``x`` the fluid-limit demand ``D_x`` (polls the jobs in flight, and
@@ -32,8 +32,8 @@ from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
 from .._rate.budget import RateWindow
-from .belief import RunTimeBelief
 from .estimator import PollingBounds
+from .run_time_belief import RunTimeBelief
 
 __all__ = ["JobView", "PollPolicy"]
 
@@ -41,10 +41,10 @@ __all__ = ["JobView", "PollPolicy"]
 LOOK_AHEAD = (2.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.5)
 #: At most this many jobs are read to price the window.
 SAMPLE = 256
-#: Demand is planned for this share of the free grants: a little below 1 keeps a few
-#: tokens for jobs the belief expects to finish sooner than they do (swept 0.6-1.2 over
-#: POLLING.md's workloads: 0.95 keeps every job within 15 s there, and in the 200 races
-#: of tests/polling/test_polling.py, where 1.0 lets one job be 15.2 s late; see benchmarks/).
+#: Demand is planned for this share of the free grants: a little below 1 keeps a few tokens for
+#: jobs the belief expects to finish sooner than they do (swept 0.6-1.2 over the four workloads
+#: of docs/performance.md: 0.95 keeps every job within 15 s there, and in the 200 races of
+#: tests/polling/test_polling.py, where 1.0 lets one job be 15.2 s late; see benchmarks/).
 _SLACK = 0.95
 #: Past a belief's 99th percentile, a poll gap is at least this share of the overrun ...
 _OVERRUN_SHARE = 0.1

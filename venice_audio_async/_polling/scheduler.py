@@ -1,54 +1,10 @@
 """The polling scheduler: which job to ask ``retrieve`` about, and when, within the budget.
 
-One scheduler per session multiplexes every in-flight ``queue_id`` over the session's one
-connection pool. Which job to poll is the :class:`~._polling.policy.PollPolicy`'s call: each
-job has a due time (when the delay it has probably accrued since its last poll reaches the
-price), kept in a heap. The loop:
-
-1. looks at the heap's head (O(log n): no scan of all jobs per decision); if it is not due,
-   sleeps until it is, the next submit, or (while the price is raised) a re-price;
-2. if no ``retrieve`` token is free (the :class:`~._rate.budget.RequestBudget` also holds the
-   whole session during ``Retry-After`` pauses and near the error budget), sleeps until one
-   is, without taking it;
-3. re-prices the window every few grants or half second, checks the head against the
-   current price (a price that rose makes it due later: it goes back into the heap), takes
-   the token and hands the poll to one of a fixed set of worker tasks.
-
-While the loop sleeps, a worker that has just rescheduled a running job takes these steps
-itself (the same synchronous decision, with a token taken from an in-process budget) and
-polls the job they pick at once: a poll then costs no pass of the loop's task.
-
-A poll either reschedules the job (still running: the server's ``average_execution_time``
-and ``execution_duration`` update its belief and age), retries it later with backoff, or
-ends it with an :data:`~._core.models.Outcome`, pushed into the memory object stream of every
-consumer waiting on that job. Only the API's verdict ends a job as failed
-(:func:`~._rate.retry.judge_poll`); a job whose polls keep failing in transit (dropped,
-timed out, a gateway's 502 / 504) is polled on until ``RetryPolicy.unreachable_after``
-without an answer, then ends as :class:`~venice_audio_async.JobUnreachable`. A 401 / 402 /
-403 stops every job's polling at once (a refused key would only fill the API's
-failed-request window): each waiting job ends with that error. Both leave the journal's
-row "queued", for ``resume``. Consumers only read streams, so breaking out of a loop or
-being cancelled cannot corrupt the scheduler.
-
-When a finished job moves its model's fit, or the price falls, due times may come earlier.
-A re-key only ever moves a job earlier, and a job keyed too early is put back when popped, so
-keys may err early but never late. Jobs due within :data:`_HORIZON` are keyed at their due
-time and re-keyed by a pruned walk of the heap (only those); jobs due further out are keyed
-early enough that a price fall (no later than their due time at the floor price) or a small
-fit move cannot make them late, and half-way at most, so a far job is looked at a few times
-before it is due; a large fit move (:class:`~._polling.model_fits.Reach`) re-keys every running job
-of that model, which learning makes rare. So neither a completion nor a decision scans every
-job.
-
-Guarantee: a tracked ``queue_id`` is never dropped, and every tracked job is polled until it
-ends, whether or not a consumer waits on it right now (it is paid for). It ends delivered,
-failed with the API's verdict, kept to be fetched later (unreachable, a refused key, its
-deadline passed), or handed back as unfinished (the session closed while it was still
-running). A finished outcome belongs to the scheduler's :class:`~._polling.scheduler.JobTable` until
-a consumer *takes* it (:meth:`Scheduler.take`, called when a stream yields it): an outcome
-pushed into a stream whose consumer left stays there, listed as finished. In-memory audio
-has its media released only once taken (stored files at once), and is capped in total by
-:class:`~._polling.held_audio.HeldAudio`.
+It owns every tracked job (:class:`JobTable`), the heap of due times, the loop that takes
+the head when it is due and a ``retrieve`` token is free, the poll workers, and what each
+answer does to its job (reschedule, back off, finish). :class:`PendingRekeys` re-keys jobs
+after a price or fit move; :class:`WindowPacer` paces polls against the retrieve window.
+How it decides and what it guarantees: docs/polling.md, "How the scheduler works".
 """
 
 from __future__ import annotations
@@ -60,7 +16,6 @@ import random
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Generic, TypeVar
 
 import anyio
 import anyio.abc
@@ -71,7 +26,6 @@ from anyio.streams.memory import MemoryObjectSendStream
 from .._client import VeniceClient
 from .._core.audio import SinkFactory
 from .._core.clock import Clock
-from .._core.config import RetryPolicy
 from .._core.errors import (
     APIStatusError,
     JobDeadlineExceeded,
@@ -87,12 +41,12 @@ from .._rate.limiter import RequestLimiter
 from .._rate.retry import PollVerdict, Retrier, judge_poll
 from .estimator import DurationEstimator
 from .held_audio import HeldAudio
-from .model_fits import LARGE_DROP, ModelFits, Reach
+from .model_fits import LARGE_DROP, ModelFits, RekeyScope
 from .policy import PollPolicy
 from .release import MediaReleaser, ReleaseHook, ReleaseMedia
 from .tracked import EPSILON, DueHeap, TrackedJob
 
-__all__ = ["HandOff", "JobTable", "Scheduler", "Sweep", "WindowPacer"]
+__all__ = ["JobTable", "PendingRekeys", "Scheduler", "WindowPacer"]
 
 log = logging.getLogger("venice_audio_async")
 
@@ -104,51 +58,6 @@ _STALE_BATCH = 1024  # stale heap entries dropped per event-loop pass
 _MAX_WORKERS = 256  # polls in flight at once, at most (also capped by the request limiter)
 
 
-# --------------------------------------------------------------------------- handoff
-# Handing items from one producer task to a set of worker tasks, without a loop pass.
-#
-# anyio's memory object stream passes through the event loop once more on every receive, even
-# when an item is waiting; the scheduler hands every poll to a worker, so that pass is paid per
-# poll. This queue gives an item to a waiting worker's future directly, or keeps it for the
-# next worker that asks. The package runs on asyncio only (``require_asyncio``), and anyio's
-# cancellation of a worker is an asyncio task cancellation, which a future wait honours.
-
-T = TypeVar("T")
-
-
-class HandOff(Generic[T]):
-    """A first-in first-out hand-off to worker tasks. Internal."""
-
-    def __init__(self) -> None:
-        self._items: deque[T] = deque()
-        self._idle: deque[asyncio.Future[T]] = deque()
-
-    def put(self, item: T) -> None:
-        """Give ``item`` to a waiting worker, or keep it for the next one (never waits)."""
-        while self._idle:
-            waiter = self._idle.popleft()
-            if not waiter.done():
-                waiter.set_result(item)
-                return
-        self._items.append(item)
-
-    async def get(self) -> T:
-        """The next item, waiting for one if none is kept."""
-        if self._items:
-            return self._items.popleft()
-        waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._idle.append(waiter)
-        try:
-            return await waiter
-        except BaseException:
-            # Cancelled: an item handed over meanwhile goes to the next worker, not lost.
-            if waiter.done() and not waiter.cancelled():
-                self._items.appendleft(waiter.result())
-            else:
-                waiter.cancel()
-            raise
-
-
 # --------------------------------------------------------------------------- sweep
 # Re-keying the jobs whose next poll may have come earlier: the scheduler's sweep.
 #
@@ -157,14 +66,14 @@ class HandOff(Generic[T]):
 # within the scheduler's horizon are found by walking the heap from its root and pruning at
 # the horizon (a heap's children are never due before their parent), so the work grows with
 # the jobs due soon, not with all jobs; jobs keyed further out are looked at only when their
-# model's fit moved a lot (:class:`~._polling.model_fits.Reach`). Those near go first, and a large
-# re-key is spread over loop passes (:data:`SLICE` jobs each) so that it never stalls other
-# tasks.
+# model's fit moved a lot (:class:`~._polling.model_fits.RekeyScope`). Those near go first,
+# and a large re-key is spread over loop passes (:data:`SLICE` jobs each) so that it never
+# stalls other tasks.
 
 SLICE = 1024  # jobs a sweep re-keys per event-loop pass
 
 
-class Sweep:
+class PendingRekeys:
     """The jobs still to re-key, and the rule for re-keying them. Internal; one per
     scheduler, which hands it how to price a job (``due``) and key it (``schedule``)."""
 
@@ -192,11 +101,11 @@ class Sweep:
         """Whether jobs may wait to be re-keyed (the loop sweeps before it sleeps)."""
         return self._started or bool(self._rekey)
 
-    def start(self, reach: Reach, model: str) -> bool:
+    def start(self, reach: RekeyScope, model: str) -> bool:
         """A change reaching ``reach`` (of ``model``'s jobs); returns whether a sweep is due."""
-        if reach is Reach.NONE:
+        if reach is RekeyScope.NONE:
             return False
-        if reach is Reach.ALL:
+        if reach is RekeyScope.ALL:
             self._models.add(model)
         self._started = True
         return True
@@ -398,7 +307,7 @@ class JobTable:
             sink_factory=sink_factory,
             tracked_at=now,
             started=now,
-            deadline=None,
+            deadline_at=None,
             prompt=False,
             outcome=outcome,
             finished_at=now,
@@ -490,7 +399,7 @@ class Scheduler:
         budget: RequestBudget,
         estimator: DurationEstimator,
         clock: Clock,
-        retry: RetryPolicy,
+        retrier: Retrier,
         limiter: RequestLimiter,
         release_limiter: RequestLimiter | None = None,
         release: ReleaseMedia = "complete",
@@ -509,8 +418,8 @@ class Scheduler:
         self._limiter = limiter
         self._release = release
         self._rng = rng or random.Random()
-        self._retry = retry
-        self._retrier = Retrier(acquire=budget.acquire, policy=retry, clock=clock, rng=self._rng)
+        self._retry = retrier.policy
+        self._retrier = retrier  # the session's one: its backoff, jitter and waiter counts
         self._releaser = MediaReleaser(
             client=client,
             retrier=self._retrier,
@@ -525,7 +434,7 @@ class Scheduler:
         self._tg: anyio.abc.TaskGroup | None = None
         self._counts: Counter[str] = Counter()
         self._pacer = WindowPacer(self._policy, budget)
-        self._sweep = Sweep(
+        self._sweep = PendingRekeys(
             self._heap, self.jobs.by_model, clock, _HORIZON, self._due, self._schedule
         )
         self._parked = False  # the loop sleeps in _sleep_or_wake
@@ -554,7 +463,7 @@ class Scheduler:
             sink_factory=sink_factory,
             tracked_at=now,
             started=now - (elapsed or 0.0),
-            deadline=None if deadline is None else now + deadline,
+            deadline_at=None if deadline is None else now + deadline,
             prompt=elapsed is None or elapsed > 0,
         )
         self.jobs.add_live(tracked)
@@ -596,8 +505,8 @@ class Scheduler:
 
     def _schedule(self, tracked: TrackedJob, due: float, *, wake: bool = True) -> bool:
         """Key ``tracked`` at ``due``; whether it is now the head (``wake``: tell the loop)."""
-        if tracked.deadline is not None:
-            due = min(due, tracked.deadline)
+        if tracked.deadline_at is not None:
+            due = min(due, tracked.deadline_at)
         now = self._clock.monotonic()
         horizon = now + _HORIZON
         key = due
@@ -690,9 +599,10 @@ class Scheduler:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Poll jobs as they become worth it until cancelled. Started with ``tg.start``."""
-        # Polls run on long-lived workers fed through a hand-off queue: cheaper than a new
-        # task per poll (benchmarks/overhead.py), and bounded like the request limiter.
-        queue = HandOff[TrackedJob]()
+        # Polls run on long-lived workers fed through a queue: cheaper than a new task per
+        # poll, and bounded like the request limiter. asyncio's queue, not anyio's memory
+        # stream: its get() takes a waiting item without a pass through the event loop.
+        queue: asyncio.Queue[TrackedJob] = asyncio.Queue()
         async with anyio.create_task_group() as tg:
             self._tg = tg
             for _ in range(self._workers):
@@ -710,9 +620,9 @@ class Scheduler:
                 if tracked.outcome is not None or tracked.forgotten:
                     continue
                 tracked.in_flight = True
-                queue.put(tracked)
+                queue.put_nowait(tracked)
 
-    async def _work(self, queue: HandOff[TrackedJob]) -> None:
+    async def _work(self, queue: asyncio.Queue[TrackedJob]) -> None:
         while True:
             tracked: TrackedJob | None = await queue.get()
             while tracked is not None:  # a worker may take its next job itself
@@ -743,7 +653,7 @@ class Scheduler:
         due = self._heap.head_due()
         if due > now + EPSILON:
             return self._pacer.wake_at(due, now, jobs_waiting=bool(self.jobs.live)) - now
-        if head.deadline is not None and now >= head.deadline:
+        if head.deadline_at is not None and now >= head.deadline_at:
             return None
         ready = self._pacer.token_ready()
         now = self._clock.monotonic()  # read after: the budget reads the clock too
@@ -787,7 +697,7 @@ class Scheduler:
         self._fits.belief_of(tracked)
         return self._policy.due(tracked, now)
 
-    def _start_sweep(self, reach: Reach = Reach.NEAR, model: str = "") -> None:
+    def _start_sweep(self, reach: RekeyScope = RekeyScope.NEAR, model: str = "") -> None:
         if self._sweep.start(reach, model):
             self._wake.set()
 

@@ -21,7 +21,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from .._core.audio import SinkFactory
 from .._core.models import Job, Processing, RetrieveRequest
 from .._core.outcomes import Outcome
-from .belief import RunTimeBelief
+from .run_time_belief import RunTimeBelief
 
 __all__ = ["DueHeap", "TrackedJob"]
 
@@ -37,7 +37,7 @@ class TrackedJob:
     sink_factory: SinkFactory
     tracked_at: float
     started: float
-    deadline: float | None
+    deadline_at: float | None  # a clock.monotonic() reading: the job ends unfinished then
     prompt: bool  # attached or resumed: its first poll goes out at once
     seen_running_at_age: float = 0.0
     last_poll: float = -math.inf

@@ -238,18 +238,18 @@ class Results:
         if timeout is not None:
             check_number("timeout (seconds)", timeout)
         clock = self._clock
-        ends = None if timeout is None else clock.monotonic() + timeout
+        ends_at = None if timeout is None else clock.monotonic() + timeout
         request = QueueRequest(model=model, prompt=prompt, **options)
         job = await self._submitter.submit(
             request,
             destination=destination,
             deadline=deadline,
             validate=validate,
-            token_deadline=ends,
+            token_deadline_at=ends_at,
         )
         # A queue call in flight is never cut short: past the timeout its job is handed back
         # at once, inside JobDeadlineExceeded.
-        left = None if ends is None else max(0.0, ends - clock.monotonic())
+        left = None if ends_at is None else max(0.0, ends_at - clock.monotonic())
         return await self.wait_for(job, timeout=left)
 
     @asynccontextmanager

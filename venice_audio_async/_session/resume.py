@@ -313,14 +313,14 @@ class Resumer:
             run.not_queued += 1
             return
         try:
-            ticket = self._ledger.hold_recorded(entry)
+            hold = self._ledger.hold_recorded(entry)
         except SpendLimitExceeded as error:
             run.spend_limit = error
             run.not_queued += 1
             return
         try:
             job = await self._submitter.send(
-                entry.request, ticket, target=_target(entry), name=entry.name
+                entry.request, hold, target=_target(entry), name=entry.name
             )
         except (QueueOutcomeUnknown, APIStatusError):
             latest = await self._ledger.entry(entry.id)

@@ -3,7 +3,7 @@ giving a job up.
 
 :class:`JobStatus` is the frozen snapshot ``session.status()`` returns; :class:`JobWatch`
 builds it (and does ``session.forget``) from what the scheduler, the submitter and the
-budget know, sending nothing. :class:`StatusBook` remembers how recent jobs ended once
+budget know, sending nothing. :class:`EndedJobs` remembers how recent jobs ended once
 their outcome was handed over (the scheduler drops a delivered job), bounded so a
 long-lived session does not grow.
 """
@@ -26,11 +26,11 @@ from .._rate.budget import RequestBudget
 
 __all__ = [
     "PRIOR_RUN_SECONDS",
+    "EndedJobs",
     "EstimateSource",
     "JobPhase",
     "JobStatus",
     "JobWatch",
-    "StatusBook",
     "expected_token_wait",
     "run_time_left",
     "running_status",
@@ -46,7 +46,7 @@ JobPhase = Literal[
 #: Where ``JobStatus.estimated_seconds_left`` came from; see :class:`JobStatus`.
 EstimateSource = Literal["job", "learned", "model_hint", "prior"]
 
-#: How many ended jobs the book remembers (oldest forgotten first).
+#: How many ended jobs are remembered (oldest forgotten first).
 _REMEMBERED = 10_000
 
 #: The run time assumed for a job of a model nothing is known of yet: the API's "typical
@@ -157,7 +157,7 @@ def expected_token_wait(budget: RequestBudget, endpoint: str, waiting: int, now:
     return first + (waiting - 1) * window.window / window.limit
 
 
-class StatusBook:
+class EndedJobs:
     """How recent jobs ended, and which were forgotten, by ``queue_id`` (bounded)."""
 
     def __init__(self, remembered: int = _REMEMBERED) -> None:
@@ -198,7 +198,7 @@ class JobWatch:
         self,
         *,
         scheduler: Scheduler,
-        book: StatusBook,
+        ended: EndedJobs,
         budget: RequestBudget,
         clock: Clock,
         submits_waiting: Mapping[int, QueueRequest],
@@ -207,7 +207,7 @@ class JobWatch:
     ) -> None:
         self._estimator = estimator
         self._scheduler = scheduler
-        self._book = book
+        self._ended = ended
         self._budget = budget
         self._clock = clock
         self._submits_waiting = submits_waiting
@@ -224,7 +224,7 @@ class JobWatch:
             return JobStatus(phase="unknown", request=job)
         known = self._scheduler.jobs.progress(job.queue_id)
         if known is None:
-            phase = self._book.phase(job.queue_id) or "unknown"
+            phase = self._ended.phase(job.queue_id) or "unknown"
             return JobStatus(phase=phase, job=job, request=job.request)
         outcome, running, polled_at = known
         if outcome is not None:
@@ -249,7 +249,7 @@ class JobWatch:
         """
         if not self._scheduler.forget(job):
             return
-        self._book.note(job.queue_id, "forgotten")
+        self._ended.note(job.queue_id, "forgotten")
         log.info(
             "forgot job %s (%s): no longer polled; it may still run and is paid for, "
             "attach(%r, %r) fetches it",

@@ -45,7 +45,7 @@ from .._core.models import AudioResult, FieldProblem, Job, QueueRequest, format_
 from .._core.outcomes import Failed, Succeeded
 from .._core.validation import check_queue
 from .._ledger.journal import JobState, JournalEntry
-from .._ledger.ledger import Intent, Ledger, Ticket
+from .._ledger.ledger import Intent, JobHold, Ledger
 from .._ledger.replay import derive_keys, journaled_error
 from .._polling.scheduler import Scheduler
 from .._rate.limiter import RequestLimiter
@@ -95,12 +95,12 @@ class Submitter:
         validate: bool | None = None,
         key: str | None = None,
         name: str | None = None,
-        token_deadline: float | None = None,
+        token_deadline_at: float | None = None,
     ) -> Job:
         """Validate, price, record, queue (billed here) and track one job.
 
         ``deadline`` (seconds from now) covers the whole job: the wait for a queue token
-        too, and what is left of it bounds the job once queued. ``token_deadline`` (a
+        too, and what is left of it bounds the job once queued. ``token_deadline_at`` (a
         ``clock.monotonic()`` reading) bounds only the wait for the token.
 
         Raises:
@@ -128,14 +128,14 @@ class Submitter:
             # prices only: no request is added to the paid path for it.
             estimate = self._catalogue.catalogue_price(request, model)
         target = self._destinations.target(destination)
-        ticket = await self._ledger.intend(_intent(request, estimate, target, key, name))
+        hold = await self._ledger.intend(_intent(request, estimate, target, key, name))
         return await self.send(
             request,
-            ticket,
+            hold,
             target=target,
             name=name,
             deadline_at=deadline_at,
-            token_deadline=token_deadline,
+            token_deadline_at=token_deadline_at,
         )
 
     async def submit_many(
@@ -309,17 +309,17 @@ class Submitter:
     async def send(
         self,
         request: QueueRequest,
-        ticket: Ticket,
+        hold: JobHold,
         *,
         target: Path | None,
         name: str | None,
         deadline_at: float | None = None,
-        token_deadline: float | None = None,
+        token_deadline_at: float | None = None,
     ) -> Job:
         """Queue a job the ledger holds money for, record the answer, start polling it.
 
         ``deadline_at`` (a ``clock.monotonic()`` reading) ends the job; no queue token is
-        waited for past it or ``token_deadline``. The job is tracked in the same shielded
+        waited for past it or ``token_deadline_at``. The job is tracked in the same shielded
         step that records its ``queue_id``, so a cancellation can never leave a paid job
         unpolled.
 
@@ -330,7 +330,7 @@ class Submitter:
             APIStatusError: the API refused the job (recorded rejected).
             JournalError: the job could not be claimed before sending; nothing was sent.
         """
-        limits = [t for t in (deadline_at, token_deadline) if t is not None]
+        limits = [t for t in (deadline_at, token_deadline_at) if t is not None]
         tracked: list[Job] = []
 
         def track(job: Job) -> None:
@@ -343,10 +343,10 @@ class Submitter:
 
         self.waiting[id(request)] = request
         try:
-            return await self._queue(request, ticket, track, min(limits) if limits else None)
+            return await self._queue(request, hold, track, min(limits) if limits else None)
         except BaseException as error:
             if not tracked:  # a job queued and tracked is paid for: nothing to undo
-                await self._ledger.failed(ticket, error)
+                await self._ledger.failed(hold, error)
             raise
         finally:
             self.waiting.pop(id(request), None)
@@ -380,10 +380,10 @@ class Submitter:
         if entry.state is JobState.REJECTED and never_left and await self._ledger.requeue(entry):
             entry = attrs.evolve(entry, state=JobState.INTENT)
         if entry.state is JobState.INTENT:
-            ticket = self._ledger.hold_recorded(entry)
+            hold = self._ledger.hold_recorded(entry)
             deadline_at = None if deadline is None else self._clock.monotonic() + deadline
             return await self.send(
-                entry.request, ticket, target=target, name=entry.name, deadline_at=deadline_at
+                entry.request, hold, target=target, name=entry.name, deadline_at=deadline_at
             )
         if entry.state is JobState.REJECTED:
             raise journaled_error(entry)
@@ -426,19 +426,19 @@ class Submitter:
     async def _queue(
         self,
         request: QueueRequest,
-        ticket: Ticket,
+        hold: JobHold,
         track: Callable[[Job], None],
-        token_deadline: float | None,
+        token_deadline_at: float | None,
     ) -> Job:
         async def send() -> Job:
             self.waiting.pop(id(request), None)  # has its token
             with anyio.CancelScope(shield=True):  # see the module docstring
                 # Raises JournalError (nothing sent) if the row cannot be claimed: another
                 # owner has it, or the write failed.
-                await self._ledger.claim(ticket)
+                await self._ledger.claim(hold)
                 job = await self._client.queue(request)
                 await self._refuse_repeated_id(request, job)
-                await self._ledger.queued(ticket, job.queue_id)  # never raises
+                await self._ledger.queued(hold, job.queue_id)  # never raises
                 track(job)
             return job
 
@@ -446,14 +446,14 @@ class Submitter:
             # No job was created: the row is "intent" again while the retry waits, so a
             # crash during the wait leaves it for resume to send, not an "unknown".
             if queue_not_created(error):
-                await self._ledger.unclaim(ticket)
+                await self._ledger.unclaim(hold)
 
         try:
             return await self._retrier.call(
                 "queue",
                 send,
                 limiter=self._limiter,
-                deadline=token_deadline,
+                deadline=token_deadline_at,
                 before_retry=before_retry,
             )
         except TokenTooLate as late:

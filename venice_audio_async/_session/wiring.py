@@ -36,7 +36,7 @@ from .lifecycle import Lifecycle
 from .results import Delivery, Results
 from .resume import Resumer
 from .statistics import StatisticsCollector
-from .status import JobWatch, StatusBook
+from .status import EndedJobs, JobWatch
 from .submit import Submitter
 
 __all__ = ["SessionParts", "build_parts"]
@@ -121,21 +121,21 @@ def build_parts(
     retrier = Retrier(acquire=budget.acquire, policy=retry, clock=clock, rng=rng)
     limiter = RequestLimiter(limits.max_concurrent_requests)
     ledger = Ledger(limit_usd=max_spend_usd, clock=clock, journal=journal)
-    book = StatusBook()
+    ended = EndedJobs()
     estimator = DurationEstimator(bounds=polling or PollingBounds())
     scheduler = Scheduler(
         client=client,
         budget=budget,
         estimator=estimator,
         clock=clock,
-        retry=retry,
+        retrier=retrier,
         # Polls hold only their share of the slots: the rest stay free for other calls.
         limiter=RequestLimiter(limits.concurrent_polls, parent=limiter),
         release_limiter=limiter,
         release=release_media,
         max_untaken_bytes=limits.max_untaken_bytes,
         rng=rng,
-        on_outcome=book.recording(ledger.record_outcome),
+        on_outcome=ended.recording(ledger.record_outcome),
         on_released=ledger.record_released,
     )
     models = Catalogue(
@@ -187,7 +187,7 @@ def build_parts(
         ),
         watch=JobWatch(
             scheduler=scheduler,
-            book=book,
+            ended=ended,
             budget=budget,
             clock=clock,
             submits_waiting=submitter.waiting,

@@ -274,8 +274,8 @@ class ErrorBudget:
 
     A failure is an answer that is not 2xx; dropped connections never count, nor do the
     lockout's own 429s (counting them would extend the lockout forever). Other 429s (rate
-    limits, injected 429s) count only with ``counts_429``: sources disagree (AUDIO_API.md
-    section 9: [DOCS] counts every non-success status, [SKILL] leaves 429s out).
+    limits, injected 429s) count only with ``counts_429``: sources disagree (the API's
+    rate-limit page counts every non-success status, its usage notes leave 429s out).
 
     Raises:
         ValueError: ``failures`` below 0 or ``window`` not above 0.

@@ -1,4 +1,4 @@
-"""The texts and bodies the fake server answers with (AUDIO_API.md sections 8 and 9).
+"""The texts and bodies the fake server answers with (the API's error codes and rate limits).
 
 Kept apart from the server so that the exact wording Venice uses (which tests assert and
 clients may match on) lives in one place: error messages per status, a job's failure text,
@@ -55,7 +55,7 @@ MSG_INSUFFICIENT = (
 )
 DEFAULT_SUGGESTED_PROMPT = "A calm instrumental piece with soft piano and warm strings."
 
-#: Default error texts per status (AUDIO_API.md section 8).
+#: Default error texts per status (the API reference's error codes).
 STATUS_MESSAGES: dict[int, str] = {
     400: INVALID_PARAMETERS,
     401: MSG_AUTH_FAILED,

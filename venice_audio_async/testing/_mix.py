@@ -3,8 +3,7 @@
 Real generations do not all take the same time: each model has its own typical run time, and
 runs spread around it (right-skewed: a few take much longer). :class:`JobMix` draws each job's
 run time from a per-model lognormal, and reports the model's 80th percentile as
-``average_execution_time``, the way Venice documents that field (a P80 estimate, AUDIO_API.md
-section 5).
+``average_execution_time``, the way Venice documents that field (a P80 estimate).
 
 The draw depends only on the seed and the queue body, never on arrival order or on the
 process, so the same list of requests gets the same run times in every run: benchmarks can

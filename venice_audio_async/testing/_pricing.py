@@ -1,6 +1,6 @@
 """What the fake server charges: the quote of a request from its model's catalogue pricing.
 
-The four pricing shapes of AUDIO_API.md section 7 (``durations`` tiers, a flat
+The four pricing shapes of the model catalogue (``durations`` tiers, a flat
 ``generation`` price, ``per_second`` and ``per_thousand_characters``), computed from the raw
 catalogue row as the server sees it, independently of the client's model.
 """

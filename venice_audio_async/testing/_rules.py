@@ -2,8 +2,9 @@
 
 This module is deliberately independent of the client: it works on raw JSON values (dicts,
 lists, str, int, float, bool, None) and on raw catalogue rows, and it re-states the rules from
-the API reference (AUDIO_API.md sections 3-6) rather than importing the client's model. A
-property test can therefore compare the client's local verdict with the server's.
+the API reference (the quote, queue, retrieve and complete requests) rather than importing the
+client's model. A property test can therefore compare the client's local verdict with the
+server's.
 
 Two layers, reported together (a request with several problems gets all of them at once):
 

@@ -1,20 +1,19 @@
 """An in-process fake of Venice's asynchronous audio API, served over real HTTP by aiohttp.
 
 :class:`FakeServer` implements ``GET /models``, ``POST /audio/{quote,queue,retrieve,complete}``
-and ``GET /api_keys/rate_limits`` under ``/api/v1`` following AUDIO_API.md (section 11 is its
-checklist), keeps every job's state, records every request, and lets a test script job
-timelines (:class:`JobScript`) and inject faults (:class:`Fault`). All times are *virtual*
-seconds of :attr:`FakeServer.clock` (a :class:`~._core.clock.ScaledClock`), and
-every number on the wire is virtual too: a "60 s" job at ``time_scale=0.001`` finishes after
-60 real milliseconds but still reports ``average_execution_time`` in the tens of thousands of
-milliseconds.
+and ``GET /api_keys/rate_limits`` under ``/api/v1`` following the API reference, keeps every
+job's state, records every request, and lets a test script job timelines (:class:`JobScript`)
+and inject faults (:class:`Fault`). All times are *virtual* seconds of :attr:`FakeServer.clock`
+(a :class:`~._core.clock.ScaledClock`), and every number on the wire is virtual too: a "60 s"
+job at ``time_scale=0.001`` finishes after 60 real milliseconds but still reports
+``average_execution_time`` in the tens of thousands of milliseconds.
 
 This module is the facade: configuration, lifecycle, scripting and inspection. The request
 pipeline is in :mod:`._pipeline`, the endpoints in :mod:`._endpoints`, the rate windows, error
 budget and balance in :mod:`._limits`, the texts in :mod:`._messages` and the value types in
 :mod:`._types` (re-exported here).
 
-Assumptions where the reference is silent ([UNK]/[INF] in AUDIO_API.md), all deliberate:
+Assumptions where the API reference is silent or unsure, all deliberate:
 
 * ``retrieve``/``complete`` naming a *different* model than the job's answer 400 "Request ID
   is invalid." (the id is not valid for that model). With ``api_keys`` configured, a job is
@@ -399,7 +398,7 @@ class FakeServer:
     ) -> None:
         """Make ``model`` "currently overloaded": its ``queue`` calls answer 429
         ``{"error": "The model is currently overloaded. Please try again later."}`` with
-        ``Retry-After: <retry_after>`` (30 s is typical, AUDIO_API.md section 9).
+        ``Retry-After: <retry_after>`` (30 s is typical of the API).
 
         Only ``queue`` of that model is refused (other models, and polls of its running jobs,
         are served); whether these 429s count toward the error budget follows

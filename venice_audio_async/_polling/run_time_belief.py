@@ -12,7 +12,7 @@ the maths the poll policy needs from that belief, all in closed form or from sma
 * ``J(t) = integral_0^t sqrt(f S / 2)``: in the fluid limit the best gap between polls at
   price ``p`` is ``sqrt(2 p / h)`` (``h`` the hazard rate), so a job still running at ``s``
   costs ``(J(e + x) - J(e)) / (S(s) sqrt(p))`` polls over the next ``x`` seconds. The policy
-  sums this over jobs to price the window (../shared/POLLING.md).
+  sums this over jobs to price the window (docs/polling.md).
 
 ``J`` has no closed form. In z-space (``t = exp(mu + sigma z)``) it is
 ``sqrt(sigma / 2) exp(mu / 2) G_sigma(z)`` with
