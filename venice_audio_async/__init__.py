@@ -84,8 +84,8 @@ from ._core.outcomes import BatchOutcome, Failed, Outcome, Refused, Succeeded, U
 from ._core.version import __version__
 from ._polling.estimator import PollingBounds
 from ._session.batch_flow import BatchResults, FollowedResults
-from ._session.results import ResultStream
 from ._session.options import SessionOptions
+from ._session.results import ResultStream
 from ._session.session import AsyncSession
 from ._session.statistics import SessionStatistics
 from ._session.status import PRIOR_RUN_SECONDS, EstimateSource, JobPhase, JobStatus

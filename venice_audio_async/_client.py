@@ -6,7 +6,9 @@ It neither polls nor retries (``queue`` especially: a retry could bill twice). T
 
 from __future__ import annotations
 
+import logging
 import types
+from collections.abc import Iterable
 
 import attrs
 
@@ -38,6 +40,22 @@ from ._core.models import (
 from ._http.transport import HttpSession, HttpTransport, JsonAnswer, require_asyncio
 
 __all__ = ["VeniceClient"]
+
+log = logging.getLogger("venice_audio_async")
+
+#: ``extra_body`` field names already logged as unchecked (once per name and process).
+_UNCHECKED: set[str] = set()
+
+
+def _announce_unchecked(names: Iterable[str]) -> None:
+    for name in names:
+        if name not in _UNCHECKED:
+            _UNCHECKED.add(name)
+            log.info(
+                "queue field %r is sent from extra_body, unchecked by this library; the API "
+                "refuses a field it does not know with a 400",
+                name,
+            )
 
 
 class VeniceClient:
@@ -160,6 +178,8 @@ class VeniceClient:
             ServerError: the server failed.
             TransportError: no usable answer.
         """
+        if request.extra_body:
+            _announce_unchecked(request.extra_body)
         answer = await self._transport.request_json(
             "queue", "POST", "audio/queue", body=unstructure_request(request)
         )
