@@ -43,10 +43,12 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
+from ._core.config import RetryPolicy
 from ._core.errors import SessionStateError
 from ._core.models import AudioModel, AudioResult, Job, QueueOptions, QueueRequest, QuoteResult
 from ._core.outcomes import BatchOutcome, Outcome
 from ._ledger.ledger import JournalSource
+from ._polling.release import ReleaseMedia
 from ._session.options import SessionOptions, check_options
 from ._session.resume import ResumeReport
 from ._session.session import AsyncSession
@@ -372,9 +374,40 @@ class VeniceAudio:
         session = repr(self._loop.session).removeprefix("<AsyncSession ")
         return f"<VeniceAudio {state}, session {session}"
 
+    #: A view's session (``with_options``); ``None``: the client's own.
+    _view: AsyncSession | None = None
+
     @property
     def _session(self) -> AsyncSession:
-        return self._loop.session
+        return self._view if self._view is not None else self._loop.session
+
+    def with_options(
+        self,
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        release_media: ReleaseMedia | None = None,
+    ) -> VeniceAudio:
+        """A view of this client with other per-call options (see
+        :meth:`AsyncSession.with_options`): the same thread, session, pool and budget;
+        ``timeout`` bounds each call that takes one, ``retry`` and ``release_media`` hold
+        for the jobs submitted through the view. Closing either closes both; a view needs
+        no closing of its own::
+
+            patient = client.with_options(timeout=600)
+            audio = patient.generate("stable-audio-25", "rain", duration_seconds=30)
+
+        Raises:
+            TypeError, ValueError: an option of the wrong type or value.
+        """
+        session = self._session
+        made = self._loop.run_sync(
+            lambda: session.with_options(timeout=timeout, retry=retry, release_media=release_media)
+        )
+        view = object.__new__(VeniceAudio)
+        view._loop = self._loop
+        view._view = made
+        return view
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -401,7 +434,7 @@ class VeniceAudio:
 
     def __del__(self) -> None:
         loop = getattr(self, "_loop", None)
-        if loop is not None and not loop.closed:
+        if loop is not None and not loop.closed and self._view is None:
             warnings.warn(
                 f"{self!r} was never closed; use 'with VeniceAudio()' or call close()",
                 ResourceWarning,
