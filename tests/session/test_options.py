@@ -177,3 +177,20 @@ def test_redis_url_without_the_extra_says_how(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)  # as if not installed
     with pytest.raises(ImportError, match=r"VENICE_REDIS_URL is set.*\[redis\].*unset"):
         v.AsyncSession(api_key=API_KEY)
+
+
+BAD: Any = "40"  # a wrong type, unseen by the type checker
+
+
+@pytest.mark.parametrize(
+    ("make", "public"),
+    [
+        (lambda: v.RateLimits(queue_per_minute=BAD), r"RateLimits\(queue_per_minute=\.\.\.\)"),
+        (lambda: v.Timeouts(read=BAD), r"Timeouts\(read=\.\.\.\)"),
+        (lambda: v.RetryPolicy(max_backoff=BAD), r"RetryPolicy\(max_backoff=\.\.\.\)"),
+    ],
+)
+def test_a_settings_field_of_the_wrong_type_names_the_class(make: Any, public: str) -> None:
+    """Not a bare "must be real number, not str" from inside: the class and the field."""
+    with pytest.raises(TypeError, match=rf"^{public} must be a number, got"):
+        make()

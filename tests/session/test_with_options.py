@@ -134,3 +134,14 @@ async def test_options_are_checked_and_views_need_no_closing(fake_server: FakeSe
     await view.models()  # starts the one session
     del view  # no ResourceWarning for a view: the session is the one to close
     await session.aclose()
+
+
+def test_untaken_audio_of_a_job_deleted_on_retrieve_is_never_dropped() -> None:
+    """Over max_untaken_bytes, the oldest untaken audio is dropped (downloaded again when
+    taken), except a job deleted on retrieve through a view: it could not be."""
+    from venice_audio_async._polling.held_audio import HeldAudio
+
+    held = HeldAudio(max_bytes=100, release="complete")
+    assert held.hold("deleted", 60, "delete_on_retrieve") == []
+    assert held.hold("kept", 30) == []
+    assert held.hold("newest", 30) == ["kept"]  # not "deleted", though older
