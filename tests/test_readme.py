@@ -123,6 +123,8 @@ EXAMPLES = {
     "pooled_rate_limit=60": "test_fake_server_limits_example",
     "ThreadPoolExecutor": "test_without_async_script",
     "session = AsyncSession()  # nothing opened yet": "test_notebook_session_without_async_with",
+    "session.with_options(": "test_with_options_example",
+    "accept_extra_fields=": "test_extra_body_example",
 }
 
 
@@ -374,3 +376,42 @@ async def _many_processes(server: FakeServer, redis_server: RedisServer, blocks:
     learned = await _run(blocks[1], names)
     assert learned["learned"].pooled_per_minute == 60
     await learned["budget"].aclose()
+
+
+async def _run_self_contained(marker: str, caplog: pytest.LogCaptureFixture) -> dict[str, Any]:
+    """Run the docs example holding ``marker``, which starts its own fake server; what the
+    user sees afterwards: no warning, nothing left untaken."""
+    code = next(c for c in _blocks().values() if marker in c)
+    names: dict[str, Any] = {name: getattr(v, name) for name in v.__all__}
+    names.update({"FakeServer": FakeServer, "ScaledClock": ScaledClock})
+    opened: list[v.AsyncSession] = []
+
+    def session(*args: Any, **options: Any) -> v.AsyncSession:
+        made = v.AsyncSession(*args, **options)
+        opened.append(made)
+        return made
+
+    names["AsyncSession"] = session
+    names[OPENED] = opened
+    local = await _run(code, names)
+    assert len(_user_view(names, caplog)) == 1
+    return local
+
+
+async def test_with_options_example(caplog: pytest.LogCaptureFixture) -> None:
+    """The with_options example of "Sessions": two views of one session, the second's job
+    deleted on retrieve (no complete for it), the first's released with complete."""
+    local = await _run_self_contained("session.with_options(", caplog)
+    server: FakeServer = local["server"]
+    flags = [
+        r.body.get("delete_media_on_completion") for r in server.requests_to("retrieve") if r.body
+    ]
+    assert True in flags
+    assert server.count("complete") == 1
+
+
+async def test_extra_body_example(caplog: pytest.LogCaptureFixture) -> None:
+    """The extra_body example of "Sessions": the field is sent as given and accepted."""
+    caplog.set_level(logging.INFO, logger="venice_audio_async")
+    local = await _run_self_contained("accept_extra_fields=", caplog)
+    assert local["server"].requests_to("queue")[0].status == 200

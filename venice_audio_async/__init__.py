@@ -84,6 +84,7 @@ from ._core.outcomes import BatchOutcome, Failed, Outcome, Refused, Succeeded, U
 from ._core.version import __version__
 from ._polling.estimator import PollingBounds
 from ._session.batch_flow import BatchResults, FollowedResults
+from ._session.options import SessionOptions
 from ._session.results import ResultStream
 from ._session.session import AsyncSession
 from ._session.statistics import SessionStatistics
@@ -164,6 +165,7 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "ServiceUnavailableError",
+    "SessionOptions",
     "SessionStateError",
     "SessionStatistics",
     "SpendLimitExceeded",

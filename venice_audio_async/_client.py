@@ -6,13 +6,14 @@ It neither polls nor retries (``queue`` especially: a retry could bill twice). T
 
 from __future__ import annotations
 
-import os
+import logging
 import types
+from collections.abc import Iterable
 
 import attrs
 
 from ._core.audio import AudioSink, MemorySink
-from ._core.config import DEFAULT_BASE_URL, Limits, Timeouts
+from ._core.config import Limits, Timeouts
 from ._core.converters import (
     structure_catalogue,
     structure_complete,
@@ -22,6 +23,7 @@ from ._core.converters import (
     structure_quote,
     unstructure_request,
 )
+from ._core.environment import api_key_from_env, base_url_from_env
 from ._core.models import (
     ApiKeyRateLimits,
     AudioModel,
@@ -39,6 +41,22 @@ from ._http.transport import HttpSession, HttpTransport, JsonAnswer, require_asy
 
 __all__ = ["VeniceClient"]
 
+log = logging.getLogger("venice_audio_async")
+
+#: ``extra_body`` field names already logged as unchecked (once per name and process).
+_UNCHECKED: set[str] = set()
+
+
+def _announce_unchecked(names: Iterable[str]) -> None:
+    for name in names:
+        if name not in _UNCHECKED:
+            _UNCHECKED.add(name)
+            log.info(
+                "queue field %r is sent from extra_body, unchecked by this library; the API "
+                "refuses a field it does not know with a 400",
+                name,
+            )
+
 
 class VeniceClient:
     """A thin async client for the audio endpoints.
@@ -46,7 +64,8 @@ class VeniceClient:
     Use it as an async context manager (or call :meth:`aclose`). Pass ``http_session`` to
     share your own :class:`aiohttp.ClientSession`; it is then left open when this client
     closes. The API key comes from ``api_key`` or the ``VENICE_API_KEY`` environment
-    variable; it is never shown in ``repr``.
+    variable; it is never shown in ``repr``. ``base_url`` defaults to ``VENICE_BASE_URL``,
+    else the public API.
 
     .. versionadded:: 0.1.0
     """
@@ -55,7 +74,7 @@ class VeniceClient:
         self,
         *,
         api_key: str | None = None,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str | None = None,
         timeouts: Timeouts | None = None,
         limits: Limits | None = None,
         http_session: HttpSession | None = None,
@@ -63,8 +82,8 @@ class VeniceClient:
     ) -> None:
         self.limits = limits or Limits()
         self._transport = HttpTransport(
-            api_key=api_key if api_key is not None else os.environ.get("VENICE_API_KEY"),
-            base_url=base_url,
+            api_key=api_key_from_env(api_key),
+            base_url=base_url_from_env(base_url),
             timeouts=timeouts or Timeouts(),
             limits=self.limits,
             session=http_session,
@@ -159,6 +178,8 @@ class VeniceClient:
             ServerError: the server failed.
             TransportError: no usable answer.
         """
+        if request.extra_body:
+            _announce_unchecked(request.extra_body)
         answer = await self._transport.request_json(
             "queue", "POST", "audio/queue", body=unstructure_request(request)
         )

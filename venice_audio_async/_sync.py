@@ -24,7 +24,6 @@ import atexit
 import concurrent.futures
 import contextlib
 import logging
-import os
 import sys
 import threading
 import types
@@ -44,16 +43,13 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from ._core.clock import Clock
-from ._core.config import DEFAULT_BASE_URL, Limits, RateLimits, RetryPolicy, Timeouts
+from ._core.config import RetryPolicy
 from ._core.errors import SessionStateError
 from ._core.models import AudioModel, AudioResult, Job, QueueOptions, QueueRequest, QuoteResult
 from ._core.outcomes import BatchOutcome, Outcome
-from ._http.transport import HttpSession
 from ._ledger.ledger import JournalSource
-from ._polling.estimator import PollingBounds
 from ._polling.release import ReleaseMedia
-from ._rate.budget import RequestBudget
+from ._session.options import SessionOptions, check_options
 from ._session.resume import ResumeReport
 from ._session.session import AsyncSession
 from ._session.statistics import SessionStatistics
@@ -320,65 +316,98 @@ class VeniceAudio:
     is closed when it is collected (with a ``ResourceWarning``) or at interpreter exit;
     its thread never keeps the interpreter alive.
 
+    Args:
+        api_key: The API key (default: ``VENICE_API_KEY``). Never shown in ``repr``,
+            messages or logs. Without one, only ``models`` works.
+        base_url: The API's base URL (default: ``VENICE_BASE_URL``, else
+            ``https://api.venice.ai/api/v1``).
+        timeouts: HTTP timeouts (:class:`Timeouts`; default ``Timeouts()``).
+        retry: How failed requests are retried and when a job that gets no answer is
+            given up on (:class:`RetryPolicy`; default ``RetryPolicy()``). Per job with
+            :meth:`with_options`.
+        rate_limits: The client-side request budget per endpoint (:class:`RateLimits`;
+            default ``RateLimits()``: 40 queue and 120 retrieve a minute).
+        limits: Connections, concurrency and size caps (:class:`Limits`; default
+            ``Limits()``).
+        polling: Bounds of the poll policy (:class:`PollingBounds`; default
+            ``PollingBounds()``).
+        output_dir: A directory for finished audio, a file per job written atomically
+            (default ``None``: audio stays in memory).
+        release_media: When the server's copy of finished audio is released:
+            ``"complete"`` (the default), ``"delete_on_retrieve"`` or ``"keep"``. Per job
+            with :meth:`with_options`.
+        validate: Check each request against the model's rules before sending it
+            (default ``True``); each call may override it.
+        catalogue: The models to use instead of fetching the catalogue (default
+            ``None``: fetched once, on first need).
+        http_session: Your own ``aiohttp.ClientSession`` to send through (default
+            ``None``: the session owns its pool); it is left open on close.
+        clock: The time source (a :class:`Clock`; default the system clock; tests pass
+            a ``ManualClock`` or ``ScaledClock``).
+        budget: A request budget to share (a :class:`RequestBudget`, such as
+            ``RedisBudget``; default: one on ``VENICE_REDIS_URL`` when it is set, else the
+            session's own from ``rate_limits``).
+        allow_insecure_http: Allow a plain ``http://`` ``base_url`` on a remote host
+            (default ``False``: only loopback may use plain http).
+        journal: A job journal (a path or a :class:`Journal`; default ``None``): every
+            paid job is recorded before it is sent, so ``resume`` can finish it.
+        max_spend_usd: A spending limit in USD for the session (default ``None``: none);
+            a job that would pass it is refused before it is sent.
+
     Raises:
         ValueError: invalid configuration (for example a plain-http remote ``base_url``).
+        TypeError: an unknown keyword, or an option of the wrong type (naming the class
+            it must be).
+        ImportError: ``VENICE_REDIS_URL`` is set but the ``redis`` extra is missing.
 
     .. versionadded:: 0.1.0
     """
 
-    def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        base_url: str = DEFAULT_BASE_URL,
-        timeouts: Timeouts | None = None,
-        retry: RetryPolicy | None = None,
-        rate_limits: RateLimits | None = None,
-        limits: Limits | None = None,
-        polling: PollingBounds | None = None,
-        output_dir: str | os.PathLike[str] | None = None,
-        release_media: ReleaseMedia = "complete",
-        validate: bool = True,
-        catalogue: Sequence[AudioModel] | None = None,
-        http_session: HttpSession | None = None,
-        clock: Clock | None = None,
-        budget: RequestBudget | None = None,
-        allow_insecure_http: bool = False,
-        journal: JournalSource | None = None,
-        max_spend_usd: float | None = None,
-    ) -> None:
-        # The same options as AsyncSession's, forwarded as given (a test compares the two
-        # signatures); the session is built in its loop's thread.
-        self._loop = _Loop(
-            lambda: AsyncSession(
-                api_key=api_key,
-                base_url=base_url,
-                timeouts=timeouts,
-                retry=retry,
-                rate_limits=rate_limits,
-                limits=limits,
-                polling=polling,
-                output_dir=output_dir,
-                release_media=release_media,
-                validate=validate,
-                catalogue=catalogue,
-                http_session=http_session,
-                clock=clock,
-                budget=budget,
-                allow_insecure_http=allow_insecure_http,
-                journal=journal,
-                max_spend_usd=max_spend_usd,
-            )
-        )
+    def __init__(self, **options: Unpack[SessionOptions]) -> None:
+        # AsyncSession's options, forwarded as given; the session is built in its loop's
+        # thread (refused options raise here, and the thread ends).
+        check_options("VeniceAudio", options)  # named as this class, before any thread
+        self._loop = _Loop(lambda: AsyncSession(**options))
 
     def __repr__(self) -> str:
         state = "closed" if self._loop.closed else "open"
         session = repr(self._loop.session).removeprefix("<AsyncSession ")
         return f"<VeniceAudio {state}, session {session}"
 
+    #: A view's session (``with_options``); ``None``: the client's own.
+    _view: AsyncSession | None = None
+
     @property
     def _session(self) -> AsyncSession:
-        return self._loop.session
+        return self._view if self._view is not None else self._loop.session
+
+    def with_options(
+        self,
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        release_media: ReleaseMedia | None = None,
+    ) -> VeniceAudio:
+        """A view of this client with other per-call options (see
+        :meth:`AsyncSession.with_options`): the same thread, session, pool and budget;
+        ``timeout`` bounds each call that takes one, ``retry`` and ``release_media`` hold
+        for the jobs submitted through the view. Closing either closes both; a view needs
+        no closing of its own::
+
+            patient = client.with_options(timeout=600)
+            audio = patient.generate("stable-audio-25", "rain", duration_seconds=30)
+
+        Raises:
+            TypeError, ValueError: an option of the wrong type or value.
+        """
+        session = self._session
+        made = self._loop.run_sync(
+            lambda: session.with_options(timeout=timeout, retry=retry, release_media=release_media)
+        )
+        view = object.__new__(VeniceAudio)
+        view._loop = self._loop
+        view._view = made
+        return view
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -405,7 +434,7 @@ class VeniceAudio:
 
     def __del__(self) -> None:
         loop = getattr(self, "_loop", None)
-        if loop is not None and not loop.closed:
+        if loop is not None and not loop.closed and self._view is None:
             warnings.warn(
                 f"{self!r} was never closed; use 'with VeniceAudio()' or call close()",
                 ResourceWarning,

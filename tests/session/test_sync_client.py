@@ -428,3 +428,24 @@ def test_collected_in_its_own_loop_thread_still_closes(server: FakeServer) -> No
     with pytest.raises(v.SessionStateError):
         client.models()
     client.close()  # harmless now
+
+
+def test_with_options_views_share_the_client(server: FakeServer) -> None:
+    """A view of the client: the same session and thread, its jobs released per its own
+    release_media, its timeout bounding its calls; closing the client closes the view."""
+    with _client(server) as client:
+        deleting = client.with_options(release_media="delete_on_retrieve", timeout=500.0)
+        assert deleting._loop is client._loop
+        job = deleting.submit(MODEL, "rain on a tin roof", duration_seconds=5)
+        assert client.wait_for(job).data
+        assert client.generate(MODEL, "rain on a tin roof", duration_seconds=5).data
+        assert client.statistics().jobs_succeeded == 2
+        assert deleting.statistics().jobs_succeeded == 2  # one session: both count
+    flags = {
+        (r.body or {}).get("queue_id"): (r.body or {}).get("delete_media_on_completion")
+        for r in server.requests_to("retrieve")
+    }
+    assert flags[job.queue_id] is True
+    assert sorted(flags.values(), key=str) == [None, True]
+    with pytest.raises(v.SessionStateError):
+        deleting.statistics()

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import random
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from .._core.clock import Clock, ScaledClock, SystemClock
+from .._core.environment import api_key_from_env
 from .._ledger.journal import Journal
 from .._rate.redis_budget import RedisBudget
 from .._session.session import AsyncSession
@@ -79,7 +79,7 @@ async def endpoint(
             say(f"using the built-in fake server at {server.url} (time x{1 / scale:g})")
             yield server.url, _FAKE_KEY, clock
         return
-    yield args.base_url, args.api_key or os.environ.get("VENICE_API_KEY"), clock
+    yield args.base_url, api_key_from_env(args.api_key or None), clock
 
 
 def need_key(key: str | None) -> bool:

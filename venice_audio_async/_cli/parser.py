@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeAlias
 
 from .. import __version__
-from .._core.config import DEFAULT_BASE_URL
+from .._core.environment import base_url_from_env, redis_url_from_env
 from .exits import epilog
 
 __all__ = ["LOG_LEVELS", "build_parser"]
@@ -85,7 +84,11 @@ def _common_options(output: argparse.ArgumentParser) -> argparse.ArgumentParser:
         action="store_true",
         help="use the built-in fake server: no key, no network, no cost; playable WAV tones",
     )
-    common.add_argument("--base-url", default=DEFAULT_BASE_URL, help="API base URL")
+    common.add_argument(
+        "--base-url",
+        default=base_url_from_env(),
+        help="API base URL (default: $VENICE_BASE_URL, else the public API)",
+    )
     common.add_argument("--api-key", help="API key (default: $VENICE_API_KEY)")
     common.add_argument(
         "--allow-insecure-http", action="store_true", help="allow plain http to remote hosts"
@@ -107,7 +110,7 @@ def _shared_budget_option() -> argparse.ArgumentParser:
     shared.add_argument(
         "--redis",
         metavar="URL",
-        default=os.environ.get("VENICE_REDIS_URL") or None,
+        default=redis_url_from_env(),
         help="share one request budget with every process on this key through Redis "
         "(default: $VENICE_REDIS_URL; needs the redis extra)",
     )

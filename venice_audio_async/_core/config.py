@@ -52,12 +52,20 @@ def check_number(name: str, value: float, *, minimum: float = 0.0, inclusive: bo
         raise ValueError(f"{name} must be a finite number {relation} {minimum:g}, got {value!r}")
 
 
-def _positive(_: object, attribute: attrs.Attribute[float], value: float | None) -> None:
+def _require_number(setting: object, name: str, value: object) -> None:
+    """A setting's field must be a number: else a TypeError naming the public class."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{type(setting).__name__}({name}=...) must be a number, got {value!r}")
+
+
+def _positive(setting: object, attribute: attrs.Attribute[float], value: float | None) -> None:
     if value is not None:
+        _require_number(setting, attribute.name, value)
         check_number(attribute.name, value)
 
 
-def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+def _non_negative(setting: object, attribute: attrs.Attribute[float], value: float) -> None:
+    _require_number(setting, attribute.name, value)
     check_number(attribute.name, value, inclusive=True)
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "structure_complete",
     "structure_key_rate_limits",
     "structure_processing",
+    "structure_queue_request",
     "structure_queued",
     "structure_quote",
     "unstructure_request",
@@ -65,12 +66,24 @@ for _request_cls in (QuoteRequest, RetrieveRequest, CompleteRequest):
         make_dict_unstructure_fn(_request_cls, converter, _cattrs_omit_if_default=True),
     )
 # A request's ``key`` is the caller's, for the journal: it never goes on the wire.
-converter.register_unstructure_hook(
+_unstructure_queue = make_dict_unstructure_fn(
     QueueRequest,
-    make_dict_unstructure_fn(
-        QueueRequest, converter, _cattrs_omit_if_default=True, key=override(omit=True)
-    ),
+    converter,
+    _cattrs_omit_if_default=True,
+    key=override(omit=True),
+    extra_body=override(omit=True),
 )
+
+
+def _queue_body(request: QueueRequest) -> dict[str, Any]:
+    """The queue body: the modelled fields, then ``extra_body``'s as given."""
+    body: dict[str, Any] = _unstructure_queue(request)
+    if request.extra_body:
+        body.update(request.extra_body)
+    return body
+
+
+converter.register_unstructure_hook(QueueRequest, _queue_body)
 
 RequestBody = QuoteRequest | QueueRequest | RetrieveRequest | CompleteRequest
 
@@ -79,6 +92,15 @@ def unstructure_request(request: RequestBody) -> dict[str, Any]:
     """The JSON body for a request, with every unset field left out."""
     body: dict[str, Any] = converter.unstructure(request)
     return body
+
+
+def structure_queue_request(body: Mapping[str, Any]) -> QueueRequest:
+    """A :class:`QueueRequest` from its stored body: the fields it does not model go back
+    into ``extra_body``."""
+    modelled = {field.name for field in attrs.fields(QueueRequest)}
+    known = {name: value for name, value in body.items() if name in modelled}
+    extra = {name: value for name, value in body.items() if name not in modelled}
+    return QueueRequest(**known, extra_body=extra or None)
 
 
 # --------------------------------------------------------------------------- catalogue

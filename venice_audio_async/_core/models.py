@@ -10,6 +10,7 @@ metadata), as the API reference describes the model catalogue.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypedDict, Union
@@ -215,6 +216,30 @@ class QuoteRequest:
     character_count: int | None = None
 
 
+def _check_extra_body(
+    request: object, attribute: attrs.Attribute[Any], extra: Mapping[str, Any] | None
+) -> None:
+    """``extra_body`` is a JSON object of fields the request does not model."""
+    if extra is None:
+        return
+    if not isinstance(extra, Mapping):
+        raise TypeError(
+            f"extra_body must be a mapping of field names to JSON values, got {extra!r}"
+        )
+    modelled = {field.name for field in attrs.fields(QueueRequest)}
+    for name in extra:
+        if not isinstance(name, str):
+            raise TypeError(f"extra_body: field names must be str, got {name!r}")
+        if name in modelled:
+            raise ValueError(
+                f"extra_body: {name!r} is a field of QueueRequest; pass it as {name}=... instead"
+            )
+    try:
+        json.dumps(dict(extra), allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"extra_body is not JSON: {error}") from None
+
+
 @attrs.frozen
 class QueueRequest:
     """Body of ``POST /audio/queue``: one generation.
@@ -225,6 +250,12 @@ class QueueRequest:
     ``key`` is the caller's name for the job (e.g. ``"track-17"``), never sent to the API:
     with a journal, a keyed request whose key is already recorded is not queued again (see
     ``AsyncSession.submit_request``). Unkeyed requests are never deduplicated.
+
+    ``extra_body`` holds fields the library does not model yet (Venice adds queue fields
+    often), sent in the body as given: each value must be JSON (checked here), a name may
+    not be one of the fields above, and each name is logged once as unchecked. The library
+    cannot validate them, and the API's schemas are strict: a field it does not know, or a
+    wrong value, is refused with a 400 (:class:`BadRequestError`; nothing is billed).
 
     .. versionadded:: 0.1.0
     """
@@ -240,6 +271,10 @@ class QueueRequest:
     language_code: str | None = None
     speed: float | None = None
     key: str | None = attrs.field(default=None, kw_only=True)
+    # Not hashed (a mapping is not hashable); still compared.
+    extra_body: Mapping[str, Any] | None = attrs.field(
+        default=None, kw_only=True, hash=False, validator=_check_extra_body
+    )
 
 
 class QueueOptions(TypedDict, total=False):
@@ -260,6 +295,7 @@ class QueueOptions(TypedDict, total=False):
     language_code: str | None
     speed: float | None
     key: str | None
+    extra_body: Mapping[str, Any] | None
 
 
 @attrs.frozen

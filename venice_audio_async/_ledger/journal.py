@@ -57,7 +57,7 @@ import anyio.to_thread
 import attrs
 
 from .._core.clock import Clock, SystemClock
-from .._core.converters import unstructure_request
+from .._core.converters import structure_queue_request, unstructure_request
 from .._core.errors import JournalError
 from .._core.models import QueueRequest
 from .journal_db import DelayedWrite, JournalStore, connect
@@ -141,7 +141,7 @@ def _row_to_entry(row: sqlite3.Row) -> JournalEntry:
     return JournalEntry(
         id=row["id"],
         key=row["key"],
-        request=QueueRequest(**json.loads(row["request"])),
+        request=structure_queue_request(json.loads(row["request"])),
         state=JobState(row["state"]),
         queue_id=row["queue_id"],
         destination=row["destination"],

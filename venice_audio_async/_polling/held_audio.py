@@ -44,21 +44,24 @@ class HeldAudio:
         self._max = max_bytes
         self._release = release
         self._sizes: dict[str, int] = {}  # untaken in-memory audio, oldest first
+        self._pinned: set[str] = set()  # of those, the ones never dropped (deleted on retrieve)
         self.bytes = 0
         self._handed: dict[str, _Handed] = {}  # recently taken ids, oldest first (bounded)
         self._release_on_take: set[str] = set()
         self._room = anyio.Event()
         self._room.set()
 
-    def hold(self, queue_id: str, size: int) -> list[str]:
-        """Count ``size`` bytes of untaken audio of ``queue_id``. Returns the ids whose
-        bytes must be dropped to stay under the cap (oldest first; never under
-        ``delete_on_retrieve``, where a dropped file could not be downloaded again)."""
+    def hold(self, queue_id: str, size: int, release: ReleaseMedia | None = None) -> list[str]:
+        """Count ``size`` bytes of untaken audio of ``queue_id`` (``release``: its job's
+        mode, when not the session's). Returns the ids whose bytes must be dropped to stay
+        under the cap (oldest first; never one under ``delete_on_retrieve``, whose file
+        could not be downloaded again)."""
         if self._max is None:
             return []
         self._sizes[queue_id] = size
         self.bytes += size
-        if self._release == "delete_on_retrieve":
+        if (release or self._release) == "delete_on_retrieve":
+            self._pinned.add(queue_id)
             if self.bytes > self._max and self._room.is_set():
                 self._room = anyio.Event()  # once per time it fills: one warning each
                 log.warning(
@@ -70,8 +73,9 @@ class HeldAudio:
                 )
             return []
         dropped: list[str] = []
-        while self.bytes > self._max and self._sizes:
-            oldest = next(iter(self._sizes))
+        for oldest in [held for held in self._sizes if held not in self._pinned]:
+            if self.bytes <= self._max:
+                break
             self.bytes -= self._sizes.pop(oldest)
             dropped.append(oldest)
         return dropped
@@ -93,6 +97,7 @@ class HeldAudio:
         """A caller took ``queue_id``'s ``outcome``. Returns whether its media is to be
         released now."""
         self.bytes -= self._sizes.pop(queue_id, 0)
+        self._pinned.discard(queue_id)
         if self._max is not None and self.bytes <= self._max and not self._room.is_set():
             self._room.set()
         self._handed.pop(queue_id, None)  # taken again: now the newest

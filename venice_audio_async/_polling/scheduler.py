@@ -26,6 +26,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from .._client import VeniceClient
 from .._core.audio import SinkFactory
 from .._core.clock import Clock
+from .._core.config import RetryPolicy
 from .._core.errors import (
     APIStatusError,
     JobDeadlineExceeded,
@@ -317,7 +318,7 @@ class JobTable:
         """Count untaken in-memory audio; over the cap, evict the oldest (kept on the server)."""
         if audio.data is None:
             return
-        for queue_id in self.held.hold(tracked.job.queue_id, len(audio.data)):
+        for queue_id in self.held.hold(tracked.job.queue_id, len(audio.data), tracked.release):
             victim = self.jobs.get(queue_id)
             if victim is None or victim.outcome is None:
                 continue
@@ -420,6 +421,7 @@ class Scheduler:
         self._rng = rng or random.Random()
         self._retry = retrier.policy
         self._retrier = retrier  # the session's one: its backoff, jitter and waiter counts
+        self._job_retriers: dict[RetryPolicy, Retrier] = {}  # for jobs with a policy of their own
         self._releaser = MediaReleaser(
             client=client,
             retrier=self._retrier,
@@ -448,10 +450,14 @@ class Scheduler:
         *,
         deadline: float | None = None,
         elapsed: float | None = None,
+        retry: RetryPolicy | None = None,
+        release: ReleaseMedia | None = None,
     ) -> None:
         """Start polling ``job``. ``deadline`` is seconds from now; ``elapsed`` what is known
         of its run time so far: 0 for a job just queued, ``None`` for one queued elsewhere
-        at an unknown time. A job with a history (attached, resumed) is polled at once."""
+        at an unknown time. A job with a history (attached, resumed) is polled at once.
+        ``retry`` and ``release`` are the job's own (``session.with_options``), when not
+        the session's."""
         if job.queue_id in self.jobs:
             return  # running, or finished and kept until taken: attaching again changes nothing
         if self.jobs.held.took_audio(job.queue_id):
@@ -465,6 +471,8 @@ class Scheduler:
             started=now - (elapsed or 0.0),
             deadline_at=None if deadline is None else now + deadline,
             prompt=elapsed is None or elapsed > 0,
+            retry=retry,
+            release=release,
         )
         self.jobs.add_live(tracked)
         self._counts["tracked"] += 1
@@ -502,6 +510,19 @@ class Scheduler:
             extra={"queue_id": job.queue_id, "model": job.model},
         )
         self.jobs.keep(stored, sink_factory, self._clock.monotonic())
+
+    def _release_of(self, tracked: TrackedJob) -> ReleaseMedia:
+        return tracked.release or self._release
+
+    def _retrier_of(self, tracked: TrackedJob) -> Retrier:
+        """The job's retry policy at work: the session's, or one its view gave (one
+        retrier per policy, on the same budget)."""
+        if tracked.retry is None or tracked.retry == self._retry:
+            return self._retrier
+        retrier = self._job_retriers.get(tracked.retry)
+        if retrier is None:
+            retrier = self._job_retriers[tracked.retry] = self._retrier.with_policy(tracked.retry)
+        return retrier
 
     def _schedule(self, tracked: TrackedJob, due: float, *, wake: bool = True) -> bool:
         """Key ``tracked`` at ``due``; whether it is now the head (``wake``: tell the loop)."""
@@ -715,7 +736,7 @@ class Scheduler:
     # ------------------------------------------------------------------ one poll
 
     async def _poll(self, tracked: TrackedJob) -> TrackedJob | None:  # and the next, if any
-        request = tracked.request(delete=self._release == "delete_on_retrieve")
+        request = tracked.request(delete=self._release_of(tracked) == "delete_on_retrieve")
         answer: Processing | AudioResult | VeniceError
         sent = math.inf
         try:
@@ -769,13 +790,14 @@ class Scheduler:
         duration = audio.venice.inference_time
         if duration is None:
             duration = now - tracked.started
-        released = self._release == "delete_on_retrieve"
+        release = self._release_of(tracked)
+        released = release == "delete_on_retrieve"
         await self._finish(tracked, Succeeded(tracked.job, audio, released=released))
         if tracked.job.queue_id in self.jobs:
             self.jobs.hold_audio(tracked, audio)
         running = self.jobs.by_model.get(model, {}).values()
         self._start_sweep(self._fits.observe_finished(tracked, duration, running), model)
-        if self._release == "complete":
+        if release == "complete":
             if audio.path is None and tracked.job.queue_id in self.jobs:
                 # Only in memory: the server's copy stays until a caller takes the audio.
                 self.jobs.held.release_when_taken(tracked.job.queue_id)
@@ -800,12 +822,13 @@ class Scheduler:
             await self._key_refused(tracked, error)
             return
         unreached: float | None = None
+        retrier = self._retrier_of(tracked)
         if verdict is PollVerdict.REPEAT:
             assert isinstance(error, APIStatusError)
             answer = (error.status_code, error.message)
             tracked.repeats = tracked.repeats + 1 if answer == tracked.answer else 1
             tracked.answer = answer
-            if tracked.repeats >= self._retry.attempts:
+            if tracked.repeats >= retrier.policy.attempts:
                 await self._finish(tracked, Failed(tracked.job, error))
                 return
         if verdict is not PollVerdict.WAIT:
@@ -814,8 +837,8 @@ class Scheduler:
                 tracked.unreached_since = min(sent, now)
             unreached = now - tracked.unreached_since
             # Given up on only with evidence: the time, and at least `attempts` polls.
-            tried = tracked.failures + 1 >= self._retry.attempts
-            if tried and unreached >= self._retry.unreachable_after:
+            tried = tracked.failures + 1 >= retrier.policy.attempts
+            if tried and unreached >= retrier.policy.unreachable_after:
                 log.warning(
                     "job %s: no verdict from the API for %.0f s (last: %s); it is kept to be "
                     "fetched later",
@@ -827,7 +850,7 @@ class Scheduler:
                 gone = JobUnreachable(tracked.job, unreached, error)
                 await self._finish(tracked, Unreachable(tracked.job, gone))
                 return
-        delay = self._retrier.poll_again_in(
+        delay = retrier.poll_again_in(
             error, tracked.failures, queue_id=tracked.job.queue_id, unreached=unreached
         )
         if verdict is not PollVerdict.WAIT:  # a 429 paused the session: no attempt spent

@@ -19,8 +19,10 @@ import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
 from .._core.audio import SinkFactory
+from .._core.config import RetryPolicy
 from .._core.models import Job, Processing, RetrieveRequest
 from .._core.outcomes import Outcome
+from .release import ReleaseMedia
 from .run_time_belief import RunTimeBelief
 
 __all__ = ["DueHeap", "TrackedJob"]
@@ -62,6 +64,8 @@ class TrackedJob:
     slot: int = -1  # index in Scheduler._live while in flight
     last_status: Processing | None = None  # the latest "still running" answer
     forgotten: bool = False  # session.forget: never polled again
+    retry: RetryPolicy | None = None  # its own policy (session.with_options), else the session's
+    release: ReleaseMedia | None = None  # its own release_media, else the session's
 
     retrieve: RetrieveRequest | None = None  # its poll's request, built once
 

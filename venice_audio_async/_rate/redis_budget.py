@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +33,7 @@ import anyio.lowlevel
 
 from .._core.clock import Clock, ManualClock, SystemClock
 from .._core.config import RateLimits, endpoint_rates, pooled_rate
+from .._core.environment import api_key_from_env
 from .budget import RateWindow, log_too_late
 from .endpoint_rate import Waiter, token_eta
 from .redis_learning import ResponseLearner
@@ -204,7 +204,7 @@ class RedisBudget:
         from redis.backoff import NoBackoff
 
         if namespace is None:
-            key = api_key if api_key is not None else os.environ.get("VENICE_API_KEY")
+            key = api_key_from_env(api_key)
             if not key:
                 raise ValueError(
                     "RedisBudget.from_url needs the API key (api_key= or VENICE_API_KEY) "

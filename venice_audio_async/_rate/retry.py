@@ -29,6 +29,7 @@ is in :mod:`._http.headers`.
 
 from __future__ import annotations
 
+import copy
 import enum
 import logging
 import random
@@ -231,6 +232,15 @@ class Retrier:
         self._rng = rng or random.Random()
         #: Callers waiting for a token right now, per endpoint (for statistics).
         self.waiting: Counter[str] = Counter()
+
+    def with_policy(self, policy: RetryPolicy) -> Retrier:
+        """This retry loop under another policy (a ``with_options`` view's, or a job's): the
+        same budget, clock, jitter and counts of callers waiting (the session's statistics)."""
+        if policy == self.policy:
+            return self
+        other = copy.copy(self)  # shares ``waiting``: one count per session
+        other.policy = policy
+        return other
 
     def backoff(self, failures: int) -> float:
         """Seconds to wait before retry number ``failures`` (1-based), with jitter."""

@@ -27,24 +27,23 @@ submission, the journal, resume, spending); the result calls (``results``, ``gen
 
 from __future__ import annotations
 
-import os
+import copy
 import sys
 import types
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 
-from .._core.clock import Clock
-from .._core.config import DEFAULT_BASE_URL, Limits, RateLimits, RetryPolicy, Timeouts
+from .._core.config import RetryPolicy, check_number
 from .._core.models import AudioModel, Job, QueueOptions, QueueRequest, QuoteRequest, QuoteResult
-from .._http.transport import HttpSession, require_asyncio
+from .._http.transport import require_asyncio
 from .._ledger.journal import Journal
 from .._ledger.ledger import JournalSource
-from .._polling.estimator import PollingBounds
 from .._polling.release import ReleaseMedia
-from .._rate.budget import RequestBudget
 from .lifecycle import SessionState
+from .options import SessionOptions
 from .resume import ResumeReport
 from .submit import Destination
+from .view import view_parts
 from .wiring import build_parts
 
 if sys.version_info >= (3, 12):
@@ -95,6 +94,12 @@ class SessionResultsAPI:
     """
 
     _parts: SessionParts
+    #: A view's ``timeout`` (``with_options``): the default deadline of each call.
+    _timeout: float | None = None
+
+    def _within(self, seconds: float | None) -> float | None:
+        """The call's deadline: the one given, else the view's ``timeout``."""
+        return seconds if seconds is not None else self._timeout
 
     async def _start(self, *, paid: bool = False) -> None:
         """Start the session on its first use (no ``async with`` needed); refuse it closed."""
@@ -209,7 +214,11 @@ class SessionResultsAPI:
         """
         await self._start(paid=True)
         async with self._parts.results.generate_many(
-            requests, destination=destination, deadline=deadline, validate=validate, take=take
+            requests,
+            destination=destination,
+            deadline=self._within(deadline),
+            validate=validate,
+            take=take,
         ) as results:
             yield results
 
@@ -222,12 +231,12 @@ class SessionResultsAPI:
             VeniceError: the job failed (its typed error).
         """
         await self._start()
-        return await self._parts.results.wait_for(job, timeout=timeout)
+        return await self._parts.results.wait_for(job, timeout=self._within(timeout))
 
     async def wait_outcome(self, job: Job, *, timeout: float | None = None) -> Outcome:
         """Like :meth:`wait_for`, returning the outcome instead of raising the job's error."""
         await self._start()
-        return await self._parts.results.wait_outcome(job, timeout=timeout)
+        return await self._parts.results.wait_outcome(job, timeout=self._within(timeout))
 
     async def generate(
         self,
@@ -258,7 +267,7 @@ class SessionResultsAPI:
         return await self._parts.results.generate(
             model,
             prompt,
-            timeout=timeout,
+            timeout=self._within(timeout),
             destination=destination,
             deadline=deadline,
             validate=validate,
@@ -354,53 +363,118 @@ class AsyncSession(SessionResultsAPI):
     (it polls at once: await any call first). A closed session never restarts: every call
     then raises :class:`SessionStateError`.
 
+    Args:
+        api_key: The API key (default: ``VENICE_API_KEY``). Never shown in ``repr``,
+            messages or logs. Without one, only ``models`` works.
+        base_url: The API's base URL (default: ``VENICE_BASE_URL``, else
+            ``https://api.venice.ai/api/v1``).
+        timeouts: HTTP timeouts (:class:`Timeouts`; default ``Timeouts()``).
+        retry: How failed requests are retried and when a job that gets no answer is
+            given up on (:class:`RetryPolicy`; default ``RetryPolicy()``). Per job with
+            :meth:`with_options`.
+        rate_limits: The client-side request budget per endpoint (:class:`RateLimits`;
+            default ``RateLimits()``: 40 queue and 120 retrieve a minute).
+        limits: Connections, concurrency and size caps (:class:`Limits`; default
+            ``Limits()``).
+        polling: Bounds of the poll policy (:class:`PollingBounds`; default
+            ``PollingBounds()``).
+        output_dir: A directory for finished audio, a file per job written atomically
+            (default ``None``: audio stays in memory).
+        release_media: When the server's copy of finished audio is released:
+            ``"complete"`` (the default), ``"delete_on_retrieve"`` or ``"keep"``. Per job
+            with :meth:`with_options`.
+        validate: Check each request against the model's rules before sending it
+            (default ``True``); each call may override it.
+        catalogue: The models to use instead of fetching the catalogue (default
+            ``None``: fetched once, on first need).
+        http_session: Your own ``aiohttp.ClientSession`` to send through (default
+            ``None``: the session owns its pool); it is left open on close.
+        clock: The time source (a :class:`Clock`; default the system clock; tests pass
+            a ``ManualClock`` or ``ScaledClock``).
+        budget: A request budget to share (a :class:`RequestBudget`, such as
+            ``RedisBudget``; default: one on ``VENICE_REDIS_URL`` when it is set, else the
+            session's own from ``rate_limits``).
+        allow_insecure_http: Allow a plain ``http://`` ``base_url`` on a remote host
+            (default ``False``: only loopback may use plain http).
+        journal: A job journal (a path or a :class:`Journal`; default ``None``): every
+            paid job is recorded before it is sent, so ``resume`` can finish it.
+        max_spend_usd: A spending limit in USD for the session (default ``None``: none);
+            a job that would pass it is refused before it is sent.
+
     Raises:
         ValueError: invalid configuration (for example a plain-http remote ``base_url``).
+        TypeError: an unknown keyword, or an option of the wrong type (naming the class
+            it must be).
+        ImportError: ``VENICE_REDIS_URL`` is set but the ``redis`` extra is missing.
 
     .. versionadded:: 0.1.0
     """
 
-    def __init__(
+    def __init__(self, **options: Unpack[SessionOptions]) -> None:
+        self._options = options
+        self._parts = parts = build_parts(options)
+        self._life, self._scheduler = parts.lifecycle, parts.scheduler
+
+    _is_view = False
+
+    def with_options(
         self,
         *,
-        api_key: str | None = None,
-        base_url: str = DEFAULT_BASE_URL,
-        timeouts: Timeouts | None = None,
+        timeout: float | None = None,
         retry: RetryPolicy | None = None,
-        rate_limits: RateLimits | None = None,
-        limits: Limits | None = None,
-        polling: PollingBounds | None = None,
-        output_dir: str | os.PathLike[str] | None = None,
-        release_media: ReleaseMedia = "complete",
-        validate: bool = True,
-        catalogue: Sequence[AudioModel] | None = None,
-        http_session: HttpSession | None = None,
-        clock: Clock | None = None,
-        budget: RequestBudget | None = None,
-        allow_insecure_http: bool = False,
-        journal: JournalSource | None = None,
-        max_spend_usd: float | None = None,
-    ) -> None:
-        self._parts = parts = build_parts(
-            api_key=api_key,
-            base_url=base_url,
-            timeouts=timeouts,
-            http_session=http_session,
-            allow_insecure_http=allow_insecure_http,
-            clock=clock,
-            retry=retry,
-            limits=limits,
-            rate_limits=rate_limits,
-            polling=polling,
-            budget=budget,
-            journal=journal,
-            max_spend_usd=max_spend_usd,
-            output_dir=output_dir,
-            release_media=release_media,
-            catalogue=catalogue,
-            validate=validate,
-        )
-        self._life, self._scheduler = parts.lifecycle, parts.scheduler
+        release_media: ReleaseMedia | None = None,
+    ) -> AsyncSession:
+        """A view of this session with other per-call options, as openai's
+        ``client.with_options``::
+
+            patient = session.with_options(timeout=600, retry=RetryPolicy(attempts=8))
+            audio = await patient.generate("stable-audio-25", "rain", duration_seconds=30)
+
+        The view shares everything of the session: its connection pool, request budget,
+        scheduler, journal, spending limit, statistics and lifecycle (closing either closes
+        both; a view needs no closing of its own). What it changes, for the calls made
+        through it:
+
+        Args:
+            timeout: Seconds, the whole deadline of each call that takes one when it is not
+                given (``generate``'s and ``wait_for``'s ``timeout``, ``submit``'s and
+                ``generate_many``'s ``deadline``: the wait for a queue token included).
+                ``None``: the session's (no deadline).
+            retry: The :class:`RetryPolicy` of the view's queue calls and of the jobs it
+                submits (their polls' backoff and when they are given up on).
+            release_media: How the server's copy of the view's jobs' audio is released
+                (see the session's ``release_media``).
+
+        Jobs keep the options of the view that submitted them, whoever waits for them;
+        jobs attached or resumed get the session's. Options not given are the session's
+        (a view of a view keeps the first view's).
+
+        Raises:
+            TypeError, ValueError: an option of the wrong type or value (nothing changes).
+
+        .. versionadded:: 0.1.0
+        """
+        if timeout is not None:
+            check_number("with_options(timeout=...) (seconds)", timeout)
+        retry = retry if retry is not None else self._view_retry
+        release_media = release_media if release_media is not None else self._view_release
+        root = self._root
+        view = copy.copy(self)
+        view._root_session = root
+        view._parts = view_parts(root._parts, retry=retry, release=release_media)
+        view._timeout = timeout if timeout is not None else self._timeout
+        view._view_retry, view._view_release = retry, release_media
+        view._is_view = True
+        return view
+
+    _view_retry: RetryPolicy | None = None
+    _view_release: ReleaseMedia | None = None
+    _root_session: AsyncSession
+
+    @property
+    def _root(self) -> AsyncSession:
+        """The session this view was made from (itself, when not a view)."""
+        return self._root_session if self._is_view else self
 
     def __repr__(self) -> str:
         return (
@@ -434,7 +508,7 @@ class AsyncSession(SessionResultsAPI):
 
     def __del__(self) -> None:
         life = getattr(self, "_life", None)
-        if life is not None and life.state is SessionState.OPEN:
+        if life is not None and life.state is SessionState.OPEN and not self._is_view:
             warnings.warn(
                 f"{self!r} was never closed; use 'async with' or await aclose()",
                 ResourceWarning,
@@ -543,7 +617,7 @@ class AsyncSession(SessionResultsAPI):
         return await self._parts.submitter.submit(
             request,
             destination=destination,
-            deadline=deadline,
+            deadline=self._within(deadline),
             validate=validate,
             key=key,
             name=name,
@@ -578,7 +652,11 @@ class AsyncSession(SessionResultsAPI):
         """
         await self._start(paid=True)
         return await self._parts.submitter.submit_many(
-            requests, destination=destination, deadline=deadline, validate=validate, take=take
+            requests,
+            destination=destination,
+            deadline=self._within(deadline),
+            validate=validate,
+            take=take,
         )
 
     def attach(

@@ -18,6 +18,7 @@ the request may have left becomes :class:`~venice_audio_async.QueueOutcomeUnknow
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -29,7 +30,7 @@ import attrs
 from .._client import VeniceClient
 from .._core.audio import Destinations
 from .._core.clock import Clock
-from .._core.config import check_number
+from .._core.config import RetryPolicy, check_number
 from .._core.errors import (
     AudioStorageError,
     BatchSubmitError,
@@ -47,6 +48,7 @@ from .._core.validation import check_queue
 from .._ledger.journal import JobState, JournalEntry
 from .._ledger.ledger import Intent, JobHold, Ledger
 from .._ledger.replay import derive_keys, journaled_error
+from .._polling.release import ReleaseMedia
 from .._polling.scheduler import Scheduler
 from .._rate.limiter import RequestLimiter
 from .._rate.retry import Retrier, TokenTooLate, queue_answer_lost, queue_not_created
@@ -85,6 +87,21 @@ class Submitter:
         self._retrier = retrier
         self._limiter = limiter
         self._destinations = destinations
+        #: The jobs' own retry policy and release_media (a view's), else the session's.
+        self._job_retry: RetryPolicy | None = None
+        self._job_release: ReleaseMedia | None = None
+
+    def for_jobs(
+        self, *, retrier: Retrier, retry: RetryPolicy | None, release: ReleaseMedia | None
+    ) -> Submitter:
+        """A submitter sending through ``retrier`` whose jobs are polled and released per
+        ``retry`` and ``release`` (``session.with_options``); everything else is shared,
+        the requests waiting for a token included."""
+        view = copy.copy(self)
+        view._retrier = retrier
+        view._job_retry = retry
+        view._job_release = release
+        return view
 
     async def submit(
         self,
@@ -337,7 +354,12 @@ class Submitter:
             stem = Destinations.stem(request.prompt, job.queue_id, name)
             left = None if deadline_at is None else max(0.0, deadline_at - self._clock.monotonic())
             self._scheduler.track(
-                job, self._destinations.sinks(target, stem), deadline=left, elapsed=0.0
+                job,
+                self._destinations.sinks(target, stem),
+                deadline=left,
+                elapsed=0.0,
+                retry=self._job_retry,
+                release=self._job_release,
             )
             tracked.append(job)
 
@@ -405,7 +427,14 @@ class Submitter:
             and not entry.released
         )
         if entry.state is JobState.QUEUED or storage_only:
-            self._scheduler.track(job, sinks, deadline=deadline, elapsed=None)
+            self._scheduler.track(
+                job,
+                sinks,
+                deadline=deadline,
+                elapsed=None,
+                retry=self._job_retry,
+                release=self._job_release,
+            )
             self._ledger.charged(entry)
             return job
         if entry.state is JobState.SUCCEEDED:

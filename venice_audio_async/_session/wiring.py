@@ -10,9 +10,7 @@ the result calls (``generate``). The session's options arrive here as given: the
 
 from __future__ import annotations
 
-import os
 import random
-from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
@@ -20,12 +18,10 @@ import attrs
 from .._client import VeniceClient
 from .._core.audio import Destinations
 from .._core.clock import Clock, SystemClock
-from .._core.config import Limits, RateLimits, RetryPolicy, Timeouts, endpoint_rates, pooled_rate
-from .._core.models import AudioModel
-from .._http.transport import HttpSession
-from .._ledger.ledger import JournalSource, Ledger
+from .._core.config import Limits, RateLimits, RetryPolicy, endpoint_rates, pooled_rate
+from .._core.environment import api_key_from_env, base_url_from_env
+from .._ledger.ledger import Ledger
 from .._polling.estimator import DurationEstimator, PollingBounds
-from .._polling.release import RELEASE_MODES, ReleaseMedia
 from .._polling.scheduler import Scheduler
 from .._rate.budget import LocalBudget, RequestBudget, ResponseRecorder
 from .._rate.limiter import RequestLimiter
@@ -33,6 +29,7 @@ from .._rate.retry import Retrier
 from .batch_flow import BatchFlows
 from .catalogue import Catalogue
 from .lifecycle import Lifecycle
+from .options import SessionOptions, check_options, shared_budget_from_env
 from .results import Delivery, Results
 from .resume import Resumer
 from .statistics import StatisticsCollector
@@ -63,38 +60,34 @@ class SessionParts:
     lifecycle: Lifecycle
 
 
-def build_parts(
-    *,
-    api_key: str | None,
-    base_url: str,
-    timeouts: Timeouts | None,
-    http_session: HttpSession | None,
-    allow_insecure_http: bool,
-    clock: Clock | None,
-    retry: RetryPolicy | None,
-    limits: Limits | None,
-    rate_limits: RateLimits | None,
-    polling: PollingBounds | None,
-    budget: RequestBudget | None,
-    journal: JournalSource | None,
-    max_spend_usd: float | None,
-    output_dir: str | os.PathLike[str] | None,
-    release_media: ReleaseMedia,
-    catalogue: Sequence[AudioModel] | None,
-    validate: bool,
-) -> SessionParts:
-    """Build and connect the parts of one session (``AsyncSession``'s options, as given).
+def build_parts(options: SessionOptions, *, owner: str = "AsyncSession") -> SessionParts:
+    """Build and connect the parts of one session from its options (as given: the defaults
+    are filled in here; ``owner`` names the class in error messages).
 
     Raises:
+        TypeError: an unknown option, or one of the wrong type.
         ValueError: invalid configuration (a plain-http remote ``base_url``, a negative
             spending limit, an unknown ``release_media``).
+        ImportError: ``VENICE_REDIS_URL`` is set but the ``redis`` extra is not installed.
     """
-    if release_media not in RELEASE_MODES:
-        raise ValueError(
-            f"release_media must be complete/delete_on_retrieve/keep, got {release_media!r}"
-        )
-    if api_key is None:
-        api_key = os.environ.get("VENICE_API_KEY")
+    check_options(owner, options)
+    api_key = api_key_from_env(options.get("api_key"))
+    base_url = base_url_from_env(options.get("base_url"))
+    timeouts = options.get("timeouts")
+    http_session = options.get("http_session")
+    allow_insecure_http = options.get("allow_insecure_http", False)
+    clock = options.get("clock")
+    retry = options.get("retry")
+    limits = options.get("limits")
+    rate_limits = options.get("rate_limits")
+    polling = options.get("polling")
+    journal = options.get("journal")
+    budget = options.get("budget")
+    max_spend_usd = options.get("max_spend_usd")
+    output_dir = options.get("output_dir")
+    release_media = options.get("release_media", "complete")
+    catalogue = options.get("catalogue")
+    validate = options.get("validate", True)
     clock = clock or SystemClock()
     retry = retry or RetryPolicy()
     limits = limits or Limits()
@@ -107,13 +100,17 @@ def build_parts(
         http_session=http_session,
         allow_insecure_http=allow_insecure_http,
     )
-    budget = budget or LocalBudget(
-        clock=clock,
-        rates=endpoint_rates(rate_limits),
-        pool=pooled_rate(rate_limits),
-        pooled_endpoints=rate_limits.pooled_endpoints,
-        max_retry_after=retry.max_retry_after,
-        failure_window=(rate_limits.failures_per_window, rate_limits.failure_window),
+    budget = (
+        budget
+        or shared_budget_from_env(api_key, clock, rate_limits)
+        or LocalBudget(
+            clock=clock,
+            rates=endpoint_rates(rate_limits),
+            pool=pooled_rate(rate_limits),
+            pooled_endpoints=rate_limits.pooled_endpoints,
+            max_retry_after=retry.max_retry_after,
+            failure_window=(rate_limits.failures_per_window, rate_limits.failure_window),
+        )
     )
     recorder = ResponseRecorder(budget)
     client.transport.set_observer(recorder)

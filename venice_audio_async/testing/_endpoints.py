@@ -101,8 +101,10 @@ class ApiEndpoints:
         tones: bool = False,
         store: JobStore | None = None,
         overloads: Overloads | None = None,
+        accept_extra_fields: Collection[str] = (),
     ) -> None:
         self.catalogue = catalogue
+        self._accept_extra = frozenset(accept_extra_fields)
         self.rows: dict[str, dict[str, Any]] = {str(row["id"]): row for row in catalogue}
         self._jobs = jobs
         self._scripts = scripts
@@ -254,7 +256,7 @@ class ApiEndpoints:
         self, ctx: Context, kind: Literal["quote", "queue", "retrieve", "complete"], body: Any
     ) -> tuple[dict[str, Any] | None, web.Response | None]:
         """Schema + per-model checks: ``(row, None)`` when valid, else ``(None, answer)``."""
-        issues = schema_issues(kind, body)
+        issues = schema_issues(kind, body, self._accept_extra if kind == "queue" else ())
         model_id = body.get("model") if isinstance(body, dict) else None
         row = self.rows.get(model_id) if isinstance(model_id, str) else None
         if row is None and not issues:

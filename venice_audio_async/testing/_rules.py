@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Literal, TypeGuard
 
 import attrs
@@ -251,10 +251,11 @@ def _field_issue(field: str, kind: _FieldType, value: Any) -> Issue | None:
     return None
 
 
-def schema_issues(kind: RequestKind, body: Any) -> list[Issue]:
+def schema_issues(kind: RequestKind, body: Any, accepted: Collection[str] = ()) -> list[Issue]:
     """Check ``body`` against the strict OpenAPI schema of a ``kind`` request.
 
-    Returns an empty list when the body conforms.
+    Returns an empty list when the body conforms. ``accepted``: further keys let through
+    unchecked (``FakeServer(accept_extra_fields=...)``).
 
     Raises:
         KeyError: ``kind`` is not one of the four request kinds.
@@ -280,7 +281,7 @@ def schema_issues(kind: RequestKind, body: Any) -> list[Issue]:
         if issue is not None:
             issues.append(issue)
     known = {name for name, _, _ in fields}
-    unknown = [key for key in body if key not in known]
+    unknown = [key for key in body if key not in known and key not in accepted]
     if unknown:
         listed = ", ".join(f"'{key}'" for key in unknown)
         issues.append(

@@ -151,6 +151,10 @@ class FakeServer:
         state_path: a JSON Lines file where every job is kept as it is queued and released;
             a server started later with the same file (in another process, after this one
             was killed) knows those jobs. ``None``: jobs live only as long as the server.
+        accept_extra_fields: ``queue`` body fields the fake lets through unchecked, as the
+            API would once it knows them (for requests with ``extra_body``). By default
+            the fake is as strict as the API: an unknown field is a 400
+            ``unrecognized_keys``.
 
     Raises:
         ValueError: invalid rate limits, key rate limits, error budget, balance, time scale,
@@ -189,7 +193,10 @@ class FakeServer:
         clock: Clock | None = None,
         audio: Literal["bytes", "tones"] = "bytes",
         state_path: str | os.PathLike[str] | None = None,
+        accept_extra_fields: Collection[str] = (),
     ) -> None:
+        if isinstance(accept_extra_fields, str):
+            raise TypeError("accept_extra_fields must be a collection of field names, not a str")
         if audio not in ("bytes", "tones"):
             raise ValueError(f"audio must be 'bytes' or 'tones', got {audio!r}")
         rows = load_default_catalogue() if catalogue is None else copy.deepcopy(list(catalogue))
@@ -252,6 +259,7 @@ class FakeServer:
             tones=audio == "tones",
             store=self._store,
             overloads=self._overloads,
+            accept_extra_fields=accept_extra_fields,
         )
         self._pipeline = RequestPipeline(
             endpoints=self._endpoints,
