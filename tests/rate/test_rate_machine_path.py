@@ -1,0 +1,57 @@
+"""The rate rule on the user's path, over HTTP against the fake: a 429 costs what the
+server asks and no more (issue 22, point 1)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+import venice_audio_async as v
+from venice_audio_async.testing import FakeServer, Fault, JobScript, ScaledClock
+
+from ..conftest import API_KEY, make_session
+
+pytestmark = pytest.mark.anyio
+
+
+def _longest_silence(times: list[float]) -> float:
+    ordered = sorted(times)
+    return max((b - a for a, b in itertools.pairwise(ordered)), default=0.0)
+
+
+async def test_a_429_under_an_unstated_pooled_limit_costs_its_retry_after() -> None:
+    """Unstated pooled 60/min; the session keeps to it, polling overdue jobs, when a "Rate
+    limit exceeded" 429 with Retry-After 2 comes (another client on the key spent the
+    window): requests resume 2 s later, spaced at the lowered rate. The old decrease rule
+    held every request until the window's count fell below the lowered limit (~50 s)."""
+    scale = 0.01
+    async with FakeServer(
+        time_scale=scale, api_keys=[API_KEY], pooled_rate_limit=60, state_limits=False
+    ) as server:
+        # Far too low an estimate: the jobs look overdue and are polled often.
+        server.plan(
+            *[JobScript(duration=70.0 + 2.0 * i, average_execution_time=5.0) for i in range(12)]
+        )
+        server.inject(
+            "retrieve", Fault.status(429, retry_after=2.0), times=1, during=(5.0, 300.0)
+        )
+        limits = v.RateLimits(pooled_per_minute=60)
+        async with make_session(server, clock=ScaledClock(scale), rate_limits=limits) as session:
+            requests = [
+                v.QueueRequest(model="stable-audio-25", prompt=f"pooled limit track {i}")
+                for i in range(12)
+            ]
+            jobs = await session.submit_many(requests)
+            async with session.results(jobs) as results:
+                outcomes = [outcome async for outcome in results]
+        refused = [r for r in server.requests if r.status == 429]
+        sent = [r.time for r in server.requests]
+    assert all(isinstance(o, v.Succeeded) for o in outcomes)
+    injected = [r.time for r in refused if r.fault == "status:429"]
+    assert len(injected) == 1
+    # Work is due all along (twelve overdue jobs): requests resume at the Retry-After, then
+    # go spaced at the lowered pooled rate (a few seconds apart): no wait for the grants
+    # before the 429 to age out (57 s here under the old rule).
+    silence = _longest_silence([t for t in sent if t >= injected[0]])
+    assert silence <= 2.0 + 6.0, f"nothing sent for {silence:.1f} s after a 429 asking for 2 s"
