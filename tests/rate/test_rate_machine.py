@@ -11,9 +11,12 @@ from collections.abc import AsyncIterator, Iterator
 import attrs
 import pytest
 
-from venice_audio_async._core.config import RateLimit
+import venice_audio_async as v
+from venice_audio_async._core.config import RateLimit, endpoint_rates
 from venice_audio_async._rate.endpoint_rate import EndpointRate, reached
 from venice_audio_async._rate.redis_scripts import RULE_STEP
+from venice_audio_async.budget import LocalBudget, RedisBudget, RequestBudget
+from venice_audio_async.testing import ScaledClock
 
 from ..redis_server import RedisServer
 
@@ -172,3 +175,69 @@ async def test_local_and_redis_rules_decide_alike(redis_client: object) -> None:
     assert limit_at[lowered] == 30  # lower: at once
     assert decisions[-1].limit is None  # no ceiling: the learnt limit is dropped
     assert not decisions[-1].calm
+
+
+# --------------------------------------------------------------------------- 429 kinds
+
+
+OVERLOADED_TEXT = "The model is currently overloaded. Please try again later."
+LOCKOUT_TEXT = (
+    "Too many failed attempts (> 20) resulting in a non-success status code. "
+    "Please wait 30s and try again."
+)
+
+
+@pytest.fixture(params=["local", "redis"])
+async def budget(request: pytest.FixtureRequest) -> AsyncIterator[RequestBudget]:
+    """The same limits in a LocalBudget and a RedisBudget (on a fresh namespace)."""
+    limits = v.RateLimits(queue_per_minute=40, retrieve_per_minute=120)
+    clock = CLOCK
+    if request.param == "local":
+        yield LocalBudget(clock=clock, rates=endpoint_rates(limits), failure_window=(20, 30.0))
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    shared = RedisBudget.from_url(
+        server.url, namespace=uuid.uuid4().hex, clock=clock, rate_limits=limits
+    )
+    yield shared
+    await shared.aclose()
+
+
+async def test_an_overloaded_model_holds_its_queue_calls_only(budget: RequestBudget) -> None:
+    """An overloaded model's 429 (told by its message): that model's queue calls wait its
+    Retry-After; another model's, and polls, go at once; nothing is paused or lowered."""
+    await budget.record_response(
+        "queue", 429, {"retry-after": "30"}, message=OVERLOADED_TEXT, model="elevenlabs-music"
+    )
+    now = _now(budget)
+    assert not budget.session_paused()
+    assert await budget.acquire("queue", deadline=now + 1.0, model="stable-audio-25")
+    assert await budget.acquire("retrieve", deadline=now + 1.0)
+    assert not await budget.acquire("queue", deadline=now + 5.0, model="elevenlabs-music")
+    window = budget.window("queue")
+    assert window is not None
+    assert window.limit == 40
+
+
+async def test_the_error_budgets_429_pauses_the_key_and_lowers_no_rate(
+    budget: RequestBudget,
+) -> None:
+    """ "Too many failed attempts": every request waits (the key is locked out), but the
+    rate stays: the refusal says nothing about it."""
+    for _ in range(10):
+        assert await budget.acquire("retrieve")
+    await budget.record_response("retrieve", 429, {"retry-after": "30"}, message=LOCKOUT_TEXT)
+    assert budget.session_paused()
+    assert budget.statistics().pause_reason == "failed-request budget exhausted"
+    window = budget.window("retrieve")
+    assert window is not None
+    assert window.limit == 120
+    assert len(window.grants) == 10  # the window did not restart either
+
+
+#: Both budgets' clock (Redis keeps real time: no ManualClock there).
+CLOCK = ScaledClock(0.01)
+
+
+def _now(budget: RequestBudget) -> float:
+    return CLOCK.monotonic()
