@@ -105,6 +105,7 @@ def test_private_modules_public_names_are_exported() -> None:
         "EntityView",
         "LEARN",
         "AnswerSignals",
+        "Assumed",
         "RELEASE",
         "RULE_STEP",
         "AnyioDeadline",

@@ -93,3 +93,30 @@ async def test_an_overloaded_models_429_holds_only_its_own_queue_calls() -> None
     assert stats.paused_seconds == 0.0  # the session was never paused
     assert queue_window is not None
     assert queue_window.limit == 40  # and no rate was lowered
+
+
+@pytest.mark.parametrize(
+    ("given", "expected_retrieve"),
+    [(v.RateLimits(), 300), (v.RateLimits(retrieve_per_minute=120), 120)],
+    ids=["assumed", "user-set"],
+)
+async def test_stated_limits_raise_and_lower_what_the_user_did_not_set(
+    given: v.RateLimits, expected_retrieve: int
+) -> None:
+    """The API states 300 retrieves and 10 queue calls a minute: within one answer each
+    the assumed 120 becomes 300 and the assumed 40 becomes 10; a retrieve limit the user
+    set stays as set (never raised by a stated one)."""
+    scale = 0.01
+    async with FakeServer(
+        time_scale=scale, api_keys=[API_KEY], rate_limits={"retrieve": 300, "queue": 10}
+    ) as server:
+        server.plan(JobScript(duration=3.0))
+        async with make_session(server, clock=ScaledClock(scale), rate_limits=given) as session:
+            job = await session.submit("stable-audio-25", "a track to learn the limits by")
+            await session.wait_for(job)
+            budget = session._parts.budget
+            retrieve, queue = budget.window("retrieve"), budget.window("queue")
+    assert retrieve is not None
+    assert queue is not None
+    assert retrieve.limit == expected_retrieve
+    assert queue.limit == 10  # lower: holds whoever set it

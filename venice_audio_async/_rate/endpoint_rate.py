@@ -52,7 +52,7 @@ from collections.abc import Iterable, Sequence
 
 import anyio
 
-from .._core.config import MINUTE, RateLimit
+from .._core.config import MINUTE, RateLimit, is_assumed
 
 __all__ = ["RECOVERY_STEPS", "EndpointRate", "LinePlan", "Waiter", "reached", "token_eta"]
 
@@ -153,7 +153,8 @@ class EndpointRate:
     """Per-endpoint state: the grant log, the pacing point, the pause and the FIFO queue.
 
     The effective ``limit`` adapts: see the module docstring for the transitions.
-    ``explicit``: the configured limit is the user's own (a stated one never raises it).
+    ``explicit``: the configured limit is the user's own (a stated one never raises it);
+    never for a default figure of :class:`~venice_audio_async.RateLimits`.
     """
 
     __slots__ = (
@@ -184,7 +185,8 @@ class EndpointRate:
     def __init__(self, name: str, rate: RateLimit | None, *, explicit: bool = True) -> None:
         self.name = name
         self.configured = rate.limit if rate is not None else None
-        self.explicit = explicit and rate is not None
+        # A default figure (RateLimits' Assumed) is not the user's: a stated limit replaces it.
+        self.explicit = explicit and rate is not None and not is_assumed(rate.per_minute)
         self.calm = False
         self.stated: int | None = None
         self.window = rate.window if rate is not None else MINUTE

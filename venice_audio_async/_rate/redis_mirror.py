@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping, Sequence
 import anyio
 import attrs
 
-from .._core.config import RateLimit
+from .._core.config import RateLimit, is_assumed
 from .budget import RateWindow, tighter_window
 from .endpoint_rate import EndpointRate, Waiter
 from .statistics import BudgetStatistics, EndpointFigures, budget_statistics
@@ -51,7 +51,7 @@ class Entity:
     explicit: bool = True  # the user's own limit: a stated one only caps it
 
 
-def _entity(name: str, rate: RateLimit | None, explicit: bool = True) -> Entity:
+def _entity(name: str, rate: RateLimit | None) -> Entity:
     """The rule ``name`` follows in Redis (``rate`` ``None``: no configured limit)."""
     if rate is None:
         return Entity(name=name, configured=0, window=_MINUTE, burst=0)
@@ -60,7 +60,7 @@ def _entity(name: str, rate: RateLimit | None, explicit: bool = True) -> Entity:
         configured=rate.limit,
         window=rate.window,
         burst=rate.effective_burst,
-        explicit=explicit,
+        explicit=not is_assumed(rate.per_minute),
     )
 
 
