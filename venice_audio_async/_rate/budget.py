@@ -178,9 +178,7 @@ def takes_keyword(method: Callable[..., object], name: str) -> bool:
         parameters = inspect.signature(method).parameters.values()
     except (TypeError, ValueError):  # no signature to read: assume the current protocol
         return True
-    return any(
-        p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
-    )
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def try_acquire_now(budget: RequestBudget, endpoint: str) -> bool:
