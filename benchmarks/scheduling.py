@@ -126,7 +126,7 @@ def queue_paced(n: int, start: float = 0.0) -> list[float]:
     times: list[float] = []
     while len(times) < n:
         clock.advance(max(0.0, budget.next_available("queue") - clock.monotonic()))
-        assert budget.try_acquire("queue")
+        assert budget.try_acquire_now("queue")
         times.append(clock.monotonic())
     return times
 

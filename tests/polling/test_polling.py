@@ -97,7 +97,7 @@ def _queue_paced(n: int, per_minute: float = 40.0) -> list[float]:
     times: list[float] = []
     while len(times) < n:
         clock.advance(max(0.0, budget.next_available("queue") - clock.monotonic()))
-        assert budget.try_acquire("queue")
+        assert budget.try_acquire_now("queue")
         times.append(clock.monotonic())
     return times
 

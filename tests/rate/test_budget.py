@@ -106,13 +106,13 @@ async def test_default_burst_then_paced() -> None:
     budget = make_budget(clock, {"retrieve": RateLimit(120)})
     assert RateLimit(120).effective_burst == 20
     assert RateLimit(40).effective_burst == 6
-    assert [budget.try_acquire("retrieve") for _ in range(21)] == [True] * 20 + [False]
+    assert [budget.try_acquire_now("retrieve") for _ in range(21)] == [True] * 20 + [False]
     ready = budget.next_available("retrieve")
     # 100 free slots spread until the burst leaves the 60.5 s window (which frees more)
     assert ready == pytest.approx(60.5 / 101)
     clock.advance(ready)
-    assert budget.try_acquire("retrieve")
-    assert not budget.try_acquire("retrieve")
+    assert budget.try_acquire_now("retrieve")
+    assert not budget.try_acquire_now("retrieve")
 
 
 @pytest.mark.anyio
@@ -141,7 +141,7 @@ async def test_cancelled_waiters_take_no_token_and_block_nobody() -> None:
     """Cancelling the head and a middle waiter leaves the tokens to the others, in order."""
     clock = ManualClock()
     budget = make_budget(clock, {"queue": RateLimit(40, burst=1)})
-    assert budget.try_acquire("queue")
+    assert budget.try_acquire_now("queue")
     order: list[int] = []
     scopes: dict[int, anyio.CancelScope] = {}
 
@@ -176,13 +176,13 @@ async def test_cancelled_last_waiter_leaves_the_endpoint_free() -> None:
     """After the only waiter is cancelled, the next token goes to a newcomer at once."""
     clock = ManualClock()
     budget = make_budget(clock, {"queue": RateLimit(40, burst=1)})
-    assert budget.try_acquire("queue")
+    assert budget.try_acquire_now("queue")
     async with anyio.create_task_group() as tg:
         tg.start_soon(budget.acquire, "queue")
         await settle(clock, budget)
         tg.cancel_scope.cancel()
     clock.advance(10)
-    assert budget.try_acquire("queue")
+    assert budget.try_acquire_now("queue")
     assert budget.statistics().endpoints["queue"].granted == 2
 
 
@@ -191,7 +191,7 @@ async def test_try_acquire_never_jumps_the_queue() -> None:
     """try_acquire refuses while a task waits, even when a token is free."""
     clock = ManualClock()
     budget = make_budget(clock, {"queue": RateLimit(40, burst=1)})
-    assert budget.try_acquire("queue")
+    assert budget.try_acquire_now("queue")
     done = anyio.Event()
 
     async def waiter() -> None:
@@ -202,7 +202,7 @@ async def test_try_acquire_never_jumps_the_queue() -> None:
         tg.start_soon(waiter)
         await settle(clock, budget)
         assert clock.advance_to_next()  # token free, waiter woken but not yet run
-        assert not budget.try_acquire("queue")
+        assert not budget.try_acquire_now("queue")
         await done.wait()
     assert budget.statistics().endpoints["queue"].granted == 2
 
@@ -212,15 +212,15 @@ async def test_unlimited_endpoint_is_still_paused() -> None:
     """An endpoint without a rate is unlimited, but session pauses apply to it."""
     clock = ManualClock()
     budget = make_budget(clock)
-    assert all(budget.try_acquire("complete") for _ in range(1000))
+    assert all(budget.try_acquire_now("complete") for _ in range(1000))
     budget.pause(3.0, reason="test")
-    assert not budget.try_acquire("complete")
+    assert not budget.try_acquire_now("complete")
     assert budget.next_available("complete") == 3.0
     stats = budget.statistics()
     assert stats.endpoints["complete"].tokens_available is None
     assert stats.pause_reason == "test"
     clock.advance(3.0)
-    assert budget.try_acquire("complete")
+    assert budget.try_acquire_now("complete")
 
 
 # --------------------------------------------------------------------------- 429 and headers
@@ -234,10 +234,10 @@ async def test_429_retry_after_pauses_every_endpoint() -> None:
     await budget.record_response("retrieve", 429, {"Retry-After": "10"})
     for endpoint in ("queue", "retrieve", "complete"):
         assert budget.next_available(endpoint) == 10.0
-        assert not budget.try_acquire(endpoint)
+        assert not budget.try_acquire_now(endpoint)
     clock.advance(10.0)
-    assert budget.try_acquire("queue")
-    assert budget.try_acquire("retrieve")
+    assert budget.try_acquire_now("queue")
+    assert budget.try_acquire_now("retrieve")
 
 
 @pytest.mark.anyio
@@ -245,7 +245,7 @@ async def test_waiter_sleeping_through_a_new_pause_waits_for_it() -> None:
     """A 429 arriving while a task waits for a token pushes its grant past the pause."""
     clock = ManualClock()
     budget = make_budget(clock, {"queue": RateLimit(40, burst=1)})
-    assert budget.try_acquire("queue")
+    assert budget.try_acquire_now("queue")
     granted_at: list[float] = []
 
     async def waiter() -> None:
@@ -312,15 +312,15 @@ async def test_remaining_zero_pauses_only_that_endpoint_until_reset() -> None:
         {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": ms_epoch(clock, 8)},
     )
     assert budget.next_available("retrieve") == pytest.approx(8.0)
-    assert not budget.try_acquire("retrieve")
-    assert budget.try_acquire("queue")
+    assert not budget.try_acquire_now("retrieve")
+    assert budget.try_acquire_now("queue")
     stats = budget.statistics()
     assert stats.paused_until is None
     assert stats.endpoints["retrieve"].paused_until == pytest.approx(8.0)
     assert stats.endpoints["retrieve"].tokens_available == 0
     assert stats.failures == 0
     clock.advance(8.0)
-    assert budget.try_acquire("retrieve")
+    assert budget.try_acquire_now("retrieve")
 
 
 @pytest.mark.anyio
@@ -353,7 +353,9 @@ async def test_error_budget_headers_pause_the_session() -> None:
         {"x-ratelimit-remaining": "0", "x-ratelimit-resets": ms_epoch(clock, 30)},
     )
     assert budget.next_available("queue") == pytest.approx(30.0)
-    assert budget.statistics().pause_reason == "429 from retrieve"
+    # The error budget's 429: the key is locked out; it says nothing of the rate.
+    assert budget.statistics().pause_reason == "failed-request budget exhausted"
+    assert budget.statistics().rate_limited == 1
 
 
 # --------------------------------------------------------------------------- failure window
@@ -396,7 +398,7 @@ async def test_failure_window_counts_transport_failures_and_in_flight_ones() -> 
     for i in range(14):
         clock.advance(1.0)
         await budget.record_response("retrieve", 0, {})
-        assert budget.try_acquire("retrieve"), i
+        assert budget.try_acquire_now("retrieve"), i
     await budget.record_response("retrieve", 503, {})  # the 15th failure, at t=15
     assert budget.next_available("queue") == pytest.approx(31.0)  # first one (t=1) expires
     await budget.record_response("retrieve", 500, {})  # in flight, 16th
@@ -407,7 +409,7 @@ async def test_failure_window_counts_transport_failures_and_in_flight_ones() -> 
     assert stats.endpoints["queue"].tokens_available == 0
     clock.advance(40.0)
     assert budget.statistics().failures_in_window == 0
-    assert budget.try_acquire("queue")
+    assert budget.try_acquire_now("queue")
 
 
 @pytest.mark.anyio
@@ -428,7 +430,7 @@ async def test_statistics_counts_429s_and_paused_seconds_once() -> None:
     """429s are counted per endpoint; overlapping pauses add their union only."""
     clock = ManualClock()
     budget = make_budget(clock)
-    assert budget.try_acquire("queue")
+    assert budget.try_acquire_now("queue")
     await budget.record_response("retrieve", 429, {"retry-after": "10"})
     clock.advance(4.0)
     await budget.record_response("queue", 429, {"retry-after": "10"})  # 10 -> 14: adds 4
@@ -449,9 +451,10 @@ async def test_statistics_counts_429s_and_paused_seconds_once() -> None:
     assert stats.paused_until is None
     assert stats.pause_reason is None
     # The 429 came with one grant in the window: the queue limit dropped to its floor, an
-    # eighth of the configured 40 (5, one used).
-    assert stats.endpoints["queue"].tokens_available == 4
-    assert stats.endpoints["queue"].utilisation == pytest.approx(1 / 5)
+    # eighth of the configured 40 (5), and the window started at the 429: nothing used
+    # in it, one token at a time (calm: no burst while recovering).
+    assert stats.endpoints["queue"].tokens_available == 1
+    assert stats.endpoints["queue"].utilisation == pytest.approx(0.0)
 
 
 def snapshot_of(paused_until: float, failure_paused_until: float) -> BudgetStatistics:
@@ -512,12 +515,21 @@ def test_local_budget_is_a_request_budget() -> None:
 
 
 def test_the_protocol_is_what_the_library_calls() -> None:
-    """RequestBudget asks for acquire and record_response (async) and three sync views."""
+    """RequestBudget asks for acquire and record_response (async), three sync views, and
+    two sync calls with defaults (try_acquire_now, session_paused)."""
     members = {name for name in vars(RequestBudget) if not name.startswith("_")}
-    assert members == {"acquire", "record_response", "next_available", "window", "statistics"}
+    assert members == {
+        "acquire",
+        "record_response",
+        "next_available",
+        "window",
+        "statistics",
+        "try_acquire_now",
+        "session_paused",
+    }
     assert inspect.iscoroutinefunction(RequestBudget.acquire)
     assert inspect.iscoroutinefunction(RequestBudget.record_response)
-    for view in ("next_available", "window", "statistics"):
+    for view in ("next_available", "window", "statistics", "try_acquire_now", "session_paused"):
         assert not inspect.iscoroutinefunction(getattr(RequestBudget, view))
 
 
@@ -544,7 +556,7 @@ async def test_a_deadline_before_the_next_token_gives_up_at_once() -> None:
     """acquire(deadline=) returns False without waiting or taking a token."""
     clock = ManualClock()
     budget = make_budget(clock, {"queue": RateLimit(40, burst=1)})
-    assert budget.try_acquire("queue")
+    assert budget.try_acquire_now("queue")
     ready = budget.next_available("queue")
     assert ready == pytest.approx(60.5 / 40)
     assert await budget.acquire("queue", deadline=ready - 0.1) is False
@@ -559,7 +571,7 @@ async def test_a_deadline_after_the_next_token_waits_for_it() -> None:
     """A token due before the deadline is waited for and taken."""
     clock = ManualClock()
     budget = make_budget(clock, {"queue": RateLimit(40, burst=1)})
-    assert budget.try_acquire("queue")
+    assert budget.try_acquire_now("queue")
     ready = budget.next_available("queue")
     got: list[bool] = []
 
@@ -579,7 +591,7 @@ async def test_a_pause_past_the_deadline_ends_the_wait() -> None:
     """A 429 arriving while a waiter sleeps pushes its token past the deadline: False."""
     clock = ManualClock()
     budget = make_budget(clock, {"queue": RateLimit(40, burst=1)})
-    assert budget.try_acquire("queue")
+    assert budget.try_acquire_now("queue")
     got: list[bool] = []
 
     async def take() -> None:
@@ -602,7 +614,7 @@ async def test_a_waiter_behind_others_gives_up_at_its_deadline_and_blocks_nobody
     """Behind a queue of waiters, the deadline passes: False; the next waiter still gets in."""
     clock = ManualClock()
     budget = make_budget(clock, {"queue": RateLimit(40, burst=1)})
-    assert budget.try_acquire("queue")
+    assert budget.try_acquire_now("queue")
     results: dict[str, bool] = {}
 
     async def take(name: str, deadline: float | None) -> None:
@@ -709,13 +721,29 @@ class _ProtocolOnly:
         self.inner = inner
         self.calls: list[str] = []
 
-    async def acquire(self, endpoint: str, *, deadline: float | None = None) -> bool:
+    async def acquire(
+        self, endpoint: str, *, deadline: float | None = None, model: str | None = None
+    ) -> bool:
         self.calls.append(f"acquire {endpoint}")
-        return await self.inner.acquire(endpoint, deadline=deadline)
+        return await self.inner.acquire(endpoint, deadline=deadline, model=model)
 
-    async def record_response(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+    async def record_response(
+        self,
+        endpoint: str,
+        status: int,
+        headers: Mapping[str, str],
+        *,
+        message: str | None = None,
+        model: str | None = None,
+    ) -> None:
         self.calls.append(f"record {endpoint} {status}")
-        await self.inner.record_response(endpoint, status, headers)
+        await self.inner.record_response(endpoint, status, headers, message=message, model=model)
+
+    def try_acquire_now(self, endpoint: str) -> bool:
+        return False  # as a shared store would: the session then waits in acquire
+
+    def session_paused(self) -> bool:
+        return self.inner.session_paused()
 
     def next_available(self, endpoint: str) -> float:
         return self.inner.next_available(endpoint)
@@ -749,14 +777,15 @@ async def test_a_session_needs_nothing_beyond_the_protocol(fake_server: FakeServ
 
 def _fill(budget: LocalBudget, clock: ManualClock, endpoint: str, n: int, gap: float) -> None:
     for _ in range(n):
-        assert budget.try_acquire(endpoint)
+        assert budget.try_acquire_now(endpoint)
         clock.advance(gap)
 
 
 @pytest.mark.anyio
 async def test_a_429_lowers_the_limit_below_the_last_windows_grants() -> None:
-    """80 retrieves granted, then a 429: the limit drops to 64 (0.8 x 80); each further 429
-    of the same burst takes one more."""
+    """80 retrieves granted, then a 429: the limit drops to 64 (0.8 x 80) and the window
+    starts at the 429 (the grants before it no longer count); each further 429 of the same
+    burst takes one more."""
     clock = ManualClock()
     budget = make_budget(clock, {"retrieve": RateLimit(120, burst=120)})
     _fill(budget, clock, "retrieve", 80, 0.5)
@@ -765,15 +794,15 @@ async def test_a_429_lowers_the_limit_below_the_last_windows_grants() -> None:
     window = budget.window("retrieve")
     assert window is not None
     assert window.limit == 63
-    assert len(window.grants) == 80
-    clock.advance(10.0)  # a new burst
+    assert window.grants == ()
+    clock.advance(10.0)  # a new burst, the window still calm: a fifth off the limit
     await budget.record_response("retrieve", 429, {"retry-after": "1"})
-    assert budget.window("retrieve").limit == 62  # type: ignore[union-attr]
+    assert budget.window("retrieve").limit == 50  # type: ignore[union-attr]
 
 
 @pytest.mark.anyio
 async def test_the_lowered_limit_recovers_after_a_quiet_window() -> None:
-    """No 429 for a window: the limit climbs back a tenth of the ceiling per window."""
+    """No 429 for a quarter window: the limit climbs back a tenth of the ceiling."""
     clock = ManualClock()
     budget = make_budget(clock, {"retrieve": RateLimit(120, burst=120)})
     _fill(budget, clock, "retrieve", 50, 0.1)
@@ -781,15 +810,15 @@ async def test_the_lowered_limit_recovers_after_a_quiet_window() -> None:
     low = budget.window("retrieve")
     assert low is not None
     assert low.limit == 40
-    clock.advance(60.5)
+    clock.advance(60.5 / 4)
     assert budget.window("retrieve").limit == 52  # type: ignore[union-attr]
-    clock.advance(15.2)
+    clock.advance(60.5 / 8)
     assert budget.window("retrieve").limit == 52  # type: ignore[union-attr]
-    clock.advance(45.4)
+    clock.advance(60.5 / 8)
     assert budget.window("retrieve").limit == 64  # type: ignore[union-attr]
     for _ in range(10):
         budget.window("retrieve")
-        clock.advance(60.6)
+        clock.advance(60.6 / 4)
     assert budget.window("retrieve").limit == 120  # type: ignore[union-attr]
 
 
@@ -802,7 +831,7 @@ async def test_a_stated_limit_caps_the_configured_one_at_once() -> None:
     await budget.record_response("retrieve", 200, {"x-ratelimit-limit-requests": "60"})
     assert budget.window("retrieve").limit == 60  # type: ignore[union-attr]
     _fill(budget, clock, "retrieve", 60, 0.0)
-    assert not budget.try_acquire("retrieve")
+    assert not budget.try_acquire_now("retrieve")
     other = make_budget(clock, {"retrieve": RateLimit(120, burst=120)})
     await other.record_response("retrieve", 200, {"x-ratelimit-limit-requests": "500"})
     assert other.window("retrieve").limit == 120  # type: ignore[union-attr]
@@ -816,7 +845,7 @@ async def test_a_stated_limit_applies_to_an_unlimited_endpoint() -> None:
     assert budget.window("quote") is None
     await budget.record_response("quote", 200, {"x-ratelimit-limit-requests": "3"})
     _fill(budget, clock, "quote", 3, 0.0)
-    assert not budget.try_acquire("quote")
+    assert not budget.try_acquire_now("quote")
 
 
 @pytest.mark.anyio
@@ -834,10 +863,10 @@ async def test_remaining_and_reset_cap_grants_until_the_reset() -> None:
     assert window.free_after(0.0, clock.monotonic()) == 2
     assert window.free_after(11.0, clock.monotonic()) == 120
     _fill(budget, clock, "retrieve", 2, 0.0)
-    assert not budget.try_acquire("retrieve")
+    assert not budget.try_acquire_now("retrieve")
     assert budget.next_available("retrieve") == pytest.approx(10.0)
     clock.advance(10.0)
-    assert budget.try_acquire("retrieve")
+    assert budget.try_acquire_now("retrieve")
 
 
 # --------------------------------------------------------------------------- stated and pooled
@@ -911,8 +940,8 @@ async def test_429_on_a_pooled_endpoint_lowers_the_pool() -> None:
     clock = ManualClock()
     budget = make_budget(clock, {"queue": RateLimit(40)}, pool=RateLimit(10, 10))
     for _ in range(10):
-        assert budget.try_acquire("retrieve")
-    assert not budget.try_acquire("retrieve")
+        assert budget.try_acquire_now("retrieve")
+    assert not budget.try_acquire_now("retrieve")
     await budget.record_response("retrieve", 429, {"Retry-After": "1"})
     clock.advance(1.0)
     window = budget.window("retrieve")

@@ -207,7 +207,7 @@ async def test_a_hopeless_caller_does_not_delay_those_behind_it() -> None:
     clock = ManualClock()
     budget = LocalBudget(clock=clock, rates=QUEUE_40)
     for _ in range(6):
-        assert budget.try_acquire("queue")
+        assert budget.try_acquire_now("queue")
     got: dict[str, tuple[bool, float]] = {}
 
     async def ask(name: str, deadline: float) -> None:
@@ -239,7 +239,7 @@ async def test_callers_without_deadlines_count_ahead_and_keep_the_order() -> Non
     clock = ManualClock()
     budget = LocalBudget(clock=clock, rates=QUEUE_40)
     for _ in range(6):
-        assert budget.try_acquire("queue")
+        assert budget.try_acquire_now("queue")
     # None takes 1.73; the 2.0 caller cannot make it (3.46); the 4.0 one can (3.46).
     got = await _race(budget, clock, [None, 2.0, 4.0, None])
     assert got[1] == (False, 0.0)
@@ -259,7 +259,7 @@ async def test_under_a_pooled_limit_the_line_counts_the_pool() -> None:
         pooled_endpoints=limits.pooled_endpoints,
     )
     for _ in range(6):  # polls use six of the pool's eight; they leave its window at 60.5
-        assert budget.try_acquire("retrieve")
+        assert budget.try_acquire_now("retrieve")
     clock.advance(59.0)
     got = await _race(budget, clock, [59.0 + 5.0] * 20)
     granted = sorted(at for ok, at in got.values() if ok)

@@ -189,7 +189,8 @@ async def test_a_stated_limit_caps_every_process(redis_server: RedisServer, name
 async def test_429_lowers_the_shared_limit_below_the_last_window(
     redis_server: RedisServer, namespace: str
 ) -> None:
-    """After a 429 the limit drops to 80% of what the window granted, for every client."""
+    """After a 429 the limit drops to 80% of what the window granted, for every client, and
+    the window starts at the 429: one grant at once, then spaced (calm, no burst)."""
     limits = v.RateLimits(queue_per_minute=None, retrieve_per_minute=40)
     clock = ScaledClock(0.05)  # no recovery before the second client looks, however slow
     first = make(redis_server, namespace, rate_limits=limits, max_retry_after=0.0, clock=clock)
@@ -197,11 +198,14 @@ async def test_429_lowers_the_shared_limit_below_the_last_window(
     for _ in range(20):
         await first.acquire("retrieve")
     await first.record_response("retrieve", 429, {})
-    # The window holds 20 > 16: no token now, but the reply shows the new limit.
+    # The 20 grants before the 429 no longer count: a token now, the next one a pacing
+    # interval (60.5 / 16 s) later.
+    assert await second.acquire("retrieve", deadline=clock.monotonic() + 1.0) is True
     assert await second.acquire("retrieve", deadline=clock.monotonic() + 1.0) is False
     window = second.window("retrieve")
     assert window is not None
     assert window.limit == 16
+    assert len(window.grants) == 1
     await first.aclose()
     await second.aclose()
 

@@ -274,7 +274,7 @@ async def test_a_cancel_that_races_the_token_sends_nothing() -> None:
     the cancel must come first. Without it that request went out after the exit."""
     clock = ManualClock()
     budget = LocalBudget(clock=clock, rates={"queue": RateLimit(per_minute=60.0, burst=1)})
-    assert budget.try_acquire("queue")  # the burst is spent: the next token is 1 s away
+    assert budget.try_acquire_now("queue")  # the burst is spent: the next token is 1 s away
     retrier = Retrier(acquire=budget.acquire, policy=POLICY, clock=clock, rng=random.Random(0))
     sent: list[float] = []
 

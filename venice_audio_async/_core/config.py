@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUDIO_ENDPOINTS",
+    "Assumed",
     "DEFAULT_BASE_URL",
     "LearnedRateLimits",
     "Limits",
@@ -30,6 +31,7 @@ __all__ = [
     "Timeouts",
     "check_number",
     "endpoint_rates",
+    "is_assumed",
     "learn_rate_limits",
     "pooled_rate",
 ]
@@ -56,6 +58,25 @@ def _require_number(setting: object, name: str, value: object) -> None:
     """A setting's field must be a number: else a TypeError naming the public class."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{type(setting).__name__}({name}=...) must be a number, got {value!r}")
+
+
+class Assumed(float):
+    """A default figure of :class:`RateLimits` (a ``float``): one the library assumed, not
+    one the user gave. A limit the API states replaces an assumed figure, up or down; a
+    figure the user gave is never raised by one (a lower stated limit still caps it)."""
+
+    def __repr__(self) -> str:
+        return float.__repr__(self)
+
+
+def _assumed(value: float) -> float | None:
+    """A default per-minute figure (typed as the field it fills)."""
+    return Assumed(value)
+
+
+def is_assumed(value: float | None) -> bool:
+    """Whether ``value`` is a default :class:`RateLimits` filled in (not the user's own)."""
+    return isinstance(value, Assumed)
 
 
 def _positive(setting: object, attribute: attrs.Attribute[float], value: float | None) -> None:
@@ -224,6 +245,11 @@ class RateLimits:
     ``None`` disables the limiter for that endpoint (the server may still answer 429, which
     is honoured). ``failures_per_window`` / ``failure_window`` mirror the API's error budget.
 
+    The per-endpoint defaults are assumptions: a limit the API states in its
+    ``x-ratelimit-limit-requests`` header replaces them within one answer, up as well as
+    down. A figure you set yourself is never raised by a stated one (a lower stated limit
+    still holds: the API enforces it); each field is tracked on its own.
+
     ``pooled_per_minute`` puts ``pooled_endpoints`` (by default every audio endpoint) under
     one more limit together: Venice's rate-limit page reads "Audio: 60 requests/min", which
     may be one budget for all of them. Both kinds hold when both are set.
@@ -232,8 +258,8 @@ class RateLimits:
     .. versionadded:: 0.1.0
     """
 
-    queue_per_minute: float | None = attrs.field(default=40.0, validator=_positive)
-    retrieve_per_minute: float | None = attrs.field(default=120.0, validator=_positive)
+    queue_per_minute: float | None = attrs.field(default=_assumed(40.0), validator=_positive)
+    retrieve_per_minute: float | None = attrs.field(default=_assumed(120.0), validator=_positive)
     quote_per_minute: float | None = attrs.field(default=None, validator=_positive)
     complete_per_minute: float | None = attrs.field(default=None, validator=_positive)
     failures_per_window: int = 20

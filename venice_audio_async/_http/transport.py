@@ -25,8 +25,8 @@ import asyncio
 import ipaddress
 import platform
 import types
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, Protocol
 
 import aiohttp
 import attrs
@@ -51,10 +51,24 @@ from .log import RequestOutcome, logged, queue_id_in
 
 __all__ = ["HttpSession", "HttpTransport", "JsonAnswer", "ResponseObserver", "require_asyncio"]
 
-#: Awaited with (endpoint, status, headers) for every answer, and (endpoint, 0, {}) for a
-#: transport failure, before the answer (or its error) is handed over: the request budget
-#: learns from it (see ``_budget.ResponseRecorder``).
-ResponseObserver = Callable[[str, int, Mapping[str, str]], Awaitable[None]]
+
+class ResponseObserver(Protocol):
+    """Awaited with (endpoint, status, headers) for every answer, and (endpoint, 0, {}) for
+    a transport failure, before the answer (or its error) is handed over: the request
+    budget learns from it (see ``_rate.budget.ResponseRecorder``). An error answer also
+    gives the API's ``message`` and the request's ``model`` (429s differ only by message).
+    """
+
+    def __call__(
+        self,
+        endpoint: str,
+        status: int,
+        headers: Mapping[str, str],
+        *,
+        message: str | None = None,
+        model: str | None = None,
+    ) -> Awaitable[None]: ...
+
 
 #: A caller's own aiohttp session, for the layers above to name without importing aiohttp.
 HttpSession = aiohttp.ClientSession
@@ -203,11 +217,19 @@ class HttpTransport:
         self._header_cache[auth] = (self.user_agent, headers)
         return headers
 
-    async def _notify(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+    async def _notify(
+        self,
+        endpoint: str,
+        status: int,
+        headers: Mapping[str, str],
+        *,
+        message: str | None = None,
+        model: str | None = None,
+    ) -> None:
         if self._observer is not None:
             # The observer keeps what an answer taught even if this caller is being
             # cancelled meanwhile (ResponseRecorder shields a shared store's round trip).
-            await self._observer(endpoint, status, headers)
+            await self._observer(endpoint, status, headers, message=message, model=model)
 
     def _timeout(self, *, download: bool) -> aiohttp.ClientTimeout:
         t = self._timeouts
@@ -385,7 +407,15 @@ class _Exchange:
             if response.status >= 300:
                 try:
                     error = await status_error(endpoint, response.status, headers, response.content)
-                    await transport._notify(endpoint, response.status, headers)
+                    body = self._options.get("json")
+                    model = body.get("model") if isinstance(body, Mapping) else None
+                    await transport._notify(
+                        endpoint,
+                        response.status,
+                        headers,
+                        message=error.message,
+                        model=model if isinstance(model, str) else None,
+                    )
                 except BaseException as exc:
                     await self._request.__aexit__(type(exc), exc, exc.__traceback__)
                     raise

@@ -37,7 +37,7 @@ from .._core.errors import (
 from .._core.logging import attempt_context
 from .._core.models import AudioResult, Job, Processing
 from .._core.outcomes import Failed, Outcome, Succeeded, Unreachable
-from .._rate.budget import LocalBudget, RequestBudget
+from .._rate.budget import RequestBudget, session_paused, try_acquire_now
 from .._rate.limiter import RequestLimiter
 from .._rate.retry import PollVerdict, Retrier, judge_poll
 from .estimator import DurationEstimator
@@ -156,23 +156,18 @@ class WindowPacer:
         self._repriced_at = -math.inf
         self._grants = 0
         self._keyed_price = policy.price
-        # An in-process budget (whose acquire is LocalBudget's) hands a free token over
-        # synchronously: the same grant as acquire's, without its cancellation checkpoint.
-        self._try_now: Callable[[str], bool] | None = None
-        self._session_paused: Callable[[], bool] | None = None
-        if isinstance(budget, LocalBudget):
-            self._session_paused = budget.session_paused
-            if type(budget).acquire is LocalBudget.acquire:
-                self._try_now = budget.try_acquire
-
-    @property
-    def grants_now(self) -> bool:
-        """Whether :meth:`take_token_now` can ever succeed (an in-process budget)."""
-        return self._try_now is not None
+        # A budget that can hand a free token over synchronously (an in-process one) saves
+        # the poller acquire's cancellation checkpoint; others answer False and it waits.
+        self.grants_now = getattr(type(budget), "try_acquire_now", None) not in (
+            None,
+            RequestBudget.try_acquire_now,  # the protocol's default never grants
+        )
 
     def take_token_now(self) -> bool:
-        """Take a retrieve token if one is free now from an in-process budget."""
-        if self._try_now is None or not self._try_now("retrieve"):
+        """Take a retrieve token if the budget has one free now (no waiting, no I/O)."""
+        if not self.grants_now:
+            return False
+        if not try_acquire_now(self._budget, "retrieve"):
             return False
         self._grants += 1
         return True
@@ -198,14 +193,11 @@ class WindowPacer:
 
     def paused(self, clock: Clock) -> bool:
         """Whether the whole session is paused right now (a 429, the error budget)."""
-        if self._session_paused is not None:
-            return self._session_paused()  # an in-process budget's pauses, read directly
         # The clock is read after the budget's own reading: read before, a free budget
-        # would look a few microseconds ahead and every poll would take a full snapshot.
+        # would look a few microseconds ahead and every poll would read its pauses.
         if self._budget.next_available("retrieve") <= clock.monotonic():
-            return False  # the common case: no snapshot taken
-        stats = self._budget.statistics()
-        return stats.paused_until is not None or stats.failure_paused_until is not None
+            return False  # the common case: nothing more to read
+        return session_paused(self._budget)
 
     def wake_at(self, due: float, now: float, *, jobs_waiting: bool) -> float:
         """Sleep towards ``due``, but wake to re-price while the price is raised (it falls

@@ -33,9 +33,10 @@ leaves the queue without taking a token and hands the head position on.
 from __future__ import annotations
 
 import bisect
+import inspect
 import math
 from collections import deque
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Protocol, runtime_checkable
 
 import anyio
@@ -46,7 +47,7 @@ from .._core.clock import Clock
 from .._core.config import AUDIO_ENDPOINTS, RateLimit, check_number
 from .._core.logging import log
 from .endpoint_rate import EndpointRate, LinePlan, Waiter, reached, token_eta
-from .lessons import read_lesson, teaches_nothing
+from .lessons import read_signals, teaches_nothing
 from .statistics import BudgetStatistics, EndpointFigures, budget_statistics
 
 __all__ = [
@@ -55,8 +56,13 @@ __all__ = [
     "RateWindow",
     "RequestBudget",
     "ResponseRecorder",
+    "hold_model",
     "log_too_late",
+    "session_paused",
+    "takes_keyword",
     "tighter_window",
+    "try_acquire_now",
+    "wait_out_model_hold",
 ]
 
 
@@ -107,20 +113,35 @@ class RequestBudget(Protocol):
     .. versionadded:: 0.1.0
     """
 
-    async def acquire(self, endpoint: str, *, deadline: float | None = None) -> bool:
+    async def acquire(
+        self, endpoint: str, *, deadline: float | None = None, model: str | None = None
+    ) -> bool:
         """Wait until one request to ``endpoint`` may be sent, then take the token.
 
-        Waiters of this process are served first come, first served. ``deadline`` is a
-        ``clock.monotonic()`` reading: when no token can be had by then, return ``False``
-        without taking one: at once when the caller's place in line already says so
-        (counting ahead of it only the waiters that can make their own deadlines), else
-        when the deadline passes while waiting. Returns ``True`` when a token was taken.
-        Cancelling a waiter takes no token.
+        ``model``: the request's model; a ``queue`` call waits out that model's hold (an
+        overloaded model's 429) first. Waiters of this process are served first come, first
+        served. ``deadline`` is a ``clock.monotonic()`` reading: when no token can be had by
+        then, return ``False`` without taking one: at once when the caller's place in line
+        already says so (counting ahead of it only the waiters that can make their own
+        deadlines), else when the deadline passes while waiting. Returns ``True`` when a
+        token was taken. Cancelling a waiter takes no token.
         """
         ...
 
-    async def record_response(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
-        """Learn from an answer (any status); ``status=0`` records a transport failure."""
+    async def record_response(
+        self,
+        endpoint: str,
+        status: int,
+        headers: Mapping[str, str],
+        *,
+        message: str | None = None,
+        model: str | None = None,
+    ) -> None:
+        """Learn from an answer (any status); ``status=0`` records a transport failure.
+
+        ``message``: an error answer's text (the three 429s differ only by it);
+        ``model``: the request's model (an overloaded model holds its queue calls only).
+        """
         ...
 
     def next_available(self, endpoint: str) -> float:
@@ -135,6 +156,44 @@ class RequestBudget(Protocol):
         """A frozen snapshot of the budget."""
         ...
 
+    def try_acquire_now(self, endpoint: str) -> bool:
+        """Take a token for ``endpoint`` if one is free now, without waiting or I/O.
+
+        The default takes none (a shared store cannot answer synchronously): callers then
+        :meth:`acquire`.
+        """
+        return False
+
+    def session_paused(self) -> bool:
+        """Whether every request is held right now (a 429's pause, the failed-request
+        window). The default reads :meth:`statistics`."""
+        stats = self.statistics()
+        return stats.paused_until is not None or stats.failure_paused_until is not None
+
+
+def takes_keyword(method: Callable[..., object], name: str) -> bool:
+    """Whether ``method`` accepts the keyword argument ``name`` (a budget written before
+    the protocol grew it does not)."""
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: assume the current protocol
+        return True
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def try_acquire_now(budget: RequestBudget, endpoint: str) -> bool:
+    """``budget.try_acquire_now(endpoint)``, or ``False`` for a budget written before it."""
+    take = getattr(budget, "try_acquire_now", None)
+    return bool(take(endpoint)) if take is not None else False
+
+
+def session_paused(budget: RequestBudget) -> bool:
+    """``budget.session_paused()``, or :meth:`RequestBudget.session_paused`'s default."""
+    paused = getattr(budget, "session_paused", None)
+    if paused is not None:
+        return bool(paused())
+    return RequestBudget.session_paused(budget)
+
 
 class ResponseRecorder:
     """The transport's observer: counts requests per endpoint and tells the budget of each
@@ -143,17 +202,28 @@ class ResponseRecorder:
     def __init__(self, budget: RequestBudget) -> None:
         self._budget = budget
         self.requests: dict[str, int] = {}
+        # A budget written before the protocol took an answer's message and model.
+        self._detailed = takes_keyword(budget.record_response, "message")
 
-    async def __call__(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+    async def __call__(
+        self,
+        endpoint: str,
+        status: int,
+        headers: Mapping[str, str],
+        *,
+        message: str | None = None,
+        model: str | None = None,
+    ) -> None:
         self.requests[endpoint] = self.requests.get(endpoint, 0) + 1
-        budget = self._budget
-        if isinstance(budget, LocalBudget):
-            budget.learn(endpoint, status, headers)  # no await: nothing can interrupt it
-            return
-        # A shared store's round trip: what the answer taught (a 429's pause) is kept even
-        # if the caller is being cancelled or its status deadline passes meanwhile.
+        # What the answer taught (a 429's pause) is kept even if the caller is being
+        # cancelled or its status deadline passes meanwhile (a shared store's round trip).
         with anyio.CancelScope(shield=True):
-            await budget.record_response(endpoint, status, headers)
+            if self._detailed:
+                await self._budget.record_response(
+                    endpoint, status, headers, message=message, model=model
+                )
+            else:
+                await self._budget.record_response(endpoint, status, headers)
 
 
 def tighter_window(
@@ -163,6 +233,28 @@ def tighter_window(
     if own is None or pooled is None:
         return own if pooled is None else pooled
     return pooled if pooled.free_after(0.0, now) < own.free_after(0.0, now) else own
+
+
+def hold_model(held: dict[str, float], model: str, until: float) -> bool:
+    """Hold ``model``'s queue calls until ``until`` (extends only); whether it was extended."""
+    if until <= held.get(model, -math.inf):
+        return False
+    held[model] = until
+    return True
+
+
+async def wait_out_model_hold(
+    held: Mapping[str, float], model: str, clock: Clock, deadline: float | None
+) -> bool:
+    """Sleep until ``model``'s hold ends; ``False`` (at once) if it ends after ``deadline``."""
+    while True:
+        now = clock.monotonic()
+        until = held.get(model, -math.inf)
+        if reached(until, now):
+            return True
+        if deadline is not None and not reached(until, deadline):
+            return False
+        await clock.sleep(until - now)
 
 
 def log_too_late(endpoint: str, expected: float, allowed: float, ahead: int) -> None:
@@ -207,7 +299,7 @@ class _Line:
     plan: LinePlan
 
 
-class LocalBudget:
+class LocalBudget(RequestBudget):
     """The in-process :class:`RequestBudget`: per-endpoint rate limits, pauses, failure window.
 
     Args:
@@ -270,6 +362,8 @@ class LocalBudget:
         self._granted = 0
         self._rate_limited = 0
         self._consecutive_429 = 0
+        #: Models whose queue calls are held (an overloaded model's 429), until when.
+        self._model_held: dict[str, float] = {}
         # Each endpoint's line played forward (see _line), and what makes it stale: any
         # change of the rules (_changes) or of that endpoint's line (_line_changes).
         self._lines: dict[str, _Line] = {}
@@ -317,19 +411,29 @@ class LocalBudget:
 
     # ------------------------------------------------------------------ taking tokens
 
-    async def acquire(self, endpoint: str, *, deadline: float | None = None) -> bool:
+    async def acquire(
+        self, endpoint: str, *, deadline: float | None = None, model: str | None = None
+    ) -> bool:
         """Wait until one request to ``endpoint`` may be sent, then take the token.
 
-        Waiters are served first come, first served. Cancelling a waiter takes no token and
-        lets the next one move up. With ``deadline`` (a ``clock.monotonic()`` reading), give
-        up and return ``False`` as soon as the token would come later than that: at once
-        when the caller's place in line already says so (counting ahead of it only the
-        waiters that can make their own deadlines), or as soon as a pause or a lowered
-        limit pushes it past (every waiter with a deadline looks again then).
+        A ``queue`` call for ``model`` first waits out that model's hold (an overloaded
+        model's 429). Waiters are served first come, first served. Cancelling a waiter takes
+        no token and lets the next one move up. With ``deadline`` (a ``clock.monotonic()``
+        reading), give up and return ``False`` as soon as the token would come later than
+        that: at once when the caller's place in line already says so (counting ahead of it
+        only the waiters that can make their own deadlines), or as soon as a pause or a
+        lowered limit pushes it past (every waiter with a deadline looks again then).
         """
         state = self._endpoint(endpoint)
         clock = self._clock
         await anyio.lowlevel.checkpoint_if_cancelled()
+        if (
+            model is not None
+            and endpoint == "queue"
+            and self._model_held
+            and not await wait_out_model_hold(self._model_held, model, clock, deadline)
+        ):
+            return False
         now = clock.monotonic()
         if not state.waiters:
             ready = self._ready_at(state, now)
@@ -454,11 +558,8 @@ class LocalBudget:
             pool.limit if pool is not None else None,
         )
 
-    def try_acquire(self, endpoint: str) -> bool:
-        """Take a token for ``endpoint`` if one is free now and nobody is waiting for one.
-
-        (LocalBudget's own: not part of :class:`RequestBudget`.)
-        """
+    def try_acquire_now(self, endpoint: str) -> bool:
+        """Take a token for ``endpoint`` if one is free now and nobody is waiting for one."""
         state = self._endpoint(endpoint)
         if state.waiters:
             return False
@@ -472,8 +573,6 @@ class LocalBudget:
         """Whether every request is held right now (a 429's pause, the failed-request
         window): what ``statistics()`` reports as ``paused_until`` or
         ``failure_paused_until``, without taking a snapshot.
-
-        (LocalBudget's own: not part of :class:`RequestBudget`.)
         """
         now = self._clock.monotonic()
         return self._paused_until > now or self._failure_paused_until > now
@@ -509,21 +608,39 @@ class LocalBudget:
         self._pause_reason = reason
         return True
 
-    async def record_response(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+    async def record_response(
+        self,
+        endpoint: str,
+        status: int,
+        headers: Mapping[str, str],
+        *,
+        message: str | None = None,
+        model: str | None = None,
+    ) -> None:
         """Learn from an answer to a request to ``endpoint`` (never waits): :meth:`learn`."""
-        self.learn(endpoint, status, headers)
+        self.learn(endpoint, status, headers, message=message, model=model)
 
-    def learn(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+    def learn(
+        self,
+        endpoint: str,
+        status: int,
+        headers: Mapping[str, str],
+        *,
+        message: str | None = None,
+        model: str | None = None,
+    ) -> None:
         """Learn from an answer to a request to ``endpoint``, at once.
 
         * 2xx: resets the count of consecutive 429s.
         * 429: pauses every endpoint for :func:`retry_delay_from_headers` seconds (capped
           at ``max_retry_after``); without a usable header, 5 s doubling with each
-          consecutive 429, up to the cap.
-        * 429 also lowers ``endpoint``'s effective limit below what its last window granted
-          (it recovers slowly after a quiet window), and the pooled limit's if ``endpoint``
-          is under it.
-        * ``x-ratelimit-limit-requests`` (any status): caps ``endpoint``'s limit at once.
+          consecutive 429, up to the cap. An overloaded model's 429 (told by ``message``)
+          holds only that ``model``'s queue calls instead.
+        * A rate-limit 429 (not the error budget's, not an overloaded model's) also lowers
+          ``endpoint``'s limit, and the pool's if ``endpoint`` is under it, with the window
+          starting at the 429 (:class:`~._rate.endpoint_rate.EndpointRate`).
+        * ``x-ratelimit-limit-requests`` (any status): ``endpoint``'s limit at once (up or
+          down; a limit the user set is only capped).
         * ``x-ratelimit-remaining-requests`` with ``x-ratelimit-reset-requests``: no more
           than that many grants until the reset; at 0 (any status) ``endpoint`` pauses until
           the reset (capped), or one pacing interval without it.
@@ -545,10 +662,12 @@ class LocalBudget:
             self._rate_limited += 1
             state.rate_limited += 1
             self._consecutive_429 += 1
-        lesson = read_lesson(
+        lesson = read_signals(
             endpoint,
             status,
             headers,
+            message=message,
+            model=model,
             now_epoch=self._clock.time(),
             cap=self._max_retry_after,
             consecutive_429=self._consecutive_429,
@@ -559,6 +678,8 @@ class LocalBudget:
             pool = self._pool_of(state)
             if pool is not None:
                 pool.rate_limited_at(now)
+        if lesson.model_pause is not None:
+            self._hold_model(*lesson.model_pause, now)
         if lesson.pause is not None:
             delay, reason = lesson.pause
             if self._pause_session_until(now + delay, now, reason):
@@ -577,7 +698,7 @@ class LocalBudget:
                         extra={"endpoint": endpoint, "status": status, "pause": delay},
                     )
         if lesson.stated is not None:
-            state.state_limit(lesson.stated)
+            state.state_limit(lesson.stated, now)
         if lesson.allowance is not None:
             remaining, until = lesson.allowance
             state.allow(remaining, now + until)
@@ -595,6 +716,15 @@ class LocalBudget:
             self._add_failure(now)
         if self._strictness(state) != before:
             self._look_again()
+
+    def _hold_model(self, delay: float, model: str, now: float) -> None:
+        if hold_model(self._model_held, model, now + delay):
+            log.info(
+                "429: %s is overloaded; holding its queue calls for %.1f s (other requests go on)",
+                model,
+                delay,
+                extra={"model": model, "status": 429, "pause": delay},
+            )
 
     def _prune_failures(self, now: float) -> None:
         failures, window = self._failures, self._failure_window

@@ -26,11 +26,22 @@ The default ``burst`` is ``max(1, N // 6)``, ten seconds' worth of requests (6 q
 retrieve at 40 / 120 per minute): enough for a batch of polls that come due together, small
 enough that the slower pace after it stays close to the full rate.
 
-The effective limit adapts (AUDIO_API.md section 9: the real limits are uncertain): a limit
-the API states caps the configured one at once; a 429 lowers it below what was granted in
-the last window (multiplicative decrease); after a quiet window it climbs back a tenth of
-the ceiling per window (ten quiet minutes to recover fully). :class:`~._rate.budget.LocalBudget`
-keeps one :class:`EndpointRate` per endpoint and adds the session-wide rules (pauses, failures).
+The effective limit adapts (AUDIO_API.md section 9: the real limits are uncertain). This
+class is *the* rate rule, written once: ``RedisBudget``'s Lua (:mod:`._rate.redis_scripts`)
+mirrors it step for step, and one test drives both through the same script of grants, 429s
+and stated limits. Its transitions:
+
+* **stated**: a limit the API states replaces the ceiling, up as well as down, unless the
+  user set this limit explicitly (then it only caps it);
+* **429** (a rate limit, not the error budget nor an overloaded model): the limit drops below
+  what the last window granted (a fifth; while calm, a fifth of the limit itself; one more
+  per further 429 within ``window / 12``; not below an eighth of the ceiling), and the
+  window *starts at the 429*: grants before it no longer count (the server's Retry-After,
+  a pause kept by the budget, says when it takes more), so the lowered rate spaces the
+  grants from then on instead of waiting for past ones to age out. Until the limit is back
+  at the ceiling it is *calm*: no bursts;
+* **recovery**: every quiet ``window / 4`` the limit climbs a tenth of the ceiling; a learnt
+  limit with no ceiling (nothing configured or stated) is dropped.
 """
 
 from __future__ import annotations
@@ -41,14 +52,16 @@ from collections.abc import Iterable, Sequence
 
 import anyio
 
-from .._core.config import MINUTE, RateLimit
+from .._core.config import MINUTE, RateLimit, is_assumed
 
-__all__ = ["EndpointRate", "LinePlan", "Waiter", "reached", "token_eta"]
+__all__ = ["RECOVERY_STEPS", "EndpointRate", "LinePlan", "Waiter", "reached", "token_eta"]
 
 #: After a 429 an endpoint's limit drops to this share of what its last window granted.
 _DECREASE = 0.8
 #: 429s within window / this of the last one belong to the same burst: one decrease.
 _DECREASE_SPACING = 12
+#: After a 429 the limit climbs a tenth of the ceiling per window / this of quiet.
+RECOVERY_STEPS = 4
 #: Relative tolerance when comparing clock readings (float rounding in sleeps and sums).
 _REL_EPS = 1e-12
 
@@ -139,10 +152,9 @@ def token_eta(
 class EndpointRate:
     """Per-endpoint state: the grant log, the pacing point, the pause and the FIFO queue.
 
-    The effective ``limit`` adapts (AUDIO_API.md section 9: the real limits are uncertain):
-    a limit the API states caps the configured one at once; a 429 lowers it below what was
-    granted in the last window (multiplicative decrease); after a quiet window it climbs
-    back a tenth of the ceiling per window (ten quiet minutes to recover fully).
+    The effective ``limit`` adapts: see the module docstring for the transitions.
+    ``explicit``: the configured limit is the user's own (a stated one never raises it);
+    never for a default figure of :class:`~venice_audio_async.RateLimits`.
     """
 
     __slots__ = (
@@ -150,7 +162,9 @@ class EndpointRate:
         "allowance_until",
         "burst",
         "burst_setting",
+        "calm",
         "configured",
+        "explicit",
         "granted",
         "interval",
         "last_429",
@@ -168,9 +182,12 @@ class EndpointRate:
         "window",
     )
 
-    def __init__(self, name: str, rate: RateLimit | None) -> None:
+    def __init__(self, name: str, rate: RateLimit | None, *, explicit: bool = True) -> None:
         self.name = name
         self.configured = rate.limit if rate is not None else None
+        # A default figure (RateLimits' Assumed) is not the user's: a stated limit replaces it.
+        self.explicit = explicit and rate is not None and not is_assumed(rate.per_minute)
+        self.calm = False
         self.stated: int | None = None
         self.window = rate.window if rate is not None else MINUTE
         # A limit learned for an endpoint configured without one is a bare sliding log.
@@ -210,13 +227,16 @@ class EndpointRate:
         window: float,
         burst: int,
         grants: Iterable[float],
+        calm: bool = False,
     ) -> EndpointRate:
         """A rule known only from outside (a shared store's last reply): its effective
-        ``limit`` (``None``: none), ``window``, ``burst`` and the grants in its window."""
+        ``limit`` (``None``: none), ``window``, ``burst``, whether it is ``calm`` and the
+        grants in its window."""
         rate = cls(name, None)
         rate.configured = limit
         rate.window = window
         rate.burst_setting = burst
+        rate.calm = calm
         rate._set_limit(limit)
         rate.log = deque(grants)
         return rate
@@ -226,64 +246,83 @@ class EndpointRate:
         if limit is None:
             self.burst, self.interval = 0, 0.0
         else:
-            self.burst = min(self.burst_setting or limit, limit)
+            # Calm (recovering from a 429): each grant paced, no burst drawn.
+            self.burst = 1 if self.calm else min(self.burst_setting or limit, limit)
             self.interval = self.window / limit
 
     @property
     def ceiling(self) -> int | None:
-        """The configured limit, capped by the one the API stated."""
+        """The limit in force before any 429: the configured one, replaced by a limit the
+        API stated (only capped by it when the configured one is the user's own)."""
         if self.stated is None:
             return self.configured
-        if self.configured is None:
+        if self.configured is None or not self.explicit:
             return self.stated
         return min(self.configured, self.stated)
 
-    def state_limit(self, stated: int) -> None:
-        """The API stated this endpoint's limit: the lower of it and ours holds at once."""
+    def state_limit(self, stated: int, now: float) -> None:
+        """The API stated this endpoint's limit: it holds at once (lower, or higher while
+        no 429 is being recovered from; a calm limit climbs to it by recovery)."""
+        self.recover(now)
         if stated < 1 or stated == self.stated:
             return
         self.stated = stated
         ceiling = self.ceiling
-        if self.limit is None or (ceiling is not None and ceiling < self.limit):
+        if ceiling is None:
+            return
+        if self.limit is None or ceiling < self.limit or not self.calm:
             self._set_limit(ceiling)
 
     def rate_limited_at(self, now: float) -> None:
-        """A 429: go below what the last window granted (by a fifth, then by one per further
-        429 of the same burst; not below an eighth of the ceiling: a 429 caused by another
-        client on the key must not stall this one for minutes)."""
+        """A rate-limit 429: go below what the last window granted (by a fifth, then by one
+        per further 429 of the same burst; not below an eighth of the ceiling: a 429 caused
+        by another client on the key must not stall this one for minutes), and start the
+        window at the 429, calm."""
+        self.recover(now)
         self.prune(now)
         recent = now - self.last_429 < self.window / _DECREASE_SPACING
         self.last_429 = now
-        self.next_recovery = now + self.window
+        self.next_recovery = now + self.window / RECOVERY_STEPS
         ceiling = self.ceiling
         floor = max(1, ceiling // 8) if ceiling is not None else 1
+        limit = self.limit
         if recent:
             # The same burst: each further refusal shows one more grant the server did not
             # count, so the limit goes down by one more.
-            if self.limit is not None and self.limit > floor:
-                self._set_limit(self.limit - 1)
-            return
-        granted = int(len(self.log) * _DECREASE)
-        if self.limit is None:
-            if granted:
-                self._set_limit(max(floor, granted))
+            if limit is not None and limit > floor:
+                limit -= 1
         else:
-            self._set_limit(max(1, min(self.limit - 1, max(floor, granted))))
+            granted = int(len(self.log) * _DECREASE)
+            if self.calm and limit is not None:
+                # The window started at an earlier 429 and holds few grants: a fifth off
+                # the limit itself, not a drop to what those few grants were.
+                granted = max(granted, int(limit * _DECREASE))
+            if limit is None:
+                limit = max(floor, granted) if granted else None
+            else:
+                limit = max(1, min(limit - 1, max(floor, granted)))
+        if limit is None:
+            return
+        # The lowered limit counts from the 429 on: the grants before it are the server's
+        # to count (its Retry-After says when it takes more), never a wait here.
+        self.log.clear()
+        self.next_paced = -math.inf
+        self.calm = True
+        self._set_limit(limit)
 
     def recover(self, now: float) -> None:
-        ceiling = self.ceiling
+        """Every quiet ``window / RECOVERY_STEPS`` after a 429: a tenth of the ceiling back."""
         if self.limit is None or now < self.next_recovery:
             return
-        if ceiling is None:
-            # Nothing configured or stated: a learned limit is dropped after a quiet window.
-            self._set_limit(None)
+        ceiling = self.ceiling
+        if ceiling is None or self.limit >= ceiling:
+            # Back at the ceiling (a learnt limit without one is dropped): calm no more.
+            self.calm = False
             self.next_recovery = math.inf
-            return
-        if self.limit >= ceiling:
-            self.next_recovery = math.inf
+            self._set_limit(ceiling)
             return
         self._set_limit(min(ceiling, self.limit + max(1, ceiling // 10)))
-        self.next_recovery = now + self.window
+        self.next_recovery = now + self.window / RECOVERY_STEPS
 
     def allow(self, remaining: int, until: float) -> None:
         """The API said ``remaining`` requests are left until ``until``."""

@@ -34,7 +34,7 @@ import anyio.lowlevel
 from .._core.clock import Clock, ManualClock, SystemClock
 from .._core.config import RateLimits, endpoint_rates, pooled_rate
 from .._core.environment import api_key_from_env
-from .budget import RateWindow, log_too_late
+from .budget import RateWindow, RequestBudget, log_too_late, wait_out_model_hold
 from .endpoint_rate import Waiter, token_eta
 from .redis_learning import ResponseLearner
 from .redis_link import RedisLink
@@ -66,7 +66,7 @@ def namespace_for_key(api_key: str) -> str:
     return digest.hexdigest()[:24]
 
 
-class RedisBudget:
+class RedisBudget(RequestBudget):
     """A :class:`~venice_audio_async.budget.RequestBudget` shared through Redis by many processes.
 
     Open it once per process, with the same API key (or ``namespace``) everywhere::
@@ -246,8 +246,13 @@ class RedisBudget:
 
     # ------------------------------------------------------------------ taking tokens
 
-    async def acquire(self, endpoint: str, *, deadline: float | None = None) -> bool:
+    async def acquire(
+        self, endpoint: str, *, deadline: float | None = None, model: str | None = None
+    ) -> bool:
         """Wait until one request to ``endpoint`` may be sent, then take the token.
+
+        A ``queue`` call for ``model`` waits out that model's hold (an overloaded model's
+        429, shared by every process) too.
 
         This process's waiters go first come, first served (one at a time asks Redis).
         ``deadline`` is a ``clock.monotonic()`` reading: when no token can be had by then,
@@ -260,6 +265,13 @@ class RedisBudget:
         """
         await anyio.lowlevel.checkpoint_if_cancelled()
         clock = self._clock
+        held = model if endpoint == "queue" else None
+        if (
+            held is not None
+            and self._mirror.model_held
+            and not await wait_out_model_hold(self._mirror.model_held, held, clock, deadline)
+        ):
+            return False
         view = self._mirror.endpoint(endpoint)
         if deadline is not None and not self._in_time(endpoint, view.line, deadline):
             return False
@@ -269,10 +281,10 @@ class RedisBudget:
         try:
             if deadline is None:
                 async with view.lock:
-                    return await self._take(endpoint, None)
+                    return await self._take(endpoint, None, held)
             with anyio.move_on_after(max(0.0, deadline - clock.monotonic()) * self._scale):
                 async with view.lock:
-                    return await self._take(endpoint, deadline)
+                    return await self._take(endpoint, deadline, held)
             return False
         finally:
             view.waiting -= 1
@@ -292,7 +304,7 @@ class RedisBudget:
         log_too_late(endpoint, expected - now, deadline - now, len(line))
         return False
 
-    async def _take(self, endpoint: str, deadline: float | None) -> bool:
+    async def _take(self, endpoint: str, deadline: float | None, model: str | None) -> bool:
         clock, link = self._clock, self._link
         while True:
             if link.away and link.reconnect_wait() <= 0:
@@ -308,7 +320,7 @@ class RedisBudget:
                 ready = self.next_available(endpoint)
                 if ready <= clock.monotonic() + EPS:
                     # The last reply says a token may be free: ask Redis (one round trip).
-                    outcome = await self._ask(endpoint)
+                    outcome = await self._ask(endpoint, model)
                     if outcome is True:
                         return True
                     if outcome is None:
@@ -321,12 +333,12 @@ class RedisBudget:
                 return False
             await clock.sleep(wake - clock.monotonic())
 
-    async def _ask(self, endpoint: str) -> float | bool | None:
+    async def _ask(self, endpoint: str, model: str | None) -> float | bool | None:
         """One ACQUIRE: True (granted), the time to retry at, or None (Redis is away)."""
         mirror = self._mirror
         entities = mirror.entities_of(endpoint)
         member = self._link.member()
-        answer = await self._link.acquire(entities, member)
+        answer = await self._link.acquire(entities, member, model)
         if answer is None:
             return None
         at = self._clock.monotonic()
@@ -372,14 +384,26 @@ class RedisBudget:
         """
         return self._mirror.window(endpoint, self._clock.monotonic(), away=self._link.away)
 
-    async def record_response(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+    async def record_response(
+        self,
+        endpoint: str,
+        status: int,
+        headers: Mapping[str, str],
+        *,
+        message: str | None = None,
+        model: str | None = None,
+    ) -> None:
         """Learn from an answer to ``endpoint`` (``status=0``: a transport failure).
 
         The rules of ``LocalBudget.record_response``; what concerns every process (a 429,
         a failure, a pause, a stated limit, an allowance below the window's room) is written
         to Redis before this returns, anything else costs no round trip.
         """
-        await self._learner.record(endpoint, status, headers)
+        await self._learner.record(endpoint, status, headers, message=message, model=model)
+
+    def session_paused(self) -> bool:
+        """Whether every request is held (the shared pauses as of the last round trip)."""
+        return self._mirror.session_paused(self._clock.monotonic())
 
     def statistics(self) -> BudgetStatistics:
         """A frozen snapshot: this process's counts, the shared pauses and windows."""

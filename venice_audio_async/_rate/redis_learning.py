@@ -1,6 +1,6 @@
 """How a :class:`~._rate.redis_budget.RedisBudget` learns from an answer.
 
-The answer is read as :func:`~._rate.lessons.read_lesson` reads it for every budget. What other
+The answer is read as :func:`~._rate.lessons.read_signals` reads it for every budget. What other
 processes need to hear of (a 429, a failure, a pause, a newly stated limit, an allowance
 below the window's room) goes to Redis in one LEARN round trip, whose reply updates the
 mirror; anything else costs no round trip. While Redis is away the lesson is applied to the
@@ -13,7 +13,8 @@ import math
 from collections.abc import Mapping
 
 from .._core.clock import Clock
-from .lessons import Lesson, read_lesson, teaches_nothing
+from .budget import hold_model
+from .lessons import AnswerSignals, read_signals, teaches_nothing
 from .redis_link import RedisLink
 from .redis_mirror import SharedMirror
 
@@ -48,7 +49,15 @@ class ResponseLearner:
         self._failure_threshold = failure_threshold
         self._consecutive_429 = 0
 
-    async def record(self, endpoint: str, status: int, headers: Mapping[str, str]) -> None:
+    async def record(
+        self,
+        endpoint: str,
+        status: int,
+        headers: Mapping[str, str],
+        *,
+        message: str | None = None,
+        model: str | None = None,
+    ) -> None:
         """Learn from an answer to ``endpoint`` (``status=0``: a transport failure)."""
         if teaches_nothing(status, headers):  # most answers: nothing to share, no window read
             self._consecutive_429 = 0
@@ -65,10 +74,12 @@ class ResponseLearner:
         window = mirror.window(endpoint, now, away=link.away)
         own_view = mirror.entities.get(endpoint)
         limit = own_view.limit if own_view is not None else None
-        lesson = read_lesson(
+        lesson = read_signals(
             endpoint,
             status,
             headers,
+            message=message,
+            model=model,
             now_epoch=self._clock.time(),
             cap=self._max_retry_after,
             consecutive_429=self._consecutive_429,
@@ -76,6 +87,9 @@ class ResponseLearner:
         )
         if lesson.failure:
             mirror.failures += 1
+        if lesson.model_pause is not None:  # this process holds it at once, Redis or not
+            delay, held = lesson.model_pause
+            hold_model(mirror.model_held, held, now + delay)
         room = window.free_after(0.0, now) if window is not None else math.inf
         if not lesson.worth_sharing(stated_sent=link.stated_sent.get(endpoint), room=room):
             return
@@ -91,7 +105,7 @@ class ResponseLearner:
                 return
         self._learn_locally(endpoint, lesson, self._clock.monotonic())
 
-    def _learn_locally(self, endpoint: str, lesson: Lesson, now: float) -> None:
+    def _learn_locally(self, endpoint: str, lesson: AnswerSignals, now: float) -> None:
         """While Redis is away: apply ``lesson`` here, and keep it for when Redis is back."""
         mirror = self._mirror
         view = mirror.endpoint(endpoint)

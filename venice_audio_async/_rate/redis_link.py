@@ -22,7 +22,7 @@ import anyio
 import attrs
 
 from .._core.logging import log
-from .lessons import Lesson
+from .lessons import AnswerSignals
 from .redis_mirror import Entity, Snapshot
 from .redis_scripts import ACQUIRE, BACKFILL, LEARN, RELEASE
 
@@ -134,7 +134,8 @@ class RedisLink:
         args: list[_Arg] = []
         for entity in entities:
             keys += [self._key(f"ep:{entity.name}"), self._key(f"log:{entity.name}")]
-            args += [entity.configured, self._ms(entity.window), entity.burst]
+            configured = entity.configured if entity.explicit else -entity.configured
+            args += [configured, self._ms(entity.window), entity.burst]
         return keys, args
 
     def _snapshot(self, reply: Sequence[Any]) -> Snapshot:
@@ -147,7 +148,11 @@ class RedisLink:
             allowance=int(allowance) if allowance >= 0 else None,
             allowance_for=self._from_us(allowance_us),
             rows=tuple(
-                (int(row[0]) or None, tuple(self._from_us(age) for age in row[1:]))
+                (
+                    int(row[0]) or None,
+                    bool(int(row[1])),
+                    tuple(self._from_us(age) for age in row[2:]),
+                )
                 for row in reply[7:]
             ),
         )
@@ -160,14 +165,17 @@ class RedisLink:
 
     # ------------------------------------------------------------------ the scripts
 
-    async def acquire(self, entities: Sequence[Entity], member: str) -> Answer | None:
-        """ACQUIRE a grant named ``member``; ``None`` when Redis is away."""
+    async def acquire(
+        self, entities: Sequence[Entity], member: str, model: str | None = None
+    ) -> Answer | None:
+        """ACQUIRE a grant named ``member`` (``model``: a queue call's, which waits out that
+        model's hold); ``None`` when Redis is away."""
         keys, args = self._entity_args(entities)
         try:
             reply = await self._round_trip(
                 "acquire",
                 [self._key("session"), *keys],
-                [member, self._client_id, self._ttl_ms, *args],
+                [member, self._client_id, self._ttl_ms, model or "", *args],
             )
         except self._errors as error:
             self.go_away(error)
@@ -182,7 +190,7 @@ class RedisLink:
         with anyio.CancelScope(shield=True), contextlib.suppress(*self._errors):
             await self._round_trip("release", logs, [member])
 
-    async def learn(self, entities: Sequence[Entity], lesson: Lesson) -> Snapshot | None:
+    async def learn(self, entities: Sequence[Entity], lesson: AnswerSignals) -> Snapshot | None:
         """Tell Redis what an answer taught (LEARN); ``None`` when Redis is away."""
         entity_keys, entity_args = self._entity_args(entities)
         if len(entities) == 1:
@@ -202,6 +210,8 @@ class RedisLink:
             int(lesson.failure),
             self._failure_threshold,
             self._ms(self._failure_window),
+            lesson.model_pause[1] if lesson.model_pause is not None else "",
+            self._ms(lesson.model_pause[0]) if lesson.model_pause is not None else -1,
         ]
         keys = [self._key("session"), self._key("failures"), *entity_keys]
         try:

@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping, Sequence
 import anyio
 import attrs
 
-from .._core.config import RateLimit
+from .._core.config import RateLimit, is_assumed
 from .budget import RateWindow, tighter_window
 from .endpoint_rate import EndpointRate, Waiter
 from .statistics import BudgetStatistics, EndpointFigures, budget_statistics
@@ -48,21 +48,28 @@ class Entity:
     configured: int  # 0: no limit configured (a stated one may still apply)
     window: float
     burst: int
+    explicit: bool = True  # the user's own limit: a stated one only caps it
 
 
 def _entity(name: str, rate: RateLimit | None) -> Entity:
     """The rule ``name`` follows in Redis (``rate`` ``None``: no configured limit)."""
     if rate is None:
         return Entity(name=name, configured=0, window=_MINUTE, burst=0)
-    return Entity(name=name, configured=rate.limit, window=rate.window, burst=rate.effective_burst)
+    return Entity(
+        name=name,
+        configured=rate.limit,
+        window=rate.window,
+        burst=rate.effective_burst,
+        explicit=not is_assumed(rate.per_minute),
+    )
 
 
 @attrs.frozen
 class Snapshot:
     """What a script reported of the shared state, in clock seconds from its reply.
 
-    ``rows`` holds, for each entity asked about, its limit now (``None``: none) and the
-    ages of the grants inside its window.
+    ``rows`` holds, for each entity asked about, its limit now (``None``: none), whether it
+    is calm (recovering from a 429: no burst) and the ages of the grants inside its window.
     """
 
     session_pause: float | None
@@ -71,7 +78,7 @@ class Snapshot:
     endpoint_pause: float | None
     allowance: int | None
     allowance_for: float
-    rows: tuple[tuple[int | None, tuple[float, ...]], ...]
+    rows: tuple[tuple[int | None, bool, tuple[float, ...]], ...]
 
 
 @attrs.define
@@ -80,6 +87,7 @@ class EntityView:
 
     limit: int | None
     window: float
+    calm: bool = False
     grants: deque[float] = attrs.field(factory=deque)
     own: deque[tuple[float, bool]] = attrs.field(factory=deque)  # (time, made while away)
 
@@ -144,6 +152,8 @@ class SharedMirror:
         self.rate_limited = 0
         self.failures = 0
         self.own_failures: deque[tuple[float, bool]] = deque()  # (time, made while away)
+        #: Models whose queue calls are held (an overloaded model's 429), until when.
+        self.model_held: dict[str, float] = {}
         #: The longest session pause learnt while Redis was away (until, reason).
         self.pending_pause: tuple[float, str] | None = None
 
@@ -192,9 +202,10 @@ class SharedMirror:
             view.allowance, view.allowance_until = news.allowance, at + news.allowance_for
         else:
             view.allowance, view.allowance_until = None, -math.inf
-        for rule, (limit, ages) in zip(entities, news.rows, strict=True):
+        for rule, (limit, calm, ages) in zip(entities, news.rows, strict=True):
             entity_view = self.entity_view(rule)
             entity_view.limit = limit
+            entity_view.calm = calm
             entity_view.grants = deque(at - age for age in ages)
 
     def extend_session_pause(self, until: float, now: float, reason: str) -> None:
@@ -275,6 +286,10 @@ class SharedMirror:
 
     # ------------------------------------------------------------------ views
 
+    def session_paused(self, now: float) -> bool:
+        """Whether every request is held now (a shared pause, the failure window)."""
+        return self.paused_until > now or self.failure_paused_until > now
+
     def next_available(self, endpoint: str, now: float, *, away: bool) -> float:
         if away:
             return self.local_ready(endpoint, now)
@@ -321,11 +336,16 @@ class SharedMirror:
                 continue
             grants = [t for t, _ in view.own] if away else view.grants
             # Away, this process spaces its share evenly (no burst); in Redis a rule with
-            # no configured burst gets a sixth of its limit (the Lua scripts' rule).
-            burst = 1 if away else (rule.burst or max(1, limit // 6))
+            # no configured burst is a bare log (as EndpointRate).
+            burst = 1 if away else (rule.burst or limit)
             rates.append(
                 EndpointRate.seeded(
-                    rule.name, limit=limit, window=view.window, burst=burst, grants=grants
+                    rule.name,
+                    limit=limit,
+                    window=view.window,
+                    burst=burst,
+                    grants=grants,
+                    calm=view.calm,
                 )
             )
         return rates

@@ -18,9 +18,14 @@ Keys (``P`` is the namespace prefix, with a hash tag so all of them share one cl
 A pooled limit is one more entity ``pool`` (``P:ep:pool``, ``P:log:pool``) with the same
 rate state; an endpoint it covers counts against both.
 
+The rate rule of each entity (``ceiling_of``, ``rate_limited``, ``state_limit``, ``recover``,
+``ready``, ``grant``) mirrors :class:`~._rate.endpoint_rate.EndpointRate` step for step; a
+test drives both through one script (tests/rate/test_rate_machine.py).
+
 **ACQUIRE** ``KEYS = session, ep hash, ep log[, pool hash, pool log]``, ``ARGV = member,
-client, ttl_ms, own (configured, window_ms, burst)[, pool (configured, window_ms, burst)]``
-(``configured`` 0: no limit). If a request may go now (no pause, no full failure window,
+client, ttl_ms, model ('': none), own (configured, window_ms, burst)[, pool (configured,
+window_ms, burst)]`` (``configured`` 0: no limit; negative: not set by the user, so a stated
+limit replaces it). If a request may go now (no pause, no full failure window,
 the allowance not spent, each entity's sliding log and pacing have room), the grant is
 logged under ``member`` in every entity's log and the reply starts ``1, us``, where ``us`` is
 how long until the *next* grant could go; otherwise nothing is written but state upkeep
@@ -28,32 +33,47 @@ how long until the *next* grant could go; otherwise nothing is written but state
 *other* clients that asked for this endpoint within the last few pacing intervals (kept in
 ``P:ep:E:clients``). Then, always:
 ``now_us, session_paused_us, reason, failure_paused_us, endpoint_paused_us, allowance
-(-1: none), allowance_us``, and per entity ``{limit (0: none), age_us...}``: the ages of the
-grants inside its window, oldest first. Every ``*_us`` after ``now_us`` is relative to it
-(0: not paused).
+(-1: none), allowance_us``, and per entity ``{limit (0: none), calm (0/1), age_us...}``:
+the ages of the grants inside its window, oldest first. Every ``*_us`` after ``now_us`` is
+relative to it (0: not paused).
 
 **LEARN** ``KEYS = session, failures, ep hash, ep log[, pool hash, pool log]``, ``ARGV =
 member, ttl_ms, own (configured, window_ms, burst), pool (configured, window_ms, burst) or
-three zeros, is_429, pause_ms (-1: none), reason, stated (0: none), allowance (-1: none),
-allowance_ms, endpoint_pause_ms (-1: none), failure (0/1), failure_threshold,
-failure_window_ms``: what one answer taught, with the rules of ``LocalBudget``; replies like
-ACQUIRE without its first two fields.
+three zeros, is_429 (a rate-limit 429), pause_ms (-1: none), reason, stated (0: none),
+allowance (-1: none), allowance_ms, endpoint_pause_ms (-1: none), failure (0/1),
+failure_threshold, failure_window_ms, model, model_pause_ms (-1: none)``: what one answer
+taught, with the rules of ``LocalBudget``; replies like ACQUIRE without its first two fields.
 
 **BACKFILL** ``KEYS = session, failures, log...``, ``ARGV = member_prefix, ttl_ms, pause_ms,
 reason, failure_threshold, failure_window_ms, n_failures, failure_age_us..., then per log:
 n, age_us...``: after an outage, log the grants and failures a process made meanwhile.
 
 **RELEASE** ``KEYS = logs``, ``ARGV = member``: give back a grant whose waiter was cancelled.
+
+**RULE_STEP** ``KEYS = hash, log``, ``ARGV = now_us, configured, window_ms, burst, step,
+value, member``: one step of one entity's rule at a time it is told (``step``: ``grant``
+if one may go now, ``429``, ``state`` the limit ``value``); replies ``granted (0/1), wait_us
+(-1: none), limit (0: none), calm (0/1)``. The scripts above never call it: it lets the
+rule be compared with :class:`~._rate.endpoint_rate.EndpointRate` step for step.
 """
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "BACKFILL", "LEARN", "RELEASE"]
+__all__ = ["ACQUIRE", "BACKFILL", "LEARN", "RELEASE", "RULE_STEP"]
 
-_PRELUDE = r"""
-local INF = math.huge
+#: Every script reads the time from the server's own clock ...
+_CLOCK = r"""
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+"""
+
+#: ... but RULE_STEP, which is told it (a test plays a script of steps on virtual time).
+_TOLD_CLOCK = r"""
+local now = tonumber(ARGV[1])
+"""
+
+_RULES = r"""
+local INF = math.huge
 
 local function num(value, default)
   local n = tonumber(value)
@@ -74,10 +94,13 @@ local function rel(t)
   return math.ceil(t - now)
 end
 
--- After a 429 the limit climbs back a tenth of the ceiling per quarter window.
+-- EndpointRate.recover: every quiet window/4 a tenth of the ceiling back; at the ceiling (or
+-- with none: a learnt limit is dropped) calm no more.
 local function recover(e, t)
   if e.limit == nil or t < e.next_recovery then return end
   if e.ceiling == nil or e.limit >= e.ceiling then
+    e.limit = e.ceiling
+    e.calm = false
     e.next_recovery = INF
     return
   end
@@ -85,18 +108,29 @@ local function recover(e, t)
   e.next_recovery = t + e.window / 4
 end
 
--- One rate entity: a sliding log plus its rate state (LocalBudget's _Endpoint).
+-- EndpointRate.ceiling: the configured limit (negative: not the user's own), replaced by a
+-- stated one (only capped by it when the configured one is the user's own).
+local function ceiling_of(e)
+  if e.stated == nil then return e.configured end
+  if e.configured == nil or not e.explicit then return e.stated end
+  return math.min(e.configured, e.stated)
+end
+
+-- One rate entity: a sliding log plus its rate state (_rate.endpoint_rate.EndpointRate).
 local function load(hkey, lkey, configured, window_ms, burst_setting)
   local e = {h = hkey, l = lkey, window = window_ms * 1000, burst_setting = burst_setting}
   local f = redis.call('HMGET', hkey, 'stated', 'limit', 'next_paced', 'last_429',
-                       'next_recovery')
-  local stated = tonumber(f[1])
-  local ceiling = nil
-  if configured > 0 then ceiling = configured end
-  if stated ~= nil and (ceiling == nil or stated < ceiling) then ceiling = stated end
-  e.stated, e.ceiling = stated, ceiling
+                       'next_recovery', 'calm', 'learnt')
+  e.explicit = configured > 0
+  if configured ~= 0 then e.configured = math.abs(configured) end
+  e.stated = tonumber(f[1])
+  local ceiling = ceiling_of(e)
+  e.ceiling = ceiling
+  e.calm = f[6] == '1'
   local limit = tonumber(f[2])
-  if limit == nil or (ceiling ~= nil and limit > ceiling) then limit = ceiling end
+  if limit == nil and f[7] ~= '1' then limit = ceiling end
+  if limit ~= nil and ceiling ~= nil and limit > ceiling then limit = ceiling end
+  if limit ~= nil and ceiling ~= nil and limit < ceiling and not e.calm then limit = ceiling end
   e.limit = limit
   e.next_paced = num(f[3], -INF)
   e.last_429 = num(f[4], -INF)
@@ -112,10 +146,11 @@ end
 
 local function save(e, ttl)
   if e.limit == nil or (e.ceiling ~= nil and e.limit >= e.ceiling) then
-    redis.call('HDEL', e.h, 'limit')
+    redis.call('HDEL', e.h, 'limit', 'learnt')
   else
-    redis.call('HSET', e.h, 'limit', e.limit)
+    redis.call('HSET', e.h, 'limit', e.limit, 'learnt', '1')
   end
+  if e.calm then redis.call('HSET', e.h, 'calm', '1') else redis.call('HDEL', e.h, 'calm') end
   set_or_clear(e.h, 'next_paced', e.next_paced)
   set_or_clear(e.h, 'last_429', e.last_429)
   set_or_clear(e.h, 'next_recovery', e.next_recovery)
@@ -129,8 +164,9 @@ local function ready(e, t)
   if limit == nil then return t end
   local scores, count = e.scores, #e.scores
   local setting = e.burst_setting
-  if setting < 1 then setting = math.max(1, math.floor(limit / 6)) end  -- no configured rate
+  if setting < 1 then setting = limit end  -- no configured rate: a bare log (as EndpointRate)
   local burst = math.min(setting, limit)
+  if e.calm then burst = 1 end  -- recovering from a 429: each grant paced
   local paced = math.max(t, e.next_paced)
   if count >= limit then paced = math.max(paced, scores[count - limit + 1] + e.window) end
   if count < burst then return t end
@@ -148,21 +184,43 @@ local function grant(e, member)
   e.next_paced = now + math.max(e.window / e.limit, (scores[1] + e.window - now) / (free + 1))
 end
 
--- A 429: go below what the last window granted (once per burst of 429s; not below an
--- eighth of the ceiling, so another client's 429 cannot stall this budget for minutes).
+-- EndpointRate.rate_limited_at: below what the last window granted (a fifth; while calm a
+-- fifth of the limit; one more per further 429 within window/12; not below ceiling/8), then
+-- the window starts at the 429 (earlier grants no longer count), calm.
 local function rate_limited(e)
   local recent = now - e.last_429 < e.window / 12
   e.last_429 = now
-  e.next_recovery = now + e.window
-  if recent then return end
-  local granted = math.floor(#e.scores * 0.8)
+  e.next_recovery = now + e.window / 4
   local floor = 1
   if e.ceiling ~= nil then floor = math.max(1, math.floor(e.ceiling / 8)) end
-  if e.limit == nil then
-    if granted > 0 then e.limit = math.max(floor, granted) end
+  local limit = e.limit
+  if recent then
+    if limit ~= nil and limit > floor then limit = limit - 1 end
   else
-    e.limit = math.max(1, math.min(e.limit - 1, math.max(floor, granted)))
+    local granted = math.floor(#e.scores * 0.8)
+    if e.calm and limit ~= nil then granted = math.max(granted, math.floor(limit * 0.8)) end
+    if limit == nil then
+      if granted > 0 then limit = math.max(floor, granted) end
+    else
+      limit = math.max(1, math.min(limit - 1, math.max(floor, granted)))
+    end
   end
+  if limit == nil then return end
+  e.limit = limit
+  redis.call('DEL', e.l)
+  e.scores = {}
+  e.next_paced = -INF
+  e.calm = true
+end
+
+-- EndpointRate.state_limit: a stated limit holds at once (lower, or higher unless calm).
+local function state_limit(e, stated)
+  if stated < 1 or stated == e.stated then return end
+  redis.call('HSET', e.h, 'stated', stated)
+  e.stated = stated
+  e.ceiling = ceiling_of(e)
+  if e.ceiling == nil then return end
+  if e.limit == nil or e.ceiling < e.limit or not e.calm then e.limit = e.ceiling end
 end
 
 local function entities(first_key, first_arg)
@@ -210,7 +268,9 @@ local function snapshot(skey, ehkey, list)
   local reply = {now, rel(tonumber(s[1])), s[2] or '', rel(tonumber(s[3])),
                  rel(tonumber(p[1])), allowance, rel(allowance_until)}
   for _, e in ipairs(list) do
-    local row = {e.limit or 0}
+    local calm = 0
+    if e.calm then calm = 1 end
+    local row = {e.limit or 0, calm}
     for _, score in ipairs(e.scores) do row[#row + 1] = math.floor(now - score) end
     reply[#reply + 1] = row
   end
@@ -224,13 +284,17 @@ local function prepend(a, b, rest)
 end
 """
 
+_PRELUDE = _CLOCK + _RULES
+
 ACQUIRE = (
     _PRELUDE
     + r"""
 local skey, ehkey = KEYS[1], KEYS[2]
-local member, client, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local list = entities(2, 4)
+local member, client, ttl, model = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local list = entities(2, 5)
 local s = redis.call('HMGET', skey, 'paused_until', 'failure_paused_until')
+local held = -INF
+if model ~= '' then held = num(redis.call('HGET', skey, 'model:' .. model), -INF) end
 local p = redis.call('HMGET', ehkey, 'paused_until', 'allowance', 'allowance_until')
 local allowance, allowance_until = tonumber(p[2]), num(p[3], -INF)
 
@@ -244,7 +308,7 @@ local function overall(t)
   return t
 end
 
-local t = overall(math.max(now, num(s[1], -INF), num(s[2], -INF), num(p[1], -INF)))
+local t = overall(math.max(now, num(s[1], -INF), num(s[2], -INF), num(p[1], -INF), held))
 local granted, wait = 0, t - now
 if t <= now then
   granted = 1
@@ -293,22 +357,24 @@ local allowance, allowance_ms = tonumber(ARGV[13]), tonumber(ARGV[14])
 local endpoint_pause_ms = tonumber(ARGV[15])
 local failure = ARGV[16] == '1'
 local threshold, failure_window = tonumber(ARGV[17]), tonumber(ARGV[18]) * 1000
+local model, model_pause_ms = ARGV[19], tonumber(ARGV[20])
 
 if is_429 then
   redis.call('HINCRBY', skey, 'rate_limited', 1)
   for _, e in ipairs(list) do rate_limited(e) end
 end
+if model ~= '' and model_pause_ms >= 0 then
+  -- An overloaded model: its queue calls wait (ACQUIRE with that model), nothing else.
+  local key, until_t = 'model:' .. model, now + model_pause_ms * 1000
+  if until_t > num(redis.call('HGET', skey, key), -INF) then
+    redis.call('HSET', skey, key, string.format('%.0f', until_t))
+  end
+end
 if pause_ms >= 0 then
   pause(skey, 'paused_until', 'paused_us', now + pause_ms * 1000, reason)
 end
 local own = list[1]  -- the endpoint's own entity comes first (configured 0: no limit)
-if stated > 0 and stated ~= own.stated then
-  -- The API stated this endpoint's limit: the lower of it and ours holds at once.
-  redis.call('HSET', ehkey, 'stated', stated)
-  own.stated = stated
-  if own.ceiling == nil or stated < own.ceiling then own.ceiling = stated end
-  if own.limit == nil or own.ceiling < own.limit then own.limit = own.ceiling end
-end
+if stated > 0 then state_limit(own, stated) end
 if allowance >= 0 then
   redis.call('HSET', ehkey, 'allowance', allowance,
              'allowance_until', string.format('%.0f', now + allowance_ms * 1000))
@@ -370,3 +436,28 @@ local removed = 0
 for _, key in ipairs(KEYS) do removed = removed + redis.call('ZREM', key, ARGV[1]) end
 return removed
 """
+
+RULE_STEP = (
+    _TOLD_CLOCK
+    + _RULES
+    + r"""
+local e = load(KEYS[1], KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
+local step, value, granted = ARGV[5], tonumber(ARGV[6]), 0
+if step == 'grant' then
+  if ready(e, now) <= now then
+    grant(e, ARGV[7])
+    granted = 1
+  end
+elseif step == '429' then
+  rate_limited(e)
+elseif step == 'state' then
+  state_limit(e, value)
+end
+save(e, 3600000)
+local wait = ready(e, now) - now
+if wait == INF then wait = -1 else wait = math.ceil(wait) end
+local calm = 0
+if e.calm then calm = 1 end
+return {granted, wait, e.limit or 0, calm}
+"""
+)

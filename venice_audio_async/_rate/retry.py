@@ -56,6 +56,7 @@ from .._core.errors import (
     VeniceError,
 )
 from .._core.logging import attempt_context, log
+from .budget import takes_keyword
 from .limiter import RequestLimiter
 
 __all__ = [
@@ -227,6 +228,8 @@ class Retrier:
         rng: random.Random | None = None,
     ) -> None:
         self._acquire = acquire
+        # A budget written before the protocol took a model: its queue calls go unheld.
+        self._acquire_takes_model = takes_keyword(acquire, "model")
         self.policy = policy
         self._clock = clock
         self._rng = rng or random.Random()
@@ -294,6 +297,7 @@ class Retrier:
         limiter: RequestLimiter,
         deadline: float | None = None,
         before_retry: Callable[[VeniceError], Awaitable[None]] | None = None,
+        model: str | None = None,
     ) -> T:
         """``send()`` once a token and a request slot are free, repeated per :func:`decide`.
 
@@ -301,7 +305,8 @@ class Retrier:
         that would come later ends the call with :class:`TokenTooLate` before that attempt
         is sent. An attempt already sent is never cut short. ``before_retry`` is awaited
         with the error once it is decided that the request will be sent again, before the
-        wait (``queue`` gives its journal row back then, see ``_submit``).
+        wait (``queue`` gives its journal row back then, see ``_submit``). ``model`` goes to
+        the budget's ``acquire`` (an overloaded model holds its own queue calls).
 
         Raises:
             TokenTooLate: no token before ``deadline``; that attempt was not sent.
@@ -314,7 +319,9 @@ class Retrier:
             asked = clock.monotonic()
             self.waiting[endpoint] += 1
             try:
-                if deadline is None:
+                if model is not None and self._acquire_takes_model:
+                    granted = await self._acquire(endpoint, deadline=deadline, model=model)
+                elif deadline is None:
                     granted = await self._acquire(endpoint)
                 else:
                     granted = await self._acquire(endpoint, deadline=deadline)

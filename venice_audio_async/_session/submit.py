@@ -484,6 +484,7 @@ class Submitter:
                 limiter=self._limiter,
                 deadline=token_deadline_at,
                 before_retry=before_retry,
+                model=request.model,
             )
         except TokenTooLate as late:
             raise QueueDeadlineExceeded(request, late.waited) from None

@@ -1,0 +1,243 @@
+"""The rate rule is one state machine: ``EndpointRate`` (every budget in this process) and
+the Lua of ``RedisBudget`` take the same decisions on the same script of grants, 429s and
+stated limits, played on virtual time (issue 21 point 2, issue 22 points 1 and 7)."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import attrs
+import pytest
+
+import venice_audio_async as v
+from venice_audio_async._core.config import RateLimit, endpoint_rates
+from venice_audio_async._rate.endpoint_rate import EndpointRate, reached
+from venice_audio_async._rate.redis_scripts import RULE_STEP
+from venice_audio_async.budget import LocalBudget, RedisBudget, RequestBudget
+from venice_audio_async.testing import ScaledClock
+
+from ..redis_server import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+#: Where virtual time 0 lies in the script's microseconds (any large number).
+BASE_US = 1_000_000_000_000
+
+
+@attrs.frozen
+class Decision:
+    """What one step decided: a grant or not, the wait until the next one, the limit, calm."""
+
+    granted: bool
+    wait: float | None  # None: no grant while the limit stands
+    limit: int | None
+    calm: bool
+
+
+@attrs.frozen
+class Step:
+    at: float
+    kind: str  # "grant", "429", "state", "reconfigure"
+    value: int = 0
+
+
+def script() -> Iterator[Step]:
+    """A minute and a half of one endpoint's life, with every drift the two homes had."""
+    # A quiet start: a burst of 20 (a sixth of 120), then paced.
+    for k in range(30):
+        yield Step(0.1 * k + 0.0137, "grant")
+    # A 429, and a further one within window / 12 (5.04 s): one less (the Lua once just
+    # returned). Then the window starts at the 429: grants go at once, spaced (calm).
+    yield Step(3.5137, "429")
+    yield Step(4.0137, "429")
+    for k in range(40):
+        yield Step(4.2137 + 0.5 * k, "grant")
+    # A 429 while calm, past window / 12: a fifth off the limit itself (the window since
+    # the last 429 holds few grants).
+    yield Step(24.2137, "429")
+    for k in range(20):
+        yield Step(24.4137 + 0.5 * k, "grant")
+    # Recovery every window / 4 (15.125 s; the Lua once did it every window / 4 and the
+    # Python once a window): look at the limit between the steps.
+    for k in range(12):
+        yield Step(34.5 + 2.2 * k + 0.0137, "grant")
+    # A stated limit above ours while calm (recovery climbs to it), then below (at once).
+    yield Step(61.0137, "state", 150)
+    yield Step(62.0137, "grant")
+    yield Step(63.0137, "state", 30)
+    for k in range(8):
+        yield Step(63.5137 + 0.3 * k, "grant")
+    # Another 429 while calm: a fifth of the limit itself off.
+    yield Step(70.0137, "429")
+    # A process with no configured limit shares the key: a learnt limit with no ceiling
+    # left (nothing configured, the stated one forgotten) is dropped at the next recovery
+    # (the Lua once kept it for good).
+    yield Step(71.0137, "reconfigure")
+    for k in range(6):
+        yield Step(72.0137 + 4.0 * k, "grant")
+
+
+class PythonRule:
+    """The steps on an :class:`EndpointRate`."""
+
+    def __init__(self, configured: int) -> None:
+        self.rate = EndpointRate("retrieve", RateLimit(configured), explicit=False)
+
+    def play(self, step: Step) -> Decision:
+        rate, now = self.rate, step.at
+        granted = False
+        if step.kind == "grant":
+            if reached(rate.rate_ready(now), now):
+                rate.grant(now)
+                granted = True
+        elif step.kind == "429":
+            rate.rate_limited_at(now)
+        elif step.kind == "state":
+            rate.state_limit(step.value, now)
+        elif step.kind == "reconfigure":
+            rate.configured, rate.stated, rate.explicit = None, None, False
+        ready = rate.rate_ready(now)
+        return Decision(granted, None if math.isinf(ready) else ready - now, rate.limit, rate.calm)
+
+
+class LuaRule:
+    """The same steps on the Lua rule in a real Redis (RULE_STEP), one round trip each."""
+
+    def __init__(self, client: object, configured: int) -> None:
+        self.client = client
+        self.configured = configured
+        prefix = uuid.uuid4().hex
+        self.keys = [f"{prefix}:ep", f"{prefix}:log"]
+        self.count = 0
+
+    async def play(self, step: Step) -> Decision:
+        self.count += 1
+        if step.kind == "reconfigure":
+            self.configured = 0
+            await self.client.hdel(self.keys[0], "stated")  # type: ignore[attr-defined]
+        kind = "none" if step.kind == "reconfigure" else step.kind
+        window_ms = RateLimit(120).window * 1000
+        reply = await self.client.eval(  # type: ignore[attr-defined]
+            RULE_STEP,
+            2,
+            *self.keys,
+            BASE_US + round(step.at * 1e6),
+            -self.configured,
+            window_ms,
+            0 if self.configured == 0 else RateLimit(self.configured).effective_burst,
+            kind,
+            step.value,
+            f"g{self.count}",
+        )
+        granted, wait_us, limit, calm = (int(x) for x in reply)
+        return Decision(
+            bool(granted), None if wait_us < 0 else wait_us / 1e6, limit or None, bool(calm)
+        )
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[object]:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+async def test_local_and_redis_rules_decide_alike(redis_client: object) -> None:
+    """Every step of the script: the same grant, the same wait (to the microsecond), the
+    same limit and the same calm, in Python and in Lua."""
+    python, lua = PythonRule(120), LuaRule(redis_client, 120)
+    decisions: list[Decision] = []
+    for step in script():
+        here, there = python.play(step), await lua.play(step)
+        assert here.granted == there.granted, (step, here, there)
+        assert (here.limit, here.calm) == (there.limit, there.calm), (step, here, there)
+        if here.wait is None or there.wait is None:
+            assert here.wait == there.wait, (step, here, there)
+        else:
+            assert here.wait == pytest.approx(there.wait, abs=2e-6), (step, here, there)
+        decisions.append(here)
+    # The script met what it was written for (decisions by step number).
+    limit_at = {k: d.limit for k, d in enumerate(decisions)}
+    kinds = [step.kind for step in script()]
+    first_429 = kinds.index("429")
+    assert limit_at[first_429] == 16  # 0.8 x the 20 grants in the window
+    assert limit_at[first_429 + 1] == 15  # a further 429 within window / 12: one less
+    assert decisions[first_429 + 2].granted  # the window starts at the 429: a grant at once
+    assert 27 in limit_at.values()  # recovery: 15 + 12 after a quiet window / 4
+    calm_429 = kinds.index("429", first_429 + 2)
+    assert (limit_at[calm_429 - 1], limit_at[calm_429]) == (27, 21)  # calm: a fifth off
+    raised, lowered = (k for k, kind in enumerate(kinds) if kind == "state")
+    assert limit_at[raised] == limit_at[raised - 1] == 45  # calm: recovery climbs to 150
+    assert limit_at[lowered] == 30  # lower: at once
+    assert decisions[-1].limit is None  # no ceiling: the learnt limit is dropped
+    assert not decisions[-1].calm
+
+
+# --------------------------------------------------------------------------- 429 kinds
+
+
+OVERLOADED_TEXT = "The model is currently overloaded. Please try again later."
+LOCKOUT_TEXT = (
+    "Too many failed attempts (> 20) resulting in a non-success status code. "
+    "Please wait 30s and try again."
+)
+
+
+@pytest.fixture(params=["local", "redis"])
+async def budget(request: pytest.FixtureRequest) -> AsyncIterator[RequestBudget]:
+    """The same limits in a LocalBudget and a RedisBudget (on a fresh namespace)."""
+    limits = v.RateLimits(queue_per_minute=40, retrieve_per_minute=120)
+    clock = CLOCK
+    if request.param == "local":
+        yield LocalBudget(clock=clock, rates=endpoint_rates(limits), failure_window=(20, 30.0))
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    shared = RedisBudget.from_url(
+        server.url, namespace=uuid.uuid4().hex, clock=clock, rate_limits=limits
+    )
+    yield shared
+    await shared.aclose()
+
+
+async def test_an_overloaded_model_holds_its_queue_calls_only(budget: RequestBudget) -> None:
+    """An overloaded model's 429 (told by its message): that model's queue calls wait its
+    Retry-After; another model's, and polls, go at once; nothing is paused or lowered."""
+    await budget.record_response(
+        "queue", 429, {"retry-after": "30"}, message=OVERLOADED_TEXT, model="elevenlabs-music"
+    )
+    now = _now(budget)
+    assert not budget.session_paused()
+    assert await budget.acquire("queue", deadline=now + 1.0, model="stable-audio-25")
+    assert await budget.acquire("retrieve", deadline=now + 1.0)
+    assert not await budget.acquire("queue", deadline=now + 5.0, model="elevenlabs-music")
+    window = budget.window("queue")
+    assert window is not None
+    assert window.limit == 40
+
+
+async def test_the_error_budgets_429_pauses_the_key_and_lowers_no_rate(
+    budget: RequestBudget,
+) -> None:
+    """ "Too many failed attempts": every request waits (the key is locked out), but the
+    rate stays: the refusal says nothing about it."""
+    for _ in range(10):
+        assert await budget.acquire("retrieve")
+    await budget.record_response("retrieve", 429, {"retry-after": "30"}, message=LOCKOUT_TEXT)
+    assert budget.session_paused()
+    assert budget.statistics().pause_reason == "failed-request budget exhausted"
+    window = budget.window("retrieve")
+    assert window is not None
+    assert window.limit == 120
+    assert len(window.grants) == 10  # the window did not restart either
+
+
+#: Both budgets' clock (Redis keeps real time: no ManualClock there).
+CLOCK = ScaledClock(0.01)
+
+
+def _now(budget: RequestBudget) -> float:
+    return CLOCK.monotonic()
