@@ -35,6 +35,7 @@ import aiohttp
 from _common import API_KEY, AUTH, FakeProcess, Stopwatch, fake_server, machine, queue_raw, table
 
 import venice_audio_async as v
+from venice_audio_async.types import Processing, RetrieveRequest
 
 MODEL = "stable-audio-25"
 
@@ -105,10 +106,10 @@ async def client_round(
 
         async def loop(queue_id: str) -> None:
             nonlocal done
-            request = v.RetrieveRequest(model=MODEL, queue_id=queue_id)
+            request = RetrieveRequest(model=MODEL, queue_id=queue_id)
             while not stop:
                 answer = await client.retrieve(request)
-                if not isinstance(answer, v.Processing):
+                if not isinstance(answer, Processing):
                     raise RuntimeError(f"unexpected answer {answer}")
                 done += 1
 

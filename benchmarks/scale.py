@@ -50,6 +50,13 @@ from venice_audio_async._rate.budget import LocalBudget
 from venice_audio_async._rate.limiter import RequestLimiter
 from venice_audio_async._rate.retry import Retrier
 from venice_audio_async.testing import ManualClock
+from venice_audio_async.types import (
+    CompleteRequest,
+    CompleteResult,
+    Processing,
+    RetrieveRequest,
+    VeniceHeaders,
+)
 
 MODEL = "elevenlabs-music"
 
@@ -145,12 +152,12 @@ class StubClient:
         self.hint[queue_id] = hint
         return v.Job(model=MODEL, queue_id=queue_id)
 
-    async def retrieve(self, request: v.RetrieveRequest, *, sink: Any) -> Any:
+    async def retrieve(self, request: RetrieveRequest, *, sink: Any) -> Any:
         self.retrieves += 1
         queue_id = request.queue_id
         elapsed = self.clock.monotonic() - self.queued_at[queue_id]
         if elapsed < self.duration[queue_id]:
-            return v.Processing(
+            return Processing(
                 average_execution_time=self.hint[queue_id], execution_duration=elapsed
             )
         return v.AudioResult(
@@ -158,11 +165,11 @@ class StubClient:
             format="mp3",
             size=3,
             data=b"abc",
-            venice=v.VeniceHeaders(inference_time=self.duration[queue_id]),
+            venice=VeniceHeaders(inference_time=self.duration[queue_id]),
         )
 
-    async def complete(self, request: v.CompleteRequest) -> v.CompleteResult:
-        return v.CompleteResult(success=True)
+    async def complete(self, request: CompleteRequest) -> CompleteResult:
+        return CompleteResult(success=True)
 
 
 def make_scheduler(clock: ManualClock, client: StubClient) -> Scheduler:

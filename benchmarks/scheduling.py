@@ -74,6 +74,15 @@ from venice_audio_async._rate.budget import LocalBudget
 from venice_audio_async._rate.limiter import RequestLimiter
 from venice_audio_async._rate.retry import Retrier
 from venice_audio_async.testing import ManualClock
+from venice_audio_async.types import (
+    AudioSink,
+    CompleteRequest,
+    CompleteResult,
+    MemorySink,
+    Processing,
+    RetrieveRequest,
+    VeniceHeaders,
+)
 
 LIMIT, WINDOW = 120, 60.0  # the server's retrieve limit
 QUEUE_PER_MINUTE = 40
@@ -365,25 +374,25 @@ class StubClient:
         self.jobs[queue_id] = (self.clock.monotonic(), job)
         return v.Job(model=job.model, queue_id=queue_id)
 
-    async def retrieve(self, request: v.RetrieveRequest, *, sink: Any) -> Any:
+    async def retrieve(self, request: RetrieveRequest, *, sink: Any) -> Any:
         now = self.clock.monotonic()
         retry_after = self.server.admit(now)
         if retry_after is not None:
             raise v.RateLimitError("429", status_code=429, retry_after=retry_after)
         started, job = self.jobs[request.queue_id]
         if now < started + job.duration:
-            return v.Processing(average_execution_time=job.hint, execution_duration=now - started)
+            return Processing(average_execution_time=job.hint, execution_duration=now - started)
         self.finished[request.queue_id] = now - (started + job.duration)
         return v.AudioResult(
             content_type="audio/mpeg",
             format="mp3",
             size=3,
             data=b"abc",
-            venice=v.VeniceHeaders(inference_time=job.duration),
+            venice=VeniceHeaders(inference_time=job.duration),
         )
 
-    async def complete(self, request: v.CompleteRequest) -> v.CompleteResult:
-        return v.CompleteResult(success=True)
+    async def complete(self, request: CompleteRequest) -> CompleteResult:
+        return CompleteResult(success=True)
 
 
 async def settle() -> None:
@@ -447,8 +456,8 @@ async def simulate_session(workload: Workload, variant: str, bounds: PollingBoun
     return result
 
 
-def _sink() -> v.AudioSink:
-    return v.MemorySink(1000)
+def _sink() -> AudioSink:
+    return MemorySink(1000)
 
 
 # --------------------------------------------------------------------------- report

@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"_polling"},  # the scheduler, the poll policy, the run-time model, media release
     {"_session"},  # AsyncSession and its parts
     {"_sync"},  # VeniceAudio, which runs an AsyncSession
-    {"__init__", "budget", "journal"},  # the public modules
+    {"__init__", "budget", "journal", "types"},  # the public modules
     {"testing"},  # the fake server, and the clocks for tests
     {"_cli", "__main__"},  # the command line, on top of everything
 ]

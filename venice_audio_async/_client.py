@@ -192,7 +192,7 @@ class VeniceClient:
         """``POST /audio/retrieve``: the job's status, or its audio once finished.
 
         The audio goes into ``sink`` (default: memory, up to
-        ``Limits.max_audio_bytes_in_memory``); use :class:`~venice_audio_async.FileSink`
+        ``Limits.max_audio_bytes_in_memory``); use :class:`~venice_audio_async.types.FileSink`
         to stream it to disk. A status answer must arrive whole within ``Timeouts.status``;
         audio must keep ``Timeouts.min_download_rate`` and stay within
         ``Limits.max_audio_file_bytes``.

@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import pytest
 
-from venice_audio_async import FileSink, QueueRequest
+from venice_audio_async import QueueRequest
 from venice_audio_async._cli import main
 from venice_audio_async._cli.exits import ExitCode
 from venice_audio_async._cli.folder import FAKE_STATE_NAME, JOURNAL_NAME
@@ -27,6 +27,7 @@ from venice_audio_async._cli.parser import build_parser
 from venice_audio_async.journal import Journal
 from venice_audio_async.testing import FakeServer, JobScript
 from venice_audio_async.testing._tones import iter_tone
+from venice_audio_async.types import FileSink
 
 from ..conftest import API_KEY, make_client, make_session
 

@@ -8,6 +8,7 @@ import pytest
 
 import venice_audio_async as v
 from venice_audio_async._core.audio import safe_stem, sniff_format, sniff_needs
+from venice_audio_async.types import FileSink, MemorySink
 
 WAV = b"RIFF\x24\x00\x00\x00WAVEfmt "
 FLAC = b"fLaC\x00\x00\x00\x22" + b"\x00" * 8
@@ -68,10 +69,8 @@ def test_safe_stem(text: str, expected: str) -> None:
 async def test_memory_sink_cap() -> None:
     """The memory sink refuses a body over its cap, announced or not."""
     with pytest.raises(v.ResponseTooLarge):
-        await v.MemorySink(10).begin(
-            audio_format="mp3", content_type="audio/mpeg", content_length=11
-        )
-    sink = v.MemorySink(10)
+        await MemorySink(10).begin(audio_format="mp3", content_type="audio/mpeg", content_length=11)
+    sink = MemorySink(10)
     await sink.begin(audio_format="mp3", content_type="audio/mpeg", content_length=None)
     await sink.write(b"12345")
     with pytest.raises(v.ResponseTooLarge):
@@ -81,7 +80,7 @@ async def test_memory_sink_cap() -> None:
 @pytest.mark.anyio
 async def test_file_sink_commits_atomically(tmp_path: Path) -> None:
     """A finished file appears under its final name with no temporary left."""
-    sink = v.FileSink(tmp_path, stem="../evil name")
+    sink = FileSink(tmp_path, stem="../evil name")
     await sink.begin(audio_format="wav", content_type="audio/wav", content_length=6)
     await sink.write(b"abc")
     assert next(iter(tmp_path.iterdir())).name.endswith(".part")
@@ -97,7 +96,7 @@ async def test_file_sink_commits_atomically(tmp_path: Path) -> None:
 async def test_file_sink_abort_leaves_nothing(tmp_path: Path) -> None:
     """An aborted download leaves no file at all."""
     target = tmp_path / "song.mp3"
-    sink = v.FileSink(target)
+    sink = FileSink(target)
     await sink.begin(audio_format="mp3", content_type="audio/mpeg", content_length=100)
     await sink.write(b"x" * 50)
     await sink.abort()
@@ -107,7 +106,7 @@ async def test_file_sink_abort_leaves_nothing(tmp_path: Path) -> None:
 @pytest.mark.anyio
 async def test_file_sink_short_file_is_a_storage_error(tmp_path: Path) -> None:
     """A file holding fewer bytes than were received is a storage error, not committed."""
-    sink = v.FileSink(tmp_path / "a.mp3")
+    sink = FileSink(tmp_path / "a.mp3")
     await sink.begin(audio_format="mp3", content_type="audio/mpeg", content_length=None)
     await sink.write(b"abc")
     with pytest.raises(v.AudioStorageError):
@@ -118,7 +117,7 @@ async def test_file_sink_short_file_is_a_storage_error(tmp_path: Path) -> None:
 @pytest.mark.anyio
 async def test_file_sink_checks_content_length(tmp_path: Path) -> None:
     """Fewer bytes received than Content-Length announced is a truncation, not committed."""
-    sink = v.FileSink(tmp_path / "a.mp3")
+    sink = FileSink(tmp_path / "a.mp3")
     await sink.begin(audio_format="mp3", content_type="audio/mpeg", content_length=5)
     await sink.write(b"abcd")
     with pytest.raises(v.TruncatedResponse):

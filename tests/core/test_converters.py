@@ -19,6 +19,16 @@ from venice_audio_async._core.converters import (
     structure_quote,
     unstructure_request,
 )
+from venice_audio_async.types import (
+    CompleteRequest,
+    DurationsPricing,
+    GenerationPricing,
+    PerSecondPricing,
+    PerThousandCharactersPricing,
+    QuoteRequest,
+    RetrieveRequest,
+    UnknownPricing,
+)
 
 CATALOGUE = Path(v.__file__).parent / "testing" / "catalogue-2026-04-20.json"
 
@@ -66,18 +76,18 @@ def test_every_queue_field_including_loop() -> None:
 
 def test_retrieve_complete_quote_bodies() -> None:
     """Retrieve, complete and quote bodies carry exactly their set fields."""
-    assert unstructure_request(v.RetrieveRequest(model="m", queue_id="q")) == {
+    assert unstructure_request(RetrieveRequest(model="m", queue_id="q")) == {
         "model": "m",
         "queue_id": "q",
     }
     assert unstructure_request(
-        v.RetrieveRequest(model="m", queue_id="q", delete_media_on_completion=True)
+        RetrieveRequest(model="m", queue_id="q", delete_media_on_completion=True)
     ) == {"model": "m", "queue_id": "q", "delete_media_on_completion": True}
-    assert unstructure_request(v.CompleteRequest(model="m", queue_id="q")) == {
+    assert unstructure_request(CompleteRequest(model="m", queue_id="q")) == {
         "model": "m",
         "queue_id": "q",
     }
-    assert unstructure_request(v.QuoteRequest(model="m", character_count=10)) == {
+    assert unstructure_request(QuoteRequest(model="m", character_count=10)) == {
         "model": "m",
         "character_count": 10,
     }
@@ -132,12 +142,12 @@ def test_catalogue_parses_every_model() -> None:
     """The shipped catalogue becomes ten typed models with their pricing shapes."""
     models = {m.id: m for m in structure_catalogue(_catalogue())}
     assert len(models) == 10
-    assert isinstance(models["ace-step-15"].spec.pricing, v.DurationsPricing)
+    assert isinstance(models["ace-step-15"].spec.pricing, DurationsPricing)
     assert models["ace-step-15"].spec.duration_options == (60, 90, 120, 150, 180, 210)
-    assert isinstance(models["minimax-music-v2"].spec.pricing, v.GenerationPricing)
-    assert isinstance(models["mmaudio-v2-text-to-audio"].spec.pricing, v.PerSecondPricing)
+    assert isinstance(models["minimax-music-v2"].spec.pricing, GenerationPricing)
+    assert isinstance(models["mmaudio-v2-text-to-audio"].spec.pricing, PerSecondPricing)
     tts = models["elevenlabs-tts-multilingual-v2"]
-    assert isinstance(tts.spec.pricing, v.PerThousandCharactersPricing)
+    assert isinstance(tts.spec.pricing, PerThousandCharactersPricing)
     assert tts.spec.voices is not None
     assert "Aria" in tts.spec.voices
     assert tts.spec.default_voice == "Aria"
@@ -174,14 +184,14 @@ def test_unknown_pricing_shape_is_kept() -> None:
     """A pricing shape this version does not know is kept raw."""
     row = {"id": "x", "type": "music", "model_spec": {"pricing": {"per_token": {"usd": 1}}}}
     (model,) = structure_catalogue({"data": [row]})
-    assert model.spec.pricing == v.UnknownPricing(raw={"per_token": {"usd": 1}})
+    assert model.spec.pricing == UnknownPricing(raw={"per_token": {"usd": 1}})
 
 
 def test_duration_tier_lookup() -> None:
     """The tier whose inclusive range holds the seconds is found."""
     models = {m.id: m for m in structure_catalogue(_catalogue())}
     pricing = models["elevenlabs-music"].spec.pricing
-    assert isinstance(pricing, v.DurationsPricing)
+    assert isinstance(pricing, DurationsPricing)
     tier = pricing.tier_for(60)
     assert tier is not None
     assert tier.max_seconds == 60

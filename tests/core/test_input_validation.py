@@ -39,11 +39,12 @@ from venice_audio_async.testing import (
     check_queue_body,
     load_default_catalogue,
 )
+from venice_audio_async.types import AudioModel
 
 from ..conftest import API_KEY, TIME_SCALE, make_session
 
 ROWS: dict[str, dict[str, Any]] = {row["id"]: row for row in load_default_catalogue()}
-MODELS: dict[str, v.AudioModel] = {
+MODELS: dict[str, AudioModel] = {
     m.id: m for m in structure_catalogue({"object": "list", "data": list(ROWS.values())})
 }
 PROMPT = "A gentle evening melody"  # within every model's prompt limits

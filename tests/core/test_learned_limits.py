@@ -9,6 +9,7 @@ import pytest
 import venice_audio_async as v
 from venice_audio_async._core.converters import structure_key_rate_limits
 from venice_audio_async.testing import FakeServer, ScaledClock
+from venice_audio_async.types import ModelRateLimits
 
 from ..conftest import API_KEY, make_client
 
@@ -26,7 +27,7 @@ async def test_client_reads_the_key_rate_limits() -> None:
     assert answer.api_tier == "paid"
     assert answer.access_permitted is True
     music = answer.for_model("elevenlabs-music")
-    assert music == v.ModelRateLimits(model="elevenlabs-music", limits={"RPM": 60, "RPD": 2000})
+    assert music == ModelRateLimits(model="elevenlabs-music", limits={"RPM": 60, "RPD": 2000})
     assert music.per_minute == 60
     assert music.per_day == 2000
     assert answer.for_model("nope") is None
@@ -58,8 +59,8 @@ def test_malformed_answers() -> None:
         }
     )
     assert answer.models == (
-        v.ModelRateLimits(model="m", limits={}),
-        v.ModelRateLimits(model="n", limits={"RPM": 5.0}),
+        ModelRateLimits(model="m", limits={}),
+        ModelRateLimits(model="n", limits={"RPM": 5.0}),
     )
 
 

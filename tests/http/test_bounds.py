@@ -29,6 +29,7 @@ import venice_audio_async as v
 from venice_audio_async._core.converters import structure_catalogue
 from venice_audio_async._rate.retry import is_transient
 from venice_audio_async.testing import ScaledClock, audio_bytes, load_default_catalogue
+from venice_audio_async.types import FileSink, MemorySink, RetrieveRequest
 
 from ..conftest import API_KEY, TIME_SCALE
 
@@ -229,8 +230,8 @@ def _client(server: _Server, **kwargs: Any) -> v.VeniceClient:
     return v.VeniceClient(api_key=API_KEY, base_url=server.url, **kwargs)
 
 
-def _retrieve(queue_id: str) -> v.RetrieveRequest:
-    return v.RetrieveRequest(model=MODEL, queue_id=queue_id)
+def _retrieve(queue_id: str) -> RetrieveRequest:
+    return RetrieveRequest(model=MODEL, queue_id=queue_id)
 
 
 # --------------------------------------------------------------------------- settings
@@ -336,7 +337,7 @@ async def test_a_dripping_download_fails_as_stalled_and_leaves_no_file(
     timeouts = v.Timeouts(min_download_rate=5000.0, stall_window=0.5)
     async with _client(server, timeouts=timeouts) as client:
         with anyio.fail_after(5), pytest.raises(v.RequestTimeout) as caught:
-            await client.retrieve(_retrieve("job"), sink=v.FileSink(tmp_path / "a.mp3"))
+            await client.retrieve(_retrieve("job"), sink=FileSink(tmp_path / "a.mp3"))
     assert "stalled" in str(caught.value)
     assert list(tmp_path.iterdir()) == []
 
@@ -361,7 +362,7 @@ async def test_a_slow_steady_download_completes(server: _Server, tmp_path: Path)
     server.plan("job", paced(AUDIO, chunk=2000, every=0.05, length=len(AUDIO)))
     timeouts = v.Timeouts(min_download_rate=5000.0, stall_window=0.5)
     async with _client(server, timeouts=timeouts) as client:
-        result = await client.retrieve(_retrieve("job"), sink=v.FileSink(tmp_path / "a.mp3"))
+        result = await client.retrieve(_retrieve("job"), sink=FileSink(tmp_path / "a.mp3"))
     assert isinstance(result, v.AudioResult)
     assert (tmp_path / "a.mp3").read_bytes() == AUDIO
 
@@ -431,7 +432,7 @@ async def test_audio_over_the_file_cap_fails_keeps_nothing_and_keeps_the_media(
     assert server.sent["job"] < 16 << 20
 
 
-class _CountingSink(v.MemorySink):
+class _CountingSink(MemorySink):
     """A memory sink that remembers how many bytes it was given."""
 
     def __init__(self) -> None:
@@ -519,10 +520,10 @@ async def test_a_full_disk_is_a_storage_error_and_keeps_the_media(
 ) -> None:
     """ENOSPC while writing fails the job with AudioStorageError: no file, no retry, no release."""
 
-    async def full(self: v.FileSink, chunk: bytes) -> None:
+    async def full(self: FileSink, chunk: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(v.FileSink, "write", full)
+    monkeypatch.setattr(FileSink, "write", full)
     async with _session(server, output_dir=tmp_path) as session:
         job = session.attach(MODEL, "job")
         with anyio.fail_after(5):
@@ -540,14 +541,14 @@ async def test_a_short_write_is_a_storage_error_not_a_truncation(
     server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A file shorter than the bytes received is AudioStorageError, not a retried truncation."""
-    real_flush = v.FileSink._flush
+    real_flush = FileSink._flush
 
-    async def short_flush(self: v.FileSink) -> None:
+    async def short_flush(self: FileSink) -> None:
         if self._pending:
             self._pending[-1] = self._pending[-1][:-1]  # the disk silently kept a byte less
         await real_flush(self)
 
-    monkeypatch.setattr(v.FileSink, "_flush", short_flush)
+    monkeypatch.setattr(FileSink, "_flush", short_flush)
     async with _session(server, output_dir=tmp_path) as session:
         job = session.attach(MODEL, "job")
         with anyio.fail_after(5):

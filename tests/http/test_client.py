@@ -9,6 +9,14 @@ import pytest
 
 import venice_audio_async as v
 from venice_audio_async.testing import FakeServer, Fault, JobScript
+from venice_audio_async.types import (
+    CompleteRequest,
+    FileSink,
+    MemorySink,
+    Processing,
+    QuoteRequest,
+    RetrieveRequest,
+)
 
 from ..conftest import API_KEY, TIME_SCALE, make_client
 
@@ -25,7 +33,7 @@ async def test_full_lifecycle(fake_server: FakeServer) -> None:
     async with make_client(fake_server) as client:
         models = {m.id: m for m in await client.models()}
         assert "elevenlabs-music" in models
-        quote = await client.quote(v.QuoteRequest(model="elevenlabs-music", duration_seconds=60))
+        quote = await client.quote(QuoteRequest(model="elevenlabs-music", duration_seconds=60))
         assert quote.quote == pytest.approx(0.87)
 
         fake_server.plan(JobScript(duration=30.0, average_execution_time=40.0))
@@ -37,16 +45,16 @@ async def test_full_lifecycle(fake_server: FakeServer) -> None:
         assert job.request is request
         assert len(job.queue_id) == 36
 
-        status = await client.retrieve(v.RetrieveRequest(model=job.model, queue_id=job.queue_id))
-        assert isinstance(status, v.Processing)
+        status = await client.retrieve(RetrieveRequest(model=job.model, queue_id=job.queue_id))
+        assert isinstance(status, Processing)
         assert status.average_execution_time == pytest.approx(40.0)
         assert status.execution_duration is not None
         assert 0 <= status.execution_duration < 30
 
-        assert not (await client.complete(v.CompleteRequest(job.model, job.queue_id))).success
+        assert not (await client.complete(CompleteRequest(job.model, job.queue_id))).success
 
         await fake_server.clock.sleep(31)
-        audio = await client.retrieve(v.RetrieveRequest(model=job.model, queue_id=job.queue_id))
+        audio = await client.retrieve(RetrieveRequest(model=job.model, queue_id=job.queue_id))
         assert isinstance(audio, v.AudioResult)
         assert audio.content_type == "audio/mpeg"
         assert audio.format == "mp3"
@@ -56,10 +64,10 @@ async def test_full_lifecycle(fake_server: FakeServer) -> None:
         assert audio.venice.inference_time == pytest.approx(30.0, rel=0.01)
         assert audio.data == fake_server.audio_for(job.queue_id)
 
-        assert (await client.complete(v.CompleteRequest(job.model, job.queue_id))).success
-        assert (await client.complete(v.CompleteRequest(job.model, job.queue_id))).success
+        assert (await client.complete(CompleteRequest(job.model, job.queue_id))).success
+        assert (await client.complete(CompleteRequest(job.model, job.queue_id))).success
         with pytest.raises(v.MediaNotFoundError) as caught:
-            await client.retrieve(v.RetrieveRequest(model=job.model, queue_id=job.queue_id))
+            await client.retrieve(RetrieveRequest(model=job.model, queue_id=job.queue_id))
         assert caught.value.status_code == 404
 
 
@@ -88,7 +96,7 @@ async def test_retrieve_branches_on_content_type(
     async with make_client(fake_server) as client:
         fake_server.plan(JobScript(duration=0.0))
         job = await client.queue(v.QueueRequest(model=model, prompt="a short test tune"))
-        audio = await client.retrieve(v.RetrieveRequest(job.model, job.queue_id))
+        audio = await client.retrieve(RetrieveRequest(job.model, job.queue_id))
     assert isinstance(audio, v.AudioResult)
     assert (audio.content_type, audio.format) == (content_type, fmt)
 
@@ -103,7 +111,7 @@ async def test_octet_stream_is_sniffed(fake_server: FakeServer, model: str, fmt:
         fake_server.plan(JobScript(duration=0.0))
         job = await client.queue(v.QueueRequest(model=model, prompt="a short test tune"))
         fake_server.inject("retrieve", Fault.content_type("application/octet-stream"))
-        audio = await client.retrieve(v.RetrieveRequest(job.model, job.queue_id))
+        audio = await client.retrieve(RetrieveRequest(job.model, job.queue_id))
     assert isinstance(audio, v.AudioResult)
     assert audio.format == fmt
     assert audio.data == fake_server.audio_for(job.queue_id)
@@ -114,7 +122,7 @@ async def test_content_type_parameters_are_ignored(fake_server: FakeServer) -> N
     async with make_client(fake_server) as client:
         job = await _finished_job(fake_server, client)
         fake_server.inject("retrieve", Fault.content_type("audio/mpeg; charset=binary"))
-        audio = await client.retrieve(v.RetrieveRequest(job.model, job.queue_id))
+        audio = await client.retrieve(RetrieveRequest(job.model, job.queue_id))
     assert isinstance(audio, v.AudioResult)
     assert audio.format == "mp3"
 
@@ -125,7 +133,7 @@ async def test_mislabelled_audio_is_sniffed(fake_server: FakeServer) -> None:
         fake_server.plan(JobScript(duration=0.0))
         job = await client.queue(v.QueueRequest(model="stable-audio-25", prompt="a short tune"))
         fake_server.inject("retrieve", Fault.content_type("audio/mpeg"))
-        audio = await client.retrieve(v.RetrieveRequest(job.model, job.queue_id))
+        audio = await client.retrieve(RetrieveRequest(job.model, job.queue_id))
     assert isinstance(audio, v.AudioResult)
     assert audio.format == "wav"
 
@@ -138,7 +146,7 @@ async def test_unknown_content_type_is_malformed(fake_server: FakeServer) -> Non
             "retrieve", Fault.status(200, body="<html>hello</html>", content_type="text/html")
         )
         with pytest.raises(v.MalformedResponse):
-            await client.retrieve(v.RetrieveRequest(job.model, job.queue_id))
+            await client.retrieve(RetrieveRequest(job.model, job.queue_id))
 
 
 async def test_download_to_file(fake_server: FakeServer, tmp_path: Path) -> None:
@@ -147,7 +155,7 @@ async def test_download_to_file(fake_server: FakeServer, tmp_path: Path) -> None
         job = await _finished_job(fake_server, client, audio_size=3_000_000)
         target = tmp_path / "song.mp3"
         audio = await client.retrieve(
-            v.RetrieveRequest(job.model, job.queue_id), sink=v.FileSink(target)
+            RetrieveRequest(job.model, job.queue_id), sink=FileSink(target)
         )
     assert isinstance(audio, v.AudioResult)
     assert audio.path == target
@@ -163,13 +171,11 @@ async def test_truncated_download_leaves_no_file(fake_server: FakeServer, tmp_pa
         job = await _finished_job(fake_server, client, audio_size=500_000)
         fake_server.inject("retrieve", Fault.truncate())
         with pytest.raises(v.TruncatedResponse):
-            await client.retrieve(
-                v.RetrieveRequest(job.model, job.queue_id), sink=v.FileSink(tmp_path)
-            )
+            await client.retrieve(RetrieveRequest(job.model, job.queue_id), sink=FileSink(tmp_path))
         assert list(tmp_path.iterdir()) == []
         # The media is still there: a second try succeeds.
         audio = await client.retrieve(
-            v.RetrieveRequest(job.model, job.queue_id), sink=v.FileSink(tmp_path)
+            RetrieveRequest(job.model, job.queue_id), sink=FileSink(tmp_path)
         )
     assert isinstance(audio, v.AudioResult)
     assert audio.path is not None
@@ -181,7 +187,7 @@ async def test_memory_cap(fake_server: FakeServer) -> None:
     async with make_client(fake_server, limits=v.Limits(max_audio_bytes_in_memory=1000)) as client:
         job = await _finished_job(fake_server, client, audio_size=5000)
         with pytest.raises(v.ResponseTooLarge):
-            await client.retrieve(v.RetrieveRequest(job.model, job.queue_id))
+            await client.retrieve(RetrieveRequest(job.model, job.queue_id))
 
 
 async def test_borrowed_session_is_left_open(fake_server: FakeServer) -> None:
@@ -226,7 +232,7 @@ async def test_failed_jobs_raise_typed_errors(
         fake_server.plan(script)
         job = await client.queue(v.QueueRequest(model="elevenlabs-music", prompt="stormy weather"))
         with pytest.raises(cls) as caught:
-            await client.retrieve(v.RetrieveRequest(job.model, job.queue_id))
+            await client.retrieve(RetrieveRequest(job.model, job.queue_id))
     if isinstance(caught.value, v.ContentPolicyError):
         assert caught.value.suggested_prompt == "gentle rain"
     assert caught.value.headers.get("x-venice-version")
@@ -237,16 +243,16 @@ async def test_never_issued_id(fake_server: FakeServer) -> None:
     async with make_client(fake_server) as client:
         bogus = "00000000-0000-4000-8000-000000000000"
         with pytest.raises(v.InvalidQueueIdError):
-            await client.retrieve(v.RetrieveRequest("elevenlabs-music", bogus))
+            await client.retrieve(RetrieveRequest("elevenlabs-music", bogus))
         with pytest.raises(v.InvalidQueueIdError):
-            await client.complete(v.CompleteRequest("elevenlabs-music", bogus))
+            await client.complete(CompleteRequest("elevenlabs-music", bogus))
 
 
 async def test_delete_media_on_completion(fake_server: FakeServer) -> None:
     """With delete_media_on_completion the first audio answer is the last."""
     async with make_client(fake_server) as client:
         job = await _finished_job(fake_server, client)
-        request = v.RetrieveRequest(job.model, job.queue_id, delete_media_on_completion=True)
+        request = RetrieveRequest(job.model, job.queue_id, delete_media_on_completion=True)
         assert isinstance(await client.retrieve(request), v.AudioResult)
         with pytest.raises(v.MediaNotFoundError):
             await client.retrieve(request)
@@ -330,7 +336,7 @@ async def test_rate_limit_error_has_retry_after(fake_server: FakeServer) -> None
     async with make_client(fake_server) as client:
         fake_server.inject("quote", Fault.status(429, retry_after=3))
         with pytest.raises(v.RateLimitError) as caught:
-            await client.quote(v.QuoteRequest(model="minimax-music-v2"))
+            await client.quote(QuoteRequest(model="minimax-music-v2"))
     assert caught.value.retry_after == 3
 
 
@@ -344,7 +350,7 @@ def test_plain_http_to_remote_host_is_refused() -> None:
         v.VeniceClient(api_key="k", base_url="ftp://example.com")
 
 
-class _BrokenSink(v.MemorySink):
+class _BrokenSink(MemorySink):
     """A custom sink with a bug."""
 
     async def write(self, chunk: bytes) -> None:
@@ -356,7 +362,5 @@ async def test_a_failing_sink_is_an_audio_storage_error(fake_server: FakeServer)
     async with make_client(fake_server) as client:
         job = await _finished_job(fake_server, client)
         with pytest.raises(v.AudioStorageError) as caught:
-            await client.retrieve(
-                v.RetrieveRequest(job.model, job.queue_id), sink=_BrokenSink(10**6)
-            )
+            await client.retrieve(RetrieveRequest(job.model, job.queue_id), sink=_BrokenSink(10**6))
     assert isinstance(caught.value.__cause__, RuntimeError)

@@ -7,6 +7,7 @@ import pytest
 import venice_audio_async as v
 from venice_audio_async._http.body import read_json, stream_audio
 from venice_audio_async.testing import audio_bytes
+from venice_audio_async.types import MemorySink
 
 
 class _Reader:
@@ -23,7 +24,7 @@ class _Reader:
         return part
 
 
-class _Sink(v.MemorySink):
+class _Sink(MemorySink):
     """A memory sink that remembers whether it was aborted."""
 
     aborted = False
@@ -69,7 +70,7 @@ async def test_audio_is_streamed_whole_with_the_sniffed_format() -> None:
         media_type="application/octet-stream",
         content_length=len(audio),
         headers={"x-venice-audio-duration": "2.5"},
-        sink=v.MemorySink(max_bytes=1 << 20),
+        sink=MemorySink(max_bytes=1 << 20),
         cap=1 << 20,
         timeouts=v.Timeouts(),
     )

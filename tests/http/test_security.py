@@ -21,6 +21,7 @@ import pytest
 
 import venice_audio_async as v
 from venice_audio_async.testing import FakeServer, Fault, JobScript, audio_bytes
+from venice_audio_async.types import CompleteRequest, QuoteRequest, RetrieveRequest
 
 from ..conftest import API_KEY, TIME_SCALE, UNLIMITED, make_session
 
@@ -124,7 +125,7 @@ async def _run_with_faults(fake_server: FakeServer, tmp_path: Path) -> tuple[lis
         fake_server.inject(
             "retrieve", Fault.status(302, headers={"Location": "http://evil.invalid/"})
         )
-        await expect(client.retrieve(v.RetrieveRequest(jobs[0].model, jobs[0].queue_id)))
+        await expect(client.retrieve(RetrieveRequest(jobs[0].model, jobs[0].queue_id)))
     async with v.VeniceClient(api_key=API_KEY + "-wrong", base_url=fake_server.url) as client:
         await expect(client.queue(v.QueueRequest("stable-audio-25", "with a wrong key")))
     # An answer that is not HTTP at all (aiohttp keeps the request, headers included).
@@ -215,10 +216,10 @@ async def test_redirect_is_not_followed(
             fake_server.inject(endpoint, Fault.status(status, headers={"Location": target}))
             calls: dict[str, Callable[[], Awaitable[object]]] = {
                 "models": client.models,
-                "quote": lambda: client.quote(v.QuoteRequest("stable-audio-25")),
+                "quote": lambda: client.quote(QuoteRequest("stable-audio-25")),
                 "queue": lambda: client.queue(v.QueueRequest("stable-audio-25", "a second call")),
-                "retrieve": lambda: client.retrieve(v.RetrieveRequest(job.model, job.queue_id)),
-                "complete": lambda: client.complete(v.CompleteRequest(job.model, job.queue_id)),
+                "retrieve": lambda: client.retrieve(RetrieveRequest(job.model, job.queue_id)),
+                "complete": lambda: client.complete(CompleteRequest(job.model, job.queue_id)),
             }
             with pytest.raises(v.APIStatusError) as caught:
                 await calls[endpoint]()

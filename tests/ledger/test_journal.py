@@ -9,6 +9,7 @@ import pytest
 import venice_audio_async as v
 from venice_audio_async.journal import JobState, Journal
 from venice_audio_async.testing import FakeServer, Fault, JobScript
+from venice_audio_async.types import CompleteRequest
 
 from ..conftest import API_KEY, make_session
 
@@ -165,7 +166,7 @@ async def test_expired_media_is_reported_on_resume(fake_server: FakeServer, tmp_
         job = await session.submit("stable-audio-25", "soon to be forgotten")
     async with v.VeniceClient(api_key=API_KEY, base_url=fake_server.url) as client:
         await fake_server.clock.sleep(2.0)
-        assert (await client.complete(v.CompleteRequest(job.model, job.queue_id))).success
+        assert (await client.complete(CompleteRequest(job.model, job.queue_id))).success
     async with make_session(fake_server, journal=journal_path) as session:
         report = await session.resume()
         outcome = await session.wait_outcome(report.jobs[0])

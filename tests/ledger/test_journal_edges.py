@@ -26,6 +26,7 @@ from aiohttp.test_utils import TestServer
 import venice_audio_async as v
 from venice_audio_async.journal import JobState, Journal, JournalEntry
 from venice_audio_async.testing import FakeServer, JobScript, ScaledClock, load_default_catalogue
+from venice_audio_async.types import FileSink
 
 from ..conftest import API_KEY, TIME_SCALE
 
@@ -635,7 +636,7 @@ async def test_a_download_in_progress_is_not_taken_for_a_leftover(tmp_path: Path
     """A FileSink writing now keeps its temporary file while leftovers are cleaned."""
     from venice_audio_async._core.audio import remove_partial_downloads
 
-    sink = v.FileSink(tmp_path, stem="in-progress", directory=True)
+    sink = FileSink(tmp_path, stem="in-progress", directory=True)
     await sink.begin(audio_format="wav", content_type="audio/wav", content_length=None)
     await sink.write(b"RIFF")
     (partial,) = tmp_path.glob(".in-progress.wav.*.part")

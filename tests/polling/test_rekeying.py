@@ -17,6 +17,7 @@ from venice_audio_async._rate.budget import LocalBudget
 from venice_audio_async._rate.limiter import RequestLimiter
 from venice_audio_async._rate.retry import Retrier
 from venice_audio_async.testing import ManualClock
+from venice_audio_async.types import RetrieveRequest
 
 from .test_scheduler import Harness, StubClient, _memory_sink
 
@@ -33,7 +34,7 @@ class HintedClient(StubClient):
     def add_hinted(self, queue_id: str, duration: float, hint: float) -> v.Job:
         return self.add(queue_id, duration, hint=hint)
 
-    async def retrieve(self, request: v.RetrieveRequest, *, sink: Any) -> Any:
+    async def retrieve(self, request: RetrieveRequest, *, sink: Any) -> Any:
         answer = await super().retrieve(request, sink=sink)
         if isinstance(answer, v.AudioResult):
             return v.AudioResult(

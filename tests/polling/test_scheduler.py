@@ -21,6 +21,15 @@ from venice_audio_async._rate.budget import LocalBudget
 from venice_audio_async._rate.limiter import RequestLimiter
 from venice_audio_async._rate.retry import Retrier
 from venice_audio_async.testing import ManualClock
+from venice_audio_async.types import (
+    AudioSink,
+    CompleteRequest,
+    CompleteResult,
+    MemorySink,
+    Processing,
+    RetrieveRequest,
+    VeniceHeaders,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -49,7 +58,7 @@ class StubClient:
         self.hints[queue_id] = self.hint if hint is None else hint
         return v.Job(model=model, queue_id=queue_id)
 
-    async def retrieve(self, request: v.RetrieveRequest, *, sink: Any) -> Any:
+    async def retrieve(self, request: RetrieveRequest, *, sink: Any) -> Any:
         now = self.clock.monotonic()
         self.retrieves.append((now, request.queue_id))
         errors = self.fail.get(request.queue_id)
@@ -58,19 +67,19 @@ class StubClient:
         if now < self.finish[request.queue_id]:
             elapsed = now - self.queued_at[request.queue_id]
             hint = self.hints.get(request.queue_id, self.hint)
-            return v.Processing(average_execution_time=hint, execution_duration=elapsed)
+            return Processing(average_execution_time=hint, execution_duration=elapsed)
         duration = self.finish[request.queue_id] - self.queued_at[request.queue_id]
         return v.AudioResult(
             content_type="audio/mpeg",
             format="mp3",
             size=3,
             data=b"abc",
-            venice=v.VeniceHeaders(inference_time=duration),
+            venice=VeniceHeaders(inference_time=duration),
         )
 
-    async def complete(self, request: v.CompleteRequest) -> v.CompleteResult:
+    async def complete(self, request: CompleteRequest) -> CompleteResult:
         self.completes.append(request.queue_id)
-        return v.CompleteResult(success=True)
+        return CompleteResult(success=True)
 
 
 def _retrier(budget: LocalBudget, clock: ManualClock, policy: v.RetryPolicy) -> Retrier:
@@ -134,8 +143,8 @@ async def harness(retrieve_rate: float) -> AsyncIterator[Harness]:
         tg.cancel_scope.cancel()
 
 
-def _memory_sink() -> v.AudioSink:
-    return v.MemorySink(1000)
+def _memory_sink() -> AudioSink:
+    return MemorySink(1000)
 
 
 async def test_learned_timing_hands_results_over_sooner(harness: Harness) -> None:
@@ -342,7 +351,7 @@ async def test_a_poll_waiting_for_a_slot_is_not_sent_during_a_pause() -> None:
     gate = anyio.Event()
     original = client.retrieve
 
-    async def slow_first(request: v.RetrieveRequest, *, sink: Any) -> Any:
+    async def slow_first(request: RetrieveRequest, *, sink: Any) -> Any:
         if len(client.retrieves) == 0:
             await gate.wait()
         return await original(request, sink=sink)

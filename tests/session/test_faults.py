@@ -38,6 +38,7 @@ import venice_audio_async as v
 from venice_audio_async._core.converters import structure_catalogue
 from venice_audio_async.journal import JobState
 from venice_audio_async.testing import FakeServer, Fault, JobScript, RecordedRequest
+from venice_audio_async.types import CompleteRequest, FileSink, QuoteRequest, RetrieveRequest
 
 from ..conftest import API_KEY, TIME_SCALE, UNLIMITED, make_client, make_session
 
@@ -401,7 +402,7 @@ async def test_expired_media_fails_without_retry(fake_server: FakeServer) -> Non
     fake_server.plan(JobScript(duration=0.0))
     async with make_client(fake_server) as client:
         queued = await client.queue(v.QueueRequest("stable-audio-25", "released too early"))
-        assert (await client.complete(v.CompleteRequest(queued.model, queued.queue_id))).success
+        assert (await client.complete(CompleteRequest(queued.model, queued.queue_id))).success
     async with _session(fake_server) as session:
         job = session.attach(queued.model, queued.queue_id)
         outcome = await session.wait_outcome(job)
@@ -478,10 +479,10 @@ async def test_502_with_html_or_empty_body_is_a_typed_error(
         fake_server.inject(endpoint, Fault.status(502, body=raw, content_type=content_type))
         calls: dict[str, Callable[[], Awaitable[object]]] = {
             "models": client.models,
-            "quote": lambda: client.quote(v.QuoteRequest("stable-audio-25")),
+            "quote": lambda: client.quote(QuoteRequest("stable-audio-25")),
             "queue": lambda: client.queue(v.QueueRequest("stable-audio-25", "another request")),
-            "retrieve": lambda: client.retrieve(v.RetrieveRequest(job.model, job.queue_id)),
-            "complete": lambda: client.complete(v.CompleteRequest(job.model, job.queue_id)),
+            "retrieve": lambda: client.retrieve(RetrieveRequest(job.model, job.queue_id)),
+            "complete": lambda: client.complete(CompleteRequest(job.model, job.queue_id)),
         }
         with pytest.raises(v.ServerError) as caught:
             await calls[endpoint]()
@@ -589,7 +590,7 @@ async def _drain_retrieve_faults(server: FakeServer, job: v.Job) -> None:
     async with make_client(server) as client:
         while server.pending_faults("retrieve"):
             with pytest.raises(v.TransportError):
-                await client.retrieve(v.RetrieveRequest(job.model, job.queue_id))
+                await client.retrieve(RetrieveRequest(job.model, job.queue_id))
 
 
 async def test_a_job_unreachable_for_too_long_ends_unreachable_and_resumable(
@@ -692,7 +693,7 @@ async def test_body_over_the_memory_cap_fails_and_keeps_the_media(
 # --------------------------------------------------------------------------- cancellation
 
 
-class _GatedSink(v.FileSink):
+class _GatedSink(FileSink):
     """A FileSink that stops after its first chunk until the test opens the gate."""
 
     started: anyio.Event

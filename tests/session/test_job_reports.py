@@ -10,6 +10,7 @@ import pytest
 
 import venice_audio_async as v
 from venice_audio_async.testing import FakeServer, JobScript
+from venice_audio_async.types import PRIOR_RUN_SECONDS
 
 from ..conftest import UNLIMITED, make_session
 
@@ -108,7 +109,7 @@ async def test_status_right_after_submit_has_an_estimate_marked_as_a_prior(
         assert status.phase == "queued"
         assert status.estimate_source == "prior"
         assert status.estimated_seconds_left is not None
-        assert 55.0 < status.estimated_seconds_left <= v.PRIOR_RUN_SECONDS
+        assert 55.0 < status.estimated_seconds_left <= PRIOR_RUN_SECONDS
         line = f"{status.phase}, about {status.estimated_seconds_left or 0:.0f} s left"
         assert re.fullmatch(r"queued, about \d+ s left", line)
         await session.wait_for(job)

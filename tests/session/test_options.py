@@ -17,11 +17,12 @@ from venice_audio_async._cli.parser import build_parser
 from venice_audio_async._core.config import DEFAULT_BASE_URL
 from venice_audio_async.budget import LocalBudget, RedisBudget
 from venice_audio_async.testing import FakeServer
+from venice_audio_async.types import SessionOptions
 
 from ..conftest import API_KEY
 from ..redis_server import RedisServer
 
-OPTIONS = list(v.SessionOptions.__annotations__)
+OPTIONS = list(SessionOptions.__annotations__)
 
 
 def _args_section(cls: type) -> str:
@@ -48,7 +49,7 @@ def test_both_constructors_take_the_one_declaration() -> None:
             ("options", inspect.Parameter.VAR_KEYWORD)
         ]
         hints = get_type_hints(cls.__init__, include_extras=True)
-        assert hints["options"].__args__ == (v.SessionOptions,)
+        assert hints["options"].__args__ == (SessionOptions,)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import pytest
 
 import venice_audio_async as v
 from venice_audio_async.testing import FakeServer, Fault, JobScript
+from venice_audio_async.types import FileSink
 
 from ..conftest import UNLIMITED, make_session
 
@@ -23,11 +24,11 @@ async def test_retrieves_ending_in_a_storage_error_are_counted(
     """A retrieve whose audio could not be stored is still a request sent."""
     fake_server.plan(JobScript(duration=1.0))
 
-    async def disk_full(self: v.FileSink, size: int) -> tuple[bytes | None, Path | None]:
+    async def disk_full(self: FileSink, size: int) -> tuple[bytes | None, Path | None]:
         await self.abort()
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(v.FileSink, "finish", disk_full)
+    monkeypatch.setattr(FileSink, "finish", disk_full)
     async with make_session(fake_server, rate_limits=UNLIMITED, output_dir=tmp_path) as session:
         job = await session.submit(MODEL, "a tiny sound for a full disk")
         outcome = await session.wait_outcome(job)

@@ -13,6 +13,7 @@ import venice_audio_async as v
 from venice_audio_async._session.resume import has_work, step_for
 from venice_audio_async.journal import JobState, Journal, JournalEntry
 from venice_audio_async.testing import FakeServer, Fault, JobScript
+from venice_audio_async.types import FileSink
 
 from ..conftest import UNLIMITED, make_client, make_session
 
@@ -31,12 +32,12 @@ async def test_disk_full_then_resume_fetches_again(
     out.mkdir()
     options = {"rate_limits": UNLIMITED, "journal": journal, "output_dir": out}
 
-    async def disk_full(self: v.FileSink, size: int) -> tuple[bytes | None, Path | None]:
+    async def disk_full(self: FileSink, size: int) -> tuple[bytes | None, Path | None]:
         await self.abort()
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(v.FileSink, "finish", disk_full)
+        patch.setattr(FileSink, "finish", disk_full)
         async with make_session(fake_server, **options) as session:
             job = await session.submit(MODEL, "a tiny sound for a full disk")
             outcome = await session.wait_outcome(job)
