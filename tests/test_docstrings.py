@@ -13,8 +13,6 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 
 #: Design notes and the wire contract the project is built from: outside the repository.
 NOTES = ("POLLING.md", "AUDIO_API.md", "DESIGN.md", "STYLE.md", "../shared")
-#: Being rewritten in parallel (the rate rule); its citations go with that rewrite.
-PENDING = {"_rate"}
 
 
 def _name(path: Path) -> str:
@@ -23,8 +21,6 @@ def _name(path: Path) -> str:
 
 @pytest.mark.parametrize("path", MODULES, ids=_name)
 def test_no_module_cites_notes_a_user_does_not_have(path: Path) -> None:
-    if path.relative_to(PACKAGE).parts[0] in PENDING:
-        pytest.skip("rewritten in parallel")
     text = path.read_text(encoding="utf-8")
     assert not [note for note in NOTES if note in text], _name(path)
 

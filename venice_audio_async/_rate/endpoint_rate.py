@@ -26,7 +26,7 @@ The default ``burst`` is ``max(1, N // 6)``, ten seconds' worth of requests (6 q
 retrieve at 40 / 120 per minute): enough for a batch of polls that come due together, small
 enough that the slower pace after it stays close to the full rate.
 
-The effective limit adapts (AUDIO_API.md section 9: the real limits are uncertain). This
+The effective limit adapts (Venice's rate-limit pages disagree: the real limits are uncertain). This
 class is *the* rate rule, written once: ``RedisBudget``'s Lua (:mod:`._rate.redis_scripts`)
 mirrors it step for step, and one test drives both through the same script of grants, 429s
 and stated limits. Its transitions:

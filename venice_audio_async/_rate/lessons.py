@@ -1,5 +1,5 @@
 """What one answer tells a budget (:class:`AnswerSignals`), read from its status, headers and,
-for a 429, its message (the three 429s carry no code: AUDIO_API.md section 8).
+for a 429, its message (the three 429s carry no code: Venice's error-code reference).
 
 One reading for every budget, as data: :class:`~._rate.budget.LocalBudget` applies it to its own
 state, ``RedisBudget`` sends it to Redis (or applies it locally while Redis is away), so

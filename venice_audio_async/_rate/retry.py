@@ -161,14 +161,14 @@ class PollVerdict(enum.Enum):
 
 #: The refusals of the key (auth, balance, privacy or region) rather than of one job.
 _KEY_REFUSALS = (AuthenticationError, PaymentRequiredError, PermissionDeniedError)
-#: The API's own failures of a job, its verdict only once repeated (AUDIO_API.md §5, §8).
+#: The API's own failures of a job, its verdict only once repeated (Venice's error-code reference).
 _REPEATED_VERDICTS = (500, 503)
 
 
 def judge_poll(error: VeniceError) -> PollVerdict:
     """What a failed ``retrieve`` says about its job.
 
-    The API's verdict comes as its JSON error body (AUDIO_API.md §8): 400 / 404 / 422
+    The API's verdict comes as its JSON error body (Venice's error-code reference): 400 / 404 / 422
     (and any other 4xx) end the job at once, 500 / 503 once repeated. Anything else did
     not come from the API about this job: a transport failure or timeout, an HTML or empty
     body (a proxy or load balancer speaking), a gateway's 502 / 504, a 408 / 425. A body
