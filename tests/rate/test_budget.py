@@ -8,6 +8,7 @@ import itertools
 import math
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -21,6 +22,7 @@ from venice_audio_async._rate.budget import (
     LocalBudget,
     RateWindow,
     RequestBudget,
+    ResponseRecorder,
 )
 from venice_audio_async._rate.lessons import teaches_nothing
 from venice_audio_async._rate.statistics import EndpointFigures, budget_statistics
@@ -516,7 +518,7 @@ def test_local_budget_is_a_request_budget() -> None:
 
 def test_the_protocol_is_what_the_library_calls() -> None:
     """RequestBudget asks for acquire and record_response (async), three sync views, and
-    two sync calls with defaults (try_acquire_now, session_paused)."""
+    three sync calls with defaults (try_acquire_now, record_response_now, session_paused)."""
     members = {name for name in vars(RequestBudget) if not name.startswith("_")}
     assert members == {
         "acquire",
@@ -525,11 +527,19 @@ def test_the_protocol_is_what_the_library_calls() -> None:
         "window",
         "statistics",
         "try_acquire_now",
+        "record_response_now",
         "session_paused",
     }
     assert inspect.iscoroutinefunction(RequestBudget.acquire)
     assert inspect.iscoroutinefunction(RequestBudget.record_response)
-    for view in ("next_available", "window", "statistics", "try_acquire_now", "session_paused"):
+    for view in (
+        "next_available",
+        "window",
+        "statistics",
+        "try_acquire_now",
+        "record_response_now",
+        "session_paused",
+    ):
         assert not inspect.iscoroutinefunction(getattr(RequestBudget, view))
 
 
@@ -741,6 +751,17 @@ class _ProtocolOnly:
 
     def try_acquire_now(self, endpoint: str) -> bool:
         return False  # as a shared store would: the session then waits in acquire
+
+    def record_response_now(
+        self,
+        endpoint: str,
+        status: int,
+        headers: Mapping[str, str],
+        *,
+        message: str | None = None,
+        model: str | None = None,
+    ) -> bool:
+        return False  # as a shared store would: the session then awaits record_response
 
     def session_paused(self) -> bool:
         return self.inner.session_paused()
@@ -985,3 +1006,31 @@ def test_a_stated_limit_on_a_success_in_mixed_case_is_learned() -> None:
     assert not budget.session_paused()
     budget.learn("retrieve", 429, {"retry-after": "5"})
     assert budget.session_paused()
+
+
+@pytest.mark.anyio
+async def test_the_recorder_learns_at_once_where_the_budget_can() -> None:
+    """An in-process budget learns each answer synchronously (``record_response_now``: no
+    cancel scope, no await on the poll path); a budget without it, or one that declines
+    (a shared store), is awaited through ``record_response``."""
+
+    class Counting(LocalBudget):
+        awaited = 0
+
+        async def record_response(self, *args: Any, **kwargs: Any) -> None:
+            self.awaited += 1
+            await super().record_response(*args, **kwargs)
+
+    class Declining(Counting):
+        def record_response_now(self, *args: Any, **kwargs: Any) -> bool:
+            return False
+
+    local = Counting(clock=ManualClock(), rates={"retrieve": RateLimit(120)})
+    await ResponseRecorder(local)("retrieve", 429, {"retry-after": "2"})
+    assert local.awaited == 0
+    assert local.statistics().rate_limited == 1  # learnt all the same
+
+    shared = Declining(clock=ManualClock(), rates={"retrieve": RateLimit(120)})
+    await ResponseRecorder(shared)("retrieve", 429, {"retry-after": "2"})
+    assert shared.awaited == 1
+    assert shared.statistics().rate_limited == 1

@@ -164,6 +164,24 @@ class RequestBudget(Protocol):
         """
         return False
 
+    def record_response_now(
+        self,
+        endpoint: str,
+        status: int,
+        headers: Mapping[str, str],
+        *,
+        message: str | None = None,
+        model: str | None = None,
+    ) -> bool:
+        """Learn from an answer at once, without waiting or I/O, if this budget can;
+        whether it did (as :meth:`record_response` would).
+
+        The default learns nothing (a shared store needs a round trip): callers then await
+        :meth:`record_response`. An in-process budget answers every poll here, which keeps
+        the poll path free of a cancel scope and a task switch.
+        """
+        return False
+
     def session_paused(self) -> bool:
         """Whether every request is held right now (a 429's pause, the failed-request
         window). The default reads :meth:`statistics`."""
@@ -185,6 +203,22 @@ def try_acquire_now(budget: RequestBudget, endpoint: str) -> bool:
     """``budget.try_acquire_now(endpoint)``, or ``False`` for a budget written before it."""
     take = getattr(budget, "try_acquire_now", None)
     return bool(take(endpoint)) if take is not None else False
+
+
+def record_response_now(
+    budget: RequestBudget,
+    endpoint: str,
+    status: int,
+    headers: Mapping[str, str],
+    *,
+    message: str | None,
+    model: str | None,
+) -> bool:
+    """``budget.record_response_now(...)``, or ``False`` for a budget written before it."""
+    learn = getattr(budget, "record_response_now", None)
+    if learn is None:
+        return False
+    return bool(learn(endpoint, status, headers, message=message, model=model))
 
 
 def session_paused(budget: RequestBudget) -> bool:
@@ -215,6 +249,9 @@ class ResponseRecorder:
         model: str | None = None,
     ) -> None:
         self.requests[endpoint] = self.requests.get(endpoint, 0) + 1
+        budget = self._budget
+        if record_response_now(budget, endpoint, status, headers, message=message, model=model):
+            return  # learnt at once: nothing could interrupt it
         # What the answer taught (a 429's pause) is kept even if the caller is being
         # cancelled or its status deadline passes meanwhile (a shared store's round trip).
         with anyio.CancelScope(shield=True):
@@ -619,6 +656,19 @@ class LocalBudget(RequestBudget):
     ) -> None:
         """Learn from an answer to a request to ``endpoint`` (never waits): :meth:`learn`."""
         self.learn(endpoint, status, headers, message=message, model=model)
+
+    def record_response_now(
+        self,
+        endpoint: str,
+        status: int,
+        headers: Mapping[str, str],
+        *,
+        message: str | None = None,
+        model: str | None = None,
+    ) -> bool:
+        """Learn from an answer at once (:meth:`learn`): an in-process budget always can."""
+        self.learn(endpoint, status, headers, message=message, model=model)
+        return True
 
     def learn(
         self,
