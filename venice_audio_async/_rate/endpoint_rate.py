@@ -41,7 +41,10 @@ and stated limits. Its transitions:
   grants from then on instead of waiting for past ones to age out. Until the limit is back
   at the ceiling it is *calm*: no bursts;
 * **recovery**: every quiet ``window / 4`` the limit climbs a tenth of the ceiling; a learnt
-  limit with no ceiling (nothing configured or stated) is dropped.
+  limit with no ceiling (nothing configured or stated) is dropped;
+* **reserve**: a grant may be asked for with grants kept back for others (a pool keeps one
+  per ``queue`` call waiting, so queue calls come before polls): the limit and burst are
+  that much lower for it (one grant always left).
 """
 
 from __future__ import annotations
@@ -340,22 +343,30 @@ class EndpointRate:
         while log and reached(log[0] + window, now):
             log.popleft()
 
-    def rate_ready(self, t: float) -> float:
-        """Earliest time >= ``t`` at which the rate limit allows a grant."""
+    def rate_ready(self, t: float, reserve: int = 0) -> float:
+        """Earliest time >= ``t`` at which the rate limit allows a grant.
+
+        ``reserve``: grants of the window kept for others (a pool keeps them for the
+        ``queue`` calls waiting: they come before polls); one is always left.
+        """
         self.recover(t)
         if self.allowance_left(t) == 0:
             t = max(t, self.allowance_until)
         if self.limit is None:
             return t
+        limit, burst = self.limit, self.burst
+        if reserve > 0:
+            limit -= min(reserve, limit - 1)
+            burst = min(burst, limit)
         log, count = self.log, len(self.log)
         # Paced path: the window has room and the pacing point has passed.
         paced = max(t, self.next_paced)
-        if count >= self.limit:
-            paced = max(paced, log[count - self.limit] + self.window)
-        if count < self.burst:
+        if count >= limit:
+            paced = max(paced, log[count - limit] + self.window)
+        if count < burst:
             return t
         # Burst path: enough grants have left the window that pacing no longer applies.
-        unpaced = max(t, log[count - self.burst] + self.window)
+        unpaced = max(t, log[count - burst] + self.window)
         return min(paced, unpaced)
 
     def tokens(self, now: float) -> int | None:
