@@ -24,14 +24,15 @@ test drives both through one script (tests/rate/test_rate_machine.py).
 
 **ACQUIRE** ``KEYS = session, ep hash, ep log[, pool hash, pool log]``, ``ARGV = member,
 client, ttl_ms, model ('': none), own (configured, window_ms, burst)[, pool (configured,
-window_ms, burst), reserve]`` (``configured`` 0: no limit; negative: not set by the user, so a
-stated limit replaces it; ``reserve``: the pool's grants kept for the asking process's
-``queue`` calls waiting, so they come before its polls). If a request may go now (no
-pause, no full failure window, the allowance not spent, each entity's sliding log and
-pacing have room), the grant is logged under ``member`` in every entity's log and the reply
-starts ``1, us``, where ``us`` is how long until the *next* grant could go; otherwise
-nothing is written but state upkeep (pruning, recovery) and the reply starts ``0, us`` with the wait. The third field counts the
-*other* clients that asked for this endpoint within the last few pacing intervals (kept in
+window_ms, burst), reserve]`` (``configured`` 0: no limit; negative: not set by the user, so
+a stated limit replaces it; ``reserve``: the pool's grants kept for the asking process's
+``queue`` calls waiting, so they come before its polls). If a request may go now (no pause,
+no full failure window, the allowance not spent, each entity's sliding log and pacing have
+room), the grant is logged under ``member`` in every entity's log and the reply starts ``1,
+us``, where ``us`` is how long until the *next* grant could go; otherwise nothing is written
+but state upkeep (pruning, recovery) and the reply starts ``0, us`` with the wait. The third
+field counts the *other* clients that asked for this endpoint within the last few pacing
+intervals (kept in
 ``P:ep:E:clients``). Then, always:
 ``now_us, session_paused_us, reason, failure_paused_us, endpoint_paused_us, allowance
 (-1: none), allowance_us``, and per entity ``{limit (0: none), calm (0/1), age_us...}``:
