@@ -12,7 +12,7 @@ import attrs
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async._core.config import RateLimit, endpoint_rates
+from venice_audio_async._core.config import RateLimit, endpoint_rates, pooled_rate
 from venice_audio_async._rate.endpoint_rate import EndpointRate, reached
 from venice_audio_async._rate.redis_scripts import RULE_STEP
 from venice_audio_async.budget import LocalBudget, RedisBudget, RequestBudget
@@ -275,6 +275,38 @@ async def test_the_error_budgets_429_pauses_the_key_and_lowers_no_rate(
     assert window is not None
     assert window.limit == 120
     assert len(window.grants) == 10  # the window did not restart either
+
+
+@pytest.mark.parametrize("home", ["local", "redis"])
+@pytest.mark.parametrize(
+    ("pooled", "expected"), [(None, 120), (45, 45)], ids=["documented", "listed"]
+)
+async def test_a_stated_limit_raises_only_an_assumed_pool(
+    home: str, pooled: int | None, expected: int, request: pytest.FixtureRequest
+) -> None:
+    """An endpoint states 120 a minute: the documented pool (60, assumed) rises to it; a
+    pool the key listed (45) stays, the lowest figure of any model in it. A lower stated
+    figure never lowers a pool (the endpoint's own limit holds it)."""
+    limits = v.RateLimits() if pooled is None else v.RateLimits(pooled_per_minute=pooled)
+    budget: RequestBudget
+    if home == "local":
+        budget = LocalBudget(clock=CLOCK, rates=endpoint_rates(limits), pool=pooled_rate(limits))
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        budget = RedisBudget.from_url(
+            server.url, namespace=uuid.uuid4().hex, clock=CLOCK, rate_limits=limits
+        )
+    try:
+        await budget.acquire("complete")  # a round trip: the window as Redis has it
+        await budget.record_response("retrieve", 200, {"x-ratelimit-limit-requests": "120"})
+        await budget.record_response("queue", 200, {"x-ratelimit-limit-requests": "10"})
+        await budget.acquire("complete")
+        window = budget.window("complete")  # only the pool limits complete
+        assert window is not None
+        assert window.limit == expected
+    finally:
+        if isinstance(budget, RedisBudget):
+            await budget.aclose()
 
 
 #: Both budgets' clock (Redis keeps real time: no ManualClock there).

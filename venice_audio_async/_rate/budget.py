@@ -721,6 +721,9 @@ class LocalBudget(RequestBudget):
                     )
         if lesson.stated is not None:
             state.state_limit(lesson.stated, now)
+            pool = self._pool_of(state)
+            if pool is not None:
+                pool.state_pool_limit(lesson.stated, now)
         if lesson.allowance is not None:
             remaining, until = lesson.allowance
             state.allow(remaining, now + until)

@@ -32,7 +32,8 @@ mirrors it step for step, and one test drives both through the same script of gr
 and stated limits. Its transitions:
 
 * **stated**: a limit the API states replaces the ceiling, up as well as down, unless the
-  user set this limit explicitly (then it only caps it);
+  user set this limit explicitly (then it only caps it); a pool assumed (not listed by the
+  key nor given) only rises to what one of its endpoints states;
 * **429** (a rate limit, not the error budget nor an overloaded model): the limit drops below
   what the last window granted (a fifth; while calm, a fifth of the limit itself; one more
   per further 429 within ``window / 12``; not below an eighth of the ceiling), and the
@@ -275,6 +276,16 @@ class EndpointRate:
             return
         if self.limit is None or ceiling < self.limit or not self.calm:
             self._set_limit(ceiling)
+
+    def state_pool_limit(self, stated: int, now: float) -> None:
+        """A pooled endpoint stated ``stated``: the pool (this rule) must allow at least
+        that. A pool assumed (the documented default) rises to it, never falls; a pool the
+        key listed or the user gave stays (it is at most the lowest figure listed for any
+        model in it)."""
+        ceiling = self.ceiling
+        if self.explicit or (ceiling is not None and stated <= ceiling):
+            return
+        self.state_limit(stated, now)
 
     def rate_limited_at(self, now: float) -> None:
         """A rate-limit 429: go below what the last window granted (by a fifth, then by one

@@ -388,6 +388,13 @@ if pause_ms >= 0 then
 end
 local own = list[1]  -- the endpoint's own entity comes first (configured 0: no limit)
 if stated > 0 then state_limit(own, stated) end
+-- EndpointRate.state_pool_limit: an assumed pool rises to a limit one of its endpoints
+-- states, never falls; one listed by the key or given by the user stays.
+local pool = list[2]
+if stated > 0 and pool ~= nil and not pool.explicit
+   and (pool.ceiling == nil or stated > pool.ceiling) then
+  state_limit(pool, stated)
+end
 if allowance >= 0 then
   redis.call('HSET', ehkey, 'allowance', allowance,
              'allowance_until', string.format('%.0f', now + allowance_ms * 1000))
