@@ -24,7 +24,6 @@ __all__ = [
     "AUDIO_ENDPOINTS",
     "Assumed",
     "DEFAULT_BASE_URL",
-    "DOCUMENTED_AUDIO_PER_MINUTE",
     "LearnedRateLimits",
     "Limits",
     "RateLimit",

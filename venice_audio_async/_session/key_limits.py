@@ -97,7 +97,7 @@ class KeyLimits:
         source = "documented default"
         if self.asks:
             learned = None
-            with anyio.move_on_after(_LEARN_SECONDS):
+            with anyio.move_on_after(_LEARN_SECONDS) as scope:
                 try:
                     learned = await learn_rate_limits(
                         self._source, base=self.rate_limits, announce=False
@@ -108,6 +108,12 @@ class KeyLimits:
                         "limit applies",
                         error,
                     )
+            if scope.cancelled_caught:
+                log.info(
+                    "the key's rate limits did not come within %g s: the documented audio "
+                    "limit applies",
+                    _LEARN_SECONDS,
+                )
             if learned is not None and learned.found:
                 self.rate_limits = learned.rate_limits
                 source = f"from the API: {learned.model} {learned.pooled_per_minute}/min"
