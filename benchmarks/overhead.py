@@ -134,7 +134,9 @@ async def session_round(
             max_concurrent_requests=len(ids),
             max_concurrent_polls=len(ids),  # the benchmark polls at exactly C at once
         ),
-        rate_limits=v.RateLimits(queue_per_minute=None, retrieve_per_minute=None),
+        rate_limits=v.RateLimits(
+            queue_per_minute=None, retrieve_per_minute=None, pooled_per_minute=None
+        ),
         polling=v.PollingBounds(min_interval=tiny, max_interval=tiny, first_poll=tiny),
         release_media="keep",
         validate=False,

@@ -26,7 +26,10 @@ TIME_SCALE = 0.001
 API_KEY = "test-key-5f2c9a7e-never-leak"
 
 #: No client-side pacing, for tests about something other than the rate limiter.
-UNLIMITED = v.RateLimits(queue_per_minute=None, retrieve_per_minute=None)
+UNLIMITED = v.RateLimits(queue_per_minute=None, retrieve_per_minute=None, pooled_per_minute=None)
+#: The per-endpoint defaults without a pool, so nothing is asked at open: the limits most
+#: tests run under (tests of the limits learnt at open give their own).
+PER_ENDPOINT = v.RateLimits(pooled_per_minute=None)
 
 
 def max_in_window(times: Sequence[float], window: float) -> int:
@@ -77,6 +80,7 @@ def make_session(server: FakeServer | str, **overrides: Any) -> v.AsyncSession:
         "api_key": API_KEY,
         "base_url": server if isinstance(server, str) else server.url,
         "clock": ScaledClock(TIME_SCALE),
+        "rate_limits": PER_ENDPOINT,
     }
     options.update(overrides)
     return v.AsyncSession(**options)

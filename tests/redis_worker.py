@@ -118,7 +118,9 @@ async def _jobs(args: argparse.Namespace) -> dict[str, Any]:
     limits: v.RateLimits | None = None  # --default-limits: whatever the session assumes
     if not args.default_limits:
         limits = v.RateLimits(
-            queue_per_minute=args.queue_limit, retrieve_per_minute=args.retrieve_limit
+            queue_per_minute=args.queue_limit,
+            retrieve_per_minute=args.retrieve_limit,
+            pooled_per_minute=None,
         )
     budget: RedisBudget | None = None
     if args.redis:

@@ -114,6 +114,7 @@ def test_private_modules_public_names_are_exported() -> None:
         "AnyioDeadline",
         "BatchFlows",
         "Catalogue",
+        "KeyLimits",
         "DelayedWrite",
         "Delivery",
         "Destination",

@@ -248,9 +248,10 @@ async def test_unknown_model_is_refused_with_the_known_ones(fake_server: FakeSer
             (problem,) = caught.value.problems
             assert problem.field == "model"
             assert "stable-audio-25" in problem.message
-    # The catalogue (read for the first model), then once more for the third: a model met
-    # after the catalogue was read may be newer than it. A blank id is refused as it is.
-    assert [r.endpoint for r in fake_server.requests] == ["models"] * 2
+    # The key's limits at open (the defaults leave the pool to learn), the catalogue (read
+    # for the first model), then once more for the third: a model met after the catalogue
+    # was read may be newer than it. A blank id is refused as it is.
+    assert [r.endpoint for r in fake_server.requests] == ["key_rate_limits"] + ["models"] * 2
 
 
 @pytest.mark.anyio

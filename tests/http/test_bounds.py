@@ -36,7 +36,7 @@ from ..conftest import API_KEY, TIME_SCALE
 pytestmark = pytest.mark.anyio
 
 MODEL = "elevenlabs-music"
-UNLIMITED = v.RateLimits(queue_per_minute=None, retrieve_per_minute=None)
+UNLIMITED = v.RateLimits(queue_per_minute=None, retrieve_per_minute=None, pooled_per_minute=None)
 #: Virtual seconds on the scaled clock: retries within milliseconds.
 FAST_RETRY = v.RetryPolicy(initial_backoff=1.0, max_backoff=8.0)
 AUDIO = audio_bytes("mp3", 40_000, seed=b"bounds")

@@ -970,6 +970,36 @@ async def test_429_on_a_pooled_endpoint_lowers_the_pool() -> None:
     assert window.limit == 8
 
 
+@pytest.mark.anyio
+async def test_queue_calls_come_before_polls_in_the_pool() -> None:
+    """Both waiting on a full pool, the queue call gets the freed slot though the polls
+    asked first; the polls go once no queue call waits (issue 22 point 2)."""
+    clock = ManualClock()
+    budget = make_budget(
+        clock, {"queue": RateLimit(40), "retrieve": RateLimit(120, 120)}, pool=RateLimit(6, 6)
+    )
+    for _ in range(6):  # a full pool, its slots freeing one at a time
+        assert budget.try_acquire_now("retrieve")
+        clock.advance(1.0)
+    order: list[str] = []
+
+    async def worker(endpoint: str) -> None:
+        await budget.acquire(endpoint)
+        order.append(endpoint)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker, "retrieve")
+        tg.start_soon(worker, "retrieve")
+        await settle(clock, budget)
+        tg.start_soon(worker, "queue")
+        tg.start_soon(worker, "queue")
+        while len(order) < 4:
+            await settle(clock, budget)
+            if len(order) < 4:
+                assert clock.advance_to_next()
+    assert order == ["queue", "queue", "retrieve", "retrieve"]
+
+
 def test_session_maps_pooled_per_minute_onto_the_pool() -> None:
     """RateLimits(pooled_per_minute=...) becomes the session budget's pool over audio."""
     from venice_audio_async import AsyncSession, RateLimits

@@ -36,7 +36,9 @@ async def main():
     async with v.AsyncSession(
         api_key={API_KEY!r}, base_url=sys.argv[1], journal=sys.argv[2],
         clock=ScaledClock({TIME_SCALE}),
-        rate_limits=v.RateLimits(queue_per_minute=None, retrieve_per_minute=None),
+        rate_limits=v.RateLimits(
+            queue_per_minute=None, retrieve_per_minute=None, pooled_per_minute=None
+        ),
         retry=v.RetryPolicy(max_retry_after=1e9),
     ) as session:
         await session.submit({MODEL!r}, "rain on a tin roof")

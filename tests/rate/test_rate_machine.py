@@ -12,7 +12,7 @@ import attrs
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async._core.config import RateLimit, endpoint_rates
+from venice_audio_async._core.config import RateLimit, endpoint_rates, pooled_rate
 from venice_audio_async._rate.endpoint_rate import EndpointRate, reached
 from venice_audio_async._rate.redis_scripts import RULE_STEP
 from venice_audio_async.budget import LocalBudget, RedisBudget, RequestBudget
@@ -79,17 +79,35 @@ def script() -> Iterator[Step]:
         yield Step(72.0137 + 4.0 * k, "grant")
 
 
+def pool_script() -> Iterator[Step]:
+    """A pool of 60/min (a bare log) shared by queue calls and polls: a poll's grant keeps
+    one slot back per queue call waiting (``value``), a queue call's keeps none."""
+    # Polls fill the window up to the queue calls' reserve (57 of 60 with 3 waiting) ...
+    for k in range(58):
+        yield Step(0.2 * k + 0.0137, "grant", 3)
+    # ... the queue calls still get the last three; then nobody (the window is full).
+    for k in range(4):
+        yield Step(12.0137 + 0.1 * k, "grant")
+    # A slot frees: a poll with a queue call waiting leaves it; the queue call takes it.
+    yield Step(60.6137, "grant", 1)
+    yield Step(60.6237, "grant")
+    # A reserve as large as the limit still leaves one grant to polls.
+    yield Step(130.0137, "grant", 500)
+    yield Step(130.0237, "grant", 500)
+
+
 class PythonRule:
     """The steps on an :class:`EndpointRate`."""
 
-    def __init__(self, configured: int) -> None:
-        self.rate = EndpointRate("retrieve", RateLimit(configured), explicit=False)
+    def __init__(self, configured: int, burst: int | None = None) -> None:
+        rate = RateLimit(configured, burst=burst)
+        self.rate = EndpointRate("retrieve", rate, explicit=False)
 
     def play(self, step: Step) -> Decision:
         rate, now = self.rate, step.at
         granted = False
         if step.kind == "grant":
-            if reached(rate.rate_ready(now), now):
+            if reached(rate.rate_ready(now, step.value), now):
                 rate.grant(now)
                 granted = True
         elif step.kind == "429":
@@ -105,9 +123,10 @@ class PythonRule:
 class LuaRule:
     """The same steps on the Lua rule in a real Redis (RULE_STEP), one round trip each."""
 
-    def __init__(self, client: object, configured: int) -> None:
+    def __init__(self, client: object, configured: int, burst: int | None = None) -> None:
         self.client = client
         self.configured = configured
+        self.burst = burst
         prefix = uuid.uuid4().hex
         self.keys = [f"{prefix}:ep", f"{prefix}:log"]
         self.count = 0
@@ -126,7 +145,9 @@ class LuaRule:
             BASE_US + round(step.at * 1e6),
             -self.configured,
             window_ms,
-            0 if self.configured == 0 else RateLimit(self.configured).effective_burst,
+            0
+            if self.configured == 0
+            else RateLimit(self.configured, burst=self.burst).effective_burst,
             kind,
             step.value,
             f"g{self.count}",
@@ -177,6 +198,27 @@ async def test_local_and_redis_rules_decide_alike(redis_client: object) -> None:
     assert not decisions[-1].calm
 
 
+async def test_queue_calls_come_before_polls_in_the_pool_alike(redis_client: object) -> None:
+    """Inside a pooled limit a poll leaves the slots of the queue calls waiting (issue 22
+    point 2): the same grants, waits and limits in Python and in Lua, step by step."""
+    python, lua = PythonRule(60, burst=60), LuaRule(redis_client, 60, burst=60)
+    granted: list[bool] = []
+    for step in pool_script():
+        here, there = python.play(step), await lua.play(step)
+        assert here.granted == there.granted, (step, here, there)
+        assert here.limit == there.limit, (step, here, there)
+        if here.wait is None or there.wait is None:
+            assert here.wait == there.wait, (step, here, there)
+        else:
+            assert here.wait == pytest.approx(there.wait, abs=2e-6), (step, here, there)
+        granted.append(here.granted)
+    assert granted[:57] == [True] * 57  # polls stop 3 short
+    assert not granted[57]
+    assert granted[58:62] == [True, True, True, False]  # the queue calls take the 3
+    assert granted[62:64] == [False, True]  # the freed slot: the queue call's
+    assert granted[64:] == [True, False]  # one slot always left to polls
+
+
 # --------------------------------------------------------------------------- 429 kinds
 
 
@@ -190,7 +232,7 @@ LOCKOUT_TEXT = (
 @pytest.fixture(params=["local", "redis"])
 async def budget(request: pytest.FixtureRequest) -> AsyncIterator[RequestBudget]:
     """The same limits in a LocalBudget and a RedisBudget (on a fresh namespace)."""
-    limits = v.RateLimits(queue_per_minute=40, retrieve_per_minute=120)
+    limits = v.RateLimits(queue_per_minute=40, retrieve_per_minute=120, pooled_per_minute=None)
     clock = CLOCK
     if request.param == "local":
         yield LocalBudget(clock=clock, rates=endpoint_rates(limits), failure_window=(20, 30.0))
@@ -233,6 +275,38 @@ async def test_the_error_budgets_429_pauses_the_key_and_lowers_no_rate(
     assert window is not None
     assert window.limit == 120
     assert len(window.grants) == 10  # the window did not restart either
+
+
+@pytest.mark.parametrize("home", ["local", "redis"])
+@pytest.mark.parametrize(
+    ("pooled", "expected"), [(None, 120), (45, 45)], ids=["documented", "listed"]
+)
+async def test_a_stated_limit_raises_only_an_assumed_pool(
+    home: str, pooled: int | None, expected: int, request: pytest.FixtureRequest
+) -> None:
+    """An endpoint states 120 a minute: the documented pool (60, assumed) rises to it; a
+    pool the key listed (45) stays, the lowest figure of any model in it. A lower stated
+    figure never lowers a pool (the endpoint's own limit holds it)."""
+    limits = v.RateLimits() if pooled is None else v.RateLimits(pooled_per_minute=pooled)
+    budget: RequestBudget
+    if home == "local":
+        budget = LocalBudget(clock=CLOCK, rates=endpoint_rates(limits), pool=pooled_rate(limits))
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        budget = RedisBudget.from_url(
+            server.url, namespace=uuid.uuid4().hex, clock=CLOCK, rate_limits=limits
+        )
+    try:
+        await budget.acquire("complete")  # a round trip: the window as Redis has it
+        await budget.record_response("retrieve", 200, {"x-ratelimit-limit-requests": "120"})
+        await budget.record_response("queue", 200, {"x-ratelimit-limit-requests": "10"})
+        await budget.acquire("complete")
+        window = budget.window("complete")  # only the pool limits complete
+        assert window is not None
+        assert window.limit == expected
+    finally:
+        if isinstance(budget, RedisBudget):
+            await budget.aclose()
 
 
 #: Both budgets' clock (Redis keeps real time: no ManualClock there).

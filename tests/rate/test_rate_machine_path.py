@@ -97,7 +97,10 @@ async def test_an_overloaded_models_429_holds_only_its_own_queue_calls() -> None
 
 @pytest.mark.parametrize(
     ("given", "expected_retrieve"),
-    [(v.RateLimits(), 300), (v.RateLimits(retrieve_per_minute=120), 120)],
+    [
+        (v.RateLimits(pooled_per_minute=None), 300),
+        (v.RateLimits(retrieve_per_minute=120, pooled_per_minute=None), 120),
+    ],
     ids=["assumed", "user-set"],
 )
 async def test_stated_limits_raise_and_lower_what_the_user_did_not_set(

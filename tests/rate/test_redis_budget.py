@@ -35,6 +35,8 @@ _opened: list[RedisBudget] = []
 def make(server: RedisServer | str, namespace: str, **options: object) -> RedisBudget:
     url = server if isinstance(server, str) else server.url
     options.setdefault("clock", ScaledClock(SCALE))
+    # The per-endpoint defaults, without the documented pool (tests of the pool give it).
+    options.setdefault("rate_limits", v.RateLimits(pooled_per_minute=None))
     budget = RedisBudget.from_url(url, namespace=namespace, **options)  # type: ignore[arg-type]
     _opened.append(budget)
     return budget
@@ -86,7 +88,7 @@ async def test_never_more_than_n_in_any_window_across_clients(
     redis_server: RedisServer, namespace: str
 ) -> None:
     """Three clients sharing a key never get more than N grants in any 60 s window."""
-    limits = v.RateLimits(queue_per_minute=12, retrieve_per_minute=None)
+    limits = v.RateLimits(queue_per_minute=12, retrieve_per_minute=None, pooled_per_minute=None)
     clock = ScaledClock(WINDOW_SCALE)
     budgets = [make(redis_server, namespace, rate_limits=limits, clock=clock) for _ in range(3)]
     grants: list[float] = []
@@ -191,7 +193,7 @@ async def test_429_lowers_the_shared_limit_below_the_last_window(
 ) -> None:
     """After a 429 the limit drops to 80% of what the window granted, for every client, and
     the window starts at the 429: one grant at once, then spaced (calm, no burst)."""
-    limits = v.RateLimits(queue_per_minute=None, retrieve_per_minute=40)
+    limits = v.RateLimits(queue_per_minute=None, retrieve_per_minute=40, pooled_per_minute=None)
     clock = ScaledClock(0.05)  # no recovery before the second client looks, however slow
     first = make(redis_server, namespace, rate_limits=limits, max_retry_after=0.0, clock=clock)
     second = make(redis_server, namespace, rate_limits=limits, clock=clock)
@@ -256,7 +258,7 @@ async def test_deadline_that_cannot_be_met_returns_false_without_a_token(
     redis_server: RedisServer, namespace: str
 ) -> None:
     """acquire(deadline=...) returns False once the window is full, taking nothing."""
-    limits = v.RateLimits(queue_per_minute=2, retrieve_per_minute=None)
+    limits = v.RateLimits(queue_per_minute=2, retrieve_per_minute=None, pooled_per_minute=None)
     budget = make(redis_server, namespace, rate_limits=limits)
     clock = ScaledClock(SCALE)
     assert await budget.acquire("queue") is True
@@ -272,7 +274,7 @@ async def test_cancelled_waiter_takes_no_token(
     redis_server: RedisServer, namespace: str, redis_client: object
 ) -> None:
     """A waiter cancelled while it waits leaves the shared log as it was."""
-    limits = v.RateLimits(queue_per_minute=1, retrieve_per_minute=None)
+    limits = v.RateLimits(queue_per_minute=1, retrieve_per_minute=None, pooled_per_minute=None)
     budget = make(redis_server, namespace, rate_limits=limits)
     await budget.acquire("queue")
     with anyio.move_on_after(0.02):
@@ -341,7 +343,7 @@ async def test_unreachable_redis_runs_on_the_local_share(
 ) -> None:
     """With no Redis at all, grants go on at the local share and a warning says so."""
     pytest.importorskip("redis")
-    limits = v.RateLimits(queue_per_minute=None, retrieve_per_minute=40)
+    limits = v.RateLimits(queue_per_minute=None, retrieve_per_minute=40, pooled_per_minute=None)
     budget = make(
         "redis://127.0.0.1:9/0",
         "away",
@@ -370,7 +372,7 @@ async def test_redis_going_away_and_coming_back(
     """Redis killed mid-run: grants go on locally; once back, they are in the shared log."""
     import redis.asyncio
 
-    limits = v.RateLimits(queue_per_minute=None, retrieve_per_minute=40)
+    limits = v.RateLimits(queue_per_minute=None, retrieve_per_minute=40, pooled_per_minute=None)
     budget = make(
         own_redis_server,
         namespace,
@@ -425,7 +427,7 @@ async def test_waiters_that_cannot_make_it_hear_it_at_once(
     """
     scale = 0.01
     clock = ScaledClock(scale)
-    limits = v.RateLimits(queue_per_minute=6)
+    limits = v.RateLimits(queue_per_minute=6, pooled_per_minute=None)
     # No retry jitter: the grants come when the rule says, so the figures above hold.
     other = make(redis_server, namespace, rate_limits=limits, clock=clock, retry_jitter=0.0)
     budget = make(redis_server, namespace, rate_limits=limits, clock=clock, retry_jitter=0.0)

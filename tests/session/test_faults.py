@@ -870,7 +870,10 @@ async def _soak_round(directory: Path, jobs: int = SOAK_JOBS) -> dict[str, Any]:
         session = _session(
             server,
             rate_limits=v.RateLimits(
-                queue_per_minute=None, retrieve_per_minute=None, failures_per_window=10_000
+                queue_per_minute=None,
+                retrieve_per_minute=None,
+                failures_per_window=10_000,
+                pooled_per_minute=None,
             ),
             retry=v.RetryPolicy(
                 initial_backoff=0.5,

@@ -22,7 +22,7 @@ from ..conftest import API_KEY, TIME_SCALE, busiest_window, make_session
 pytestmark = pytest.mark.anyio
 
 #: Limits scaled like the fake server's clock (per virtual minute).
-LIMITS = v.RateLimits(queue_per_minute=40, retrieve_per_minute=120)
+LIMITS = v.RateLimits(queue_per_minute=40, retrieve_per_minute=120, pooled_per_minute=None)
 
 
 def _session(server: FakeServer, **overrides: Any) -> v.AsyncSession:

@@ -167,7 +167,9 @@ def test_twelve_threads_share_one_session() -> None:
         client = _client(
             server,
             time_scale=scale,
-            rate_limits=v.RateLimits(queue_per_minute=6, retrieve_per_minute=None),
+            rate_limits=v.RateLimits(
+                queue_per_minute=6, retrieve_per_minute=None, pooled_per_minute=None
+            ),
         )
         with client:
             sizes: list[int] = []
@@ -315,7 +317,12 @@ def test_leaving_generate_many_early_sends_nothing_more(server: FakeServer) -> N
     """Leaving the ``with`` after the first outcome leaves the async block: the requests
     still waiting for a queue token are never sent, and the next submit goes first."""
     requests = _requests(10, "abandoned beat")
-    client = _client(server, rate_limits=v.RateLimits(queue_per_minute=2, retrieve_per_minute=None))
+    client = _client(
+        server,
+        rate_limits=v.RateLimits(
+            queue_per_minute=2, retrieve_per_minute=None, pooled_per_minute=None
+        ),
+    )
     with client:
         with client.generate_many(requests) as results:
             first = next(results)

@@ -1,9 +1,11 @@
 """Configuration: frozen, keyword-only objects with safe defaults.
 
-Defaults follow the API reference's rate limits: ``queue`` about 40 and ``retrieve`` about
-120 requests per minute per key, and a lockout after more than 20 failed requests in 30 s. Where the
-sources disagree (the docs page says 60/min for "Audio"), the lower figure is the default:
-being a little slow costs less than being locked out.
+Rate limits: a session learns the key's own at open (``GET /api_keys/rate_limits``, read as
+one limit pooled over the audio endpoints); when that fails or lists none for audio, Venice's
+documented audio limit applies, 60 requests per minute over the audio endpoints together
+(:data:`DOCUMENTED_AUDIO_PER_MINUTE`). ``queue`` 40 and ``retrieve`` 120 a minute are assumed
+on top, per endpoint, until the API states its own in ``x-ratelimit-*`` headers. A lockout
+follows more than 20 failed requests in 30 s.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "endpoint_rates",
     "is_assumed",
     "learn_rate_limits",
+    "limits_in_force",
     "pooled_rate",
 ]
 
@@ -237,6 +240,10 @@ class RateLimit:
 #: The endpoints a pooled limit covers unless told otherwise: every audio endpoint.
 AUDIO_ENDPOINTS = frozenset({"quote", "queue", "retrieve", "complete"})
 
+#: Venice's rate-limit page: "Audio: 60 requests/min" (over every audio endpoint together),
+#: the pooled limit when the key's own cannot be read.
+DOCUMENTED_AUDIO_PER_MINUTE = 60.0
+
 
 @attrs.frozen(kw_only=True)
 class RateLimits:
@@ -245,15 +252,21 @@ class RateLimits:
     ``None`` disables the limiter for that endpoint (the server may still answer 429, which
     is honoured). ``failures_per_window`` / ``failure_window`` mirror the API's error budget.
 
-    The per-endpoint defaults are assumptions: a limit the API states in its
-    ``x-ratelimit-limit-requests`` header replaces them within one answer, up as well as
-    down. A figure you set yourself is never raised by a stated one (a lower stated limit
-    still holds: the API enforces it); each field is tracked on its own.
-
     ``pooled_per_minute`` puts ``pooled_endpoints`` (by default every audio endpoint) under
-    one more limit together: Venice's rate-limit page reads "Audio: 60 requests/min", which
-    may be one budget for all of them. Both kinds hold when both are set.
-    :meth:`from_api` reads the key's own limits from the API.
+    one more limit together. Left to its default, a session learns it at open with one
+    ``GET /api_keys/rate_limits`` (the lowest requests-per-minute figure listed for an
+    audio model); if that fails or lists none for audio, Venice's documented audio limit
+    holds, 60 requests/min over the audio endpoints together. The limits in force are
+    logged once at INFO. Give ``pooled_per_minute`` yourself (a number, or ``None`` for no
+    pooled limit), or a ``budget=``, and no request is sent at open.
+
+    The per-endpoint defaults (``queue`` 40, ``retrieve`` 120 a minute) are assumptions on
+    top of the pool: a limit the API states in its ``x-ratelimit-limit-requests`` header
+    replaces them within one answer, up as well as down. A figure you set yourself is never
+    raised by a stated one (a lower stated limit still holds: the API enforces it); each
+    field is tracked on its own. A stated limit never raises the pool: it stays at most
+    the lowest figure listed for any model in it. Inside the pool, ``queue`` calls come
+    before polls. :meth:`from_api` reads the key's own limits from the API.
 
     .. versionadded:: 0.1.0
     """
@@ -264,7 +277,9 @@ class RateLimits:
     complete_per_minute: float | None = attrs.field(default=None, validator=_positive)
     failures_per_window: int = 20
     failure_window: float = attrs.field(default=30.0, validator=_positive)
-    pooled_per_minute: float | None = attrs.field(default=None, validator=_positive)
+    pooled_per_minute: float | None = attrs.field(
+        default=_assumed(DOCUMENTED_AUDIO_PER_MINUTE), validator=_positive
+    )
     pooled_endpoints: frozenset[str] = attrs.field(default=AUDIO_ENDPOINTS, converter=frozenset)
 
     @classmethod
@@ -392,10 +407,10 @@ def pooled_rate(limits: RateLimits) -> RateLimit | None:
 # ------------------------------------------------------------------ limits learned from the API
 # Limits learned from the API: ``GET /api_keys/rate_limits`` read as a pooled audio limit.
 #
-# Venice's documented limits disagree ("Audio 60/min" on one page of the API reference,
-# 40 queue / 120 retrieve elsewhere). The key's own answer lists limits per model; the
-# smallest requests-per-minute figure among the audio models becomes one pooled limit over
-# the audio endpoints, the safe reading whichever way Venice counts. Per-day figures are
+# Venice documents "Audio: 60 requests/min" (40 queue / 120 retrieve are its video figures).
+# The key's own answer lists limits per model; the smallest requests-per-minute figure
+# among the audio models becomes one pooled limit over the audio endpoints, the safe
+# reading whichever way Venice counts. Per-day figures are
 # reported, not enforced (a day is longer than any batch this library paces).
 
 
@@ -443,16 +458,28 @@ class LearnedRateLimits:
 
 
 async def learn_rate_limits(
-    client: RateLimitSource, *, base: RateLimits, models: Iterable[str] | None = None
+    client: RateLimitSource,
+    *,
+    base: RateLimits,
+    models: Iterable[str] | None = None,
+    announce: bool = True,
 ) -> LearnedRateLimits:
     """Read the key's limits and pool the smallest audio RPM (see the module docstring).
+
+    A pooled figure the user set in ``base`` caps the learnt one; a default one is replaced.
+    ``announce``: log what was found (a session logs the limits in force instead).
 
     Raises:
         APIStatusError: the API refused a request.
         TransportError: no usable answer.
     """
-    audio = set(models) if models is not None else {m.id for m in await client.models()}
     answer = await client.key_rate_limits()
+    if models is not None:
+        audio = set(models)
+    elif any(m.per_minute for m in answer.models):
+        audio = {m.id for m in await client.models()}
+    else:  # nothing to pool: no need for the catalogue
+        audio = set()
     listed = [m for m in answer.models if m.model in audio]
     per_minute = [(m.per_minute, m.model) for m in listed if m.per_minute and m.per_minute >= 1]
     per_day = {m.model: m.per_day for m in listed if m.per_day is not None}
@@ -463,7 +490,8 @@ async def learn_rate_limits(
             f"({len(answer.models)} model(s) listed, {len(names)} of them audio); keeping the "
             "configured limits"
         )
-        log.warning("%s", message)
+        if announce:
+            log.warning("%s", message)
         return LearnedRateLimits(
             rate_limits=base,
             pooled_per_minute=None,
@@ -474,7 +502,7 @@ async def learn_rate_limits(
         )
     rpm, model = min(per_minute)
     pooled = int(rpm)
-    if base.pooled_per_minute is not None:
+    if base.pooled_per_minute is not None and not is_assumed(base.pooled_per_minute):
         pooled = min(pooled, int(base.pooled_per_minute))
     message = (
         f"the API states {rpm:g} requests/min for {model} (the lowest of {len(per_minute)} "
@@ -483,7 +511,8 @@ async def learn_rate_limits(
     if per_day:
         lowest_day = min(per_day.values())
         message += f"; per-day limits reported, not enforced (lowest {lowest_day:g}/day)"
-    log.info("%s", message)
+    if announce:
+        log.info("%s", message)
     return LearnedRateLimits(
         rate_limits=attrs.evolve(base, pooled_per_minute=pooled),
         pooled_per_minute=pooled,
@@ -492,3 +521,17 @@ async def learn_rate_limits(
         audio_models=names,
         message=message,
     )
+
+
+def limits_in_force(limits: RateLimits, source: str) -> str:
+    """One line naming the request limits ``limits`` sets and where they come from."""
+    parts: list[str] = []
+    if limits.pooled_per_minute:
+        endpoints = ", ".join(sorted(limits.pooled_endpoints))
+        parts.append(f"{limits.pooled_per_minute:g} requests/min pooled over {endpoints}")
+    for endpoint in ("queue", "retrieve", "quote", "complete"):
+        figure = getattr(limits, f"{endpoint}_per_minute")
+        if figure:
+            assumed = " (assumed until the API states one)" if is_assumed(figure) else ""
+            parts.append(f"{endpoint} {figure:g}/min{assumed}")
+    return f"limits in force: {'; '.join(parts) or 'none'} ({source})"

@@ -425,8 +425,30 @@ class LocalBudget(RequestBudget):
         pool = self._pool_of(state)
         if pool is not None:
             # Each rule only gets easier as time passes, so one more pass settles both.
-            t = state.rate_ready(pool.rate_ready(t))
+            t = state.rate_ready(pool.rate_ready(t, self._queue_reserve(state)))
         return t
+
+    def _queue_reserve(self, state: EndpointRate) -> int:
+        """The pool's grants kept from ``state`` for the queue calls waiting: inside a
+        pooled limit, queue calls come before polls (a lost slot costs a job's start;
+        a late poll, a second)."""
+        if state.name == "queue":
+            return 0
+        queue = self._endpoints.get("queue")
+        if queue is None or queue.name not in self._pooled:
+            return 0
+        return sum(1 for waiter in queue.waiters if not waiter.cancelled)
+
+    def set_pool(self, pool: RateLimit | None) -> None:
+        """Put the pooled endpoints under ``pool`` from now on (``None``: no pooled limit),
+        as a session does at open with the key's limits; grants so far still count."""
+        old = self._pool
+        self._pool = EndpointRate("pool", pool) if pool is not None else None
+        if old is not None and self._pool is not None:
+            self._pool.log = deque(old.log)
+            self._pool.granted = old.granted
+        self._changes += 1
+        self._look_again()
 
     def _grant(self, state: EndpointRate, now: float) -> None:
         state.grant(now)
@@ -749,6 +771,9 @@ class LocalBudget(RequestBudget):
                     )
         if lesson.stated is not None:
             state.state_limit(lesson.stated, now)
+            pool = self._pool_of(state)
+            if pool is not None:
+                pool.state_pool_limit(lesson.stated, now)
         if lesson.allowance is not None:
             remaining, until = lesson.allowance
             state.allow(remaining, now + until)

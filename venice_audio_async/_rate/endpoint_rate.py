@@ -32,7 +32,8 @@ mirrors it step for step, and one test drives both through the same script of gr
 and stated limits. Its transitions:
 
 * **stated**: a limit the API states replaces the ceiling, up as well as down, unless the
-  user set this limit explicitly (then it only caps it);
+  user set this limit explicitly (then it only caps it); a pool assumed (not listed by the
+  key nor given) only rises to what one of its endpoints states;
 * **429** (a rate limit, not the error budget nor an overloaded model): the limit drops below
   what the last window granted (a fifth; while calm, a fifth of the limit itself; one more
   per further 429 within ``window / 12``; not below an eighth of the ceiling), and the
@@ -41,7 +42,10 @@ and stated limits. Its transitions:
   grants from then on instead of waiting for past ones to age out. Until the limit is back
   at the ceiling it is *calm*: no bursts;
 * **recovery**: every quiet ``window / 4`` the limit climbs a tenth of the ceiling; a learnt
-  limit with no ceiling (nothing configured or stated) is dropped.
+  limit with no ceiling (nothing configured or stated) is dropped;
+* **reserve**: a grant may be asked for with grants kept back for others (a pool keeps one
+  per ``queue`` call waiting, so queue calls come before polls): the limit and burst are
+  that much lower for it (one grant always left).
 """
 
 from __future__ import annotations
@@ -273,6 +277,16 @@ class EndpointRate:
         if self.limit is None or ceiling < self.limit or not self.calm:
             self._set_limit(ceiling)
 
+    def state_pool_limit(self, stated: int, now: float) -> None:
+        """A pooled endpoint stated ``stated``: the pool (this rule) must allow at least
+        that. A pool assumed (the documented default) rises to it, never falls; a pool the
+        key listed or the user gave stays (it is at most the lowest figure listed for any
+        model in it)."""
+        ceiling = self.ceiling
+        if self.explicit or (ceiling is not None and stated <= ceiling):
+            return
+        self.state_limit(stated, now)
+
     def rate_limited_at(self, now: float) -> None:
         """A rate-limit 429: go below what the last window granted (by a fifth, then by one
         per further 429 of the same burst; not below an eighth of the ceiling: a 429 caused
@@ -340,22 +354,30 @@ class EndpointRate:
         while log and reached(log[0] + window, now):
             log.popleft()
 
-    def rate_ready(self, t: float) -> float:
-        """Earliest time >= ``t`` at which the rate limit allows a grant."""
+    def rate_ready(self, t: float, reserve: int = 0) -> float:
+        """Earliest time >= ``t`` at which the rate limit allows a grant.
+
+        ``reserve``: grants of the window kept for others (a pool keeps them for the
+        ``queue`` calls waiting: they come before polls); one is always left.
+        """
         self.recover(t)
         if self.allowance_left(t) == 0:
             t = max(t, self.allowance_until)
         if self.limit is None:
             return t
+        limit, burst = self.limit, self.burst
+        if reserve > 0:
+            limit -= min(reserve, limit - 1)
+            burst = min(burst, limit)
         log, count = self.log, len(self.log)
         # Paced path: the window has room and the pacing point has passed.
         paced = max(t, self.next_paced)
-        if count >= self.limit:
-            paced = max(paced, log[count - self.limit] + self.window)
-        if count < self.burst:
+        if count >= limit:
+            paced = max(paced, log[count - limit] + self.window)
+        if count < burst:
             return t
         # Burst path: enough grants have left the window that pacing no longer applies.
-        unpaced = max(t, log[count - self.burst] + self.window)
+        unpaced = max(t, log[count - burst] + self.window)
         return min(paced, unpaced)
 
     def tokens(self, now: float) -> int | None:

@@ -338,7 +338,9 @@ class RedisBudget(RequestBudget):
         mirror = self._mirror
         entities = mirror.entities_of(endpoint)
         member = self._link.member()
-        answer = await self._link.acquire(entities, member, model)
+        # Inside the pool this process's queue calls come before its polls (as LocalBudget).
+        reserve = 0 if endpoint == "queue" else len(mirror.endpoint("queue").line)
+        answer = await self._link.acquire(entities, member, model, reserve)
         if answer is None:
             return None
         at = self._clock.monotonic()

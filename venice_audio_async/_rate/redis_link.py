@@ -166,11 +166,14 @@ class RedisLink:
     # ------------------------------------------------------------------ the scripts
 
     async def acquire(
-        self, entities: Sequence[Entity], member: str, model: str | None = None
+        self, entities: Sequence[Entity], member: str, model: str | None = None, reserve: int = 0
     ) -> Answer | None:
         """ACQUIRE a grant named ``member`` (``model``: a queue call's, which waits out that
-        model's hold); ``None`` when Redis is away."""
+        model's hold; ``reserve``: the pool's grants kept for queue calls waiting);
+        ``None`` when Redis is away."""
         keys, args = self._entity_args(entities)
+        if len(entities) > 1:
+            args.append(reserve)
         try:
             reply = await self._round_trip(
                 "acquire",

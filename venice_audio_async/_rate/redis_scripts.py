@@ -24,13 +24,15 @@ test drives both through one script (tests/rate/test_rate_machine.py).
 
 **ACQUIRE** ``KEYS = session, ep hash, ep log[, pool hash, pool log]``, ``ARGV = member,
 client, ttl_ms, model ('': none), own (configured, window_ms, burst)[, pool (configured,
-window_ms, burst)]`` (``configured`` 0: no limit; negative: not set by the user, so a stated
-limit replaces it). If a request may go now (no pause, no full failure window,
-the allowance not spent, each entity's sliding log and pacing have room), the grant is
-logged under ``member`` in every entity's log and the reply starts ``1, us``, where ``us`` is
-how long until the *next* grant could go; otherwise nothing is written but state upkeep
-(pruning, recovery) and the reply starts ``0, us`` with the wait. The third field counts the
-*other* clients that asked for this endpoint within the last few pacing intervals (kept in
+window_ms, burst), reserve]`` (``configured`` 0: no limit; negative: not set by the user, so
+a stated limit replaces it; ``reserve``: the pool's grants kept for the asking process's
+``queue`` calls waiting, so they come before its polls). If a request may go now (no pause,
+no full failure window, the allowance not spent, each entity's sliding log and pacing have
+room), the grant is logged under ``member`` in every entity's log and the reply starts ``1,
+us``, where ``us`` is how long until the *next* grant could go; otherwise nothing is written
+but state upkeep (pruning, recovery) and the reply starts ``0, us`` with the wait. The third
+field counts the *other* clients that asked for this endpoint within the last few pacing
+intervals (kept in
 ``P:ep:E:clients``). Then, always:
 ``now_us, session_paused_us, reason, failure_paused_us, endpoint_paused_us, allowance
 (-1: none), allowance_us``, and per entity ``{limit (0: none), calm (0/1), age_us...}``:
@@ -52,9 +54,10 @@ n, age_us...``: after an outage, log the grants and failures a process made mean
 
 **RULE_STEP** ``KEYS = hash, log``, ``ARGV = now_us, configured, window_ms, burst, step,
 value, member``: one step of one entity's rule at a time it is told (``step``: ``grant``
-if one may go now, ``429``, ``state`` the limit ``value``); replies ``granted (0/1), wait_us
-(-1: none), limit (0: none), calm (0/1)``. The scripts above never call it: it lets the
-rule be compared with :class:`~._rate.endpoint_rate.EndpointRate` step for step.
+if one may go now with ``value`` grants kept back, ``429``, ``state`` the limit
+``value``); replies ``granted (0/1), wait_us (-1: none), limit (0: none), calm (0/1)``.
+The scripts above never call it: it lets the rule be compared with
+:class:`~._rate.endpoint_rate.EndpointRate` step for step.
 """
 
 from __future__ import annotations
@@ -158,8 +161,9 @@ local function save(e, ttl)
   if #e.scores > 0 then redis.call('PEXPIRE', e.l, ttl) end
 end
 
--- Earliest time >= t at which this entity's log and pacing allow a grant (no writes).
-local function ready(e, t)
+-- Earliest time >= t at which this entity's log and pacing allow a grant (no writes), with
+-- `reserve` grants of the window kept for others (one always left; EndpointRate.rate_ready).
+local function ready(e, t, reserve)
   local limit = e.limit
   if limit == nil then return t end
   local scores, count = e.scores, #e.scores
@@ -167,6 +171,10 @@ local function ready(e, t)
   if setting < 1 then setting = limit end  -- no configured rate: a bare log (as EndpointRate)
   local burst = math.min(setting, limit)
   if e.calm then burst = 1 end  -- recovering from a 429: each grant paced
+  if reserve ~= nil and reserve > 0 then
+    limit = limit - math.min(reserve, limit - 1)
+    burst = math.min(burst, limit)
+  end
   local paced = math.max(t, e.next_paced)
   if count >= limit then paced = math.max(paced, scores[count - limit + 1] + e.window) end
   if count < burst then return t end
@@ -298,12 +306,17 @@ if model ~= '' then held = num(redis.call('HGET', skey, 'model:' .. model), -INF
 local p = redis.call('HMGET', ehkey, 'paused_until', 'allowance', 'allowance_until')
 local allowance, allowance_until = tonumber(p[2]), num(p[3], -INF)
 
+-- The pool's grants kept for this process's queue calls waiting (polls only; 0: none).
+local reserve = num(ARGV[11], 0)
+
 local function overall(t)
   if allowance ~= nil and allowance_until > t and allowance <= 0 then
     t = math.max(t, allowance_until)
   end
   for _ = 1, 2 do  -- each rule only gets easier with time: two passes settle them all
-    for _, e in ipairs(list) do t = ready(e, t) end
+    for i, e in ipairs(list) do
+      if i == 2 then t = ready(e, t, reserve) else t = ready(e, t, 0) end
+    end
   end
   return t
 end
@@ -375,6 +388,13 @@ if pause_ms >= 0 then
 end
 local own = list[1]  -- the endpoint's own entity comes first (configured 0: no limit)
 if stated > 0 then state_limit(own, stated) end
+-- EndpointRate.state_pool_limit: an assumed pool rises to a limit one of its endpoints
+-- states, never falls; one listed by the key or given by the user stays.
+local pool = list[2]
+if stated > 0 and pool ~= nil and not pool.explicit
+   and (pool.ceiling == nil or stated > pool.ceiling) then
+  state_limit(pool, stated)
+end
 if allowance >= 0 then
   redis.call('HSET', ehkey, 'allowance', allowance,
              'allowance_until', string.format('%.0f', now + allowance_ms * 1000))
@@ -444,7 +464,7 @@ RULE_STEP = (
 local e = load(KEYS[1], KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 local step, value, granted = ARGV[5], tonumber(ARGV[6]), 0
 if step == 'grant' then
-  if ready(e, now) <= now then
+  if ready(e, now, value) <= now then
     grant(e, ARGV[7])
     granted = 1
   end
@@ -454,7 +474,7 @@ elseif step == 'state' then
   state_limit(e, value)
 end
 save(e, 3600000)
-local wait = ready(e, now) - now
+local wait = ready(e, now, 0) - now
 if wait == INF then wait = -1 else wait = math.ceil(wait) end
 local calm = 0
 if e.calm then calm = 1 end

@@ -3,7 +3,8 @@
 A session opens with ``async with``, or on its first awaited call (:meth:`Lifecycle.start`:
 once, however many calls arrive together, shielded so a cancelled first call does not
 leave it half open). Opening takes the journal (refused before anything is sent when it
-cannot be used), then starts the session's one task group: the scheduler, and the retries
+cannot be used), settles the limits in force (``KeyLimits``: the key's own, asked once,
+or the documented ones), then starts the session's one task group: the scheduler, and the retries
 of journal writes that failed after a payment. The task group runs inside a *host* task
 the session owns, not in the opener's task, so it outlives the call that started it and
 any task of the loop may close the session (another task than the opener,
@@ -34,6 +35,7 @@ from .._http.transport import require_asyncio
 from .._ledger.ledger import Ledger
 from .._polling.scheduler import Scheduler
 from .._rate.budget import RequestBudget
+from .key_limits import KeyLimits
 
 __all__ = ["Lifecycle", "SessionState"]
 
@@ -65,8 +67,10 @@ class Lifecycle:
         ledger: Ledger,
         scheduler: Scheduler,
         has_key: bool,
+        key_limits: KeyLimits | None = None,
     ) -> None:
         self.has_key = has_key
+        self._key_limits = key_limits
         self._client = client
         self._budget = budget
         self._ledger = ledger
@@ -161,6 +165,8 @@ class Lifecycle:
         if self.state is SessionState.CLOSED:
             raise SessionStateError("a closed session cannot be reopened; create a new one")
         await self._ledger.open()
+        if self._key_limits is not None:
+            await self._key_limits.settle()  # the key's limits, before the first request
         started = anyio.Event()
         self._host = asyncio.get_running_loop().create_task(
             self._run_host(started), name="venice-audio-session"

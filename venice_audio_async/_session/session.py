@@ -373,7 +373,8 @@ class AsyncSession(SessionResultsAPI):
             given up on (:class:`RetryPolicy`; default ``RetryPolicy()``). Per job with
             :meth:`with_options`.
         rate_limits: The client-side request budget per endpoint (:class:`RateLimits`;
-            default ``RateLimits()``: 40 queue and 120 retrieve a minute).
+            default ``RateLimits()``: the pool over the audio endpoints learnt from the
+            key at open, else 60 a minute; 40 queue and 120 retrieve a minute assumed).
         limits: Connections, concurrency and size caps (:class:`Limits`; default
             ``Limits()``).
         polling: Bounds of the poll policy (:class:`PollingBounds`; default

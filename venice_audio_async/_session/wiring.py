@@ -28,6 +28,7 @@ from .._rate.limiter import RequestLimiter
 from .._rate.retry import Retrier
 from .batch_flow import BatchFlows
 from .catalogue import Catalogue
+from .key_limits import KeyLimits
 from .lifecycle import Lifecycle
 from .options import SessionOptions, check_options, shared_budget_from_env
 from .results import Delivery, Results
@@ -100,6 +101,7 @@ def build_parts(options: SessionOptions, *, owner: str = "AsyncSession") -> Sess
         http_session=http_session,
         allow_insecure_http=allow_insecure_http,
     )
+    given_budget = budget
     budget = (
         budget
         or shared_budget_from_env(api_key, clock, rate_limits)
@@ -159,8 +161,22 @@ def build_parts(options: SessionOptions, *, owner: str = "AsyncSession") -> Sess
         destinations=destinations,
         clock=clock,
     )
+    key_limits = KeyLimits(
+        client=client,
+        catalogue=models,
+        # Only a budget of the session's own, in this process, takes the key's limits.
+        budget=budget if given_budget is None and isinstance(budget, LocalBudget) else None,
+        own_budget=given_budget is None,
+        rate_limits=rate_limits,
+        has_key=bool(api_key),
+    )
     lifecycle = Lifecycle(
-        client=client, budget=budget, ledger=ledger, scheduler=scheduler, has_key=bool(api_key)
+        client=client,
+        budget=budget,
+        ledger=ledger,
+        scheduler=scheduler,
+        has_key=bool(api_key),
+        key_limits=key_limits,
     )
     flows = BatchFlows(submitter=submitter, scheduler=scheduler, spawn=lifecycle.spawn)
     return SessionParts(
