@@ -143,6 +143,7 @@ async def _jobs(args: argparse.Namespace) -> dict[str, Any]:
         rate_limits=limits,
         budget=budget,
         release_media="keep",
+        polling=v.PollingBounds(retrieve_share=args.retrieve_share),
     ) as session:
         requests = [
             v.QueueRequest(model=MODEL, prompt=f"{args.label} track {i:04d}", duration_seconds=10)
@@ -203,6 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("--queue-limit", type=float, default=40.0)
     jobs.add_argument("--retrieve-limit", type=float, default=120.0)
     jobs.add_argument("--label", default="worker")
+    jobs.add_argument("--retrieve-share", type=float, default=1.0, help="PollingBounds'")
     jobs.add_argument(
         "--default-limits",
         action="store_true",

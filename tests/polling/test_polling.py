@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import anyio
@@ -275,6 +275,35 @@ def test_price_rises_as_the_window_fills() -> None:
     early = policy.due(jobs[0], 0.0, price=0.05)
     late = policy.due(jobs[0], 0.0, price=prices[-1])
     assert late > early
+
+
+def test_processes_sharing_a_window_price_polls_at_one_figure() -> None:
+    """Three processes with 12 jobs each on one shared window, each adding the others'
+    demand to its own, price their polls as one process with all 36 jobs does; without the
+    others' demand each would price them far lower and spend the shared window early."""
+    belief = RunTimeBelief(math.log(20.0), 0.15)
+    jobs = [_View(belief, -0.5 * (i % 12)) for i in range(36)]
+    window = RateWindow(limit=120, window=60.5, grants=tuple(-i * 0.5 for i in range(30)))
+    whole = PollPolicy(PollingBounds()).reprice(0.0, jobs, len(jobs), window)
+
+    policies = [PollPolicy(PollingBounds()) for _ in range(3)]
+    parts = [jobs[i::3] for i in range(3)]
+    pairs = list(zip(policies, parts, strict=True))
+    alone = [policy.reprice(0.0, part, len(part), window) for policy, part in pairs]
+    published: list[tuple[float, ...]] = []
+    for policy, part in pairs:  # each publishes its own demand once
+        policy.reprice(0.0, part, len(part), window, published.append)
+
+    def others_of(i: int) -> Callable[[tuple[float, ...]], tuple[float, ...]]:
+        rest = [own for j, own in enumerate(published) if j != i]
+        return lambda _own: tuple(map(sum, zip(*rest, strict=True)))
+
+    shared = [
+        policy.reprice(0.0, part, len(part), window, others_of(i))
+        for i, (policy, part) in enumerate(pairs)
+    ]
+    assert shared == pytest.approx([whole] * 3, rel=1e-9)
+    assert max(alone) < whole / 4
 
 
 def test_sampled_price_matches_the_exact_one() -> None:

@@ -451,3 +451,31 @@ async def test_waiters_that_cannot_make_it_hear_it_at_once(
     assert len(refused) == 18
     assert max(refused) < 10.0, refused
     assert budget.statistics().endpoints["queue"].granted == 3
+
+
+async def test_processes_hear_each_others_poll_demand(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """What one process's polls want of the retrieve window reaches the others with their
+    next retrieve round trip (summed over processes); a process that stops publishing
+    stops counting once its figure is stale, and a process hears nothing of its own."""
+    import venice_audio_async._rate.redis_budget as redis_budget
+
+    clock = ScaledClock(0.02)
+    a, b, c = (make(redis_server, namespace, clock=clock) for _ in range(3))
+    assert a.share_demand("retrieve", (1.0, 2.5)) is None  # nothing heard yet
+    await a.acquire("retrieve")
+    b.share_demand("retrieve", (3.0, 4.0))
+    await b.acquire("retrieve")
+    assert b.share_demand("retrieve", (3.0, 4.0)) == (1.0, 2.5)
+    c.share_demand("retrieve", (0.5, 0.5))
+    await c.acquire("retrieve")
+    assert c.share_demand("retrieve", (0.5, 0.5)) == (4.0, 6.5)
+    # a's figure ages out: c hears b's alone once a has said nothing for DEMAND_STALE.
+    await clock.sleep(redis_budget.DEMAND_STALE + 0.5)
+    b.share_demand("retrieve", (3.0, 4.0))
+    await b.acquire("retrieve")
+    await c.acquire("retrieve")
+    assert c.share_demand("retrieve", (0.5, 0.5)) == (3.0, 4.0)
+    # Horizons that do not match (another version's policy) are not mixed in.
+    assert c.share_demand("retrieve", (0.5,)) is None

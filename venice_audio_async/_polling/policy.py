@@ -19,6 +19,10 @@ Retrieves cost nothing but rate-limit room, so room left unused is latency waste
   overrun (a tenth of it, at most 10 s), so a stuck job cannot eat the budget; attached and
   resumed jobs are polled at once (their first answer says how long they have run).
 
+Processes sharing one window (a ``RedisBudget``) price their polls at one figure: each adds the
+others' demand, as the budget last heard it, to its own, so a poll is sent by the process
+whose job is worth it, not by the one that asks first.
+
 The price is recomputed from a uniform sample of at most :data:`SAMPLE` jobs, so its cost
 does not grow with the number of jobs in flight.
 """
@@ -28,7 +32,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from .._rate.budget import RateWindow
@@ -142,10 +146,19 @@ class PollPolicy:
         self._arrivals.append((now, belief))
 
     def reprice(
-        self, now: float, jobs: Sequence[JobView], total: int, window: RateWindow | None
+        self,
+        now: float,
+        jobs: Sequence[JobView],
+        total: int,
+        window: RateWindow | None,
+        exchange: Callable[[tuple[float, ...]], Sequence[float] | None] | None = None,
     ) -> float:
         """Recompute the price from ``jobs`` (all jobs in flight, or a uniform sample of
-        them standing for ``total``) and the retrieve window; returns it."""
+        them standing for ``total``) and the retrieve window; returns it.
+
+        ``exchange``: for a window shared with other processes, takes this process's demand
+        at each :data:`LOOK_AHEAD` horizon and returns the others' (``None``: none known);
+        the price is then set by the demand of all, one figure for every process."""
         floor = self.bounds.delay_per_poll
         if window is None:
             self.price = floor
@@ -157,7 +170,7 @@ class PollPolicy:
         share = self.bounds.retrieve_share
         reserved = window.limit - math.floor(share * window.limit)
         scale = total / len(jobs) if jobs else 0.0
-        price = floor
+        demands: list[float] = []
         for x in LOOK_AHEAD:
             demand = 0.0
             for job in jobs:
@@ -174,6 +187,11 @@ class PollPolicy:
             for _, belief in arrivals:
                 if belief is not None:
                     demand += belief.fluid_polls_of_arrivals(x) / span
+            demands.append(demand)
+        others = exchange(tuple(demands)) if exchange is not None else None
+        price = floor
+        for i, x in enumerate(LOOK_AHEAD):
+            demand = demands[i] + (others[i] if others is not None else 0.0)
             free = window.free_after(x, now) - reserved
             price = max(price, (demand / (_SLACK * max(free, 0.5))) ** 2)
         self.price = price

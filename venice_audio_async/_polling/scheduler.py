@@ -158,6 +158,12 @@ class WindowPacer:
         self._keyed_price = policy.price
         # A budget that can hand a free token over synchronously (an in-process one) saves
         # the poller acquire's cancellation checkpoint; others answer False and it waits.
+        # A budget shared between processes (RedisBudget) trades this process's demand for
+        # the others', so all price their polls at one figure; others have no such method.
+        share = getattr(budget, "share_demand", None)
+        self._share: Callable[[tuple[float, ...]], Sequence[float] | None] | None = (
+            (lambda demand: share("retrieve", demand)) if share is not None else None
+        )
         self.grants_now = getattr(type(budget), "try_acquire_now", None) not in (
             None,
             RequestBudget.try_acquire_now,  # the protocol's default never grants
@@ -219,7 +225,7 @@ class WindowPacer:
         sample = self._policy.sample(live) if window is not None else ()
         for tracked in sample:
             refresh(tracked)
-        price = self._policy.reprice(now, sample, len(live), window)
+        price = self._policy.reprice(now, sample, len(live), window, self._share)
         fell = price < PRICE_DROP * self._keyed_price
         self._keyed_price = price
         return fell

@@ -46,6 +46,13 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisBudget", "namespace_for_key"]
 
+#: Another process's demand for tokens counts this long after it last published it (clock s):
+#: a process that stopped polling (done, or gone) stops raising the others' price.
+DEMAND_STALE = 3.0
+#: A process publishes its demand and reads the others' at most this often (clock seconds),
+#: on the round trip of a token of that endpoint.
+DEMAND_EVERY = 0.25
+
 _INSTALL_HINT = "RedisBudget needs the redis package: pip install 'venice-audio-async[redis]'"
 
 
@@ -175,6 +182,10 @@ class RedisBudget(RequestBudget):
             max_retry_after=float(max_retry_after),
             failure_threshold=threshold,
         )
+        # The poll policy's demand: this process's, to publish; the others', as last heard.
+        self._demand_out: dict[str, tuple[float, ...]] = {}
+        self._demand_in: dict[str, tuple[float, tuple[float, ...]]] = {}
+        self._demand_sent_at: dict[str, float] = {}
 
     @classmethod
     def from_url(
@@ -343,6 +354,7 @@ class RedisBudget(RequestBudget):
         answer = await self._link.acquire(entities, member, model, reserve)
         if answer is None:
             return None
+        await self._exchange_demand(endpoint)
         at = self._clock.monotonic()
         mirror.absorb(endpoint, entities, answer.snapshot, at)
         view = mirror.endpoint(endpoint)
@@ -357,6 +369,40 @@ class RedisBudget(RequestBudget):
             raise
         mirror.note_grant(endpoint, at, away=False)
         return True
+
+    async def _exchange_demand(self, endpoint: str) -> None:
+        """Publish this process's demand for ``endpoint`` and read the others' (at most every
+        :data:`DEMAND_EVERY`, and only once the poll policy said what it wants)."""
+        demand = self._demand_out.get(endpoint)
+        now = self._clock.monotonic()
+        if demand is None or now - self._demand_sent_at.get(endpoint, -math.inf) < DEMAND_EVERY:
+            return
+        self._demand_sent_at[endpoint] = now
+        heard = await self._link.demand(endpoint, demand, DEMAND_STALE)
+        if heard is not None:
+            self._demand_in[endpoint] = (self._clock.monotonic(), heard[1])
+
+    def share_demand(self, endpoint: str, demand: Sequence[float]) -> tuple[float, ...] | None:
+        """Tell the budget what this process's polls want of ``endpoint``; what the other
+        processes want, as last heard.
+
+        ``demand``: the tokens this process's jobs would take at the poll policy's
+        look-ahead horizons (:data:`~._polling.policy.LOOK_AHEAD`). It is published with
+        the next round trip for that endpoint; the answer is the others' demand summed over
+        the same horizons, as of the last exchange (``None``: none heard lately, or Redis is
+        away). Adding it to its own demand, every process prices its polls against the
+        shared window at one price, so none spends shared tokens on polls worth less than
+        another's. No I/O.
+        """
+        values = tuple(demand)
+        self._demand_out[endpoint] = values
+        heard = self._demand_in.get(endpoint)
+        if heard is None or self._link.away:
+            return None
+        at, others = heard
+        if self._clock.monotonic() - at > DEMAND_STALE or len(others) != len(values):
+            return None
+        return others
 
     async def _reconnect(self) -> None:
         """Try Redis again; once back, log there what was done meanwhile."""

@@ -24,7 +24,7 @@ import attrs
 from .._core.logging import log
 from .lessons import AnswerSignals
 from .redis_mirror import Entity, Snapshot
-from .redis_scripts import ACQUIRE, BACKFILL, LEARN, RELEASE
+from .redis_scripts import ACQUIRE, BACKFILL, DEMAND, LEARN, RELEASE
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -93,6 +93,7 @@ class RedisLink:
                 ("learn", LEARN),
                 ("backfill", BACKFILL),
                 ("release", RELEASE),
+                ("demand", DEMAND),
             )
         }
         self._client_id = secrets.token_hex(6)
@@ -186,6 +187,21 @@ class RedisLink:
         wait_us = reply[1]
         wait = math.inf if wait_us < 0 else self._from_us(wait_us)
         return Answer(bool(int(reply[0])), wait, int(reply[2]), self._snapshot(reply[3:]))
+
+    async def demand(
+        self, endpoint: str, values: Sequence[float], stale: float
+    ) -> tuple[int, tuple[float, ...]] | None:
+        """Publish this process's demand for ``endpoint`` (DEMAND) and read the others':
+        ``(how many others, their summed demand)``; entries older than ``stale`` clock
+        seconds are dropped. ``None`` when Redis is away."""
+        args: list[_Arg] = [self._client_id, self._ttl_ms, self._ms(stale), len(values)]
+        args += [repr(float(v)) for v in values]
+        try:
+            reply = await self._round_trip("demand", [self._key(f"demand:{endpoint}")], args)
+        except self._errors as error:
+            self.go_away(error)
+            return None
+        return int(reply[0]), tuple(float(_text(v)) for v in reply[1:])
 
     async def release(self, entities: Sequence[Entity], member: str) -> None:
         """Give back the grant ``member`` (if Redis cannot hear it, it ages out in time)."""

@@ -52,6 +52,13 @@ n, age_us...``: after an outage, log the grants and failures a process made mean
 
 **RELEASE** ``KEYS = logs``, ``ARGV = member``: give back a grant whose waiter was cancelled.
 
+**DEMAND** ``KEYS = demand hash``, ``ARGV = client, ttl_ms, stale_ms, n, d_1..d_n``: publish
+this client's demand for an endpoint's tokens (the poll policy's demand at ``n`` look-ahead
+horizons, plain numbers) and read the others': each client's entry is
+``"written_us,d_1,...,d_n"`` under its ``client`` field of ``P:demand:E``; entries older than
+``stale_ms`` are dropped. Replies ``others, sum_1..sum_n`` (the other live clients and their
+summed demand, the sums as strings: a Lua number would reach the client truncated).
+
 **RULE_STEP** ``KEYS = hash, log``, ``ARGV = now_us, configured, window_ms, burst, step,
 value, member``: one step of one entity's rule at a time it is told (``step``: ``grant``
 if one may go now with ``value`` grants kept back, ``429``, ``state`` the limit
@@ -62,7 +69,7 @@ The scripts above never call it: it lets the rule be compared with
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "BACKFILL", "LEARN", "RELEASE", "RULE_STEP"]
+__all__ = ["ACQUIRE", "BACKFILL", "DEMAND", "LEARN", "RELEASE", "RULE_STEP"]
 
 #: Every script reads the time from the server's own clock ...
 _CLOCK = r"""
@@ -479,5 +486,39 @@ if wait == INF then wait = -1 else wait = math.ceil(wait) end
 local calm = 0
 if e.calm then calm = 1 end
 return {granted, wait, e.limit or 0, calm}
+"""
+)
+
+#: One figure for every process: each publishes its demand and reads the sum of the others'.
+DEMAND = (
+    _CLOCK
+    + r"""
+local key, client = KEYS[1], ARGV[1]
+local ttl, stale, n = tonumber(ARGV[2]), tonumber(ARGV[3]) * 1000, tonumber(ARGV[4])
+local own = {string.format('%d', now)}
+local sums = {}
+for i = 1, n do
+  own[i + 1] = ARGV[4 + i]
+  sums[i] = 0
+end
+redis.call('HSET', key, client, table.concat(own, ','))
+redis.call('PEXPIRE', key, ttl)
+local others = 0
+local all = redis.call('HGETALL', key)
+for j = 1, #all, 2 do
+  if all[j] ~= client then
+    local fields = {}
+    for field in string.gmatch(all[j + 1], '[^,]+') do fields[#fields + 1] = tonumber(field) end
+    if fields[1] == nil or fields[1] < now - stale then
+      redis.call('HDEL', key, all[j])
+    elseif #fields == n + 1 then
+      others = others + 1
+      for i = 1, n do sums[i] = sums[i] + (fields[i + 1] or 0) end
+    end
+  end
+end
+local reply = {others}
+for i = 1, n do reply[i + 1] = tostring(sums[i]) end
+return reply
 """
 )
