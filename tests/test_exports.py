@@ -111,6 +111,7 @@ def test_private_modules_public_names_are_exported() -> None:
         "Assumed",
         "RELEASE",
         "RULE_STEP",
+        "DEMAND",
         "AnyioDeadline",
         "BatchFlows",
         "Catalogue",
