@@ -563,13 +563,13 @@ async def test_acquire_without_deadline_returns_true() -> None:
 
 @pytest.mark.anyio
 async def test_a_deadline_before_the_next_token_gives_up_at_once() -> None:
-    """acquire(deadline=) returns False without waiting or taking a token."""
+    """acquire(deadline_at=) returns False without waiting or taking a token."""
     clock = ManualClock()
     budget = make_budget(clock, {"queue": RateLimit(40, burst=1)})
     assert budget.try_acquire_now("queue")
     ready = budget.next_available("queue")
     assert ready == pytest.approx(60.5 / 40)
-    assert await budget.acquire("queue", deadline=ready - 0.1) is False
+    assert await budget.acquire("queue", deadline_at=ready - 0.1) is False
     assert clock.monotonic() == 0.0
     assert clock.pending == 0
     assert budget.statistics().endpoints["queue"].granted == 1
@@ -586,7 +586,7 @@ async def test_a_deadline_after_the_next_token_waits_for_it() -> None:
     got: list[bool] = []
 
     async def take() -> None:
-        got.append(await budget.acquire("queue", deadline=ready + 1.0))
+        got.append(await budget.acquire("queue", deadline_at=ready + 1.0))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(take)
@@ -605,7 +605,7 @@ async def test_a_pause_past_the_deadline_ends_the_wait() -> None:
     got: list[bool] = []
 
     async def take() -> None:
-        got.append(await budget.acquire("queue", deadline=5.0))
+        got.append(await budget.acquire("queue", deadline_at=5.0))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(take)
@@ -628,7 +628,7 @@ async def test_a_waiter_behind_others_gives_up_at_its_deadline_and_blocks_nobody
     results: dict[str, bool] = {}
 
     async def take(name: str, deadline: float | None) -> None:
-        results[name] = await budget.acquire("queue", deadline=deadline)
+        results[name] = await budget.acquire("queue", deadline_at=deadline)
 
     interval = 60.5 / 40
     async with anyio.create_task_group() as tg:
@@ -732,10 +732,10 @@ class _ProtocolOnly:
         self.calls: list[str] = []
 
     async def acquire(
-        self, endpoint: str, *, deadline: float | None = None, model: str | None = None
+        self, endpoint: str, *, deadline_at: float | None = None, model: str | None = None
     ) -> bool:
         self.calls.append(f"acquire {endpoint}")
-        return await self.inner.acquire(endpoint, deadline=deadline, model=model)
+        return await self.inner.acquire(endpoint, deadline_at=deadline_at, model=model)
 
     async def record_response(
         self,

@@ -172,7 +172,7 @@ async def _race(
     got: dict[int, tuple[bool, float]] = {}
 
     async def ask(index: int, deadline: float | None) -> None:
-        got[index] = (await budget.acquire("queue", deadline=deadline), clock.monotonic())
+        got[index] = (await budget.acquire("queue", deadline_at=deadline), clock.monotonic())
 
     async with anyio.create_task_group() as tg:
         for index, deadline in enumerate(deadlines):
@@ -213,7 +213,7 @@ async def test_a_hopeless_caller_does_not_delay_those_behind_it() -> None:
     got: dict[str, tuple[bool, float]] = {}
 
     async def ask(name: str, deadline: float) -> None:
-        got[name] = (await budget.acquire("queue", deadline=deadline), clock.monotonic())
+        got[name] = (await budget.acquire("queue", deadline_at=deadline), clock.monotonic())
 
     async with anyio.create_task_group() as tg:
         for name, deadline in (("A", 3.0), ("B", 4.0), ("C", 6.0)):
@@ -336,7 +336,7 @@ async def test_a_burst_of_callers_plays_the_line_forward_once(
     answers: list[bool] = []
 
     async def ask() -> None:
-        answers.append(await budget.acquire("queue", deadline=600.0))
+        answers.append(await budget.acquire("queue", deadline_at=600.0))
 
     async with anyio.create_task_group() as tg:
         for _ in range(500):

@@ -253,9 +253,9 @@ async def test_an_overloaded_model_holds_its_queue_calls_only(budget: RequestBud
     )
     now = _now(budget)
     assert not budget.session_paused()
-    assert await budget.acquire("queue", deadline=now + 1.0, model="stable-audio-25")
-    assert await budget.acquire("retrieve", deadline=now + 1.0)
-    assert not await budget.acquire("queue", deadline=now + 5.0, model="elevenlabs-music")
+    assert await budget.acquire("queue", deadline_at=now + 1.0, model="stable-audio-25")
+    assert await budget.acquire("retrieve", deadline_at=now + 1.0)
+    assert not await budget.acquire("queue", deadline_at=now + 5.0, model="elevenlabs-music")
     window = budget.window("queue")
     assert window is not None
     assert window.limit == 40

@@ -169,7 +169,7 @@ async def test_failures_of_all_processes_share_one_window(
     stats = second.statistics()
     assert stats.failure_paused_until is not None
     assert stats.failure_paused_until - ScaledClock(SCALE).monotonic() > 15
-    assert await first.acquire("retrieve", deadline=ScaledClock(SCALE).monotonic() + 5) is False
+    assert await first.acquire("retrieve", deadline_at=ScaledClock(SCALE).monotonic() + 5) is False
     await first.aclose()
     await second.aclose()
 
@@ -202,8 +202,8 @@ async def test_429_lowers_the_shared_limit_below_the_last_window(
     await first.record_response("retrieve", 429, {})
     # The 20 grants before the 429 no longer count: a token now, the next one a pacing
     # interval (60.5 / 16 s) later.
-    assert await second.acquire("retrieve", deadline=clock.monotonic() + 1.0) is True
-    assert await second.acquire("retrieve", deadline=clock.monotonic() + 1.0) is False
+    assert await second.acquire("retrieve", deadline_at=clock.monotonic() + 1.0) is True
+    assert await second.acquire("retrieve", deadline_at=clock.monotonic() + 1.0) is False
     window = second.window("retrieve")
     assert window is not None
     assert window.limit == 16
@@ -257,13 +257,13 @@ async def test_window_shows_every_process_grants(redis_server: RedisServer, name
 async def test_deadline_that_cannot_be_met_returns_false_without_a_token(
     redis_server: RedisServer, namespace: str
 ) -> None:
-    """acquire(deadline=...) returns False once the window is full, taking nothing."""
+    """acquire(deadline_at=...) returns False once the window is full, taking nothing."""
     limits = v.RateLimits(queue_per_minute=2, retrieve_per_minute=None, pooled_per_minute=None)
     budget = make(redis_server, namespace, rate_limits=limits)
     clock = ScaledClock(SCALE)
     assert await budget.acquire("queue") is True
     began = clock.monotonic()
-    assert await budget.acquire("queue", deadline=began + 1.0) is False
+    assert await budget.acquire("queue", deadline_at=began + 1.0) is False
     assert clock.monotonic() - began < 5
     assert budget.statistics().granted == 1
     await budget.aclose()
@@ -438,7 +438,7 @@ async def test_waiters_that_cannot_make_it_hear_it_at_once(
     got: list[tuple[bool, float]] = []
 
     async def ask() -> None:
-        granted = await budget.acquire("queue", deadline=deadline)
+        granted = await budget.acquire("queue", deadline_at=deadline)
         got.append((granted, clock.monotonic() - began))
 
     async with anyio.create_task_group() as tg:

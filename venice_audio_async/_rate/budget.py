@@ -114,13 +114,13 @@ class RequestBudget(Protocol):
     """
 
     async def acquire(
-        self, endpoint: str, *, deadline: float | None = None, model: str | None = None
+        self, endpoint: str, *, deadline_at: float | None = None, model: str | None = None
     ) -> bool:
         """Wait until one request to ``endpoint`` may be sent, then take the token.
 
         ``model``: the request's model; a ``queue`` call waits out that model's hold (an
         overloaded model's 429) first. Waiters of this process are served first come, first
-        served. ``deadline`` is a ``clock.monotonic()`` reading: when no token can be had by
+        served. ``deadline_at`` is a ``clock.monotonic()`` reading: when no token can be had by
         then, return ``False`` without taking one: at once when the caller's place in line
         already says so (counting ahead of it only the waiters that can make their own
         deadlines), else when the deadline passes while waiting. Returns ``True`` when a
@@ -471,13 +471,13 @@ class LocalBudget(RequestBudget):
     # ------------------------------------------------------------------ taking tokens
 
     async def acquire(
-        self, endpoint: str, *, deadline: float | None = None, model: str | None = None
+        self, endpoint: str, *, deadline_at: float | None = None, model: str | None = None
     ) -> bool:
         """Wait until one request to ``endpoint`` may be sent, then take the token.
 
         A ``queue`` call for ``model`` first waits out that model's hold (an overloaded
         model's 429). Waiters are served first come, first served. Cancelling a waiter takes
-        no token and lets the next one move up. With ``deadline`` (a ``clock.monotonic()``
+        no token and lets the next one move up. With ``deadline_at`` (a ``clock.monotonic()``
         reading), give up and return ``False`` as soon as the token would come later than
         that: at once when the caller's place in line already says so (counting ahead of it
         only the waiters that can make their own deadlines), or as soon as a pause or a
@@ -490,7 +490,7 @@ class LocalBudget(RequestBudget):
             model is not None
             and endpoint == "queue"
             and self._model_held
-            and not await wait_out_model_hold(self._model_held, model, clock, deadline)
+            and not await wait_out_model_hold(self._model_held, model, clock, deadline_at)
         ):
             return False
         now = clock.monotonic()
@@ -499,34 +499,34 @@ class LocalBudget(RequestBudget):
             if reached(ready, now):
                 self._grant(state, now)
                 return True
-            if deadline is not None and not reached(ready, deadline):
-                log_too_late(endpoint, ready - now, deadline - now, 0)
+            if deadline_at is not None and not reached(ready, deadline_at):
+                log_too_late(endpoint, ready - now, deadline_at - now, 0)
                 return False
-        elif deadline is not None:
+        elif deadline_at is not None:
             line = self._line(state, now)
             eta = line.plan.ready()
-            if not reached(eta, deadline):
-                log_too_late(endpoint, eta - now, deadline - now, len(state.waiters))
+            if not reached(eta, deadline_at):
+                log_too_late(endpoint, eta - now, deadline_at - now, len(state.waiters))
                 return False
             line.plan.take(eta)  # its place, for the next caller to join
             line.length += 1
-        waiter = Waiter(deadline)
+        waiter = Waiter(deadline_at)
         state.waiters.append(waiter)
         state.waiting += 1
         granted = False
         try:
             while state.waiters[0] is not waiter:
-                if deadline is None:
+                if deadline_at is None:
                     await waiter.event.wait()
                     continue
-                await clock.wait(waiter.event, deadline - now)
+                await clock.wait(waiter.event, deadline_at - now)
                 if state.waiters[0] is waiter:
                     break
                 # Woken by the deadline, or to look again after a pause or a lowered limit.
                 now = clock.monotonic()
-                if reached(deadline, now):
+                if reached(deadline_at, now):
                     return False  # the deadline passed before the others were served
-                if not reached(self._eta(state, now, deadline, upto=waiter), deadline):
+                if not reached(self._eta(state, now, deadline_at, upto=waiter), deadline_at):
                     return False
                 waiter.event = anyio.Event()
             while True:
@@ -534,9 +534,9 @@ class LocalBudget(RequestBudget):
                 ready = self._ready_at(state, now)
                 if reached(ready, now):
                     break
-                if deadline is not None and not reached(ready, deadline):
+                if deadline_at is not None and not reached(ready, deadline_at):
                     return False
-                if deadline is None:
+                if deadline_at is None:
                     await clock.sleep(ready - now)
                 else:  # woken early to look again (see _look_again)
                     waiter.event = anyio.Event()

@@ -258,7 +258,7 @@ class RedisBudget(RequestBudget):
     # ------------------------------------------------------------------ taking tokens
 
     async def acquire(
-        self, endpoint: str, *, deadline: float | None = None, model: str | None = None
+        self, endpoint: str, *, deadline_at: float | None = None, model: str | None = None
     ) -> bool:
         """Wait until one request to ``endpoint`` may be sent, then take the token.
 
@@ -266,7 +266,7 @@ class RedisBudget(RequestBudget):
         429, shared by every process) too.
 
         This process's waiters go first come, first served (one at a time asks Redis).
-        ``deadline`` is a ``clock.monotonic()`` reading: when no token can be had by then,
+        ``deadline_at`` is a ``clock.monotonic()`` reading: when no token can be had by then,
         returns False without taking one: at once when the caller's place in line says so
         (the shared window as of the last round trip, played forward over this process's
         waiters ahead of it that can make their own deadlines; other processes' grants
@@ -280,22 +280,22 @@ class RedisBudget(RequestBudget):
         if (
             held is not None
             and self._mirror.model_held
-            and not await wait_out_model_hold(self._mirror.model_held, held, clock, deadline)
+            and not await wait_out_model_hold(self._mirror.model_held, held, clock, deadline_at)
         ):
             return False
         view = self._mirror.endpoint(endpoint)
-        if deadline is not None and not self._in_time(endpoint, view.line, deadline):
+        if deadline_at is not None and not self._in_time(endpoint, view.line, deadline_at):
             return False
-        waiter = Waiter(deadline)
+        waiter = Waiter(deadline_at)
         view.line.append(waiter)
         view.waiting += 1
         try:
-            if deadline is None:
+            if deadline_at is None:
                 async with view.lock:
                     return await self._take(endpoint, None, held)
-            with anyio.move_on_after(max(0.0, deadline - clock.monotonic()) * self._scale):
+            with anyio.move_on_after(max(0.0, deadline_at - clock.monotonic()) * self._scale):
                 async with view.lock:
-                    return await self._take(endpoint, deadline, held)
+                    return await self._take(endpoint, deadline_at, held)
             return False
         finally:
             view.waiting -= 1

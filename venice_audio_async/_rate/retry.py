@@ -320,11 +320,11 @@ class Retrier:
             self.waiting[endpoint] += 1
             try:
                 if model is not None and self._acquire_takes_model:
-                    granted = await self._acquire(endpoint, deadline=deadline, model=model)
+                    granted = await self._acquire(endpoint, deadline_at=deadline, model=model)
                 elif deadline is None:
                     granted = await self._acquire(endpoint)
                 else:
-                    granted = await self._acquire(endpoint, deadline=deadline)
+                    granted = await self._acquire(endpoint, deadline_at=deadline)
             finally:
                 self.waiting[endpoint] -= 1
             if granted is False:  # a budget predating deadlines returns None: granted
