@@ -55,9 +55,9 @@ class _Source:
 class KeyLimits:
     """Settles the session's limits at open (see the module docstring).
 
-    ``budget``: the session's own budget (``None``: the user gave one, which is left as it
-    is and nothing is asked or logged); ``rate_limits``: what the user gave, defaults
-    filled in.
+    ``budget``: the in-process budget the session built for itself (``None``: the user gave
+    one, or ``VENICE_REDIS_URL`` made a shared one; nothing is asked then); ``rate_limits``:
+    what the user gave, defaults filled in.
     """
 
     def __init__(

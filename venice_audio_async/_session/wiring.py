@@ -102,10 +102,12 @@ def build_parts(options: SessionOptions, *, owner: str = "AsyncSession") -> Sess
         allow_insecure_http=allow_insecure_http,
     )
     given_budget = budget
-    budget = (
-        budget
-        or shared_budget_from_env(api_key, clock, rate_limits)
-        or LocalBudget(
+    # The budget built here for this process alone, if any: the one the key's limits set.
+    own_local: LocalBudget | None = None
+    if budget is None:
+        budget = shared_budget_from_env(api_key, clock, rate_limits)
+    if budget is None:
+        budget = own_local = LocalBudget(
             clock=clock,
             rates=endpoint_rates(rate_limits),
             pool=pooled_rate(rate_limits),
@@ -113,7 +115,6 @@ def build_parts(options: SessionOptions, *, owner: str = "AsyncSession") -> Sess
             max_retry_after=retry.max_retry_after,
             failure_window=(rate_limits.failures_per_window, rate_limits.failure_window),
         )
-    )
     recorder = ResponseRecorder(budget)
     client.transport.set_observer(recorder)
     rng = random.Random()  # backoff jitter and the poll policy's draws
@@ -164,8 +165,7 @@ def build_parts(options: SessionOptions, *, owner: str = "AsyncSession") -> Sess
     key_limits = KeyLimits(
         client=client,
         catalogue=models,
-        # Only a budget of the session's own, in this process, takes the key's limits.
-        budget=budget if given_budget is None and isinstance(budget, LocalBudget) else None,
+        budget=own_local,
         own_budget=given_budget is None,
         rate_limits=rate_limits,
         has_key=bool(api_key),
