@@ -7,7 +7,7 @@ import inspect
 import itertools
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -518,7 +518,8 @@ def test_local_budget_is_a_request_budget() -> None:
 
 def test_the_protocol_is_what_the_library_calls() -> None:
     """RequestBudget asks for acquire and record_response (async), three sync views, and
-    three sync calls with defaults (try_acquire_now, record_response_now, session_paused)."""
+    four sync calls with defaults (try_acquire_now, record_response_now, session_paused,
+    share_demand)."""
     members = {name for name in vars(RequestBudget) if not name.startswith("_")}
     assert members == {
         "acquire",
@@ -529,6 +530,7 @@ def test_the_protocol_is_what_the_library_calls() -> None:
         "try_acquire_now",
         "record_response_now",
         "session_paused",
+        "share_demand",
     }
     assert inspect.iscoroutinefunction(RequestBudget.acquire)
     assert inspect.iscoroutinefunction(RequestBudget.record_response)
@@ -539,6 +541,7 @@ def test_the_protocol_is_what_the_library_calls() -> None:
         "try_acquire_now",
         "record_response_now",
         "session_paused",
+        "share_demand",
     ):
         assert not inspect.iscoroutinefunction(getattr(RequestBudget, view))
 
@@ -762,6 +765,9 @@ class _ProtocolOnly:
         model: str | None = None,
     ) -> bool:
         return False  # as a shared store would: the session then awaits record_response
+
+    def share_demand(self, endpoint: str, demand: Sequence[float]) -> tuple[float, ...] | None:
+        return None  # alone on its key
 
     def session_paused(self) -> bool:
         return self.inner.session_paused()

@@ -159,10 +159,14 @@ class WindowPacer:
         # A budget that can hand a free token over synchronously (an in-process one) saves
         # the poller acquire's cancellation checkpoint; others answer False and it waits.
         # A budget shared between processes (RedisBudget) trades this process's demand for
-        # the others', so all price their polls at one figure; others have no such method.
-        share = getattr(budget, "share_demand", None)
+        # the others', so all price their polls at one figure; the protocol's default shares
+        # with nobody, and then the price is not asked to exchange anything.
+        shares = getattr(type(budget), "share_demand", None) not in (
+            None,
+            RequestBudget.share_demand,
+        )
         self._share: Callable[[tuple[float, ...]], Sequence[float] | None] | None = (
-            (lambda demand: share("retrieve", demand)) if share is not None else None
+            (lambda demand: budget.share_demand("retrieve", demand)) if shares else None
         )
         self.grants_now = getattr(type(budget), "try_acquire_now", None) not in (
             None,

@@ -36,7 +36,7 @@ import bisect
 import inspect
 import math
 from collections import deque
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import anyio
@@ -181,6 +181,17 @@ class RequestBudget(Protocol):
         the poll path free of a cancel scope and a task switch.
         """
         return False
+
+    def share_demand(self, endpoint: str, demand: Sequence[float]) -> tuple[float, ...] | None:
+        """Tell the budget what this process's polls want of ``endpoint`` (tokens at the poll
+        policy's look-ahead horizons); what other processes sharing it want, summed over the
+        same horizons, as last heard. No I/O.
+
+        The default shares with nobody (``None``): a budget of one process alone. A budget
+        shared between processes (:class:`~venice_audio_async.budget.RedisBudget`) answers,
+        so that every process prices its polls at one figure.
+        """
+        return None
 
     def session_paused(self) -> bool:
         """Whether every request is held right now (a 429's pause, the failed-request
