@@ -4,6 +4,7 @@ stated limits, played on virtual time (issue 21 point 2, issue 22 points 1 and 7
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -299,7 +300,9 @@ async def test_a_stated_limit_raises_only_an_assumed_pool(
     try:
         await budget.acquire("complete")  # a round trip: the window as Redis has it
         await budget.record_response("retrieve", 200, {"x-ratelimit-limit-requests": "120"})
-        await budget.record_response("queue", 200, {"x-ratelimit-limit-requests": "10"})
+        # The same endpoint states less (another endpoint stating a different figure
+        # would refute an assumed pool: see the next test).
+        await budget.record_response("retrieve", 200, {"x-ratelimit-limit-requests": "10"})
         await budget.acquire("complete")
         window = budget.window("complete")  # only the pool limits complete
         assert window is not None
@@ -307,6 +310,105 @@ async def test_a_stated_limit_raises_only_an_assumed_pool(
     finally:
         if isinstance(budget, RedisBudget):
             await budget.aclose()
+
+
+def _budget_on(home: str, limits: v.RateLimits, request: pytest.FixtureRequest) -> RequestBudget:
+    """A LocalBudget, or a RedisBudget on a fresh namespace, under ``limits``."""
+    if home == "local":
+        return LocalBudget(clock=CLOCK, rates=endpoint_rates(limits), pool=pooled_rate(limits))
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return RedisBudget.from_url(
+        server.url, namespace=uuid.uuid4().hex, clock=CLOCK, rate_limits=limits
+    )
+
+
+async def _burst(budget: RequestBudget, n: int) -> int:
+    """``n`` calls to ``complete`` (only a pool limits it), each giving up 50 s from the
+    first: how many were granted. A pool of 120 (a burst of 60, then paced about a second
+    apart) grants about 110; with no pool every one goes at once."""
+    granted, until = 0, _now(budget) + 50.0
+    for _ in range(n):
+        granted += await budget.acquire("complete", deadline_at=until)
+    return granted
+
+
+@pytest.mark.parametrize("home", ["local", "redis"])
+@pytest.mark.parametrize(
+    ("pooled", "figures", "kept"),
+    [
+        (None, (40, 120), None),
+        (None, (120, 120), 120),
+        (45, (40, 120), 45),
+    ],
+    ids=["assumed-refuted", "assumed-equal-figures", "listed"],
+)
+async def test_two_different_stated_figures_drop_only_an_assumed_pool(
+    home: str,
+    pooled: int | None,
+    figures: tuple[int, int],
+    kept: int | None,
+    request: pytest.FixtureRequest,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Queue states 40 and retrieve 120: endpoints counting against one pooled window
+    would state one figure, so the assumed pool (60) is dropped, for good and (in Redis)
+    for every process: each endpoint keeps its own limit, and 130 calls the pool (risen
+    to 120) would have refused go at once; one INFO line says so. The same figure twice
+    keeps it (risen to it); a pool the key listed or the user gave (45) is never dropped."""
+    limits = v.RateLimits() if pooled is None else v.RateLimits(pooled_per_minute=pooled)
+    budget = _budget_on(home, limits, request)
+    others: list[RequestBudget] = []
+    try:
+        with caplog.at_level(logging.INFO, logger="venice_audio_async"):
+            await budget.acquire("complete")  # a round trip: Redis has the pool
+            queue, retrieve = figures
+            await budget.record_response("queue", 200, {"x-ratelimit-limit-requests": f"{queue}"})
+            await budget.record_response(
+                "retrieve", 200, {"x-ratelimit-limit-requests": f"{retrieve}"}
+            )
+            # Stated again, the other way round: still one line, the pool stays dropped.
+            await budget.record_response(
+                "retrieve", 200, {"x-ratelimit-limit-requests": f"{queue}"}
+            )
+            await budget.record_response(
+                "retrieve", 200, {"x-ratelimit-limit-requests": f"{retrieve}"}
+            )
+            if kept is None:
+                assert await _burst(budget, 130) == 130
+            if home == "redis":  # another process on the same budget, fresh from its start
+                shared = budget.namespace if isinstance(budget, RedisBudget) else ""
+                server: RedisServer = request.getfixturevalue("redis_server")
+                other = RedisBudget.from_url(
+                    server.url, namespace=shared, clock=CLOCK, rate_limits=limits
+                )
+                others.append(other)
+                assert await other.acquire("complete")
+                if kept is None:
+                    assert await _burst(other, 130) == 130
+                window = other.window("complete")
+                assert (window.limit if window is not None else None) == kept
+        refuted = [r.getMessage() for r in caplog.records if "not one pool" in r.getMessage()]
+        window = budget.window("complete")
+        if kept is None:
+            assert window is None
+            assert budget.statistics().endpoints["complete"].tokens_available is None
+            assert refuted == [
+                "the API states 40/min for queue and 120/min for retrieve: separate "
+                "limits, not one pool; dropping the assumed 60/min pool"
+            ]
+        else:
+            assert window is not None
+            assert window.limit == kept
+            assert refuted == []
+        if kept is None:  # each endpoint keeps its own limit, the one it stated
+            await budget.acquire("queue")
+            await budget.acquire("retrieve")
+            limits_now = [budget.window(name) for name in ("queue", "retrieve")]
+            assert [w.limit if w is not None else None for w in limits_now] == [40, 120]
+    finally:
+        for shared_budget in (budget, *others):
+            if isinstance(shared_budget, RedisBudget):
+                await shared_budget.aclose()
 
 
 #: Both budgets' clock (Redis keeps real time: no ManualClock there).

@@ -44,9 +44,16 @@ import anyio.lowlevel
 import attrs
 
 from .._core.clock import Clock
-from .._core.config import AUDIO_ENDPOINTS, RateLimit, check_number
+from .._core.config import AUDIO_ENDPOINTS, RateLimit, check_number, is_assumed
 from .._core.logging import log
-from .endpoint_rate import EndpointRate, LinePlan, Waiter, reached, token_eta
+from .endpoint_rate import (
+    EndpointRate,
+    LinePlan,
+    Waiter,
+    pool_refuted_message,
+    reached,
+    token_eta,
+)
 from .lessons import read_signals, teaches_nothing
 from .statistics import BudgetStatistics, EndpointFigures, budget_statistics
 
@@ -361,6 +368,8 @@ class LocalBudget(RequestBudget):
             window, leaving room for requests already in flight.
         pool: one more limit over ``pooled_endpoints`` together (say Venice's "Audio: 60
             requests/min" for the whole key), on top of each endpoint's own; ``None``: none.
+            An assumed one (a default of :class:`~venice_audio_async.RateLimits`) is dropped
+            once two of its endpoints state different limits (see :meth:`learn`).
         pooled_endpoints: the endpoints ``pool`` covers (default: every audio endpoint).
 
     Raises:
@@ -400,6 +409,8 @@ class LocalBudget(RequestBudget):
         # One limit over several endpoints together (the key's audio RPM), on top of theirs.
         self._pool = EndpointRate("pool", pool) if pool is not None else None
         self._pooled = frozenset(pooled_endpoints)
+        # An assumed pool the API's stated figures refuted: none assumed again.
+        self._pool_refuted = False
         self._paused_until = -math.inf
         self._pause_reason: str | None = None
         self._paused_seconds = 0.0
@@ -452,12 +463,16 @@ class LocalBudget(RequestBudget):
 
     def set_pool(self, pool: RateLimit | None) -> None:
         """Put the pooled endpoints under ``pool`` from now on (``None``: no pooled limit),
-        as a session does at open with the key's limits; grants so far still count."""
+        as a session does at open with the key's limits; grants so far still count. An
+        assumed pool is not taken once one was refuted (see :meth:`learn`)."""
+        if pool is not None and self._pool_refuted and is_assumed(pool.per_minute):
+            pool = None
         old = self._pool
         self._pool = EndpointRate("pool", pool) if pool is not None else None
         if old is not None and self._pool is not None:
             self._pool.log = deque(old.log)
             self._pool.granted = old.granted
+            self._pool.stated_by = dict(old.stated_by)
         self._changes += 1
         self._look_again()
 
@@ -723,7 +738,9 @@ class LocalBudget(RequestBudget):
           ``endpoint``'s limit, and the pool's if ``endpoint`` is under it, with the window
           starting at the 429 (:class:`~._rate.endpoint_rate.EndpointRate`).
         * ``x-ratelimit-limit-requests`` (any status): ``endpoint``'s limit at once (up or
-          down; a limit the user set is only capped).
+          down; a limit the user set is only capped). An assumed pool rises to it; once two
+          of its endpoints state different figures it is dropped for good (logged once at
+          INFO): each endpoint keeps its own limit, as with no pool.
         * ``x-ratelimit-remaining-requests`` with ``x-ratelimit-reset-requests``: no more
           than that many grants until the reset; at 0 (any status) ``endpoint`` pauses until
           the reset (capped), or one pacing interval without it.
@@ -784,7 +801,9 @@ class LocalBudget(RequestBudget):
             state.state_limit(lesson.stated, now)
             pool = self._pool_of(state)
             if pool is not None:
-                pool.state_pool_limit(lesson.stated, now)
+                refuted_by = pool.state_pool_limit(endpoint, lesson.stated, now)
+                if refuted_by is not None:
+                    self._drop_pool(pool, refuted_by, (endpoint, lesson.stated))
         if lesson.allowance is not None:
             remaining, until = lesson.allowance
             state.allow(remaining, now + until)
@@ -802,6 +821,18 @@ class LocalBudget(RequestBudget):
             self._add_failure(now)
         if self._strictness(state) != before:
             self._look_again()
+
+    def _drop_pool(
+        self, pool: EndpointRate, first: tuple[str, int], second: tuple[str, int]
+    ) -> None:
+        """An assumed pool refuted by two different stated figures: none from now on."""
+        self._pool = None
+        self._pool_refuted = True
+        log.info(
+            "%s",
+            pool_refuted_message(first, second, pool.configured or 0),
+            extra={"endpoint": second[0], "pool": pool.configured},
+        )
 
     def _hold_model(self, delay: float, model: str, now: float) -> None:
         if hold_model(self._model_held, model, now + delay):

@@ -33,7 +33,9 @@ and stated limits. Its transitions:
 
 * **stated**: a limit the API states replaces the ceiling, up as well as down, unless the
   user set this limit explicitly (then it only caps it); a pool assumed (not listed by the
-  key nor given) only rises to what one of its endpoints states;
+  key nor given) only rises to what one of its endpoints states, and is *refuted* (dropped
+  for good: each endpoint keeps its own limit) once two of its endpoints state different
+  figures (endpoints counting against one pooled window would state the same);
 * **429** (a rate limit, not the error budget nor an overloaded model): the limit drops below
   what the last window granted (a fifth; while calm, a fifth of the limit itself; one more
   per further 429 within ``window / 12``; not below an eighth of the ceiling), and the
@@ -58,7 +60,15 @@ import anyio
 
 from .._core.config import MINUTE, RateLimit, is_assumed
 
-__all__ = ["RECOVERY_STEPS", "EndpointRate", "LinePlan", "Waiter", "reached", "token_eta"]
+__all__ = [
+    "RECOVERY_STEPS",
+    "EndpointRate",
+    "LinePlan",
+    "Waiter",
+    "pool_refuted_message",
+    "reached",
+    "token_eta",
+]
 
 #: After a 429 an endpoint's limit drops to this share of what its last window granted.
 _DECREASE = 0.8
@@ -68,6 +78,15 @@ _DECREASE_SPACING = 12
 RECOVERY_STEPS = 4
 #: Relative tolerance when comparing clock readings (float rounding in sleeps and sums).
 _REL_EPS = 1e-12
+
+
+def pool_refuted_message(first: tuple[str, int], second: tuple[str, int], assumed: int) -> str:
+    """The one INFO line of an assumed pool refuted: ``first`` and ``second`` are the
+    (endpoint, stated figure) pairs that differ, ``assumed`` the pool's assumed figure."""
+    return (
+        f"the API states {first[1]}/min for {first[0]} and {second[1]}/min for {second[0]}: "
+        f"separate limits, not one pool; dropping the assumed {assumed}/min pool"
+    )
 
 
 def reached(deadline: float, now: float) -> bool:
@@ -181,6 +200,7 @@ class EndpointRate:
         "paused_until",
         "rate_limited",
         "stated",
+        "stated_by",
         "waiters",
         "waiting",
         "window",
@@ -193,6 +213,8 @@ class EndpointRate:
         self.explicit = explicit and rate is not None and not is_assumed(rate.per_minute)
         self.calm = False
         self.stated: int | None = None
+        # A pool's: the figure each of its endpoints last stated (refutes an assumed pool).
+        self.stated_by: dict[str, int] = {}
         self.window = rate.window if rate is not None else MINUTE
         # A limit learned for an endpoint configured without one is a bare sliding log.
         self.burst_setting = rate.effective_burst if rate is not None else None
@@ -277,15 +299,26 @@ class EndpointRate:
         if self.limit is None or ceiling < self.limit or not self.calm:
             self._set_limit(ceiling)
 
-    def state_pool_limit(self, stated: int, now: float) -> None:
-        """A pooled endpoint stated ``stated``: the pool (this rule) must allow at least
+    def state_pool_limit(self, endpoint: str, stated: int, now: float) -> tuple[str, int] | None:
+        """``endpoint``, under this pool, stated ``stated``: the pool must allow at least
         that. A pool assumed (the documented default) rises to it, never falls; a pool the
         key listed or the user gave stays (it is at most the lowest figure listed for any
-        model in it)."""
+        model in it).
+
+        Returns ``(other endpoint, its figure)`` when another endpoint of an assumed pool
+        last stated a different figure: two endpoints counting against one pooled window
+        would state the same, so the pool is refuted and the caller drops it for good.
+        """
+        if self.explicit or stated < 1:
+            return None
+        self.stated_by[endpoint] = stated
+        for other, figure in self.stated_by.items():
+            if other != endpoint and figure != stated:
+                return other, figure
         ceiling = self.ceiling
-        if self.explicit or (ceiling is not None and stated <= ceiling):
-            return
-        self.state_limit(stated, now)
+        if ceiling is None or stated > ceiling:
+            self.state_limit(stated, now)
+        return None
 
     def rate_limited_at(self, now: float) -> None:
         """A rate-limit 429: go below what the last window granted (by a fifth, then by one

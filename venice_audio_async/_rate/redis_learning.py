@@ -13,7 +13,9 @@ import math
 from collections.abc import Mapping
 
 from .._core.clock import Clock
+from .._core.logging import log
 from .budget import hold_model
+from .endpoint_rate import pool_refuted_message
 from .lessons import AnswerSignals, read_signals, teaches_nothing
 from .redis_link import RedisLink
 from .redis_mirror import SharedMirror
@@ -101,6 +103,14 @@ class ResponseLearner:
                     link.stated_sent[endpoint] = lesson.stated
                 if lesson.failure:
                     mirror.own_failures.append((now, False))
+                if snapshot.refuted_by is not None and mirror.pool is not None:
+                    first = snapshot.refuted_by
+                    second = (endpoint, lesson.stated or 0)
+                    log.info(
+                        "%s",
+                        pool_refuted_message(first, second, mirror.pool.configured),
+                        extra={"endpoint": endpoint, "pool": mirror.pool.configured},
+                    )
                 mirror.absorb(endpoint, entities, snapshot, self._clock.monotonic())
                 return
         self._learn_locally(endpoint, lesson, self._clock.monotonic())

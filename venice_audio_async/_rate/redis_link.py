@@ -139,8 +139,11 @@ class RedisLink:
             args += [configured, self._ms(entity.window), entity.burst]
         return keys, args
 
-    def _snapshot(self, reply: Sequence[Any]) -> Snapshot:
+    def _snapshot(
+        self, reply: Sequence[Any], refuted_by: tuple[str, int] | None = None
+    ) -> Snapshot:
         _, session_us, reason, failure_us, endpoint_us, allowance, allowance_us = reply[:7]
+        rows = reply[7:]
         return Snapshot(
             session_pause=self._from_us(session_us) if session_us > 0 else None,
             reason=_text(reason),
@@ -150,12 +153,14 @@ class RedisLink:
             allowance_for=self._from_us(allowance_us),
             rows=tuple(
                 (
-                    int(row[0]) or None,
+                    int(row[0]) if int(row[0]) > 0 else None,  # 0: none; -1: refuted
                     bool(int(row[1])),
                     tuple(self._from_us(age) for age in row[2:]),
                 )
-                for row in reply[7:]
+                for row in rows
             ),
+            pool_refuted=any(int(row[0]) < 0 for row in rows),
+            refuted_by=refuted_by,
         )
 
     async def _round_trip(self, script: str, keys: list[str], args: list[_Arg]) -> Any:
@@ -210,7 +215,8 @@ class RedisLink:
             await self._round_trip("release", logs, [member])
 
     async def learn(self, entities: Sequence[Entity], lesson: AnswerSignals) -> Snapshot | None:
-        """Tell Redis what an answer taught (LEARN); ``None`` when Redis is away."""
+        """Tell Redis what an answer taught (LEARN) about ``entities[0]``, the endpoint
+        (then its pool); ``None`` when Redis is away."""
         entity_keys, entity_args = self._entity_args(entities)
         if len(entities) == 1:
             entity_args += ["", "", ""]
@@ -231,6 +237,7 @@ class RedisLink:
             self._ms(self._failure_window),
             lesson.model_pause[1] if lesson.model_pause is not None else "",
             self._ms(lesson.model_pause[0]) if lesson.model_pause is not None else -1,
+            entities[0].name,
         ]
         keys = [self._key("session"), self._key("failures"), *entity_keys]
         try:
@@ -238,7 +245,9 @@ class RedisLink:
         except self._errors as error:
             self.go_away(error)
             return None
-        return self._snapshot(reply)
+        other = _text(reply[0])
+        refuted_by = (other, int(reply[1])) if other else None
+        return self._snapshot(reply[2:], refuted_by)
 
     async def backfill(
         self,

@@ -70,6 +70,9 @@ class Snapshot:
 
     ``rows`` holds, for each entity asked about, its limit now (``None``: none), whether it
     is calm (recovering from a 429: no burst) and the ages of the grants inside its window.
+    ``pool_refuted``: the assumed pool asked about is refuted (two of its endpoints stated
+    different figures): no pool from now on; ``refuted_by``: (the other endpoint, its
+    figure) when the answer this reply learnt from refuted it.
     """
 
     session_pause: float | None
@@ -79,6 +82,8 @@ class Snapshot:
     allowance: int | None
     allowance_for: float
     rows: tuple[tuple[int | None, bool, tuple[float, ...]], ...]
+    pool_refuted: bool = False
+    refuted_by: tuple[str, int] | None = None
 
 
 @attrs.define
@@ -207,6 +212,16 @@ class SharedMirror:
             entity_view.limit = limit
             entity_view.calm = calm
             entity_view.grants = deque(at - age for age in ages)
+        if news.pool_refuted:
+            self.drop_pool()
+
+    def drop_pool(self) -> None:
+        """Redis says the assumed pool is refuted: each endpoint keeps its own limit from
+        now on, as with no pool (a pool the user gave or the key listed is never dropped)."""
+        if self.pool is None or self.pool.explicit:
+            return
+        self.pool = None
+        self.entities.pop(_POOL, None)
 
     def extend_session_pause(self, until: float, now: float, reason: str) -> None:
         if until <= self.paused_until + EPS:

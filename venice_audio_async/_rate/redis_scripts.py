@@ -16,7 +16,11 @@ Keys (``P`` is the namespace prefix, with a hash tag so all of them share one cl
 * ``P:log:E`` (sorted set): the grants of ``E`` inside its window, scored by time.
 
 A pooled limit is one more entity ``pool`` (``P:ep:pool``, ``P:log:pool``) with the same
-rate state; an endpoint it covers counts against both.
+rate state; an endpoint it covers counts against both. An assumed pool (``configured``
+negative) also keeps ``stated:E``, the figure each endpoint ``E`` last stated, and
+``refuted`` (``1``: two endpoints stated different figures, so the pool is no pool): a
+refuted entity is no rule for any process that only assumed it (no limit, no grants
+logged; its row reads limit ``-1``), for good.
 
 The rate rule of each entity (``ceiling_of``, ``rate_limited``, ``state_limit``, ``recover``,
 ``ready``, ``grant``) mirrors :class:`~._rate.endpoint_rate.EndpointRate` step for step; a
@@ -43,8 +47,11 @@ relative to it (0: not paused).
 member, ttl_ms, own (configured, window_ms, burst), pool (configured, window_ms, burst) or
 three zeros, is_429 (a rate-limit 429), pause_ms (-1: none), reason, stated (0: none),
 allowance (-1: none), allowance_ms, endpoint_pause_ms (-1: none), failure (0/1),
-failure_threshold, failure_window_ms, model, model_pause_ms (-1: none)``: what one answer
-taught, with the rules of ``LocalBudget``; replies like ACQUIRE without its first two fields.
+failure_threshold, failure_window_ms, model, model_pause_ms (-1: none), endpoint``: what one answer
+taught, with the rules of ``LocalBudget``; ``endpoint`` (its name, last) is what an assumed
+pool records a stated figure under. Replies ``refuted_by ('': none), refuted_figure`` (the
+other endpoint and the figure it stated, when this answer refuted the assumed pool), then
+like ACQUIRE without its first three fields.
 
 **BACKFILL** ``KEYS = session, failures, log...``, ``ARGV = member_prefix, ttl_ms, pause_ms,
 reason, failure_threshold, failure_window_ms, n_failures, failure_age_us..., then per log:
@@ -130,8 +137,16 @@ end
 local function load(hkey, lkey, configured, window_ms, burst_setting)
   local e = {h = hkey, l = lkey, window = window_ms * 1000, burst_setting = burst_setting}
   local f = redis.call('HMGET', hkey, 'stated', 'limit', 'next_paced', 'last_429',
-                       'next_recovery', 'calm', 'learnt')
+                       'next_recovery', 'calm', 'learnt', 'refuted')
   e.explicit = configured > 0
+  -- An assumed pool the API's figures refuted (LEARN): no rule at all for a process that
+  -- only assumed it (one the user gave or the key listed still holds).
+  e.refuted = f[8] == '1' and not e.explicit
+  if e.refuted then
+    e.calm, e.scores = false, {}
+    e.next_paced, e.last_429, e.next_recovery = -INF, -INF, INF
+    return e
+  end
   if configured ~= 0 then e.configured = math.abs(configured) end
   e.stated = tonumber(f[1])
   local ceiling = ceiling_of(e)
@@ -155,6 +170,10 @@ local function load(hkey, lkey, configured, window_ms, burst_setting)
 end
 
 local function save(e, ttl)
+  if e.refuted then  -- nothing of its own to keep: the shared state stays as it is
+    redis.call('PEXPIRE', e.h, ttl)
+    return
+  end
   if e.limit == nil or (e.ceiling ~= nil and e.limit >= e.ceiling) then
     redis.call('HDEL', e.h, 'limit', 'learnt')
   else
@@ -203,6 +222,7 @@ end
 -- fifth of the limit; one more per further 429 within window/12; not below ceiling/8), then
 -- the window starts at the 429 (earlier grants no longer count), calm.
 local function rate_limited(e)
+  if e.refuted then return end
   local recent = now - e.last_429 < e.window / 12
   e.last_429 = now
   e.next_recovery = now + e.window / 4
@@ -286,6 +306,7 @@ local function snapshot(skey, ehkey, list)
     local calm = 0
     if e.calm then calm = 1 end
     local row = {e.limit or 0, calm}
+    if e.refuted then row = {-1, 0} end
     for _, score in ipairs(e.scores) do row[#row + 1] = math.floor(now - score) end
     reply[#reply + 1] = row
   end
@@ -378,6 +399,7 @@ local endpoint_pause_ms = tonumber(ARGV[15])
 local failure = ARGV[16] == '1'
 local threshold, failure_window = tonumber(ARGV[17]), tonumber(ARGV[18]) * 1000
 local model, model_pause_ms = ARGV[19], tonumber(ARGV[20])
+local endpoint = ARGV[21]
 
 if is_429 then
   redis.call('HINCRBY', skey, 'rate_limited', 1)
@@ -396,11 +418,28 @@ end
 local own = list[1]  -- the endpoint's own entity comes first (configured 0: no limit)
 if stated > 0 then state_limit(own, stated) end
 -- EndpointRate.state_pool_limit: an assumed pool rises to a limit one of its endpoints
--- states, never falls; one listed by the key or given by the user stays.
+-- states, never falls; one listed by the key or given by the user stays. Two of its
+-- endpoints stating different figures refute it (one pooled window would state one figure):
+-- flagged for every process, for good.
 local pool = list[2]
-if stated > 0 and pool ~= nil and not pool.explicit
-   and (pool.ceiling == nil or stated > pool.ceiling) then
-  state_limit(pool, stated)
+local refuted_by, refuted_figure = '', 0
+if stated > 0 and pool ~= nil and not pool.explicit and not pool.refuted then
+  redis.call('HSET', pool.h, 'stated:' .. endpoint, stated)
+  local fields = redis.call('HGETALL', pool.h)
+  for j = 1, #fields, 2 do
+    local other = string.match(fields[j], '^stated:(.+)$')
+    local figure = tonumber(fields[j + 1])
+    if other ~= nil and other ~= endpoint and figure ~= stated then
+      refuted_by, refuted_figure = other, figure
+      break
+    end
+  end
+  if refuted_by ~= '' then
+    redis.call('HSET', pool.h, 'refuted', '1')
+    pool.refuted, pool.limit, pool.ceiling, pool.calm, pool.scores = true, nil, nil, false, {}
+  elseif pool.ceiling == nil or stated > pool.ceiling then
+    state_limit(pool, stated)
+  end
 end
 if allowance >= 0 then
   redis.call('HSET', ehkey, 'allowance', allowance,
@@ -418,7 +457,7 @@ end
 for _, e in ipairs(list) do save(e, ttl) end
 redis.call('PEXPIRE', skey, ttl)
 redis.call('PEXPIRE', ehkey, ttl)
-return snapshot(skey, ehkey, list)
+return prepend(refuted_by, refuted_figure, snapshot(skey, ehkey, list))
 """
 )
 
