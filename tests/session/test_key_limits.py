@@ -126,3 +126,37 @@ async def test_a_stated_limit_never_raises_the_pool_past_the_keys_lowest() -> No
             assert isinstance(budget, LocalBudget)
             assert budget._endpoint("retrieve").limit == 300  # its own limit: raised
             assert _pool_limit(session) == 45
+
+
+async def test_an_assumed_pool_is_dropped_once_queue_and_retrieve_state_different_limits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The key lists nothing, so the documented 60/min pool is assumed; the API then states
+    40 a minute on queue answers and 120 on retrieve answers: separate limits, not one
+    pool. After a submit and a poll the pool is gone (each endpoint keeps the limit it
+    stated), said once at INFO."""
+    async with FakeServer(
+        time_scale=TIME_SCALE, api_keys=[API_KEY], rate_limits={"queue": 40, "retrieve": 120}
+    ) as server:
+        server.plan(JobScript(duration=2.0))
+        with caplog.at_level(logging.INFO, logger="venice_audio_async"):
+            async with make_session(server, rate_limits=v.RateLimits()) as session:
+                assert _pool_limit(session) == 60
+                job = await session.submit("stable-audio-25", "rain on a tin roof")
+                await session.wait_for(job)
+                budget = session._parts.budget
+                assert _pool_limit(session) is None
+                limits = {name: budget.window(name) for name in ("queue", "retrieve")}
+                assert {k: w.limit if w else None for k, w in limits.items()} == {
+                    "queue": 40,
+                    "retrieve": 120,
+                }
+                stats = budget.statistics()
+                assert stats.endpoints["queue"].granted == 1
+                assert stats.endpoints["retrieve"].granted >= 1
+        assert server.count("key_rate_limits") == 1
+    refuted = [r.getMessage() for r in caplog.records if "not one pool" in r.getMessage()]
+    assert refuted == [
+        "the API states 40/min for queue and 120/min for retrieve: separate limits, not one "
+        "pool; dropping the assumed 60/min pool"
+    ]
