@@ -264,8 +264,10 @@ class RateLimits:
     top of the pool: a limit the API states in its ``x-ratelimit-limit-requests`` header
     replaces them within one answer, up as well as down. A figure you set yourself is never
     raised by a stated one (a lower stated limit still holds: the API enforces it); each
-    field is tracked on its own. A stated limit never raises the pool: it stays at most
-    the lowest figure listed for any model in it. Inside the pool, ``queue`` calls come
+    field is tracked on its own. A stated limit never raises a pool the key listed or you
+    gave: it stays at most the lowest figure listed for any model in it. The documented
+    pool rises to a stated figure, and is dropped (each endpoint keeps its own limit) once
+    two of its endpoints state different figures. Inside the pool, ``queue`` calls come
     before polls. :meth:`from_api` reads the key's own limits from the API.
 
     .. versionadded:: 0.1.0
