@@ -15,7 +15,9 @@ moment and wait for them. Scenarios:
    ``3x12 no Redis, share 1/3``: the same, each keeping its polls to a third of the retrieve
    limit (``PollingBounds(retrieve_share=0.333)``, what docs/processes.md advises);
 4. ``pooled 60``: 1 x 12, one limit of 60/min over every audio endpoint, stated nowhere
-   (``--pooled-rate-limit 60 --no-state-limits``);
+   neither in headers nor at ``GET /api_keys/rate_limits``
+   (``--pooled-rate-limit 60 --no-state-limits --no-key-limits``): the session assumes the
+   documented 60/min;
 5. ``pooled 30``: the same at 30/min (too tight for 12 jobs: it must draw 429s);
 6. ``outside half``: 1 x 12 on the reference limits, while an outside client on the same key
    spends half of each window (``--outside-load queue=20 --outside-load retrieve=60``).
@@ -108,7 +110,7 @@ SCENARIOS = [
         1,
         12,
         6,
-        ("--pooled-rate-limit", "60", "--no-state-limits"),
+        ("--pooled-rate-limit", "60", "--no-state-limits", "--no-key-limits"),
         60 / 60,
         60 / 60,
     ),
@@ -117,7 +119,7 @@ SCENARIOS = [
         1,
         12,
         6,
-        ("--pooled-rate-limit", "30", "--no-state-limits"),
+        ("--pooled-rate-limit", "30", "--no-state-limits", "--no-key-limits"),
         60 / 30,
         60 / 30,
     ),

@@ -50,3 +50,38 @@ def test_a_429_pause_is_seen() -> None:
     assert pacer.paused(clock)
     clock.advance(6.0)
     assert not pacer.paused(clock)
+
+
+def _stated(clock: ManualClock, limit: int, remaining: int, reset_in: float) -> dict[str, str]:
+    """Headers stating ``remaining`` of ``limit`` left until ``reset_in`` seconds from now."""
+    return {
+        "x-ratelimit-limit-requests": str(limit),
+        "x-ratelimit-remaining-requests": str(remaining),
+        "x-ratelimit-reset-requests": str(round((clock.time() + reset_in) * 1000)),
+    }
+
+
+def test_with_other_clients_what_is_left_is_spread_to_the_reset() -> None:
+    """20 polls of ours, one every 0.5 s; the API then says 10 of 120 are left for the next
+    21.5 s. Another client made the other 90: the poller spreads the 10 evenly until the
+    reset (one every 2 s from its last poll) instead of spending them as its own window
+    allows, so the key's window does not run dry. Alone (the API counts only ours) the
+    budget's own pacing is all."""
+    for others in (0, 90):
+        clock = ManualClock()
+        budget = LocalBudget(clock=clock, rates={"retrieve": RateLimit(per_minute=120)})
+        pacer = WindowPacer(PollPolicy(PollingBounds()), budget)
+        for _ in range(20):
+            assert budget.try_acquire_now("retrieve")
+            last = clock.monotonic()
+            clock.advance(0.5)
+        left = 120 - 20 - others
+        budget.learn("retrieve", 200, _stated(clock, 120, left, reset_in=21.5))
+        window = budget.window("retrieve")
+        assert window is not None
+        assert window.others == others
+        pacer.maybe_reprice(clock.monotonic(), [], lambda job: None)
+        if others == 0:
+            assert pacer.token_ready() == budget.next_available("retrieve")
+        else:
+            assert abs(pacer.token_ready() - (last + 22.0 / 11)) < 1e-3

@@ -277,6 +277,27 @@ def test_price_rises_as_the_window_fills() -> None:
     assert late > early
 
 
+def test_other_clients_on_the_key_raise_the_price() -> None:
+    """A window where the API counted 60 requests of other clients besides our 30 (web
+    workers on one key, each with its own budget): the policy expects them to go on
+    polling twice as much as we do, and prices a poll as three processes sharing one window
+    do; a process that has barely polled assumes at most four times its own demand."""
+    belief = RunTimeBelief(math.log(20.0), 0.15)
+    jobs = [_View(belief, -0.5 * (i % 12)) for i in range(12)]
+    grants = tuple(-i * 0.5 for i in range(30))
+    price = PollPolicy(PollingBounds()).reprice
+    alone = price(0.0, jobs, len(jobs), RateWindow(limit=120, window=60.5, grants=grants))
+    crowded = RateWindow(limit=120, window=60.5, grants=grants, others=60)
+    shared = price(0.0, jobs, len(jobs), crowded)
+    # Two others' polls per one of ours: the demand set against the window is tripled.
+    assert shared == pytest.approx(9 * alone, rel=1e-6)
+    many = jobs * 4
+    few = RateWindow(limit=120, window=60.5, grants=grants[:2], others=100)
+    few_alone = RateWindow(limit=120, window=60.5, grants=grants[:2])
+    capped = price(0.0, many, len(many), few)
+    assert capped == pytest.approx(25 * price(0.0, many, len(many), few_alone), rel=1e-6)
+
+
 def test_processes_sharing_a_window_price_polls_at_one_figure() -> None:
     """Three processes with 12 jobs each on one shared window, each adding the others'
     demand to its own, price their polls as one process with all 36 jobs does; without the

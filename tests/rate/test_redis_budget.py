@@ -235,6 +235,33 @@ async def test_pooled_limit_covers_endpoints_together(
 
 
 @pytest.mark.anyio
+async def test_window_shows_clients_outside_the_budget(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """An answer counts 20 requests in the API's window where the processes sharing the
+    budget made 6: the 14 others are an outside client's, and the window says so (the
+    figure LocalBudget keeps the same way), to every reader of this process."""
+    clock = ScaledClock(SCALE)
+    first = make(redis_server, namespace, clock=clock)
+    second = make(redis_server, namespace, clock=clock)
+    for _ in range(5):
+        await first.acquire("retrieve")
+    await second.acquire("retrieve")
+    reset = str(round((clock.time() + 30) * 1000))
+    headers = {
+        "x-ratelimit-limit-requests": "120",
+        "x-ratelimit-remaining-requests": "100",
+        "x-ratelimit-reset-requests": reset,
+    }
+    await second.record_response("retrieve", 200, headers)
+    window = second.window("retrieve")
+    assert window is not None
+    assert window.others == 14
+    await first.aclose()
+    await second.aclose()
+
+
+@pytest.mark.anyio
 async def test_window_shows_every_process_grants(redis_server: RedisServer, namespace: str) -> None:
     """The synchronous window() includes the other clients' grants after one round trip."""
     first, second = make(redis_server, namespace), make(redis_server, namespace)

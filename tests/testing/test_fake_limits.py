@@ -451,6 +451,21 @@ async def test_cli_sets_pooled_limit_and_unstated_limits(http: aiohttp.ClientSes
     assert faults == [None, None, "pooled_rate_limit", "pooled_rate_limit", "error_budget"]
 
 
+async def test_cli_lists_no_key_limits(http: aiohttp.ClientSession) -> None:
+    """--no-key-limits: the pooled limit is enforced but listed nowhere (a limit stated
+    nowhere: neither in headers nor at ``GET /api_keys/rate_limits``)."""
+    args = _parser().parse_args(
+        ["--time-scale", "0.001", "--pooled-rate-limit", "2", "--no-state-limits",
+         "--no-key-limits"]
+    )  # fmt: skip
+    async with _build_server(args) as server:
+        api = Api(http, server)
+        data = (await api.key_limits()).json()["data"]
+        assert data["rateLimits"] == []
+        replies = [await api.quote() for _ in range(3)]
+    assert [r.status for r in replies] == [200, 200, 429]
+
+
 def test_cli_refuses_bad_limit_options() -> None:
     """A pooled limit below 1 or a malformed --error-budget is a usage error."""
     for argv in (

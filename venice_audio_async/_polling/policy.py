@@ -50,6 +50,10 @@ SAMPLE = 256
 #: of docs/performance.md: 0.95 keeps every job within 15 s there, and in the 200 races of
 #: tests/polling/test_polling.py, where 1.0 lets one job be 15.2 s late; see benchmarks/).
 _SLACK = 0.95
+#: Other clients on the key (a window's ``others``) are expected to want at most this many
+#: times this process's own polls: a process that has barely polled yet must not price
+#: itself out of the window its peers fill.
+_OTHERS_AT_MOST = 4.0
 #: Past a belief's 99th percentile, a poll gap is at least this share of the overrun ...
 _OVERRUN_SHARE = 0.1
 #: ... and past its 1st percentile never more than this (seconds): however unlikely the
@@ -158,7 +162,14 @@ class PollPolicy:
 
         ``exchange``: for a window shared with other processes, takes this process's demand
         at each :data:`LOOK_AHEAD` horizon and returns the others' (``None``: none known);
-        the price is then set by the demand of all, one figure for every process."""
+        the price is then set by the demand of all, one figure for every process.
+
+        Other clients the API's stated counts show in the window (``window.others``: web
+        workers with budgets of their own, outside clients) are expected to go on wanting
+        polls in the proportion they used the window so far, up to :data:`_OTHERS_AT_MOST`
+        times ours: independent processes then price their polls much as processes sharing
+        one budget do, and leave room for each other without being told of each other
+        (unless ``retrieve_share`` below 1 already sets the others' part aside)."""
         floor = self.bounds.delay_per_poll
         if window is None:
             self.price = floor
@@ -189,9 +200,16 @@ class PollPolicy:
                     demand += belief.fluid_polls_of_arrivals(x) / span
             demands.append(demand)
         others = exchange(tuple(demands)) if exchange is not None else None
+        # Per poll of ours (or of the processes sharing the budget), how many the key's other
+        # clients used: the API's count beyond our grants, against ours in the same window.
+        # A share below 1 is the user's own word on how much of the window is the others'.
+        unseen = (
+            min(_OTHERS_AT_MOST, window.others / max(1, len(window.grants))) if share >= 1 else 0.0
+        )
         price = floor
         for i, x in enumerate(LOOK_AHEAD):
             demand = demands[i] + (others[i] if others is not None else 0.0)
+            demand *= 1.0 + unseen
             free = window.free_after(x, now) - reserved
             price = max(price, (demand / (_SLACK * max(free, 0.5))) ** 2)
         self.price = price

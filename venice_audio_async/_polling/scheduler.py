@@ -156,6 +156,7 @@ class WindowPacer:
         self._repriced_at = -math.inf
         self._grants = 0
         self._keyed_price = policy.price
+        self._crowded = False  # other clients on the key, as of the last re-pricing
         # A budget that can hand a free token over synchronously (an in-process one) saves
         # the poller acquire's cancellation checkpoint; others answer False and it waits.
         # A budget shared between processes (RedisBudget) trades this process's demand for
@@ -189,16 +190,25 @@ class WindowPacer:
             self._grants += 1
 
     def token_ready(self) -> float:
-        """When the poller may take a retrieve token (its share of the window included)."""
+        """When the poller may take a retrieve token (its share of the window included).
+
+        While other clients use the key too (the last re-pricing saw them in the API's
+        stated count), what the API says is left until its reset is spread evenly over the
+        time to it: each of several processes that do so leaves the others room, and none
+        runs the key's window dry (a 429 there costs the rest of the window)."""
         ready = self._budget.next_available("retrieve")
         share = self._policy.bounds.retrieve_share
-        if share < 1:
+        if share < 1 or self._crowded:
             window = self._budget.window("retrieve")
-            if window is not None:
-                allowed = max(1, math.floor(share * window.limit))
+            if window is not None and window.grants:
                 inside = len(window.grants)
+                allowed = max(1, math.floor(share * window.limit))
                 if inside >= allowed:
                     ready = max(ready, window.grants[inside - allowed] + window.window)
+                left, until = window.allowance, window.allowance_until
+                if self._crowded and left is not None and until is not None:
+                    last = window.grants[-1]
+                    ready = max(ready, last + max(0.0, until - last) / (left + 1))
         return ready
 
     def paused(self, clock: Clock) -> bool:
@@ -226,6 +236,7 @@ class WindowPacer:
         self._repriced_at = now
         self._grants = 0
         window = self._budget.window("retrieve")
+        self._crowded = window is not None and window.others > 0
         sample = self._policy.sample(live) if window is not None else ()
         for tracked in sample:
             refresh(tracked)

@@ -81,7 +81,10 @@ class RateWindow:
     stated and lowered after 429s); ``grants`` the times (``clock.monotonic()``, oldest
     first) of the grants still inside the sliding ``window``. ``allowance`` is what the
     API last said remains (``x-ratelimit-remaining-requests``) until ``allowance_until``,
-    minus what was granted since; ``None`` when it said nothing.
+    minus what was granted since; ``None`` when it said nothing. ``others``: requests of
+    other clients on the key inside the server's window, as the API's last stated count
+    showed them (its ``limit - remaining`` beyond the budget's own grants; 0 when unknown):
+    the poll policy expects them to go on wanting a share of the window.
 
     .. versionadded:: 0.1.0
     """
@@ -91,6 +94,7 @@ class RateWindow:
     grants: tuple[float, ...]
     allowance: int | None = None
     allowance_until: float | None = None
+    others: int = 0
 
     def free_after(self, seconds: float, now: float) -> int:
         """Grants the window will allow ``seconds`` from now, if none were made meanwhile."""
@@ -338,6 +342,7 @@ def _rate_window(state: EndpointRate, now: float) -> RateWindow | None:
         grants=tuple(state.log),
         allowance=left,
         allowance_until=state.allowance_until if left is not None else None,
+        others=state.others_now(now),
     )
 
 
@@ -807,6 +812,8 @@ class LocalBudget(RequestBudget):
         if lesson.allowance is not None:
             remaining, until = lesson.allowance
             state.allow(remaining, now + until)
+        if lesson.stated is not None and lesson.remaining is not None:
+            state.observe_use(lesson.stated, lesson.remaining, now)
         if lesson.endpoint_pause is not None:
             until = now + lesson.endpoint_pause
             if until > state.paused_until:

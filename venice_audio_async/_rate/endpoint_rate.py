@@ -65,6 +65,7 @@ __all__ = [
     "EndpointRate",
     "LinePlan",
     "Waiter",
+    "others_on_key",
     "pool_refuted_message",
     "reached",
     "token_eta",
@@ -78,6 +79,14 @@ _DECREASE_SPACING = 12
 RECOVERY_STEPS = 4
 #: Relative tolerance when comparing clock readings (float rounding in sleeps and sums).
 _REL_EPS = 1e-12
+
+
+def others_on_key(stated: int, remaining: int, ours: int) -> int:
+    """Requests of other clients on the key inside the API's window: the count an answer
+    states (``stated - remaining``, its own request included) beyond ``ours``, the grants
+    of this budget in its window (a process with a budget of its own, an outside client).
+    Ours still in flight may not be counted yet, so this errs low."""
+    return max(0, stated - remaining - ours)
 
 
 def pool_refuted_message(first: tuple[str, int], second: tuple[str, int], assumed: int) -> str:
@@ -196,6 +205,8 @@ class EndpointRate:
         "name",
         "next_paced",
         "next_recovery",
+        "others",
+        "others_until",
         "paused_seconds",
         "paused_until",
         "rate_limited",
@@ -223,6 +234,8 @@ class EndpointRate:
         self.interval = 0.0
         self.allowance: int | None = None
         self.allowance_until = -math.inf
+        self.others = 0
+        self.others_until = -math.inf
         self.last_429 = -math.inf
         self.next_recovery = math.inf
         self.log: deque[float] = deque()
@@ -375,6 +388,20 @@ class EndpointRate:
         """The API said ``remaining`` requests are left until ``until``."""
         self.allowance = max(0, remaining)
         self.allowance_until = until
+
+    def observe_use(self, stated: int, remaining: int, now: float) -> None:
+        """An answer counted ``stated - remaining`` requests in the API's window: keep
+        :func:`others_on_key` of them. They leave the window within ``window`` of now at the
+        latest; each answer that states a count replaces the figure."""
+        if self.limit is None:
+            return  # no log kept: nothing to tell our grants from the others'
+        self.prune(now)
+        self.others = others_on_key(stated, remaining, len(self.log))
+        self.others_until = now + self.window
+
+    def others_now(self, now: float) -> int:
+        """Other clients' requests in the window as last stated (0 once it is stale)."""
+        return self.others if self.others_until > now else 0
 
     def allowance_left(self, now: float) -> int | None:
         """What the API said remains, while its reset lies ahead (else ``None``)."""

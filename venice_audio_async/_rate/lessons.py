@@ -63,15 +63,17 @@ class AnswerSignals:
     error budget's); ``pause``: pause every endpoint this long, with the reason (a 429 other
     than an overloaded model's, an exhausted error budget); ``model_pause``: hold ``model``'s
     queue calls this long (an overloaded model); ``stated``: the endpoint's limit as the
-    API states it; ``allowance``:
-    ``(remaining, seconds until the reset)``; ``endpoint_pause``: pause this endpoint
-    (``remaining == 0``); ``failure``: one failed request.
+    API states it; ``remaining``: what it says is left of it (with ``stated``, how many
+    requests it counts); ``allowance``: ``(remaining, seconds until the reset)``;
+    ``endpoint_pause``: pause this endpoint (``remaining == 0``); ``failure``: one failed
+    request.
     """
 
     rate_limited: bool = False
     pause: tuple[float, str] | None = None
     model_pause: tuple[float, str] | None = None
     stated: int | None = None
+    remaining: int | None = None
     allowance: tuple[int, float] | None = None
     endpoint_pause: float | None = None
     failure: bool = False
@@ -167,6 +169,7 @@ def read_signals(
         pause=pause if pause is not None and pause[0] > 0 else None,
         model_pause=model_pause if model_pause is not None and model_pause[0] > 0 else None,
         stated=stated if stated is not None and stated >= 1 else None,
+        remaining=max(0, left) if left is not None else None,
         allowance=allowance,
         endpoint_pause=endpoint_pause if endpoint_pause and endpoint_pause > 0 else None,
         failure=status >= 400 or status < 100,

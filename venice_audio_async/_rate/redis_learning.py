@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from .._core.clock import Clock
 from .._core.logging import log
 from .budget import hold_model
-from .endpoint_rate import pool_refuted_message
+from .endpoint_rate import others_on_key, pool_refuted_message
 from .lessons import AnswerSignals, read_signals, teaches_nothing
 from .redis_link import RedisLink
 from .redis_mirror import SharedMirror
@@ -89,6 +89,12 @@ class ResponseLearner:
         )
         if lesson.failure:
             mirror.failures += 1
+        if lesson.stated is not None and lesson.remaining is not None and own_view is not None:
+            # Every process's grants are in the shared log: the others are outside clients.
+            own_view.prune(now)
+            ours = len(own_view.own) if link.away else len(own_view.grants)
+            view.others = others_on_key(lesson.stated, lesson.remaining, ours)
+            view.others_until = now + own_view.window
         if lesson.model_pause is not None:  # this process holds it at once, Redis or not
             delay, held = lesson.model_pause
             hold_model(mirror.model_held, held, now + delay)

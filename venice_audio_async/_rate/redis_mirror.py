@@ -114,6 +114,8 @@ class EndpointView:
     paused_seconds: float = 0.0
     allowance: int | None = None
     allowance_until: float = -math.inf
+    others: int = 0  # requests of clients outside the budget in the API's window ...
+    others_until: float = -math.inf  # ... as the last stated count showed them, until then
     contenders: int = 0  # other clients asking for this endpoint, as of the last reply
     granted: int = 0
     waiting: int = 0
@@ -334,6 +336,7 @@ class SharedMirror:
                     grants=tuple(grants),
                     allowance=allowance,
                     allowance_until=view.allowance_until if allowance is not None else None,
+                    others=view.others if own and view.others_until > now else 0,
                 )
             )
         pooled = windows[1] if len(windows) > 1 else None

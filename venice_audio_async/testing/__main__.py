@@ -6,7 +6,7 @@ Usage::
         [--job-mix elevenlabs-music=60:0.2 --job-mix stable-audio-25=30 --seed 1]
         [--audio-size BYTES] [--record FILE]
         [--rate-limit queue=40 --rate-limit retrieve=120] [--pooled-rate-limit 60]
-        [--no-state-limits | --state-limits-on queue] [--error-budget 20:30
+        [--no-state-limits | --state-limits-on queue] [--no-key-limits] [--error-budget 20:30
         [--error-budget-counts-429]] [--overload elevenlabs-music=30@60-180]
         [--outside-load retrieve=30]
 
@@ -229,6 +229,16 @@ def _parser() -> argparse.ArgumentParser:
         help="never state the --rate-limit limits in x-ratelimit-*-requests headers",
     )
     parser.add_argument(
+        "--no-key-limits",
+        dest="key_limits",
+        action="store_false",
+        help=(
+            "list no limit for any model at GET /api_keys/rate_limits (by default every "
+            "model is listed at --pooled-rate-limit): with --no-state-limits, a pooled limit "
+            "stated nowhere"
+        ),
+    )
+    parser.add_argument(
         "--state-limits-on",
         dest="state_limits_on",
         action="append",
@@ -321,6 +331,7 @@ def _build_server(args: argparse.Namespace) -> FakeServer:
         audio=args.audio,
         state_path=args.state,
         overloaded_models=always or None,
+        key_rate_limits=None if args.key_limits else {},
         outside_load=dict(args.outside_load) or None,
     )
     for model, seconds, span in args.overload:
