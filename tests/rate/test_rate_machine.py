@@ -405,6 +405,13 @@ async def test_two_different_stated_figures_drop_only_an_assumed_pool(
             await budget.acquire("retrieve")
             limits_now = [budget.window(name) for name in ("queue", "retrieve")]
             assert [w.limit if w is not None else None for w in limits_now] == [40, 120]
+            if isinstance(budget, LocalBudget):  # for good: the assumed pool is not taken again
+                budget.set_pool(pooled_rate(v.RateLimits()))
+                assert budget.window("complete") is None
+                budget.set_pool(pooled_rate(v.RateLimits(pooled_per_minute=45)))  # a listed one
+                listed = budget.window("complete")
+                assert listed is not None
+                assert listed.limit == 45
     finally:
         for shared_budget in (budget, *others):
             if isinstance(shared_budget, RedisBudget):
