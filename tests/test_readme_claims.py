@@ -84,3 +84,46 @@ def test_the_headline_agrees_with_the_latency_table() -> None:
     others = [rows[w][0] for w in "ACD"]
     assert int(spread.group(1)) <= min(others)
     assert max(others) < int(spread.group(2)) + 1
+
+
+#: The README's rows of the table of latency on one key, and the benchmark scenario of each.
+_ONE_KEY_ROWS = {
+    "1 process, 36 jobs": "1x36 reference",
+    "3 processes x 12 jobs, one shared `RedisBudget`": "3x12 Redis",
+    "3 processes x 12 jobs, each its own budget (web workers)": "3x12 no Redis",
+    "1 x 12 jobs, 60/min over all audio endpoints, stated nowhere": "pooled 60",
+    "1 x 12 jobs, an outside client spending half the key": "outside half",
+}
+#: Marks the performance page's table of the final `benchmarks/multiprocess.py` run.
+_ONE_KEY_MARK = "<!-- multiprocess: final -->"
+
+
+def _table_after(text: str, mark: str) -> dict[str, list[str]]:
+    """The rows (by first cell) of the first markdown table after ``mark`` in ``text``."""
+    rows: dict[str, list[str]] = {}
+    lines = text[text.index(mark) :].splitlines()[1:]
+    started = False
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("|"):
+            if started:
+                break
+            continue
+        started = True
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_the_readme_table_on_one_key_is_the_benchmarks() -> None:
+    """The README's table of several processes and other limits on one key shows the
+    figures of the performance page's final `benchmarks/multiprocess.py` run, rounded."""
+    measured = _table_after(PERFORMANCE.read_text(), _ONE_KEY_MARK)
+    readme = (ROOT / "README.md").read_text()
+    shown = _table_after(readme, "`benchmarks/multiprocess.py`")
+    assert set(shown) - {"on one key", "---"} == set(_ONE_KEY_ROWS)
+    for row, scenario in _ONE_KEY_ROWS.items():
+        p50, p95, _max, refused = (float(x) for x in measured[scenario][:4])
+        delay, errors = shown[row]
+        assert delay == f"{p50:.1f} / {p95:.1f} s", row
+        assert errors == f"{refused:g}", row
