@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+from typing import Any
+
 import anyio
 
 from venice_audio_async._core.config import RateLimit
 from venice_audio_async._polling.estimator import PollingBounds
 from venice_audio_async._polling.policy import PollPolicy
-from venice_audio_async._polling.scheduler import WindowPacer
+from venice_audio_async._polling.scheduler import SHARE_SECONDS, WindowPacer
 from venice_audio_async._rate.budget import LocalBudget
 from venice_audio_async.budget import BudgetStatistics
 from venice_audio_async.testing import ManualClock
@@ -85,3 +89,47 @@ def test_with_other_clients_what_is_left_is_spread_to_the_reset() -> None:
             assert pacer.token_ready() == budget.next_available("retrieve")
         else:
             assert abs(pacer.token_ready() - (last + 22.0 / 11)) < 1e-3
+
+
+class SharedBudget(LocalBudget):
+    """A budget shared with other processes that want ``others`` polls at every horizon;
+    counts the trades without a token (``exchange_demand``) and what was published."""
+
+    def __init__(self, others: float, **options: Any) -> None:
+        super().__init__(**options)
+        self.others = others
+        self.trades = 0
+        self.published: list[tuple[float, ...]] = []
+
+    def share_demand(self, endpoint: str, demand: Sequence[float]) -> tuple[float, ...] | None:
+        self.published.append(tuple(demand))
+        return (self.others,) * len(demand)
+
+    async def exchange_demand(self, endpoint: str) -> None:
+        self.trades += 1
+
+
+def test_a_process_whose_polls_wait_still_trades_and_reprices() -> None:
+    """Sharing a budget, the demand is traded before a poll is priced, and every
+    SHARE_SECONDS while the price holds polls back with none due, re-pricing each time:
+    so the others keep hearing this process's demand as it stands, and it prices its next
+    poll on theirs as it stands (traded only with its own grants, both went stale exactly
+    while its polls waited). Nothing due at the floor price: nothing traded."""
+    clock = ManualClock()
+    budget = SharedBudget(200.0, clock=clock, rates={"retrieve": RateLimit(per_minute=120)})
+    policy = PollPolicy(PollingBounds())
+    pacer = WindowPacer(policy, budget)
+
+    async def share(*, due: bool) -> None:
+        await pacer.share(clock, [], lambda job: None, due=due)
+
+    anyio.run(functools.partial(share, due=False))
+    assert (budget.trades, budget.published) == (0, [])
+    anyio.run(functools.partial(share, due=True))  # a poll is about to be priced
+    assert (budget.trades, len(budget.published)) == (1, 1)
+    assert policy.price > policy.bounds.delay_per_poll  # the others' demand raised it
+    for step in range(1, 7):  # its polls wait, none due
+        clock.advance(SHARE_SECONDS / 2)
+        anyio.run(functools.partial(share, due=False))
+        assert budget.trades == 1 + step // 2
+    assert len(budget.published) == 4  # re-priced with each trade

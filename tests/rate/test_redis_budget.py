@@ -506,3 +506,30 @@ async def test_processes_hear_each_others_poll_demand(
     assert c.share_demand("retrieve", (0.5, 0.5)) == (3.0, 4.0)
     # Horizons that do not match (another version's policy) are not mixed in.
     assert c.share_demand("retrieve", (0.5,)) is None
+
+
+async def test_a_process_whose_polls_wait_still_trades_its_demand(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A process whose polls the shared price holds back takes no token; trading without
+    one (exchange_demand) it stays in the others' sum past DEMAND_STALE, keeps hearing
+    theirs, and sees the grants they took meanwhile: it never prices a poll alone on a
+    window as of its own last grant."""
+    import venice_audio_async._rate.redis_budget as redis_budget
+
+    clock = ScaledClock(0.02)
+    a, b = (make(redis_server, namespace, clock=clock) for _ in range(2))
+    a.share_demand("retrieve", (1.0, 2.5))
+    b.share_demand("retrieve", (3.0, 4.0))
+    await a.acquire("retrieve")  # a's last grant
+    steps = int(redis_budget.DEMAND_STALE) + 2
+    for _ in range(steps):  # b polls; a waits, trading once a second
+        await clock.sleep(1.0)
+        await b.acquire("retrieve")
+        await a.exchange_demand("retrieve")
+    await b.acquire("retrieve")
+    assert b.share_demand("retrieve", (3.0, 4.0)) == (1.0, 2.5)
+    assert a.share_demand("retrieve", (1.0, 2.5)) == (3.0, 4.0)
+    window = a.window("retrieve")
+    assert window is not None
+    assert len(window.grants) == 1 + steps  # b's, bar the one after a's last trade

@@ -145,6 +145,9 @@ REPRICE_SECONDS = 0.5  # the window is re-priced at least this often while jobs 
 REPRICE_GRANTS = 4  # ... and after this many grants
 #: A price below this share of the one jobs were keyed at makes them due sooner: re-key.
 PRICE_DROP = 0.9
+#: Sharing a budget, demand is traded at least this often while the price is raised (and
+#: before every poll is priced): well inside RedisBudget's DEMAND_STALE.
+SHARE_SECONDS = 1.0
 
 
 class WindowPacer:
@@ -157,6 +160,7 @@ class WindowPacer:
         self._grants = 0
         self._keyed_price = policy.price
         self._crowded = False  # other clients on the key, as of the last re-pricing
+        self._shared_at = -math.inf  # demand last traded without a poll due
         # A budget that can hand a free token over synchronously (an in-process one) saves
         # the poller acquire's cancellation checkpoint; others answer False and it waits.
         # A budget shared between processes (RedisBudget) trades this process's demand for
@@ -169,10 +173,42 @@ class WindowPacer:
         self._share: Callable[[tuple[float, ...]], Sequence[float] | None] | None = (
             (lambda demand: budget.share_demand("retrieve", demand)) if shares else None
         )
+        # ... and, when it can, trades it without a grant too (RedisBudget.exchange_demand):
+        # a process whose polls wait takes no token, and would drop out of the trade.
+        exchange = getattr(budget, "exchange_demand", None) if shares else None
+        self._exchange: Callable[[str], Awaitable[None]] | None = exchange
         self.grants_now = getattr(type(budget), "try_acquire_now", None) not in (
             None,
             RequestBudget.try_acquire_now,  # the protocol's default never grants
         )
+
+    async def share(
+        self,
+        clock: Clock,
+        live: Sequence[TrackedJob],
+        refresh: Callable[[TrackedJob], object],
+        *,
+        due: bool,
+    ) -> bool:
+        """With a budget shared between processes, before the loop decides: trade poll
+        demand with the others (``due``: a job is due, so a poll is about to be priced; else
+        at least every :data:`SHARE_SECONDS` while the price is raised) and re-price if it
+        is time. Returns :meth:`maybe_reprice`'s answer (always False for a budget of one).
+
+        The shared price is made of every process's demand and grants. Traded only with
+        this process's own grants, it goes stale exactly while its polls wait (priced out):
+        the others stop counting its demand, and it prices its next poll on what it heard
+        last, alone and on a window without the others' latest grants: far too low."""
+        if self._share is None:
+            return False
+        now = clock.monotonic()
+        raised = self._policy.price > self._policy.bounds.delay_per_poll
+        if not due and not (raised and now - self._shared_at >= SHARE_SECONDS):
+            return False
+        self._shared_at = now
+        if self._exchange is not None:
+            await self._exchange("retrieve")
+        return self.maybe_reprice(clock.monotonic(), live, refresh)
 
     def take_token_now(self) -> bool:
         """Take a retrieve token if the budget has one free now (no waiting, no I/O)."""
@@ -666,6 +702,12 @@ class Scheduler:
         while True:
             if self._sweep.run() or (len(self._heap) > _STALE_BATCH and self._heap.stale_head()):
                 await anyio.lowlevel.checkpoint()  # a mass re-key must not stall the loop
+            # Sharing a budget: this process's demand and the others' as of now, not as of
+            # its last grant (it may have had none for a while).
+            head = self._heap.head()
+            due = head is not None and self._heap.head_due() <= self._clock.monotonic() + EPSILON
+            if await self._pacer.share(self._clock, self.jobs.live, self._fits.belief_of, due=due):
+                self._start_sweep()
             step = self._step()
             if isinstance(step, TrackedJob):
                 return step

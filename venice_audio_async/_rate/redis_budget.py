@@ -378,9 +378,26 @@ class RedisBudget(RequestBudget):
         if demand is None or now - self._demand_sent_at.get(endpoint, -math.inf) < DEMAND_EVERY:
             return
         self._demand_sent_at[endpoint] = now
-        heard = await self._link.demand(endpoint, demand, DEMAND_STALE)
+        # The window's grants come back too: the price reads them with the others' demand.
+        entities = self._mirror.entities_of(endpoint)
+        heard = await self._link.demand(endpoint, demand, DEMAND_STALE, entities)
         if heard is not None:
-            self._demand_in[endpoint] = (self._clock.monotonic(), heard[1])
+            at = self._clock.monotonic()
+            self._demand_in[endpoint] = (at, heard[1])
+            self._mirror.absorb_grants(entities, heard[2], at)
+
+    async def exchange_demand(self, endpoint: str) -> None:
+        """Publish this process's demand for ``endpoint`` and read the others' now, without
+        taking a token (at most every :data:`DEMAND_EVERY`; nothing while Redis is away or
+        before :meth:`share_demand` was told a demand).
+
+        The poll scheduler calls it while its polls wait: a process whose polls the shared
+        price holds back takes no token, so its grants alone would leave the others without
+        its demand and it without theirs (both age out after :data:`DEMAND_STALE`); it would
+        then price its next poll alone, far too low, and spend the shared window early.
+        """
+        if not self._link.away:
+            await self._exchange_demand(endpoint)
 
     def share_demand(self, endpoint: str, demand: Sequence[float]) -> tuple[float, ...] | None:
         """Tell the budget what this process's polls want of ``endpoint``; what the other

@@ -194,19 +194,26 @@ class RedisLink:
         return Answer(bool(int(reply[0])), wait, int(reply[2]), self._snapshot(reply[3:]))
 
     async def demand(
-        self, endpoint: str, values: Sequence[float], stale: float
-    ) -> tuple[int, tuple[float, ...]] | None:
+        self, endpoint: str, values: Sequence[float], stale: float, logs: Sequence[Entity] = ()
+    ) -> tuple[int, tuple[float, ...], tuple[tuple[float, ...], ...]] | None:
         """Publish this process's demand for ``endpoint`` (DEMAND) and read the others':
-        ``(how many others, their summed demand)``; entries older than ``stale`` clock
-        seconds are dropped. ``None`` when Redis is away."""
+        ``(how many others, their summed demand, per entity of logs the ages of its grants
+        in its window)``; entries older than ``stale`` clock seconds are dropped. ``None``
+        when Redis is away."""
         args: list[_Arg] = [self._client_id, self._ttl_ms, self._ms(stale), len(values)]
         args += [repr(float(v)) for v in values]
+        args += [self._ms(entity.window) for entity in logs]
+        keys = [self._key(f"demand:{endpoint}")]
+        keys += [self._key(f"log:{entity.name}") for entity in logs]
         try:
-            reply = await self._round_trip("demand", [self._key(f"demand:{endpoint}")], args)
+            reply = await self._round_trip("demand", keys, args)
         except self._errors as error:
             self.go_away(error)
             return None
-        return int(reply[0]), tuple(float(_text(v)) for v in reply[1:])
+        n = len(values)
+        sums = tuple(float(_text(v)) for v in reply[1 : n + 1])
+        ages = tuple(tuple(self._from_us(age) for age in row) for row in reply[n + 1 :])
+        return int(reply[0]), sums, ages
 
     async def release(self, entities: Sequence[Entity], member: str) -> None:
         """Give back the grant ``member`` (if Redis cannot hear it, it ages out in time)."""

@@ -217,6 +217,14 @@ class SharedMirror:
         if news.pool_refuted:
             self.drop_pool()
 
+    def absorb_grants(
+        self, entities: Sequence[Entity], ages: Sequence[Sequence[float]], at: float
+    ) -> None:
+        """Take in the grants of ``entities`` (every process's) as a demand trade read them
+        at ``at``: the window the poll price reads, fresh without a token taken."""
+        for rule, entity_ages in zip(entities, ages, strict=True):
+            self.entity_view(rule).grants = deque(at - age for age in entity_ages)
+
     def drop_pool(self) -> None:
         """Redis says the assumed pool is refuted: each endpoint keeps its own limit from
         now on, as with no pool (a pool the user gave or the key listed is never dropped)."""

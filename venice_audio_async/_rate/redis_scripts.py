@@ -59,12 +59,14 @@ n, age_us...``: after an outage, log the grants and failures a process made mean
 
 **RELEASE** ``KEYS = logs``, ``ARGV = member``: give back a grant whose waiter was cancelled.
 
-**DEMAND** ``KEYS = demand hash``, ``ARGV = client, ttl_ms, stale_ms, n, d_1..d_n``: publish
-this client's demand for an endpoint's tokens (the poll policy's demand at ``n`` look-ahead
-horizons, plain numbers) and read the others': each client's entry is
-``"written_us,d_1,...,d_n"`` under its ``client`` field of ``P:demand:E``; entries older than
-``stale_ms`` are dropped. Replies ``others, sum_1..sum_n`` (the other live clients and their
-summed demand, the sums as strings: a Lua number would reach the client truncated).
+**DEMAND** ``KEYS = demand hash, log...``, ``ARGV = client, ttl_ms, stale_ms, n, d_1..d_n,
+window_ms...`` (one window per log): publish this client's demand for an endpoint's tokens
+(the poll policy's demand at ``n`` look-ahead horizons, plain numbers) and read the others':
+each client's entry is ``"written_us,d_1,...,d_n"`` under its ``client`` field of
+``P:demand:E``; entries older than ``stale_ms`` are dropped. Replies ``others, sum_1..sum_n``
+(the other live clients and their summed demand, the sums as strings: a Lua number would
+reach the client truncated), then per log ``{age_us...}``: the ages of its grants inside its
+window, oldest first (read only: the window as it stands for pricing, without a grant).
 
 **RULE_STEP** ``KEYS = hash, log``, ``ARGV = now_us, configured, window_ms, burst, step,
 value, member``: one step of one entity's rule at a time it is told (``step``: ``grant``
@@ -558,6 +560,14 @@ for j = 1, #all, 2 do
 end
 local reply = {others}
 for i = 1, n do reply[i + 1] = tostring(sums[i]) end
+for k = 2, #KEYS do
+  local since = now - tonumber(ARGV[4 + n + k - 1]) * 1000
+  local flat = redis.call('ZRANGEBYSCORE', KEYS[k], '(' .. string.format('%.0f', since), '+inf',
+                          'WITHSCORES')
+  local row = {}
+  for i = 2, #flat, 2 do row[#row + 1] = math.floor(now - tonumber(flat[i])) end
+  reply[#reply + 1] = row
+end
 return reply
 """
 )
