@@ -28,7 +28,7 @@ from venice_audio_async._rate.lessons import teaches_nothing
 from venice_audio_async._rate.statistics import EndpointFigures, budget_statistics
 from venice_audio_async.testing import FakeServer, JobScript
 
-from ..conftest import TIME_SCALE, make_session, max_in_window
+from ..conftest import TIME_SCALE, busiest_window, make_session, max_in_window
 
 NOW_EPOCH = 1_800_000_000.0
 
@@ -1004,6 +1004,49 @@ async def test_queue_calls_come_before_polls_in_the_pool() -> None:
             if len(order) < 4:
                 assert clock.advance_to_next()
     assert order == ["queue", "queue", "retrieve", "retrieve"]
+
+
+@pytest.mark.anyio
+async def test_a_large_batch_being_queued_leaves_polls_their_part_of_the_pool() -> None:
+    """100 queue calls waiting under the documented pool (60/min over queue and polls, the
+    queue at 40/min): the queue calls still go at their own limit's pace, first, and a
+    poller gets the pool's remaining room meanwhile, not nothing until the batch is all
+    queued (results are wanted while a batch is still being queued): the pool keeps for the
+    queue calls what the queue's own limit lets through, and paces polls at what is left."""
+    clock = ManualClock()
+    budget = make_budget(
+        clock, {"queue": RateLimit(40), "retrieve": RateLimit(120)}, pool=RateLimit(60)
+    )
+    queued: list[float] = []
+    polled: list[float] = []
+
+    async def submit() -> None:
+        await budget.acquire("queue")
+        queued.append(clock.monotonic())
+
+    async def poll() -> None:
+        while len(queued) < 100:
+            await budget.acquire("retrieve")
+            polled.append(clock.monotonic())
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(100):
+            tg.start_soon(submit)
+        tg.start_soon(poll)
+        while len(queued) < 100:
+            await settle(clock, budget)
+            if len(queued) < 100:
+                assert clock.advance_to_next()
+        tg.cancel_scope.cancel()  # the poller waits for its next token
+    assert busiest_window(queued + polled, 60.5) <= 60
+    first_minute = [t for t in queued if t < 60.0]
+    # Near the queue's own pace (40 a minute; the pool's pacing between grants costs some).
+    assert len(first_minute) >= 30
+    while_queueing = [t for t in polled if t < queued[-1]]
+    # 100 calls at 40 a minute take 2.5 minutes; the pool leaves polls ~20 a minute of them.
+    assert len(while_queueing) >= 25
+    # From the first minute on, while most of the batch still waits.
+    assert len([t for t in polled if t < 60.0]) >= 10
 
 
 def test_session_maps_pooled_per_minute_onto_the_pool() -> None:

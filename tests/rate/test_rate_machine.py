@@ -220,6 +220,23 @@ async def test_queue_calls_come_before_polls_in_the_pool_alike(redis_client: obj
     assert granted[64:] == [True, False]  # one slot always left to polls
 
 
+async def test_polls_with_queue_calls_waiting_are_paced_at_the_share_left_alike(
+    redis_client: object,
+) -> None:
+    """A paced pool of 60/min (burst 10): a poll with 30 grants kept for queue calls goes no
+    closer to the last grant than the 30 a minute left to it (60.5 s / 30), not at the
+    pool's own pace (about a second): the same in Python and in Lua."""
+    steps = [Step(0.0137 + 0.001 * k, "grant") for k in range(10)]
+    steps += [Step(3.0137, "grant"), Step(4.5137, "grant", 30), Step(5.1137, "grant", 30)]
+    python, lua = PythonRule(60, burst=10), LuaRule(redis_client, 60, burst=10)
+    granted = []
+    for step in steps:
+        here, there = python.play(step), await lua.play(step)
+        assert here.granted == there.granted, (step, here, there)
+        granted.append(here.granted)
+    assert granted == [True] * 11 + [False, True]
+
+
 # --------------------------------------------------------------------------- 429 kinds
 
 

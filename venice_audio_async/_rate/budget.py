@@ -51,6 +51,7 @@ from .endpoint_rate import (
     LinePlan,
     Waiter,
     pool_refuted_message,
+    queue_reserve,
     reached,
     token_eta,
 )
@@ -452,19 +453,25 @@ class LocalBudget(RequestBudget):
         pool = self._pool_of(state)
         if pool is not None:
             # Each rule only gets easier as time passes, so one more pass settles both.
-            t = state.rate_ready(pool.rate_ready(t, self._queue_reserve(state)))
+            t = state.rate_ready(pool.rate_ready(t, self._queue_reserve(state, now)))
         return t
 
-    def _queue_reserve(self, state: EndpointRate) -> int:
-        """The pool's grants kept from ``state`` for the queue calls waiting: inside a
-        pooled limit, queue calls come before polls (a lost slot costs a job's start;
-        a late poll, a second)."""
+    def _queue_reserve(self, state: EndpointRate, now: float) -> int:
+        """The pool's grants kept from ``state`` for the queue calls waiting
+        (:func:`~._rate.endpoint_rate.queue_reserve`)."""
         if state.name == "queue":
             return 0
         queue = self._endpoints.get("queue")
         if queue is None or queue.name not in self._pooled:
             return 0
-        return sum(1 for waiter in queue.waiters if not waiter.cancelled)
+        waiting = sum(1 for waiter in queue.waiters if not waiter.cancelled)
+        if not waiting:
+            return 0
+        room = None
+        if queue.limit is not None:
+            queue.prune(now)
+            room = queue.limit - len(queue.log)
+        return queue_reserve(waiting, room)
 
     def set_pool(self, pool: RateLimit | None) -> None:
         """Put the pooled endpoints under ``pool`` from now on (``None``: no pooled limit),

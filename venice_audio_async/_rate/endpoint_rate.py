@@ -81,6 +81,15 @@ RECOVERY_STEPS = 4
 _REL_EPS = 1e-12
 
 
+def queue_reserve(waiting: int, room: int | None) -> int:
+    """The pool's grants a poll leaves for ``waiting`` queue calls: as many as the queue's
+    own limit still lets through in its window (``room``; ``None``: it has none). Inside a
+    pooled limit queue calls come before polls (a lost slot costs a job's start; a late
+    poll, a second), but polls keep what the queue cannot use: a large batch being queued
+    at 40 a minute must not hold every poll of a 60-a-minute pool until it is all queued."""
+    return waiting if room is None else max(0, min(waiting, room))
+
+
 def others_on_key(stated: int, remaining: int, ours: int) -> int:
     """Requests of other clients on the key inside the API's window: the count an answer
     states (``stated - remaining``, its own request included) beyond ``ours``, the grants
@@ -418,7 +427,8 @@ class EndpointRate:
         """Earliest time >= ``t`` at which the rate limit allows a grant.
 
         ``reserve``: grants of the window kept for others (a pool keeps them for the
-        ``queue`` calls waiting: they come before polls); one is always left.
+        ``queue`` calls waiting: they come before polls), so this grant is paced at the
+        share left (``window / (limit - reserve)``); one grant is always left.
         """
         self.recover(t)
         if self.allowance_left(t) == 0:
@@ -430,8 +440,11 @@ class EndpointRate:
             limit -= min(reserve, limit - 1)
             burst = min(burst, limit)
         log, count = self.log, len(self.log)
-        # Paced path: the window has room and the pacing point has passed.
+        # Paced path: the window has room and the pacing point has passed; with grants kept
+        # for others, no closer to the last grant than the share left allows (others first).
         paced = max(t, self.next_paced)
+        if reserve > 0 and log:
+            paced = max(paced, log[-1] + self.window / limit)
         if count >= limit:
             paced = max(paced, log[count - limit] + self.window)
         if count < burst:

@@ -350,7 +350,7 @@ class RedisBudget(RequestBudget):
         entities = mirror.entities_of(endpoint)
         member = self._link.member()
         # Inside the pool this process's queue calls come before its polls (as LocalBudget).
-        reserve = 0 if endpoint == "queue" else len(mirror.endpoint("queue").line)
+        reserve = 0 if endpoint == "queue" else mirror.queue_reserve(self._clock.monotonic())
         answer = await self._link.acquire(entities, member, model, reserve)
         if answer is None:
             return None

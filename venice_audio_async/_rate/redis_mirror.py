@@ -20,7 +20,7 @@ import attrs
 
 from .._core.config import RateLimit, is_assumed
 from .budget import RateWindow, tighter_window
-from .endpoint_rate import EndpointRate, Waiter
+from .endpoint_rate import EndpointRate, Waiter, queue_reserve
 from .statistics import BudgetStatistics, EndpointFigures, budget_statistics
 
 __all__ = [
@@ -186,6 +186,20 @@ class SharedMirror:
         if self.pool is not None and endpoint in self._pooled:
             return [own, self.pool]
         return [own]
+
+    def queue_reserve(self, now: float) -> int:
+        """The pool's grants a poll of this process leaves for its queue calls waiting
+        (:func:`~._rate.endpoint_rate.queue_reserve`, as ``LocalBudget``), the queue's own
+        window as of the last round trip."""
+        waiting = len(self.endpoint("queue").line)
+        if not waiting:
+            return 0
+        view = self.entity_view(self.entities_of("queue")[0])
+        room = None
+        if view.limit is not None:
+            view.prune(now)
+            room = view.limit - len(view.grants)
+        return queue_reserve(waiting, room)
 
     def entity_view(self, rule: Entity) -> EntityView:
         view = self.entities.get(rule.name)

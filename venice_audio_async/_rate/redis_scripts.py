@@ -190,7 +190,8 @@ local function save(e, ttl)
 end
 
 -- Earliest time >= t at which this entity's log and pacing allow a grant (no writes), with
--- `reserve` grants of the window kept for others (one always left; EndpointRate.rate_ready).
+-- `reserve` grants of the window kept for others, this grant paced at the share left (one
+-- grant always left; EndpointRate.rate_ready).
 local function ready(e, t, reserve)
   local limit = e.limit
   if limit == nil then return t end
@@ -199,11 +200,13 @@ local function ready(e, t, reserve)
   if setting < 1 then setting = limit end  -- no configured rate: a bare log (as EndpointRate)
   local burst = math.min(setting, limit)
   if e.calm then burst = 1 end  -- recovering from a 429: each grant paced
+  local paced = math.max(t, e.next_paced)
   if reserve ~= nil and reserve > 0 then
     limit = limit - math.min(reserve, limit - 1)
     burst = math.min(burst, limit)
+    -- Paced at the share left, from the last grant (others first).
+    if count > 0 then paced = math.max(paced, scores[count] + e.window / limit) end
   end
-  local paced = math.max(t, e.next_paced)
   if count >= limit then paced = math.max(paced, scores[count - limit + 1] + e.window) end
   if count < burst then return t end
   local unpaced = math.max(t, scores[count - burst + 1] + e.window)
