@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import anyio
 
@@ -12,6 +12,7 @@ from venice_audio_async._core.config import RateLimit
 from venice_audio_async._polling.estimator import PollingBounds
 from venice_audio_async._polling.policy import PollPolicy
 from venice_audio_async._polling.scheduler import SHARE_SECONDS, WindowPacer
+from venice_audio_async._polling.tracked import TrackedJob
 from venice_audio_async._rate.budget import LocalBudget
 from venice_audio_async.budget import BudgetStatistics
 from venice_audio_async.testing import ManualClock
@@ -109,21 +110,29 @@ class SharedBudget(LocalBudget):
         self.trades += 1
 
 
+class _Unknown:
+    """A running job whose model nothing is known of yet (it wants no polls of the price)."""
+
+    belief = None
+
+
 def test_a_process_whose_polls_wait_still_trades_and_reprices() -> None:
     """Sharing a budget, the demand is traded before a poll is priced, and every
-    SHARE_SECONDS while the price holds polls back with none due, re-pricing each time:
-    so the others keep hearing this process's demand as it stands, and it prices its next
-    poll on theirs as it stands (traded only with its own grants, both went stale exactly
-    while its polls waited). Nothing due at the floor price: nothing traded."""
+    SHARE_SECONDS while jobs run with none due, at the floor price too, re-pricing each
+    time: so the others keep hearing this process's demand as it stands (a process whose
+    jobs are not due yet still wants polls soon), and it prices its next poll on theirs as
+    it stands (traded only with its own grants, both went stale exactly while its polls
+    waited). Nothing running and nothing due: nothing traded."""
     clock = ManualClock()
     budget = SharedBudget(200.0, clock=clock, rates={"retrieve": RateLimit(per_minute=120)})
     policy = PollPolicy(PollingBounds())
     pacer = WindowPacer(policy, budget)
+    running = [cast(TrackedJob, _Unknown())]
 
-    async def share(*, due: bool) -> None:
-        await pacer.share(clock, [], lambda job: None, due=due)
+    async def share(*, due: bool, live: Sequence[TrackedJob] = running) -> None:
+        await pacer.share(clock, live, lambda job: None, due=due)
 
-    anyio.run(functools.partial(share, due=False))
+    anyio.run(functools.partial(share, due=False, live=[]))
     assert (budget.trades, budget.published) == (0, [])
     anyio.run(functools.partial(share, due=True))  # a poll is about to be priced
     assert (budget.trades, len(budget.published)) == (1, 1)
@@ -133,3 +142,10 @@ def test_a_process_whose_polls_wait_still_trades_and_reprices() -> None:
         anyio.run(functools.partial(share, due=False))
         assert budget.trades == 1 + step // 2
     assert len(budget.published) == 4  # re-priced with each trade
+    # At the floor price, jobs running and none due: still traded every SHARE_SECONDS.
+    quiet = SharedBudget(0.0, clock=clock, rates={"retrieve": RateLimit(per_minute=120)})
+    quiet_pacer = WindowPacer(PollPolicy(PollingBounds()), quiet)
+    for _ in range(4):
+        anyio.run(functools.partial(quiet_pacer.share, clock, running, lambda j: None, due=False))
+        clock.advance(SHARE_SECONDS)
+    assert quiet.trades == 4

@@ -145,8 +145,9 @@ REPRICE_SECONDS = 0.5  # the window is re-priced at least this often while jobs 
 REPRICE_GRANTS = 4  # ... and after this many grants
 #: A price below this share of the one jobs were keyed at makes them due sooner: re-key.
 PRICE_DROP = 0.9
-#: Sharing a budget, demand is traded at least this often while the price is raised (and
-#: before every poll is priced): well inside RedisBudget's DEMAND_STALE.
+#: Sharing a budget, demand is traded at least this often while jobs run (and before every
+#: poll is priced): well inside RedisBudget's DEMAND_STALE. At the floor price too: a process
+#: whose jobs are not due yet still wants polls soon, and the others must price them.
 SHARE_SECONDS = 1.0
 
 
@@ -192,7 +193,7 @@ class WindowPacer:
     ) -> bool:
         """With a budget shared between processes, before the loop decides: trade poll
         demand with the others (``due``: a job is due, so a poll is about to be priced; else
-        at least every :data:`SHARE_SECONDS` while the price is raised) and re-price if it
+        at least every :data:`SHARE_SECONDS` while jobs run) and re-price if it
         is time. Returns :meth:`maybe_reprice`'s answer (always False for a budget of one).
 
         The shared price is made of every process's demand and grants. Traded only with
@@ -202,8 +203,7 @@ class WindowPacer:
         if self._share is None:
             return False
         now = clock.monotonic()
-        raised = self._policy.price > self._policy.bounds.delay_per_poll
-        if not due and not (raised and now - self._shared_at >= SHARE_SECONDS):
+        if not due and not (live and now - self._shared_at >= SHARE_SECONDS):
             return False
         self._shared_at = now
         if self._exchange is not None:
@@ -259,7 +259,10 @@ class WindowPacer:
         """Sleep towards ``due``, but wake to re-price while the price is raised (it falls
         as grants leave the window, which can make jobs due sooner)."""
         if jobs_waiting and self._policy.price > self._policy.bounds.delay_per_poll:
-            return min(due, max(now, self._repriced_at) + REPRICE_SECONDS)
+            due = min(due, max(now, self._repriced_at) + REPRICE_SECONDS)
+        if jobs_waiting and self._share is not None:
+            # Sharing a budget: the others price on this process's demand, kept current.
+            due = min(due, max(now, self._shared_at) + SHARE_SECONDS)
         return due
 
     def maybe_reprice(
