@@ -110,6 +110,20 @@ class SharedBudget(LocalBudget):
         self.trades += 1
 
 
+def test_a_share_given_is_the_users_word_on_the_others_part() -> None:
+    """With ``retrieve_share`` below 1 the user has set the others' part aside: the API's
+    count of other clients does not spread the poller's polls on top of it."""
+    clock = ManualClock()
+    budget = LocalBudget(clock=clock, rates={"retrieve": RateLimit(per_minute=120)})
+    pacer = WindowPacer(PollPolicy(PollingBounds(retrieve_share=0.9)), budget)
+    for _ in range(20):
+        assert budget.try_acquire_now("retrieve")
+        clock.advance(0.5)
+    budget.learn("retrieve", 200, _stated(clock, 120, 10, reset_in=21.5))
+    pacer.maybe_reprice(clock.monotonic(), [], lambda job: None)
+    assert pacer.token_ready() == budget.next_available("retrieve")
+
+
 class _Unknown:
     """A running job whose model nothing is known of yet (it wants no polls of the price)."""
 

@@ -275,7 +275,10 @@ class WindowPacer:
         self._repriced_at = now
         self._grants = 0
         window = self._budget.window("retrieve")
-        self._crowded = window is not None and window.others > 0
+        # A share below 1 is the user's own word on the others' part of the window.
+        self._crowded = (
+            window is not None and window.others > 0 and self._policy.bounds.retrieve_share >= 1
+        )
         sample = self._policy.sample(live) if window is not None else ()
         for tracked in sample:
             refresh(tracked)
