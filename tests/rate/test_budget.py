@@ -15,7 +15,7 @@ import anyio.lowlevel
 import pytest
 
 from venice_audio_async._core.clock import ManualClock, ScaledClock
-from venice_audio_async._core.config import RateLimit
+from venice_audio_async._core.config import RateLimit, RateLimits, pooled_rate
 from venice_audio_async._http.headers import parse_reset, retry_delay_from_headers
 from venice_audio_async._rate.budget import (
     BudgetStatistics,
@@ -1007,16 +1007,21 @@ async def test_queue_calls_come_before_polls_in_the_pool() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_large_batch_being_queued_leaves_polls_their_part_of_the_pool() -> None:
+@pytest.mark.parametrize(
+    "pool",
+    [RateLimit(60), pooled_rate(RateLimits())],
+    ids=["paced pool", "the session's pool (a bare log)"],
+)
+async def test_a_large_batch_being_queued_leaves_polls_their_part_of_the_pool(
+    pool: RateLimit,
+) -> None:
     """100 queue calls waiting under the documented pool (60/min over queue and polls, the
     queue at 40/min): the queue calls still go at their own limit's pace, first, and a
     poller gets the pool's remaining room meanwhile, not nothing until the batch is all
     queued (results are wanted while a batch is still being queued): the pool keeps for the
     queue calls what the queue's own limit lets through, and paces polls at what is left."""
     clock = ManualClock()
-    budget = make_budget(
-        clock, {"queue": RateLimit(40), "retrieve": RateLimit(120)}, pool=RateLimit(60)
-    )
+    budget = make_budget(clock, {"queue": RateLimit(40), "retrieve": RateLimit(120)}, pool=pool)
     queued: list[float] = []
     polled: list[float] = []
 
