@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import anyio
+import pytest
 
 from venice_audio_async._core.config import RateLimit
 from venice_audio_async._polling.estimator import PollingBounds
@@ -122,6 +123,27 @@ def test_a_share_given_is_the_users_word_on_the_others_part() -> None:
     budget.learn("retrieve", 200, _stated(clock, 120, 10, reset_in=21.5))
     pacer.maybe_reprice(clock.monotonic(), [], lambda job: None)
     assert pacer.token_ready() == budget.next_available("retrieve")
+
+
+def test_processes_sharing_a_budget_spread_what_is_left_of_the_window() -> None:
+    """Sharing a budget with processes that want polls too, the poller spreads what is
+    left of the shared window evenly until it frees (its oldest grant leaves): 100 of 120
+    used since 0.0, the last at 49.5 s, so the 20 left go one every 0.52 s, not as fast as
+    the window would take them; with nobody else wanting polls, nothing is held."""
+    for others, spread in ((0.0, False), (200.0, True)):
+        clock = ManualClock()
+        rates = {"retrieve": RateLimit(per_minute=120, burst=120)}  # a session's: unpaced
+        budget = SharedBudget(others, clock=clock, rates=rates)
+        pacer = WindowPacer(PollPolicy(PollingBounds()), budget)
+        for _ in range(100):
+            assert budget.try_acquire_now("retrieve")
+            last = clock.monotonic()
+            clock.advance(0.5)
+        pacer.maybe_reprice(clock.monotonic(), [], lambda job: None)
+        if spread:
+            assert pacer.token_ready() == pytest.approx(last + (60.5 - last) / 21)
+        else:
+            assert pacer.token_ready() == budget.next_available("retrieve")
 
 
 class _Unknown:

@@ -37,7 +37,7 @@ from .._core.errors import (
 from .._core.logging import attempt_context
 from .._core.models import AudioResult, Job, Processing
 from .._core.outcomes import Failed, Outcome, Succeeded, Unreachable
-from .._rate.budget import RequestBudget, session_paused, try_acquire_now
+from .._rate.budget import RateWindow, RequestBudget, session_paused, try_acquire_now
 from .._rate.limiter import RequestLimiter
 from .._rate.retry import PollVerdict, Retrier, judge_poll
 from .estimator import DurationEstimator
@@ -151,6 +151,21 @@ PRICE_DROP = 0.9
 SHARE_SECONDS = 1.0
 
 
+def _spread(window: RateWindow) -> float:
+    """When the next poll may go so that what is left of ``window`` lasts: spread evenly
+    from the last grant until the window frees (its oldest grant leaves), and until the
+    reset the API stated for what it says is left. With others on the same window, each
+    process that spreads so leaves them room, and none runs the window dry early (a 429,
+    or a job that finishes late, then waits for the rest of the window)."""
+    last = window.grants[-1]
+    free = max(0, window.limit - len(window.grants))
+    ready = last + max(0.0, window.grants[0] + window.window - last) / (free + 1)
+    left, until = window.allowance, window.allowance_until
+    if left is not None and until is not None:
+        ready = max(ready, last + max(0.0, until - last) / (left + 1))
+    return ready
+
+
 class WindowPacer:
     """Re-prices the policy from the budget's retrieve window. Internal; one per scheduler."""
 
@@ -172,8 +187,9 @@ class WindowPacer:
             RequestBudget.share_demand,
         )
         self._share: Callable[[tuple[float, ...]], Sequence[float] | None] | None = (
-            (lambda demand: budget.share_demand("retrieve", demand)) if shares else None
+            self._trade if shares else None
         )
+        self._others_want = False  # the processes sharing the budget want polls too
         # ... and, when it can, trades it without a grant too (RedisBudget.exchange_demand):
         # a process whose polls wait takes no token, and would drop out of the trade.
         exchange = getattr(budget, "exchange_demand", None) if shares else None
@@ -210,6 +226,12 @@ class WindowPacer:
             await self._exchange("retrieve")
         return self.maybe_reprice(clock.monotonic(), live, refresh)
 
+    def _trade(self, demand: tuple[float, ...]) -> Sequence[float] | None:
+        """This process's demand for the others' (see ``RequestBudget.share_demand``)."""
+        others = self._budget.share_demand("retrieve", demand)
+        self._others_want = others is not None and any(value > 0 for value in others)
+        return others
+
     def take_token_now(self) -> bool:
         """Take a retrieve token if the budget has one free now (no waiting, no I/O)."""
         if not self.grants_now:
@@ -241,10 +263,8 @@ class WindowPacer:
                 allowed = max(1, math.floor(share * window.limit))
                 if inside >= allowed:
                     ready = max(ready, window.grants[inside - allowed] + window.window)
-                left, until = window.allowance, window.allowance_until
-                if self._crowded and left is not None and until is not None:
-                    last = window.grants[-1]
-                    ready = max(ready, last + max(0.0, until - last) / (left + 1))
+                if self._crowded:
+                    ready = max(ready, _spread(window))
         return ready
 
     def paused(self, clock: Clock) -> bool:
@@ -275,14 +295,18 @@ class WindowPacer:
         self._repriced_at = now
         self._grants = 0
         window = self._budget.window("retrieve")
-        # A share below 1 is the user's own word on the others' part of the window.
-        self._crowded = (
-            window is not None and window.others > 0 and self._policy.bounds.retrieve_share >= 1
-        )
         sample = self._policy.sample(live) if window is not None else ()
         for tracked in sample:
             refresh(tracked)
         price = self._policy.reprice(now, sample, len(live), window, self._share)
+        # Others on the window: other clients in the API's count, or processes sharing the
+        # budget that want polls (heard in the trade just made). A share below 1 is the
+        # user's own word on the others' part of the window.
+        self._crowded = (
+            window is not None
+            and (window.others > 0 or self._others_want)
+            and self._policy.bounds.retrieve_share >= 1
+        )
         fell = price < PRICE_DROP * self._keyed_price
         self._keyed_price = price
         return fell
