@@ -1054,6 +1054,32 @@ async def test_a_large_batch_being_queued_leaves_polls_their_part_of_the_pool(
     assert len([t for t in polled if t < 60.0]) >= 10
 
 
+def test_a_count_over_every_endpoint_does_not_read_our_queue_calls_as_others() -> None:
+    """Under a pool, a retrieve answer whose count covers every endpoint of the key (10
+    queue calls and 5 polls of ours: 15 of 60 used) shows no other client; one that counts
+    5 more than all of ours shows those 5 (whether the API counts per endpoint is [UNK])."""
+    for used, others in ((15, 0), (20, 5)):
+        clock = ManualClock()
+        budget = make_budget(
+            clock,
+            {"queue": RateLimit(40, 40), "retrieve": RateLimit(120, 120)},
+            pool=RateLimit(60, 60),
+        )
+        for endpoint, count in (("queue", 10), ("retrieve", 5)):
+            for _ in range(count):
+                assert budget.try_acquire_now(endpoint)
+                clock.advance(0.1)
+        headers = {
+            "x-ratelimit-limit-requests": "60",
+            "x-ratelimit-remaining-requests": str(60 - used),
+            "x-ratelimit-reset-requests": str(round((clock.time() + 50) * 1000)),
+        }
+        budget.learn("retrieve", 200, headers)
+        window = budget.window("retrieve")
+        assert window is not None
+        assert window.others == others
+
+
 def test_session_maps_pooled_per_minute_onto_the_pool() -> None:
     """RateLimits(pooled_per_minute=...) becomes the session budget's pool over audio."""
     from venice_audio_async import AsyncSession, RateLimits

@@ -262,6 +262,31 @@ async def test_window_shows_clients_outside_the_budget(
 
 
 @pytest.mark.anyio
+async def test_under_a_pool_our_queue_calls_are_not_read_as_others(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """As LocalBudget: under a pool, a count over every endpoint (our 6 queue calls and 3
+    polls: 9 of 60) shows no outside client; 4 more than all of ours show as 4."""
+    clock = ScaledClock(SCALE)
+    limits = v.RateLimits(queue_per_minute=40, retrieve_per_minute=120, pooled_per_minute=60)
+    budget = make(redis_server, namespace, clock=clock, rate_limits=limits)
+    for endpoint, count in (("queue", 6), ("retrieve", 3)):
+        for _ in range(count):
+            await budget.acquire(endpoint)
+    for used, others in ((9, 0), (13, 4)):
+        headers = {
+            "x-ratelimit-limit-requests": "60",
+            "x-ratelimit-remaining-requests": str(60 - used),
+            "x-ratelimit-reset-requests": str(round((clock.time() + 30) * 1000)),
+        }
+        await budget.record_response("retrieve", 200, headers)
+        window = budget.window("retrieve")
+        assert window is not None
+        assert window.others == others
+    await budget.aclose()
+
+
+@pytest.mark.anyio
 async def test_window_shows_every_process_grants(redis_server: RedisServer, namespace: str) -> None:
     """The synchronous window() includes the other clients' grants after one round trip."""
     first, second = make(redis_server, namespace), make(redis_server, namespace)

@@ -820,7 +820,7 @@ class LocalBudget(RequestBudget):
             remaining, until = lesson.allowance
             state.allow(remaining, now + until)
         if lesson.stated is not None and lesson.remaining is not None:
-            state.observe_use(lesson.stated, lesson.remaining, now)
+            state.observe_use(lesson.stated, lesson.remaining, now, self._pool_of(state))
         if lesson.endpoint_pause is not None:
             until = now + lesson.endpoint_pause
             if until > state.paused_until:

@@ -398,14 +398,25 @@ class EndpointRate:
         self.allowance = max(0, remaining)
         self.allowance_until = until
 
-    def observe_use(self, stated: int, remaining: int, now: float) -> None:
+    def observe_use(
+        self, stated: int, remaining: int, now: float, pool: EndpointRate | None = None
+    ) -> None:
         """An answer counted ``stated - remaining`` requests in the API's window: keep
         :func:`others_on_key` of them. They leave the window within ``window`` of now at the
-        latest; each answer that states a count replaces the figure."""
+        latest; each answer that states a count replaces the figure.
+
+        ``pool``: the pooled limit this endpoint is under. Whether the API's count covers
+        this endpoint alone or every endpoint of a model is [UNK]; counting the pool's
+        grants as ours too errs low either way (a count over all endpoints would otherwise
+        read our own queue calls as another client's polls)."""
         if self.limit is None:
             return  # no log kept: nothing to tell our grants from the others'
         self.prune(now)
-        self.others = others_on_key(stated, remaining, len(self.log))
+        ours = len(self.log)
+        if pool is not None and pool.limit is not None:
+            pool.prune(now)
+            ours = max(ours, len(pool.log))
+        self.others = others_on_key(stated, remaining, ours)
         self.others_until = now + self.window
 
     def others_now(self, now: float) -> int:

@@ -91,8 +91,15 @@ class ResponseLearner:
             mirror.failures += 1
         if lesson.stated is not None and lesson.remaining is not None and own_view is not None:
             # Every process's grants are in the shared log: the others are outside clients.
-            own_view.prune(now)
-            ours = len(own_view.own) if link.away else len(own_view.grants)
+            # The pool's grants count as ours too (as EndpointRate.observe_use: errs low).
+            ours = 0
+            for rule in mirror.entities_of(endpoint):
+                entity_view = mirror.entity_view(rule)
+                if entity_view.limit is None:
+                    continue
+                entity_view.prune(now)
+                mine = len(entity_view.own) if link.away else len(entity_view.grants)
+                ours = max(ours, mine)
             view.others = others_on_key(lesson.stated, lesson.remaining, ours)
             view.others_until = now + own_view.window
         if lesson.model_pause is not None:  # this process holds it at once, Redis or not
