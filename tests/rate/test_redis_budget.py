@@ -234,6 +234,15 @@ async def test_pooled_limit_covers_endpoints_together(
         await budget.aclose()
 
 
+def _counted(clock: ScaledClock, limit: int, remaining: int) -> dict[str, str]:
+    """Headers of an answer stating ``remaining`` of ``limit`` left for the next 30 s."""
+    return {
+        "x-ratelimit-limit-requests": str(limit),
+        "x-ratelimit-remaining-requests": str(remaining),
+        "x-ratelimit-reset-requests": str(round((clock.time() + 30) * 1000)),
+    }
+
+
 @pytest.mark.anyio
 async def test_window_shows_clients_outside_the_budget(
     redis_server: RedisServer, namespace: str
@@ -247,13 +256,7 @@ async def test_window_shows_clients_outside_the_budget(
     for _ in range(5):
         await first.acquire("retrieve")
     await second.acquire("retrieve")
-    reset = str(round((clock.time() + 30) * 1000))
-    headers = {
-        "x-ratelimit-limit-requests": "120",
-        "x-ratelimit-remaining-requests": "100",
-        "x-ratelimit-reset-requests": reset,
-    }
-    await second.record_response("retrieve", 200, headers)
+    await second.record_response("retrieve", 200, _counted(clock, 120, 100))
     window = second.window("retrieve")
     assert window is not None
     assert window.others == 14
@@ -274,12 +277,7 @@ async def test_under_a_pool_our_queue_calls_are_not_read_as_others(
         for _ in range(count):
             await budget.acquire(endpoint)
     for used, others in ((9, 0), (13, 4)):
-        headers = {
-            "x-ratelimit-limit-requests": "60",
-            "x-ratelimit-remaining-requests": str(60 - used),
-            "x-ratelimit-reset-requests": str(round((clock.time() + 30) * 1000)),
-        }
-        await budget.record_response("retrieve", 200, headers)
+        await budget.record_response("retrieve", 200, _counted(clock, 60, 60 - used))
         window = budget.window("retrieve")
         assert window is not None
         assert window.others == others
