@@ -199,6 +199,11 @@ class WindowPacer:
             RequestBudget.try_acquire_now,  # the protocol's default never grants
         )
 
+    @property
+    def shares(self) -> bool:
+        """Whether the budget is shared with other processes (poll demand is traded)."""
+        return self._share is not None
+
     async def share(
         self,
         clock: Clock,
@@ -733,11 +738,14 @@ class Scheduler:
             if self._sweep.run() or (len(self._heap) > _STALE_BATCH and self._heap.stale_head()):
                 await anyio.lowlevel.checkpoint()  # a mass re-key must not stall the loop
             # Sharing a budget: this process's demand and the others' as of now, not as of
-            # its last grant (it may have had none for a while).
-            head = self._heap.head()
-            due = head is not None and self._heap.head_due() <= self._clock.monotonic() + EPSILON
-            if await self._pacer.share(self._clock, self.jobs.live, self._fits.belief_of, due=due):
-                self._start_sweep()
+            # its last grant (it may have had none for a while). Alone: nothing to read.
+            if self._pacer.shares:
+                head = self._heap.head()
+                now = self._clock.monotonic()
+                due = head is not None and self._heap.head_due() <= now + EPSILON
+                live, refresh = self.jobs.live, self._fits.belief_of
+                if await self._pacer.share(self._clock, live, refresh, due=due):
+                    self._start_sweep()
             step = self._step()
             if isinstance(step, TrackedJob):
                 return step

@@ -67,6 +67,7 @@ __all__ = [
     "Waiter",
     "others_on_key",
     "pool_refuted_message",
+    "queue_reserve",
     "reached",
     "token_eta",
 ]
