@@ -41,6 +41,12 @@ def test_every_option_is_documented_in_args(cls: type) -> None:
     assert documented == OPTIONS
 
 
+def test_both_constructors_document_the_options_alike() -> None:
+    """The two Args: sections are one text (each class's own help shows it in full), so an
+    option's description cannot drift between the async and the sync client."""
+    assert _args_section(v.AsyncSession) == _args_section(v.VeniceAudio)
+
+
 def test_both_constructors_take_the_one_declaration() -> None:
     """AsyncSession and VeniceAudio take exactly ``**options: Unpack[SessionOptions]``."""
     for cls in (v.AsyncSession, v.VeniceAudio):
