@@ -66,7 +66,7 @@ from _common import machine, percentile, table
 
 import venice_audio_async as v
 from venice_audio_async._client import VeniceClient
-from venice_audio_async._core.config import RateLimit
+from venice_audio_async._core.config import RateLimit, endpoint_rates
 from venice_audio_async._polling.estimator import DurationEstimator, PollingBounds
 from venice_audio_async._polling.run_time_belief import RunTimeBelief
 from venice_audio_async._polling.scheduler import Scheduler
@@ -410,8 +410,9 @@ async def simulate_session(workload: Workload, variant: str, bounds: PollingBoun
     server = Server(result)
     clock = ManualClock()
     client = StubClient(clock, server)
-    # What AsyncSession builds by default: retrieves unpaced by the budget, 120/min.
-    budget = LocalBudget(clock=clock, rates={"retrieve": RateLimit(per_minute=120, burst=120)})
+    # What AsyncSession builds by default for retrieves (120/min, spread by the budget).
+    rates = endpoint_rates(v.RateLimits(queue_per_minute=None, pooled_per_minute=None))
+    budget = LocalBudget(clock=clock, rates=rates)
     scheduler = Scheduler(
         client=cast(VeniceClient, client),
         budget=budget,

@@ -132,7 +132,7 @@ def test_processes_sharing_a_budget_spread_what_is_left_of_the_window() -> None:
     the window would take them; with nobody else wanting polls, nothing is held."""
     for others, spread in ((0.0, False), (200.0, True)):
         clock = ManualClock()
-        rates = {"retrieve": RateLimit(per_minute=120, burst=120)}  # a session's: unpaced
+        rates = {"retrieve": RateLimit(per_minute=120, burst=120)}  # the window alone
         budget = SharedBudget(others, clock=clock, rates=rates)
         pacer = WindowPacer(PollPolicy(PollingBounds()), budget)
         for _ in range(100):

@@ -260,8 +260,10 @@ async def test_under_a_pooled_limit_the_line_counts_the_pool() -> None:
         pool=pooled_rate(limits),
         pooled_endpoints=limits.pooled_endpoints,
     )
-    for _ in range(6):  # polls use six of the pool's eight; they leave its window at 60.5
-        assert budget.try_acquire_now("retrieve")
+    # Six other audio calls (no limit of their own: polls would be spread) use six of the
+    # pool's eight; they leave its window at 60.5.
+    for _ in range(6):
+        assert budget.try_acquire_now("complete")
     clock.advance(59.0)
     got = await _race(budget, clock, [59.0 + 5.0] * 20)
     granted = sorted(at for ok, at in got.values() if ok)

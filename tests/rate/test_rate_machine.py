@@ -237,6 +237,27 @@ async def test_polls_with_queue_calls_waiting_are_paced_at_the_share_left_alike(
     assert granted == [True] * 11 + [False, True]
 
 
+async def test_a_spread_rule_catches_up_on_room_a_quiet_spell_left_alike(
+    redis_client: object,
+) -> None:
+    """Burst 1 (a session's polls) spreads what is left of the window until it frees, with
+    no floor: after a quiet spell, 4/min with grants at 0 and 50 s allows the next at
+    53.5 s (two free slots over the 10.5 s until the first leaves), not 15.1 s after the
+    last (the plain interval). A burst of 2 keeps the floor. The same in Python and Lua."""
+    steps = [Step(0.0137, "grant"), Step(50.0137, "grant"), Step(53.6137, "grant")]
+    for burst, expected in ((1, [True, True, True]), (2, [True, True, False])):
+        python, lua = PythonRule(4, burst=burst), LuaRule(redis_client, 4, burst=burst)
+        granted = []
+        for step in steps:
+            here, there = python.play(step), await lua.play(step)
+            assert here == there or (
+                (here.granted, here.limit) == (there.granted, there.limit)
+                and here.wait == pytest.approx(there.wait, abs=2e-6)
+            ), (step, here, there)
+            granted.append(here.granted)
+        assert granted == expected, burst
+
+
 # --------------------------------------------------------------------------- 429 kinds
 
 

@@ -146,10 +146,11 @@ async def test_one_processs_429_pauses_the_others(
     clock = ScaledClock(0.05)
     first = make(redis_server, namespace, clock=clock)
     second = make(redis_server, namespace, clock=clock)
-    await second.acquire("retrieve")
+    # Queue calls (a burst of 6): the second asks at once, not a poll's spread later.
+    await second.acquire("queue")
     await first.record_response("queue", 429, {"Retry-After": "20"})
     began = clock.monotonic()
-    await second.acquire("retrieve")
+    await second.acquire("queue")
     assert clock.monotonic() - began >= 19.5
     assert second.statistics().paused_seconds >= 19.5
     await first.aclose()
@@ -244,6 +245,60 @@ def _counted(clock: ScaledClock, limit: int, remaining: int) -> dict[str, str]:
 
 
 @pytest.mark.anyio
+async def test_processes_sharing_a_budget_take_spread_poll_slots_one_at_a_time(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A session's polls are spread by the rule itself (burst 1): two processes that read
+    the same last grant and ask together get one slot each, a spread apart (60.5 s / 120),
+    not two at once (before, each spread by its own reading and both took the same slot)."""
+    clock = ScaledClock(SCALE)
+    first = make(redis_server, namespace, clock=clock)
+    second = make(redis_server, namespace, clock=clock)
+    await first.acquire("retrieve")
+    await second.acquire("retrieve")  # reads the window: the same last grant
+    at: dict[str, float] = {}
+
+    async def poll(name: str, budget: RedisBudget) -> None:
+        await budget.acquire("retrieve")
+        at[name] = clock.monotonic()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(poll, "first", first)
+        tg.start_soon(poll, "second", second)
+    gap = abs(at["first"] - at["second"])
+    assert gap >= 0.9 * 60.5 / 120, at
+
+
+@pytest.mark.anyio
+async def test_a_process_that_polled_most_is_not_held_back_from_the_next_polls(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Polls are spread, so every slot is contended; which process's polls are worth the
+    window is the shared price's call, not their count: one that had most of the window's
+    polls comes back at the next slot like the others (counted fair shares would hold it
+    back up to four intervals per try, here ``retry_jitter=4``: 13 s for 8)."""
+    clock = ScaledClock(0.02)  # round trips well inside a pacing interval, even under load
+    busy = make(redis_server, namespace, clock=clock, retry_jitter=4.0)
+    other = make(redis_server, namespace, clock=clock, retry_jitter=4.0)
+    for _ in range(12):
+        await busy.acquire("retrieve")
+    took: dict[str, float] = {}
+
+    async def polls(name: str, budget: RedisBudget) -> None:
+        start = clock.monotonic()
+        for _ in range(4):
+            await budget.acquire("retrieve")
+        took[name] = clock.monotonic() - start
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(polls, "busy", busy)
+        tg.start_soon(polls, "other", other)
+    # Eight polls spread about half a second apart: each process's four within ~4 s.
+    assert took["busy"] < 8.0, took
+    assert took["other"] < 8.0, took
+
+
+@pytest.mark.anyio
 async def test_window_shows_clients_outside_the_budget(
     redis_server: RedisServer, namespace: str
 ) -> None:
@@ -288,11 +343,11 @@ async def test_under_a_pool_our_queue_calls_are_not_read_as_others(
 async def test_window_shows_every_process_grants(redis_server: RedisServer, namespace: str) -> None:
     """The synchronous window() includes the other clients' grants after one round trip."""
     first, second = make(redis_server, namespace), make(redis_server, namespace)
-    for _ in range(5):
-        await first.acquire("retrieve")
-    assert second.window("retrieve") == RateWindow(limit=120, window=60.5, grants=())
-    await second.acquire("retrieve")
-    window = second.window("retrieve")
+    for _ in range(5):  # inside queue's burst of 6 (polls would be spread: a wait)
+        await first.acquire("queue")
+    assert second.window("queue") == RateWindow(limit=40, window=60.5, grants=())
+    await second.acquire("queue")
+    window = second.window("queue")
     assert window is not None
     assert len(window.grants) == 6
     assert second.round_trips == 1

@@ -193,7 +193,9 @@ class RateLimit:
         burst: how many grants may go out back to back after a quiet spell; beyond that,
             grants are paced, at least ``(60 + margin) / floor(per_minute)`` seconds apart.
             ``None`` means ``max(1, floor(per_minute) // 6)``, ten seconds' worth. Capped
-            at the limit (``burst == limit`` gives the bare sliding-window log).
+            at the limit (``burst == limit`` gives the bare sliding-window log). ``1``
+            spreads every grant: what is left of the window is shared evenly until it
+            frees, with no floor on the spacing (no burst ever leaves the window at once).
         margin: seconds added to the 60 s window to absorb network jitter.
 
     Raises:
@@ -385,10 +387,12 @@ def endpoint_rates(limits: RateLimits) -> dict[str, RateLimit]:
         "quote": limits.quote_per_minute,
         "complete": limits.complete_per_minute,
     }
-    # Retrieves are not paced by the budget: the poll policy's price spreads them over the
-    # window (a burst of due jobs may use the whole window; the price keeps back for later).
+    # Retrieves are spread (burst 1): the poll policy's price says which polls are worth a
+    # token, the spread when the next token comes. Unspread, every job due together drew
+    # the window's tokens in seconds, and jobs finishing later waited for them to age out;
+    # spread in the budget, processes sharing a RedisBudget cannot all take the same slot.
     return {
-        endpoint: RateLimit(per_minute=rate, burst=int(rate) if endpoint == "retrieve" else None)
+        endpoint: RateLimit(per_minute=rate, burst=1 if endpoint == "retrieve" else None)
         for endpoint, rate in pairs.items()
         if rate
     }

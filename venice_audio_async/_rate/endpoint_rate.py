@@ -16,15 +16,20 @@ grants are also **paced**: while fewer than ``burst`` grants lie in the window t
 back to back; from then on each grant sets the earliest time of the next one, spreading the
 window's free slots evenly over the time until its oldest grant expires (which frees one
 more), and never closer than ``window / N``. A quiet session can therefore fire a short
-burst (a handful of polls that come due together); a saturating one slides from the burst
-into a slightly slower pace (``window / (N - burst + 1)``) without ever stalling, and once the
-burst has left the window it settles into even spacing at the full rate, ``window / N``. In a
-virtual-time run of 500 waiters on 120/min the longest gap between grants is 0.60 s (40/min:
-1.73 s), where the bare log stalls for 60.5 s, and the 500th grant comes at the same time.
+burst (a handful of queue calls); a saturating one slides from the burst into a slightly
+slower pace (``window / (N - burst + 1)``) without ever stalling, and once the burst has left
+the window it settles into even spacing at the full rate, ``window / N``. In a virtual-time
+run of 500 waiters on 120/min the longest gap between grants is 0.60 s (40/min: 1.73 s),
+where the bare log stalls for 60.5 s, and the 500th grant comes at the same time.
 
-The default ``burst`` is ``max(1, N // 6)``, ten seconds' worth of requests (6 queue / 20
-retrieve at 40 / 120 per minute): enough for a batch of polls that come due together, small
-enough that the slower pace after it stays close to the full rate.
+The default ``burst`` is ``max(1, N // 6)``, ten seconds' worth of requests (6 queue calls at
+40 per minute): enough for a batch that arrives together, small enough that the slower pace
+after it stays close to the full rate. A burst of 1 (a session's ``retrieve``) **spreads**
+every grant, with no floor: what is left of the window is shared evenly until it frees.
+No burst ever sits in such a window to leave it at once, so the floor has nothing to
+smooth, and it would keep the spread from catching up on room left by a quiet spell. The
+spread sits in the rule, not in the poller, so processes sharing a ``RedisBudget`` take
+its slots one at a time (each reading the same last grant, they would all take the same).
 
 The effective limit adapts (Venice's rate-limit pages disagree: the real limits are uncertain). This
 class is *the* rate rule, written once: ``RedisBudget``'s Lua (:mod:`._rate.redis_scripts`)
@@ -485,6 +490,8 @@ class EndpointRate:
         log = self.log
         log.append(now)
         # Spread the free slots evenly until the oldest grant leaves the window (which frees
-        # one more); with the window evenly filled this is the plain interval.
+        # one more); with the window evenly filled this is the plain interval. A spread
+        # rule (burst 1) has no floor: see the module's docstring.
         free = max(0, self.limit - len(log))
-        self.next_paced = now + max(self.interval, (log[0] + self.window - now) / (free + 1))
+        floor = 0.0 if self.burst_setting == 1 else self.interval
+        self.next_paced = now + max(floor, (log[0] + self.window - now) / (free + 1))

@@ -105,7 +105,8 @@ class RedisBudget(RequestBudget):
         local_share: the share of each limit this process uses while Redis cannot be
             reached (e.g. 1 / the number of processes; default 0.25).
         retry_jitter: waiters competing with other processes retry up to this share of a
-            pacing interval late, at random (spreads them; 0 disables).
+            pacing interval late, at random (spreads them; 0 disables). Polls come back
+            at once: the shared price, not chance or counts, says whose are worth it.
         reconnect_backoff: ``(first, longest)`` real seconds between reconnection attempts
             while Redis is away (doubling).
         round_trip_timeout: real seconds one round trip may take before Redis counts as

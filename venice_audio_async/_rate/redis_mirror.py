@@ -396,10 +396,13 @@ class SharedMirror:
         A random share of ``jitter`` pacing intervals, plus more for a process that had more
         than its fair part of the window's grants (two shares per fair part in excess, up to
         four): the slot tends to go to one that had less, so shares even out and nobody
-        starves. 0 with no competition.
+        starves. 0 with no competition, and for polls: the shared price decides which
+        process's polls are worth the window, not their count (with polls spread, every
+        slot is contended, and a process that polled most lately, held back, lost every
+        slot for 15 s while its jobs finished).
         """
         contenders = self.endpoint(endpoint).contenders
-        if jitter <= 0 or not contenders:
+        if jitter <= 0 or not contenders or endpoint == "retrieve":
             return 0.0
         interval, ahead = 0.0, 0.0
         for rule in self.entities_of(endpoint):

@@ -218,9 +218,12 @@ local function grant(e, member)
   redis.call('ZADD', e.l, now, member)
   local scores = e.scores
   scores[#scores + 1] = now
-  -- Spread the free slots evenly until the oldest grant leaves the window.
+  -- Spread the free slots evenly until the oldest grant leaves the window; a spread rule
+  -- (burst 1) with no floor.
   local free = math.max(0, e.limit - #scores)
-  e.next_paced = now + math.max(e.window / e.limit, (scores[1] + e.window - now) / (free + 1))
+  local floor = e.window / e.limit
+  if e.burst_setting == 1 then floor = 0 end
+  e.next_paced = now + math.max(floor, (scores[1] + e.window - now) / (free + 1))
 end
 
 -- EndpointRate.rate_limited_at: below what the last window granted (a fifth; while calm a
