@@ -111,6 +111,8 @@ def test_private_modules_public_names_are_exported() -> None:
         "Assumed",
         "RELEASE",
         "RULE_STEP",
+        "RUNS",
+        "RUNS_KEPT",
         "DEMAND",
         "AnyioDeadline",
         "BatchFlows",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 import anyio
@@ -17,7 +17,7 @@ from venice_audio_async._client import VeniceClient
 from venice_audio_async._core.config import RateLimit
 from venice_audio_async._polling.estimator import DurationEstimator, PollingBounds
 from venice_audio_async._polling.scheduler import Scheduler
-from venice_audio_async._rate.budget import LocalBudget
+from venice_audio_async._rate.budget import LocalBudget, RunTime
 from venice_audio_async._rate.limiter import RequestLimiter
 from venice_audio_async._rate.retry import Retrier
 from venice_audio_async.testing import ManualClock
@@ -126,7 +126,7 @@ async def harness(retrieve_rate: float) -> AsyncIterator[Harness]:
     """A scheduler over a stub client on a ManualClock, retrieve limited per minute."""
     clock = ManualClock()
     client = StubClient(clock, hint=60.0)
-    # Unpaced, as the session configures retrieves: the poll policy's price paces them.
+    # The window alone (a session spreads its polls too): these tests are about the policy.
     rate = RateLimit(per_minute=retrieve_rate, burst=int(retrieve_rate))
     budget = LocalBudget(clock=clock, rates={"retrieve": rate})
     scheduler = Scheduler(
@@ -145,6 +145,57 @@ async def harness(retrieve_rate: float) -> AsyncIterator[Harness]:
 
 def _memory_sink() -> AudioSink:
     return MemorySink(1000)
+
+
+class HearingBudget(LocalBudget):
+    """A budget shared with other processes (it trades demand, here with nobody) through
+    which this process hears ``heard``, the run times of the others' finished jobs, once;
+    keeps what this process told of its own."""
+
+    def __init__(self, heard: Sequence[RunTime], **options: Any) -> None:
+        super().__init__(**options)
+        self.heard = list(heard)
+        self.told: list[RunTime] = []
+
+    def share_demand(self, endpoint: str, demand: Sequence[float]) -> tuple[float, ...] | None:
+        return None
+
+    def share_run_times(self, finished: Sequence[RunTime]) -> Sequence[RunTime]:
+        self.told.extend(finished)
+        heard, self.heard = self.heard, []
+        return heard
+
+
+@pytest.mark.parametrize("hears", [False, True])
+async def test_a_process_sharing_a_budget_learns_from_the_others_jobs(hears: bool) -> None:
+    """The other processes' jobs of the model ran 45 s though the server estimates 20 s:
+    heard through the budget, they move this process's fit before its own job ends, so it
+    spends no polls around 20 s (alone it learns nothing until its own job ends: several).
+    Its own job's run time is told to them."""
+    clock = ManualClock()
+    client = StubClient(clock, hint=20.0)
+    others = [RunTime("m", 45.0 + 0.5 * i, 20.0) for i in range(20)] if hears else []
+    budget = HearingBudget(others, clock=clock, rates={"retrieve": RateLimit(per_minute=120)})
+    scheduler = Scheduler(
+        client=cast(VeniceClient, client),
+        budget=budget,
+        estimator=DurationEstimator(bounds=PollingBounds()),
+        clock=clock,
+        retrier=_retrier(budget, clock, v.RetryPolicy()),
+        limiter=RequestLimiter(8),
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        harness = Harness(clock, client, scheduler)
+        scheduler.track(client.add("own", 50.0), _memory_sink, elapsed=0.0)
+        await harness.run_until(lambda: scheduler.counts().succeeded == 1)
+        tg.cancel_scope.cancel()
+    early = [t for t, _ in client.retrieves if 10.0 <= t <= 32.0]
+    if hears:
+        assert early == [], client.retrieves
+    else:
+        assert len(early) >= 3, client.retrieves
+    assert budget.told == [RunTime("m", 50.0, 20.0)]
 
 
 async def test_learned_timing_hands_results_over_sooner(harness: Harness) -> None:

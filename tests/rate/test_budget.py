@@ -23,6 +23,7 @@ from venice_audio_async._rate.budget import (
     RateWindow,
     RequestBudget,
     ResponseRecorder,
+    RunTime,
 )
 from venice_audio_async._rate.lessons import teaches_nothing
 from venice_audio_async._rate.statistics import EndpointFigures, budget_statistics
@@ -518,8 +519,8 @@ def test_local_budget_is_a_request_budget() -> None:
 
 def test_the_protocol_is_what_the_library_calls() -> None:
     """RequestBudget asks for acquire and record_response (async), three sync views, and
-    four sync calls with defaults (try_acquire_now, record_response_now, session_paused,
-    share_demand)."""
+    five sync calls with defaults (try_acquire_now, record_response_now, session_paused,
+    share_demand, share_run_times)."""
     members = {name for name in vars(RequestBudget) if not name.startswith("_")}
     assert members == {
         "acquire",
@@ -531,6 +532,7 @@ def test_the_protocol_is_what_the_library_calls() -> None:
         "record_response_now",
         "session_paused",
         "share_demand",
+        "share_run_times",
     }
     assert inspect.iscoroutinefunction(RequestBudget.acquire)
     assert inspect.iscoroutinefunction(RequestBudget.record_response)
@@ -542,6 +544,7 @@ def test_the_protocol_is_what_the_library_calls() -> None:
         "record_response_now",
         "session_paused",
         "share_demand",
+        "share_run_times",
     ):
         assert not inspect.iscoroutinefunction(getattr(RequestBudget, view))
 
@@ -768,6 +771,9 @@ class _ProtocolOnly:
 
     def share_demand(self, endpoint: str, demand: Sequence[float]) -> tuple[float, ...] | None:
         return None  # alone on its key
+
+    def share_run_times(self, finished: Sequence[RunTime]) -> Sequence[RunTime]:
+        return ()  # alone on its key
 
     def session_paused(self) -> bool:
         return self.inner.session_paused()

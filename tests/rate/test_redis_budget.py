@@ -7,15 +7,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import anyio
 import pytest
 
 import venice_audio_async as v
-from venice_audio_async._rate.redis_budget import namespace_for_key
-from venice_audio_async.budget import RateWindow, RedisBudget
+from venice_audio_async._rate.redis_budget import RUNS_EVERY, namespace_for_key
+from venice_audio_async.budget import RateWindow, RedisBudget, RunTime
 from venice_audio_async.testing import ScaledClock
 
 from ..conftest import max_in_window
@@ -296,6 +296,36 @@ async def test_a_process_that_polled_most_is_not_held_back_from_the_next_polls(
     # Eight polls spread about half a second apart: each process's four within ~4 s.
     assert took["busy"] < 8.0, took
     assert took["other"] < 8.0, took
+
+
+@pytest.mark.anyio
+async def test_processes_hear_each_others_run_times(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Run times told to one process's budget reach the others with their next demand
+    exchange (none hears its own, each hears one once), and a process that joins later
+    hears those published before it."""
+    clock = ScaledClock(SCALE)
+    first = make(redis_server, namespace, clock=clock)
+    second = make(redis_server, namespace, clock=clock)
+
+    async def exchange(budget: RedisBudget, told: Sequence[RunTime] = ()) -> list[RunTime]:
+        budget.share_demand("retrieve", (1.0,))
+        heard = list(budget.share_run_times(told))
+        await anyio.sleep(RUNS_EVERY * SCALE * 1.1)
+        await budget.exchange_demand("retrieve")
+        return heard + list(budget.share_run_times(()))
+
+    assert await exchange(first, [RunTime("m", 20.0, 18.0), RunTime("m", 25.0)]) == []
+    heard = await exchange(second)
+    assert [(r.model, round(r.seconds, 6), r.hint) for r in heard] == [
+        ("m", 20.0, pytest.approx(18.0)),
+        ("m", 25.0, None),
+    ]
+    assert await exchange(second) == []  # heard once
+    assert await exchange(first) == []  # never its own
+    late = make(redis_server, namespace, clock=clock)
+    assert len(await exchange(late)) == 2
 
 
 @pytest.mark.anyio

@@ -109,8 +109,15 @@ class ModelFits:
     ) -> RekeyScope:
         """A job ran ``duration`` seconds; refit its model from its finished jobs and the
         oldest ``running`` ones (right-censored at the age a poll last saw them running)."""
-        model = tracked.job.model
-        self.estimator.observe_duration(model, duration, hint=tracked.hint)
+        return self.observe_run(tracked.job.model, duration, tracked.hint, running)
+
+    def observe_run(
+        self, model: str, duration: float, hint: float | None, running: Iterable[TrackedJob]
+    ) -> RekeyScope:
+        """A job of ``model`` (this process's, or another's sharing the budget) ran
+        ``duration`` seconds with the server's estimate ``hint``: refit as
+        :meth:`observe_finished` does."""
+        self.estimator.observe_duration(model, duration, hint=hint)
         ref_kind, ref_median, ref_p01 = self._reference_of(model)  # read before the refit
         # Censored where a poll last saw each running: its age now would claim it still
         # runs, and a job unpolled for a while may have finished (a fit biased long).

@@ -37,7 +37,14 @@ from .._core.errors import (
 from .._core.logging import attempt_context
 from .._core.models import AudioResult, Job, Processing
 from .._core.outcomes import Failed, Outcome, Succeeded, Unreachable
-from .._rate.budget import RateWindow, RequestBudget, session_paused, try_acquire_now
+from .._rate.budget import (
+    RateWindow,
+    RequestBudget,
+    RunTime,
+    session_paused,
+    share_run_times,
+    try_acquire_now,
+)
 from .._rate.limiter import RequestLimiter
 from .._rate.retry import PollVerdict, Retrier, judge_poll
 from .estimator import DurationEstimator
@@ -746,6 +753,7 @@ class Scheduler:
                 live, refresh = self.jobs.live, self._fits.belief_of
                 if await self._pacer.share(self._clock, live, refresh, due=due):
                     self._start_sweep()
+                self._learn_from_others(())
             step = self._step()
             if isinstance(step, TrackedJob):
                 return step
@@ -755,6 +763,15 @@ class Scheduler:
                 await self._finish(head, Failed(head.job, error))
             elif step >= 0:
                 await self._sleep_or_wake(step)
+
+    def _learn_from_others(self, finished: Sequence[RunTime]) -> None:
+        """Sharing a budget: tell the other processes how long this process's ``finished``
+        jobs ran, and learn from how long theirs ran (each process would otherwise learn
+        its models from its own share of the jobs only, and poll worse for it)."""
+        for run in share_run_times(self._budget, finished):
+            running = self.jobs.by_model.get(run.model, {}).values()
+            scope = self._fits.observe_run(run.model, run.seconds, run.hint, running)
+            self._start_sweep(scope, run.model)
 
     def _step(self) -> TrackedJob | float | None:
         """One decision, without waiting: the job to poll now (popped from the heap; its
@@ -890,6 +907,8 @@ class Scheduler:
             self.jobs.hold_audio(tracked, audio)
         running = self.jobs.by_model.get(model, {}).values()
         self._start_sweep(self._fits.observe_finished(tracked, duration, running), model)
+        if self._pacer.shares:
+            self._learn_from_others([RunTime(model, duration, tracked.hint)])
         if release == "complete":
             if audio.path is None and tracked.job.queue_id in self.jobs:
                 # Only in memory: the server's copy stays until a caller takes the audio.

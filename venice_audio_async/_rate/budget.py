@@ -63,10 +63,12 @@ __all__ = [
     "LocalBudget",
     "RateWindow",
     "RequestBudget",
+    "RunTime",
     "ResponseRecorder",
     "hold_model",
     "log_too_late",
     "session_paused",
+    "share_run_times",
     "takes_keyword",
     "tighter_window",
     "try_acquire_now",
@@ -109,6 +111,20 @@ class RateWindow:
         ):
             free = min(free, self.allowance)
         return max(0, free)
+
+
+@attrs.frozen
+class RunTime:
+    """How long one finished job of ``model`` ran (``seconds``), and the server's estimate
+    for it (``hint``, its ``average_execution_time``; ``None`` when it gave none): what
+    processes sharing a budget tell each other (:meth:`RequestBudget.share_run_times`).
+
+    .. versionadded:: 0.1.0
+    """
+
+    model: str
+    seconds: float
+    hint: float | None = None
 
 
 @runtime_checkable
@@ -205,6 +221,17 @@ class RequestBudget(Protocol):
         """
         return None
 
+    def share_run_times(self, finished: Sequence[RunTime]) -> Sequence[RunTime]:
+        """Tell the budget how long jobs this process saw finish ran; how long the jobs
+        other processes sharing it saw finish ran, heard since the last call. No I/O.
+
+        The default shares with nobody (``()``). A budget shared between processes
+        (:class:`~venice_audio_async.budget.RedisBudget`) answers, so that every process
+        learns its models' run times from all the jobs on the key: three processes with a
+        third of the jobs each would otherwise each learn three times slower than one.
+        """
+        return ()
+
     def session_paused(self) -> bool:
         """Whether every request is held right now (a 429's pause, the failed-request
         window). The default reads :meth:`statistics`."""
@@ -226,6 +253,12 @@ def try_acquire_now(budget: RequestBudget, endpoint: str) -> bool:
     """``budget.try_acquire_now(endpoint)``, or ``False`` for a budget written before it."""
     take = getattr(budget, "try_acquire_now", None)
     return bool(take(endpoint)) if take is not None else False
+
+
+def share_run_times(budget: RequestBudget, finished: Sequence[RunTime]) -> Sequence[RunTime]:
+    """``budget.share_run_times(finished)``, or nothing heard for a budget written before it."""
+    share = getattr(budget, "share_run_times", None)
+    return share(finished) if share is not None else ()
 
 
 def record_response_now(

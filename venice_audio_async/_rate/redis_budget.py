@@ -34,7 +34,7 @@ import anyio.lowlevel
 from .._core.clock import Clock, ManualClock, SystemClock
 from .._core.config import RateLimits, endpoint_rates, pooled_rate
 from .._core.environment import api_key_from_env
-from .budget import RateWindow, RequestBudget, log_too_late, wait_out_model_hold
+from .budget import RateWindow, RequestBudget, RunTime, log_too_late, wait_out_model_hold
 from .endpoint_rate import Waiter, token_eta
 from .redis_learning import ResponseLearner
 from .redis_link import RedisLink
@@ -52,6 +52,9 @@ DEMAND_STALE = 3.0
 #: A process publishes its demand and reads the others' at most this often (clock seconds),
 #: on the round trip of a token of that endpoint.
 DEMAND_EVERY = 0.25
+#: Run times of finished jobs are traded with the demand, at most this often (clock seconds)
+#: unless this process has some to tell.
+RUNS_EVERY = 1.0
 
 _INSTALL_HINT = "RedisBudget needs the redis package: pip install 'venice-audio-async[redis]'"
 
@@ -187,6 +190,13 @@ class RedisBudget(RequestBudget):
         self._demand_out: dict[str, tuple[float, ...]] = {}
         self._demand_in: dict[str, tuple[float, tuple[float, ...]]] = {}
         self._demand_sent_at: dict[str, float] = {}
+        # Finished jobs' run times: this process's, to publish; the others', heard since
+        # the poll scheduler last asked; the number of the last one heard (0: none yet, so
+        # a process joining late learns from the jobs the others finished before).
+        self._runs_out: list[RunTime] = []
+        self._runs_in: list[RunTime] = []
+        self._runs_cursor = 0
+        self._runs_sent_at = -math.inf
 
     @classmethod
     def from_url(
@@ -382,10 +392,23 @@ class RedisBudget(RequestBudget):
         # The window's grants come back too: the price reads them with the others' demand.
         entities = self._mirror.entities_of(endpoint)
         heard = await self._link.demand(endpoint, demand, DEMAND_STALE, entities)
-        if heard is not None:
-            at = self._clock.monotonic()
-            self._demand_in[endpoint] = (at, heard[1])
-            self._mirror.absorb_grants(entities, heard[2], at)
+        if heard is None:
+            return
+        at = self._clock.monotonic()
+        self._demand_in[endpoint] = (at, heard[1])
+        self._mirror.absorb_grants(entities, heard[2], at)
+        if self._runs_out or now - self._runs_sent_at >= RUNS_EVERY:
+            await self._exchange_runs(now)
+
+    async def _exchange_runs(self, now: float) -> None:
+        """Publish this process's finished jobs' run times and hear the others' (RUNS)."""
+        finished, self._runs_out = self._runs_out, []
+        self._runs_sent_at = now
+        heard = await self._link.runs(finished, self._runs_cursor)
+        if heard is None:
+            return  # Redis is away: these run times stay this process's own
+        self._runs_cursor = heard[0]
+        self._runs_in.extend(heard[1])
 
     async def exchange_demand(self, endpoint: str) -> None:
         """Publish this process's demand for ``endpoint`` and read the others' now, without
@@ -421,6 +444,19 @@ class RedisBudget(RequestBudget):
         if self._clock.monotonic() - at > DEMAND_STALE or len(others) != len(values):
             return None
         return others
+
+    def share_run_times(self, finished: Sequence[RunTime]) -> tuple[RunTime, ...]:
+        """Tell the budget how long jobs this process saw finish ran; how long the jobs
+        the other processes saw finish ran, heard since the last call.
+
+        Published with the next demand exchange (:meth:`exchange_demand`, at most every
+        :data:`RUNS_EVERY` unless there is something to tell); the answer is what the last
+        exchanges heard. A process that starts late first hears the last
+        :data:`~._rate.redis_scripts.RUNS_KEPT` run times the others published. No I/O.
+        """
+        self._runs_out.extend(finished)
+        heard, self._runs_in = tuple(self._runs_in), []
+        return heard
 
     async def _reconnect(self) -> None:
         """Try Redis again; once back, log there what was done meanwhile."""

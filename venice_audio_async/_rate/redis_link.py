@@ -22,9 +22,10 @@ import anyio
 import attrs
 
 from .._core.logging import log
+from .budget import RunTime
 from .lessons import AnswerSignals
 from .redis_mirror import Entity, Snapshot
-from .redis_scripts import ACQUIRE, BACKFILL, DEMAND, LEARN, RELEASE
+from .redis_scripts import ACQUIRE, BACKFILL, DEMAND, LEARN, RELEASE, RUNS
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -94,6 +95,7 @@ class RedisLink:
                 ("backfill", BACKFILL),
                 ("release", RELEASE),
                 ("demand", DEMAND),
+                ("runs", RUNS),
             )
         }
         self._client_id = secrets.token_hex(6)
@@ -214,6 +216,36 @@ class RedisLink:
         sums = tuple(float(_text(v)) for v in reply[1 : n + 1])
         ages = tuple(tuple(self._from_us(age) for age in row) for row in reply[n + 1 :])
         return int(reply[0]), sums, ages
+
+    async def runs(
+        self, finished: Sequence[RunTime], cursor: int
+    ) -> tuple[int, tuple[RunTime, ...]] | None:
+        """Publish how long this process's finished jobs ran (RUNS) and read the other
+        processes' run times numbered above ``cursor``: ``(the next cursor, their run
+        times)``; ``None`` when Redis is away."""
+        args: list[_Arg] = [self._client_id, self._ttl_ms, cursor, len(finished)]
+        for run in finished:
+            hint = self._ms(run.hint) if run.hint is not None else -1
+            args += [run.model, self._ms(run.seconds), hint]
+        keys = [self._key("runs"), self._key("runs:seq")]
+        try:
+            reply = await self._round_trip("runs", keys, args)
+        except self._errors as error:
+            self.go_away(error)
+            return None
+        heard: list[RunTime] = []
+        entries = reply[1:]
+        for i in range(0, len(entries) - 2, 3):
+            model, seconds_ms, hint_ms = entries[i : i + 3]
+            hint = float(_text(hint_ms))
+            heard.append(
+                RunTime(
+                    _text(model),
+                    float(_text(seconds_ms)) / 1000.0 / self._scale,
+                    hint / 1000.0 / self._scale if hint >= 0 else None,
+                )
+            )
+        return int(reply[0]), tuple(heard)
 
     async def release(self, entities: Sequence[Entity], member: str) -> None:
         """Give back the grant ``member`` (if Redis cannot hear it, it ages out in time)."""

@@ -68,6 +68,13 @@ each client's entry is ``"written_us,d_1,...,d_n"`` under its ``client`` field o
 reach the client truncated), then per log ``{age_us...}``: the ages of its grants inside its
 window, oldest first (read only: the window as it stands for pricing, without a grant).
 
+**RUNS** ``KEYS = runs list, runs sequence``, ``ARGV = client, ttl_ms, cursor, n, then n
+(model, seconds_ms, hint_ms)``: append this client's finished jobs' run times (real
+milliseconds; ``hint_ms`` -1: none) to ``P:runs``, each under the next number of
+``P:runs:seq``, keeping the last :data:`RUNS_KEPT`; reply ``last``, then the other clients'
+entries numbered above ``cursor`` as ``model, seconds_ms, hint_ms`` (strings): what a
+process has not heard yet, its next cursor ``last``.
+
 **RULE_STEP** ``KEYS = hash, log``, ``ARGV = now_us, configured, window_ms, burst, step,
 value, member``: one step of one entity's rule at a time it is told (``step``: ``grant``
 if one may go now with ``value`` grants kept back, ``429``, ``state`` the limit
@@ -78,7 +85,7 @@ The scripts above never call it: it lets the rule be compared with
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "BACKFILL", "DEMAND", "LEARN", "RELEASE", "RULE_STEP"]
+__all__ = ["ACQUIRE", "BACKFILL", "DEMAND", "LEARN", "RELEASE", "RULE_STEP", "RUNS", "RUNS_KEPT"]
 
 #: Every script reads the time from the server's own clock ...
 _CLOCK = r"""
@@ -577,3 +584,35 @@ end
 return reply
 """
 )
+
+#: The run times RUNS keeps (the last ones: a model's fit reads at most as many).
+RUNS_KEPT = 256
+
+RUNS = r"""
+local key, seq = KEYS[1], KEYS[2]
+local client, ttl = ARGV[1], tonumber(ARGV[2])
+local cursor, n = tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = 0, n - 1 do
+  local id = redis.call('INCR', seq)
+  redis.call('RPUSH', key, cjson.encode({id, client, ARGV[5 + 3 * i], ARGV[6 + 3 * i],
+                                         ARGV[7 + 3 * i]}))
+end
+if n > 0 then
+  redis.call('LTRIM', key, -KEPT, -1)
+  redis.call('PEXPIRE', key, ttl)
+  redis.call('PEXPIRE', seq, ttl)
+end
+local last = tonumber(redis.call('GET', seq) or '0')
+local reply = {last}
+if cursor < last then
+  for _, raw in ipairs(redis.call('LRANGE', key, 0, -1)) do
+    local entry = cjson.decode(raw)
+    if entry[1] > cursor and entry[2] ~= client then
+      reply[#reply + 1] = entry[3]
+      reply[#reply + 1] = entry[4]
+      reply[#reply + 1] = entry[5]
+    end
+  end
+end
+return reply
+""".replace("KEPT", str(RUNS_KEPT))
