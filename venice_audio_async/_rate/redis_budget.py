@@ -39,6 +39,7 @@ from .endpoint_rate import Waiter, token_eta
 from .redis_learning import ResponseLearner
 from .redis_link import RedisLink
 from .redis_mirror import EPS, SharedMirror
+from .redis_scripts import RUNS_KEPT
 from .statistics import BudgetStatistics
 
 if TYPE_CHECKING:
@@ -455,6 +456,7 @@ class RedisBudget(RequestBudget):
         :data:`~._rate.redis_scripts.RUNS_KEPT` run times the others published. No I/O.
         """
         self._runs_out.extend(finished)
+        del self._runs_out[:-RUNS_KEPT]  # Redis away for long: only the last are worth telling
         heard, self._runs_in = tuple(self._runs_in), []
         return heard
 
