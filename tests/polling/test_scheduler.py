@@ -16,6 +16,7 @@ import venice_audio_async as v
 from venice_audio_async._client import VeniceClient
 from venice_audio_async._core.config import RateLimit
 from venice_audio_async._polling.estimator import DurationEstimator, PollingBounds
+from venice_audio_async._polling.release import ReleaseMedia
 from venice_audio_async._polling.scheduler import Scheduler
 from venice_audio_async._rate.budget import LocalBudget, RunTime
 from venice_audio_async._rate.limiter import RequestLimiter
@@ -143,6 +144,27 @@ async def harness(retrieve_rate: float) -> AsyncIterator[Harness]:
         tg.cancel_scope.cancel()
 
 
+def _scheduler_on(
+    budget: LocalBudget,
+    clock: ManualClock,
+    client: StubClient,
+    *,
+    requests: int,
+    release: ReleaseMedia = "complete",
+) -> Scheduler:
+    """A scheduler over ``client`` with ``budget``, default bounds and retry policy, and
+    ``requests`` request slots."""
+    return Scheduler(
+        client=cast(VeniceClient, client),
+        budget=budget,
+        estimator=DurationEstimator(bounds=PollingBounds()),
+        clock=clock,
+        retrier=_retrier(budget, clock, v.RetryPolicy()),
+        limiter=RequestLimiter(requests),
+        release=release,
+    )
+
+
 def _memory_sink() -> AudioSink:
     return MemorySink(1000)
 
@@ -176,14 +198,7 @@ async def test_a_process_sharing_a_budget_learns_from_the_others_jobs(hears: boo
     client = StubClient(clock, hint=20.0)
     others = [RunTime("m", 45.0 + 0.5 * i, 20.0) for i in range(20)] if hears else []
     budget = HearingBudget(others, clock=clock, rates={"retrieve": RateLimit(per_minute=120)})
-    scheduler = Scheduler(
-        client=cast(VeniceClient, client),
-        budget=budget,
-        estimator=DurationEstimator(bounds=PollingBounds()),
-        clock=clock,
-        retrier=_retrier(budget, clock, v.RetryPolicy()),
-        limiter=RequestLimiter(8),
-    )
+    scheduler = _scheduler_on(budget, clock, client, requests=8)
     async with anyio.create_task_group() as tg:
         await tg.start(scheduler.run)
         harness = Harness(clock, client, scheduler)
@@ -390,15 +405,8 @@ async def test_a_poll_waiting_for_a_slot_is_not_sent_during_a_pause() -> None:
     clock = ManualClock()
     client = StubClient(clock, hint=60.0)
     budget = LocalBudget(clock=clock, rates={"retrieve": RateLimit(per_minute=120, burst=120)})
-    scheduler = Scheduler(
-        client=cast(VeniceClient, client),
-        budget=budget,
-        estimator=DurationEstimator(bounds=PollingBounds()),
-        clock=clock,
-        retrier=_retrier(budget, clock, v.RetryPolicy()),
-        limiter=RequestLimiter(1),  # one request at a time: the second poll waits for it
-        release="keep",
-    )
+    # One request at a time: the second poll waits for it.
+    scheduler = _scheduler_on(budget, clock, client, requests=1, release="keep")
     gate = anyio.Event()
     original = client.retrieve
 
