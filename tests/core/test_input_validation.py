@@ -395,6 +395,24 @@ def test_bad_configuration_is_refused(factory: Any, changes: dict[str, Any]) -> 
         factory(**changes)
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"attempts": "3"},
+        {"attempts": 2.5},
+        {"attempts": True},
+        {"initial_backoff": "1"},
+        {"retry_queue_on_ambiguous_failure": "false"},
+        {"retry_queue_on_ambiguous_failure": 1},
+    ],
+)
+def test_a_retry_policy_of_the_wrong_type_is_refused_by_name(changes: dict[str, Any]) -> None:
+    """A field of the wrong type is a TypeError naming it, not a comparison error from
+    inside (or, for the queue switch, a truthy string opting in to a double charge)."""
+    with pytest.raises(TypeError, match=rf"RetryPolicy\({next(iter(changes))}=\.\.\.\)"):
+        v.RetryPolicy(**changes)
+
+
 # --------------------------------------------------------------------------- hypothesis
 
 ASCII = st.characters(min_codepoint=32, max_codepoint=126)

@@ -82,6 +82,20 @@ def is_assumed(value: float | None) -> bool:
     return isinstance(value, Assumed)
 
 
+def _whole(setting: object, attribute: attrs.Attribute[int], value: object) -> None:
+    """A count: an ``int`` (not a bool, nor a float that would be truncated somewhere)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        name = f"{type(setting).__name__}({attribute.name}=...)"
+        raise TypeError(f"{name} must be a whole number, got {value!r}")
+
+
+def _flag(setting: object, attribute: attrs.Attribute[bool], value: object) -> None:
+    """A switch: ``True`` or ``False`` only (a string such as ``"false"`` is truthy)."""
+    if not isinstance(value, bool):
+        name = f"{type(setting).__name__}({attribute.name}=...)"
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
 def _positive(setting: object, attribute: attrs.Attribute[float], value: float | None) -> None:
     if value is not None:
         _require_number(setting, attribute.name, value)
@@ -149,13 +163,14 @@ class RetryPolicy:
     .. versionadded:: 0.1.0
     """
 
-    attempts: int = 5
+    attempts: int = attrs.field(default=5, validator=_whole)
     initial_backoff: float = attrs.field(default=0.5, validator=_non_negative)
     max_backoff: float = attrs.field(default=30.0, validator=_non_negative)
     multiplier: float = attrs.field(default=2.0, validator=_positive)
     jitter: float = attrs.field(default=0.5, validator=_non_negative)
     max_retry_after: float = attrs.field(default=60.0, validator=_non_negative)
-    retry_queue_on_ambiguous_failure: bool = False
+    # Opting in risks a double charge: a truthy string must not do it by accident.
+    retry_queue_on_ambiguous_failure: bool = attrs.field(default=False, validator=_flag)
     unreachable_after: float = attrs.field(default=900.0, validator=_non_negative)
 
     def __attrs_post_init__(self) -> None:
