@@ -132,6 +132,10 @@ class RedisLink:
         """Real microseconds (what the scripts answer) as clock seconds."""
         return microseconds / 1e6 / self._scale
 
+    def _from_ms(self, milliseconds: float) -> float:
+        """Real milliseconds (what a script took, :meth:`_ms`, read back) as clock seconds."""
+        return self._from_us(milliseconds * 1000.0)
+
     def _entity_args(self, entities: Sequence[Entity]) -> tuple[list[str], list[_Arg]]:
         keys: list[str] = []
         args: list[_Arg] = []
@@ -241,8 +245,8 @@ class RedisLink:
             heard.append(
                 RunTime(
                     _text(model),
-                    float(_text(seconds_ms)) / 1000.0 / self._scale,
-                    hint / 1000.0 / self._scale if hint >= 0 else None,
+                    self._from_ms(float(_text(seconds_ms))),
+                    self._from_ms(hint) if hint >= 0 else None,
                 )
             )
         return int(reply[0]), tuple(heard)
