@@ -57,10 +57,15 @@ def check_number(name: str, value: float, *, minimum: float = 0.0, inclusive: bo
         raise ValueError(f"{name} must be a finite number {relation} {minimum:g}, got {value!r}")
 
 
+def _field(setting: object, name: str) -> str:
+    """How a type error names a setting's field: ``RetryPolicy(attempts=...)``."""
+    return f"{type(setting).__name__}({name}=...)"
+
+
 def _require_number(setting: object, name: str, value: object) -> None:
     """A setting's field must be a number: else a TypeError naming the public class."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{type(setting).__name__}({name}=...) must be a number, got {value!r}")
+        raise TypeError(f"{_field(setting, name)} must be a number, got {value!r}")
 
 
 class Assumed(float):
@@ -85,15 +90,13 @@ def is_assumed(value: float | None) -> bool:
 def _whole(setting: object, attribute: attrs.Attribute[int], value: object) -> None:
     """A count: an ``int`` (not a bool, nor a float that would be truncated somewhere)."""
     if isinstance(value, bool) or not isinstance(value, int):
-        name = f"{type(setting).__name__}({attribute.name}=...)"
-        raise TypeError(f"{name} must be a whole number, got {value!r}")
+        raise TypeError(f"{_field(setting, attribute.name)} must be a whole number, got {value!r}")
 
 
 def _flag(setting: object, attribute: attrs.Attribute[bool], value: object) -> None:
     """A switch: ``True`` or ``False`` only (a string such as ``"false"`` is truthy)."""
     if not isinstance(value, bool):
-        name = f"{type(setting).__name__}({attribute.name}=...)"
-        raise TypeError(f"{name} must be True or False, got {value!r}")
+        raise TypeError(f"{_field(setting, attribute.name)} must be True or False, got {value!r}")
 
 
 def _positive(setting: object, attribute: attrs.Attribute[float], value: float | None) -> None:
